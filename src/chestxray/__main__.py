@@ -1,0 +1,3 @@
+from chestxray.cli import main
+
+main()

@@ -1,0 +1,112 @@
+"""The catalog: one table, one row an image (image_id, path, patient_id, one 0/1 column per label, split, metadata).
+
+Saved as a folder: catalog.csv (the table) and catalog.json (labels, task, source and how the split was made).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from chestxray.errors import DataError
+from chestxray.files import write_csv, write_json
+
+CATALOG_CSV = "catalog.csv"
+CATALOG_JSON = "catalog.json"
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+REQUIRED_COLUMNS: tuple[str, ...] = ("image_id", "path", "patient_id", "split")
+TASKS: tuple[str, ...] = ("multilabel", "binary", "multiclass")
+
+
+@dataclass
+class Catalog:
+    """A labelled image table plus its schema.
+
+    table: columns image_id, path, patient_id, split ('train'|'val'|'test' or '' before splitting),
+    one uint8 0/1 column per name in `labels` (in that order), then optional metadata (age, sex, view, ...).
+    A row with all label columns 0 is 'normal' (NIH 'No Finding', Kaggle NORMAL).
+    """
+
+    table: pd.DataFrame
+    labels: tuple[str, ...]
+    task: str = "multilabel"
+    source: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.labels = tuple(self.labels)
+
+    @property
+    def label_matrix(self):
+        """(n_images, n_labels) uint8 array of the label columns in schema order."""
+        return self.table[list(self.labels)].to_numpy(dtype="uint8")
+
+    def split_table(self, split: str) -> pd.DataFrame:
+        return self.table[self.table["split"] == split]
+
+
+def validate_catalog(catalog: Catalog, where: str = "catalog") -> None:
+    """Check the contract: required columns, unique image ids, 0/1 labels, and no patient in two splits."""
+    table = catalog.table
+    missing = [c for c in (*REQUIRED_COLUMNS, *catalog.labels) if c not in table.columns]
+    if missing:
+        raise DataError(f"{where}: missing column(s) {missing} (found: {list(table.columns)})")
+    if catalog.task not in TASKS:
+        raise DataError(f"{where}: unknown task {catalog.task!r}; expected one of {TASKS}")
+    if table.empty:
+        raise DataError(f"{where}: the table has no rows")
+    dup = table["image_id"][table["image_id"].duplicated()]
+    if len(dup):
+        raise DataError(f"{where}: {len(dup)} duplicate image id(s), e.g. {list(dup.unique()[:5])}; each image must appear once")
+    bad = [c for c in catalog.labels if not table[c].isin([0, 1]).all()]
+    if bad:
+        raise DataError(f"{where}: label column(s) {bad} hold values other than 0/1")
+    assigned = table[table["split"].isin(SPLITS)]
+    per_patient = assigned.groupby("patient_id")["split"].nunique()
+    leaked = per_patient[per_patient > 1]
+    if len(leaked):
+        raise DataError(
+            f"{where}: {len(leaked)} patient(s) appear in more than one split, e.g. {list(leaked.index[:5])}; "
+            "splits must be by patient (rebuild the split)"
+        )
+
+
+def save_catalog(catalog: Catalog, out_dir: str | Path) -> Path:
+    """Validate and write catalog.csv + catalog.json into out_dir (atomically); returns the folder."""
+    validate_catalog(catalog, where=str(out_dir))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / CATALOG_CSV, catalog.table)
+    meta = {"format": "chestxray-catalog/1", "labels": list(catalog.labels), "task": catalog.task,
+            "source": catalog.source, "info": catalog.info}
+    write_json(out / CATALOG_JSON, meta)
+    return out
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Read a catalog folder (or its catalog.csv) written by save_catalog."""
+    path = Path(path)
+    folder = path.parent if path.name == CATALOG_CSV else path
+    csv_path, json_path = folder / CATALOG_CSV, folder / CATALOG_JSON
+    if not folder.exists():
+        raise DataError(f"{folder}: no such catalog folder; create one with 'chestxray catalog nih|folder|csv ... --out {folder}'")
+    if not csv_path.exists() or not json_path.exists():
+        raise DataError(f"{folder}: not a catalog (expected {CATALOG_CSV} and {CATALOG_JSON}); create one with 'chestxray catalog'")
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{json_path}: not valid JSON ({exc}); rebuild the catalog") from exc
+    table = pd.read_csv(csv_path, dtype={"image_id": str, "patient_id": str, "path": str, "split": str},
+                        keep_default_na=False, na_values=[""])
+    table["split"] = table["split"].fillna("")
+    for name in meta["labels"]:
+        if name in table:
+            table[name] = table[name].astype("uint8")
+    catalog = Catalog(table=table, labels=tuple(meta["labels"]), task=meta.get("task", "multilabel"),
+                      source=meta.get("source", ""), info=meta.get("info", {}))
+    validate_catalog(catalog, where=str(csv_path))
+    return catalog
