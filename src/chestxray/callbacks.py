@@ -1,0 +1,159 @@
+"""Training policy as Lightning callbacks: backbone freezing, RNG state in checkpoints, the run's metric tables."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import BaseFinetuning, Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from chestxray.files import atomic_path, write_csv
+from chestxray.models import backbone_blocks
+
+METRIC_COLUMNS = ["step", "epoch", "train_loss", "val_loss", "val_auroc", "lr"]
+HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_auroc", "lr", "train_images", "train_seconds"]
+
+
+class FreezeBackbone(BaseFinetuning):
+    """Freeze the backbone (BatchNorm statistics included) except its last `unfreeze_last` blocks; the head trains."""
+
+    def __init__(self, model_name: str, unfreeze_last: int = 0) -> None:
+        super().__init__()
+        self.model_name, self.unfreeze_last = model_name, int(unfreeze_last)
+
+    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+        blocks = backbone_blocks(pl_module.net, self.model_name)
+        keep = len(blocks) - min(self.unfreeze_last, len(blocks))
+        self.freeze([m for block in blocks[:keep] for m in block], train_bn=False)
+
+    def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        """Nothing unfreezes during training: the split is fixed for the whole run."""
+
+
+class RngState(Callback):
+    """Save Python/NumPy/torch RNG states in checkpoints and restore them when a resumed run starts its next epoch."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
+                 "numpy": np.random.get_state()[1].tolist(), "numpy_pos": int(np.random.get_state()[2]),
+                 "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending is None:
+            return
+        s, self._pending = self._pending, None
+        random.setstate((3, tuple(s["python"]), s["python_pos"]))
+        np.random.set_state(("MT19937", np.asarray(s["numpy"], dtype=np.uint32), s["numpy_pos"], 0, 0.0))
+        torch.set_rng_state(s["torch"])
+        if "cuda" in s and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda"])
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints through a temporary file and a rename, so a killed run never leaves a half checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+def _value(metrics: dict[str, Any], key: str) -> float:
+    value = metrics.get(key)
+    return float(value) if value is not None else math.nan
+
+
+class MetricsHistory(Callback):
+    """Collect per-step and per-validation rows and write RUN/metrics.csv and RUN/history.csv after each validation.
+
+    metrics.csv: step, epoch, train_loss, val_loss, val_auroc, lr (NaN where not logged); history.csv: one row per
+    validation (per epoch by default) with the epoch's mean train loss, images and seconds spent training.
+    The rows are part of the checkpoint, so a resumed run continues the same tables.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.rows: list[dict[str, float]] = []
+        self.history: list[dict[str, float]] = []
+        self._epoch_losses: list[float] = []
+        self._epoch_images = 0
+        self._epoch_start = 0.0
+        self._val_seconds = 0.0
+        self._val_start = 0.0
+        self.train_images = 0
+        self.train_seconds = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "history": self.history, "train_images": self.train_images,
+                "train_seconds": self.train_seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows, self.history = list(state_dict["rows"]), list(state_dict["history"])
+        self.train_images, self.train_seconds = int(state_dict["train_images"]), float(state_dict["train_seconds"])
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_losses, self._epoch_images = [], 0
+        self._epoch_start, self._val_seconds = time.perf_counter(), 0.0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
+        n = len(batch["labels"])
+        self._epoch_losses.append(loss)
+        self._epoch_images += n
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
+        self.rows.append({"step": trainer.global_step, "epoch": trainer.current_epoch, "train_loss": loss,
+                          "val_loss": math.nan, "val_auroc": math.nan, "lr": float(lr)})
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_seconds += time.perf_counter() - self._val_start
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        val_loss, val_auroc = _value(metrics, "val_loss"), _value(metrics, "val_auroc")
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
+        self.rows.append({"step": trainer.global_step, "epoch": trainer.current_epoch, "train_loss": math.nan,
+                          "val_loss": val_loss, "val_auroc": val_auroc, "lr": float(lr)})
+        self._close_epoch(trainer, val_loss, val_auroc, float(lr))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._epoch_images:  # no validation closed this epoch's share
+            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
+            self._close_epoch(trainer, math.nan, math.nan, float(lr))
+
+    def _close_epoch(self, trainer: L.Trainer, val_loss: float, val_auroc: float, lr: float) -> None:
+        seconds = time.perf_counter() - self._epoch_start - self._val_seconds
+        self.train_images += self._epoch_images
+        self.train_seconds += seconds
+        train_loss = float(np.mean(self._epoch_losses)) if self._epoch_losses else math.nan
+        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "train_loss": train_loss,
+                             "val_loss": val_loss, "val_auroc": val_auroc, "lr": lr,
+                             "train_images": self._epoch_images, "train_seconds": seconds})
+        self._epoch_losses, self._epoch_images = [], 0
+        self._epoch_start, self._val_seconds = time.perf_counter(), 0.0
+        if trainer.is_global_zero:
+            self.write()
+
+    def write(self) -> None:
+        """Write metrics.csv and history.csv into the run folder (atomically)."""
+        write_csv(self.run_dir / "metrics.csv", pd.DataFrame(self.rows, columns=METRIC_COLUMNS))
+        write_csv(self.run_dir / "history.csv", pd.DataFrame(self.history, columns=HISTORY_COLUMNS))

@@ -1,0 +1,183 @@
+"""`chestxray catalog nih|folder|csv`, `chestxray explore` and `chestxray synth` (area A)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from chestxray.cli import app
+from chestxray.cli.common import console, err_console, friendly
+from chestxray.errors import ConfigError
+
+catalog_app = typer.Typer(help="Build a catalog (one row an image: path, patient, labels, split) from a collection."
+                          "\n\nExample: chestxray catalog folder data/chest_xray --out runs/catalog",
+                          no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+SPLIT_HELP = "Split ratios train,val,test (by patient, multi-label stratified)."
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    """Parse and check '0.7,0.1,0.2' before any data is read, with a ConfigError naming the option."""
+    from chestxray.split import check_ratios
+
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--ratios {text!r}: expected three numbers like 0.7,0.1,0.2") from None
+    return check_ratios(values)
+
+
+def _finish(catalog, out: Path, ratios: tuple[float, ...], seed: int) -> None:
+    """Split by patient, save (with missing_images.csv when rows lack an image) and print the summary line."""
+    from chestxray.sources import write_catalog
+    from chestxray.split import assign_splits
+
+    catalog = assign_splits(catalog, ratios, seed)
+    missing = list(catalog.info.get("missing_images") or [])
+    write_catalog(catalog, out)
+    if missing:
+        err_console.print(f"[yellow]warning:[/] {len(missing)} row(s) without an image file were left out; "
+                          f"full list in {out / 'missing_images.csv'}", highlight=False, soft_wrap=True)
+    split = catalog.info["split"]
+    per_split = " / ".join(f"{s} {split['images'][s]}" for s in ("train", "val", "test"))
+    console.print(f"catalog {out}: {len(catalog.table)} images, {catalog.table['patient_id'].nunique()} patients, "
+                  f"{len(catalog.labels)} label(s) ({catalog.task}); images {per_split}; "
+                  f"{len(missing)} missing", highlight=False, soft_wrap=True)
+
+
+@catalog_app.command("nih", help="Catalog NIH ChestX-ray14 from Data_Entry_2017.csv or Data_Entry_2017_v2020.csv "
+                     "(plain or .gz); images are found by file name anywhere under --images (nested images_001/images/ "
+                     "or flat). Rows without an image are reported and listed in missing_images.csv."
+                     "\n\nExample: chestxray catalog nih --csv Data_Entry_2017.csv --images data/nih --out runs/catalog"
+                     "\n\nExample (no images, for planning): chestxray catalog nih --csv Data_Entry_2017_v2020.csv.gz "
+                     "--metadata-only --out runs/nih-meta")
+@friendly
+def catalog_nih(
+    csv: Path = typer.Option(..., "--csv", help="NIH label table (Data_Entry_2017[_v2020].csv[.gz])."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output catalog folder."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder holding the PNGs (searched recursively)."),
+    metadata_only: bool = typer.Option(False, "--metadata-only", help="No images: empty paths, for splits/statistics."),
+    views: Optional[str] = typer.Option(None, "--views", help="Keep only these view positions, e.g. PA,AP."),
+    max_patients: Optional[int] = typer.Option(None, "--max-patients", help="Seeded random subset of N patients."),
+    official_split: Optional[Path] = typer.Option(None, "--official-split",
+                                                  help="Folder with train_val_list.txt and test_list.txt."),
+    ratios: str = typer.Option("0.7,0.1,0.2", "--ratios", help=SPLIT_HELP),
+    seed: int = typer.Option(0, "--seed", help="Seed for the patient subset and the split."),
+) -> None:
+    from chestxray.sources import read_nih
+
+    split_ratios = _ratios(ratios)
+    if (images is None) != metadata_only:
+        raise ConfigError("give either --images DIR or --metadata-only (not both, not neither)")
+    catalog = read_nih(csv, images, views=views.split(",") if views else None, max_patients=max_patients,
+                       seed=seed, official_split=official_split)
+    _finish(catalog, out, split_ratios, seed)
+
+
+@catalog_app.command("folder", help="Catalog class folders ROOT/CLASS/* or ROOT/train|val|test/CLASS/* "
+                     "(.png/.jpg/.jpeg/.dcm). Two classes with one normal (NORMAL / No Finding / normal) give a binary "
+                     "task; otherwise one column per class. A train/val/test folder split is kept (val carved from "
+                     "train by patient if absent). Patient id from the file name: 'personNNN_...' -> personNNN; "
+                     "'IM-NNNN-NNNN' / 'NORMAL2-IM-NNNN-NNNN' -> name without the trailing -NNNN; otherwise one "
+                     "patient per image (override with --patient-regex)."
+                     "\n\nExample: chestxray catalog folder data/chest_xray --out runs/catalog")
+@friendly
+def catalog_folder(
+    root: Path = typer.Argument(..., help="Root folder of the class folders."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output catalog folder."),
+    patient_regex: Optional[str] = typer.Option(None, "--patient-regex",
+                                                help="Regex on the file name (no extension); group 1 = patient id."),
+    ignore_source_split: bool = typer.Option(False, "--ignore-source-split",
+                                             help="Ignore train/val/test folders and split by patient at random."),
+    ratios: str = typer.Option("0.7,0.1,0.2", "--ratios", help=SPLIT_HELP),
+    seed: int = typer.Option(0, "--seed", help="Seed for the split."),
+) -> None:
+    from chestxray.sources import read_folder
+
+    split_ratios = _ratios(ratios)
+    catalog = read_folder(root, patient_regex=patient_regex, keep_source_split=not ignore_source_split)
+    _finish(catalog, out, split_ratios, seed)
+
+
+@catalog_app.command("csv", help="Catalog any collection described by a CSV: one row an image, labels as 0/1 "
+                     "columns (--label-cols) or a findings column (--findings-col, each character of --sep separates "
+                     "names; 'No Finding'/'normal' = none). Paths are relative to --images-root (default: the CSV's "
+                     "folder). Columns named age/sex/view are kept."
+                     "\n\nExample: chestxray catalog csv covid/metadata.csv --path-col image_file --patient-col "
+                     "patientid --findings-col finding --sep ',/' --out runs/catalog")
+@friendly
+def catalog_csv(
+    table: Path = typer.Argument(..., help="The CSV table."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output catalog folder."),
+    path_col: str = typer.Option(..., "--path-col", help="Column with the image path."),
+    patient_col: str = typer.Option(..., "--patient-col", help="Column with the patient id."),
+    label_cols: Optional[str] = typer.Option(None, "--label-cols", help="Comma-separated 0/1 label columns."),
+    findings_col: Optional[str] = typer.Option(None, "--findings-col", help="Column with separated finding names."),
+    sep: str = typer.Option("|", "--sep", help="Separator character(s) for --findings-col."),
+    images_root: Optional[Path] = typer.Option(None, "--images-root", help="Folder the paths are relative to."),
+    ratios: str = typer.Option("0.7,0.1,0.2", "--ratios", help=SPLIT_HELP),
+    seed: int = typer.Option(0, "--seed", help="Seed for the split."),
+) -> None:
+    from chestxray.sources import read_csv_table
+
+    split_ratios = _ratios(ratios)
+    cols = [c.strip() for c in label_cols.split(",") if c.strip()] if label_cols else None
+    catalog = read_csv_table(table, path_col, patient_col, label_cols=cols, findings_col=findings_col, sep=sep,
+                             images_root=images_root)
+    _finish(catalog, out, split_ratios, seed)
+
+
+@app.command(help="Explore a catalog: images and patients per finding and split, class balance with and without "
+             "No Finding, co-occurrence, age/sex/view summaries and a grid of sample images (CSV + PNG in --out). "
+             "Given a PREPARED folder and --augment POLICY, also writes a grid of augmented samples."
+             "\n\nExample: chestxray explore runs/catalog --out runs/explore")
+@friendly
+def explore(
+    path: Path = typer.Argument(..., help="Catalog folder (or a prepared folder with manifest.json)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for CSV and PNG files."),
+    augment: Optional[str] = typer.Option(None, "--augment", help="Augmentation policy to preview (prepared folder)."),
+    samples: int = typer.Option(16, "--samples", help="Images in the sample grid."),
+    seed: int = typer.Option(0, "--seed", help="Seed for picking the samples."),
+) -> None:
+    from rich.table import Table
+
+    from chestxray.explore import explore as run_explore
+
+    result = run_explore(path, out, augment=augment, n_samples=samples, seed=seed)
+    if not result.findings.empty:
+        table = Table(title=f"{path}: images (patients) per finding")
+        splits = [c[len("images_"):] for c in result.findings.columns if c.startswith("images_")]
+        for name in ["finding", "all", *splits, "share", "share w/o normal"]:
+            table.add_column(name, justify="left" if name == "finding" else "right", no_wrap=name == "finding")
+        for finding, row in result.findings.iterrows():
+            cells = [f"{int(row['images'])} ({int(row['patients'])})"]
+            cells += [f"{int(row[f'images_{s}'])} ({int(row[f'patients_{s}'])})" for s in splits]
+            without = "" if row["share_without_normal"] != row["share_without_normal"] else f"{row['share_without_normal']:.1%}"
+            table.add_row(str(finding), *cells, f"{row['share_with_normal']:.1%}", without)
+        console.print(table)
+    if result.augment_grid is not None:
+        console.print(f"augmentation grid: {result.augment_grid}", highlight=False)
+    skipped = f" ({result.samples_skipped} unreadable skipped)" if result.samples_skipped else ""
+    console.print(f"explore {out}: {len(result.files)} files written; {result.samples_shown} sample images{skipped}",
+                  highlight=False, soft_wrap=True)
+
+
+@app.command(help="Write a SYNTHETIC chest-X-ray-like dataset in NIH layout (labels.csv, images/*.png, boxes.csv, "
+             "README.txt) with strong findings at known places (Nodule, Effusion, Cardiomegaly, Pneumothorax), "
+             "for tests and demos.\n\nExample: chestxray synth --out runs/synth --n 200 --size 128")
+@friendly
+def synth(
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    n: int = typer.Option(200, "--n", help="Number of images."),
+    size: int = typer.Option(128, "--size", help="Image side in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+) -> None:
+    from chestxray.synth import make_synthetic
+
+    folder = make_synthetic(out, n=n, size=size, seed=seed)
+    console.print(f"synth {folder}: {n} synthetic {size}x{size} images; catalog them with 'chestxray catalog nih "
+                  f"--csv {folder / 'labels.csv'} --images {folder / 'images'} --out CATALOG'", highlight=False,
+                  soft_wrap=True)

@@ -1,0 +1,41 @@
+"""`chestxray prepare`: decode, resize and shard a catalog once (area B)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from chestxray.cli import app
+from chestxray.cli.common import console, err_console, friendly
+
+
+@app.command(help="Decode every catalog image once (8-bit gray, resized to a square) into tar shards + manifest.json."
+             "\n\nRe-running skips finished work; changed inputs or settings rebuild. Unusable files are listed in "
+             "quarantine.csv.\n\nExample: chestxray prepare runs/catalog --size 256 --out runs/prepared")
+@friendly
+def prepare(
+    catalog: Path = typer.Argument(..., help="Catalog folder (from 'chestxray catalog')."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder PREPARED."),
+    size: int = typer.Option(256, "--size", help="Square image size in pixels."),
+    resize: str = typer.Option("pad", "--resize", help="pad: keep the whole image, black borders; crop: centre square."),
+    workers: int = typer.Option(0, "--workers", "-j", help="Decoding processes (0 = all CPU cores)."),
+    shard_size: int = typer.Option(1000, "--shard-size", help="Images per shard file."),
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from chestxray.prepare import prepare_dataset
+
+    with Progress(TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task("prepare", total=None)
+
+        def advance(n: int, total: int) -> None:
+            bar.update(task, advance=n, total=total)
+
+        result = prepare_dataset(catalog, out, size=size, resize=resize, workers=workers or None,
+                                 shard_size=shard_size, progress=advance)
+    if result.quarantined:
+        err_console.print(f"[yellow]warning:[/] {result.quarantined} image(s) could not be used; reasons in "
+                          f"{out / 'quarantine.csv'}", highlight=False)
+    console.print(result.summary(), highlight=False, soft_wrap=True)

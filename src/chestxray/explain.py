@@ -1,0 +1,276 @@
+"""Explanations: Grad-CAM and Integrated Gradients heatmaps (Captum), PNG overlays and localisation scores.
+
+Heatmaps are the positive evidence for one label's logit, upsampled to the model's input size and scaled to
+[0, 1] per image. Grad-CAM uses the model's `gradcam_layer` hint when it has one, else its last nn.Conv2d;
+Integrated Gradients starts from a black image (uint8 zeros, normalised like the input).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageDraw
+
+from chestxray.bundle import Bundle, load_bundle
+from chestxray.errors import ConfigError, ModelError
+from chestxray.files import atomic_path, write_csv
+from chestxray.labels import closest
+from chestxray.localize import Box, box_mask, boxes_for, localization_scores, read_boxes, rows_to_boxes
+
+log = logging.getLogger(__name__)
+METHODS = ("gradcam", "ig")
+
+
+@dataclass
+class ExplainResult:
+    """One explained (image, label): the heatmap (H, W) in [0, 1] at the model's input size and where its overlay went."""
+
+    path: Path
+    image_id: str
+    label: str
+    probability: float
+    method: str
+    heatmap: np.ndarray
+    overlay: Path
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def find_gradcam_layer(net: torch.nn.Module) -> torch.nn.Module:
+    """The layer Grad-CAM reads: the net's `gradcam_layer` (a module or dotted name) if set, else its last nn.Conv2d."""
+    hint = getattr(net, "gradcam_layer", None)
+    if isinstance(hint, torch.nn.Module):
+        return hint
+    if isinstance(hint, str):
+        try:
+            return net.get_submodule(hint)
+        except AttributeError as exc:
+            raise ModelError(f"model's gradcam_layer {hint!r} is not one of its submodules") from exc
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    if not convs:
+        raise ModelError(f"{type(net).__name__} has no nn.Conv2d layer for Grad-CAM; use method 'ig' or set net.gradcam_layer")
+    return convs[-1]
+
+
+def _no_inplace(net: torch.nn.Module) -> None:
+    """Switch off in-place activations, which break the gradients Captum's hooks capture (outputs are unchanged)."""
+    for module in net.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+
+
+def grad_cam(net: torch.nn.Module, inputs: torch.Tensor, target: int, layer: torch.nn.Module | None = None) -> torch.Tensor:
+    """Grad-CAM (B, 1, H, W) of logit `target` for inputs (B, C, H, W), ReLU'd and bilinearly upsampled to H x W."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    _no_inplace(net)
+    cam = LayerGradCam(net, layer if layer is not None else find_gradcam_layer(net))
+    attr = cam.attribute(inputs, target=target, relu_attributions=True)
+    return LayerAttribution.interpolate(attr, tuple(inputs.shape[-2:]), interpolate_mode="bilinear").detach()
+
+
+def integrated_gradients(
+    net: torch.nn.Module, inputs: torch.Tensor, target: int, baselines: torch.Tensor | None = None, n_steps: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """IG attributions (same shape as inputs) of logit `target` and Captum's completeness error per image."""
+    from captum.attr import IntegratedGradients
+
+    _no_inplace(net)
+    ig = IntegratedGradients(net)
+    base = torch.zeros_like(inputs) if baselines is None else baselines
+    attr, delta = ig.attribute(inputs, baselines=base, target=target, n_steps=n_steps, return_convergence_delta=True)
+    return attr.detach(), delta.detach()
+
+
+def to_heatmaps(attributions: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) attributions -> (B, H, W) float32 maps: channel sum, positive part, scaled to max 1 per image."""
+    maps = attributions.sum(dim=1).clamp(min=0).cpu().numpy().astype(np.float32)
+    peaks = maps.reshape(len(maps), -1).max(axis=1)
+    return maps / np.where(peaks > 0, peaks, 1.0)[:, None, None]
+
+
+def attribute(
+    net: torch.nn.Module, inputs: torch.Tensor, target: int, method: str = "gradcam",
+    baselines: torch.Tensor | None = None, n_steps: int = 16,
+) -> np.ndarray:
+    """(B, H, W) heatmaps in [0, 1] of logit `target` by 'gradcam' or 'ig' (baselines: IG start point, default zeros)."""
+    if method == "gradcam":
+        return to_heatmaps(grad_cam(net, inputs, target))
+    if method == "ig":
+        attr, delta = integrated_gradients(net, inputs, target, baselines, n_steps)
+        log.debug("IG completeness error %s", delta.abs().max().item())
+        return to_heatmaps(attr)
+    raise ConfigError(f"explain method {method!r} is not one of {list(METHODS)}{closest(method, METHODS)}")
+
+
+def render_overlay(
+    gray: np.ndarray, heatmap: np.ndarray, title: str, boxes: Sequence[Box] = (), alpha: float = 0.45, display: int = 320
+) -> Image.Image:
+    """RGB picture: the uint8 (H, W) X-ray, the [0, 1] heatmap blended in jet colours, expert boxes in white, a title strip."""
+    from matplotlib import colormaps
+
+    if gray.shape != heatmap.shape:
+        raise ValueError(f"image {gray.shape} and heatmap {heatmap.shape} must have the same shape")
+    base = np.repeat(gray[..., None].astype(np.float32) / 255.0, 3, axis=2)
+    colour = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3]
+    blend = (1 - alpha) * base + alpha * colour
+    picture = Image.fromarray((blend * 255).round().astype(np.uint8), "RGB")
+    scale = max(1.0, display / max(gray.shape))
+    side = (round(gray.shape[1] * scale), round(gray.shape[0] * scale))
+    picture = picture.resize(side, Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(picture)
+    for b in boxes:
+        draw.rectangle([b.x * scale, b.y * scale, (b.x + b.w) * scale, (b.y + b.h) * scale], outline=(255, 255, 255), width=2)
+    canvas = Image.new("RGB", (side[0], side[1] + 18), (0, 0, 0))
+    canvas.paste(picture, (0, 18))
+    ImageDraw.Draw(canvas).text((4, 3), title, fill=(255, 255, 255))
+    return canvas
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write a PIL image as PNG atomically."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)
+
+
+def prepare_input(path: Path, card: dict) -> tuple[np.ndarray, torch.Tensor, tuple[int, int]]:
+    """Load an image file as the bundle's model sees it: (gray uint8 (S, S), float input (1, C, S, S), file size (w, h))."""
+    from chestxray.augment import normalize
+    from chestxray.imaging import fit_square, load_gray
+
+    size = int(card["image_size"])
+    raw = load_gray(path, target=size)  # the same decode as prepare/predict (JPEGs may come back reduced)
+    gray = fit_square(raw, size, card.get("resize", "pad"))
+    images = torch.from_numpy(np.ascontiguousarray(gray))[None, None]
+    inputs = normalize(images, int(card["in_chans"]), card["normalization"])
+    return gray, inputs, _file_size(path) or (raw.shape[1], raw.shape[0])
+
+
+def _file_size(path: Path) -> tuple[int, int] | None:
+    """The stored (w, h) of an image file from its header, or None where Pillow cannot tell (DICOM)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError):
+        return None
+
+
+def black_baseline(card: dict, size: int) -> torch.Tensor:
+    """A black image (uint8 zeros) normalised like the bundle's inputs: the IG starting point."""
+    from chestxray.augment import normalize
+
+    return normalize(torch.zeros(1, 1, size, size, dtype=torch.uint8), int(card["in_chans"]), card["normalization"])
+
+
+def explain_images(
+    bundle: Bundle | str | Path,
+    images: Sequence[str | Path],
+    method: str = "gradcam",
+    label: str | None = None,
+    out_dir: str | Path = "explain",
+    boxes: pd.DataFrame | str | Path | None = None,
+    n_steps: int = 16,
+    top_percent: float = 20.0,
+) -> list[ExplainResult]:
+    """Explain each image (label: given, else its boxed findings, else the top-scoring label); write overlays and scores.csv."""
+    if method not in METHODS:
+        raise ConfigError(f"explain method {method!r} is not one of {list(METHODS)}{closest(method, METHODS)}")
+    model = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    labels = list(model.card["labels"])
+    if label is not None and label not in labels:
+        raise ConfigError(f"label {label!r} is not one of the model's labels {labels}{closest(label, labels)}")
+    table = read_boxes(boxes) if isinstance(boxes, (str, Path)) else boxes
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net = model.net.to(device).eval()
+    size = int(model.card["image_size"])
+    mode = model.card.get("resize", "pad")
+    base = black_baseline(model.card, size).to(device) if method == "ig" else None
+    out = Path(out_dir)
+    results: list[ExplainResult] = []
+    for path in map(Path, images):
+        gray, inputs, file_size = prepare_input(path, model.card)
+        inputs = inputs.to(device)
+        with torch.no_grad():
+            probs = torch.sigmoid(net(inputs))[0].float().cpu().numpy()
+        rows = boxes_for(table, path.name) if table is not None else None
+        boxed = [n for n in dict.fromkeys(rows["label"]) if n in labels] if rows is not None else []
+        for name in [label] if label else boxed or [labels[int(probs.argmax())]]:
+            target = labels.index(name)
+            heatmap = attribute(net, inputs, target, method, base, n_steps)[0]
+            found = rows_to_boxes(rows[rows["label"] == name], file_size, size, mode) if rows is not None else []
+            scores = localization_scores(heatmap, box_mask(found, heatmap.shape), top_percent) if found else {}
+            title = f"{name} p={probs[target]:.2f} ({method})"
+            overlay = save_png(render_overlay(gray, heatmap, title, found), out / f"{path.stem}_{name}_{method}.png")
+            results.append(ExplainResult(path, path.name, name, float(probs[target]), method, heatmap, overlay, scores))
+    write_csv(out / "scores.csv", scores_table(results))
+    log.info("explained %d image(s) with %s into %s", len(results), method, out)
+    return results
+
+
+def scores_table(results: Sequence[ExplainResult]) -> pd.DataFrame:
+    """One row per result: image, label, probability, method, overlay path and its localisation scores (NaN without a box)."""
+    rows = [
+        {"image_id": r.image_id, "path": str(r.path), "label": r.label, "probability": r.probability,
+         "method": r.method, "overlay": str(r.overlay), **r.scores}
+        for r in results
+    ]
+    return pd.DataFrame(rows, columns=["image_id", "path", "label", "probability", "method", "overlay"] if not rows else None)
+
+
+def summarize_scores(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean localisation scores per label and over all scored rows ('ALL'), with the count of scored rows."""
+    score_cols = [c for c in table.columns if c in ("pointing_hit", "energy_in_box", "box_fraction") or c.startswith("iou_top")]
+    if not score_cols:
+        return pd.DataFrame(columns=["label", "n"])
+    scored = table.dropna(subset=["pointing_hit"])
+    if scored.empty:
+        return pd.DataFrame(columns=["label", "n", *score_cols])
+    per_label = scored.groupby("label")[score_cols].mean()
+    per_label.insert(0, "n", scored.groupby("label").size())
+    overall = pd.DataFrame([[len(scored), *scored[score_cols].mean().tolist()]], columns=["n", *score_cols], index=["ALL"])
+    return pd.concat([per_label, overall]).rename_axis("label").reset_index()
+
+
+def explain_target(target: str | Path) -> tuple[Path, Path]:
+    """(bundle folder, default output folder) for a RUN (RUN/bundle, RUN/explain) or a BUNDLE (BUNDLE/../explain)."""
+    folder = Path(target)
+    if (folder / "bundle" / "card.json").exists():
+        return folder / "bundle", folder / "explain"
+    if (folder / "card.json").exists():
+        return folder, folder.parent / "explain"
+    raise ModelError(f"{folder}: neither a run folder (with bundle/card.json) nor a model bundle (with card.json)")
+
+
+def select_split_images(bundle: Bundle, split: str = "test", n: int = 8, boxes: pd.DataFrame | None = None) -> list[Path]:
+    """First n images of the bundle's prepared split that have boxes, or (no boxes) its n top-scoring positives."""
+    import json
+
+    from chestxray.catalog import load_catalog
+
+    prepared = bundle.card.get("prepared")
+    if not prepared or not (Path(prepared) / "manifest.json").exists():
+        raise ConfigError(f"{bundle.path}: card names no prepared dataset ({prepared!r}); pass IMAGES instead of --split")
+    manifest = json.loads((Path(prepared) / "manifest.json").read_text(encoding="utf-8"))
+    table = load_catalog(manifest["catalog"]).table
+    rows = table[table["split"] == split]
+    if rows.empty:
+        raise ConfigError(f"{prepared}: split {split!r} has no images (splits: {sorted(set(table['split']))})")
+    if boxes is not None:
+        names = set(boxes["image_id"])
+        rows = rows[rows["path"].map(lambda p: Path(p).name in names)]
+        return [Path(p) for p in rows["path"].head(n)]
+    from chestxray.inference import predict_split
+
+    labels = list(bundle.labels)
+    scores = predict_split(bundle, prepared, split)
+    truth = scores[labels].to_numpy(dtype=bool)
+    best = np.where(truth, scores[[f"p_{name}" for name in labels]].to_numpy(dtype=float), -np.inf).max(axis=1)
+    top = scores.assign(best=best)[np.isfinite(best)].nlargest(n, "best")["image_id"]
+    paths = rows.set_index("image_id")["path"]
+    return [Path(paths[i]) for i in top if i in paths.index]

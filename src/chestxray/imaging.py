@@ -1,0 +1,247 @@
+"""Robust decoding of PNG / JPEG / DICOM files to 8-bit grayscale, and the one square resize.
+
+Rules (the same for prepare and predict):
+- 8-bit gray pixels are kept as stored; RGB/RGBA/P/LA collapse to luminance (ITU-R 601, alpha ignored).
+- 16-bit and 32-bit/float images are stretched by their own min/max to 0..255 (many 16-bit X-rays only use
+  12 bits, so scaling by the nominal bit depth would leave them dark); a constant image becomes all zeros.
+- DICOM: modality LUT (rescale slope/intercept), then a VOI LUT sequence or the first window centre/width
+  when present (else min/max as above), then MONOCHROME1 is inverted so bone is always bright.
+- Every unusable file raises DataError naming the file and the reason (missing, empty, truncated, corrupt,
+  not an image, unsupported DICOM compression).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from chestxray.errors import DataError
+
+log = logging.getLogger(__name__)
+
+RESIZE_MODES: tuple[str, ...] = ("pad", "crop")
+DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom", ".dic")
+_EIGHT_BIT_MODES = {"L", "P", "RGB", "RGBA", "LA", "1", "CMYK", "YCbCr", "LAB", "HSV", "PA", "La", "RGBa", "RGBX"}
+
+
+def load_gray(path: str | Path, target: int | None = None) -> np.ndarray:
+    """Decode an image file to a uint8 (H, W) grayscale array; raises DataError with the reason.
+
+    `target` is a speed hint: JPEGs are decoded straight at the smallest DCT scale that is still at least
+    `target` px on the short side (libjpeg draft mode), so a later fit_square(…, target) sees nearly the same
+    pixels at a fraction of the cost. Leave it None for full resolution.
+    """
+    path = Path(path)
+    _check_readable(path)
+    if path.suffix.lower() in DICOM_SUFFIXES or _has_dicom_magic(path):
+        return _load_dicom(path)
+    return _load_pillow(path, target)
+
+
+def fit_square(img: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
+    """Resize a uint8 (H, W) image to (size, size): 'pad' keeps the whole image, scaling the long side to
+    `size` and centring it on black; 'crop' scales the short side to `size` and keeps the centre square."""
+    if mode not in RESIZE_MODES:
+        raise DataError(f"unknown resize mode {mode!r}; expected one of {RESIZE_MODES}")
+    if img.ndim != 2 or img.dtype != np.uint8:
+        raise DataError(f"fit_square expects a uint8 (H, W) image, got {img.dtype} {img.shape}")
+    h, w = img.shape
+    if mode == "crop":
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        return _resize(img[top:top + side, left:left + side], size, size)
+    scale = size / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = _resize(img, new_h, new_w)
+    if new_h == size and new_w == size:
+        return resized
+    out = np.zeros((size, size), dtype=np.uint8)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    out[top:top + new_h, left:left + new_w] = resized
+    return out
+
+
+def load_square(path: str | Path, size: int, mode: str = "pad") -> np.ndarray:
+    """Decode and resize a file to uint8 (size, size): exactly what prepare stores and predict must feed."""
+    return fit_square(load_gray(path, target=size), size, mode)
+
+
+def to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Stretch any numeric array to uint8 by its own min/max (constant input → zeros); uint8 passes through."""
+    if arr.dtype == np.uint8:
+        return arr
+    arr = arr.astype(np.float32, copy=False)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        arr = np.where(finite, arr, np.nanmin(np.where(finite, arr, np.nan)) if finite.any() else 0.0)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    return np.clip((arr - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Area averaging when shrinking (no aliasing; cv2 reduces large factors fast), bilinear when enlarging."""
+    if img.shape == (h, w):
+        return np.ascontiguousarray(img)
+    shrinking = h <= img.shape[0] and w <= img.shape[1]
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=interp)
+
+
+def _check_readable(path: Path) -> None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found; fix the path in the catalog or remove the row") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc}); check the path and permissions") from None
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not an image file")
+    if size == 0:
+        raise DataError(f"{path}: empty file (0 bytes); re-copy or re-export it")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: cannot read (permission denied); fix the file permissions")
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc}); check the path and permissions") from None
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _load_pillow(path: Path, target: int | None) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if target and im.format == "JPEG" and im.mode in ("L", "RGB", "CMYK", "YCbCr"):
+                    im.draft("L", (target, target))
+                im.load()
+                return _pil_to_gray(im)
+    except DataError:
+        raise
+    except UnidentifiedImageError:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        raise DataError(f"{path}: not an image (unrecognised format, starts with {head!r}); remove it or fix the "
+                        "catalog") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: image too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        msg = str(exc)
+        kind = "truncated image data" if "truncat" in msg.lower() else "corrupt image data"
+        raise DataError(f"{path}: {kind} ({msg}); re-copy or re-export the file") from None
+
+
+def _pil_to_gray(im: Image.Image) -> np.ndarray:
+    """Pillow image of any mode → uint8 (H, W) following the module rules."""
+    mode = im.mode
+    if mode == "L":
+        return np.asarray(im, dtype=np.uint8).copy()
+    if mode in ("LA", "La", "PA"):
+        return np.asarray(im.getchannel(0).convert("L"), dtype=np.uint8).copy()
+    if mode in ("RGBA", "RGBa", "RGBX"):
+        return np.asarray(im.convert("RGB").convert("L"), dtype=np.uint8).copy()
+    if mode == "P":
+        return np.asarray(im.convert("RGB").convert("L"), dtype=np.uint8).copy()
+    if mode in _EIGHT_BIT_MODES:
+        return np.asarray(im.convert("L"), dtype=np.uint8).copy()
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(im)
+        if arr.ndim != 2:
+            raise DataError(f"{getattr(im, 'filename', '')}: unexpected {mode} image shape {arr.shape}")
+        return to_uint8(arr)
+    raise DataError(f"{getattr(im, 'filename', '')}: unsupported image mode {mode!r}; convert it to 8-bit gray PNG")
+
+
+def _load_dicom(path: Path) -> np.ndarray:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError as exc:
+        raise DataError(f"{path}: not a valid DICOM file ({exc})") from None
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: truncated or corrupt DICOM header ({exc}); re-export the file") from None
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise DataError(f"{path}: DICOM file has no pixel data (a report or structured document?)")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        arr = ds.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        name = getattr(syntax, "name", str(syntax))
+        raise DataError(f"{path}: cannot decode DICOM pixel data with transfer syntax {name} ({exc}); "
+                        "install a handler: pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg") from None
+    except (ValueError, EOFError, OSError, KeyError, AttributeError) as exc:
+        raise DataError(f"{path}: truncated or corrupt DICOM pixel data ({exc}); re-export the file") from None
+    return dicom_to_gray(ds, arr, where=str(path))
+
+
+def dicom_to_gray(ds, arr: np.ndarray, where: str = "DICOM") -> np.ndarray:
+    """Apply modality LUT, VOI LUT/window and MONOCHROME1 inversion to decoded DICOM pixels → uint8 (H, W)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        log.info("%s: %d frames; using the first", where, frames)
+        arr = arr[0]
+    if samples == 3:
+        if arr.ndim != 3 or arr.shape[-1] != 3:
+            raise DataError(f"{where}: colour DICOM with unexpected pixel shape {arr.shape}")
+        return cv2.cvtColor(to_uint8(arr) if arr.dtype != np.uint8 else arr, cv2.COLOR_RGB2GRAY)
+    if arr.ndim != 2:
+        raise DataError(f"{where}: DICOM pixel array has shape {arr.shape}; expected one 2-D frame")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    bits = int(ds.get("BitsStored", 8) or 8)
+    has_modality = "RescaleSlope" in ds or "ModalityLUTSequence" in ds
+    out: np.ndarray
+    try:
+        values = apply_modality_lut(arr, ds) if has_modality else arr
+        if "VOILUTSequence" in ds:
+            lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+            voi = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float32)
+            out = np.clip(voi * (255.0 / (2 ** lut_bits - 1)) + 0.5, 0, 255).astype(np.uint8)
+        elif "WindowCenter" in ds and "WindowWidth" in ds:
+            out = _window(values, ds)
+        elif arr.dtype == np.uint8 and bits <= 8 and not has_modality:
+            out = arr
+        else:
+            out = to_uint8(np.asarray(values))
+    except (ValueError, IndexError, TypeError, AttributeError) as exc:
+        raise DataError(f"{where}: invalid DICOM LUT/window attributes ({exc})") from None
+    if photometric == "MONOCHROME1":
+        out = 255 - out
+    return np.ascontiguousarray(out)
+
+
+def _window(values: np.ndarray, ds) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2 window (first centre/width) mapped to 0..255."""
+    center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    x = np.asarray(values, dtype=np.float32)
+    func = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+    if func == "SIGMOID":
+        y = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / max(width, 1e-6)))
+    elif func == "LINEAR_EXACT":
+        y = (x - center) / max(width, 1e-6) + 0.5
+    else:
+        y = (x - (center - 0.5)) / max(width - 1.0, 1e-6) + 0.5
+    return np.clip(y * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _first(value) -> float:
+    """First item of a possibly multi-valued DICOM number."""
+    if not isinstance(value, (int, float)) and hasattr(value, "__len__"):
+        value = value[0]
+    return float(value)

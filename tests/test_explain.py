@@ -1,0 +1,367 @@
+"""Explanations: expert boxes, localisation scores, Grad-CAM / IG via Captum, overlays, explain_images and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from chestxray.bundle import Bundle
+from chestxray.errors import ConfigError, DataError, ModelError
+from chestxray.explain import (
+    attribute,
+    explain_images,
+    find_gradcam_layer,
+    grad_cam,
+    integrated_gradients,
+    render_overlay,
+    summarize_scores,
+)
+from chestxray.localize import (
+    Box,
+    box_mask,
+    energy_in_box,
+    fit_square_box,
+    localization_scores,
+    pointing_hit,
+    read_boxes,
+    scale_box,
+    topk_iou,
+)
+
+SIZE = 32
+
+
+# ---------- boxes ----------
+
+
+def test_read_nih_bbox_file(shared_data: Path) -> None:
+    boxes = read_boxes(shared_data / "nih-metadata" / "BBox_List_2017.csv.gz")
+    assert len(boxes) == 984
+    assert set(boxes["label"]) == {
+        "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax"
+    }
+    assert (boxes["label"] == "Infiltration").sum() == 123
+    first = boxes.iloc[0]
+    assert first["image_id"] == "00013118_008.png" and first["label"] == "Atelectasis"
+    assert first[["x", "y", "w", "h"]].tolist() == pytest.approx([225.0847, 547.0192, 86.7797, 79.1864], abs=1e-3)
+    assert (boxes["frame_w"] == 1024).all() and (boxes["frame_h"] == 1024).all()
+    assert ((boxes["x"] >= 0) & (boxes["x"] + boxes["w"] <= 1024 + 1)).all()
+
+
+def test_read_synthetic_boxes_and_errors(tmp_path: Path) -> None:
+    good = tmp_path / "boxes.csv"
+    good.write_text("Image Index,Finding Label,x,y,w,h\nimg_0.png,Infiltrate,4,5,10,12\n")
+    boxes = read_boxes(good)
+    assert boxes.iloc[0][["label", "x", "h"]].tolist() == ["Infiltration", 4.0, 12.0]
+    assert np.isnan(boxes.iloc[0]["frame_w"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Image Index,Finding Label,x,y,w\nimg_0.png,Mass,4,5,10\n")
+    with pytest.raises(DataError, match=r"bad.csv: no box column\(s\) \['h'\]"):
+        read_boxes(bad)
+    bad.write_text("Image Index,Finding Label,x,y,w,h\nimg_0.png,Mass,4,5,0,3\n")
+    with pytest.raises(DataError, match="row 2: box must have .*positive w, h"):
+        read_boxes(bad)
+    with pytest.raises(DataError, match="not found"):
+        read_boxes(tmp_path / "missing.csv")
+
+
+def test_box_geometry_pad_and_crop() -> None:
+    # a 200x100 image letterboxed into 100x100: scale 0.5, 25 px bands top and bottom
+    assert fit_square_box(Box(0, 0, 200, 100), 200, 100, 100, "pad") == Box(0, 25, 100, 50)
+    # centre crop keeps the middle 100x100 of the same image
+    assert fit_square_box(Box(50, 0, 100, 100), 200, 100, 100, "crop") == Box(0, 0, 100, 100)
+    # NIH frame 1024 -> a 512 px file -> 256 px prepared image: a quarter of the coordinates
+    assert scale_box(Box(100, 200, 40, 80), (1024, 1024), (512, 512), 256, "pad") == Box(25, 50, 10, 20)
+    with pytest.raises(ConfigError, match="'stretch'"):
+        fit_square_box(Box(0, 0, 1, 1), 10, 10, 10, "stretch")
+
+
+def test_box_geometry_matches_fit_square() -> None:
+    """A white rectangle drawn at a box lands where the mapped box says, after the real fit_square."""
+    from chestxray.imaging import fit_square
+
+    for mode in ("pad", "crop"):
+        img = np.zeros((120, 200), dtype=np.uint8)
+        img[40:80, 90:150] = 255
+        out = fit_square(img, 64, mode)
+        mask = box_mask([fit_square_box(Box(90, 40, 60, 40), 200, 120, 64, mode)], out.shape)
+        bright = out > 127
+        assert (bright & mask).sum() / (bright | mask).sum() > 0.85, mode
+
+
+# ---------- scores ----------
+
+
+def _blob(center: tuple[int, int], size: int = SIZE, sigma: float = 2.0) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return np.exp(-((xx - center[0]) ** 2 + (yy - center[1]) ** 2) / (2 * sigma**2)).astype(np.float32)
+
+
+def test_scores_on_hand_made_heatmaps() -> None:
+    mask = box_mask([Box(8, 8, 8, 8)], (SIZE, SIZE))
+    assert mask.sum() == 64 and mask[8:16, 8:16].all()
+    inside = localization_scores(_blob((12, 12)), mask)
+    assert inside["pointing_hit"] == 1.0 and inside["energy_in_box"] > 0.5
+    assert inside["box_fraction"] == pytest.approx(64 / SIZE**2)
+    outside = localization_scores(_blob((26, 26)), mask)
+    assert outside["pointing_hit"] == 0.0 and outside["energy_in_box"] < 0.05 and outside["iou_top20"] < 0.05
+    # the heatmap equal to the box, with the box 25% of the image, is a perfect top-25% match
+    quarter = box_mask([Box(0, 0, 16, 16)], (SIZE, SIZE))
+    assert topk_iou(quarter.astype(float), quarter, 25.0) == pytest.approx(1.0)
+    assert topk_iou(quarter.astype(float), quarter, 50.0) == pytest.approx(0.5)
+    assert np.isnan(energy_in_box(np.zeros((SIZE, SIZE)), mask))
+    assert pointing_hit(-_blob((12, 12)), mask) == 0.0
+    with pytest.raises(ValueError, match="same 2-D shape"):
+        pointing_hit(np.zeros((4, 4)), np.zeros((5, 5), dtype=bool))
+
+
+def test_summarize_scores() -> None:
+    table = pd.DataFrame(
+        {"label": ["Mass", "Mass", "Nodule", "Nodule"], "pointing_hit": [1.0, 0.0, 1.0, np.nan],
+         "iou_top20": [0.5, 0.1, 0.3, np.nan], "energy_in_box": [0.8, 0.2, 0.6, np.nan], "box_fraction": [0.1] * 4}
+    )
+    summary = summarize_scores(table).set_index("label")
+    assert summary.loc["Mass", "pointing_hit"] == 0.5 and summary.loc["Mass", "n"] == 2
+    assert summary.loc["ALL", "n"] == 3 and summary.loc["ALL", "pointing_hit"] == pytest.approx(2 / 3)
+
+
+# ---------- attributions ----------
+
+
+class BrightNet(torch.nn.Sequential):
+    """Tiny CNN: conv -> ReLU -> conv -> ReLU -> global pool -> linear (2 logits)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(inplace=True),
+            torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU(inplace=True),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2),
+        )
+
+
+def _blob_batch(gen: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """Noisy dark images in [-1, 1]; half carry a bright 6x6 square at a random place (label 1)."""
+    images = torch.rand(n, 1, SIZE, SIZE, generator=gen) * 0.4 - 1.0
+    labels = torch.zeros(n, 2)
+    places = []
+    for i in range(n):
+        x, y = (int(v) for v in torch.randint(2, SIZE - 8, (2,), generator=gen))
+        places.append((x, y))
+        if i % 2 == 0:
+            images[i, 0, y : y + 6, x : x + 6] = 1.0
+            labels[i, 1] = 1.0
+        else:
+            labels[i, 0] = 1.0
+    return images, labels, places
+
+
+@pytest.fixture(scope="module")
+def trained_net() -> tuple[torch.nn.Module, torch.Generator]:
+    """BrightNet trained for 40 steps to put logit 1 on images with a bright square (seeded, CPU)."""
+    gen = torch.Generator().manual_seed(0)
+    net = BrightNet()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    opt = torch.optim.Adam(net.parameters(), lr=0.03)
+    for _ in range(40):
+        images, labels, _ = _blob_batch(gen, 16)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(images), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval(), gen
+
+
+def test_gradcam_on_trained_tiny_cnn_points_at_the_blob(trained_net: tuple[torch.nn.Module, torch.Generator]) -> None:
+    net, gen = trained_net
+    images, labels, places = _blob_batch(gen, 8)
+    with torch.no_grad():
+        assert ((net(images)[:, 1] > net(images)[:, 0]).float() == labels[:, 1]).float().mean() >= 0.875
+    assert find_gradcam_layer(net) is net[2]
+    cams = attribute(net, images[::2], target=1, method="gradcam")
+    assert cams.shape == (4, SIZE, SIZE) and cams.max() == pytest.approx(1.0)
+    for cam, (x, y) in zip(cams, places[::2]):
+        mask = box_mask([Box(x, y, 6, 6)], (SIZE, SIZE))
+        assert energy_in_box(cam, mask) > 2 * mask.mean()
+        assert pointing_hit(cam, box_mask([Box(x - 2, y - 2, 10, 10)], (SIZE, SIZE))) == 1.0
+
+
+def test_gradcam_layer_hint_and_errors() -> None:
+    net = BrightNet()
+    raw = grad_cam(net, torch.rand(2, 1, SIZE, SIZE), target=0)
+    assert raw.shape == (2, 1, SIZE, SIZE) and (raw >= 0).all()
+    net.gradcam_layer = "0"
+    assert find_gradcam_layer(net) is net[0]
+    net.gradcam_layer = "nope"
+    with pytest.raises(ModelError, match="'nope'"):
+        find_gradcam_layer(net)
+    with pytest.raises(ModelError, match="no nn.Conv2d"):
+        find_gradcam_layer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 1)))
+    with pytest.raises(ConfigError, match="did you mean 'ig'"):
+        attribute(net, torch.rand(1, 1, SIZE, SIZE), 0, method="igg")
+
+
+def test_integrated_gradients_shape_and_completeness() -> None:
+    gen = torch.Generator().manual_seed(1)
+    net = BrightNet().eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    inputs = torch.rand(3, 1, SIZE, SIZE, generator=gen) * 2 - 1
+    baseline = torch.full_like(inputs, -1.0)
+    attr, delta = integrated_gradients(net, inputs, target=1, baselines=baseline, n_steps=32)
+    assert attr.shape == inputs.shape
+    with torch.no_grad():
+        gap = net(inputs)[:, 1] - net(baseline)[:, 1]
+    assert gap.abs().min() > 0.01
+    assert (delta.abs() < 0.05 * gap.abs() + 1e-3).all()
+    assert attr.sum(dim=(1, 2, 3)) == pytest.approx((gap + delta).tolist(), abs=1e-4)
+    heat = attribute(net, inputs, 1, "ig", baseline, n_steps=8)
+    assert heat.shape == (3, SIZE, SIZE) and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
+
+
+def test_render_overlay() -> None:
+    gray = np.full((SIZE, SIZE), 100, dtype=np.uint8)
+    picture = render_overlay(gray, _blob((8, 24)), "Mass p=0.90", [Box(4, 20, 8, 8)], display=64)
+    assert picture.mode == "RGB" and picture.size == (64, 64 + 18)
+    arr = np.asarray(picture)
+    hot, cold = arr[18 + 48, 16], arr[18 + 8, 56]  # (row, col) at the blob vs far away, display scale 2
+    assert hot[0] > hot[2] and cold[2] > cold[0]
+    with pytest.raises(ValueError, match="same shape"):
+        render_overlay(gray, np.zeros((4, 4)), "x")
+
+
+# ---------- explain_images and the CLI ----------
+
+
+def _write_images(folder: Path) -> tuple[list[Path], Path]:
+    """Three 48x40 PNGs (dark noise; two with a bright 8x8 square) and a boxes.csv in file pixels."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, rows = [], []
+    for i, place in enumerate([(6, 10), (30, 24), None]):
+        img = rng.integers(0, 50, size=(40, 48), dtype=np.uint8)
+        if place is not None:
+            x, y = place
+            img[y : y + 8, x : x + 8] = 255
+            rows.append(f"img_{i}.png,Mass,{x},{y},8,8")
+        paths.append(folder / f"img_{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    boxes = folder / "boxes.csv"
+    boxes.write_text("Image Index,Finding Label,x,y,w,h\n" + "\n".join(rows) + "\n")
+    return paths, boxes
+
+
+def _bundle(net: torch.nn.Module, path: Path) -> Bundle:
+    card = {"architecture": "test", "num_labels": 2, "in_chans": 1, "image_size": SIZE, "resize": "pad",
+            "normalization": "gray", "labels": ["Effusion", "Mass"], "task": "multilabel"}
+    return Bundle(net=net, card=card, path=path)
+
+
+def test_explain_images_gradcam_scores_and_overlays(
+    tmp_path: Path, trained_net: tuple[torch.nn.Module, torch.Generator]
+) -> None:
+    paths, boxes = _write_images(tmp_path / "images")
+    out = tmp_path / "explain"
+    results = explain_images(_bundle(trained_net[0], tmp_path), paths, "gradcam", out_dir=out, boxes=boxes)
+    assert [(r.image_id, r.label) for r in results[:2]] == [("img_0.png", "Mass"), ("img_1.png", "Mass")]
+    for r in results[:2]:
+        assert r.heatmap.shape == (SIZE, SIZE) and r.probability > 0.5
+        assert r.scores["pointing_hit"] == 1.0 and r.scores["energy_in_box"] > 3 * r.scores["box_fraction"]
+    assert results[2].scores == {}  # no box: explained for its top-scoring label, not scored
+    table = pd.read_csv(out / "scores.csv")
+    assert list(table.columns) == ["image_id", "path", "label", "probability", "method", "overlay",
+                                   "pointing_hit", "iou_top20", "energy_in_box", "box_fraction"]
+    assert len(table) == 3 and table["pointing_hit"].tolist()[:2] == [1.0, 1.0] and np.isnan(table["pointing_hit"][2])
+    for name in table["overlay"]:
+        with Image.open(name) as im:
+            assert im.format == "PNG" and im.mode == "RGB" and im.size[0] >= SIZE
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(Path(n).name for n in table["overlay"]), "scores.csv"])
+
+
+def test_explain_images_ig_and_label_choice(tmp_path: Path, trained_net: tuple[torch.nn.Module, torch.Generator]) -> None:
+    paths, _ = _write_images(tmp_path / "images")
+    bundle = _bundle(trained_net[0], tmp_path)
+    results = explain_images(bundle, paths[:1], "ig", label="Effusion", out_dir=tmp_path / "ig", n_steps=8)
+    assert len(results) == 1 and results[0].label == "Effusion" and results[0].method == "ig"
+    assert results[0].heatmap.shape == (SIZE, SIZE) and results[0].overlay.name == "img_0_Effusion_ig.png"
+    with pytest.raises(ConfigError, match="'Mas' is not one of the model's labels.*did you mean 'Mass'"):
+        explain_images(bundle, paths, label="Mas", out_dir=tmp_path / "x")
+
+
+@pytest.fixture(scope="module")
+def synth_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A run folder whose bundle is an (untrained) cnn-tiny over a prepared synthetic dataset; and the synth folder."""
+    from chestxray.bundle import save_bundle
+    from chestxray.catalog import save_catalog
+    from chestxray.models import build_model
+    from chestxray.prepare import prepare_dataset
+    from chestxray.sources import read_nih
+    from chestxray.split import assign_splits
+    from chestxray.synth import FINDINGS, make_synthetic
+
+    root = tmp_path_factory.mktemp("explain_cli")
+    synth = make_synthetic(root / "synth", n=12, size=48, seed=0, findings_p=0.5)
+    catalog = assign_splits(read_nih(synth / "labels.csv", synth / "images"), seed=0)
+    save_catalog(catalog, root / "catalog")
+    prepare_dataset(root / "catalog", root / "prepared", size=SIZE, workers=1)
+    torch.manual_seed(0)
+    card = {"architecture": "cnn-tiny", "num_labels": len(catalog.labels), "in_chans": 1, "image_size": SIZE,
+            "resize": "pad", "normalization": "gray", "labels": list(catalog.labels), "task": "multilabel",
+            "prepared": str(root / "prepared")}
+    assert set(FINDINGS) <= set(catalog.labels)
+    save_bundle(root / "run" / "bundle", build_model("cnn-tiny", len(catalog.labels)), card)
+    return root / "run", synth
+
+
+def test_cli_explain_writes_overlays_and_scores(synth_run: tuple[Path, Path]) -> None:
+    from typer.testing import CliRunner
+
+    from chestxray.cli import app
+
+    run, synth = synth_run
+    boxes = pd.read_csv(synth / "boxes.csv")
+    images = sorted(set(boxes["Image Index"]))[:2]
+    args = ["explain", str(run), *(str(synth / "images" / i) for i in images), "--boxes", str(synth / "boxes.csv")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "pointing-game hit rate" in result.output and "ALL" in result.output
+    table = pd.read_csv(run / "explain" / "scores.csv")
+    expected = boxes[boxes["Image Index"].isin(images)][["Image Index", "Finding Label"]].drop_duplicates()
+    assert sorted(zip(table["image_id"], table["label"])) == sorted(map(tuple, expected.to_numpy()))
+    assert table["pointing_hit"].isin([0.0, 1.0]).all() and table["energy_in_box"].between(0, 1).all()
+    assert all(Path(p).exists() and Path(p).parent == run / "explain" for p in table["overlay"])
+
+    split = CliRunner().invoke(app, ["explain", str(run), "--split", "train", "--n", "2", "--method", "ig",
+                                     "--steps", "4", "--boxes", str(synth / "boxes.csv"), "--out", str(run / "ig")])
+    assert split.exit_code == 0, split.output
+    ig = pd.read_csv(run / "ig" / "scores.csv")
+    assert ig["image_id"].nunique() == 2 and set(ig["method"]) == {"ig"} and ig["pointing_hit"].notna().all()
+
+    top = CliRunner().invoke(app, ["explain", str(run / "bundle"), "--split", "train", "--n", "3"])
+    assert top.exit_code == 0, top.output
+    picked = pd.read_csv(run / "explain" / "scores.csv")  # a bundle's default output: next to it, RUN/explain
+    labels = pd.read_csv(synth / "labels.csv").set_index("Image Index")["Finding Labels"]
+    assert len(picked) == 3 and (labels[picked["image_id"]] != "No Finding").all()
+    assert "pointing_hit" not in picked.columns and "no boxes to score" in top.output
+
+    bad = CliRunner().invoke(app, ["explain", str(synth), str(synth / "images" / images[0])])
+    assert bad.exit_code == 1 and "neither a run folder" in bad.output
+
+
+@pytest.mark.parametrize("name", ["cnn-tiny", "resnet18", "densenet121"])
+def test_gradcam_and_ig_run_on_registered_models(name: str) -> None:
+    from chestxray.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model(name, num_labels=3).eval()
+    inputs = torch.rand(1, 1, SIZE, SIZE) * 2 - 1
+    for method in ("gradcam", "ig"):
+        heat = attribute(net, inputs, target=2, method=method, baselines=torch.full_like(inputs, -1.0), n_steps=4)
+        assert heat.shape == (1, SIZE, SIZE) and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1
