@@ -17,3 +17,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real samples not found at {SHARED_DATA}; set CHESTXRAY_DATA to the shared/data folder")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PREPARED folder (32 px) of 600 synthetic NIH-layout images: a small CNN learns it in two epochs."""
+    from chestxray.prepare import prepare_dataset
+    from chestxray.sources import read_nih
+    from chestxray.split import assign_splits
+    from chestxray.synth import make_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic-prepared")
+    source = make_synthetic(root / "source", n=600, size=64, seed=0)
+    catalog = assign_splits(read_nih(source / "labels.csv", source / "images"), seed=0)
+    prepare_dataset(catalog, root / "prepared", size=32, workers=0)
+    return root / "prepared"

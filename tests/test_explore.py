@@ -26,7 +26,8 @@ def test_counts_and_cooccurrence(catalog) -> None:
     matrix = catalog.label_matrix
     assert counts.loc["Nodule", "images"] == matrix[:, catalog.labels.index("Nodule")].sum()
     assert counts.loc["No Finding", "images"] == (matrix.sum(1) == 0).sum()
-    assert counts["images_train"].sum() + counts["images_val"].sum() + counts["images_test"].sum() == counts["images"].sum()
+    per_split = counts["images_train"] + counts["images_val"] + counts["images_test"]
+    assert (per_split == counts["images"]).all()
     assert counts["share_with_normal"].sum() == pytest.approx(1.0, abs=1e-3)
     assert counts["share_without_normal"].drop("No Finding").sum() == pytest.approx(1.0, abs=1e-3)
     nodule_patients = catalog.table.loc[catalog.table["Nodule"] == 1, "patient_id"].nunique()

@@ -224,4 +224,4 @@ def test_csv_table_errors(tmp_path: Path) -> None:
         read_csv_table(table, "img", "pid")
     table.write_text("img,pid,f\na.png,1,Nodule\nb.png,2,Mass\n")
     catalog = read_csv_table(table, "img", "pid", findings_col="f")
-    assert catalog.labels == NIH14 and catalog.info["missing_images"] == ["b.png"]
+    assert catalog.labels == ("Mass", "Nodule") and catalog.info["missing_images"] == ["b.png"]

@@ -37,7 +37,8 @@ def test_boxes_mark_visible_findings(synth_dir: Path) -> None:
     labels = pd.read_csv(synth_dir / "labels.csv")
     boxes = pd.read_csv(synth_dir / "boxes.csv")
     assert list(boxes.columns) == ["Image Index", "Finding Label", "x", "y", "w", "h"]
-    expected = {(r["Image Index"], f) for _, r in labels.iterrows() for f in r["Finding Labels"].split("|") if f != "No Finding"}
+    expected = {(row["Image Index"], name) for _, row in labels.iterrows()
+                for name in row["Finding Labels"].split("|") if name != "No Finding"}
     assert set(zip(boxes["Image Index"], boxes["Finding Label"])) == expected
     for _, box in boxes.iterrows():
         img = np.asarray(Image.open(synth_dir / "images" / box["Image Index"]), dtype=float)

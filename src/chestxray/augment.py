@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from chestxray.errors import ConfigError
+from chestxray.imaging import fit_square  # noqa: F401 - also configures OpenCV threads (see chestxray.imaging)
 
 NORMALIZATIONS: tuple[str, ...] = ("gray", "imagenet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -96,9 +97,9 @@ def normalize(images: torch.Tensor, in_chans: int = 1, normalization: str = "gra
         raise ConfigError(f"normalize expects uint8 (B, 1, H, W) or (1, H, W), got {tuple(images.shape)}")
     x = images.to(torch.float32)
     if normalization == "gray":
-        x = x.mul_(1.0 / 127.5).sub_(1.0)
+        x = x.div_(127.5).sub_(1.0)
         return x.expand(*x.shape[:-3], 3, *x.shape[-2:]).contiguous() if in_chans == 3 else x
-    x = x.mul_(1.0 / 255.0)
+    x = x.div_(255.0)
     if in_chans == 1:
         return x.sub_(IMAGENET_GRAY_MEAN).div_(IMAGENET_GRAY_STD)
     shape = (3, 1, 1)

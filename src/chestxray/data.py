@@ -161,12 +161,6 @@ class _EpochLoader(DataLoader):
         return super().__iter__()
 
 
-def _worker_init(worker_id: int) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 class ChestXrayDataModule(L.LightningDataModule):
     """Loaders over a PREPARED folder. Batches: image float32 (B, C, H, W) normalised, labels float32 (B, L),
     image_id list[str], patient_id list[str]. World size and rank come from the attached trainer, else the args."""
@@ -205,7 +199,9 @@ class ChestXrayDataModule(L.LightningDataModule):
     def _epoch(self) -> int:
         trainer = self.trainer
         if trainer is not None:
-            return int(trainer.current_epoch)
+            # 'processed' is already right when a resumed run creates its first iterator (current_epoch is not yet).
+            fit_loop = getattr(trainer, "fit_loop", None)
+            return int(fit_loop.epoch_progress.current.processed if fit_loop is not None else trainer.current_epoch)
         self._epochs_started += 1
         return self._epochs_started - 1
 
@@ -219,8 +215,9 @@ class ChestXrayDataModule(L.LightningDataModule):
                                augment=self.augment if train else "none", in_chans=self.in_chans,
                                normalization=self.normalization, shuffle_buffer=self.shuffle_buffer)
         epoch_of = self._epoch if train else (lambda: 0)
+        # An own generator: creating an iterator must not draw from the global torch RNG (keeps resumed runs exact).
         return _EpochLoader(dataset, epoch_of, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            worker_init_fn=_worker_init if self.num_workers else None)
+                            generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

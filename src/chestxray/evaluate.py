@@ -2,7 +2,8 @@
 evaluated split, and every table and plot written into RUN/eval/.
 
 RUN/eval/ holds predictions.csv, val_predictions.csv, roc/<finding>.csv (fpr, tpr, threshold), metrics.json,
-summary.csv, history.csv (a copy of RUN/metrics.csv) and the PNG plots named in PLOTS.
+summary.csv, copies of the training history (training_metrics.csv from RUN/metrics.csv, per step;
+training_history.csv from RUN/history.csv, per epoch) and the PNG plots named in PLOTS.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 from chestxray import plots
-from chestxray.errors import DataError
+from chestxray.errors import ConfigError, DataError
 from chestxray.files import write_csv, write_json
 from chestxray.metrics import Summary, summarize, undefined_reason
 from chestxray.thresholds import parse_method, thresholds_from_frame
@@ -129,7 +130,7 @@ def evaluate_predictions(
         "calibration": plots.plot_calibration(y_true, y_score, labels, out / PLOTS["calibration"]),
     }
     if history is not None and Path(history).exists():
-        shutil.copyfile(history, out / "history.csv")
+        shutil.copyfile(history, out / "training_metrics.csv")
         made["history"] = plots.plot_history(pd.read_csv(history), out / PLOTS["history"])
     elif history is not None:
         log.warning("no training history at %s; the loss/AUROC plot is skipped", history)
@@ -156,10 +157,14 @@ def evaluate_run(
     from chestxray.inference import predict_split
     from chestxray.thresholds import store_thresholds
 
+    from chestxray.inference import TTA_MODES
+
+    method = parse_method(threshold_method)  # fail fast on bad options, before loading anything
+    if tta not in TTA_MODES:
+        raise ConfigError(f"unknown test-time augmentation {tta!r}; expected one of {TTA_MODES}")
     run = Path(run_dir)
     if not (run / "bundle").is_dir():
         raise DataError(f"{run}: no bundle/ folder; is this a training run folder (chestxray train ... writes one)?")
-    method = parse_method(threshold_method)
     bundle = load_bundle(run / "bundle")
     labels = list(bundle.labels)
     kwargs = dict(batch_size=batch_size, tta=tta, num_workers=num_workers, device=device)
@@ -169,6 +174,8 @@ def evaluate_run(
              "data_fingerprint": bundle.card.get("data_fingerprint")}
     result = evaluate_predictions(val, scored, labels, run / EVAL_DIR, split, method, tta, run / "metrics.csv",
                                   n_boot, seed, extra)
+    if (run / "history.csv").exists():
+        shutil.copyfile(run / "history.csv", result.eval_dir / "training_history.csv")
     store_thresholds(bundle.path, result.thresholds, method)
     headline = {r.name: r.auroc.value for r in result.summary.rows}
     update_card(bundle.path, metrics={"split": split, "tta": tta, "macro_auroc": result.macro_auroc, "auroc": headline})

@@ -32,16 +32,21 @@ class ExploreResult:
     augment_grid: Path | None = None
 
 
+def normal_name(catalog: Catalog) -> str:
+    """Name shown for the all-zero row: the source's normal class (e.g. NORMAL) or 'No Finding'."""
+    return str(catalog.info.get("normal_class") or NORMAL)
+
+
 def _presence(catalog: Catalog) -> pd.DataFrame:
-    """Per image 0/1 columns for every label plus 'No Finding' (all labels 0)."""
+    """Per image 0/1 columns for every label plus the normal row (all labels 0)."""
     matrix = catalog.label_matrix
     frame = pd.DataFrame(matrix, columns=list(catalog.labels), index=catalog.table.index)
-    frame[NORMAL] = (matrix.sum(1) == 0).astype(np.uint8)
+    frame[normal_name(catalog)] = (matrix.sum(1) == 0).astype(np.uint8)
     return frame
 
 
 def finding_counts(catalog: Catalog) -> pd.DataFrame:
-    """Images and patients per finding (rows: labels + 'No Finding'), overall and per split, with class shares.
+    """Images and patients per finding (rows: labels + the normal row), overall and per split, with class shares.
 
     share_with_normal: share of all label occurrences incl. No Finding; share_without_normal: among findings only.
     """
@@ -57,9 +62,9 @@ def finding_counts(catalog: Catalog) -> pd.DataFrame:
             out[f"images_{name}"] = presence[rows].sum(axis=0)
             out[f"patients_{name}"] = presence[rows].groupby(patients.to_numpy()[rows]).max().sum(axis=0)
     out["share_with_normal"] = (out["images"] / out["images"].sum()).round(4)
-    findings_total = out["images"].drop(NORMAL).sum()
+    findings_total = out["images"].drop(normal_name(catalog)).sum()
     out["share_without_normal"] = (out["images"] / findings_total if findings_total else 0.0).round(4)
-    out.loc[NORMAL, "share_without_normal"] = np.nan
+    out.loc[normal_name(catalog), "share_without_normal"] = np.nan
     out.index.name = "finding"
     return out
 
@@ -106,7 +111,7 @@ def _plot_counts(findings: pd.DataFrame, path: Path) -> Path:
     axes[0].set_title("images per finding")
     axes[1].barh(order, findings.loc[order, "share_with_normal"], color="tab:gray")
     axes[1].set_title("share incl. No Finding")
-    without = findings.drop(NORMAL).sort_values("images")
+    without = findings[findings["share_without_normal"].notna()].sort_values("images")
     axes[2].barh(without.index, without["share_without_normal"], color="tab:orange")
     axes[2].set_title("share of findings (excl. No Finding)")
     return _save(fig, path)
@@ -176,7 +181,7 @@ def sample_grid(catalog: Catalog, path: Path, n: int = 16, seed: int = 0) -> tup
             skipped += 1
             continue
         names = [name for name in catalog.labels if int(row[name]) == 1]
-        shown.append((image, ", ".join(names) or ("normal" if catalog.task == "binary" else NORMAL)))
+        shown.append((image, ", ".join(names) or normal_name(catalog)))
     if not shown:
         return None, 0, skipped
     return _mosaic(shown, path), len(shown), skipped

@@ -10,7 +10,7 @@ images of one patient always enter a replicate together.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -88,7 +88,6 @@ class Summary:
     ci: float
     seed: int
     normal_score: str = NORMAL_SCORE
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def row(self, name: str) -> FindingMetrics:
         """The row called `name` (a finding, 'macro', 'micro' or 'normal')."""
@@ -121,7 +120,6 @@ class Summary:
             "bootstrap": {"replicates": self.n_boot, "ci": self.ci, "seed": self.seed, "unit": "patient"},
             "normal_score": self.normal_score,
             "rows": [_clean(asdict(r)) for r in self.rows],
-            **self.extra,
         }
 
 
@@ -333,7 +331,7 @@ def calibration_bins(y_true: Any, y_prob: Any, n_bins: int = 10) -> CalibrationB
     if s.size and (s.min() < 0 or s.max() > 1):
         raise DataError(f"calibration needs probabilities in [0, 1]; y_prob spans [{s.min():.3g}, {s.max():.3g}]")
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, n_bins - 1)
+    idx = np.searchsorted(edges[1:-1], s, side="left")  # bins (lo, hi], the first [0, hi], as scikit-learn
     counts = np.bincount(idx, minlength=n_bins)
     sum_prob = np.bincount(idx, weights=s, minlength=n_bins)
     sum_pos = np.bincount(idx, weights=t, minlength=n_bins)
@@ -435,7 +433,7 @@ def summarize(
         rows.append(_macro_row(findings, roc_reps[:, :n_lab], pr_reps[:, :n_lab], ci, n))
         rows.append(_micro_row(t, s, findings, roc_reps[:, n_lab], pr_reps[:, n_lab], ci, n_bins))
         rows.append(
-            _normal_row(t, s, norm_t, norm_s, thresholds, labels, roc_reps[:, n_lab + 1], pr_reps[:, n_lab + 1], ci)
+            _normal_row(s, norm_t, norm_s, thresholds, labels, roc_reps[:, n_lab + 1], pr_reps[:, n_lab + 1], ci)
         )
     return Summary(rows, n_images=n, n_patients=len(set(patient_ids)), n_boot=n_boot, ci=ci, seed=seed)
 
@@ -511,7 +509,7 @@ def _micro_row(
 
 
 def _normal_row(
-    t: np.ndarray, s: np.ndarray, norm_t: np.ndarray, norm_s: np.ndarray, thresholds: dict[str, float],
+    s: np.ndarray, norm_t: np.ndarray, norm_s: np.ndarray, thresholds: dict[str, float],
     labels: list[str], roc_reps: np.ndarray, pr_reps: np.ndarray, ci: float,
 ) -> FindingMetrics:
     """'No Finding' detection: scored by 1 - max(p); predicted normal when no finding passes its threshold."""

@@ -183,7 +183,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def load_weights_into(net: nn.Module, spec: ModelSpec, state: dict[str, torch.Tensor], source: str) -> None:
@@ -207,7 +207,8 @@ def load_weights_into(net: nn.Module, spec: ModelSpec, state: dict[str, torch.Te
         expected_missing = set(head_keys)
     else:
         expected_missing = set()
-    missing = [k for k in own if k not in state and k not in expected_missing]
+    # Old files (e.g. torchvision's DenseNet) lack BatchNorm's num_batches_tracked; it is only a counter.
+    missing = [k for k in own if k not in state and k not in expected_missing and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and state[k].shape != own[k].shape]

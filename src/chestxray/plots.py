@@ -104,11 +104,11 @@ def plot_roc_grid(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str]
         ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
         if thresholds and name in thresholds:
             c = threshold_counts(t[:, j], s[:, j], thresholds[name])
-            ax.plot(1 - (c.specificity or 0.0), c.sensitivity or 0.0, "o", color="tab:red", ms=6,
-                    label=f"t={thresholds[name]:.2f}")
+            ax.plot(1 - (c.specificity or 0.0), c.sensitivity or 0.0, "o", color="tab:red", ms=6, clip_on=False,
+                    zorder=3, label=f"t={thresholds[name]:.2f}")
             ax.legend(fontsize=7, loc="lower right")
         ax.set_title(f"{name}\nAUROC {area:.3f}", fontsize=9)
-        ax.set(xlim=(0, 1), ylim=(0, 1.01))
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
         ax.tick_params(labelsize=7)
         ax.set_xlabel("1 - specificity", fontsize=7)
         ax.set_ylabel("sensitivity", fontsize=7)
@@ -130,9 +130,9 @@ def plot_pr_grid(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str],
         if thresholds and name in thresholds:
             c = threshold_counts(t[:, j], s[:, j], thresholds[name])
             if c.precision is not None:
-                ax.plot(c.sensitivity or 0.0, c.precision, "o", color="tab:red", ms=6)
+                ax.plot(c.sensitivity or 0.0, c.precision, "o", color="tab:red", ms=6, clip_on=False, zorder=3)
         ax.set_title(name, fontsize=9)
-        ax.set(xlim=(0, 1), ylim=(0, 1.01))
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
         ax.tick_params(labelsize=7)
         ax.set_xlabel("recall", fontsize=7)
         ax.set_ylabel("precision", fontsize=7)

@@ -193,12 +193,6 @@ def _plan(table: pd.DataFrame, labels: list[str], shard_size: int) -> list[_Shar
     return plan
 
 
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def _decode_chunk(paths: list[str], size: int, resize: str) -> list[tuple[bytes | None, str]]:
     """Worker task: (raw pixels, '') per readable image, (None, reason) per unusable one."""
     out: list[tuple[bytes | None, str]] = []
@@ -217,7 +211,7 @@ def _run(todo: list[_Shard], out: Path, size: int, resize: str, labels: list[str
     """Decode the pending shards' images (in a process pool when workers > 1) and write each shard in order."""
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
     tasks = [(shard, begin) for shard in todo for begin in range(0, len(shard.rows), CHUNK)]
-    pool = cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) if workers > 1 and tasks else None
+    pool = cf.ProcessPoolExecutor(max_workers=workers) if workers > 1 and tasks else None
 
     def submit(task: tuple[_Shard, int]):
         shard, begin = task

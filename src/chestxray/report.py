@@ -15,7 +15,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 import chestxray
@@ -37,8 +36,11 @@ CAPTIONS = {
     "confusion": "Confusion matrices at the chosen thresholds (counts and share of each true row).",
     "calibration": "Reliability diagram (observed positive rate against mean predicted probability) and ECE.",
 }
-METRICS_HEADER = ["finding", "n", "positives", "AUROC", "AUPRC", "threshold", "sensitivity", "specificity",
-                  "precision", "F1", "FN", "FP", "ECE", "note"]
+METRICS_HEADER = ["finding", "n", "pos.", "AUROC", "AUPRC", "thr.", "sens.", "spec.", "prec.", "F1", "FN", "FP",
+                  "ECE", "note"]
+HEADER_TITLES = {"pos.": "positives", "thr.": "threshold (chosen on validation)", "sens.": "sensitivity (recall)",
+                 "spec.": "specificity", "prec.": "precision (PPV)", "FN": "false negatives", "FP": "false positives",
+                 "ECE": "expected calibration error (10 bins)"}
 
 
 def _data_uri(path: Path) -> str:
@@ -177,6 +179,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         plots=plots,
         plot_order=PLOT_ORDER,
         metrics_header=METRICS_HEADER,
+        header_titles=HEADER_TITLES,
         metrics_rows=_metric_rows(rows),
         explanations=explanations,
         config_text=config_path.read_text(encoding="utf-8") if config_path.exists() else "",
@@ -186,10 +189,3 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     log.info("wrote %s (%d plots, %d explanations)", target, sum(v is not None for v in plots.values()), len(explanations))
     return target
 
-
-def summary_frame(run_dir: str | Path) -> pd.DataFrame:
-    """RUN/eval/summary.csv as a frame (for notebooks and the CLI)."""
-    path = Path(run_dir) / EVAL_DIR / "summary.csv"
-    if not path.exists():
-        raise DataError(f"{path} not found; run `chestxray evaluate {run_dir}` first")
-    return pd.read_csv(path)

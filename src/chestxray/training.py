@@ -20,7 +20,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MultilabelAUROC
@@ -72,14 +71,15 @@ class LabelCounts(Metric):
 class ChestXrayModule(L.LightningModule):
     """Multi-label classifier around a built net: BCE-with-logits (or focal) loss, AdamW, val mean AUROC.
 
-    val_auroc is the mean over labels that have both classes in the validation set (others are left out, so
+    total_steps sets the cosine schedule's length (train() computes it from the data plan, so the train loader
+    is never built before a resumed run has restored its epoch). val_auroc is the mean over labels that have both classes in the validation set (others are left out, so
     a label without positives never gives NaN); torchmetrics gathers predictions from every rank.
     """
 
     def __init__(self, net: nn.Module, labels: list[str], lr: float = 1e-4, weight_decay: float = 1e-4,
                  loss: str = "bce", focal_gamma: float = 2.0, pos_weight: list[float] | None = None,
                  scheduler: str = "cosine", warmup_fraction: float = 0.05, monitor: str = "val_auroc",
-                 patience: int = 5, channels_last: bool = False) -> None:
+                 patience: int = 5, channels_last: bool = False, total_steps: int = 1000) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
@@ -143,8 +143,7 @@ class ChestXrayModule(L.LightningModule):
                                                                  patience=max(1, self.hparams.patience // 2))
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": self.hparams.monitor,
                                                              "interval": "epoch", "strict": False}}
-        total = int(self.trainer.estimated_stepping_batches) if math.isfinite(self.trainer.estimated_stepping_batches) \
-            else 10_000
+        total = max(1, int(self.hparams.total_steps))
         warmup = int(self.hparams.warmup_fraction * total)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -210,15 +209,65 @@ def _best_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     return {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
 
 
+def _steps_per_epoch(data: Any, world_size: int) -> int:
+    """Optimizer steps per epoch on each rank, from the data module's epoch plan (no loader is built)."""
+    from chestxray.data import plan_epoch
+
+    counts = [int(c) for c in data.manifest["splits"]["train"]["shard_counts"]]
+    return len(plan_epoch(counts, data.batch_size, world_size=world_size, rank=0, shuffle=True).batch_sizes)
+
+
+def _write_run_start(config: TrainConfig, run_dir: Path, data: Any, data_cfg: dict[str, Any],
+                     run_info: dict[str, Any], mlflow_logger: Any) -> None:
+    """Rank zero, before training: RUN/config.yaml, RUN/run.json and the same config as MLflow params/artifact."""
+    write_text(run_dir / CONFIG_FILE, config_yaml(config))
+    run_info.update({"labels": list(data.labels), "task": data.task, "prepared": str(Path(config.prepared).resolve()),
+                     "data_fingerprint": data.manifest.get("fingerprint"), "image_size": data.image_size,
+                     "resize": data.manifest.get("resize"), "in_chans": config.in_chans,
+                     "normalization": data_cfg["normalization"], "model_image_size": data_cfg["image_size"],
+                     "precision": auto_precision(config)})
+    if mlflow_logger is not None:
+        mlflow_logger.log_hyperparams(config.to_dict())
+        run_info["mlflow_run_id"] = mlflow_logger.run_id
+        mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(run_dir / CONFIG_FILE))
+    write_json(run_dir / RUN_FILE, run_info)
+
+
+def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, data: Any, data_cfg: dict[str, Any],
+                   state_source: Path | None, best_val: float, mlflow_logger: Any) -> Path:
+    """Rank zero, after training: RUN/bundle from the best checkpoint, and the run's files as MLflow artifacts."""
+    from chestxray.bundle import save_bundle
+
+    if state_source is not None:
+        net.load_state_dict(_best_state(state_source))
+    labels = list(data.labels)
+    card = {"architecture": config.model, "num_labels": len(labels), "in_chans": config.in_chans,
+            "image_size": data.image_size, "resize": data.manifest.get("resize", "pad"),
+            "normalization": data_cfg["normalization"], "labels": labels, "task": data.task,
+            "thresholds": None, "threshold_method": None, "prepared": str(Path(config.prepared).resolve()),
+            "data_fingerprint": data.manifest.get("fingerprint"), "seed": config.seed,
+            "metrics": {"val_auroc": best_val}, "run": str(run_dir.resolve()),
+            "checkpoint": str(state_source) if state_source else None}
+    bundle_dir = save_bundle(run_dir / "bundle", net.cpu(), card)
+    if mlflow_logger is not None:
+        client, run_id = mlflow_logger.experiment, mlflow_logger.run_id
+        if math.isfinite(best_val):
+            client.log_metric(run_id, "best_val_auroc", best_val)
+        for name in ("metrics.csv", "history.csv", CONFIG_FILE):
+            client.log_artifact(run_id, str(run_dir / name))
+        client.log_artifacts(run_id, str(bundle_dir), "bundle")
+    return bundle_dir
+
+
 def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] | None = None) -> TrainResult:
     """Train config.model on config.prepared into a run folder (config.out); resume=True continues from last.ckpt.
 
     Writes RUN/config.yaml before training, then checkpoints, metrics.csv, history.csv and RUN/bundle (from the
-    best checkpoint). Extra Lightning callbacks may be passed (e.g. for inspection in tests).
+    best checkpoint). Extra Lightning callbacks may be passed (e.g. for inspection in tests). Runs on every rank
+    under DDP (torchrun / SLURM / Lightning's launcher); files are written by rank zero only.
     """
     from lightning.pytorch.loggers import CSVLogger
 
-    from chestxray.bundle import save_bundle
     from chestxray.data import ChestXrayDataModule
     from chestxray.models import build_model, count_parameters, model_data_config
 
@@ -231,38 +280,19 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
     data = ChestXrayDataModule(config.prepared, batch_size=config.batch_size, num_workers=config.num_workers,
                                augment=config.augment, in_chans=config.in_chans,
                                normalization=str(data_cfg["normalization"]), seed=config.seed)
-    labels = list(data.labels)
-    net = build_model(config.model, len(labels), in_chans=config.in_chans, pretrained=config.pretrained,
+    net = build_model(config.model, len(data.labels), in_chans=config.in_chans, pretrained=config.pretrained,
                       weights=config.weights)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    pos_weight = data.pos_weight().tolist() if config.pos_weight else None
-    module = ChestXrayModule(net, labels, lr=config.lr, weight_decay=config.weight_decay, loss=config.loss,
-                             focal_gamma=config.focal_gamma, pos_weight=pos_weight, scheduler=config.scheduler,
-                             warmup_fraction=config.warmup_fraction, monitor=config.monitor,
-                             patience=config.patience, channels_last=config.channels_last)
 
     run_info: dict[str, Any] = {}
     if resume and (run_dir / RUN_FILE).is_file():
         run_info = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-    is_zero = rank_zero_only.rank == 0  # from RANK / LOCAL_RANK / SLURM_PROCID; the Trainer does not exist yet
     loggers: list[Any] = [CSVLogger(run_dir, name="logs")]
     mlflow_logger = None
     if config.mlflow:
         mlflow_logger = _mlflow_logger(config, run_dir, run_info.get("mlflow_run_id") if resume else None)
         loggers.append(mlflow_logger)
-    if is_zero:
-        write_text(run_dir / CONFIG_FILE, config_yaml(config))
-        run_info.update({"labels": labels, "task": data.task, "prepared": str(Path(config.prepared).resolve()),
-                         "data_fingerprint": data.manifest.get("fingerprint"), "image_size": data.image_size,
-                         "resize": data.manifest.get("resize"), "in_chans": config.in_chans,
-                         "normalization": data_cfg["normalization"], "model_image_size": data_cfg["image_size"]})
-        if mlflow_logger is not None:
-            mlflow_logger.log_hyperparams(config.to_dict())
-            run_info["mlflow_run_id"] = mlflow_logger.run_id
-            mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(run_dir / CONFIG_FILE))
-        write_json(run_dir / RUN_FILE, run_info)
-
     mode = "max" if config.monitor == "val_auroc" else "min"
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode=mode,
                                  save_top_k=1, save_last=True, auto_insert_metric_name=False,
@@ -282,37 +312,34 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
         enable_progress_bar=config.progress, enable_model_summary=False, num_sanity_val_steps=1,
         log_every_n_steps=10, default_root_dir=run_dir, plugins=[AtomicCheckpointIO()],
     )
+    total_steps = config.epochs * _steps_per_epoch(data, trainer.world_size)
+    if config.max_steps > 0:
+        total_steps = min(total_steps, config.max_steps)
+    module = ChestXrayModule(net, list(data.labels), lr=config.lr, weight_decay=config.weight_decay,
+                             loss=config.loss, focal_gamma=config.focal_gamma,
+                             pos_weight=data.pos_weight().tolist() if config.pos_weight else None,
+                             scheduler=config.scheduler, warmup_fraction=config.warmup_fraction,
+                             monitor=config.monitor, patience=config.patience, channels_last=config.channels_last,
+                             total_steps=total_steps)
+    if trainer.is_global_zero:
+        _write_run_start(config, run_dir, data, data_cfg, run_info, mlflow_logger)
+
     start = time.perf_counter()
     last = run_dir / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
     seconds = time.perf_counter() - start
 
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
-    best_score = checkpoint.best_model_score
-    best_val = float(best_score) if best_score is not None and config.monitor == "val_auroc" else math.nan
-    if config.monitor != "val_auroc" and history.history:
-        valid = [h["val_auroc"] for h in history.history if not math.isnan(h["val_auroc"])]
-        best_val = max(valid) if valid else math.nan
+    aurocs = [h["val_auroc"] for h in history.history if not math.isnan(h["val_auroc"])]
+    if config.monitor == "val_auroc" and checkpoint.best_model_score is not None:
+        best_val = float(checkpoint.best_model_score)
+    else:
+        best_val = max(aurocs) if aurocs else math.nan
     bundle_dir = None
     if trainer.is_global_zero:
         history.write()
         state_source = best_path if best_path and best_path.is_file() else last if last.is_file() else None
-        if state_source is not None:
-            net.load_state_dict(_best_state(state_source))
-        card = {"architecture": config.model, "num_labels": len(labels), "in_chans": config.in_chans,
-                "image_size": data.image_size, "resize": data.manifest.get("resize", "pad"),
-                "normalization": data_cfg["normalization"], "labels": labels, "task": data.task,
-                "thresholds": None, "threshold_method": None, "prepared": str(Path(config.prepared).resolve()),
-                "data_fingerprint": data.manifest.get("fingerprint"), "seed": config.seed,
-                "metrics": {"val_auroc": best_val}, "run": str(run_dir.resolve()),
-                "checkpoint": str(state_source) if state_source else None}
-        bundle_dir = save_bundle(run_dir / "bundle", net.cpu(), card)
-        if mlflow_logger is not None:
-            client, run_id = mlflow_logger.experiment, mlflow_logger.run_id
-            client.log_metric(run_id, "best_val_auroc", best_val if math.isfinite(best_val) else 0.0)
-            for name in ("metrics.csv", "history.csv", CONFIG_FILE):
-                client.log_artifact(run_id, str(run_dir / name))
-            client.log_artifacts(run_id, str(bundle_dir), "bundle")
+        bundle_dir = _write_run_end(config, run_dir, net, data, data_cfg, state_source, best_val, mlflow_logger)
     return TrainResult(run_dir=run_dir, bundle_dir=bundle_dir, best_val_auroc=best_val, best_checkpoint=best_path,
                        last_checkpoint=last if last.is_file() else None, epochs=trainer.current_epoch,
                        steps=trainer.global_step, seconds=seconds, train_images=history.train_images,

@@ -142,6 +142,7 @@ def explore(
     samples: int = typer.Option(16, "--samples", help="Images in the sample grid."),
     seed: int = typer.Option(0, "--seed", help="Seed for picking the samples."),
 ) -> None:
+    import pandas as pd
     from rich.table import Table
 
     from chestxray.explore import explore as run_explore
@@ -155,7 +156,8 @@ def explore(
         for finding, row in result.findings.iterrows():
             cells = [f"{int(row['images'])} ({int(row['patients'])})"]
             cells += [f"{int(row[f'images_{s}'])} ({int(row[f'patients_{s}'])})" for s in splits]
-            without = "" if row["share_without_normal"] != row["share_without_normal"] else f"{row['share_without_normal']:.1%}"
+            share = row["share_without_normal"]
+            without = "" if pd.isna(share) else f"{share:.1%}"
             table.add_row(str(finding), *cells, f"{row['share_with_normal']:.1%}", without)
         console.print(table)
     if result.augment_grid is not None:

@@ -13,7 +13,7 @@ from chestxray.catalog import Catalog
 from chestxray.errors import ConfigError, DataError
 from chestxray.labels import NIH14
 from chestxray.sources.table import (attach_paths, check_unique, index_images, make_catalog, parse_findings,
-                                     read_table, require_columns)
+                                     read_table, require_columns, to_age)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def read_nih(csv: str | Path, images: str | Path | None = None, *, views: list[s
     info['missing_images'].
     """
     where = str(csv)
-    frame = read_table(csv)
+    frame = read_table(csv, keep={IMAGE_COL, FINDINGS_COL, PATIENT_COL, *METADATA})
     require_columns(frame, [IMAGE_COL, FINDINGS_COL, PATIENT_COL], where,
                     "expected the NIH Data_Entry_2017.csv / Data_Entry_2017_v2020.csv layout")
     check_unique(frame[IMAGE_COL].astype(str), where, IMAGE_COL)
@@ -58,7 +58,8 @@ def read_nih(csv: str | Path, images: str | Path | None = None, *, views: list[s
                           "split": ""})
     if official_split is not None:
         table["split"], listed = _official_split(Path(official_split), table["image_id"])
-        frame, matrix, table = frame.loc[listed].reset_index(drop=True), matrix[listed], table.loc[listed].reset_index(drop=True)
+        frame, matrix = frame.loc[listed].reset_index(drop=True), matrix[listed]
+        table = table.loc[listed].reset_index(drop=True)
         info["official_split"] = str(Path(official_split).resolve())
     missing: list[str] = []
     if images is None:
@@ -69,14 +70,16 @@ def read_nih(csv: str | Path, images: str | Path | None = None, *, views: list[s
         frame, matrix = frame.loc[kept].reset_index(drop=True), matrix[kept]
     meta = {dst: frame[src] for src, dst in METADATA.items() if src in frame.columns}
     if "age" in meta:
-        meta["age"] = pd.to_numeric(meta["age"].astype(str).str.rstrip("Yy"), errors="coerce")
+        meta["age"] = to_age(meta["age"])
     return make_catalog(table, matrix, labels, "multilabel", "nih", info, meta, missing)
 
 
 def _patient_ids(values: pd.Series) -> pd.Series:
     """NIH patient ids as plain strings ('1', '30805'), whether the column was read as numbers or text."""
+    if pd.api.types.is_integer_dtype(values):
+        return values.astype(str)
     numeric = pd.to_numeric(values, errors="coerce")
-    if numeric.notna().all():
+    if numeric.notna().all() and (numeric % 1 == 0).all():
         return numeric.astype("int64").astype(str)
     return values.astype(str).str.strip()
 

@@ -24,15 +24,21 @@ MISSING_CSV = "missing_images.csv"
 META_COLUMNS: tuple[str, ...] = ("age", "sex", "view")
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV (plain or .gz) into a DataFrame, turning every way it can fail into a DataError naming the file."""
+def read_table(path: str | Path, keep: set[str] | None = None) -> pd.DataFrame:
+    """Read a CSV (plain or .gz) into a DataFrame, turning every way it can fail into a DataError naming the file.
+
+    keep: when every name in it is a column, only those columns are parsed (faster); otherwise all are read."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise DataError(f"{path}: is a folder, expected a CSV file")
     try:
-        frame = pd.read_csv(path, encoding="utf-8", low_memory=False)
+        usecols = None
+        if keep:
+            header = pd.read_csv(path, encoding="utf-8", nrows=0).columns
+            usecols = [c for c in header if str(c).strip() in keep] if keep <= {str(c).strip() for c in header} else None
+        frame = pd.read_csv(path, encoding="utf-8", low_memory=False, usecols=usecols)
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save the file as UTF-8") from exc
     except pd.errors.EmptyDataError as exc:
@@ -67,19 +73,22 @@ def parse_findings(values: pd.Series, where: str, column: str, sep: str = "|",
     """Turn separated finding names into an (n, L) uint8 matrix, vectorised over the distinct strings.
 
     Each character of `sep` separates findings; 'No Finding'/'normal' gives an all-zero row. With `labels`
-    given, a name outside it is a DataError naming it; without, the schema is NIH14 when every name is an
-    NIH finding, else the sorted distinct names.
+    given, a name outside it is a DataError naming it; without, the schema is the distinct names found (in NIH14
+    order when all are NIH findings, else sorted).
     """
-    if values.isna().any() or (values.astype(str).str.strip() == "").any():
-        rows = [int(i) + 2 for i in values.index[values.isna() | (values.astype(str).str.strip() == "")][:5]]
+    codes, uniques = pd.factorize(values, sort=False)
+    uniques = [str(u) for u in uniques]
+    blank = [i for i, u in enumerate(uniques) if not u.strip()]
+    if (codes < 0).any() or blank:
+        bad = (codes < 0) | np.isin(codes, blank)
+        rows = [int(i) + 2 for i in values.index[bad][:5]]
         raise DataError(f"{where}: column {column!r} is empty in file row(s) {rows}; write 'No Finding' for normal images")
-    codes, uniques = pd.factorize(values.astype(str), sort=False)
     splitter = re.compile("[" + re.escape(sep) + "]")
     parsed = [[canonical_label(n) for n in splitter.split(u) if n.strip()] for u in uniques]
     parsed = [[n for n in names if n.lower() not in NORMAL_NAMES] for names in parsed]
     found = sorted({n for names in parsed for n in names})
     if labels is None:
-        labels = NIH14 if set(found) <= set(NIH14) else tuple(found)
+        labels = tuple(n for n in NIH14 if n in found) if set(found) <= set(NIH14) else tuple(found)
     unknown = [n for n in found if n not in labels]
     if unknown:
         counts = {n: int(sum((codes == i).sum() for i, names in enumerate(parsed) if n in names)) for n in unknown[:10]}
@@ -134,10 +143,11 @@ def attach_paths(table: pd.DataFrame, paths: pd.Series, where: str) -> tuple[pd.
 def make_catalog(table: pd.DataFrame, matrix: np.ndarray, labels: tuple[str, ...], task: str, source: str,
                  info: dict, meta: dict[str, pd.Series], missing: list[str] | None = None) -> Catalog:
     """Assemble the catalog table in contract column order; missing images go into info['missing_images']."""
-    out = pd.DataFrame({"image_id": table["image_id"].astype(str).to_numpy(),
-                        "path": table["path"].astype(str).to_numpy(),
-                        "patient_id": table["patient_id"].astype(str).to_numpy(),
-                        "split": table["split"].astype(str).to_numpy() if "split" in table else ""})
+    out = pd.DataFrame({name: table[name].reset_index(drop=True) if name in table else pd.Series([""] * len(table))
+                        for name in ("image_id", "path", "patient_id", "split")})
+    for name in out.columns:
+        if not pd.api.types.is_string_dtype(out[name]) or out[name].isna().any():
+            out[name] = out[name].fillna("").astype(str)
     labels_frame = pd.DataFrame(matrix.astype(np.uint8), columns=list(labels))
     extra = pd.DataFrame({k: v.to_numpy() for k, v in meta.items()})
     out = pd.concat([out, labels_frame, extra], axis=1)
@@ -159,12 +169,19 @@ def write_catalog(catalog: Catalog, out_dir: str | Path) -> Path:
     return save_catalog(Catalog(catalog.table, catalog.labels, catalog.task, catalog.source, info), out)
 
 
+def to_age(values: pd.Series) -> pd.Series:
+    """Age in years as numbers; NIH 2017 spellings like '058Y' are accepted, anything else becomes NaN."""
+    if pd.api.types.is_numeric_dtype(values):
+        return values
+    return pd.to_numeric(values.astype(str).str.strip().str.rstrip("Yy"), errors="coerce")
+
+
 def _metadata(frame: pd.DataFrame) -> dict[str, pd.Series]:
     """Pick age/sex/view columns (any capitalisation) with age as a number."""
     lower = {c.lower(): c for c in frame.columns}
     meta = {name: frame[lower[name]] for name in META_COLUMNS if name in lower}
     if "age" in meta:
-        meta["age"] = pd.to_numeric(meta["age"].astype(str).str.rstrip("Yy"), errors="coerce")
+        meta["age"] = to_age(meta["age"])
     return meta
 
 
@@ -219,7 +236,8 @@ def _label_columns(frame: pd.DataFrame, columns: list[str], where: str) -> np.nd
         numeric = pd.to_numeric(values, errors="coerce")
         bad = ~numeric.isin([0, 1])
         if bad.any():
+            rows = [int(i) + 2 for i in values.index[bad][:5]]
             raise DataError(f"{where}: label column {col!r} holds values other than 0/1, e.g. "
-                            f"{list(values[bad].astype(str).unique()[:5])} (file rows {[int(i) + 2 for i in values.index[bad][:5]]})")
+                            f"{list(values[bad].astype(str).unique()[:5])} (file rows {rows})")
         out[:, j] = numeric.to_numpy(dtype=np.uint8)
     return out

@@ -1,0 +1,129 @@
+"""`chestxray evaluate`, `chestxray report` and `chestxray predict` (area D): thin wrappers over the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from chestxray.cli import app
+from chestxray.cli.common import console, err_console, friendly
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _metrics_table(result: Any) -> Any:
+    """A rich table of the summary: AUROC with CI, AUPRC, threshold metrics and FN/FP counts."""
+    from rich.table import Table
+
+    table = Table(title=f"{result.split} split — thresholds: {result.threshold_method}", header_style="bold")
+    for col in ("finding", "pos", "AUROC [95% CI]", "AUPRC", "thr", "sens", "spec", "FN", "FP", "note"):
+        table.add_column(col, justify="left" if col in ("finding", "note") else "right", overflow="fold")
+    for r in result.summary.rows:
+        iv = r.auroc
+        auc = "n/a" if iv.value is None else f"{iv.value:.3f}" + (f" [{iv.low:.3f}, {iv.high:.3f}]" if iv.low is not None else "")
+        c = r.counts
+        table.add_row(
+            r.name, str(r.positives), auc, _fmt(r.auprc.value), _fmt(r.threshold, 2),
+            _fmt(c.sensitivity) if c else "—", _fmt(c.specificity) if c else "—",
+            str(c.fn) if c else "—", str(c.fp) if c else "—", r.note,
+            style=None if r.kind == "finding" else "bold",
+        )
+    return table
+
+
+@app.command(help="Evaluate a run: thresholds chosen on val, metrics with patient-bootstrap CIs on the split, "
+             "tables and plots in RUN/eval/; the thresholds are stored in the bundle card."
+             "\n\nExample: chestxray evaluate runs/densenet121 --split test --tta hflip --threshold-method youden")
+@friendly
+def evaluate(
+    run: Path = typer.Argument(..., help="Run folder (from 'chestxray train')."),
+    split: str = typer.Option("test", "--split", help="Split to evaluate (thresholds always come from val)."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, hflip or crop."),
+    threshold_method: str = typer.Option("youden", "--threshold-method",
+                                         help="youden, f1 or sensitivity:<target>, e.g. sensitivity:0.9."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates (patients resampled)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    prepared: Path = typer.Option(None, "--prepared", help="Prepared data (default: the one in the bundle card)."),
+) -> None:
+    from chestxray.evaluate import evaluate_run
+
+    with console.status(f"evaluating {run} on {split} ..."):
+        result = evaluate_run(run, split=split, tta=tta, threshold_method=threshold_method, batch_size=batch_size,
+                              n_boot=n_boot, seed=seed, prepared=prepared)
+    console.print(_metrics_table(result))
+    console.print(f"macro AUROC {_fmt(result.macro_auroc)} on {result.summary.n_images} {split} images; "
+                  f"outputs in {result.eval_dir}", highlight=False, soft_wrap=True)
+
+
+@app.command(help="Write one self-contained HTML report (data, config, curves, metrics with CIs, plots, "
+             "explanations) to RUN/report.html; run 'chestxray evaluate RUN' first."
+             "\n\nExample: chestxray report runs/densenet121")
+@friendly
+def report(
+    run: Path = typer.Argument(..., help="Run folder with eval/ (from 'chestxray evaluate')."),
+    out: Path = typer.Option(None, "--out", "-o", help="HTML file to write (default RUN/report.html)."),
+) -> None:
+    from chestxray.report import write_report
+
+    path = write_report(run, out)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opens offline)", highlight=False, soft_wrap=True)
+
+
+@app.command(help="Per-label probabilities for image files (PNG, JPEG, DICOM) and positive/negative at the "
+             "thresholds stored in the bundle; unreadable files are listed with the reason."
+             "\n\nExample: chestxray predict runs/densenet121/bundle scans/*.png --out preds.csv")
+@friendly
+def predict(
+    bundle: Path = typer.Argument(..., help="Model bundle folder (or a run folder holding bundle/)."),
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    out: Path = typer.Option(None, "--out", "-o", help="CSV to write (one row per image)."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, hflip or crop."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+) -> None:
+    from rich.table import Table
+
+    from chestxray.files import write_csv
+    from chestxray.inference import as_bundle, predict_images
+    from chestxray.thresholds import apply_thresholds
+
+    model = as_bundle(bundle)
+    labels = list(model.labels)
+    frame = predict_images(model, images, batch_size=batch_size, tta=tta)
+    thresholds = model.thresholds
+    if thresholds:
+        frame = apply_thresholds(frame, labels, thresholds)
+    else:
+        err_console.print("[yellow]warning:[/] the bundle has no thresholds yet (run 'chestxray evaluate RUN'); "
+                          "showing probabilities only", highlight=False)
+    table = Table(title=f"{model.card['architecture']} — {len(labels)} label(s)"
+                  + (f", thresholds: {model.card.get('threshold_method')}" if thresholds else ""), header_style="bold")
+    table.add_column("image", overflow="fold")
+    for name in labels:
+        table.add_column(name, justify="right", overflow="fold")
+    ok = frame[frame["status"] == "ok"]
+    for _, row in ok.iterrows():
+        cells = []
+        for name in labels:
+            p = row[f"p_{name}"]
+            hit = thresholds and row.get(f"pred_{name}") == 1
+            cells.append(f"[bold red]{p:.2f} +[/]" if hit else f"{p:.2f}")
+        table.add_row(row["image_id"], *cells)
+    console.print(table)
+    bad = frame[frame["status"] != "ok"]
+    for _, row in bad.iterrows():
+        err_console.print(f"[yellow]quarantined:[/] {row['path']}: {row['reason']}", highlight=False, soft_wrap=True)
+    if out is not None:
+        write_csv(out, frame)
+    if ok.empty:
+        from chestxray.errors import DataError
+
+        raise DataError(f"none of the {len(frame)} image(s) could be read; see the reasons above")
+    console.print(f"{len(ok)} image(s) scored, {len(bad)} quarantined" + (f"; wrote {out}" if out else "")
+                  + (" ('+' = positive at the stored threshold)" if thresholds else ""), highlight=False, soft_wrap=True)

@@ -1,0 +1,145 @@
+"""`chestxray train`, `chestxray compare` and `chestxray models` (area C)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from chestxray.cli import app
+from chestxray.cli.common import console, friendly
+
+
+def _settings(**flags: object) -> dict[str, object]:
+    """CLI values that were given (None means 'not given', so YAML and defaults stay in force)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
+
+
+@app.command(help="Train a classifier on a PREPARED folder into a run folder (config.yaml, checkpoints/, "
+             "metrics.csv, history.csv, bundle/), mirrored to MLflow (./mlruns unless --mlflow-uri / --no-mlflow). "
+             "Settings: defaults ← --config YAML ← flags.\n\n"
+             "Example: chestxray train runs/prepared --model densenet121 --pretrained imagenet --epochs 8 "
+             "--batch-size 16 --lr 1e-4 --augment advanced --out runs/dn121\n\n"
+             "Example (continue a stopped run): chestxray train --resume runs/dn121\n\n"
+             "Example (2 nodes × 4 GPUs under SLURM): srun chestxray train runs/prepared --devices 4 --num-nodes 2 "
+             "--strategy ddp")
+@friendly
+def train(
+    prepared: Optional[Path] = typer.Argument(None, help="PREPARED folder (from 'chestxray prepare')."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of settings (flags override it)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the stopped run RUN from its last.ckpt."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Architecture (see 'chestxray models')."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="'imagenet': torchvision weights from the "
+                                             "local torch hub cache ($TORCH_HOME/hub/checkpoints)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Start from a local state dict "
+                                           "(.pth/.pt/.ckpt/.safetensors)."),
+    in_chans: Optional[int] = typer.Option(None, "--in-chans", help="1 (grayscale, default) or 3 (replicated)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
+    augment: Optional[str] = typer.Option(None, "--augment", help="none | minimal | advanced."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="bce | focal."),
+    pos_weight: Optional[bool] = typer.Option(None, "--pos-weight/--no-pos-weight",
+                                              help="Weight positives by the train split's neg/pos ratio."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="cosine (warm-up then cosine) | plateau."),
+    monitor: Optional[str] = typer.Option(None, "--monitor", help="val_auroc | val_loss (best ckpt, early stop)."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Early-stopping patience (0: off)."),
+    val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps (0: each epoch)."),
+    freeze: Optional[str] = typer.Option(None, "--freeze", help="none | backbone (only the head trains)."),
+    unfreeze_last: Optional[int] = typer.Option(None, "--unfreeze-last", help="With --freeze backbone: also "
+                                                "fine-tune the last N backbone blocks."),
+    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Max gradient norm (0: off)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto | 32-true | 16-mixed | bf16-mixed."),
+    accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto | cpu | gpu."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Devices per node (number or 'auto')."),
+    num_nodes: Optional[int] = typer.Option(None, "--num-nodes"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="auto | ddp | ..."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Data loader processes per device."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps (-1: no limit)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this much training time."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<model>-<time>)."),
+    mlflow: Optional[bool] = typer.Option(None, "--mlflow/--no-mlflow", help="Mirror the run to MLflow."),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="Tracking URI (default file:./mlruns)."),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment name."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    from chestxray.config import resolve_config
+    from chestxray.errors import ConfigError
+    from chestxray.training import CONFIG_FILE, train as run_training
+
+    base = None
+    if resume is not None:
+        base = resume / CONFIG_FILE
+        if not base.is_file():
+            raise ConfigError(f"cannot resume {resume}: no {CONFIG_FILE} there (not a run folder written by "
+                              "'chestxray train'); check the path")
+        out = resume
+    settings = _settings(prepared=prepared, model=model, pretrained=pretrained, weights=weights, in_chans=in_chans,
+                         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, augment=augment,
+                         loss=loss, pos_weight=pos_weight, scheduler=scheduler, monitor=monitor, patience=patience,
+                         val_every=val_every, freeze=freeze, unfreeze_last=unfreeze_last, grad_clip=grad_clip,
+                         precision=precision, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                         strategy=strategy, num_workers=num_workers, seed=seed, max_steps=max_steps,
+                         max_minutes=max_minutes, out=out, mlflow=mlflow, mlflow_uri=mlflow_uri,
+                         experiment=experiment, progress=progress)
+    resolved = resolve_config(base, config, where="command line", **settings)
+    result = run_training(resolved, resume=resume is not None)
+    if result.bundle_dir is not None:
+        console.print(f"trained {resolved.model}: best val AUROC {result.best_val_auroc:.4f} after {result.epochs} "
+                      f"epoch(s), {result.seconds:.0f} s, {result.images_per_s:.0f} images/s → run {result.run_dir} "
+                      f"(bundle {result.bundle_dir})", highlight=False, soft_wrap=True)
+
+
+@app.command(help="Train several models on the same PREPARED data with the same seed and print one table "
+             "(val AUROC, time, parameters, images/s); also written to OUT/comparison.csv.\n\n"
+             "Example: chestxray compare runs/prepared --models cnn-small,resnet18,densenet121 --epochs 2 "
+             "--budget-minutes 10 --out runs/compare")
+@friendly
+def compare(
+    prepared: Path = typer.Argument(..., help="PREPARED folder."),
+    models: str = typer.Option("cnn-small,resnet18,densenet121", "--models", help="Comma-separated names."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
+    budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes", help="Training-time cap per model."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML of shared settings."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers"),
+    out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="Folder for the runs and comparison.csv."),
+    mlflow: Optional[bool] = typer.Option(None, "--mlflow/--no-mlflow"),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+) -> None:
+    from rich.table import Table
+
+    from chestxray.compare import compare_models
+    from chestxray.config import resolve_config
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    base = resolve_config(config, where="command line", **_settings(
+        prepared=prepared, model=names[0] if names else None, epochs=epochs, batch_size=batch_size, lr=lr,
+        seed=seed, num_workers=num_workers, mlflow=mlflow, progress=progress))
+    table = compare_models(base, names, out, budget_minutes=budget_minutes)
+    view = Table(title=f"{prepared} — same data, seed {base.seed}, {base.epochs} epoch(s)")
+    for column in ("model", "val AUROC", "seconds", "parameters", "images/s"):
+        view.add_column(column, justify="left" if column == "model" else "right")
+    for row in table.itertuples():
+        auroc = "n/a" if row.val_auroc is None or row.val_auroc != row.val_auroc else f"{row.val_auroc:.4f}"
+        view.add_row(row.model, auroc, f"{row.seconds:.1f}", f"{row.parameters:,}", f"{row.images_per_s:.1f}")
+    console.print(view)
+    console.print(f"compared {len(table)} model(s) → {out / 'comparison.csv'}", highlight=False)
+
+
+@app.command("models", help="List the registered architectures with their input settings.\n\n"
+             "Example: chestxray models")
+@friendly
+def models_list() -> None:
+    from chestxray.models import get_spec, list_models
+
+    for name in list_models():
+        spec = get_spec(name)
+        weights = "imagenet" if spec.imagenet else "-"
+        console.print(f"{name:16s} {spec.image_size:4d} px  pretrained: {weights:8s}  {spec.description}",
+                      highlight=False, soft_wrap=True)
