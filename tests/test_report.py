@@ -74,13 +74,6 @@ def test_report_is_self_contained(run: Path) -> None:
     assert "densenet121" in html  # the config
 
 
-def test_report_requires_an_evaluation(tmp_path: Path) -> None:
-    from chestxray.errors import DataError
-
-    with pytest.raises(DataError, match="chestxray evaluate"):
-        write_report(tmp_path)
-
-
 def _browser(width: int, height: int):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -132,3 +125,16 @@ def test_report_renders_in_headless_chromium(run: Path, width: int, tmp_path: Pa
         assert Image.open(shot).size[0] == width
     finally:
         driver.quit()
+
+
+def test_cli_report(run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from chestxray.cli import app
+
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(app, ["report", str(run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "opens offline" in result.output and out.read_text().startswith("<!DOCTYPE html>")
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 1 and "chestxray evaluate" in result.output

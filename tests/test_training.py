@@ -156,7 +156,7 @@ def test_cli_train_yaml_flags_and_mlflow(tmp_path: Path, synthetic_prepared: Pat
     from chestxray.cli import app
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "cfg.yaml").write_text("model: cnn-tiny\nepochs: 5\nbatch_size: 16\nnum_workers: 0\nmax_steps: 3\n"
+    (tmp_path / "cfg.yaml").write_text("model: cnn-tiny\nepochs: 5\nbatch_size: 16\nnum_workers: 0\nmax_steps: 30\n"
                                        "loss: focal\npos_weight: true\nscheduler: plateau\n")
     result = CliRunner().invoke(app, ["train", str(synthetic_prepared), "-c", "cfg.yaml", "--epochs", "1",
                                       "--out", "runs/r1", "--no-progress", "--seed", "3"])
@@ -164,7 +164,7 @@ def test_cli_train_yaml_flags_and_mlflow(tmp_path: Path, synthetic_prepared: Pat
     assert "runs/r1" in result.output
     saved = yaml.safe_load((tmp_path / "runs/r1/config.yaml").read_text())
     assert (saved["model"], saved["epochs"], saved["max_steps"], saved["seed"], saved["loss"]) == \
-        ("cnn-tiny", 1, 3, 3, "focal")
+        ("cnn-tiny", 1, 30, 3, "focal")
     run_info = json.loads((tmp_path / "runs/r1/run.json").read_text())
     store = tmp_path / "mlruns"
     run_dirs = [p for p in store.glob("*/*") if (p / "meta.yaml").is_file() and p.name == run_info["mlflow_run_id"]]

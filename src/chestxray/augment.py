@@ -95,17 +95,28 @@ def normalize(images: torch.Tensor, in_chans: int = 1, normalization: str = "gra
         raise ConfigError(f"in_chans must be 1 or 3, got {in_chans}")
     if images.ndim not in (3, 4) or images.shape[-3] != 1:
         raise ConfigError(f"normalize expects uint8 (B, 1, H, W) or (1, H, W), got {tuple(images.shape)}")
-    x = images.to(torch.float32)
     if normalization == "gray":
-        x = x.div_(127.5).sub_(1.0)
-        return x.expand(*x.shape[:-3], 3, *x.shape[-2:]).contiguous() if in_chans == 3 else x
-    x = x.div_(255.0)
-    if in_chans == 1:
-        return x.sub_(IMAGENET_GRAY_MEAN).div_(IMAGENET_GRAY_STD)
-    shape = (3, 1, 1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(shape)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(shape)
-    return (x - mean) / std
+        scale, shift = [1.0 / 127.5] * in_chans, [-1.0] * in_chans
+    elif in_chans == 3:
+        scale = [1.0 / (255.0 * s) for s in IMAGENET_STD]
+        shift = [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
+    else:
+        scale, shift = [1.0 / (255.0 * IMAGENET_GRAY_STD)], [-IMAGENET_GRAY_MEAN / IMAGENET_GRAY_STD]
+    shape = (*images.shape[:-3], in_chans, *images.shape[-2:])
+    if images.device.type != "cpu":
+        out = torch.empty(shape, dtype=torch.float32, device=images.device)
+        for c in range(in_chans):
+            torch.mul(images, scale[c], out=out[..., c:c + 1, :, :]).add_(shift[c])
+        return out
+    # numpy on CPU: single-threaded and fast whatever torch's thread settings (torch's pool is slow when
+    # the cores are busy with loader workers); one multiply-add per output channel, no broadcast temporaries
+    pixels = images.numpy().astype(np.float32)
+    out_np = np.empty(shape, dtype=np.float32)
+    for c in range(in_chans):
+        view = out_np[..., c:c + 1, :, :]
+        np.multiply(pixels, np.float32(scale[c]), out=view)
+        view += np.float32(shift[c])
+    return torch.from_numpy(out_np)
 
 
 def write_augment_grid(prepared: str | Path, out_dir: str | Path, policy: str = "advanced", n: int = 16,

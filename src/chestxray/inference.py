@@ -169,7 +169,7 @@ def predict_images(
         except Exception as exc:  # noqa: BLE001 - one odd file must not stop the others; it is listed with the reason
             row.update(status="quarantined", reason=f"{path}: unexpected {type(exc).__name__} while decoding ({exc})")
         if row["status"] != "ok":
-            log.warning("quarantined %s: %s", path, row["reason"])
+            log.info("quarantined %s: %s", path, row["reason"])  # the frame carries the reason to the caller
         rows.append(row)
     probs = np.zeros((0, len(labels)))
     if pixels:

@@ -7,6 +7,7 @@ Undefined metrics (a finding with no positives) are drawn as an 'n/a' panel with
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,12 +33,11 @@ def _save(fig: Figure, out: str | Path) -> Path:
     return out
 
 
-def _grid(n: int, panel: float = 2.4) -> tuple[Figure, list]:
-    """A figure with n square panels, at most MAX_COLS a row."""
+def _grid(n: int, panel: float = 2.4, gap: float = 0.8) -> tuple[Figure, list]:
+    """A figure with n square panels, at most MAX_COLS a row, `gap` inches between rows (titles, x labels)."""
     cols = min(MAX_COLS, max(n, 1))
     panel = panel if n > 3 else panel * 1.5
     rows = math.ceil(max(n, 1) / cols)
-    gap = 0.8  # inches between rows for a two-line title and the x label
     height = rows * panel + (rows - 1) * gap + 0.9
     fig = Figure(figsize=(panel * cols, height))
     axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
@@ -50,7 +50,8 @@ def _grid(n: int, panel: float = 2.4) -> tuple[Figure, list]:
 
 def _na(ax, title: str, reason: str) -> None:
     ax.set_title(title, fontsize=9)
-    ax.text(0.5, 0.5, f"n/a\n{reason}", ha="center", va="center", fontsize=8, wrap=True, transform=ax.transAxes)
+    text = "\n".join(["n/a", *textwrap.wrap(reason, 18)])
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, transform=ax.transAxes)
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -142,7 +143,7 @@ def plot_pr_grid(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str],
 def plot_confusion_grid(summary: Summary, out: str | Path) -> Path:
     """A 2x2 confusion matrix (counts and row share) per finding at its threshold, plus 'normal' when present."""
     rows = [r for r in summary.rows if r.kind in ("finding", "normal") and r.counts is not None]
-    fig, axes = _grid(len(rows), panel=2.2)
+    fig, axes = _grid(len(rows), panel=2.0, gap=0.5)
     for ax, r in zip(axes, rows):
         c = r.counts
         mat = np.array([[c.tn, c.fp], [c.fn, c.tp]], dtype=float)
@@ -179,7 +180,7 @@ def plot_auroc_bars(summary: Summary, out: str | Path) -> Path:
     ax.axvline(0.5, ls="--", color="grey", lw=0.8)
     ax.set(xlim=(0, 1), xlabel=f"AUROC ({summary.ci:.0%} patient-bootstrap CI, {summary.n_boot} replicates)")
     if missing:
-        ax.set_title("n/a (no positives or negatives): " + ", ".join(missing), fontsize=8)
+        ax.set_title("\n".join(textwrap.wrap("n/a (no positives or negatives): " + ", ".join(missing), 110)), fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, out)
 

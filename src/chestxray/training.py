@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import nn
 from torchmetrics import MeanMetric, Metric
-from torchmetrics.classification import MultilabelAUROC
+from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
 
 from chestxray.callbacks import AtomicCheckpointIO, FreezeBackbone, MetricsHistory, RngState
 from chestxray.config import TrainConfig, config_yaml, validate_config
@@ -81,12 +81,12 @@ class ChestXrayModule(L.LightningModule):
                  scheduler: str = "cosine", warmup_fraction: float = 0.05, monitor: str = "val_auroc",
                  patience: int = 5, channels_last: bool = False, total_steps: int = 1000) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net"], logger=False)  # loggers get the TrainConfig instead
         self.net = net
         self.labels = list(labels)
         self.register_buffer("pos_weight", torch.tensor(pos_weight, dtype=torch.float32) if pos_weight else None)
         n = len(self.labels)
-        self.val_auroc = MultilabelAUROC(num_labels=n, average="none")
+        self.val_auroc = MultilabelAUROC(num_labels=n, average="none") if n > 1 else BinaryAUROC()
         self.val_counts = LabelCounts(n)
         self.val_loss = MeanMetric()
 
@@ -112,12 +112,15 @@ class ChestXrayModule(L.LightningModule):
         logits = self(batch["image"]).float()
         probs = torch.sigmoid(logits)
         self.val_loss.update(self.compute_loss(logits, labels), weight=len(labels))
-        self.val_auroc.update(probs, labels.long())
+        if isinstance(self.val_auroc, BinaryAUROC):
+            self.val_auroc.update(probs[:, 0], labels[:, 0].long())
+        else:
+            self.val_auroc.update(probs, labels.long())
         self.val_counts.update(labels)
         return {"probs": probs.detach(), "labels": labels}
 
     def on_validation_epoch_end(self) -> None:
-        per_label = self.val_auroc.compute()
+        per_label = self.val_auroc.compute().reshape(-1)
         positives, count = self.val_counts.compute()
         usable = (positives > 0) & (positives < count)
         if bool(usable.any()):
@@ -300,7 +303,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
     history = MetricsHistory(run_dir)
     all_callbacks: list[Callback] = [history, RngState(), checkpoint, *(callbacks or [])]
     if config.patience:
-        all_callbacks.append(EarlyStopping(monitor=config.monitor, mode=mode, patience=config.patience))
+        all_callbacks.append(EarlyStopping(monitor=config.monitor, mode=mode, patience=config.patience, strict=False))
     if config.freeze == "backbone":
         all_callbacks.append(FreezeBackbone(config.model, config.unfreeze_last))
     trainer = L.Trainer(

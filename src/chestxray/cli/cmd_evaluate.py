@@ -29,11 +29,46 @@ def _metrics_table(result: Any) -> Any:
         auc = "n/a" if iv.value is None else f"{iv.value:.3f}" + (f" [{iv.low:.3f}, {iv.high:.3f}]" if iv.low is not None else "")
         c = r.counts
         table.add_row(
-            r.name, str(r.positives), auc, _fmt(r.auprc.value), _fmt(r.threshold, 2),
+            r.name, str(r.positives), auc, _fmt(r.auprc.value), "—" if r.threshold is None else f"{r.threshold:.2f}",
             _fmt(c.sensitivity) if c else "—", _fmt(c.specificity) if c else "—",
             str(c.fn) if c else "—", str(c.fp) if c else "—", r.note,
             style=None if r.kind == "finding" else "bold",
         )
+    return table
+
+
+PREDICT_COLUMNS_MAX = 8  # up to this many images: one column per image; more: one row per image
+
+
+def _predictions_table(ok: Any, labels: list[str], thresholds: dict[str, float] | None, title: str) -> Any:
+    """Few images: a label x image grid of probabilities; many: one row per image with its positive findings."""
+    from rich.table import Table
+
+    def cell(row: Any, name: str) -> str:
+        p = row[f"p_{name}"]
+        return f"[bold red]{p:.2f} +[/]" if thresholds and row.get(f"pred_{name}") == 1 else f"{p:.2f}"
+
+    table = Table(title=title, header_style="bold")
+    if len(ok) <= PREDICT_COLUMNS_MAX:
+        table.add_column("label")
+        if thresholds:
+            table.add_column("thr", justify="right")
+        for image_id in ok["image_id"]:
+            table.add_column(str(image_id), justify="right", overflow="fold")
+        for name in labels:
+            thr = [f"{thresholds[name]:.2f}"] if thresholds else []
+            table.add_row(name, *thr, *[cell(row, name) for _, row in ok.iterrows()])
+        return table
+    table.add_column("image", overflow="fold")
+    table.add_column("positive findings" if thresholds else "top findings", overflow="fold")
+    for _, row in ok.iterrows():
+        if thresholds:
+            hits = [f"{n} {row[f'p_{n}']:.2f}" for n in labels if row.get(f"pred_{n}") == 1]
+            text = ", ".join(hits) or "none (normal)"
+        else:
+            top = sorted(labels, key=lambda n: -row[f"p_{n}"])[:3]
+            text = ", ".join(f"{n} {row[f'p_{n}']:.2f}" for n in top)
+        table.add_row(str(row["image_id"]), text)
     return table
 
 
@@ -87,8 +122,6 @@ def predict(
     tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, hflip or crop."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
 ) -> None:
-    from rich.table import Table
-
     from chestxray.files import write_csv
     from chestxray.inference import as_bundle, predict_images
     from chestxray.thresholds import apply_thresholds
@@ -102,28 +135,18 @@ def predict(
     else:
         err_console.print("[yellow]warning:[/] the bundle has no thresholds yet (run 'chestxray evaluate RUN'); "
                           "showing probabilities only", highlight=False)
-    table = Table(title=f"{model.card['architecture']} — {len(labels)} label(s)"
-                  + (f", thresholds: {model.card.get('threshold_method')}" if thresholds else ""), header_style="bold")
-    table.add_column("image", overflow="fold")
-    for name in labels:
-        table.add_column(name, justify="right", overflow="fold")
-    ok = frame[frame["status"] == "ok"]
-    for _, row in ok.iterrows():
-        cells = []
-        for name in labels:
-            p = row[f"p_{name}"]
-            hit = thresholds and row.get(f"pred_{name}") == 1
-            cells.append(f"[bold red]{p:.2f} +[/]" if hit else f"{p:.2f}")
-        table.add_row(row["image_id"], *cells)
-    console.print(table)
-    bad = frame[frame["status"] != "ok"]
-    for _, row in bad.iterrows():
-        err_console.print(f"[yellow]quarantined:[/] {row['path']}: {row['reason']}", highlight=False, soft_wrap=True)
+    title = f"{model.card['architecture']}: probabilities" + (
+        f"; bold red + = positive at the stored threshold ({model.card.get('threshold_method')})" if thresholds else "")
+    ok, bad = frame[frame["status"] == "ok"], frame[frame["status"] != "ok"]
+    if not ok.empty:
+        console.print(_predictions_table(ok, labels, thresholds, title))
+    for reason in bad["reason"]:
+        err_console.print(f"[yellow]quarantined:[/] {reason}", highlight=False, soft_wrap=True)
     if out is not None:
         write_csv(out, frame)
     if ok.empty:
         from chestxray.errors import DataError
 
         raise DataError(f"none of the {len(frame)} image(s) could be read; see the reasons above")
-    console.print(f"{len(ok)} image(s) scored, {len(bad)} quarantined" + (f"; wrote {out}" if out else "")
-                  + (" ('+' = positive at the stored threshold)" if thresholds else ""), highlight=False, soft_wrap=True)
+    console.print(f"{len(ok)} image(s) scored, {len(bad)} quarantined" + (f"; wrote {out}" if out else ""),
+                  highlight=False, soft_wrap=True)
