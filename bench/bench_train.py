@@ -5,7 +5,7 @@ Lightning). Baseline: pandas table of paths, PIL decode + resize + RGB per item 
 3-channel model, a hand-written loop. Both run 2 epochs over the same training images; the second epoch is timed
 (the first warms up caches and allocators). Prints the ratio per model and writes bench/results/train-<host>.csv.
 
-Run: .venv/bin/python bench/bench_train.py [--images 192] [--models resnet18,cnn-small,densenet121]
+Run: .venv/bin/python bench/bench_train.py [--images 128] [--models resnet18,cnn-small,densenet121]
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def product_images_per_s(prepared: Path, model: str, batch_size: int, workers: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=192, help="training images (same set for both pipelines)")
+    parser.add_argument("--images", type=int, default=128, help="training images (same set for both pipelines)")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)

@@ -63,12 +63,13 @@ def test_two_ranks_two_workers_cover_the_split_once_with_equal_batch_counts(prep
     assert ids_w0 == sorted(ids)  # num_workers=0 gives the same coverage
 
 
-def test_epochs_reshuffle(prepared):
-    dm = ChestXrayDataModule(prepared, batch_size=8, num_workers=0)
+@pytest.mark.parametrize("workers", [0, 2])  # 2: persistent workers must still see the new epoch
+def test_epochs_reshuffle(prepared, workers):
+    dm = ChestXrayDataModule(prepared, batch_size=8, num_workers=workers)
     loader = dm.train_dataloader()
     first = [i for b in loader for i in b["image_id"]]
     second = [i for b in loader for i in b["image_id"]]
-    assert first != second and sorted(first) == sorted(second)
+    assert first != second and sorted(first) == sorted(second) and len(first) == N_TRAIN
     dm.trainer = SimpleNamespace(world_size=3, global_rank=2, current_epoch=1)
     attached = dm.train_dataloader()
     assert attached.dataset.world_size == 3 and attached.dataset.rank == 2
@@ -144,3 +145,29 @@ def test_pos_weight_and_bad_settings(prepared):
         ChestXrayDataModule(prepared, augment="advansed")
     with pytest.raises(ConfigError, match="normalization"):
         ChestXrayDataModule(prepared, normalization="zscore")
+
+
+def test_lightning_fit_uses_the_datamodule(prepared):
+    import lightning as L
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(16 * 16, len(LABELS))
+            self.seen: list[str] = []
+
+        def training_step(self, batch, _):
+            self.seen += batch["image_id"]
+            logits = self.net(batch["image"].flatten(1))
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["labels"])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    model = Tiny()
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=ChestXrayDataModule(prepared, batch_size=8, num_workers=0))
+    assert len(model.seen) == 2 * N_TRAIN and sorted(model.seen[:N_TRAIN]) == sorted(model.seen[N_TRAIN:])
+    assert model.seen[:N_TRAIN] != model.seen[N_TRAIN:]  # epoch 1 is shuffled differently from epoch 0
+    assert trainer.num_training_batches == 7  # ceil(53 / 8)

@@ -1,4 +1,4 @@
-"""DDP on CPU: two processes (gloo, launched by torchrun) train on disjoint samples; val AUROC covers the whole split."""
+"""DDP on CPU: two torchrun processes (gloo) train on disjoint samples; val AUROC covers the whole split."""
 
 from __future__ import annotations
 

@@ -159,3 +159,23 @@ def test_fit_square_pad_and_crop():
     assert up.shape == (32, 32) and (up == 7).all()
     with pytest.raises(DataError, match="resize mode"):
         fit_square(img, 32, "stretch")
+
+
+def test_dicom_compressed_without_decoder_or_corrupt_says_why(tmp_path):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, JPEGLSLossless
+
+    import importlib.util
+
+    has_jpegls = any(importlib.util.find_spec(m) for m in ("libjpeg", "gdcm"))
+    raw = np.zeros((8, 8), np.uint8)
+    jpegls_reason = "corrupt compressed" if has_jpegls else "no decoder installed.*pip install"
+    for uid, reason in ((JPEGLSLossless, jpegls_reason), (JPEGBaseline8Bit, "corrupt compressed")):
+        path = _dicom(tmp_path, f"{uid.name[:8]}.dcm", raw)
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = uid
+        ds.PixelData = encapsulate([b"\xff\xd8 not really a jpeg stream"])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(path, enforce_file_format=True)
+        with pytest.raises(DataError, match=reason):
+            load_gray(path)

@@ -169,3 +169,27 @@ def test_prepare_real_nih_sample(shared_data, tmp_path):
     result = prepare_dataset(catalog, tmp_path / "prep", size=32, workers=2, shard_size=500)
     _check_counts(result, catalog)
     assert len(catalog.labels) == 14
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax"])
+def test_shards_rewritten_by_gnu_tar_still_stream(tmp_path, fmt):
+    import shutil
+    import subprocess
+    import tarfile
+
+    if shutil.which("tar") is None:
+        pytest.fail("the 'tar' program is needed for this test")
+    prep = tmp_path / "prep"
+    prepare_dataset(_catalog(tmp_path / "imgs", n_good=8, bad=False), prep, size=16, workers=1, shard_size=100)
+    shard = prep / "train-000000.tar"
+    with tarfile.open(shard) as tf:
+        names = tf.getnames()
+        tf.extractall(tmp_path / "x", filter="data")
+    retarred = tmp_path / f"re-{fmt}.tar"
+    subprocess.run(["tar", f"--format={fmt}", "-cf", str(retarred), "-C", str(tmp_path / "x"), *names], check=True)
+    original = [(s["image_id"], s["image"].tobytes()) for s in iter_shard(shard, 16)]
+    assert [(s["image_id"], s["image"].tobytes()) for s in iter_shard(retarred, 16)] == original
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(shard.read_bytes()[:1500])
+    with pytest.raises(DataError, match="broken shard"):
+        list(iter_shard(broken, 16))

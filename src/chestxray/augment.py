@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from chestxray.errors import ConfigError
-from chestxray.imaging import fit_square  # noqa: F401 - also configures OpenCV threads (see chestxray.imaging)
+import chestxray.imaging  # noqa: F401 - sets OpenCV to single-threaded, fork-safe use (see chestxray.imaging)
 
 NORMALIZATIONS: tuple[str, ...] = ("gray", "imagenet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -83,11 +83,13 @@ def build_augment(policy: str = "none", size: int = 256, seed: int = 0):
     return A.Compose(_POLICIES[policy](size), seed=seed)
 
 
-def normalize(images: torch.Tensor, in_chans: int = 1, normalization: str = "gray") -> torch.Tensor:
+def normalize(images: torch.Tensor, in_chans: int = 1, normalization: str = "gray",
+              out: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 images (B, 1, H, W) or (1, H, W) → float32 model input with `in_chans` channels.
 
     'gray': x / 127.5 - 1 (range [-1, 1]), replicated when in_chans=3; 'imagenet': x / 255 then ImageNet
     mean/std per channel for in_chans=3 (the gray value replicated), or their channel average for in_chans=1.
+    `out` (float32, the result's shape, e.g. pinned memory) receives the result when given.
     """
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
@@ -103,20 +105,23 @@ def normalize(images: torch.Tensor, in_chans: int = 1, normalization: str = "gra
     else:
         scale, shift = [1.0 / (255.0 * IMAGENET_GRAY_STD)], [-IMAGENET_GRAY_MEAN / IMAGENET_GRAY_STD]
     shape = (*images.shape[:-3], in_chans, *images.shape[-2:])
+    if out is not None and (tuple(out.shape) != shape or out.dtype != torch.float32):
+        raise ConfigError(f"normalize: out must be float32 {shape}, got {out.dtype} {tuple(out.shape)}")
     if images.device.type != "cpu":
-        out = torch.empty(shape, dtype=torch.float32, device=images.device)
+        out = torch.empty(shape, dtype=torch.float32, device=images.device) if out is None else out
         for c in range(in_chans):
             torch.mul(images, scale[c], out=out[..., c:c + 1, :, :]).add_(shift[c])
         return out
     # numpy on CPU: single-threaded and fast whatever torch's thread settings (torch's pool is slow when
     # the cores are busy with loader workers); one multiply-add per output channel, no broadcast temporaries
     pixels = images.numpy().astype(np.float32)
-    out_np = np.empty(shape, dtype=np.float32)
+    out = torch.empty(shape, dtype=torch.float32) if out is None else out
+    out_np = out.numpy()
     for c in range(in_chans):
         view = out_np[..., c:c + 1, :, :]
         np.multiply(pixels, np.float32(scale[c]), out=view)
         view += np.float32(shift[c])
-    return torch.from_numpy(out_np)
+    return out
 
 
 def write_augment_grid(prepared: str | Path, out_dir: str | Path, policy: str = "advanced", n: int = 16,

@@ -229,9 +229,11 @@ def _load_dicom(path: Path) -> np.ndarray:
     try:
         arr = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
-        name = getattr(syntax, "name", str(syntax))
-        raise DataError(f"{path}: cannot decode DICOM pixel data with transfer syntax {name} ({exc}); "
-                        "install a handler: pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg") from None
+        name, text = getattr(syntax, "name", str(syntax)), " ".join(str(exc).split())
+        if "missing" in text or "no pixel data handler" in text.lower():
+            raise DataError(f"{path}: no decoder installed for DICOM transfer syntax {name} ({text}); install one: "
+                            "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg") from None
+        raise DataError(f"{path}: corrupt compressed DICOM pixel data ({name}: {text}); re-export the file") from None
     except (ValueError, EOFError, OSError, KeyError, AttributeError) as exc:
         raise DataError(f"{path}: truncated or corrupt DICOM pixel data ({exc}); re-export the file") from None
     return dicom_to_gray(ds, arr, where=str(path))

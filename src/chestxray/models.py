@@ -1,7 +1,8 @@
 """Model registry: one factory (build_model) over architectures registered by a decorator, each with its data config.
 
 Every model takes `in_chans` (1: grayscale, the default; 3: replicated RGB) and returns logits (B, num_labels).
-Pretrained ImageNet weights come from the local torch hub cache only; 3-channel stem kernels are summed into one channel.
+Pretrained ImageNet weights come from the local torch hub cache only; 3-channel stem kernels are summed into one
+channel.
 """
 
 from __future__ import annotations
@@ -183,7 +184,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_DENSENET_OLD_KEY = re.compile(  # torchvision's 2017 DenseNet files spell 'norm1' as 'norm.1'
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+    r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def load_weights_into(net: nn.Module, spec: ModelSpec, state: dict[str, torch.Tensor], source: str) -> None:
@@ -208,7 +211,8 @@ def load_weights_into(net: nn.Module, spec: ModelSpec, state: dict[str, torch.Te
     else:
         expected_missing = set()
     # Old files (e.g. torchvision's DenseNet) lack BatchNorm's num_batches_tracked; it is only a counter.
-    missing = [k for k in own if k not in state and k not in expected_missing and not k.endswith("num_batches_tracked")]
+    missing = [k for k in own
+               if k not in state and k not in expected_missing and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and state[k].shape != own[k].shape]

@@ -66,7 +66,9 @@ class PrepareResult:
     def summary(self) -> str:
         """One line: images per split, quarantined, seconds, images/s."""
         splits = ", ".join(f"{k} {v}" for k, v in self.counts.items())
-        state = " (up to date, nothing to do)" if self.up_to_date else ""
+        state = (" (up to date, nothing to do)" if self.up_to_date else
+                 " (rebuilt: catalog, files or settings changed)" if self.rebuilt else
+                 f" (resumed: {self.reused_shards} finished shard(s) kept)" if self.reused_shards else "")
         return (f"prepared {splits}; quarantined {self.quarantined}; {self.seconds:.1f} s, "
                 f"{self.images_per_s:.0f} images/s{state} → {self.out_dir}")
 
@@ -100,7 +102,8 @@ def prepare_dataset(catalog: Catalog | str | Path, out_dir: str | Path, size: in
     table = catalog.table
     unassigned = ~table["split"].isin(SPLITS)
     if unassigned.any():
-        raise DataError(f"catalog: {int(unassigned.sum())} row(s) have no split (e.g. {table['image_id'][unassigned].iloc[0]!r});"
+        example = table["image_id"][unassigned].iloc[0]
+        raise DataError(f"catalog: {int(unassigned.sum())} row(s) have no split (e.g. {example!r});"
                         " assign splits first (chestxray.split.assign_splits)")
     labels = list(catalog.labels)
     settings = {"image_size": size, "resize": resize, "shard_size": shard_size, "storage": "raw uint8 .gray",
@@ -208,33 +211,28 @@ def _decode_chunk(paths: list[str], size: int, resize: str) -> list[tuple[bytes 
 
 def _run(todo: list[_Shard], out: Path, size: int, resize: str, labels: list[str], workers: int | None,
          state: dict[str, Any], progress: Progress | None, total: int) -> None:
-    """Decode the pending shards' images (in a process pool when workers > 1) and write each shard in order."""
+    """Decode the pending shards' images (in a process pool when workers > 1) and stream each shard to disk in
+    order as its chunks arrive (memory stays at a few chunks, whatever the shard size)."""
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    tasks = [(shard, begin) for shard in todo for begin in range(0, len(shard.rows), CHUNK)]
+    tasks = deque((shard, begin) for shard in todo for begin in range(0, len(shard.rows), CHUNK))
     pool = cf.ProcessPoolExecutor(max_workers=workers) if workers > 1 and tasks else None
+    pending: deque = deque()
+    window = max(2, 4 * workers)
 
-    def submit(task: tuple[_Shard, int]):
-        shard, begin = task
-        paths = shard.rows["path"].iloc[begin:begin + CHUNK].tolist()
-        if pool is None:
-            return _Done(_decode_chunk(paths, size, resize))
-        return pool.submit(_decode_chunk, paths, size, resize)
+    def next_chunk() -> list[tuple[bytes | None, str]]:
+        while tasks and len(pending) < window:
+            shard, begin = tasks.popleft()
+            paths = shard.rows["path"].iloc[begin:begin + CHUNK].tolist()
+            pending.append(pool.submit(_decode_chunk, paths, size, resize) if pool is not None
+                           else _Done(_decode_chunk(paths, size, resize)))
+        chunk = pending.popleft().result()
+        if progress:
+            progress(len(chunk), total)
+        return chunk
 
     try:
-        pending: deque = deque()
-        queue = deque(tasks)
-        results: list[tuple[bytes | None, str]] = []
-        window = max(2, 4 * workers)
         for shard in todo:
-            results.clear()
-            while len(results) < len(shard.rows):
-                while queue and len(pending) < window:
-                    pending.append(submit(queue.popleft()))
-                chunk = pending.popleft().result()
-                results.extend(chunk)
-                if progress:
-                    progress(len(chunk), total)
-            state["done"][shard.name] = _write(out, shard, results, size, labels)
+            state["done"][shard.name] = _write(out, shard, next_chunk, size, labels)
             write_json(out / STATE, state)
     finally:
         if pool is not None:
@@ -251,17 +249,26 @@ class _Done:
         return self.value
 
 
-def _write(out: Path, shard: _Shard, results: list[tuple[bytes | None, str]], size: int, labels: list[str]
-           ) -> dict[str, Any]:
+def _write(out: Path, shard: _Shard, next_chunk: Callable[[], list[tuple[bytes | None, str]]], size: int,
+           labels: list[str]) -> dict[str, Any]:
+    """Write one shard from its decoded chunks; returns its record (count, positives, quarantine, bytes)."""
     rows = shard.rows
     label_values = rows[labels].to_numpy(dtype=np.uint8)
-    good = [i for i, (data, _) in enumerate(results) if data is not None]
-    samples = (ShardSample(sample_key(int(rows["_pos"].iat[i])), np.frombuffer(results[i][0], np.uint8).reshape(size, size),
-                           str(rows["image_id"].iat[i]), str(rows["patient_id"].iat[i]), label_values[i].tolist())
-               for i in good)
-    count = write_shard(out / shard.name, samples)
-    quarantine = [[str(rows["path"].iat[i]), str(rows["image_id"].iat[i]), reason]
-                  for i, (data, reason) in enumerate(results) if data is None]
+    good: list[int] = []
+    quarantine: list[list[str]] = []
+
+    def samples():
+        for begin in range(0, len(rows), CHUNK):
+            for i, (data, reason) in enumerate(next_chunk(), start=begin):
+                if data is None:
+                    quarantine.append([str(rows["path"].iat[i]), str(rows["image_id"].iat[i]), reason])
+                    continue
+                good.append(i)
+                pixels = np.frombuffer(data, np.uint8).reshape(size, size)
+                yield ShardSample(sample_key(int(rows["_pos"].iat[i])), pixels, str(rows["image_id"].iat[i]),
+                                  str(rows["patient_id"].iat[i]), label_values[i].tolist())
+
+    count = write_shard(out / shard.name, samples())
     positives = label_values[good].sum(axis=0).astype(int).tolist() if good else [0] * len(labels)
     return {"split": shard.split, "count": count, "positives": positives, "quarantine": quarantine,
             "bytes": (out / shard.name).stat().st_size}

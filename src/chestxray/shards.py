@@ -132,13 +132,13 @@ def _tar_members(stream, where: str) -> Iterator[tuple[str, Callable[[], bytes]]
         header = stream.read(512)
         if len(header) < 512 or header.count(0) == 512:
             if 0 < len(header) < 512:
-                raise DataError(f"{where}: broken shard (truncated tar header); delete it and re-run 'chestxray prepare'")
+                raise DataError(f"{where}: broken shard (truncated tar header); re-run 'chestxray prepare'")
             return
         try:
             size = _tar_number(header[124:136])
             checksum = _tar_number(header[148:156])
         except ValueError:
-            raise DataError(f"{where}: broken shard (bad tar header); delete it and re-run 'chestxray prepare'") from None
+            raise DataError(f"{where}: broken shard (bad tar header); re-run 'chestxray prepare'") from None
         if checksum != sum(header[:148]) + 256 + sum(header[156:]):
             raise DataError(f"{where}: broken shard (tar header checksum mismatch); re-run 'chestxray prepare'")
         name = header[:100].split(b"\0", 1)[0].decode("utf-8")
@@ -187,7 +187,8 @@ def read_manifest(prepared: str | Path) -> dict[str, Any]:
         with open_stream(path) as fh:
             manifest = json.loads(fh.read().decode("utf-8"))
     except DataError:
-        raise DataError(f"{prepared}: no {MANIFEST}; create it with 'chestxray prepare CATALOG --out {prepared}'") from None
+        raise DataError(f"{prepared}: no {MANIFEST}; create it with "
+                        f"'chestxray prepare CATALOG --out {prepared}'") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({exc}); re-run 'chestxray prepare'") from None
     if manifest.get("format") != FORMAT:

@@ -71,9 +71,10 @@ class LabelCounts(Metric):
 class ChestXrayModule(L.LightningModule):
     """Multi-label classifier around a built net: BCE-with-logits (or focal) loss, AdamW, val mean AUROC.
 
-    total_steps sets the cosine schedule's length (train() computes it from the data plan, so the train loader
-    is never built before a resumed run has restored its epoch). val_auroc is the mean over labels that have both classes in the validation set (others are left out, so
-    a label without positives never gives NaN); torchmetrics gathers predictions from every rank.
+    total_steps sets the cosine schedule's length (train() computes it from the data plan, so the train loader is
+    never built before a resumed run has restored its epoch). val_auroc is the mean over labels that have both
+    classes in the validation set (others are left out, so a label without positives never gives NaN);
+    torchmetrics gathers predictions from every rank.
     """
 
     def __init__(self, net: nn.Module, labels: list[str], lr: float = 1e-4, weight_decay: float = 1e-4,
