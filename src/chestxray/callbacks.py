@@ -83,7 +83,8 @@ class MetricsHistory(Callback):
     """Collect per-step and per-validation rows and write RUN/metrics.csv and RUN/history.csv after each validation.
 
     metrics.csv: step, epoch, train_loss, val_loss, val_auroc, lr (NaN where not logged); history.csv: one row per
-    validation (per epoch by default) with the epoch's mean train loss, images and seconds spent training.
+    validation (per epoch by default) with the epoch's mean train loss, and the images (this rank's share under
+    DDP) and seconds spent training since the previous row.
     The rows are part of the checkpoint, so a resumed run continues the same tables.
     """
 

@@ -109,9 +109,9 @@ def run_task(name: str, description: str, build_catalog: Callable[[], object], s
     start = time.perf_counter()
     folder = work / name
     catalog = build_catalog()
-    save_catalog(catalog, folder / "catalog")
+    catalog_dir = save_catalog(catalog, folder / "catalog")
     log.info("%s: catalog of %d images written", name, len(catalog.table))
-    prepared = prepare_dataset(catalog, folder / "prepared", size=settings.size, workers=settings.workers)
+    prepared = prepare_dataset(catalog_dir, folder / "prepared", size=settings.size, workers=settings.workers)
     config = TrainConfig(
         prepared=str(prepared.out_dir), model=settings.model, epochs=settings.epochs,
         batch_size=settings.batch_size, lr=settings.lr, augment=settings.augment, seed=settings.seed,

@@ -20,6 +20,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
@@ -166,7 +167,7 @@ class TrainResult:
     steps: int
     seconds: float
     train_images: int
-    images_per_s: float  # training images per second of training time (validation excluded)
+    images_per_s: float  # training images per second over all ranks, validation time excluded
     parameters: int
     config: TrainConfig
 
@@ -278,7 +279,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
     validate_config(config)
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     config = replace(config, out=str(run_dir))
-    _check_run_dir(run_dir, resume)
+    if rank_zero_only.rank == 0:  # ranks started later by Lightning's launcher find rank zero's config.yaml
+        _check_run_dir(run_dir, resume)
     L.seed_everything(config.seed, workers=True, verbose=False)
     data_cfg = model_data_config(config.model, config.in_chans)
     data = ChestXrayDataModule(config.prepared, batch_size=config.batch_size, num_workers=config.num_workers,
@@ -347,5 +349,6 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
     return TrainResult(run_dir=run_dir, bundle_dir=bundle_dir, best_val_auroc=best_val, best_checkpoint=best_path,
                        last_checkpoint=last if last.is_file() else None, epochs=trainer.current_epoch,
                        steps=trainer.global_step, seconds=seconds, train_images=history.train_images,
-                       images_per_s=history.train_images / history.train_seconds if history.train_seconds else 0.0,
+                       images_per_s=(history.train_images * trainer.world_size / history.train_seconds
+                                     if history.train_seconds else 0.0),
                        parameters=count_parameters(net), config=config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,7 +32,24 @@ def friendly(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# Third-party notices that say nothing actionable to a chestxray user; shown again with -v.
+_QUIET_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\)",
+    r"Your `IterableDataset` has `__len__` defined",  # ours is exact per rank and worker (chestxray.data)
+)
+
+
+def _quiet_third_party(record: logging.LogRecord) -> bool:
+    """Drop INFO chatter of Lightning/MLflow (they set their own levels at import); keep their warnings."""
+    return record.levelno >= logging.WARNING or not record.name.startswith(("lightning", "mlflow", "alembic"))
+
+
 def setup_logging(verbose: int) -> None:
     """-v shows INFO, -vv DEBUG; the library itself never configures handlers."""
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose <= 0:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet_third_party)
+        for pattern in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
