@@ -7,6 +7,7 @@ Runs the Kaggle pneumonia sample (binary) and the NIH ChestX-ray14 sample (14 fi
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,15 +119,18 @@ def run_task(name: str, description: str, build_catalog: Callable[[], object], s
         out=str(folder / "run"), mlflow=settings.mlflow, mlflow_uri=mlflow_uri, experiment=f"demo-{name}",
         num_workers=0,
     )
-    result = train(config, resume=(folder / "run" / "config.yaml").exists())
+    shutil.rmtree(folder / "run", ignore_errors=True)  # each demo trains afresh; catalog and shards are reused
+    result = train(config)
     evaluation = evaluate_run(result.run_dir, split="test", n_boot=settings.n_boot, seed=settings.seed)
     _explain(result.run_dir)
     report = write_report(result.run_dir)
     macro = next((r for r in evaluation.summary.rows if r.kind == "macro"), evaluation.summary.rows[0])
-    extra = {}
+    extra: dict[str, float] = {}
     first = evaluation.summary.rows[0]
-    if len(catalog.labels) == 1:
-        extra = {k: getattr(first, k) for k in ("false_negatives", "false_positives") if hasattr(first, k)}
+    if len(catalog.labels) == 1 and first.counts is not None:  # binary: the operating point, as clinicians read it
+        c = first.counts
+        extra = {"threshold": round(first.threshold or 0.0, 3), "sensitivity": c.sensitivity,
+                 "specificity": c.specificity, "false negatives": c.fn, "false positives": c.fp}
     return DemoOutcome(
         name=name, description=description, run_dir=result.run_dir, report=report,
         counts={k: v for k, v in prepared.counts.items()}, labels=list(catalog.labels),

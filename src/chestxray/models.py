@@ -116,6 +116,7 @@ def build_model(
     if pretrained is not None and weights is not None:
         raise ModelError("give either --pretrained or --weights, not both")
     net = spec.builder(num_labels, in_chans)
+    net.gradcam_layer = spec.blocks[-1][-1]  # the last feature block: where Grad-CAM reads (a name, not a module)
     if pretrained == "imagenet":
         path = imagenet_weights_path(name)
         load_weights_into(net, spec, _read_imagenet(spec, path), source=str(path))

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, friendly
+from chestxray.cli.common import console, friendly, quiet_lightning
 
 
 def _fmt(value: float | None) -> str:
@@ -34,6 +34,9 @@ def demo(
     from rich.table import Table
 
     from chestxray.demo import DemoSettings, run_demo
+    from chestxray.training import train  # noqa: F401  (imports Lightning, so its chatter can be quieted)
+
+    quiet_lightning()
 
     start = time.perf_counter()
     settings = DemoSettings(epochs=epochs, size=size, model=model, seed=seed, mlflow=mlflow)
@@ -42,17 +45,19 @@ def demo(
         console.rule(f"[bold]{name}[/]: {description}")
 
     outcomes = run_demo(out, data_root=data, synthetic=synthetic, settings=settings, on_task=announce)
-    table = Table(title="chestxray demo: test-split results (95% CI by patient bootstrap)")
-    for column in ("task", "images train/val/test", "labels", "test AUROC (macro)", "95% CI", "seconds", "report"):
+    table = Table(title="test split: AUROC (macro over findings), 95% CI by patient bootstrap")
+    for column in ("task", "train/val/test", "labels", "test AUROC", "95% CI", "s"):
         table.add_column(column, overflow="fold")
     for o in outcomes:
         counts = "/".join(str(o.counts.get(s, 0)) for s in ("train", "val", "test"))
         name = f"{o.name} [red](SYNTHETIC)[/]" if o.synthetic else o.name
         table.add_row(name, counts, str(len(o.labels)), _fmt(o.auroc), f"{_fmt(o.auroc_low)}–{_fmt(o.auroc_high)}",
-                      f"{o.seconds:.0f}", str(o.report))
+                      f"{o.seconds:.0f}")
     console.print(table)
     for o in outcomes:
         if o.extra:
-            console.print(f"{o.name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in o.extra.items()))
-    console.print(f"demo finished in {time.perf_counter() - start:.0f} s; reports: "
-                  + ", ".join(str(o.report) for o in outcomes))
+            values = (f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in o.extra.items())
+            console.print(f"{o.name} at the validation-chosen threshold: " + ", ".join(values), soft_wrap=True)
+    for o in outcomes:
+        console.print(f"report ({o.name}): {o.report}", soft_wrap=True)
+    console.print(f"demo finished in {time.perf_counter() - start:.0f} s", soft_wrap=True)

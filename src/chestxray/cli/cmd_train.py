@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, friendly
+from chestxray.cli.common import console, friendly, quiet_lightning
 
 
 def _settings(**flags: object) -> dict[str, object]:
@@ -70,6 +70,8 @@ def train(
     from chestxray.errors import ConfigError
     from chestxray.training import CONFIG_FILE, train as run_training
 
+    quiet_lightning()
+
     base = None
     if resume is not None:
         base = resume / CONFIG_FILE
@@ -115,6 +117,8 @@ def compare(
     from rich.table import Table
 
     from chestxray.compare import compare_models
+
+    quiet_lightning()
     from chestxray.config import resolve_config
 
     names = [m.strip() for m in models.split(",") if m.strip()]

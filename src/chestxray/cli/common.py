@@ -36,12 +36,20 @@ def friendly(func: F) -> F:
 _QUIET_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)",
     r"Your `IterableDataset` has `__len__` defined",  # ours is exact per rank and worker (chestxray.data)
+    r"No positive samples in targets",  # per-label AUROC without positives: chestxray leaves such labels out
 )
 
 
 def _quiet_third_party(record: logging.LogRecord) -> bool:
     """Drop INFO chatter of Lightning/MLflow (they set their own levels at import); keep their warnings."""
     return record.levelno >= logging.WARNING or not record.name.startswith(("lightning", "mlflow", "alembic"))
+
+
+def quiet_lightning() -> None:
+    """Call after Lightning is imported: it sets its loggers to INFO with its own console handler at import."""
+    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def setup_logging(verbose: int) -> None:
