@@ -116,3 +116,13 @@ def test_mismatched_weights_are_refused(tmp_path: Path) -> None:
         build_model("resnet18", num_labels=2, weights=tmp_path / "junk.pth")
     with pytest.raises(ModelError, match="no such weights file"):
         build_model("resnet18", num_labels=2, weights=tmp_path / "missing.pth")
+
+
+def test_every_model_names_a_gradcam_layer_outside_its_weights() -> None:
+    from chestxray.models import build_model, list_models
+
+    for name in list_models():
+        net = build_model(name, num_labels=2)
+        layer = net.get_submodule(net.gradcam_layer)
+        assert any(m is layer for m in net.modules()), name
+        assert not any(k.startswith("gradcam") for k in net.state_dict()), name

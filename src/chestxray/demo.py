@@ -116,10 +116,10 @@ def run_task(name: str, description: str, build_catalog: Callable[[], object], s
     config = TrainConfig(
         prepared=str(prepared.out_dir), model=settings.model, epochs=settings.epochs,
         batch_size=settings.batch_size, lr=settings.lr, augment=settings.augment, seed=settings.seed,
-        out=str(folder / "run"), mlflow=settings.mlflow, mlflow_uri=mlflow_uri, experiment=f"demo-{name}",
+        out=str(folder / f"run-{settings.model}"), mlflow=settings.mlflow, mlflow_uri=mlflow_uri, experiment=f"demo-{name}",
         num_workers=0,
     )
-    shutil.rmtree(folder / "run", ignore_errors=True)  # each demo trains afresh; catalog and shards are reused
+    shutil.rmtree(folder / f"run-{settings.model}", ignore_errors=True)  # each demo trains afresh; catalog and shards are reused
     result = train(config)
     evaluation = evaluate_run(result.run_dir, split="test", n_boot=settings.n_boot, seed=settings.seed)
     _explain(result.run_dir)

@@ -36,6 +36,7 @@ class ModelSpec:
     blocks: tuple[tuple[str, ...], ...]  # backbone stages, input to output, for --unfreeze-last N
     imagenet: str | None = None  # torchvision weights enum, e.g. "ResNet18_Weights.DEFAULT"
     description: str = ""
+    gradcam: str = ""  # the layer Grad-CAM reads ("" → the last backbone block)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -50,13 +51,14 @@ def register_model(
     blocks: tuple[tuple[str, ...], ...],
     imagenet: str | None = None,
     description: str = "",
+    gradcam: str = "",
 ) -> Callable[[Callable[[int, int], nn.Module]], Callable[[int, int], nn.Module]]:
     """Decorator registering builder(num_labels, in_chans) under `name`; a duplicate name is an error."""
 
     def decorate(builder: Callable[[int, int], nn.Module]) -> Callable[[int, int], nn.Module]:
         if name in _REGISTRY:
             raise ModelError(f"model {name!r} is already registered; pick another name")
-        _REGISTRY[name] = ModelSpec(name, builder, image_size, stem, head, blocks, imagenet, description)
+        _REGISTRY[name] = ModelSpec(name, builder, image_size, stem, head, blocks, imagenet, description, gradcam)
         return builder
 
     return decorate
@@ -116,7 +118,7 @@ def build_model(
     if pretrained is not None and weights is not None:
         raise ModelError("give either --pretrained or --weights, not both")
     net = spec.builder(num_labels, in_chans)
-    net.gradcam_layer = spec.blocks[-1][-1]  # the last feature block: where Grad-CAM reads (a name, not a module)
+    net.gradcam_layer = spec.gradcam or spec.blocks[-1][-1]  # where Grad-CAM reads (a name: a module would be saved twice)
     if pretrained == "imagenet":
         path = imagenet_weights_path(name)
         load_weights_into(net, spec, _read_imagenet(spec, path), source=str(path))
@@ -283,13 +285,13 @@ _CNN_BLOCKS = (("features.0",), ("features.1",), ("features.2",))
 
 
 @register_model("cnn-small", image_size=64, stem="features.0.0", head="head.4", blocks=_CNN_BLOCKS,
-                description="3 conv blocks + MLP head (~0.1 M parameters), for 64 px")
+                gradcam="features.2.0", description="3 conv blocks + MLP head (~0.1 M parameters), for 64 px")
 def _cnn_small(num_labels: int, in_chans: int) -> nn.Module:
     return SmallCNN(num_labels, in_chans)
 
 
 @register_model("cnn-tiny", image_size=32, stem="features.0.0", head="head.4", blocks=_CNN_BLOCKS,
-                description="a 8-channel cnn-small for tests and smoke runs")
+                gradcam="features.2.0", description="a 8-channel cnn-small for tests and smoke runs")
 def _cnn_tiny(num_labels: int, in_chans: int) -> nn.Module:
     return SmallCNN(num_labels, in_chans, width=8, dropout=0.0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -50,6 +51,8 @@ def quiet_lightning() -> None:
     if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    if logging.getLogger().handlers:  # ours print its records already; its own console handler would repeat them
+        logging.getLogger("lightning").handlers.clear()
 
 
 def setup_logging(verbose: int) -> None:
@@ -57,6 +60,7 @@ def setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if verbose <= 0:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by MLflow when it is imported
         for handler in logging.getLogger().handlers:
             handler.addFilter(_quiet_third_party)
         for pattern in _QUIET_WARNINGS:
