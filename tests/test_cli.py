@@ -70,3 +70,10 @@ def test_friendly_turns_library_errors_into_exit_1(capsys) -> None:
         boom()
     assert info.value.exit_code == 1
     assert "labels.csv: no column 'Patient ID'" in capsys.readouterr().err
+
+
+def test_top_level_exports_resolve() -> None:
+    for name in chestxray.__all__:
+        assert getattr(chestxray, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        chestxray.nope  # noqa: B018

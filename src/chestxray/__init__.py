@@ -1,2 +1,61 @@
-"""chestxray: chest X-ray classifiers from raw files to a deployable, explained model."""
+"""chestxray: chest X-ray classifiers from raw files to a deployable, explained model.
+
+The main entry points are importable from here (loaded on first use, so `import chestxray` stays fast):
+read_nih / read_folder / read_csv_table → assign_splits → save_catalog → prepare_dataset → TrainConfig + train
+→ evaluate_run → explain_images → write_report; load_bundle + predict_images for new images; run_demo for all.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "Catalog": "chestxray.catalog",
+    "load_catalog": "chestxray.catalog",
+    "save_catalog": "chestxray.catalog",
+    "read_nih": "chestxray.sources",
+    "read_folder": "chestxray.sources",
+    "read_csv_table": "chestxray.sources",
+    "assign_splits": "chestxray.split",
+    "make_synthetic": "chestxray.synth",
+    "load_gray": "chestxray.imaging",
+    "prepare_dataset": "chestxray.prepare",
+    "ChestXrayDataModule": "chestxray.data",
+    "build_augment": "chestxray.augment",
+    "build_model": "chestxray.models",
+    "list_models": "chestxray.models",
+    "TrainConfig": "chestxray.config",
+    "train": "chestxray.training",
+    "Bundle": "chestxray.bundle",
+    "load_bundle": "chestxray.bundle",
+    "save_bundle": "chestxray.bundle",
+    "predict_images": "chestxray.inference",
+    "predict_split": "chestxray.inference",
+    "evaluate_run": "chestxray.evaluate",
+    "explain_images": "chestxray.explain",
+    "write_report": "chestxray.report",
+    "run_demo": "chestxray.demo",
+    "ChestXrayError": "chestxray.errors",
+    "DataError": "chestxray.errors",
+    "ConfigError": "chestxray.errors",
+    "ModelError": "chestxray.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    """Import an entry point's module the first time it is used."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'chestxray' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
