@@ -104,14 +104,15 @@ def compute_ceiling_images_per_s(n: int, model: str, size: int, batch_size: int)
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def product_images_per_s(prepared: Path, model: str, batch_size: int, workers: int, out: Path) -> float:
+def product_images_per_s(prepared: Path, model: str, batch_size: int, workers: int, out: Path,
+                         precision: str = "32-true") -> float:
     """chestxray.training.train for 2 epochs; the second epoch's training images/s (validation excluded)."""
     from chestxray.config import resolve_config
     from chestxray.training import train
 
     config = resolve_config(prepared=str(prepared), model=model, epochs=2, batch_size=batch_size, lr=1e-4,
                             augment="none", num_workers=workers, mlflow=False, progress=False, patience=0,
-                            out=str(out))
+                            out=str(out), precision=precision)
     train(config)
     last = pd.read_csv(out / "history.csv").iloc[-1]
     return float(last["train_images"] / last["train_seconds"])
@@ -124,6 +125,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--models", default="resnet18,cnn-small,densenet121")
+    parser.add_argument("--precisions", default="32-true,bf16-mixed",
+                        help="product precisions to time (bf16-mixed on CPU pays off only with native bf16, e.g. "
+                             "AVX512-BF16/AMX); the notebook baseline is always fp32")
     args = parser.parse_args()
 
     from chestxray.prepare import prepare_dataset
@@ -140,19 +144,21 @@ def main() -> None:
         print(f"prepare: {len(catalog.table)} images at {args.size} px in {prepare_s:.1f} s (one-time)")
         for model in [m.strip() for m in args.models.split(",") if m.strip()]:
             base = baseline_images_per_s(train_table, label, model, args.size, args.batch_size, args.workers)
-            product = product_images_per_s(work / "prepared", model, args.batch_size, args.workers, work / model)
             ceiling = compute_ceiling_images_per_s(len(train_table), model, args.size, args.batch_size)
-            ratio = product / base
-            print(f"{model:12s} product {product:7.1f} images/s   notebook loop {base:7.1f} images/s   "
-                  f"ratio {ratio:.2f}x   (model compute alone: {ceiling:.1f} images/s)")
-            rows.append({"model": model, "image_size": args.size, "batch_size": args.batch_size,
-                         "train_images": len(train_table), "workers": args.workers,
-                         "product_images_per_s": round(product, 2), "baseline_images_per_s": round(base, 2),
-                         "ratio": round(ratio, 3), "compute_only_images_per_s": round(ceiling, 2),
-                         "prepare_seconds": round(prepare_s, 2),
-                         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                         "lightning": lightning.__version__, "python": platform.python_version(),
-                         "host": socket.gethostname()})
+            for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
+                product = product_images_per_s(work / "prepared", model, args.batch_size, args.workers,
+                                               work / f"{model}-{precision}", precision)
+                ratio = product / base
+                print(f"{model:12s} {precision:10s} product {product:7.1f} images/s   notebook loop (fp32) "
+                      f"{base:7.1f} images/s   ratio {ratio:.2f}x   (fp32 model compute alone: {ceiling:.1f})")
+                rows.append({"model": model, "precision": precision, "image_size": args.size,
+                             "batch_size": args.batch_size, "train_images": len(train_table), "workers": args.workers,
+                             "product_images_per_s": round(product, 2), "baseline_images_per_s": round(base, 2),
+                             "ratio": round(ratio, 3), "compute_only_fp32_images_per_s": round(ceiling, 2),
+                             "prepare_seconds": round(prepare_s, 2),
+                             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                             "lightning": lightning.__version__, "python": platform.python_version(),
+                             "host": socket.gethostname()})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = RESULTS / f"train-{socket.gethostname()}.csv"
