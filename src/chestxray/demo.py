@@ -118,6 +118,7 @@ def run_task(name: str, description: str, build_catalog: Callable[[], object], s
         batch_size=settings.batch_size, lr=settings.lr, augment=settings.augment, seed=settings.seed,
         out=str(folder / f"run-{settings.model}"), mlflow=settings.mlflow, mlflow_uri=mlflow_uri, experiment=f"demo-{name}",
         num_workers=0,
+        pos_weight=len(catalog.labels) > 1,  # rare findings: weight positives by neg/pos, as CheXNet's weighted BCE
     )
     shutil.rmtree(folder / f"run-{settings.model}", ignore_errors=True)  # each demo trains afresh; catalog and shards are reused
     result = train(config)
