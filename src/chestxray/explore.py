@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,7 +195,7 @@ def _mosaic(shown: list[tuple[np.ndarray, str]], path: Path, tile: int = 160) ->
 
     cols = int(np.ceil(np.sqrt(len(shown))))
     rows = int(np.ceil(len(shown) / cols))
-    band = 22  # pixels above each tile for its title
+    band = 30  # pixels above each tile for its title (two lines)
     canvas = np.full((rows * (tile + band), cols * tile), 255, dtype=np.uint8)
     fig = Figure(figsize=(canvas.shape[1] / 100, canvas.shape[0] / 100), dpi=100)
     ax = fig.add_axes((0, 0, 1, 1))
@@ -207,8 +208,10 @@ def _mosaic(shown: list[tuple[np.ndarray, str]], path: Path, tile: int = 160) ->
         x0 = c * tile + (tile - img.width) // 2
         canvas[r * (tile + band) + band:(r + 1) * (tile + band), c * tile:(c + 1) * tile] = 0
         canvas[y0:y0 + img.height, x0:x0 + img.width] = np.asarray(img)
-        ax.text(c * tile + tile / 2, r * (tile + band) + band / 2, title if len(title) <= 34 else title[:32] + "…",
-                ha="center", va="center", fontsize=7)
+        lines = textwrap.wrap(title.replace(",", ", ").replace("  ", " "), 28) or [""]
+        text = "\n".join(lines[:2]) + ("…" if len(lines) > 2 else "")
+        ax.text(c * tile + tile / 2, r * (tile + band) + band / 2, text, ha="center", va="center", fontsize=6.5,
+                linespacing=1.0)
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.axis("off")
     with atomic_path(path) as tmp:
