@@ -365,3 +365,19 @@ def test_gradcam_and_ig_run_on_registered_models(name: str) -> None:
     for method in ("gradcam", "ig"):
         heat = attribute(net, inputs, target=2, method=method, baselines=torch.full_like(inputs, -1.0), n_steps=4)
         assert heat.shape == (1, SIZE, SIZE) and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1
+
+
+def test_prepare_input_matches_prepare_and_reads_dicom_size(shared_data: Path, tmp_path: Path) -> None:
+    """Explain feeds the model what prepare stores; a DICOM's file size comes from its header (for box mapping)."""
+    from chestxray.explain import prepare_input
+    from chestxray.imaging import load_square
+
+    card = _bundle(BrightNet(), tmp_path).card
+    png = _write_images(tmp_path / "images")[0][0]
+    gray, inputs, file_size = prepare_input(png, card)
+    np.testing.assert_array_equal(gray, load_square(png, SIZE, "pad"))
+    assert inputs.shape == (1, 1, SIZE, SIZE) and file_size == (48, 40)
+    assert inputs.min() >= -1.0 and inputs.max() <= 1.0
+    dicom = next((shared_data / "cxr-dicom-samples").glob("1.2.*.dcm"))
+    gray, _, file_size = prepare_input(dicom, card)
+    assert gray.shape == (SIZE, SIZE) and file_size == (1024, 1024)

@@ -65,7 +65,12 @@ def test_explore_prepared_folder_calls_augment_grid(catalog, tmp_path: Path, mon
     result = explore(prepared, tmp_path / "out", augment="minimal", n_samples=4)
     assert calls == [(prepared, "minimal", 16, 0)]
     assert result.augment_grid == tmp_path / "out" / "augment.png" and not result.findings.empty
+    explore(prepared, tmp_path / "out_seed", augment="minimal", n_samples=4, seed=3)
+    assert calls[-1] == (prepared, "minimal", 16, 3)  # the seed reaches the augmentation grid too
     with pytest.raises(DataError, match="--augment needs a prepared folder"):
         explore(cat_dir, tmp_path / "out2", augment="minimal")
+    (prepared / "manifest.json").write_text('{"format": "something-else/9", "catalog": "%s"}' % cat_dir)
+    with pytest.raises(DataError, match="manifest.json: format 'something-else/9'"):
+        explore(prepared, tmp_path / "out4")
     with pytest.raises(DataError, match="no such catalog folder"):
         explore(tmp_path / "nowhere", tmp_path / "out3")

@@ -47,6 +47,17 @@ def test_rgb_uses_luminance(tmp_path):
     assert abs(int(out.mean()) - 76) <= 1
 
 
+def test_palette_with_alpha_uses_palette_brightness():
+    """A PA image's channel 0 holds palette indices; the gray value must come from the palette colours."""
+    from chestxray.imaging import _pil_to_gray
+
+    im = Image.new("P", (4, 4), 0)
+    im.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)  # index 1 is white
+    im.putpixel((0, 0), 1)
+    out = _pil_to_gray(im.convert("PA"))
+    assert out[0, 0] == 255 and out[1, 1] == 0
+
+
 @pytest.mark.parametrize("mode", ["I;16", "I"])
 def test_16bit_png_spans_full_8bit_range(tmp_path, mode):
     raw = (1000 + _gradient().astype(np.int32) * 12)  # 12-bit-ish values 1000..4060

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from chestxray.errors import DataError
 from chestxray.evaluate import PLOTS, evaluate_predictions
 from chestxray.labels import NIH14
 from chestxray.report import write_report
@@ -72,6 +74,22 @@ def test_report_is_self_contained(run: Path) -> None:
     assert 'id="metrics-table"' in html and 'id="data-table"' in html
     assert "no positives among 200 images" in html  # the n/a reason is shown
     assert "densenet121" in html  # the config
+
+
+def test_report_with_unusable_manifest_or_metrics(run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    metrics = json.loads((copy / "eval" / "metrics.json").read_text())
+    bad = tmp_path / "bad_prepared"
+    bad.mkdir()
+    (bad / "manifest.json").write_text('{"format": "old/0"}')
+    (copy / "eval" / "metrics.json").write_text(json.dumps({**metrics, "prepared": str(bad)}))
+    html = write_report(copy).read_text()
+    assert 'id="data-table"' not in html and "Prepared dataset manifest not usable" in html and "old/0" in html
+    assert 'id="metrics-table"' in html
+    (copy / "eval" / "metrics.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"metrics\.json: not valid JSON"):
+        write_report(copy)
 
 
 def _browser(width: int, height: int):

@@ -78,6 +78,14 @@ def test_nih_2017_layout_nested_folders_and_missing_images(tmp_path: Path) -> No
     assert pd.read_csv(out / "missing_images.csv")["image_id"].tolist() == ["00000003_000.png"]
     loaded = load_catalog(out)
     assert loaded.info["missing_images"]["count"] == 1 and len(loaded.table) == 2
+    table = pd.read_csv(out / "catalog.csv")
+    table.loc[0, "Cardiomegaly"] = None
+    table.to_csv(out / "catalog.csv", index=False)
+    with pytest.raises(DataError, match=r"catalog\.csv: label column\(s\) \['Cardiomegaly'\] hold values other than 0/1"):
+        load_catalog(out)
+    (out / "catalog.json").write_text('{"format": "chestxray-catalog/1"}')
+    with pytest.raises(DataError, match=r"catalog\.json: no 'labels' list"):
+        load_catalog(out)
 
 
 def test_nih_views_and_max_patients(shared_data: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -156,6 +157,7 @@ def test_cli_train_yaml_flags_and_mlflow(tmp_path: Path, synthetic_prepared: Pat
     from chestxray.cli import app
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     (tmp_path / "cfg.yaml").write_text("model: cnn-tiny\nepochs: 5\nbatch_size: 16\nnum_workers: 0\nmax_steps: 30\n"
                                        "loss: focal\npos_weight: true\nscheduler: plateau\n")
     result = CliRunner().invoke(app, ["train", str(synthetic_prepared), "-c", "cfg.yaml", "--epochs", "1",
@@ -174,6 +176,7 @@ def test_cli_train_yaml_flags_and_mlflow(tmp_path: Path, synthetic_prepared: Pat
     assert (mlrun / "metrics" / "train_loss_step").is_file() and (mlrun / "metrics" / "val_auroc").is_file()
     for artifact in ("config.yaml", "metrics.csv", "history.csv", "bundle/card.json", "bundle/model.safetensors"):
         assert (mlrun / "artifacts" / artifact).is_file(), artifact
+    assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ  # the file-store opt-in lasts only while training runs
 
 
 def test_kaggle_real_images_beat_chance(tmp_path: Path, shared_data: Path) -> None:

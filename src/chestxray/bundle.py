@@ -54,7 +54,8 @@ def save_bundle(out_dir: str | Path, net: torch.nn.Module, card: dict[str, Any])
     """Write model.safetensors and card.json into out_dir (each atomically); returns the folder."""
     missing = [k for k in REQUIRED_CARD_FIELDS if k not in card]
     if missing:
-        raise ModelError(f"bundle card is missing field(s) {missing}")
+        raise ModelError(f"bundle card for {out_dir} is missing field(s) {missing}; "
+                         f"a card needs {list(REQUIRED_CARD_FIELDS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}

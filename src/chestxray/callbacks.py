@@ -45,9 +45,10 @@ class RngState(Callback):
         self._pending: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
-                 "numpy": np.random.get_state()[1].tolist(), "numpy_pos": int(np.random.get_state()[2]),
-                 "torch": torch.get_rng_state()}
+        _, python_keys, python_pos = random.getstate()
+        _, numpy_keys, numpy_pos, *_ = np.random.get_state()
+        state = {"python": list(python_keys), "python_pos": python_pos, "numpy": numpy_keys.tolist(),
+                 "numpy_pos": int(numpy_pos), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -77,6 +78,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def _value(metrics: dict[str, Any], key: str) -> float:
     value = metrics.get(key)
     return float(value) if value is not None else math.nan
+
+
+def _lr(trainer: L.Trainer) -> float:
+    """The first optimizer's current learning rate (NaN before optimizers exist)."""
+    return float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else math.nan
 
 
 class MetricsHistory(Callback):
@@ -118,9 +124,8 @@ class MetricsHistory(Callback):
         n = len(batch["labels"])
         self._epoch_losses.append(loss)
         self._epoch_images += n
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
         self.rows.append({"step": trainer.global_step, "epoch": trainer.current_epoch, "train_loss": loss,
-                          "val_loss": math.nan, "val_auroc": math.nan, "lr": float(lr)})
+                          "val_loss": math.nan, "val_auroc": math.nan, "lr": _lr(trainer)})
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_start = time.perf_counter()
@@ -131,15 +136,14 @@ class MetricsHistory(Callback):
             return
         metrics = trainer.callback_metrics
         val_loss, val_auroc = _value(metrics, "val_loss"), _value(metrics, "val_auroc")
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
+        lr = _lr(trainer)
         self.rows.append({"step": trainer.global_step, "epoch": trainer.current_epoch, "train_loss": math.nan,
-                          "val_loss": val_loss, "val_auroc": val_auroc, "lr": float(lr)})
-        self._close_epoch(trainer, val_loss, val_auroc, float(lr))
+                          "val_loss": val_loss, "val_auroc": val_auroc, "lr": lr})
+        self._close_epoch(trainer, val_loss, val_auroc, lr)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._epoch_images:  # no validation closed this epoch's share
-            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
-            self._close_epoch(trainer, math.nan, math.nan, float(lr))
+            self._close_epoch(trainer, math.nan, math.nan, _lr(trainer))
 
     def _close_epoch(self, trainer: L.Trainer, val_loss: float, val_auroc: float, lr: float) -> None:
         seconds = time.perf_counter() - self._epoch_start - self._val_seconds

@@ -98,13 +98,15 @@ def load_catalog(path: str | Path) -> Catalog:
         raise DataError(f"{folder}: not a catalog (expected {CATALOG_CSV} and {CATALOG_JSON}); create one with 'chestxray catalog'")
     try:
         meta = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{json_path}: not valid JSON ({exc}); rebuild the catalog") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("labels"), list):
+        raise DataError(f"{json_path}: no 'labels' list; rebuild the catalog with 'chestxray catalog'")
     table = pd.read_csv(csv_path, dtype={"image_id": str, "patient_id": str, "path": str, "split": str},
                         keep_default_na=False, na_values=[""])
     table["split"] = table["split"].fillna("")
     for name in meta["labels"]:
-        if name in table:
+        if name in table and table[name].isin([0, 1]).all():  # anything else is reported by validate_catalog
             table[name] = table[name].astype("uint8")
     catalog = Catalog(table=table, labels=tuple(meta["labels"]), task=meta.get("task", "multilabel"),
                       source=meta.get("source", ""), info=meta.get("info", {}))

@@ -60,7 +60,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # 0: no time limit (otherwise training stops after this budget)
     out: str = ""  # run folder; "" → runs/<model>-<UTC time>
     mlflow: bool = True
-    mlflow_uri: str = ""  # "" → file:<cwd>/mlruns
+    mlflow_uri: str = ""  # "" → file:<cwd>/mlruns (MLflow's folder store; sqlite:///PATH.db for a database)
     experiment: str = "chestxray"
     progress: bool = True
 
@@ -75,7 +75,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Settings from a YAML mapping (keys may use - or _); unknown keys raise ConfigError with the closest name."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+        raise ConfigError(f"{path}: no such config file; check the --config path")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -99,7 +99,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     if value is None:
         if "None" in kind:
             return None
-        raise ConfigError(f"{where}: setting {name!r} cannot be empty")
+        raise ConfigError(f"{where}: setting {name!r} cannot be empty; give a value or leave the setting out")
     try:
         if name == "devices":
             return int(value) if str(value).lstrip("-").isdigit() else str(value)
@@ -140,22 +140,21 @@ def resolve_config(*layers: dict[str, Any] | str | Path | None, where: str = "se
 def validate_config(config: TrainConfig) -> None:
     """Cheap checks of every setting (names, ranges, the PREPARED folder); raises Config/Data/ModelError."""
     from chestxray.augment import list_policies
-    from chestxray.models import PRETRAINED_CHOICES, list_models
+    from chestxray.models import PRETRAINED_CHOICES, get_spec
 
     def one_of(name: str, value: Any, valid: tuple | list) -> None:
         if value not in valid:
             raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not one of {list(valid)}"
                               f"{closest(str(value), [str(v) for v in valid])}")
 
-    if config.model not in list_models():
-        raise ModelError(f"unknown model {config.model!r}{closest(config.model, list_models())}; "
-                         f"choose one of: {', '.join(list_models())}")
+    get_spec(config.model)  # an unknown name raises ModelError listing the valid ones
     if config.pretrained is not None:
         one_of("pretrained", config.pretrained, PRETRAINED_CHOICES)
     if config.pretrained and config.weights:
         raise ConfigError("give either --pretrained or --weights, not both")
     if config.weights and not Path(config.weights).is_file():
-        raise ModelError(f"--weights {config.weights}: no such file")
+        raise ModelError(f"--weights {config.weights}: no such file; check the path, or leave --weights out "
+                         "to train from random weights")
     one_of("in_chans", config.in_chans, (1, 3))
     one_of("augment", config.augment, list_policies())
     one_of("loss", config.loss, LOSSES)

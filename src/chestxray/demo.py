@@ -113,14 +113,14 @@ def run_task(name: str, description: str, build_catalog: Callable[[], object], s
     catalog_dir = save_catalog(catalog, folder / "catalog")
     log.info("%s: catalog of %d images written", name, len(catalog.table))
     prepared = prepare_dataset(catalog_dir, folder / "prepared", size=settings.size, workers=settings.workers)
+    run_dir = folder / f"run-{settings.model}"
     config = TrainConfig(
         prepared=str(prepared.out_dir), model=settings.model, epochs=settings.epochs,
         batch_size=settings.batch_size, lr=settings.lr, augment=settings.augment, seed=settings.seed,
-        out=str(folder / f"run-{settings.model}"), mlflow=settings.mlflow, mlflow_uri=mlflow_uri, experiment=f"demo-{name}",
-        num_workers=0,
+        out=str(run_dir), mlflow=settings.mlflow, mlflow_uri=mlflow_uri, experiment=f"demo-{name}", num_workers=0,
         pos_weight=len(catalog.labels) > 1,  # rare findings: weight positives by neg/pos, as CheXNet's weighted BCE
     )
-    shutil.rmtree(folder / f"run-{settings.model}", ignore_errors=True)  # each demo trains afresh; catalog and shards are reused
+    shutil.rmtree(run_dir, ignore_errors=True)  # each demo trains afresh; catalog and shards are reused
     result = train(config)
     evaluation = evaluate_run(result.run_dir, split="test", n_boot=settings.n_boot, seed=settings.seed)
     _explain(result.run_dir)
@@ -134,7 +134,7 @@ def run_task(name: str, description: str, build_catalog: Callable[[], object], s
                  "specificity": c.specificity, "false negatives": c.fn, "false positives": c.fp}
     return DemoOutcome(
         name=name, description=description, run_dir=result.run_dir, report=report,
-        counts={k: v for k, v in prepared.counts.items()}, labels=list(catalog.labels),
+        counts=dict(prepared.counts), labels=list(catalog.labels),
         auroc=macro.auroc.value, auroc_low=macro.auroc.low, auroc_high=macro.auroc.high, extra=extra,
         seconds=time.perf_counter() - start, synthetic=synthetic,
     )
@@ -163,7 +163,8 @@ def run_demo(out_dir: str | Path = "demo-output", data_root: str | Path | None =
     if data_root and not root.is_dir():
         raise DataError(f"{data_root}: no such folder; pass the folder holding the sample collections")
     mlflow_uri = f"sqlite:///{work / 'mlruns' / 'mlflow.db'}"
-    (work / "mlruns").mkdir(exist_ok=True)
+    if settings.mlflow:
+        (work / "mlruns").mkdir(exist_ok=True)
     outcomes = []
     for name, description, build, is_synth in demo_tasks(root, synthetic, work, settings.seed):
         if on_task:

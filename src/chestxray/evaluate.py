@@ -22,7 +22,7 @@ from sklearn.metrics import roc_curve
 
 from chestxray import plots
 from chestxray.errors import ConfigError, DataError
-from chestxray.files import write_csv, write_json
+from chestxray.files import atomic_path, write_csv, write_json
 from chestxray.metrics import Summary, summarize, undefined_reason
 from chestxray.thresholds import parse_method, thresholds_from_frame
 
@@ -59,7 +59,14 @@ class EvalResult:
         return rows[0].auroc.value
 
 
+def _copy(src: str | Path, dst: Path) -> None:
+    """Copy a file into the eval folder atomically (no half copy is ever seen)."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
 def _check_frame(frame: pd.DataFrame, labels: Sequence[str], what: str) -> None:
+    """Raise a DataError when a predictions frame lacks a needed column or has no rows."""
     need = ["image_id", "patient_id", *labels, *(f"p_{x}" for x in labels)]
     missing = [c for c in need if c not in frame.columns]
     if missing:
@@ -130,7 +137,7 @@ def evaluate_predictions(
         "calibration": plots.plot_calibration(y_true, y_score, labels, out / PLOTS["calibration"]),
     }
     if history is not None and Path(history).exists():
-        shutil.copyfile(history, out / "training_metrics.csv")
+        _copy(history, out / "training_metrics.csv")
         made["history"] = plots.plot_history(pd.read_csv(history), out / PLOTS["history"])
     elif history is not None:
         log.warning("no training history at %s; the loss/AUROC plot is skipped", history)
@@ -154,10 +161,8 @@ def evaluate_run(
     `prepared` defaults to the folder recorded in the bundle card.
     """
     from chestxray.bundle import load_bundle, update_card
-    from chestxray.inference import predict_split
+    from chestxray.inference import TTA_MODES, predict_split
     from chestxray.thresholds import store_thresholds
-
-    from chestxray.inference import TTA_MODES
 
     method = parse_method(threshold_method)  # fail fast on bad options, before loading anything
     if tta not in TTA_MODES:
@@ -175,7 +180,7 @@ def evaluate_run(
     result = evaluate_predictions(val, scored, labels, run / EVAL_DIR, split, method, tta, run / "metrics.csv",
                                   n_boot, seed, extra)
     if (run / "history.csv").exists():
-        shutil.copyfile(run / "history.csv", result.eval_dir / "training_history.csv")
+        _copy(run / "history.csv", result.eval_dir / "training_history.csv")
     store_thresholds(bundle.path, result.thresholds, method)
     headline = {r.name: r.auroc.value for r in result.summary.rows}
     update_card(bundle.path, metrics={"split": split, "tta": tta, "macro_auroc": result.macro_auroc, "auroc": headline})

@@ -17,9 +17,12 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw
 
-from chestxray.bundle import Bundle, load_bundle
-from chestxray.errors import ConfigError, ModelError
+from chestxray.bundle import Bundle
+from chestxray.errors import ConfigError, DataError, ModelError
 from chestxray.files import atomic_path, write_csv
+from chestxray.inference import (
+    as_bundle, load_model_input, normalize_for_model, predict_split, resolve_device, score_columns,
+)
 from chestxray.labels import closest
 from chestxray.localize import Box, box_mask, boxes_for, localization_scores, read_boxes, rows_to_boxes
 
@@ -141,31 +144,32 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
 
 def prepare_input(path: Path, card: dict) -> tuple[np.ndarray, torch.Tensor, tuple[int, int]]:
     """Load an image file as the bundle's model sees it: (gray uint8 (S, S), float input (1, C, S, S), file size (w, h))."""
-    from chestxray.augment import normalize
-    from chestxray.imaging import fit_square, load_gray
-
-    size = int(card["image_size"])
-    raw = load_gray(path, target=size)  # the same decode as prepare/predict (JPEGs may come back reduced)
-    gray = fit_square(raw, size, card.get("resize", "pad"))
-    images = torch.from_numpy(np.ascontiguousarray(gray))[None, None]
-    inputs = normalize(images, int(card["in_chans"]), card["normalization"])
-    return gray, inputs, _file_size(path) or (raw.shape[1], raw.shape[0])
+    gray = load_model_input(path, card)  # the same decode + resize as prepare and predict_images
+    inputs = normalize_for_model(torch.from_numpy(gray)[None, None], card)
+    return gray, inputs, _file_size(path)
 
 
-def _file_size(path: Path) -> tuple[int, int] | None:
-    """The stored (w, h) of an image file from its header, or None where Pillow cannot tell (DICOM)."""
+def _file_size(path: Path) -> tuple[int, int]:
+    """The stored (w, h) of an image file, read from its header (Pillow, else the DICOM Rows/Columns)."""
     try:
         with Image.open(path) as im:
             return im.size
     except (OSError, ValueError):
-        return None
+        pass
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
+        return int(ds.Columns), int(ds.Rows)
+    except (InvalidDicomError, OSError, EOFError, AttributeError, ValueError, TypeError) as exc:
+        raise DataError(f"{path}: cannot read the image size from its header ({exc}); boxes cannot be placed, "
+                        "re-export the file as PNG") from None
 
 
 def black_baseline(card: dict, size: int) -> torch.Tensor:
     """A black image (uint8 zeros) normalised like the bundle's inputs: the IG starting point."""
-    from chestxray.augment import normalize
-
-    return normalize(torch.zeros(1, 1, size, size, dtype=torch.uint8), int(card["in_chans"]), card["normalization"])
+    return normalize_for_model(torch.zeros(1, 1, size, size, dtype=torch.uint8), card)
 
 
 def explain_images(
@@ -181,12 +185,12 @@ def explain_images(
     """Explain each image (label: given, else its boxed findings, else the top-scoring label); write overlays and scores.csv."""
     if method not in METHODS:
         raise ConfigError(f"explain method {method!r} is not one of {list(METHODS)}{closest(method, METHODS)}")
-    model = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    model = as_bundle(bundle)
     labels = list(model.card["labels"])
     if label is not None and label not in labels:
         raise ConfigError(f"label {label!r} is not one of the model's labels {labels}{closest(label, labels)}")
     table = read_boxes(boxes) if isinstance(boxes, (str, Path)) else boxes
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device()
     net = model.net.to(device).eval()
     size = int(model.card["image_size"])
     mode = model.card.get("resize", "pad")
@@ -249,14 +253,13 @@ def explain_target(target: str | Path) -> tuple[Path, Path]:
 
 def select_split_images(bundle: Bundle, split: str = "test", n: int = 8, boxes: pd.DataFrame | None = None) -> list[Path]:
     """First n images of the bundle's prepared split that have boxes, or (no boxes) its n top-scoring positives."""
-    import json
-
     from chestxray.catalog import load_catalog
+    from chestxray.shards import MANIFEST, read_manifest
 
     prepared = bundle.card.get("prepared")
-    if not prepared or not (Path(prepared) / "manifest.json").exists():
+    if not prepared or not (Path(prepared) / MANIFEST).exists():
         raise ConfigError(f"{bundle.path}: card names no prepared dataset ({prepared!r}); pass IMAGES instead of --split")
-    manifest = json.loads((Path(prepared) / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(prepared)
     table = load_catalog(manifest["catalog"]).table
     rows = table[table["split"] == split]
     if rows.empty:
@@ -265,12 +268,10 @@ def select_split_images(bundle: Bundle, split: str = "test", n: int = 8, boxes: 
         names = set(boxes["image_id"])
         rows = rows[rows["path"].map(lambda p: Path(p).name in names)]
         return [Path(p) for p in rows["path"].head(n)]
-    from chestxray.inference import predict_split
-
     labels = list(bundle.labels)
     scores = predict_split(bundle, prepared, split)
     truth = scores[labels].to_numpy(dtype=bool)
-    best = np.where(truth, scores[[f"p_{name}" for name in labels]].to_numpy(dtype=float), -np.inf).max(axis=1)
+    best = np.where(truth, scores[score_columns(labels)].to_numpy(dtype=float), -np.inf).max(axis=1)
     top = scores.assign(best=best)[np.isfinite(best)].nlargest(n, "best")["image_id"]
     paths = rows.set_index("image_id")["path"]
     return [Path(paths[i]) for i in top if i in paths.index]

@@ -3,7 +3,6 @@ grid of sample images, written as CSV + PNG (matplotlib's Figure API, no pyplot 
 
 from __future__ import annotations
 
-import json
 import logging
 import textwrap
 from dataclasses import dataclass, field
@@ -76,12 +75,20 @@ def cooccurrence(catalog: Catalog) -> pd.DataFrame:
     return pd.DataFrame(matrix.T @ matrix, index=list(catalog.labels), columns=list(catalog.labels))
 
 
+def _ages(catalog: Catalog) -> pd.Series | None:
+    """Age column as numbers, or None when the catalog has no usable age."""
+    if "age" not in catalog.table:
+        return None
+    ages = pd.to_numeric(catalog.table["age"], errors="coerce")
+    return ages if ages.notna().any() else None
+
+
 def metadata_summary(catalog: Catalog) -> dict[str, pd.DataFrame]:
     """Age statistics and sex/view counts per split, for the metadata columns the catalog has."""
     table = catalog.table
     out: dict[str, pd.DataFrame] = {}
-    if "age" in table and pd.to_numeric(table["age"], errors="coerce").notna().any():
-        ages = pd.to_numeric(table["age"], errors="coerce")
+    ages = _ages(catalog)
+    if ages is not None:
         stats = ages.groupby(table["split"].astype(str)).describe()
         stats.loc["all"] = ages.describe()
         out["age"] = stats.round(2)
@@ -133,13 +140,12 @@ def _plot_cooccurrence(co: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _plot_age(catalog: Catalog, path: Path) -> Path:
+def _plot_age(catalog: Catalog, ages: pd.Series, path: Path) -> Path:
     """Histogram of patient age per split."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 3.5))
     ax = fig.add_axes((0.1, 0.15, 0.85, 0.78))
-    ages = pd.to_numeric(catalog.table["age"], errors="coerce")
     for name in SPLITS:
         values = ages[(catalog.table["split"] == name).to_numpy()].dropna()
         if len(values):
@@ -149,22 +155,12 @@ def _plot_age(catalog: Catalog, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _load_image(path: str) -> np.ndarray:
-    """8-bit gray image through chestxray.imaging when available, else Pillow."""
-    try:
-        from chestxray.imaging import load_gray
-    except ImportError:
-        from PIL import Image
-
-        with Image.open(path) as img:
-            return np.asarray(img.convert("L"))
-    return load_gray(path)
-
-
 def sample_grid(catalog: Catalog, path: Path, n: int = 16, seed: int = 0) -> tuple[Path | None, int, int]:
     """Grid of up to n seeded random images titled with their findings; unreadable ones are skipped.
 
     Returns (path or None when nothing could be shown, images shown, images skipped)."""
+    from chestxray.imaging import load_gray
+
     table = catalog.table[catalog.table["path"].fillna("").astype(str) != ""]
     if table.empty:
         return None, 0, 0
@@ -176,7 +172,7 @@ def sample_grid(catalog: Catalog, path: Path, n: int = 16, seed: int = 0) -> tup
         if len(shown) == n:
             break
         try:
-            image = _load_image(str(row["path"]))
+            image = load_gray(str(row["path"]))
         except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped and counted, never fatal here
             log.warning("sample grid: skipping %s (%s)", row["path"], exc)
             skipped += 1
@@ -214,9 +210,7 @@ def _mosaic(shown: list[tuple[np.ndarray, str]], path: Path, tile: int = 160) ->
                 linespacing=1.0)
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.axis("off")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
+    return _save(fig, path)
 
 
 def explore_catalog(catalog: Catalog | str | Path, out_dir: str | Path, n_samples: int = 16, seed: int = 0) -> ExploreResult:
@@ -231,8 +225,9 @@ def explore_catalog(catalog: Catalog | str | Path, out_dir: str | Path, n_sample
              _plot_counts(findings, out / "findings.png"), _plot_cooccurrence(co, out / "cooccurrence.png")]
     for name, frame in metadata_summary(catalog).items():
         files.append(write_csv(out / f"{name}.csv", frame, index=True))
-    if "age" in catalog.table and pd.to_numeric(catalog.table["age"], errors="coerce").notna().any():
-        files.append(_plot_age(catalog, out / "age.png"))
+    ages = _ages(catalog)
+    if ages is not None:
+        files.append(_plot_age(catalog, ages, out / "age.png"))
     grid, shown, skipped = sample_grid(catalog, out / "samples.png", n=n_samples, seed=seed)
     if grid is not None:
         files.append(grid)
@@ -242,16 +237,15 @@ def explore_catalog(catalog: Catalog | str | Path, out_dir: str | Path, n_sample
 def explore(path: str | Path, out_dir: str | Path, augment: str | None = None, n_samples: int = 16,
             seed: int = 0) -> ExploreResult:
     """Explore a catalog folder, or a prepared folder (its catalog, plus an augmentation grid when augment is set)."""
+    from chestxray.shards import MANIFEST, read_manifest
+
     path = Path(path)
-    manifest_path = path / "manifest.json"
+    manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         if augment:
-            raise DataError(f"{path}: --augment needs a prepared folder (with manifest.json); run 'chestxray prepare' first")
+            raise DataError(f"{path}: --augment needs a prepared folder (with {MANIFEST}); run 'chestxray prepare' first")
         return explore_catalog(path, out_dir, n_samples=n_samples, seed=seed)
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{manifest_path}: not valid JSON ({exc}); prepare the dataset again") from exc
+    manifest = read_manifest(path)
     catalog_path = manifest.get("catalog")
     if catalog_path and Path(catalog_path).exists():
         result = explore_catalog(catalog_path, out_dir, n_samples=n_samples, seed=seed)
@@ -262,6 +256,6 @@ def explore(path: str | Path, out_dir: str | Path, augment: str | None = None, n
     if augment:
         from chestxray.augment import write_augment_grid
 
-        result.augment_grid = write_augment_grid(path, Path(out_dir), augment, n=16, seed=0)
+        result.augment_grid = write_augment_grid(path, Path(out_dir), augment, n=16, seed=seed)
         result.files.append(result.augment_grid)
     return result

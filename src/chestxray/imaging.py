@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import warnings
 import zlib
 from pathlib import Path
@@ -48,9 +49,12 @@ def load_gray(path: str | Path, target: int | None = None) -> np.ndarray:
     """
     path = Path(path)
     _check_readable(path)
-    if path.suffix.lower() in DICOM_SUFFIXES or _has_dicom_magic(path):
+    if path.suffix.lower() in DICOM_SUFFIXES:
         return _load_dicom(path)
-    fast = _load_gray8_png(path)
+    head = _read_head(path)
+    if head[128:132] == b"DICM":
+        return _load_dicom(path)
+    fast = _load_gray8_png(path) if _is_gray8_png(head) else None  # read the whole file only for that format
     return fast if fast is not None else _load_pillow(path, target)
 
 
@@ -106,27 +110,34 @@ def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _check_readable(path: Path) -> None:
+    """Raise DataError for a missing, folder, empty or unreadable path (one stat call)."""
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found; fix the path in the catalog or remove the row") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc}); check the path and permissions") from None
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, not an image file")
-    if size == 0:
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{path}: is a folder, not an image file; point the catalog row at a file inside it")
+    if st.st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes); re-copy or re-export it")
     if not os.access(path, os.R_OK):
         raise DataError(f"{path}: cannot read (permission denied); fix the file permissions")
 
 
-def _has_dicom_magic(path: Path) -> bool:
+def _read_head(path: Path) -> bytes:
+    """The first 132 bytes: enough for the DICOM magic (bytes 128..131) and a PNG's IHDR fields."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(132)
+            return fh.read(132)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc}); check the path and permissions") from None
-    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _is_gray8_png(data: bytes) -> bool:
+    """PNG signature, then IHDR: bit depth 8 (byte 24), colour type 0 = grayscale (byte 25), no interlace (byte 28)."""
+    return (len(data) >= 33 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[24] == 8 and data[25] == 0
+            and data[28] == 0)
 
 
 def _load_gray8_png(path: Path) -> np.ndarray | None:
@@ -142,8 +153,7 @@ def _load_gray8_png(path: Path) -> np.ndarray | None:
             data = fh.read()
     except OSError:
         return None
-    # PNG signature, then IHDR: bit depth at byte 24, colour type at byte 25 (0 = grayscale), no interlace
-    if len(data) < 33 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[24] != 8 or data[25] != 0 or data[28] != 0:
+    if not _is_gray8_png(data):
         return None
     if not _png_crcs_ok(data):  # spng does not verify checksums; a damaged file goes to Pillow for its reason
         return None
@@ -197,18 +207,17 @@ def _pil_to_gray(im: Image.Image) -> np.ndarray:
     mode = im.mode
     if mode == "L":
         return np.asarray(im, dtype=np.uint8).copy()
-    if mode in ("LA", "La", "PA"):
+    if mode in ("LA", "La"):
         return np.asarray(im.getchannel(0).convert("L"), dtype=np.uint8).copy()
-    if mode in ("RGBA", "RGBa", "RGBX"):
-        return np.asarray(im.convert("RGB").convert("L"), dtype=np.uint8).copy()
-    if mode == "P":
+    if mode in ("RGBA", "RGBa", "RGBX", "P", "PA"):  # alpha dropped; palette indices mapped to their colours
         return np.asarray(im.convert("RGB").convert("L"), dtype=np.uint8).copy()
     if mode in _EIGHT_BIT_MODES:
         return np.asarray(im.convert("L"), dtype=np.uint8).copy()
     if mode.startswith("I;16") or mode in ("I", "F"):
         arr = np.asarray(im)
         if arr.ndim != 2:
-            raise DataError(f"{getattr(im, 'filename', '')}: unexpected {mode} image shape {arr.shape}")
+            raise DataError(f"{getattr(im, 'filename', '')}: unexpected {mode} image shape {arr.shape}; "
+                            "convert it to 8-bit gray PNG")
         return to_uint8(arr)
     raise DataError(f"{getattr(im, 'filename', '')}: unsupported image mode {mode!r}; convert it to 8-bit gray PNG")
 

@@ -1,8 +1,9 @@
 """Model inference: per-label probabilities for a prepared split or for loose image files, on CPU or GPU.
 
 Preprocessing is read from the bundle card (image_size, resize, in_chans, normalization), never remembered:
-files go through chestxray.imaging.load_square (the one decode+resize prepare uses) and
-chestxray.augment.normalize. Outputs are sigmoid probabilities in columns p_<label>.
+files go through load_model_input (chestxray.imaging.load_square, the one decode+resize prepare uses) and
+normalize_for_model (chestxray.augment.normalize); chestxray.explain uses the same two. Outputs are sigmoid
+probabilities in columns p_<label>.
 """
 
 from __future__ import annotations
@@ -41,6 +42,20 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 def as_bundle(bundle: Bundle | str | Path) -> Bundle:
     """A loaded Bundle from a Bundle, a bundle folder or a run folder."""
     return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+
+
+def load_model_input(path: str | Path, card: dict[str, Any]) -> np.ndarray:
+    """Decode and resize one file to uint8 (S, S) exactly as prepare stored the bundle's data (card image_size, resize)."""
+    from chestxray.imaging import load_square
+
+    return load_square(path, int(card["image_size"]), card.get("resize", "pad"))
+
+
+def normalize_for_model(images: torch.Tensor, card: dict[str, Any]) -> torch.Tensor:
+    """uint8 images (B, 1, H, W) or (1, H, W) → the bundle's float input (card in_chans, normalization)."""
+    from chestxray.augment import normalize
+
+    return normalize(images, int(card["in_chans"]), card["normalization"])
 
 
 def _check_tta(tta: str) -> None:
@@ -147,13 +162,9 @@ def predict_images(
     Returns one row per path, in order: path, image_id (file stem), status ('ok' or 'quarantined'),
     reason (why a file could not be used, else ''), and p_<label> (empty for quarantined files).
     """
-    from chestxray.augment import normalize
-    from chestxray.imaging import load_square
-
     _check_tta(tta)
     model = as_bundle(bundle)
     card = model.card
-    size, resize = int(card["image_size"]), card.get("resize", "pad")
     dev = resolve_device(device)
     net = model.net.to(dev).eval()
     labels = list(model.labels)
@@ -163,7 +174,7 @@ def predict_images(
     for path in paths:
         row: dict[str, Any] = {"path": str(path), "image_id": path.stem, "status": "ok", "reason": ""}
         try:
-            pixels.append(load_square(path, size, resize))
+            pixels.append(load_model_input(path, card))
         except DataError as exc:
             row.update(status="quarantined", reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - one odd file must not stop the others; it is listed with the reason
@@ -176,7 +187,7 @@ def predict_images(
         chunks = []
         for start in range(0, len(pixels), batch_size):
             batch = torch.from_numpy(np.stack(pixels[start : start + batch_size])).unsqueeze(1)
-            inputs = normalize(batch, int(card["in_chans"]), card["normalization"]).to(dev)
+            inputs = normalize_for_model(batch, card).to(dev)
             chunks.append(predict_probs(net, inputs, tta).cpu().numpy())
         probs = np.concatenate(chunks)
     frame = pd.DataFrame(rows, columns=["path", "image_id", "status", "reason"])

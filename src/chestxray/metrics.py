@@ -296,6 +296,21 @@ def _percentile_interval(point: float | None, reps: np.ndarray, ci: float, reaso
     return Interval(point, float(lo), float(hi), replicates=int(ok.size))
 
 
+def _curve_intervals(
+    y: np.ndarray, score: np.ndarray, roc_reps: np.ndarray, pr_reps: np.ndarray, ci: float, no_positives: str
+) -> tuple[Interval, Interval, str | None]:
+    """AUROC and AUPRC of one binary task with bootstrap intervals, and why AUROC is undefined (None if defined)."""
+    reason = undefined_reason(y)
+    pr_reason = no_positives if int(np.sum(y)) == 0 else None
+    return (_percentile_interval(auroc(y, score), roc_reps, ci, reason),
+            _percentile_interval(auprc(y, score), pr_reps, ci, pr_reason), reason)
+
+
+def _pooled_counts(have: list[ThresholdCounts]) -> tuple[int, int, int, int]:
+    """tp, fp, fn, tn summed over several findings' confusion counts."""
+    return sum(c.tp for c in have), sum(c.fp for c in have), sum(c.fn for c in have), sum(c.tn for c in have)
+
+
 def threshold_counts(y_true: Any, y_score: Any, threshold: float) -> ThresholdCounts:
     """Confusion counts (score >= threshold is positive) and sensitivity, specificity, precision, F1, accuracy."""
     t, s = check_arrays(y_true, y_score)
@@ -411,8 +426,8 @@ def summarize(
     thresholds = thresholds or {}
     rows: list[FindingMetrics] = []
     for j, name in enumerate(labels):
-        reason = undefined_reason(t[:, j])
-        pr_reason = f"no positives among {n} images" if t[:, j].sum() == 0 else None
+        roc, pr, reason = _curve_intervals(t[:, j], s[:, j], roc_reps[:, j], pr_reps[:, j], ci,
+                                           f"no positives among {n} images")
         thr = thresholds.get(name)
         rows.append(
             FindingMetrics(
@@ -420,8 +435,8 @@ def summarize(
                 kind="finding",
                 n=n,
                 positives=int(t[:, j].sum()),
-                auroc=_percentile_interval(auroc(t[:, j], s[:, j]), roc_reps[:, j], ci, reason),
-                auprc=_percentile_interval(auprc(t[:, j], s[:, j]), pr_reps[:, j], ci, pr_reason),
+                auroc=roc,
+                auprc=pr,
                 threshold=thr,
                 counts=threshold_counts(t[:, j], s[:, j], thr) if thr is not None else None,
                 ece=expected_calibration_error(t[:, j], s[:, j], n_bins) if n else None,
@@ -435,7 +450,7 @@ def summarize(
         rows.append(
             _normal_row(s, norm_t, norm_s, thresholds, labels, roc_reps[:, n_lab + 1], pr_reps[:, n_lab + 1], ci)
         )
-    return Summary(rows, n_images=n, n_patients=len(set(patient_ids)), n_boot=n_boot, ci=ci, seed=seed)
+    return Summary(rows, n_images=n, n_patients=n_pat, n_boot=n_boot, ci=ci, seed=seed)
 
 
 def _macro_row(rows: list[FindingMetrics], roc_reps: np.ndarray, pr_reps: np.ndarray, ci: float, n: int) -> FindingMetrics:
@@ -464,8 +479,7 @@ def _macro_row(rows: list[FindingMetrics], roc_reps: np.ndarray, pr_reps: np.nda
             return float(np.mean(vals)) if vals else None
 
         counts = ThresholdCounts(
-            sum(c.tp for c in have), sum(c.fp for c in have), sum(c.fn for c in have), sum(c.tn for c in have),
-            avg("sensitivity"), avg("specificity"), avg("precision"), avg("f1"), avg("accuracy"),
+            *_pooled_counts(have), avg("sensitivity"), avg("specificity"), avg("precision"), avg("f1"), avg("accuracy"),
         )
     eces = [r.ece for r in rows if r.ece is not None]
     n_def = sum(r.auroc.value is not None for r in rows)
@@ -488,21 +502,16 @@ def _micro_row(
 ) -> FindingMetrics:
     """All (image, finding) pairs pooled into one binary problem; counts pooled over thresholded findings."""
     flat_t, flat_s = t.ravel("F"), s.ravel("F")
-    reason = undefined_reason(flat_t)
-    pr_reason = "no positives in any finding" if flat_t.sum() == 0 else None
+    roc, pr, _ = _curve_intervals(flat_t, flat_s, roc_reps, pr_reps, ci, "no positives in any finding")
     have = [r.counts for r in rows if r.counts is not None]
-    counts = None
-    if have:
-        counts = counts_to_rates(sum(c.tp for c in have), sum(c.fp for c in have),
-                                 sum(c.fn for c in have), sum(c.tn for c in have))
     return FindingMetrics(
         name="micro",
         kind="micro",
         n=int(flat_t.size),
         positives=int(flat_t.sum()),
-        auroc=_percentile_interval(auroc(flat_t, flat_s), roc_reps, ci, reason),
-        auprc=_percentile_interval(auprc(flat_t, flat_s), pr_reps, ci, pr_reason),
-        counts=counts,
+        auroc=roc,
+        auprc=pr,
+        counts=counts_to_rates(*_pooled_counts(have)) if have else None,
         ece=expected_calibration_error(flat_t, flat_s, n_bins),
         note=f"all {t.shape[1]} findings pooled ({flat_t.size} image-finding pairs)",
     )
@@ -513,8 +522,7 @@ def _normal_row(
     labels: list[str], roc_reps: np.ndarray, pr_reps: np.ndarray, ci: float,
 ) -> FindingMetrics:
     """'No Finding' detection: scored by 1 - max(p); predicted normal when no finding passes its threshold."""
-    reason = undefined_reason(norm_t)
-    pr_reason = "no normal images" if norm_t.sum() == 0 else None
+    roc, pr, reason = _curve_intervals(norm_t, norm_s, roc_reps, pr_reps, ci, "no normal images")
     counts = None
     if all(name in thresholds for name in labels):
         thr = np.array([thresholds[name] for name in labels])
@@ -529,8 +537,8 @@ def _normal_row(
         kind="normal",
         n=int(norm_t.size),
         positives=int(norm_t.sum()),
-        auroc=_percentile_interval(auroc(norm_t, norm_s), roc_reps, ci, reason),
-        auprc=_percentile_interval(auprc(norm_t, norm_s), pr_reps, ci, pr_reason),
+        auroc=roc,
+        auprc=pr,
         counts=counts,
         note=f"No Finding = all labels 0; score = {NORMAL_SCORE}; predicted normal when no finding passes its threshold"
         + (f"; {reason}" if reason else ""),

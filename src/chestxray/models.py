@@ -165,7 +165,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors file or a torch file loaded with weights_only=True (a Lightning .ckpt too)."""
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"{path}: no such weights file")
+        raise ModelError(f"{path}: no such weights file; check the path")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -49,11 +49,20 @@ def _grid(n: int, panel: float = 2.4, gap: float = 0.8) -> tuple[Figure, list]:
 
 
 def _na(ax, title: str, reason: str) -> None:
+    """Draw an 'n/a' panel stating why the metric is undefined."""
     ax.set_title(title, fontsize=9)
     text = "\n".join(["n/a", *textwrap.wrap(reason, 18)])
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, transform=ax.transAxes)
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def _unit_axes(ax, xlabel: str, ylabel: str) -> None:
+    """Square [0, 1] curve panel with small ticks and labels (shared by the ROC and PR grids)."""
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    ax.tick_params(labelsize=7)
+    ax.set_xlabel(xlabel, fontsize=7)
+    ax.set_ylabel(ylabel, fontsize=7)
 
 
 def plot_history(history: pd.DataFrame, out: str | Path) -> Path:
@@ -109,10 +118,7 @@ def plot_roc_grid(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str]
                     zorder=3, label=f"t={thresholds[name]:.2f}")
             ax.legend(fontsize=7, loc="lower right")
         ax.set_title(f"{name}\nAUROC {area:.3f}", fontsize=9)
-        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
-        ax.tick_params(labelsize=7)
-        ax.set_xlabel("1 - specificity", fontsize=7)
-        ax.set_ylabel("sensitivity", fontsize=7)
+        _unit_axes(ax, "1 - specificity", "sensitivity")
     return _save(fig, out)
 
 
@@ -133,10 +139,7 @@ def plot_pr_grid(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str],
             if c.precision is not None:
                 ax.plot(c.sensitivity or 0.0, c.precision, "o", color="tab:red", ms=6, clip_on=False, zorder=3)
         ax.set_title(name, fontsize=9)
-        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
-        ax.tick_params(labelsize=7)
-        ax.set_xlabel("recall", fontsize=7)
-        ax.set_ylabel("precision", fontsize=7)
+        _unit_axes(ax, "recall", "precision")
     return _save(fig, out)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import json
 import logging
 import os
 import re
@@ -166,7 +167,7 @@ def _check_settings(size: int, resize: str, shard_size: int) -> None:
 def _fingerprint(table: pd.DataFrame, labels: list[str], task: str, settings: dict[str, Any]) -> str:
     """sha256 of the settings, label schema, catalog rows and each file's size + mtime."""
     stats = [_stat(p) for p in table["path"]]
-    frame = table[["image_id", "path", "patient_id", "split", *labels]].astype(str).copy()
+    frame = table[["image_id", "path", "patient_id", "split", *labels]].astype(str)
     frame["_size"] = [s[0] for s in stats]
     frame["_mtime"] = [s[1] for s in stats]
     digest = hashlib.sha256(repr((FORMAT, labels, task, sorted(settings.items()))).encode())
@@ -254,6 +255,9 @@ def _write(out: Path, shard: _Shard, next_chunk: Callable[[], list[tuple[bytes |
     """Write one shard from its decoded chunks; returns its record (count, positives, quarantine, bytes)."""
     rows = shard.rows
     label_values = rows[labels].to_numpy(dtype=np.uint8)
+    # plain lists once per shard: per-image pandas lookups would cost more than writing the sample
+    paths, image_ids, patient_ids = (rows[c].astype(str).tolist() for c in ("path", "image_id", "patient_id"))
+    positions = rows["_pos"].tolist()
     good: list[int] = []
     quarantine: list[list[str]] = []
 
@@ -261,12 +265,12 @@ def _write(out: Path, shard: _Shard, next_chunk: Callable[[], list[tuple[bytes |
         for begin in range(0, len(rows), CHUNK):
             for i, (data, reason) in enumerate(next_chunk(), start=begin):
                 if data is None:
-                    quarantine.append([str(rows["path"].iat[i]), str(rows["image_id"].iat[i]), reason])
+                    quarantine.append([paths[i], image_ids[i], reason])
                     continue
                 good.append(i)
                 pixels = np.frombuffer(data, np.uint8).reshape(size, size)
-                yield ShardSample(sample_key(int(rows["_pos"].iat[i])), pixels, str(rows["image_id"].iat[i]),
-                                  str(rows["patient_id"].iat[i]), label_values[i].tolist())
+                yield ShardSample(sample_key(int(positions[i])), pixels, image_ids[i], patient_ids[i],
+                                  label_values[i].tolist())
 
     count = write_shard(out / shard.name, samples())
     positives = label_values[good].sum(axis=0).astype(int).tolist() if good else [0] * len(labels)
@@ -303,8 +307,7 @@ def _finish(out: Path, plan: list[_Shard], state: dict[str, Any], catalog: Catal
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    import json
-
+    """The JSON object in `path`, or None when it is missing or unreadable (then the work is redone)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

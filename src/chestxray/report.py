@@ -18,9 +18,11 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 import chestxray
-from chestxray.errors import DataError
+from chestxray.bundle import read_card
+from chestxray.errors import DataError, ModelError
 from chestxray.evaluate import EVAL_DIR, PLOTS
 from chestxray.files import write_text
+from chestxray.shards import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,12 @@ HEADER_TITLES = {"pos.": "positives", "thr.": "threshold (chosen on validation)"
 
 
 def _data_uri(path: Path) -> str:
+    """The PNG at `path` as a base64 data URI, so the report needs no other file."""
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def _num(value: Any, digits: int = 3) -> str:
+    """A table number: 'n/a' for None/NaN, an integer when digits is 0, else fixed-point."""
     if value is None or (isinstance(value, float) and value != value):
         return "n/a"
     if isinstance(value, (int,)) or (isinstance(value, float) and value.is_integer() and digits == 0):
@@ -56,6 +60,7 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def _interval_cell(iv: dict[str, Any]) -> dict[str, Any]:
+    """A metrics-table cell for a value with its CI, or 'n/a' with the reason as its tooltip."""
     if iv.get("value") is None:
         return {"text": "n/a", "cls": "na", "title": iv.get("reason") or ""}
     ci = f"[{iv['low']:.3f}, {iv['high']:.3f}]" if iv.get("low") is not None else ""
@@ -108,10 +113,11 @@ def _find_prepared(run: Path, metrics: dict[str, Any]) -> str | None:
     """The prepared folder: from the evaluation record, else the bundle card."""
     if metrics.get("prepared") and metrics["prepared"] != "None":
         return str(metrics["prepared"])
-    card = run / "bundle" / "card.json"
-    if card.exists():
-        return json.loads(card.read_text(encoding="utf-8")).get("prepared")
-    return None
+    try:
+        return read_card(run / "bundle").get("prepared")
+    except ModelError as exc:
+        log.warning("report: no prepared folder recorded (%s)", exc)
+        return None
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -121,7 +127,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     metrics_path = eval_dir / "metrics.json"
     if not metrics_path.exists():
         raise DataError(f"{run}: no {EVAL_DIR}/metrics.json; run `chestxray evaluate {run}` first")
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{metrics_path}: not valid JSON ({exc}); run `chestxray evaluate {run}` again") from exc
 
     plots = {}
     for key, name in PLOTS.items():
@@ -133,11 +142,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     prepared = _find_prepared(run, metrics)
     data_table, data_missing, manifest = None, "", {}
-    if prepared and (Path(prepared) / "manifest.json").exists():
-        manifest = json.loads((Path(prepared) / "manifest.json").read_text(encoding="utf-8"))
-        data_table = _data_table(manifest)
+    if not prepared:
+        data_missing = "Prepared dataset manifest not found (no path recorded)."
     else:
-        data_missing = f"Prepared dataset manifest not found ({prepared or 'no path recorded'})."
+        try:
+            manifest = read_manifest(prepared)
+            data_table = _data_table(manifest)
+        except DataError as exc:
+            data_missing = f"Prepared dataset manifest not usable: {exc}"
 
     config_path = run / "config.yaml"
     rows = metrics.get("rows", [])
@@ -161,7 +173,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         version=chestxray.__version__,
         run_dir=str(run),
-        evaluated=True,
         split=metrics.get("split"),
         n_images=metrics.get("n_images"),
         n_patients=metrics.get("n_patients"),

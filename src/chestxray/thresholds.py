@@ -80,6 +80,7 @@ def choose_thresholds(
     y_true: Any, y_score: Any, labels: Sequence[str], method: str | ThresholdMethod = "youden"
 ) -> dict[str, float]:
     """Thresholds per label from validation labels/scores (N, L); labels without both classes get 0.5 and a warning."""
+    m = parse_method(method)
     t, s = check_arrays(y_true, y_score)
     if t.shape[1] != len(labels):
         raise ConfigError(f"{len(labels)} label names for validation arrays of shape {t.shape}; they must match")
@@ -88,7 +89,7 @@ def choose_thresholds(
         reason = undefined_reason(t[:, j])
         if reason is not None:
             log.warning("threshold for %s set to %.2f: validation split has %s", name, FALLBACK, reason)
-        out[name] = choose_threshold(t[:, j], s[:, j], method)
+        out[name] = choose_threshold(t[:, j], s[:, j], m)
     return out
 
 

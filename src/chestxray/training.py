@@ -6,12 +6,14 @@ checkpoints/{best,last}.ckpt, metrics.csv, history.csv, logs/ (Lightning CSVLogg
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -124,7 +126,7 @@ class ChestXrayModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         per_label = self.val_auroc.compute().reshape(-1)
         positives, count = self.val_counts.compute()
-        usable = (positives > 0) & (positives < count)
+        usable = ((positives > 0) & (positives < count)).reshape(-1)  # torchmetrics squeezes one label to 0-d
         if bool(usable.any()):
             auroc = per_label[usable].mean()
         else:
@@ -133,8 +135,7 @@ class ChestXrayModule(L.LightningModule):
             auroc = torch.tensor(0.5, device=per_label.device)
         self.log("val_auroc", auroc, prog_bar=True)
         self.log("val_loss", self.val_loss.compute())
-        for name, value, ok in zip(self.labels, per_label.reshape(-1).tolist(), usable.reshape(-1).tolist(),
-                                   strict=True):
+        for name, value, ok in zip(self.labels, per_label.tolist(), usable.tolist(), strict=True):
             if ok:
                 self.log(f"val_auroc_{name}", value)
         for metric in (self.val_auroc, self.val_counts, self.val_loss):
@@ -199,14 +200,37 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
                           f"Either continue it with --resume {run_dir}, pick another --out, or delete {run_dir}")
 
 
+def _tracking_uri(config: TrainConfig) -> str:
+    """The tracking URI a run uses: config.mlflow_uri, else the folder store file:<cwd>/mlruns."""
+    return config.mlflow_uri or f"file:{Path.cwd() / 'mlruns'}"
+
+
+@contextlib.contextmanager
+def _allow_file_store(uri: str) -> Iterator[None]:
+    """While the block runs, let MLflow 3 open a file: store (it refuses unless MLFLOW_ALLOW_FILE_STORE is set).
+
+    MLflow builds a new store object for every call, so the opt-in must last for the whole run; afterwards the
+    environment is as it was. An explicit MLFLOW_ALLOW_FILE_STORE set by the user is left alone.
+    """
+    if not uri.startswith("file:") or "MLFLOW_ALLOW_FILE_STORE" in os.environ:
+        yield
+        return
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    try:
+        yield
+    finally:
+        os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
+
+
 def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None):
     from lightning.pytorch.loggers import MLFlowLogger
 
-    uri = config.mlflow_uri or f"file:{Path.cwd() / 'mlruns'}"
-    if uri.startswith("file:"):
-        # MLflow 3 refuses its file store unless asked; the local folder store is this project's default.
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = _tracking_uri(config)
+    artifacts = None
+    if uri.startswith("sqlite:///"):  # MLflow would put artifacts under ./mlruns of the working folder
+        artifacts = (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
     return MLFlowLogger(experiment_name=config.experiment, run_name=run_dir.name, tracking_uri=uri, run_id=run_id,
+                        artifact_location=artifacts,
                         tags={"run_dir": str(run_dir.resolve()), "model": config.model})
 
 
@@ -223,15 +247,19 @@ def _steps_per_epoch(data: Any, world_size: int) -> int:
     return len(plan_epoch(counts, data.batch_size, world_size=world_size, rank=0, shuffle=True).batch_sizes)
 
 
-def _write_run_start(config: TrainConfig, run_dir: Path, data: Any, data_cfg: dict[str, Any],
-                     run_info: dict[str, Any], mlflow_logger: Any) -> None:
+def _data_fields(config: TrainConfig, data: Any, data_cfg: dict[str, Any]) -> dict[str, Any]:
+    """What the run was trained on and how inputs are fed: shared by RUN/run.json and the bundle card."""
+    return {"labels": list(data.labels), "task": data.task, "prepared": str(Path(config.prepared).resolve()),
+            "data_fingerprint": data.manifest.get("fingerprint"), "image_size": data.image_size,
+            "resize": data.manifest.get("resize", "pad"), "in_chans": config.in_chans,
+            "normalization": data_cfg["normalization"]}
+
+
+def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any], run_info: dict[str, Any],
+                     mlflow_logger: Any) -> None:
     """Rank zero, before training: RUN/config.yaml, RUN/run.json and the same config as MLflow params/artifact."""
     write_text(run_dir / CONFIG_FILE, config_yaml(config))
-    run_info.update({"labels": list(data.labels), "task": data.task, "prepared": str(Path(config.prepared).resolve()),
-                     "data_fingerprint": data.manifest.get("fingerprint"), "image_size": data.image_size,
-                     "resize": data.manifest.get("resize"), "in_chans": config.in_chans,
-                     "normalization": data_cfg["normalization"], "model_image_size": data_cfg["image_size"],
-                     "precision": auto_precision(config)})
+    run_info.update(fields)
     if mlflow_logger is not None:
         mlflow_logger.log_hyperparams(config.to_dict())
         run_info["mlflow_run_id"] = mlflow_logger.run_id
@@ -239,19 +267,15 @@ def _write_run_start(config: TrainConfig, run_dir: Path, data: Any, data_cfg: di
     write_json(run_dir / RUN_FILE, run_info)
 
 
-def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, data: Any, data_cfg: dict[str, Any],
+def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: dict[str, Any],
                    state_source: Path | None, best_val: float, mlflow_logger: Any) -> Path:
     """Rank zero, after training: RUN/bundle from the best checkpoint, and the run's files as MLflow artifacts."""
     from chestxray.bundle import save_bundle
 
     if state_source is not None:
         net.load_state_dict(_best_state(state_source))
-    labels = list(data.labels)
-    card = {"architecture": config.model, "num_labels": len(labels), "in_chans": config.in_chans,
-            "image_size": data.image_size, "resize": data.manifest.get("resize", "pad"),
-            "normalization": data_cfg["normalization"], "labels": labels, "task": data.task,
-            "thresholds": None, "threshold_method": None, "prepared": str(Path(config.prepared).resolve()),
-            "data_fingerprint": data.manifest.get("fingerprint"), "seed": config.seed,
+    card = {"architecture": config.model, "num_labels": len(fields["labels"]), **fields,
+            "thresholds": None, "threshold_method": None, "seed": config.seed,
             "metrics": {"val_auroc": best_val}, "run": str(run_dir.resolve()),
             "checkpoint": str(state_source) if state_source else None}
     bundle_dir = save_bundle(run_dir / "bundle", net.cpu(), card)
@@ -272,16 +296,22 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
     best checkpoint). Extra Lightning callbacks may be passed (e.g. for inspection in tests). Runs on every rank
     under DDP (torchrun / SLURM / Lightning's launcher); files are written by rank zero only.
     """
-    from lightning.pytorch.loggers import CSVLogger
-
-    from chestxray.data import ChestXrayDataModule
-    from chestxray.models import build_model, count_parameters, model_data_config
-
     validate_config(config)
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     config = replace(config, out=str(run_dir))
     if rank_zero_only.rank == 0:  # ranks started later by Lightning's launcher find rank zero's config.yaml
         _check_run_dir(run_dir, resume)
+    with _allow_file_store(_tracking_uri(config) if config.mlflow else ""):
+        return _fit(config, run_dir, resume, callbacks)
+
+
+def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callback] | None) -> TrainResult:
+    """train()'s work once the config is checked: build data, model and Trainer, fit, write the bundle."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from chestxray.data import ChestXrayDataModule
+    from chestxray.models import build_model, count_parameters, model_data_config
+
     L.seed_everything(config.seed, workers=True, verbose=False)
     data_cfg = model_data_config(config.model, config.in_chans)
     data = ChestXrayDataModule(config.prepared, batch_size=config.batch_size, num_workers=config.num_workers,
@@ -291,6 +321,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
                       weights=config.weights)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    precision = auto_precision(config)
+    fields = _data_fields(config, data, data_cfg)
 
     run_info: dict[str, Any] = {}
     if resume and (run_dir / RUN_FILE).is_file():
@@ -312,7 +344,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
         all_callbacks.append(FreezeBackbone(config.model, config.unfreeze_last))
     trainer = L.Trainer(
         accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
-        strategy=config.strategy, precision=auto_precision(config), max_epochs=config.epochs,
+        strategy=config.strategy, precision=precision, max_epochs=config.epochs,
         max_steps=config.max_steps, max_time={"minutes": config.max_minutes} if config.max_minutes else None,
         gradient_clip_val=config.grad_clip or None, callbacks=all_callbacks, logger=loggers,
         val_check_interval=config.val_every or None, check_val_every_n_epoch=None if config.val_every else 1,
@@ -329,7 +361,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
                              monitor=config.monitor, patience=config.patience, channels_last=config.channels_last,
                              total_steps=total_steps)
     if trainer.is_global_zero:
-        _write_run_start(config, run_dir, data, data_cfg, run_info, mlflow_logger)
+        _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"],
+                                           "precision": precision}, run_info, mlflow_logger)
 
     start = time.perf_counter()
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -346,7 +379,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
     if trainer.is_global_zero:
         history.write()
         state_source = best_path if best_path and best_path.is_file() else last if last.is_file() else None
-        bundle_dir = _write_run_end(config, run_dir, net, data, data_cfg, state_source, best_val, mlflow_logger)
+        bundle_dir = _write_run_end(config, run_dir, net, fields, state_source, best_val, mlflow_logger)
     return TrainResult(run_dir=run_dir, bundle_dir=bundle_dir, best_val_auroc=best_val, best_checkpoint=best_path,
                        last_checkpoint=last if last.is_file() else None, epochs=trainer.current_epoch,
                        steps=trainer.global_step, seconds=seconds, train_images=history.train_images,

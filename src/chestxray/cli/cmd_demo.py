@@ -34,7 +34,6 @@ def demo(
     from rich.table import Table
 
     from chestxray.demo import DemoSettings, run_demo
-    from chestxray.training import train  # noqa: F401  (imports Lightning, so its chatter can be quieted)
 
     quiet_lightning()
 

@@ -12,6 +12,7 @@ from chestxray.cli.common import console, err_console, friendly
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
+    """A number for the console tables: 'n/a' for None/NaN, floats fixed-point."""
     if value is None or (isinstance(value, float) and value != value):
         return "n/a"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
@@ -55,9 +56,10 @@ def _predictions_table(ok: Any, labels: list[str], thresholds: dict[str, float] 
             table.add_column("thr", justify="right")
         for image_id in ok["image_id"]:
             table.add_column(str(image_id), justify="right", overflow="fold")
+        rows = [row for _, row in ok.iterrows()]
         for name in labels:
             thr = [f"{thresholds[name]:.2f}"] if thresholds else []
-            table.add_row(name, *thr, *[cell(row, name) for _, row in ok.iterrows()])
+            table.add_row(name, *thr, *[cell(row, name) for row in rows])
         return table
     table.add_column("image", overflow="fold")
     table.add_column("positive findings" if thresholds else "top findings", overflow="fold")

@@ -117,9 +117,9 @@ def compare(
     from rich.table import Table
 
     from chestxray.compare import compare_models
+    from chestxray.config import resolve_config
 
     quiet_lightning()
-    from chestxray.config import resolve_config
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     base = resolve_config(config, where="command line", **_settings(

@@ -47,7 +47,9 @@ def _quiet_third_party(record: logging.LogRecord) -> bool:
 
 
 def quiet_lightning() -> None:
-    """Call after Lightning is imported: it sets its loggers to INFO with its own console handler at import."""
+    """Import Lightning now and quiet it: at import it sets its loggers to INFO with its own console handler."""
+    import lightning  # noqa: F401  (must come first, or Lightning's import would undo what follows)
+
     if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +167,7 @@ def write_catalog(catalog: Catalog, out_dir: str | Path) -> Path:
         write_csv(out / MISSING_CSV, pd.DataFrame({"image_id": missing}))
     elif (out / MISSING_CSV).exists():
         (out / MISSING_CSV).unlink()
-    return save_catalog(Catalog(catalog.table, catalog.labels, catalog.task, catalog.source, info), out)
+    return save_catalog(replace(catalog, info=info), out)
 
 
 def to_age(values: pd.Series) -> pd.Series:
@@ -194,9 +195,9 @@ def read_csv_table(table: str | Path, path_col: str, patient_col: str, *, label_
     file does not exist are left out and listed in info['missing_images'].
     """
     where = str(table)
-    frame = read_table(table)
     if (label_cols is None) == (findings_col is None):
         raise DataError(f"{where}: give either label columns (--label-cols a,b) or a findings column (--findings-col)")
+    frame = read_table(table)
     require_columns(frame, [path_col, patient_col, *(label_cols or []), *([findings_col] if findings_col else [])],
                     where, "pass the right --path-col/--patient-col/--label-cols/--findings-col")
     frame = frame.reset_index(drop=True)
