@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from chestxray.samples import ENV_VAR, find_sample_data
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("CHESTXRAY_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Root of the real sample collections (override with CHESTXRAY_DATA)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real samples not found at {SHARED_DATA}; set CHESTXRAY_DATA to the shared/data folder")
-    return SHARED_DATA
+    """Root of the real sample collections (../shared/data beside the checkout; override with CHESTXRAY_DATA)."""
+    root = find_sample_data(REPO)
+    if root is None:
+        pytest.skip(f"real samples not found beside {REPO}; set {ENV_VAR} to the shared/data folder")
+    return root
 
 
 @pytest.fixture(scope="session")

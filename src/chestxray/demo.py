@@ -123,7 +123,7 @@ def run_task(name: str, description: str, build_catalog: Callable[[], object], s
     shutil.rmtree(run_dir, ignore_errors=True)  # each demo trains afresh; catalog and shards are reused
     result = train(config)
     evaluation = evaluate_run(result.run_dir, split="test", n_boot=settings.n_boot, seed=settings.seed)
-    _explain(result.run_dir)
+    _explain(result.run_dir, evaluation.eval_dir)
     report = write_report(result.run_dir)
     macro = next((r for r in evaluation.summary.rows if r.kind == "macro"), evaluation.summary.rows[0])
     extra: dict[str, float] = {}
@@ -140,13 +140,16 @@ def run_task(name: str, description: str, build_catalog: Callable[[], object], s
     )
 
 
-def _explain(run_dir: Path, n: int = 4) -> None:
+def _explain(run_dir: Path, eval_dir: Path, n: int = 4) -> None:
     """Grad-CAM overlays of the top-scoring test positives for the report (illustrations, not metrics)."""
+    import pandas as pd
+
     from chestxray.bundle import load_bundle
     from chestxray.explain import explain_images, select_split_images
 
     bundle = load_bundle(run_dir / "bundle")
-    images = select_split_images(bundle, split="test", n=n)
+    scores = pd.read_csv(eval_dir / "predictions.csv", dtype={"image_id": str, "patient_id": str})
+    images = select_split_images(bundle, split="test", n=n, scores=scores)
     if images:
         explain_images(bundle, images, method="gradcam", out_dir=run_dir / "explain")
 

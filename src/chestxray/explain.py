@@ -251,8 +251,13 @@ def explain_target(target: str | Path) -> tuple[Path, Path]:
     raise ModelError(f"{folder}: neither a run folder (with bundle/card.json) nor a model bundle (with card.json)")
 
 
-def select_split_images(bundle: Bundle, split: str = "test", n: int = 8, boxes: pd.DataFrame | None = None) -> list[Path]:
-    """First n images of the bundle's prepared split that have boxes, or (no boxes) its n top-scoring positives."""
+def select_split_images(bundle: Bundle, split: str = "test", n: int = 8, boxes: pd.DataFrame | None = None,
+                        scores: pd.DataFrame | None = None) -> list[Path]:
+    """First n images of the bundle's prepared split that have boxes, or (no boxes) its n top-scoring positives.
+
+    scores: predictions of that split already made (predict_split's columns, e.g. RUN/eval/predictions.csv);
+    predicted here when not given.
+    """
     from chestxray.catalog import load_catalog
     from chestxray.shards import MANIFEST, read_manifest
 
@@ -269,7 +274,8 @@ def select_split_images(bundle: Bundle, split: str = "test", n: int = 8, boxes: 
         rows = rows[rows["path"].map(lambda p: Path(p).name in names)]
         return [Path(p) for p in rows["path"].head(n)]
     labels = list(bundle.labels)
-    scores = predict_split(bundle, prepared, split)
+    if scores is None:
+        scores = predict_split(bundle, prepared, split)
     truth = scores[labels].to_numpy(dtype=bool)
     best = np.where(truth, scores[score_columns(labels)].to_numpy(dtype=float), -np.inf).max(axis=1)
     top = scores.assign(best=best)[np.isfinite(best)].nlargest(n, "best")["image_id"]

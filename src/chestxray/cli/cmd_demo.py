@@ -8,11 +8,7 @@ from pathlib import Path
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, friendly, quiet_lightning
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+from chestxray.cli.common import console, fmt, friendly, quiet_lightning
 
 
 @app.command(help=(
@@ -50,7 +46,7 @@ def demo(
     for o in outcomes:
         counts = "/".join(str(o.counts.get(s, 0)) for s in ("train", "val", "test"))
         name = f"{o.name} [red](SYNTHETIC)[/]" if o.synthetic else o.name
-        table.add_row(name, counts, str(len(o.labels)), _fmt(o.auroc), f"{_fmt(o.auroc_low)}–{_fmt(o.auroc_high)}",
+        table.add_row(name, counts, str(len(o.labels)), fmt(o.auroc), f"{fmt(o.auroc_low)}–{fmt(o.auroc_high)}",
                       f"{o.seconds:.0f}")
     console.print(table)
     for o in outcomes:

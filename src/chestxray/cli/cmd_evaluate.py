@@ -8,14 +8,7 @@ from typing import Any
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, err_console, friendly
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    """A number for the console tables: 'n/a' for None/NaN, floats fixed-point."""
-    if value is None or (isinstance(value, float) and value != value):
-        return "n/a"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+from chestxray.cli.common import console, err_console, fmt, friendly
 
 
 def _metrics_table(result: Any) -> Any:
@@ -30,8 +23,8 @@ def _metrics_table(result: Any) -> Any:
         auc = "n/a" if iv.value is None else f"{iv.value:.3f}" + (f" [{iv.low:.3f}, {iv.high:.3f}]" if iv.low is not None else "")
         c = r.counts
         table.add_row(
-            r.name, str(r.positives), auc, _fmt(r.auprc.value), "—" if r.threshold is None else f"{r.threshold:.2f}",
-            _fmt(c.sensitivity) if c else "—", _fmt(c.specificity) if c else "—",
+            r.name, str(r.positives), auc, fmt(r.auprc.value), "—" if r.threshold is None else f"{r.threshold:.2f}",
+            fmt(c.sensitivity) if c else "—", fmt(c.specificity) if c else "—",
             str(c.fn) if c else "—", str(c.fp) if c else "—", r.note,
             style=None if r.kind == "finding" else "bold",
         )
@@ -95,7 +88,7 @@ def evaluate(
         result = evaluate_run(run, split=split, tta=tta, threshold_method=threshold_method, batch_size=batch_size,
                               n_boot=n_boot, seed=seed, prepared=prepared)
     console.print(_metrics_table(result))
-    console.print(f"macro AUROC {_fmt(result.macro_auroc)} on {result.summary.n_images} {split} images; "
+    console.print(f"macro AUROC {fmt(result.macro_auroc)} on {result.summary.n_images} {split} images; "
                   f"outputs in {result.eval_dir}", highlight=False, soft_wrap=True)
 
 

@@ -19,6 +19,13 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number for console tables: 'n/a' for None/NaN, floats fixed-point, anything else as text."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
 def friendly(func: F) -> F:
     """Turn a ChestXrayError into one red line on stderr and exit code 1; other errors keep their traceback."""
 
