@@ -1,6 +1,6 @@
 """Benchmark: catalog + patient split of the full NIH table (112,120 rows), product vs the notebook way.
 
-Product: chestxray.sources.read_nih (metadata-only, vectorised findings parsing) + chestxray.split.assign_splits.
+Product: chestxray.data.sources.read_nih (metadata-only, vectorised findings parsing) + chestxray.data.split.assign_splits.
 Notebook baseline (one run; the product is best of --repeat): pandas.read_csv, Series.str.split('|') once, then one
 row-wise DataFrame.apply per finding, then a random patient split with sklearn's train_test_split and a per-row
 apply. Both run in this process; the label matrices must be equal.
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chestxray.labels import NIH14
-from chestxray.sources import read_nih
-from chestxray.split import assign_splits
+from chestxray.data.labels import NIH14
+from chestxray.data.sources import read_nih
+from chestxray.data.split import assign_splits
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CSV = HERE.parent.parent / "shared" / "data" / "nih-metadata" / "Data_Entry_2017_v2020.csv.gz"

@@ -30,10 +30,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from chestxray.data import ChestXrayDataModule
-from chestxray.prepare import prepare_dataset
-from chestxray.sources import read_folder
-from chestxray.split import assign_splits
+from chestxray.data.datamodule import ChestXrayDataModule
+from chestxray.data.prepare import prepare_dataset
+from chestxray.data.sources import read_folder
+from chestxray.data.split import assign_splits
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "kaggle-chest-xray-pneumonia"

@@ -4,9 +4,9 @@ Inputs: --n PNGs made by upscaling the real NIH / Kaggle samples in ../shared/da
 settings) in a temporary folder. Measured in this process, one after the other:
 - naive: one process, Image.open → convert('L') → resize(LANCZOS) → numpy, the usual notebook loop;
 - codec only: one process, just reading and decompressing each PNG (the floor for any decoder);
-- decode: one process, chestxray.imaging.load_square (libspng fast path for 8-bit gray PNG, JPEG draft,
+- decode: one process, chestxray.data.imaging.load_square (libspng fast path for 8-bit gray PNG, JPEG draft,
   cv2 INTER_AREA) — the per-core figure;
-- prepare: chestxray.prepare.prepare_dataset end to end (process pool, shards, manifest) with --workers.
+- prepare: chestxray.data.prepare.prepare_dataset end to end (process pool, shards, manifest) with --workers.
 Prints images/s, images/s per core and ratios; writes bench/results/prepare-<hostname>.csv. Target: ≥ 100
 images/s per core. The machine may be shared: the ratios (same run, same load) are the robust numbers.
 
@@ -30,9 +30,9 @@ import pandas as pd
 import PIL
 from PIL import Image
 
-from chestxray.catalog import Catalog
-from chestxray.imaging import load_square
-from chestxray.prepare import prepare_dataset
+from chestxray.data.catalog import Catalog
+from chestxray.data.imaging import load_square
+from chestxray.data.prepare import prepare_dataset
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"

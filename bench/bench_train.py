@@ -1,6 +1,6 @@
 """Training throughput (images/s) through the product vs a plain notebook-style PyTorch loop, same images, same CPU.
 
-Product: catalog → prepare (once, 128 px uint8 shards) → chestxray.training.train (1-channel stem, channels_last,
+Product: catalog → prepare (once, 128 px uint8 shards) → chestxray.training.train.train (1-channel stem, channels_last,
 Lightning). Baseline: pandas table of paths, PIL decode + resize + RGB per item per epoch, torchvision transforms,
 3-channel model, a hand-written loop. Both run 2 epochs over the same training images; the second epoch is timed
 (the first warms up caches and allocators). Prints the ratio per model and writes bench/results/train-<host>.csv,
@@ -32,8 +32,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def subset_catalog(n_train: int, seed: int = 0):
     """The Kaggle sample split by patient, keeping n_train training images and a small val split."""
-    from chestxray.sources import read_folder
-    from chestxray.split import assign_splits
+    from chestxray.data.sources import read_folder
+    from chestxray.data.split import assign_splits
 
     catalog = assign_splits(read_folder(DATA), (0.8, 0.1, 0.1), seed=seed)
     table = catalog.table
@@ -106,9 +106,9 @@ def compute_ceiling_images_per_s(n: int, model: str, size: int, batch_size: int)
 
 def product_images_per_s(prepared: Path, model: str, batch_size: int, workers: int, out: Path,
                          precision: str = "32-true") -> float:
-    """chestxray.training.train for 2 epochs; the second epoch's training images/s (validation excluded)."""
-    from chestxray.config import resolve_config
-    from chestxray.training import train
+    """chestxray.training.train.train for 2 epochs; the second epoch's training images/s (validation excluded)."""
+    from chestxray.training.config import resolve_config
+    from chestxray.training.train import train
 
     config = resolve_config(prepared=str(prepared), model=model, epochs=2, batch_size=batch_size, lr=1e-4,
                             augment="none", num_workers=workers, mlflow=False, progress=False, patience=0,
@@ -130,7 +130,7 @@ def main() -> None:
                              "AVX512-BF16/AMX); the notebook baseline is always fp32")
     args = parser.parse_args()
 
-    from chestxray.prepare import prepare_dataset
+    from chestxray.data.prepare import prepare_dataset
 
     catalog = subset_catalog(args.images)
     label = catalog.labels[0]

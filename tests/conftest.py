@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from chestxray.samples import ENV_VAR, find_sample_data
+from chestxray.data.samples import ENV_VAR, find_sample_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,10 +23,10 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A PREPARED folder (32 px) of 600 synthetic NIH-layout images: a small CNN learns it in two epochs."""
-    from chestxray.prepare import prepare_dataset
-    from chestxray.sources import read_nih
-    from chestxray.split import assign_splits
-    from chestxray.synth import make_synthetic
+    from chestxray.data.prepare import prepare_dataset
+    from chestxray.data.sources import read_nih
+    from chestxray.data.split import assign_splits
+    from chestxray.data.synth import make_synthetic
 
     root = tmp_path_factory.mktemp("synthetic-prepared")
     source = make_synthetic(root / "source", n=600, size=64, seed=0)

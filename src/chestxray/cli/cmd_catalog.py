@@ -21,7 +21,7 @@ SPLIT_HELP = "Split ratios train,val,test (by patient, multi-label stratified)."
 
 def _ratios(text: str) -> tuple[float, ...]:
     """Parse and check '0.7,0.1,0.2' before any data is read, with a ConfigError naming the option."""
-    from chestxray.split import check_ratios
+    from chestxray.data.split import check_ratios
 
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -32,8 +32,8 @@ def _ratios(text: str) -> tuple[float, ...]:
 
 def _finish(catalog, out: Path, ratios: tuple[float, ...], seed: int) -> None:
     """Split by patient, save (with missing_images.csv when rows lack an image) and print the summary line."""
-    from chestxray.sources import write_catalog
-    from chestxray.split import assign_splits
+    from chestxray.data.sources import write_catalog
+    from chestxray.data.split import assign_splits
 
     catalog = assign_splits(catalog, ratios, seed)
     missing = list(catalog.info.get("missing_images") or [])
@@ -67,7 +67,7 @@ def catalog_nih(
     ratios: str = typer.Option("0.7,0.1,0.2", "--ratios", help=SPLIT_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed for the patient subset and the split."),
 ) -> None:
-    from chestxray.sources import read_nih
+    from chestxray.data.sources import read_nih
 
     split_ratios = _ratios(ratios)
     if (images is None) != metadata_only:
@@ -95,7 +95,7 @@ def catalog_folder(
     ratios: str = typer.Option("0.7,0.1,0.2", "--ratios", help=SPLIT_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed for the split."),
 ) -> None:
-    from chestxray.sources import read_folder
+    from chestxray.data.sources import read_folder
 
     split_ratios = _ratios(ratios)
     catalog = read_folder(root, patient_regex=patient_regex, keep_source_split=not ignore_source_split)
@@ -121,7 +121,7 @@ def catalog_csv(
     ratios: str = typer.Option("0.7,0.1,0.2", "--ratios", help=SPLIT_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed for the split."),
 ) -> None:
-    from chestxray.sources import read_csv_table
+    from chestxray.data.sources import read_csv_table
 
     split_ratios = _ratios(ratios)
     cols = [c.strip() for c in label_cols.split(",") if c.strip()] if label_cols else None
@@ -145,7 +145,7 @@ def explore(
     import pandas as pd
     from rich.table import Table
 
-    from chestxray.explore import explore as run_explore
+    from chestxray.data.explore import explore as run_explore
 
     result = run_explore(path, out, augment=augment, n_samples=samples, seed=seed)
     if not result.findings.empty:
@@ -177,7 +177,7 @@ def synth(
     size: int = typer.Option(128, "--size", help="Image side in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
-    from chestxray.synth import make_synthetic
+    from chestxray.data.synth import make_synthetic
 
     folder = make_synthetic(out, n=n, size=size, seed=seed)
     console.print(f"synth {folder}: {n} synthetic {size}x{size} images; catalog them with 'chestxray catalog nih "

@@ -29,7 +29,7 @@ def demo(
 ) -> None:
     from rich.table import Table
 
-    from chestxray.demo import DemoSettings, run_demo
+    from chestxray.workflows.demo import DemoSettings, run_demo
 
     quiet_lightning()
 

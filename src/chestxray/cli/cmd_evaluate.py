@@ -82,7 +82,7 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     prepared: Path = typer.Option(None, "--prepared", help="Prepared data (default: the one in the bundle card)."),
 ) -> None:
-    from chestxray.evaluate import evaluate_run
+    from chestxray.evaluation.evaluate import evaluate_run
 
     with console.status(f"evaluating {run} on {split} ..."):
         result = evaluate_run(run, split=split, tta=tta, threshold_method=threshold_method, batch_size=batch_size,
@@ -100,7 +100,7 @@ def report(
     run: Path = typer.Argument(..., help="Run folder with eval/ (from 'chestxray evaluate')."),
     out: Path = typer.Option(None, "--out", "-o", help="HTML file to write (default RUN/report.html)."),
 ) -> None:
-    from chestxray.report import write_report
+    from chestxray.report.run_report import write_report
 
     path = write_report(run, out)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opens offline)", highlight=False, soft_wrap=True)
@@ -117,9 +117,9 @@ def predict(
     tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, hflip or crop."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
 ) -> None:
+    from chestxray.evaluation.thresholds import apply_thresholds
     from chestxray.files import write_csv
-    from chestxray.inference import as_bundle, predict_images
-    from chestxray.thresholds import apply_thresholds
+    from chestxray.inference.predict import as_bundle, predict_images
 
     model = as_bundle(bundle)
     labels = list(model.labels)

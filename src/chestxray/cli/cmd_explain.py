@@ -28,10 +28,16 @@ def explain(
 ) -> None:
     from rich.table import Table
 
-    from chestxray.bundle import load_bundle
     from chestxray.errors import ConfigError
-    from chestxray.explain import explain_images, explain_target, scores_table, select_split_images, summarize_scores
-    from chestxray.localize import read_boxes
+    from chestxray.explain.explanations import (
+        explain_images,
+        explain_target,
+        scores_table,
+        select_split_images,
+        summarize_scores,
+    )
+    from chestxray.explain.localize import read_boxes
+    from chestxray.models.bundle import load_bundle
 
     bundle_dir, default_out = explain_target(target)
     bundle = load_bundle(bundle_dir)

@@ -23,9 +23,15 @@ def prepare(
     workers: int = typer.Option(0, "--workers", "-j", help="Decoding processes (0 = all CPU cores)."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Images per shard file."),
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    from chestxray.prepare import prepare_dataset
+    from chestxray.data.prepare import prepare_dataset
 
     with Progress(TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True) as bar:

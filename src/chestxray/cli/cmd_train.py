@@ -66,9 +66,10 @@ def train(
     experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment name."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
-    from chestxray.config import resolve_config
     from chestxray.errors import ConfigError
-    from chestxray.training import CONFIG_FILE, train as run_training
+    from chestxray.training.config import resolve_config
+    from chestxray.training.train import CONFIG_FILE
+    from chestxray.training.train import train as run_training
 
     quiet_lightning()
 
@@ -116,8 +117,8 @@ def compare(
 ) -> None:
     from rich.table import Table
 
-    from chestxray.compare import compare_models
-    from chestxray.config import resolve_config
+    from chestxray.training.config import resolve_config
+    from chestxray.workflows.compare import compare_models
 
     quiet_lightning()
 

@@ -43,7 +43,7 @@ def friendly(func: F) -> F:
 # Third-party notices that say nothing actionable to a chestxray user; shown again with -v.
 _QUIET_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)",
-    r"Your `IterableDataset` has `__len__` defined",  # ours is exact per rank and worker (chestxray.data)
+    r"Your `IterableDataset` has `__len__` defined",  # ours is exact per rank and worker (chestxray.data.datamodule)
     r"No positive samples in targets",  # per-label AUROC without positives: chestxray leaves such labels out
 )
 

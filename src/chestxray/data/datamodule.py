@@ -1,0 +1,268 @@
+"""ChestXrayDataModule: streams PREPARED shards into normalised batches for Lightning (any world size, any workers).
+
+Epoch rule (training): the N training samples are laid out in a seeded order of shards (seed, epoch) and cut into
+T = world_size × ceil(N / (world_size × batch_size)) consecutive batches whose sizes differ by at most one (so no
+batch is larger than batch_size and none is empty). Rank r takes the r-th contiguous block of T / world_size
+batches, and within a rank each loader worker a contiguous share of those batches; a seeded buffer shuffles the
+samples inside each worker's range. So every rank sees the same number of batches, and every sample appears exactly
+once per epoch across all ranks — nothing is padded or dropped. Each worker only reads the shards its range covers.
+Validation/test/split_dataloader: stored order, batches of batch_size (last one smaller), no augmentation, the
+whole split on every rank (metrics stay exact), identical for any number of workers.
+Speed: shards hold final-size uint8 pixels, so a worker only reads bytes (and augments); batches travel between
+processes as uint8 and are normalised to float32 in the main process; workers persist across epochs (the epoch
+number reaches them through shared memory).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import multiprocessing as mp
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from chestxray.data.augment import build_augment, normalize
+from chestxray.data.shards import iter_shard, read_manifest, shard_urls
+from chestxray.errors import DataError
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What one (rank, worker) reads in one epoch: the shard order, its sample ranges [start, stop) in the
+    sequence that order gives, and the sizes of the batches it cuts from them (in order)."""
+
+    shard_order: tuple[int, ...]
+    ranges: tuple[tuple[int, int], ...]
+    batch_sizes: tuple[int, ...]
+
+
+def plan_epoch(shard_counts: list[int], batch_size: int, *, world_size: int = 1, rank: int = 0,
+               num_workers: int = 1, worker: int = 0, shuffle: bool = False, seed: int = 0, epoch: int = 0
+               ) -> WorkerPlan:
+    """Plan one epoch for one (rank, worker) following the module rule (shuffle=True: training rule)."""
+    n = int(sum(shard_counts))
+    order = list(range(len(shard_counts)))
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(len(shard_counts)).tolist()
+        if n < world_size:
+            raise DataError(f"{n} training image(s) cannot be shared by {world_size} ranks; prepare more data")
+        total = world_size * math.ceil(n / (world_size * batch_size))
+        q, rem = divmod(n, total)
+        sizes = [q + 1] * rem + [q] * (total - rem)
+        per_rank = total // world_size
+        rank_batches = list(range(rank * per_rank, (rank + 1) * per_rank))
+    else:
+        sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+        rank_batches = list(range(len(sizes)))
+    if shuffle:  # contiguous share per worker: each worker reads few shards
+        mine = np.array_split(np.asarray(rank_batches, dtype=int), num_workers)[worker].tolist()
+    else:  # round robin: the DataLoader then returns batches in stored order for any number of workers
+        mine = rank_batches[worker::num_workers]
+    bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
+    ranges: list[tuple[int, int]] = []
+    for i in mine:
+        if ranges and ranges[-1][1] == bounds[i]:
+            ranges[-1] = (ranges[-1][0], bounds[i + 1])
+        else:
+            ranges.append((bounds[i], bounds[i + 1]))
+    return WorkerPlan(tuple(order), tuple(ranges), tuple(sizes[i] for i in mine))
+
+
+class ShardBatches(IterableDataset):
+    """Batches of one split for one rank, images still uint8 (B, 1, H, W) (the loader normalises them);
+    set `.epoch` before iterating."""
+
+    def __init__(self, prepared: str | Path, split: str, manifest: dict[str, Any], batch_size: int, *,
+                 train: bool = False, world_size: int = 1, rank: int = 0, seed: int = 0, augment: str = "none",
+                 in_chans: int = 1, normalization: str = "gray", shuffle_buffer: int | None = None) -> None:
+        self.urls = shard_urls(prepared, split, manifest)
+        self.counts = [int(c) for c in manifest["splits"][split]["shard_counts"]]
+        self.size = int(manifest["image_size"])
+        self.batch_size, self.train, self.seed = int(batch_size), train, int(seed)
+        # shared with the loader workers (also persistent ones, which keep their copy of this object)
+        self._epoch = mp.get_context().RawValue("q", 0)
+        self.world_size, self.rank = (world_size, rank) if train else (1, 0)
+        self.augment, self.in_chans, self.normalization = augment, in_chans, normalization
+        # default buffer: up to 1000 samples but at most ~64 MiB of pixels per worker
+        buffer = shuffle_buffer if shuffle_buffer is not None else min(1000, max(16, (64 << 20) // self.size ** 2))
+        self.shuffle_buffer = int(buffer) if train else 0
+        build_augment(augment, self.size, seed)  # fail fast on a bad policy name
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.value = int(value)
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch."""
+        return len(plan_epoch(self.counts, self.batch_size, world_size=self.world_size, rank=self.rank,
+                              shuffle=self.train, seed=self.seed, epoch=self.epoch).batch_sizes)
+
+    def plan(self, worker: int = 0, num_workers: int = 1) -> WorkerPlan:
+        return plan_epoch(self.counts, self.batch_size, world_size=self.world_size, rank=self.rank,
+                          num_workers=num_workers, worker=worker, shuffle=self.train, seed=self.seed,
+                          epoch=self.epoch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        plan = self.plan(worker, num_workers)
+        if not plan.batch_sizes:
+            return
+        entropy = [self.seed, self.epoch, self.rank, worker]
+        rng = np.random.default_rng(entropy)
+        pipeline = build_augment(self.augment, self.size, int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+        samples = self._samples(plan)
+        if self.shuffle_buffer > 1:
+            samples = _buffer_shuffle(samples, self.shuffle_buffer, rng)
+        for n in plan.batch_sizes:
+            chunk = list(itertools.islice(samples, n))
+            if len(chunk) < n:
+                raise DataError(f"{self.urls[0].rsplit('/', 1)[0]}: shards hold fewer samples than manifest.json "
+                                "lists; re-run 'chestxray prepare'")
+            yield self._collate(chunk, pipeline if self.augment != "none" else None)
+
+    def _samples(self, plan: WorkerPlan) -> Iterator[dict[str, Any]]:
+        """The plan's samples in sequence order, opening only the shards that overlap its ranges."""
+        offset, end = 0, plan.ranges[-1][1]
+        for index in plan.shard_order:
+            count = self.counts[index]
+            keep = np.zeros(count, dtype=bool)
+            for lo, hi in plan.ranges:
+                if lo < offset + count and hi > offset:
+                    keep[max(lo - offset, 0):min(hi - offset, count)] = True
+            if keep.any():
+                yield from iter_shard(self.urls[index], self.size, keep)
+            offset += count
+            if offset >= end:
+                break
+
+    def _collate(self, chunk: list[dict[str, Any]], pipeline: Callable | None) -> dict[str, Any]:
+        images = [pipeline(image=s["image"])["image"] for s in chunk] if pipeline else [s["image"] for s in chunk]
+        pixels = torch.from_numpy(np.stack(images)).unsqueeze(1)
+        return {"image": pixels,
+                "labels": torch.from_numpy(np.stack([s["labels"] for s in chunk]).astype(np.float32)),
+                "image_id": [s["image_id"] for s in chunk], "patient_id": [s["patient_id"] for s in chunk]}
+
+
+def _buffer_shuffle(samples: Iterator[dict[str, Any]], size: int, rng: np.random.Generator
+                    ) -> Iterator[dict[str, Any]]:
+    """Seeded shuffle buffer: yields every input exactly once in a locally random order."""
+    buffer: list[dict[str, Any]] = []
+    for sample in samples:
+        if len(buffer) < size:
+            buffer.append(sample)
+            continue
+        i = int(rng.integers(size))
+        buffer[i], sample = sample, buffer[i]
+        yield sample
+    for i in rng.permutation(len(buffer)):
+        yield buffer[i]
+
+
+class _EpochLoader(DataLoader):
+    """A DataLoader that tells its dataset the epoch number (from `epoch_of`) before each pass starts workers,
+    and normalises each uint8 batch here in the main process: workers then ship 1 byte per pixel instead of
+    4 × in_chans (inter-process transfer of float batches cost more than all the other loading work)."""
+
+    def __init__(self, dataset: ShardBatches, epoch_of: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self._epoch_of = epoch_of
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.dataset.epoch = self._epoch_of()
+        return self._normalised(super().__iter__())
+
+    def _normalised(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        ds = self.dataset
+        for batch in batches:
+            pixels = batch["image"]
+            out = torch.empty((pixels.shape[0], ds.in_chans, *pixels.shape[2:]), dtype=torch.float32,
+                              pin_memory=self.pin_memory and torch.cuda.is_available())
+            batch["image"] = normalize(pixels, ds.in_chans, ds.normalization, out=out)
+            yield batch
+
+
+class ChestXrayDataModule(L.LightningDataModule):
+    """Loaders over a PREPARED folder. Batches: image float32 (B, C, H, W) normalised, labels float32 (B, L),
+    image_id list[str], patient_id list[str]. World size and rank come from the attached trainer, else the args."""
+
+    def __init__(self, prepared: str | Path, batch_size: int = 32, num_workers: int = 2, augment: str = "none",
+                 in_chans: int = 1, normalization: str = "gray", seed: int = 0, *, world_size: int | None = None,
+                 rank: int | None = None, shuffle_buffer: int | None = None, pin_memory: bool | None = None,
+                 persistent_workers: bool = True) -> None:
+        super().__init__()
+        self.prepared = str(prepared)
+        self.manifest = read_manifest(prepared)
+        self.labels: tuple[str, ...] = tuple(self.manifest["labels"])
+        self.task: str = self.manifest.get("task", "multilabel")
+        self.image_size = int(self.manifest["image_size"])
+        self.batch_size, self.num_workers, self.augment, self.seed = batch_size, num_workers, augment, seed
+        self.in_chans, self.normalization, self.shuffle_buffer = in_chans, normalization, shuffle_buffer
+        self._world_size, self._rank = world_size, rank
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers
+        self._epochs_started = 0
+        normalize(torch.zeros(1, 1, 1, dtype=torch.uint8), in_chans, normalization)  # fail fast on bad settings
+        build_augment(augment, self.image_size, seed)
+
+    def pos_weight(self) -> torch.Tensor:
+        """(L,) negatives / positives per label in train (positives floored at 1), for BCEWithLogitsLoss."""
+        train = self.manifest["splits"].get("train")
+        if not train or not train["count"]:
+            raise DataError(f"{self.prepared}: no training images; pos_weight needs a train split")
+        pos = torch.tensor(train["positives"], dtype=torch.float32)
+        return (train["count"] - pos) / pos.clamp(min=1.0)
+
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is not None:
+            return int(trainer.world_size), int(trainer.global_rank)
+        return int(self._world_size or 1), int(self._rank or 0)
+
+    def _epoch(self) -> int:
+        trainer = self.trainer
+        if trainer is not None:
+            # 'processed' is already right when a resumed run creates its first iterator (current_epoch is not yet).
+            fit_loop = getattr(trainer, "fit_loop", None)
+            return int(fit_loop.epoch_progress.current.processed if fit_loop is not None else trainer.current_epoch)
+        self._epochs_started += 1
+        return self._epochs_started - 1
+
+    def _loader(self, split: str, train: bool, batch_size: int | None = None) -> DataLoader:
+        if split not in self.manifest["splits"] or not self.manifest["splits"][split]["count"]:
+            raise DataError(f"{self.prepared}: split {split!r} has no images (have "
+                            f"{ {k: v['count'] for k, v in self.manifest['splits'].items()} })")
+        world_size, rank = self._ranks() if train else (1, 0)
+        dataset = ShardBatches(self.prepared, split, self.manifest, batch_size or self.batch_size, train=train,
+                               world_size=world_size, rank=rank, seed=self.seed,
+                               augment=self.augment if train else "none", in_chans=self.in_chans,
+                               normalization=self.normalization, shuffle_buffer=self.shuffle_buffer)
+        epoch_of = self._epoch if train else (lambda: 0)
+        # An own generator: creating an iterator must not draw from the global torch RNG (keeps resumed runs exact).
+        return _EpochLoader(dataset, epoch_of, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            persistent_workers=self.persistent_workers and self.num_workers > 0,
+                            generator=torch.Generator().manual_seed(self.seed))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def split_dataloader(self, split: str, batch_size: int | None = None) -> DataLoader:
+        """Any split in stored order, no augmentation (for evaluation and prediction)."""
+        return self._loader(split, train=False, batch_size=batch_size)

@@ -1,0 +1,346 @@
+"""One-time preprocessing: decode every catalog image in parallel, resize once, write per-split tar shards.
+
+Output folder PREPARED: <split>-NNNNNN.tar shards (format in chestxray.data.shards), manifest.json and quarantine.csv
+(path, image_id, reason for every input that could not be used). Re-running is cheap and safe:
+- a fingerprint of the catalog rows, each file's size and mtime and the settings decides whether work is needed;
+- the same fingerprint: finished shards (recorded in .prepare-state.json after their atomic rename) are kept;
+- a different fingerprint: the old shards are deleted and everything is rebuilt (logged as a warning);
+- shards are written through a temporary name, so an interrupted run never leaves a complete-looking shard,
+  and manifest.json (the "done" marker) is written last.
+Train rows are stored in a seeded random order (seed 0) so every shard is a mix of all labels; val/test keep
+catalog order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from chestxray.data.catalog import SPLITS, Catalog, load_catalog, validate_catalog
+from chestxray.data.imaging import RESIZE_MODES, load_square
+from chestxray.data.shards import (
+    FORMAT,
+    MANIFEST,
+    QUARANTINE,
+    ShardSample,
+    sample_key,
+    shard_name,
+    write_shard,
+)
+from chestxray.errors import ConfigError, DataError
+from chestxray.files import write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+STATE = ".prepare-state.json"
+TRAIN_ORDER_SEED = 0
+CHUNK = 16  # images per worker task: big enough to hide inter-process overhead, small for a smooth progress bar
+_SHARD_RE = re.compile(r"^(train|val|test)-\d{6}\.tar$")
+Progress = Callable[[int, int], None]  # (images just finished, total images to process this run)
+
+
+@dataclass
+class PrepareResult:
+    """What prepare_dataset did: counts per split, quarantined inputs, timing and reuse."""
+
+    out_dir: Path
+    manifest: dict[str, Any]
+    counts: dict[str, int]
+    quarantined: int
+    seconds: float
+    processed: int
+    reused_shards: int = 0
+    written_shards: int = 0
+    up_to_date: bool = False
+    rebuilt: bool = False
+    quarantine: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "image_id", "reason"]))
+
+    @property
+    def images_per_s(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line: images per split, quarantined, seconds, images/s."""
+        splits = ", ".join(f"{k} {v}" for k, v in self.counts.items())
+        state = (" (up to date, nothing to do)" if self.up_to_date else
+                 " (rebuilt: catalog, files or settings changed)" if self.rebuilt else
+                 f" (resumed: {self.reused_shards} finished shard(s) kept)" if self.reused_shards else "")
+        return (f"prepared {splits}; quarantined {self.quarantined}; {self.seconds:.1f} s, "
+                f"{self.images_per_s:.0f} images/s{state} → {self.out_dir}")
+
+
+@dataclass
+class _Shard:
+    split: str
+    index: int
+    rows: pd.DataFrame  # image_id, path, patient_id, label columns, _pos
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index)
+
+
+def prepare_dataset(catalog: Catalog | str | Path, out_dir: str | Path, size: int = 256, resize: str = "pad",
+                    workers: int | None = None, shard_size: int = 1000, progress: Progress | None = None
+                    ) -> PrepareResult:
+    """Decode, resize (fit_square `resize`) and shard every catalog image into out_dir; see the module doc.
+
+    workers: processes (default os.cpu_count(); 0 or 1 decodes in this process). Raises DataError when no
+    image at all can be used (quarantine.csv is still written).
+    """
+    start = time.perf_counter()
+    catalog_path = ""
+    if not isinstance(catalog, Catalog):
+        catalog_path = str(Path(catalog).resolve())
+        catalog = load_catalog(catalog)
+    _check_settings(size, resize, shard_size)
+    validate_catalog(catalog)
+    table = catalog.table
+    unassigned = ~table["split"].isin(SPLITS)
+    if unassigned.any():
+        example = table["image_id"][unassigned].iloc[0]
+        raise DataError(f"catalog: {int(unassigned.sum())} row(s) have no split (e.g. {example!r});"
+                        " assign splits first (chestxray.data.split.assign_splits)")
+    labels = list(catalog.labels)
+    settings = {"image_size": size, "resize": resize, "shard_size": shard_size, "storage": "raw uint8 .gray",
+                "train_order_seed": TRAIN_ORDER_SEED, "interpolation": "area when shrinking, bilinear when enlarging"}
+    fingerprint = _fingerprint(table, labels, catalog.task, settings)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_temp_files(out)
+
+    existing = _read_json(out / MANIFEST)
+    if existing and existing.get("fingerprint") == fingerprint and _shards_present(out, existing):
+        quarantine = _read_quarantine(out)
+        counts = {s: v["count"] for s, v in existing["splits"].items()}
+        if sum(counts.values()) == 0:
+            raise DataError(f"{out}: none of the catalog images could be used; see {out / QUARANTINE}")
+        return PrepareResult(out, existing, counts, len(quarantine), time.perf_counter() - start, 0,
+                             reused_shards=sum(len(v["shards"]) for v in existing["splits"].values()),
+                             up_to_date=True, quarantine=quarantine)
+    state = _read_json(out / STATE) or {}
+    previous = (existing or {}).get("fingerprint") or state.get("fingerprint")
+    rebuilt = bool(previous and previous != fingerprint)
+    if rebuilt or state.get("fingerprint") != fingerprint:
+        if rebuilt:
+            log.warning("%s: catalog, files or settings changed since the last prepare (fingerprint %s → %s); "
+                        "rebuilding all shards", out, previous[:12], fingerprint[:12])
+        _remove_outputs(out)
+        state = {"fingerprint": fingerprint, "done": {}}
+    (out / MANIFEST).unlink(missing_ok=True)
+    write_json(out / STATE, state)
+
+    plan = _plan(table, labels, shard_size)
+    done: dict[str, Any] = {name: rec for name, rec in state["done"].items()
+                            if (out / name).is_file() and (out / name).stat().st_size == rec["bytes"]}
+    state["done"] = done
+    todo = [shard for shard in plan if shard.name not in done]
+    total = int(sum(len(s.rows) for s in todo))
+    _run(todo, out, size, resize, labels, workers, state, progress, total)
+
+    manifest, counts, quarantine = _finish(out, plan, state, catalog, labels, settings, fingerprint, catalog_path)
+    seconds = time.perf_counter() - start
+    result = PrepareResult(out, manifest, counts, len(quarantine), seconds, total, reused_shards=len(plan) - len(todo),
+                           written_shards=len(todo), rebuilt=rebuilt, quarantine=quarantine)
+    if sum(counts.values()) == 0:
+        raise DataError(f"{out}: none of the {len(table)} catalog images could be used; see {out / QUARANTINE} "
+                        "for the reason of each")
+    if len(quarantine):
+        log.warning("%d of %d images quarantined (listed in %s)", len(quarantine), len(table), out / QUARANTINE)
+    return result
+
+
+def _check_settings(size: int, resize: str, shard_size: int) -> None:
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"--resize {resize!r} is not one of {RESIZE_MODES}")
+    if not 8 <= int(size) <= 4096:
+        raise ConfigError(f"--size {size} must be between 8 and 4096 pixels")
+    if shard_size < 1:
+        raise ConfigError(f"--shard-size {shard_size} must be at least 1")
+
+
+def _fingerprint(table: pd.DataFrame, labels: list[str], task: str, settings: dict[str, Any]) -> str:
+    """sha256 of the settings, label schema, catalog rows and each file's size + mtime."""
+    stats = [_stat(p) for p in table["path"]]
+    frame = table[["image_id", "path", "patient_id", "split", *labels]].astype(str)
+    frame["_size"] = [s[0] for s in stats]
+    frame["_mtime"] = [s[1] for s in stats]
+    digest = hashlib.sha256(repr((FORMAT, labels, task, sorted(settings.items()))).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _stat(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1
+
+
+def _plan(table: pd.DataFrame, labels: list[str], shard_size: int) -> list[_Shard]:
+    """Cut each split into shards of shard_size rows (train rows in seeded random order)."""
+    plan = []
+    for split in SPLITS:
+        rows = table.loc[table["split"] == split, ["image_id", "path", "patient_id", *labels]]
+        if split == "train":
+            rows = rows.iloc[np.random.default_rng(TRAIN_ORDER_SEED).permutation(len(rows))]
+        rows = rows.reset_index(drop=True)
+        rows["_pos"] = np.arange(len(rows))
+        for index, begin in enumerate(range(0, len(rows), shard_size)):
+            plan.append(_Shard(split, index, rows.iloc[begin:begin + shard_size]))
+    return plan
+
+
+def _decode_chunk(paths: list[str], size: int, resize: str) -> list[tuple[bytes | None, str]]:
+    """Worker task: (raw pixels, '') per readable image, (None, reason) per unusable one."""
+    out: list[tuple[bytes | None, str]] = []
+    for path in paths:
+        try:
+            out.append((load_square(path, size, resize).tobytes(), ""))
+        except DataError as exc:
+            out.append((None, str(exc).removeprefix(f"{path}: ")))
+        except Exception as exc:  # noqa: BLE001 - one odd file must not stop a 100k-image job; it is quarantined
+            out.append((None, f"{path}: unexpected {type(exc).__name__} while decoding ({exc})"))
+    return out
+
+
+def _run(todo: list[_Shard], out: Path, size: int, resize: str, labels: list[str], workers: int | None,
+         state: dict[str, Any], progress: Progress | None, total: int) -> None:
+    """Decode the pending shards' images (in a process pool when workers > 1) and stream each shard to disk in
+    order as its chunks arrive (memory stays at a few chunks, whatever the shard size)."""
+    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    tasks = deque((shard, begin) for shard in todo for begin in range(0, len(shard.rows), CHUNK))
+    pool = cf.ProcessPoolExecutor(max_workers=workers) if workers > 1 and tasks else None
+    pending: deque = deque()
+    window = max(2, 4 * workers)
+
+    def next_chunk() -> list[tuple[bytes | None, str]]:
+        while tasks and len(pending) < window:
+            shard, begin = tasks.popleft()
+            paths = shard.rows["path"].iloc[begin:begin + CHUNK].tolist()
+            pending.append(pool.submit(_decode_chunk, paths, size, resize) if pool is not None
+                           else _Done(_decode_chunk(paths, size, resize)))
+        chunk = pending.popleft().result()
+        if progress:
+            progress(len(chunk), total)
+        return chunk
+
+    try:
+        for shard in todo:
+            state["done"][shard.name] = _write(out, shard, next_chunk, size, labels)
+            write_json(out / STATE, state)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Done:
+    """A finished result with the Future interface, for in-process decoding."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
+def _write(out: Path, shard: _Shard, next_chunk: Callable[[], list[tuple[bytes | None, str]]], size: int,
+           labels: list[str]) -> dict[str, Any]:
+    """Write one shard from its decoded chunks; returns its record (count, positives, quarantine, bytes)."""
+    rows = shard.rows
+    label_values = rows[labels].to_numpy(dtype=np.uint8)
+    # plain lists once per shard: per-image pandas lookups would cost more than writing the sample
+    paths, image_ids, patient_ids = (rows[c].astype(str).tolist() for c in ("path", "image_id", "patient_id"))
+    positions = rows["_pos"].tolist()
+    good: list[int] = []
+    quarantine: list[list[str]] = []
+
+    def samples():
+        for begin in range(0, len(rows), CHUNK):
+            for i, (data, reason) in enumerate(next_chunk(), start=begin):
+                if data is None:
+                    quarantine.append([paths[i], image_ids[i], reason])
+                    continue
+                good.append(i)
+                pixels = np.frombuffer(data, np.uint8).reshape(size, size)
+                yield ShardSample(sample_key(int(positions[i])), pixels, image_ids[i], patient_ids[i],
+                                  label_values[i].tolist())
+
+    count = write_shard(out / shard.name, samples())
+    positives = label_values[good].sum(axis=0).astype(int).tolist() if good else [0] * len(labels)
+    return {"split": shard.split, "count": count, "positives": positives, "quarantine": quarantine,
+            "bytes": (out / shard.name).stat().st_size}
+
+
+def _finish(out: Path, plan: list[_Shard], state: dict[str, Any], catalog: Catalog, labels: list[str],
+            settings: dict[str, Any], fingerprint: str, catalog_path: str
+            ) -> tuple[dict[str, Any], dict[str, int], pd.DataFrame]:
+    """Write quarantine.csv and then manifest.json (last: its presence means the folder is complete)."""
+    splits: dict[str, Any] = {}
+    quarantine_rows: list[list[str]] = []
+    for shard in plan:
+        rec = state["done"][shard.name]
+        entry = splits.setdefault(shard.split, {"count": 0, "shards": [], "shard_counts": [],
+                                                "positives": [0] * len(labels)})
+        quarantine_rows.extend(rec["quarantine"])
+        if rec["count"] == 0:
+            (out / shard.name).unlink(missing_ok=True)
+            continue
+        entry["count"] += rec["count"]
+        entry["shards"].append(shard.name)
+        entry["shard_counts"].append(rec["count"])
+        entry["positives"] = [a + b for a, b in zip(entry["positives"], rec["positives"])]
+    quarantine = pd.DataFrame(quarantine_rows, columns=["path", "image_id", "reason"])
+    write_csv(out / QUARANTINE, quarantine)
+    manifest = {"format": FORMAT, "labels": labels, "task": catalog.task, "image_size": settings["image_size"],
+                "resize": settings["resize"], "splits": splits, "fingerprint": fingerprint, "settings": settings,
+                "catalog": catalog_path or str(catalog.info.get("path", "")), "source": catalog.source,
+                "quarantined": len(quarantine), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_json(out / MANIFEST, manifest)
+    return manifest, {s: v["count"] for s, v in splits.items()}, quarantine
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when it is missing or unreadable (then the work is redone)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_quarantine(out: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(out / QUARANTINE, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.EmptyDataError):
+        return pd.DataFrame(columns=["path", "image_id", "reason"])
+
+
+def _shards_present(out: Path, manifest: dict[str, Any]) -> bool:
+    return all((out / name).is_file() for v in manifest.get("splits", {}).values() for name in v.get("shards", []))
+
+
+def _remove_temp_files(out: Path) -> None:
+    """Delete temporary files left by an interrupted run (atomic writes use .<name>.*.tmp)."""
+    for tmp in out.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _remove_outputs(out: Path) -> None:
+    """Delete shards, manifest and quarantine of an earlier, different prepare in the same folder."""
+    for path in out.iterdir():
+        if _SHARD_RE.match(path.name) or path.name in (MANIFEST, QUARANTINE, STATE):
+            path.unlink(missing_ok=True)

@@ -1,0 +1,244 @@
+"""Shared reading helpers for every source (robust CSV reading, vectorised findings parsing, one-pass image
+indexing, catalog writing with a missing-images report) and the generic CSV reader `read_csv_table`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from chestxray.data.catalog import Catalog, save_catalog
+from chestxray.data.labels import NIH14, canonical_label, closest
+from chestxray.errors import DataError
+from chestxray.files import write_csv
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm")
+NORMAL_NAMES: frozenset[str] = frozenset({"no finding", "normal", "no_finding", "none"})
+MISSING_CSV = "missing_images.csv"
+META_COLUMNS: tuple[str, ...] = ("age", "sex", "view")
+
+
+def read_table(path: str | Path, keep: set[str] | None = None) -> pd.DataFrame:
+    """Read a CSV (plain or .gz) into a DataFrame, turning every way it can fail into a DataError naming the file.
+
+    keep: when every name in it is a column, only those columns are parsed (faster); otherwise all are read."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a CSV file")
+    try:
+        usecols = None
+        if keep:
+            header = pd.read_csv(path, encoding="utf-8", nrows=0).columns
+            usecols = [c for c in header if str(c).strip() in keep] if keep <= {str(c).strip() for c in header} else None
+        frame = pd.read_csv(path, encoding="utf-8", low_memory=False, usecols=usecols)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save the file as UTF-8") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{path}: the file is empty; expected a CSV with a header row") from exc
+    except (pd.errors.ParserError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot be read as CSV ({exc})") from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if frame.empty:
+        raise DataError(f"{path}: the table has a header but no rows")
+    return frame
+
+
+def require_columns(frame: pd.DataFrame, columns: list[str], where: str, hint: str = "") -> None:
+    """Raise a DataError naming each required column the table lacks and the columns it has."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        names = ", ".join(repr(c) + closest(c, list(frame.columns)) for c in missing)
+        raise DataError(f"{where}: no column {names} (found: {list(frame.columns)}){'; ' + hint if hint else ''}")
+
+
+def check_unique(ids: pd.Series, where: str, column: str) -> None:
+    """Raise a DataError when an image id occurs more than once (each image must be one row)."""
+    dup = ids[ids.duplicated(keep=False)]
+    if len(dup):
+        rows = [int(i) + 2 for i in dup.index[:5]]
+        raise DataError(f"{where}: column {column!r} has {dup.nunique()} duplicate value(s), e.g. "
+                        f"{list(dup.unique()[:5])} (file rows {rows}); each image must appear once")
+
+
+def parse_findings(values: pd.Series, where: str, column: str, sep: str = "|",
+                   labels: tuple[str, ...] | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Turn separated finding names into an (n, L) uint8 matrix, vectorised over the distinct strings.
+
+    Each character of `sep` separates findings; 'No Finding'/'normal' gives an all-zero row. With `labels`
+    given, a name outside it is a DataError naming it; without, the schema is the distinct names found (in NIH14
+    order when all are NIH findings, else sorted).
+    """
+    codes, uniques = pd.factorize(values, sort=False)
+    uniques = [str(u) for u in uniques]
+    blank = [i for i, u in enumerate(uniques) if not u.strip()]
+    if (codes < 0).any() or blank:
+        bad = (codes < 0) | np.isin(codes, blank)
+        rows = [int(i) + 2 for i in values.index[bad][:5]]
+        raise DataError(f"{where}: column {column!r} is empty in file row(s) {rows}; write 'No Finding' for normal images")
+    splitter = re.compile("[" + re.escape(sep) + "]")
+    parsed = [[canonical_label(n) for n in splitter.split(u) if n.strip()] for u in uniques]
+    parsed = [[n for n in names if n.lower() not in NORMAL_NAMES] for names in parsed]
+    found = sorted({n for names in parsed for n in names})
+    if labels is None:
+        labels = tuple(n for n in NIH14 if n in found) if set(found) <= set(NIH14) else tuple(found)
+    unknown = [n for n in found if n not in labels]
+    if unknown:
+        counts = {n: int(sum((codes == i).sum() for i, names in enumerate(parsed) if n in names)) for n in unknown[:10]}
+        named = ", ".join(f"{n!r}{closest(n, labels)} ({counts[n]} rows)" for n in unknown[:10])
+        raise DataError(f"{where}: column {column!r} has unknown finding name(s) {named}; "
+                        f"known names: {list(labels)} (or 'No Finding' for normal)")
+    position = {name: j for j, name in enumerate(labels)}
+    table = np.zeros((len(uniques), len(labels)), dtype=np.uint8)
+    for i, names in enumerate(parsed):
+        table[i, [position[n] for n in names]] = 1
+    return table[codes], tuple(labels)
+
+
+def index_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> dict[str, str]:
+    """Map file name -> absolute path for every image under root, nested or flat, in one os.walk pass."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such image folder; check --images")
+    found: dict[str, str] = {}
+    duplicates = 0
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            if name.lower().endswith(extensions) and not name.startswith("."):
+                if name in found:
+                    duplicates += 1
+                    continue
+                found[name] = os.path.abspath(os.path.join(folder, name))
+    if duplicates:
+        log.warning("%s: %d image file name(s) occur in more than one folder; the first found is used", root, duplicates)
+    return found
+
+
+def attach_paths(table: pd.DataFrame, paths: pd.Series, where: str) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    """Set table['path'] (NaN = no image file) and drop the rows without an image, logging how many.
+
+    Returns the kept rows, the boolean mask of kept rows (to filter aligned arrays) and the missing image ids."""
+    keep = paths.notna().to_numpy()
+    ids: list[str] = []
+    table = table.assign(path=np.where(keep, paths.astype(object).to_numpy(), "").astype(str))
+    if not keep.all():
+        ids = table.loc[~keep, "image_id"].astype(str).tolist()
+        if not keep.any():
+            raise DataError(f"{where}: none of the {len(ids)} rows has an image file (e.g. {ids[:3]}); "
+                            "check the image folder, or use metadata-only mode")
+        log.warning("%s: %d of %d rows have no image file, e.g. %s; they are left out (listed in %s)",
+                    where, len(ids), len(table), ids[:5], MISSING_CSV)
+        table = table.loc[keep].reset_index(drop=True)
+    return table, keep, ids
+
+
+def make_catalog(table: pd.DataFrame, matrix: np.ndarray, labels: tuple[str, ...], task: str, source: str,
+                 info: dict, meta: dict[str, pd.Series], missing: list[str] | None = None) -> Catalog:
+    """Assemble the catalog table in contract column order; missing images go into info['missing_images']."""
+    out = pd.DataFrame({name: table[name].reset_index(drop=True) if name in table else pd.Series([""] * len(table))
+                        for name in ("image_id", "path", "patient_id", "split")})
+    for name in out.columns:
+        if not pd.api.types.is_string_dtype(out[name]) or out[name].isna().any():
+            out[name] = out[name].fillna("").astype(str)
+    labels_frame = pd.DataFrame(matrix.astype(np.uint8), columns=list(labels))
+    extra = pd.DataFrame({k: v.to_numpy() for k, v in meta.items()})
+    out = pd.concat([out, labels_frame, extra], axis=1)
+    info = dict(info)
+    info["missing_images"] = list(missing or [])
+    return Catalog(table=out, labels=labels, task=task, source=source, info=info)
+
+
+def write_catalog(catalog: Catalog, out_dir: str | Path) -> Path:
+    """Save the catalog; rows left out for a missing image go to out_dir/missing_images.csv (count kept in info)."""
+    out = Path(out_dir)
+    missing = list(catalog.info.get("missing_images") or [])
+    info = dict(catalog.info)
+    info["missing_images"] = {"count": len(missing), "first": missing[:10], "file": MISSING_CSV if missing else None}
+    if missing:
+        write_csv(out / MISSING_CSV, pd.DataFrame({"image_id": missing}))
+    elif (out / MISSING_CSV).exists():
+        (out / MISSING_CSV).unlink()
+    return save_catalog(replace(catalog, info=info), out)
+
+
+def to_age(values: pd.Series) -> pd.Series:
+    """Age in years as numbers; NIH 2017 spellings like '058Y' are accepted, anything else becomes NaN."""
+    if pd.api.types.is_numeric_dtype(values):
+        return values
+    return pd.to_numeric(values.astype(str).str.strip().str.rstrip("Yy"), errors="coerce")
+
+
+def _metadata(frame: pd.DataFrame) -> dict[str, pd.Series]:
+    """Pick age/sex/view columns (any capitalisation) with age as a number."""
+    lower = {c.lower(): c for c in frame.columns}
+    meta = {name: frame[lower[name]] for name in META_COLUMNS if name in lower}
+    if "age" in meta:
+        meta["age"] = to_age(meta["age"])
+    return meta
+
+
+def read_csv_table(table: str | Path, path_col: str, patient_col: str, *, label_cols: list[str] | None = None,
+                   findings_col: str | None = None, sep: str = "|", images_root: str | Path | None = None,
+                   labels: tuple[str, ...] | None = None, check_images: bool = True) -> Catalog:
+    """Catalog any collection described by a CSV: one row an image, labels as 0/1 columns or a findings column.
+
+    Image paths are relative to `images_root` (default: the CSV's folder) unless absolute. Rows whose image
+    file does not exist are left out and listed in info['missing_images'].
+    """
+    where = str(table)
+    if (label_cols is None) == (findings_col is None):
+        raise DataError(f"{where}: give either label columns (--label-cols a,b) or a findings column (--findings-col)")
+    frame = read_table(table)
+    require_columns(frame, [path_col, patient_col, *(label_cols or []), *([findings_col] if findings_col else [])],
+                    where, "pass the right --path-col/--patient-col/--label-cols/--findings-col")
+    frame = frame.reset_index(drop=True)
+    if frame[path_col].isna().any() or frame[patient_col].isna().any():
+        col = path_col if frame[path_col].isna().any() else patient_col
+        rows = [int(i) + 2 for i in frame.index[frame[col].isna()][:5]]
+        raise DataError(f"{where}: column {col!r} is empty in file row(s) {rows}")
+    check_unique(frame[path_col].astype(str), where, path_col)
+    if findings_col:
+        matrix, labels = parse_findings(frame[findings_col], where, findings_col, sep=sep, labels=labels)
+    else:
+        matrix, labels = _label_columns(frame, list(label_cols or []), where), tuple(label_cols or [])
+    root = Path(images_root) if images_root else Path(table).resolve().parent
+    rel = frame[path_col].astype(str)
+    base = pd.DataFrame({"image_id": rel, "patient_id": frame[patient_col].astype(str), "split": ""})
+    absolute = [r if os.path.isabs(r) else os.path.abspath(root / r) for r in rel]
+    if check_images:
+        if not root.is_dir():
+            raise DataError(f"{root}: no such image folder; check --images-root")
+        paths = pd.Series([p if os.path.isfile(p) else None for p in absolute], dtype=object)
+        base, keep, missing = attach_paths(base, paths, where)
+        matrix, frame = matrix[keep], frame.loc[keep].reset_index(drop=True)
+    else:
+        base["path"], missing = absolute, []
+    task = "binary" if len(labels) == 1 else "multilabel"
+    info = {"csv": str(Path(table).resolve()), "images_root": str(root.resolve())}
+    return make_catalog(base, matrix, labels, task, "csv", info, _metadata(frame), missing)
+
+
+def _label_columns(frame: pd.DataFrame, columns: list[str], where: str) -> np.ndarray:
+    """Read ready-made label columns, insisting on 0/1 (or true/false) values."""
+    out = np.zeros((len(frame), len(columns)), dtype=np.uint8)
+    for j, col in enumerate(columns):
+        values = frame[col]
+        if values.dtype == bool:
+            values = values.astype(int)
+        numeric = pd.to_numeric(values, errors="coerce")
+        bad = ~numeric.isin([0, 1])
+        if bad.any():
+            rows = [int(i) + 2 for i in values.index[bad][:5]]
+            raise DataError(f"{where}: label column {col!r} holds values other than 0/1, e.g. "
+                            f"{list(values[bad].astype(str).unique()[:5])} (file rows {rows})")
+        out[:, j] = numeric.to_numpy(dtype=np.uint8)
+    return out

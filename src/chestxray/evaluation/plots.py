@@ -1,0 +1,220 @@
+"""Evaluation plots written as PNG files (matplotlib, Agg canvas; no pyplot global state).
+
+Each function takes arrays or frames, draws one figure, writes it atomically to `out` and returns the path.
+Undefined metrics (a finding with no positives) are drawn as an 'n/a' panel with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import auc, precision_recall_curve, roc_curve
+
+from chestxray.evaluation.metrics import (
+    Summary,
+    calibration_bins,
+    check_arrays,
+    threshold_counts,
+    undefined_reason,
+)
+from chestxray.files import atomic_path
+
+DPI = 100
+MAX_COLS = 7  # a 14-finding task is drawn as a 2 x 7 grid
+
+
+def _save(fig: Figure, out: str | Path) -> Path:
+    """Render the figure to PNG at `out` (atomically)."""
+    out = Path(out)
+    FigureCanvasAgg(fig)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    return out
+
+
+def _grid(n: int, panel: float = 2.4, gap: float = 0.8) -> tuple[Figure, list]:
+    """A figure with n square panels, at most MAX_COLS a row, `gap` inches between rows (titles, x labels)."""
+    cols = min(MAX_COLS, max(n, 1))
+    panel = panel if n > 3 else panel * 1.5
+    rows = math.ceil(max(n, 1) / cols)
+    height = rows * panel + (rows - 1) * gap + 0.9
+    fig = Figure(figsize=(panel * cols, height))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    fig.subplots_adjust(left=0.45 / (panel * cols), right=1 - 0.2 / (panel * cols), bottom=0.45 / height, top=1 - 0.45 / height,
+                        wspace=0.35, hspace=gap / panel)
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    return fig, axes[:n]
+
+
+def _na(ax, title: str, reason: str) -> None:
+    """Draw an 'n/a' panel stating why the metric is undefined."""
+    ax.set_title(title, fontsize=9)
+    text = "\n".join(["n/a", *textwrap.wrap(reason, 18)])
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _unit_axes(ax, xlabel: str, ylabel: str) -> None:
+    """Square [0, 1] curve panel with small ticks and labels (shared by the ROC and PR grids)."""
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    ax.tick_params(labelsize=7)
+    ax.set_xlabel(xlabel, fontsize=7)
+    ax.set_ylabel(ylabel, fontsize=7)
+
+
+def plot_history(history: pd.DataFrame, out: str | Path) -> Path:
+    """Training and validation loss, and validation AUROC, against step; the best-AUROC step is starred.
+
+    `history` has the RUN/metrics.csv columns: step, epoch, train_loss, val_loss, val_auroc, lr (NaN where not logged).
+    """
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    ax_loss, ax_auc = fig.subplots(1, 2)
+    h = history.sort_values("step") if "step" in history else history
+    for col, style in (("train_loss", "-"), ("val_loss", "o-")):
+        if col in h and h[col].notna().any():
+            part = h[["step", col]].dropna()
+            ax_loss.plot(part["step"], part[col], style, ms=3, lw=1.2, label=col.replace("_", " "))
+    if "val_auroc" in h and h["val_auroc"].notna().any():
+        part = h[["step", "val_auroc"]].dropna()
+        ax_auc.plot(part["step"], part["val_auroc"], "o-", ms=3, lw=1.2, color="tab:green", label="val AUROC")
+        best = part.loc[part["val_auroc"].idxmax()]
+        ax_auc.plot(best["step"], best["val_auroc"], "*", ms=16, color="tab:red",
+                    label=f"best {best['val_auroc']:.3f} @ step {int(best['step'])}")
+        if "val_loss" in h:
+            at = h.loc[(h["step"] == best["step"]) & h["val_loss"].notna(), "val_loss"]
+            if len(at):
+                ax_loss.plot(best["step"], at.iloc[0], "*", ms=16, color="tab:red", label="best AUROC step")
+    else:
+        ax_auc.text(0.5, 0.5, "no validation AUROC logged", ha="center", va="center", transform=ax_auc.transAxes)
+    ax_loss.set(title="Loss", xlabel="step", ylabel="BCE loss")
+    ax_auc.set(title="Validation AUROC (macro)", xlabel="step", ylabel="AUROC")
+    for ax in (ax_loss, ax_auc):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_roc_grid(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str], out: str | Path,
+                  thresholds: dict[str, float] | None = None) -> Path:
+    """One ROC panel per finding with its AUROC and the operating point at the chosen threshold."""
+    t, s = check_arrays(y_true, y_score)
+    fig, axes = _grid(len(labels))
+    for j, (ax, name) in enumerate(zip(axes, labels)):
+        reason = undefined_reason(t[:, j])
+        if reason:
+            _na(ax, name, reason)
+            continue
+        fpr, tpr, _ = roc_curve(t[:, j], s[:, j])
+        area = float(auc(fpr, tpr))
+        ax.plot(fpr, tpr, lw=1.4, color="tab:blue")
+        ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
+        if thresholds and name in thresholds:
+            c = threshold_counts(t[:, j], s[:, j], thresholds[name])
+            ax.plot(1 - (c.specificity or 0.0), c.sensitivity or 0.0, "o", color="tab:red", ms=6, clip_on=False,
+                    zorder=3, label=f"t={thresholds[name]:.2f}")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_title(f"{name}\nAUROC {area:.3f}", fontsize=9)
+        _unit_axes(ax, "1 - specificity", "sensitivity")
+    return _save(fig, out)
+
+
+def plot_pr_grid(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str], out: str | Path,
+                 thresholds: dict[str, float] | None = None) -> Path:
+    """One precision-recall panel per finding, with the prevalence (chance) line and the operating point."""
+    t, s = check_arrays(y_true, y_score)
+    fig, axes = _grid(len(labels))
+    for j, (ax, name) in enumerate(zip(axes, labels)):
+        if t[:, j].sum() == 0:
+            _na(ax, name, f"no positives among {len(t)} images")
+            continue
+        precision, recall, _ = precision_recall_curve(t[:, j], s[:, j])
+        ax.step(recall, precision, where="post", lw=1.4, color="tab:purple")
+        ax.axhline(t[:, j].mean(), ls="--", lw=0.8, color="grey")
+        if thresholds and name in thresholds:
+            c = threshold_counts(t[:, j], s[:, j], thresholds[name])
+            if c.precision is not None:
+                ax.plot(c.sensitivity or 0.0, c.precision, "o", color="tab:red", ms=6, clip_on=False, zorder=3)
+        ax.set_title(name, fontsize=9)
+        _unit_axes(ax, "recall", "precision")
+    return _save(fig, out)
+
+
+def plot_confusion_grid(summary: Summary, out: str | Path) -> Path:
+    """A 2x2 confusion matrix (counts and row share) per finding at its threshold, plus 'normal' when present."""
+    rows = [r for r in summary.rows if r.kind in ("finding", "normal") and r.counts is not None]
+    fig, axes = _grid(len(rows), panel=2.0, gap=0.5)
+    for ax, r in zip(axes, rows):
+        c = r.counts
+        mat = np.array([[c.tn, c.fp], [c.fn, c.tp]], dtype=float)
+        share = mat / np.maximum(mat.sum(1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for (i, k), v in np.ndenumerate(mat):
+            ax.text(k, i, f"{int(v)}\n{share[i, k]:.0%}", ha="center", va="center", fontsize=8,
+                    color="white" if share[i, k] > 0.6 else "black")
+        thr = f" (t={r.threshold:.2f})" if r.threshold is not None else ""
+        ax.set_title(f"{r.name}{thr}", fontsize=8)
+        ax.set_xticks([0, 1], ["pred 0", "pred 1"], fontsize=7)
+        ax.set_yticks([0, 1], ["true 0", "true 1"], fontsize=7)
+    if not rows:
+        _na(fig.subplots(), "confusion", "no thresholds")
+    return _save(fig, out)
+
+
+def plot_auroc_bars(summary: Summary, out: str | Path) -> Path:
+    """AUROC per finding (and macro, normal) with 95% bootstrap CI bars; n/a findings are listed, not drawn."""
+    rows = [r for r in summary.rows if r.kind in ("finding", "macro", "normal")]
+    shown = [r for r in rows if r.auroc.value is not None]
+    missing = [r.name for r in rows if r.auroc.value is None]
+    fig = Figure(figsize=(8, 0.32 * max(len(shown), 1) + 1.4), layout="constrained")
+    ax = fig.subplots()
+    shown = sorted(shown, key=lambda r: (r.kind != "finding", r.auroc.value))
+    ys = np.arange(len(shown))
+    vals = np.array([r.auroc.value for r in shown], dtype=float)
+    lo = np.array([r.auroc.low if r.auroc.low is not None else r.auroc.value for r in shown], dtype=float)
+    hi = np.array([r.auroc.high if r.auroc.high is not None else r.auroc.value for r in shown], dtype=float)
+    colors = ["tab:blue" if r.kind == "finding" else "tab:orange" for r in shown]
+    ax.barh(ys, vals, color=colors, alpha=0.8)
+    ax.errorbar(vals, ys, xerr=[vals - lo, hi - vals], fmt="none", ecolor="black", capsize=3, lw=1)
+    ax.set_yticks(ys, [r.name for r in shown], fontsize=8)
+    ax.axvline(0.5, ls="--", color="grey", lw=0.8)
+    ax.set(xlim=(0, 1), xlabel=f"AUROC ({summary.ci:.0%} patient-bootstrap CI, {summary.n_boot} replicates)")
+    if missing:
+        ax.set_title("\n".join(textwrap.wrap("n/a (no positives or negatives): " + ", ".join(missing), 110)), fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, out)
+
+
+def plot_calibration(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str], out: str | Path,
+                     n_bins: int = 10) -> Path:
+    """Reliability diagram (all findings pooled, bold; each finding faint) and the histogram of probabilities."""
+    t, s = check_arrays(y_true, y_score)
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax_rel, ax_hist = fig.subplots(1, 2)
+    ax_rel.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfect")
+    if len(labels) > 1:
+        for j in range(len(labels)):
+            b = calibration_bins(t[:, j], s[:, j], n_bins)
+            ok = b.counts > 0
+            ax_rel.plot(b.mean_prob[ok], b.frac_pos[ok], lw=0.6, alpha=0.35, color="tab:blue")
+    pooled = calibration_bins(t.ravel(), s.ravel(), n_bins)
+    ok = pooled.counts > 0
+    ax_rel.plot(pooled.mean_prob[ok], pooled.frac_pos[ok], "o-", lw=2, color="tab:red",
+                label=f"{'all findings pooled' if len(labels) > 1 else labels[0]} (ECE {pooled.ece:.3f})")
+    ax_rel.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability", ylabel="observed positive rate",
+               title="Reliability", aspect="equal")
+    ax_rel.legend(fontsize=8, loc="upper left")
+    ax_rel.grid(alpha=0.3)
+    ax_hist.hist(s.ravel(), bins=pooled.edges, color="tab:gray")
+    ax_hist.set(xlabel="predicted probability", ylabel="image-finding pairs", title="Predicted probabilities")
+    ax_hist.set_yscale("log")
+    return _save(fig, out)

@@ -1,0 +1,122 @@
+"""Attribution maps: Grad-CAM and Integrated Gradients heatmaps (Captum) and PNG overlays, for any model.
+
+Heatmaps are the positive evidence for one label's logit, upsampled to the model's input size and scaled to
+[0, 1] per image. Grad-CAM uses the model's `gradcam_layer` hint when it has one, else its last nn.Conv2d;
+Integrated Gradients starts from a black image (uint8 zeros, normalised like the input).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from chestxray.data.labels import closest
+from chestxray.errors import ConfigError, ModelError
+from chestxray.explain.localize import Box
+from chestxray.files import atomic_path
+
+log = logging.getLogger(__name__)
+METHODS = ("gradcam", "ig")
+
+
+def find_gradcam_layer(net: torch.nn.Module) -> torch.nn.Module:
+    """The layer Grad-CAM reads: the net's `gradcam_layer` (a module or dotted name) if set, else its last nn.Conv2d."""
+    hint = getattr(net, "gradcam_layer", None)
+    if isinstance(hint, torch.nn.Module):
+        return hint
+    if isinstance(hint, str):
+        try:
+            return net.get_submodule(hint)
+        except AttributeError as exc:
+            raise ModelError(f"model's gradcam_layer {hint!r} is not one of its submodules") from exc
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    if not convs:
+        raise ModelError(f"{type(net).__name__} has no nn.Conv2d layer for Grad-CAM; use method 'ig' or set net.gradcam_layer")
+    return convs[-1]
+
+
+def _no_inplace(net: torch.nn.Module) -> None:
+    """Switch off in-place activations, which break the gradients Captum's hooks capture (outputs are unchanged)."""
+    for module in net.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+
+
+def grad_cam(net: torch.nn.Module, inputs: torch.Tensor, target: int, layer: torch.nn.Module | None = None) -> torch.Tensor:
+    """Grad-CAM (B, 1, H, W) of logit `target` for inputs (B, C, H, W), ReLU'd and bilinearly upsampled to H x W."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    _no_inplace(net)
+    cam = LayerGradCam(net, layer if layer is not None else find_gradcam_layer(net))
+    attr = cam.attribute(inputs, target=target, relu_attributions=True)
+    return LayerAttribution.interpolate(attr, tuple(inputs.shape[-2:]), interpolate_mode="bilinear").detach()
+
+
+def integrated_gradients(
+    net: torch.nn.Module, inputs: torch.Tensor, target: int, baselines: torch.Tensor | None = None, n_steps: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """IG attributions (same shape as inputs) of logit `target` and Captum's completeness error per image."""
+    from captum.attr import IntegratedGradients
+
+    _no_inplace(net)
+    ig = IntegratedGradients(net)
+    base = torch.zeros_like(inputs) if baselines is None else baselines
+    attr, delta = ig.attribute(inputs, baselines=base, target=target, n_steps=n_steps, return_convergence_delta=True)
+    return attr.detach(), delta.detach()
+
+
+def to_heatmaps(attributions: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) attributions -> (B, H, W) float32 maps: channel sum, positive part, scaled to max 1 per image."""
+    maps = attributions.sum(dim=1).clamp(min=0).cpu().numpy().astype(np.float32)
+    peaks = maps.reshape(len(maps), -1).max(axis=1)
+    return maps / np.where(peaks > 0, peaks, 1.0)[:, None, None]
+
+
+def attribute(
+    net: torch.nn.Module, inputs: torch.Tensor, target: int, method: str = "gradcam",
+    baselines: torch.Tensor | None = None, n_steps: int = 16,
+) -> np.ndarray:
+    """(B, H, W) heatmaps in [0, 1] of logit `target` by 'gradcam' or 'ig' (baselines: IG start point, default zeros)."""
+    if method == "gradcam":
+        return to_heatmaps(grad_cam(net, inputs, target))
+    if method == "ig":
+        attr, delta = integrated_gradients(net, inputs, target, baselines, n_steps)
+        log.debug("IG completeness error %s", delta.abs().max().item())
+        return to_heatmaps(attr)
+    raise ConfigError(f"explain method {method!r} is not one of {list(METHODS)}{closest(method, METHODS)}")
+
+
+def render_overlay(
+    gray: np.ndarray, heatmap: np.ndarray, title: str, boxes: Sequence[Box] = (), alpha: float = 0.45, display: int = 320
+) -> Image.Image:
+    """RGB picture: the uint8 (H, W) X-ray, the [0, 1] heatmap blended in jet colours, expert boxes in white, a title strip."""
+    from matplotlib import colormaps
+
+    if gray.shape != heatmap.shape:
+        raise ValueError(f"image {gray.shape} and heatmap {heatmap.shape} must have the same shape")
+    base = np.repeat(gray[..., None].astype(np.float32) / 255.0, 3, axis=2)
+    colour = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3]
+    blend = (1 - alpha) * base + alpha * colour
+    picture = Image.fromarray((blend * 255).round().astype(np.uint8), "RGB")
+    scale = max(1.0, display / max(gray.shape))
+    side = (round(gray.shape[1] * scale), round(gray.shape[0] * scale))
+    picture = picture.resize(side, Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(picture)
+    for b in boxes:
+        draw.rectangle([b.x * scale, b.y * scale, (b.x + b.w) * scale, (b.y + b.h) * scale], outline=(255, 255, 255), width=2)
+    canvas = Image.new("RGB", (side[0], side[1] + 18), (0, 0, 0))
+    canvas.paste(picture, (0, 18))
+    ImageDraw.Draw(canvas).text((4, 3), title, fill=(255, 255, 255))
+    return canvas
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write a PIL image as PNG atomically."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)

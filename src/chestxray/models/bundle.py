@@ -1,0 +1,115 @@
+"""Model bundles: weights in safetensors plus a JSON card; loading never unpickles anything.
+
+card.json fields: format, architecture, num_labels, in_chans, image_size, resize ('pad'|'crop'),
+normalization ('gray'|'imagenet'), labels, task, thresholds ({label: float} or null), threshold_method,
+data_fingerprint, metrics, seed, versions, created.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from chestxray.errors import ModelError
+from chestxray.files import atomic_path, write_json
+
+WEIGHTS = "model.safetensors"
+CARD = "card.json"
+FORMAT = "chestxray-bundle/1"
+REQUIRED_CARD_FIELDS = ("architecture", "num_labels", "in_chans", "image_size", "normalization", "labels")
+
+
+@dataclass
+class Bundle:
+    """A ready model (eval mode, CPU) with the card that says how to feed it and read its outputs."""
+
+    net: torch.nn.Module
+    card: dict[str, Any]
+    path: Path
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.card["labels"])
+
+    @property
+    def thresholds(self) -> dict[str, float] | None:
+        return self.card.get("thresholds")
+
+
+def versions() -> dict[str, str]:
+    """Library versions recorded in cards and run folders."""
+    import chestxray
+
+    return {"chestxray": chestxray.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def save_bundle(out_dir: str | Path, net: torch.nn.Module, card: dict[str, Any]) -> Path:
+    """Write model.safetensors and card.json into out_dir (each atomically); returns the folder."""
+    missing = [k for k in REQUIRED_CARD_FIELDS if k not in card]
+    if missing:
+        raise ModelError(f"bundle card for {out_dir} is missing field(s) {missing}; "
+                         f"a card needs {list(REQUIRED_CARD_FIELDS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    full = {"format": FORMAT, **card}
+    full.setdefault("versions", versions())
+    full.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    write_json(out / CARD, full)
+    return out
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    """The card of a bundle folder, checked for the fields a loader needs."""
+    folder = Path(path)
+    card_path = folder / CARD
+    if not card_path.exists():
+        raise ModelError(f"{folder}: not a model bundle (no {CARD}); a training run writes one in RUN/bundle")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{card_path}: not valid JSON ({exc})") from exc
+    missing = [k for k in REQUIRED_CARD_FIELDS if k not in card]
+    if missing:
+        raise ModelError(f"{card_path}: missing field(s) {missing}; the bundle is incomplete, export it again")
+    return card
+
+
+def update_card(path: str | Path, **fields: Any) -> dict[str, Any]:
+    """Merge fields (e.g. thresholds, metrics) into a bundle's card, atomically; returns the new card."""
+    card = read_card(path)
+    card.update(fields)
+    write_json(Path(path) / CARD, card)
+    return card
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Build the architecture named in the card and load its safetensors weights (strict)."""
+    from chestxray.models.factory import build_model
+
+    folder = Path(path)
+    if (folder / "bundle" / CARD).exists():  # a run folder was given
+        folder = folder / "bundle"
+    card = read_card(folder)
+    weights = folder / WEIGHTS
+    if not weights.exists():
+        raise ModelError(f"{folder}: no {WEIGHTS}; the bundle is incomplete, export it again")
+    net = build_model(card["architecture"], num_labels=int(card["num_labels"]), in_chans=int(card["in_chans"]))
+    state = load_file(str(weights))
+    result = net.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelError(
+            f"{weights}: weights do not match architecture {card['architecture']!r} "
+            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+    net.eval()
+    return Bundle(net=net, card=card, path=folder)

@@ -1,0 +1,46 @@
+"""build_model: one entry point that builds a registered architecture and loads its weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from chestxray.errors import ModelError
+from chestxray.models.registry import PRETRAINED_CHOICES, get_spec, normalization_for
+from chestxray.models.weights import (
+    _read_imagenet,
+    imagenet_weights_path,
+    load_weights_into,
+    read_state_dict,
+)
+
+
+def build_model(
+    name: str,
+    num_labels: int,
+    in_chans: int = 1,
+    pretrained: str | None = None,
+    weights: str | Path | None = None,
+) -> nn.Module:
+    """Build a registered architecture returning logits (B, num_labels) for images (B, in_chans, H, W).
+
+    pretrained='imagenet' loads torchvision weights from $TORCH_HOME/hub/checkpoints; `weights` is a local state
+    dict (.pth/.pt/.ckpt via torch.load(weights_only=True), or .safetensors). Heads of another size are skipped.
+    """
+    spec = get_spec(name)
+    normalization_for(in_chans)
+    if num_labels < 1:
+        raise ModelError(f"num_labels must be at least 1, got {num_labels}")
+    if pretrained is not None and pretrained not in PRETRAINED_CHOICES:
+        raise ModelError(f"unknown pretrained weights {pretrained!r}; choose one of {PRETRAINED_CHOICES} or none")
+    if pretrained is not None and weights is not None:
+        raise ModelError("give either --pretrained or --weights, not both")
+    net = spec.builder(num_labels, in_chans)
+    net.gradcam_layer = spec.gradcam or spec.blocks[-1][-1]  # where Grad-CAM reads (a name: a module would be saved twice)
+    if pretrained == "imagenet":
+        path = imagenet_weights_path(name)
+        load_weights_into(net, spec, _read_imagenet(spec, path), source=str(path))
+    elif weights is not None:
+        load_weights_into(net, spec, read_state_dict(weights), source=str(weights))
+    return net

@@ -1,0 +1,202 @@
+"""One self-contained HTML report per run: data summary, configuration, training curves, the metrics table with
+CIs, the evaluation plots and a few explanation overlays. Images are base64-embedded and the CSS is inline,
+so the file opens offline and can be mailed as is.
+
+Stable hooks for tests and styling: table#metrics-table.metrics, table#data-table, figure.plot#plot-<key>
+(history, roc, pr, auroc, confusion, calibration), .explain-item.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+import chestxray
+from chestxray.data.shards import read_manifest
+from chestxray.errors import DataError, ModelError
+from chestxray.evaluation.evaluate import EVAL_DIR, PLOTS
+from chestxray.files import write_text
+from chestxray.models.bundle import read_card
+
+log = logging.getLogger(__name__)
+
+REPORT = "report.html"
+MAX_EXPLANATIONS = 8
+PLOT_ORDER = ("auroc", "roc", "pr", "confusion", "calibration")
+CAPTIONS = {
+    "history": "Training loss and validation loss (left) and validation macro AUROC (right) against step; "
+               "the star marks the best validation AUROC (the checkpoint kept).",
+    "auroc": "AUROC per finding with patient-bootstrap confidence intervals; macro and normal in orange.",
+    "roc": "ROC curve per finding; the red dot is the operating point at the threshold chosen on validation.",
+    "pr": "Precision-recall curve per finding; dashed line: prevalence (a random model); red dot: operating point.",
+    "confusion": "Confusion matrices at the chosen thresholds (counts and share of each true row).",
+    "calibration": "Reliability diagram (observed positive rate against mean predicted probability) and ECE.",
+}
+METRICS_HEADER = ["finding", "n", "pos.", "AUROC", "AUPRC", "thr.", "sens.", "spec.", "prec.", "F1", "FN", "FP",
+                  "ECE", "note"]
+HEADER_TITLES = {"pos.": "positives", "thr.": "threshold (chosen on validation)", "sens.": "sensitivity (recall)",
+                 "spec.": "specificity", "prec.": "precision (PPV)", "FN": "false negatives", "FP": "false positives",
+                 "ECE": "expected calibration error (10 bins)"}
+
+
+def _data_uri(path: Path) -> str:
+    """The PNG at `path` as a base64 data URI, so the report needs no other file."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    """A table number: 'n/a' for None/NaN, an integer when digits is 0, else fixed-point."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    if isinstance(value, (int,)) or (isinstance(value, float) and value.is_integer() and digits == 0):
+        return f"{int(value)}"
+    return f"{float(value):.{digits}f}"
+
+
+def _interval_cell(iv: dict[str, Any]) -> dict[str, Any]:
+    """A metrics-table cell for a value with its CI, or 'n/a' with the reason as its tooltip."""
+    if iv.get("value") is None:
+        return {"text": "n/a", "cls": "na", "title": iv.get("reason") or ""}
+    ci = f"[{iv['low']:.3f}, {iv['high']:.3f}]" if iv.get("low") is not None else ""
+    return {"text": f"{iv['value']:.3f}", "ci": ci}
+
+
+def _metric_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the metrics table: per finding, then macro/micro/normal highlighted."""
+    out = []
+    for r in rows:
+        c = r.get("counts") or {}
+
+        def cell(key: str, digits: int = 3) -> dict[str, Any]:
+            text = _num(c.get(key), digits) if c else "—"
+            return {"text": text, "cls": "na" if text == "n/a" else ""}
+
+        note = r.get("note") or ""
+        if r["auroc"].get("value") is None and r["auroc"].get("reason") and r["auroc"]["reason"] not in note:
+            note = f"{note}; {r['auroc']['reason']}".strip("; ")
+        cells = [
+            {"text": r["name"]},
+            {"text": str(r["n"])},
+            {"text": str(r["positives"])},
+            _interval_cell(r["auroc"]),
+            _interval_cell(r["auprc"]),
+            {"text": _num(r.get("threshold")) if r.get("threshold") is not None else "—"},
+            cell("sensitivity"), cell("specificity"), cell("precision"), cell("f1"),
+            cell("fn", 0), cell("fp", 0),
+            {"text": _num(r.get("ece")) if r.get("ece") is not None else "—"},
+            {"text": note, "cls": "note"},
+        ]
+        out.append({"cls": "finding" if r["kind"] == "finding" else "agg", "cells": cells})
+    return out
+
+
+def _data_table(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Counts per split, then positives per finding and split, from a prepared manifest."""
+    labels = list(manifest["labels"])
+    splits = [s for s in ("train", "val", "test") if s in manifest["splits"]] + [
+        s for s in manifest["splits"] if s not in ("train", "val", "test")
+    ]
+    header = ["", *splits]
+    rows = [["images", *[manifest["splits"][s]["count"] for s in splits]]]
+    for j, name in enumerate(labels):
+        rows.append([name, *[(manifest["splits"][s].get("positives") or [None] * len(labels))[j] for s in splits]])
+    return {"header": header, "rows": rows}
+
+
+def _find_prepared(run: Path, metrics: dict[str, Any]) -> str | None:
+    """The prepared folder: from the evaluation record, else the bundle card."""
+    if metrics.get("prepared") and metrics["prepared"] != "None":
+        return str(metrics["prepared"])
+    try:
+        return read_card(run / "bundle").get("prepared")
+    except ModelError as exc:
+        log.warning("report: no prepared folder recorded (%s)", exc)
+        return None
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write RUN/report.html (or `out`) from RUN/eval, RUN/config.yaml, the prepared manifest and RUN/explain/*.png."""
+    run = Path(run_dir)
+    eval_dir = run / EVAL_DIR
+    metrics_path = eval_dir / "metrics.json"
+    if not metrics_path.exists():
+        raise DataError(f"{run}: no {EVAL_DIR}/metrics.json; run `chestxray evaluate {run}` first")
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{metrics_path}: not valid JSON ({exc}); run `chestxray evaluate {run}` again") from exc
+
+    plots = {}
+    for key, name in PLOTS.items():
+        path = eval_dir / name
+        plots[key] = {"src": _data_uri(path), "caption": CAPTIONS[key]} if path.exists() else None
+    explain_dir = run / "explain"
+    explain_files = sorted(explain_dir.glob("*.png"))[:MAX_EXPLANATIONS] if explain_dir.is_dir() else []
+    explanations = [{"src": _data_uri(p), "caption": p.stem.replace("_", " ")} for p in explain_files]
+
+    prepared = _find_prepared(run, metrics)
+    data_table, data_missing, manifest = None, "", {}
+    if not prepared:
+        data_missing = "Prepared dataset manifest not found (no path recorded)."
+    else:
+        try:
+            manifest = read_manifest(prepared)
+            data_table = _data_table(manifest)
+        except DataError as exc:
+            data_missing = f"Prepared dataset manifest not usable: {exc}"
+
+    config_path = run / "config.yaml"
+    rows = metrics.get("rows", [])
+    by_kind = {r["kind"]: r for r in rows if r["kind"] != "finding"}
+    head = by_kind.get("macro") or (rows[0] if rows else None)
+    cards = []
+    if head is not None:
+        iv = head["auroc"]
+        value = f"{iv['value']:.3f}" if iv.get("value") is not None else "n/a"
+        ci = f" [{iv['low']:.3f}, {iv['high']:.3f}]" if iv.get("low") is not None else ""
+        cards.append({"key": f"{'macro ' if 'macro' in by_kind else ''}AUROC{ci}", "value": value})
+    if "normal" in by_kind and by_kind["normal"]["auroc"].get("value") is not None:
+        cards.append({"key": "normal (No Finding) AUROC", "value": f"{by_kind['normal']['auroc']['value']:.3f}"})
+    cards += [{"key": "images evaluated", "value": metrics.get("n_images", "?")},
+              {"key": "patients", "value": metrics.get("n_patients", "?")},
+              {"key": "labels", "value": len(metrics.get("labels", []))}]
+    boot = metrics.get("bootstrap", {})
+    env = Environment(loader=PackageLoader("chestxray.report", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    html = env.get_template("report.html.j2").render(
+        title=f"Run {run.resolve().name}",
+        generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        version=chestxray.__version__,
+        run_dir=str(run),
+        split=metrics.get("split"),
+        n_images=metrics.get("n_images"),
+        n_patients=metrics.get("n_patients"),
+        threshold_method=metrics.get("threshold_method"),
+        tta=metrics.get("tta", "none"),
+        cards=cards,
+        ci_text=f"{boot.get('ci', 0.95):.0%} percentile bootstrap, {boot.get('replicates', '?')} replicates "
+                f"resampling {boot.get('unit', 'patient')}s (seed {boot.get('seed', 0)})",
+        normal_score=metrics.get("normal_score", "1 - max(p)"),
+        prepared=prepared,
+        image_size=manifest.get("image_size"),
+        resize=manifest.get("resize"),
+        data_table=data_table,
+        data_missing=data_missing,
+        plots=plots,
+        plot_order=PLOT_ORDER,
+        metrics_header=METRICS_HEADER,
+        header_titles=HEADER_TITLES,
+        metrics_rows=_metric_rows(rows),
+        explanations=explanations,
+        config_text=config_path.read_text(encoding="utf-8") if config_path.exists() else "",
+    )
+    target = Path(out) if out is not None else run / REPORT
+    write_text(target, html)
+    log.info("wrote %s (%d plots, %d explanations)", target, sum(v is not None for v in plots.values()), len(explanations))
+    return target
+

@@ -1,0 +1,193 @@
+"""The typed training config: defaults ← YAML file ← explicit settings (CLI flags), validated once before training.
+
+A run folder's config.yaml holds exactly these fields, so `resolve_config(base=RUN/config.yaml)` rebuilds the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from chestxray.data.labels import closest
+from chestxray.errors import ConfigError, DataError, ModelError
+
+LOSSES = ("bce", "focal")
+SCHEDULERS = ("cosine", "plateau")
+MONITORS = ("val_auroc", "val_loss")
+FREEZE = ("none", "backbone")
+PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run depends on (paths are stored as given; the run folder records them)."""
+
+    prepared: str = ""
+    model: str = "densenet121"
+    pretrained: str | None = None  # None or "imagenet" (from the local torch hub cache)
+    weights: str | None = None  # a local state dict (.pth/.pt/.ckpt/.safetensors)
+    in_chans: int = 1
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    augment: str = "minimal"
+    loss: str = "bce"
+    focal_gamma: float = 2.0
+    pos_weight: bool = False  # weight positives by negatives/positives of the train split
+    scheduler: str = "cosine"  # warm-up then cosine per step, or ReduceLROnPlateau on `monitor`
+    warmup_fraction: float = 0.05  # share of all steps spent warming up (cosine only)
+    monitor: str = "val_auroc"  # what best checkpoint, early stopping and plateau watch
+    patience: int = 5  # validations without improvement before stopping; 0 turns early stopping off
+    val_every: int = 0  # 0: validate each epoch; N: every N training steps
+    freeze: str = "none"  # "backbone": only the head trains
+    unfreeze_last: int = 0  # with freeze=backbone: also train the last N backbone blocks
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    precision: str = "auto"  # auto: bf16-mixed (or 16-mixed) on GPU, 32-true on CPU
+    channels_last: bool = True
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # e.g. "ddp"
+    num_workers: int = 2
+    seed: int = 0
+    max_steps: int = -1  # -1: no step limit
+    max_minutes: float = 0.0  # 0: no time limit (otherwise training stops after this budget)
+    out: str = ""  # run folder; "" → runs/<model>-<UTC time>
+    mlflow: bool = True
+    mlflow_uri: str = ""  # "" → file:<cwd>/mlruns (MLflow's folder store; sqlite:///PATH.db for a database)
+    experiment: str = "chestxray"
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrainConfig)}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Settings from a YAML mapping (keys may use - or _); unknown keys raise ConfigError with the closest name."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file; check the --config path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of setting: value, got {type(data).__name__}")
+    return _check_keys({str(k).replace("-", "_"): v for k, v in data.items()}, str(path))
+
+
+def _check_keys(settings: dict[str, Any], where: str) -> dict[str, Any]:
+    for key in settings:
+        if key not in FIELDS:
+            raise ConfigError(f"{where}: unknown setting {key!r}{closest(key, list(FIELDS))}; "
+                              f"valid settings: {', '.join(FIELDS)}")
+    return settings
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """Convert a YAML/CLI value to the field's type (int, float, bool, str or None)."""
+    kind = str(FIELDS[name].type)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{where}: setting {name!r} cannot be empty; give a value or leave the setting out")
+    try:
+        if name == "devices":
+            return int(value) if str(value).lstrip("-").isdigit() else str(value)
+        if kind.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "yes", "1")
+            return bool(value)
+        if kind.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: setting {name!r} = {value!r} is not a valid {kind}") from None
+
+
+def resolve_config(*layers: dict[str, Any] | str | Path | None, where: str = "settings", **settings: Any
+                   ) -> TrainConfig:
+    """defaults ← each layer in order (a dict or a YAML path; None skipped) ← settings whose value is not None.
+
+    The result is validated (validate_config) before it is returned.
+    """
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        if layer is None:
+            continue
+        merged.update(read_yaml(layer) if isinstance(layer, (str, Path)) else _check_keys(dict(layer), where))
+    merged.update(_check_keys({k: v for k, v in settings.items() if v is not None}, where))
+    config = TrainConfig(**{k: _coerce(k, v, where) for k, v in merged.items()})
+    validate_config(config)
+    return config
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Cheap checks of every setting (names, ranges, the PREPARED folder); raises Config/Data/ModelError."""
+    from chestxray.data.augment import list_policies
+    from chestxray.models.registry import PRETRAINED_CHOICES, get_spec
+
+    def one_of(name: str, value: Any, valid: tuple | list) -> None:
+        if value not in valid:
+            raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not one of {list(valid)}"
+                              f"{closest(str(value), [str(v) for v in valid])}")
+
+    get_spec(config.model)  # an unknown name raises ModelError listing the valid ones
+    if config.pretrained is not None:
+        one_of("pretrained", config.pretrained, PRETRAINED_CHOICES)
+    if config.pretrained and config.weights:
+        raise ConfigError("give either --pretrained or --weights, not both")
+    if config.weights and not Path(config.weights).is_file():
+        raise ModelError(f"--weights {config.weights}: no such file; check the path, or leave --weights out "
+                         "to train from random weights")
+    one_of("in_chans", config.in_chans, (1, 3))
+    one_of("augment", config.augment, list_policies())
+    one_of("loss", config.loss, LOSSES)
+    one_of("scheduler", config.scheduler, SCHEDULERS)
+    one_of("monitor", config.monitor, MONITORS)
+    one_of("freeze", config.freeze, FREEZE)
+    one_of("precision", config.precision, PRECISIONS)
+    positive = {"epochs": config.epochs, "batch_size": config.batch_size, "num_nodes": config.num_nodes}
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        raise ConfigError(f"--lr must be a positive number, got {config.lr}")
+    non_negative = {"weight_decay": config.weight_decay, "focal_gamma": config.focal_gamma,
+                    "patience": config.patience, "val_every": config.val_every, "unfreeze_last": config.unfreeze_last,
+                    "grad_clip": config.grad_clip, "num_workers": config.num_workers, "max_minutes": config.max_minutes}
+    for name, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {value}")
+    if not 0 <= config.warmup_fraction < 1:
+        raise ConfigError(f"--warmup-fraction must be in [0, 1), got {config.warmup_fraction}")
+    if config.unfreeze_last and config.freeze != "backbone":
+        raise ConfigError("--unfreeze-last N needs --freeze backbone (it says which backbone blocks still train)")
+    if config.max_steps == 0 or config.max_steps < -1:
+        raise ConfigError(f"--max-steps must be -1 (no limit) or positive, got {config.max_steps}")
+    if not config.prepared:
+        raise DataError("no PREPARED folder given; create one with 'chestxray prepare CATALOG --out PREPARED'")
+    if "://" not in config.prepared and not (Path(config.prepared) / "manifest.json").is_file():
+        what = "does not exist" if not Path(config.prepared).exists() else "has no manifest.json"
+        raise DataError(f"PREPARED folder {config.prepared} {what}; create it with "
+                        f"'chestxray prepare CATALOG --out {config.prepared}'")
+
+
+def config_yaml(config: TrainConfig) -> str:
+    """The config as YAML text, fields in declaration order (what RUN/config.yaml holds)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,135 @@
+"""The LightningModule: loss (BCE or focal, optional positive weights), AdamW with warm-up + cosine or plateau,
+and validation AUROC over the labels that have both classes. It receives a built net; it never builds data."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric, Metric
+from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
+
+log = logging.getLogger(__name__)
+
+
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0,
+               pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean sigmoid focal loss: BCE (optionally pos-weighted) scaled by (1 - p_t)^gamma (Lin et al. 2017)."""
+    bce = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
+    probs = torch.sigmoid(logits)
+    p_t = probs * targets + (1 - probs) * (1 - targets)
+    return (bce * (1 - p_t).pow(gamma)).mean()
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """LR factor: linear warm-up over `warmup` steps, then cosine decay to 0 at `total` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LabelCounts(Metric):
+    """Positives per label and number of samples seen (summed across ranks)."""
+
+    def __init__(self, num_labels: int) -> None:
+        super().__init__()
+        self.add_state("positives", default=torch.zeros(num_labels), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, labels: torch.Tensor) -> None:
+        self.positives += labels.sum(0).to(self.positives.dtype)
+        self.count += labels.shape[0]
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.positives, self.count
+
+
+class ChestXrayModule(L.LightningModule):
+    """Multi-label classifier around a built net: BCE-with-logits (or focal) loss, AdamW, val mean AUROC.
+
+    total_steps sets the cosine schedule's length (train() computes it from the data plan, so the train loader is
+    never built before a resumed run has restored its epoch). val_auroc is the mean over labels that have both
+    classes in the validation set (others are left out, so a label without positives never gives NaN);
+    torchmetrics gathers predictions from every rank.
+    """
+
+    def __init__(self, net: nn.Module, labels: list[str], lr: float = 1e-4, weight_decay: float = 1e-4,
+                 loss: str = "bce", focal_gamma: float = 2.0, pos_weight: list[float] | None = None,
+                 scheduler: str = "cosine", warmup_fraction: float = 0.05, monitor: str = "val_auroc",
+                 patience: int = 5, channels_last: bool = False, total_steps: int = 1000) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"], logger=False)  # loggers get the TrainConfig instead
+        self.net = net
+        self.labels = list(labels)
+        self.register_buffer("pos_weight", torch.tensor(pos_weight, dtype=torch.float32) if pos_weight else None)
+        n = len(self.labels)
+        self.val_auroc = MultilabelAUROC(num_labels=n, average="none") if n > 1 else BinaryAUROC()
+        self.val_counts = LabelCounts(n)
+        self.val_loss = MeanMetric()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, C, H, W) float → logits (B, L)."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.hparams.loss == "focal":
+            return focal_loss(logits, labels, self.hparams.focal_gamma, self.pos_weight)
+        return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=self.pos_weight)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(self(batch["image"]), batch["labels"])
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["labels"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        labels = batch["labels"]
+        logits = self(batch["image"]).float()
+        probs = torch.sigmoid(logits)
+        self.val_loss.update(self.compute_loss(logits, labels), weight=len(labels))
+        if isinstance(self.val_auroc, BinaryAUROC):
+            self.val_auroc.update(probs[:, 0], labels[:, 0].long())
+        else:
+            self.val_auroc.update(probs, labels.long())
+        self.val_counts.update(labels)
+        return {"probs": probs.detach(), "labels": labels}
+
+    def on_validation_epoch_end(self) -> None:
+        per_label = self.val_auroc.compute().reshape(-1)
+        positives, count = self.val_counts.compute()
+        usable = ((positives > 0) & (positives < count)).reshape(-1)  # torchmetrics squeezes one label to 0-d
+        if bool(usable.any()):
+            auroc = per_label[usable].mean()
+        else:
+            if not (self._trainer is not None and self.trainer.sanity_checking):  # sanity check: a batch or two
+                log.warning("no label has both positives and negatives in the validation data; val_auroc set to 0.5")
+            auroc = torch.tensor(0.5, device=per_label.device)
+        self.log("val_auroc", auroc, prog_bar=True)
+        self.log("val_loss", self.val_loss.compute())
+        for name, value, ok in zip(self.labels, per_label.tolist(), usable.tolist(), strict=True):
+            if ok:
+                self.log(f"val_auroc_{name}", value)
+        for metric in (self.val_auroc, self.val_counts, self.val_loss):
+            metric.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.scheduler == "plateau":
+            mode = "max" if self.hparams.monitor == "val_auroc" else "min"
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5,
+                                                                 patience=max(1, self.hparams.patience // 2))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": self.hparams.monitor,
+                                                             "interval": "epoch", "strict": False}}
+        total = max(1, int(self.hparams.total_steps))
+        warmup = int(self.hparams.warmup_fraction * total)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,275 @@
+"""train(): assembles the Trainer around ChestXrayModule and the DataModule, and keeps the run folder.
+
+A run folder RUN/ holds config.yaml (the resolved TrainConfig), run.json (labels, fingerprint, MLflow run id),
+checkpoints/{best,last}.ckpt, metrics.csv, history.csv, logs/ (Lightning CSVLogger) and bundle/ (the best model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
+
+from chestxray.errors import ConfigError
+from chestxray.files import write_json, write_text
+from chestxray.training.callbacks import (
+    AtomicCheckpointIO,
+    FreezeBackbone,
+    MetricsHistory,
+    RngState,
+)
+from chestxray.training.config import TrainConfig, config_yaml, validate_config
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+RUN_FILE = "run.json"
+
+
+from chestxray.training.module import ChestXrayModule
+
+
+@dataclass
+class TrainResult:
+    """Where a run went and how it did."""
+
+    run_dir: Path
+    bundle_dir: Path | None
+    best_val_auroc: float
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    epochs: int
+    steps: int
+    seconds: float
+    train_images: int
+    images_per_s: float  # training images per second over all ranks, validation time excluded
+    parameters: int
+    config: TrainConfig
+
+
+def auto_precision(config: TrainConfig) -> str:
+    """bf16-mixed on a GPU that supports it, else 16-mixed on GPU, 32-true on CPU (unless set explicitly)."""
+    if config.precision != "auto":
+        return config.precision
+    if config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    """runs/<model>-<UTC timestamp> under the current folder."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.model}-{stamp}"
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    config_path = run_dir / CONFIG_FILE
+    if resume:
+        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            raise ConfigError(f"cannot resume {run_dir}: no checkpoints/last.ckpt (the run stopped before its "
+                              "first checkpoint); start it again with another --out or delete the folder")
+    elif config_path.exists():
+        raise ConfigError(f"{config_path} exists: {run_dir} holds an earlier run and will not be overwritten. "
+                          f"Either continue it with --resume {run_dir}, pick another --out, or delete {run_dir}")
+
+
+def _tracking_uri(config: TrainConfig) -> str:
+    """The tracking URI a run uses: config.mlflow_uri, else the folder store file:<cwd>/mlruns."""
+    return config.mlflow_uri or f"file:{Path.cwd() / 'mlruns'}"
+
+
+@contextlib.contextmanager
+def _allow_file_store(uri: str) -> Iterator[None]:
+    """While the block runs, let MLflow 3 open a file: store (it refuses unless MLFLOW_ALLOW_FILE_STORE is set).
+
+    MLflow builds a new store object for every call, so the opt-in must last for the whole run; afterwards the
+    environment is as it was. An explicit MLFLOW_ALLOW_FILE_STORE set by the user is left alone.
+    """
+    if not uri.startswith("file:") or "MLFLOW_ALLOW_FILE_STORE" in os.environ:
+        yield
+        return
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    try:
+        yield
+    finally:
+        os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
+
+
+def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None):
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    uri = _tracking_uri(config)
+    artifacts = None
+    if uri.startswith("sqlite:///"):  # MLflow would put artifacts under ./mlruns of the working folder
+        artifacts = (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
+    return MLFlowLogger(experiment_name=config.experiment, run_name=run_dir.name, tracking_uri=uri, run_id=run_id,
+                        artifact_location=artifacts,
+                        tags={"run_dir": str(run_dir.resolve()), "model": config.model})
+
+
+def _best_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+
+
+def _steps_per_epoch(data: Any, world_size: int) -> int:
+    """Optimizer steps per epoch on each rank, from the data module's epoch plan (no loader is built)."""
+    from chestxray.data.datamodule import plan_epoch
+
+    counts = [int(c) for c in data.manifest["splits"]["train"]["shard_counts"]]
+    return len(plan_epoch(counts, data.batch_size, world_size=world_size, rank=0, shuffle=True).batch_sizes)
+
+
+def _data_fields(config: TrainConfig, data: Any, data_cfg: dict[str, Any]) -> dict[str, Any]:
+    """What the run was trained on and how inputs are fed: shared by RUN/run.json and the bundle card."""
+    return {"labels": list(data.labels), "task": data.task, "prepared": str(Path(config.prepared).resolve()),
+            "data_fingerprint": data.manifest.get("fingerprint"), "image_size": data.image_size,
+            "resize": data.manifest.get("resize", "pad"), "in_chans": config.in_chans,
+            "normalization": data_cfg["normalization"]}
+
+
+def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any], run_info: dict[str, Any],
+                     mlflow_logger: Any) -> None:
+    """Rank zero, before training: RUN/config.yaml, RUN/run.json and the same config as MLflow params/artifact."""
+    write_text(run_dir / CONFIG_FILE, config_yaml(config))
+    run_info.update(fields)
+    if mlflow_logger is not None:
+        mlflow_logger.log_hyperparams(config.to_dict())
+        run_info["mlflow_run_id"] = mlflow_logger.run_id
+        mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(run_dir / CONFIG_FILE))
+    write_json(run_dir / RUN_FILE, run_info)
+
+
+def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: dict[str, Any],
+                   state_source: Path | None, best_val: float, mlflow_logger: Any) -> Path:
+    """Rank zero, after training: RUN/bundle from the best checkpoint, and the run's files as MLflow artifacts."""
+    from chestxray.models.bundle import save_bundle
+
+    if state_source is not None:
+        net.load_state_dict(_best_state(state_source))
+    card = {"architecture": config.model, "num_labels": len(fields["labels"]), **fields,
+            "thresholds": None, "threshold_method": None, "seed": config.seed,
+            "metrics": {"val_auroc": best_val}, "run": str(run_dir.resolve()),
+            "checkpoint": str(state_source) if state_source else None}
+    bundle_dir = save_bundle(run_dir / "bundle", net.cpu(), card)
+    if mlflow_logger is not None:
+        client, run_id = mlflow_logger.experiment, mlflow_logger.run_id
+        if math.isfinite(best_val):
+            client.log_metric(run_id, "best_val_auroc", best_val)
+        for name in ("metrics.csv", "history.csv", CONFIG_FILE):
+            client.log_artifact(run_id, str(run_dir / name))
+        client.log_artifacts(run_id, str(bundle_dir), "bundle")
+    return bundle_dir
+
+
+def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] | None = None) -> TrainResult:
+    """Train config.model on config.prepared into a run folder (config.out); resume=True continues from last.ckpt.
+
+    Writes RUN/config.yaml before training, then checkpoints, metrics.csv, history.csv and RUN/bundle (from the
+    best checkpoint). Extra Lightning callbacks may be passed (e.g. for inspection in tests). Runs on every rank
+    under DDP (torchrun / SLURM / Lightning's launcher); files are written by rank zero only.
+    """
+    validate_config(config)
+    run_dir = Path(config.out) if config.out else default_run_dir(config)
+    config = replace(config, out=str(run_dir))
+    if rank_zero_only.rank == 0:  # ranks started later by Lightning's launcher find rank zero's config.yaml
+        _check_run_dir(run_dir, resume)
+    with _allow_file_store(_tracking_uri(config) if config.mlflow else ""):
+        return _fit(config, run_dir, resume, callbacks)
+
+
+def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callback] | None) -> TrainResult:
+    """train()'s work once the config is checked: build data, model and Trainer, fit, write the bundle."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from chestxray.data.datamodule import ChestXrayDataModule
+    from chestxray.models import build_model, count_parameters, model_data_config
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    data_cfg = model_data_config(config.model, config.in_chans)
+    data = ChestXrayDataModule(config.prepared, batch_size=config.batch_size, num_workers=config.num_workers,
+                               augment=config.augment, in_chans=config.in_chans,
+                               normalization=str(data_cfg["normalization"]), seed=config.seed)
+    net = build_model(config.model, len(data.labels), in_chans=config.in_chans, pretrained=config.pretrained,
+                      weights=config.weights)
+    if config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    precision = auto_precision(config)
+    fields = _data_fields(config, data, data_cfg)
+
+    run_info: dict[str, Any] = {}
+    if resume and (run_dir / RUN_FILE).is_file():
+        run_info = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    loggers: list[Any] = [CSVLogger(run_dir, name="logs")]
+    mlflow_logger = None
+    if config.mlflow:
+        mlflow_logger = _mlflow_logger(config, run_dir, run_info.get("mlflow_run_id") if resume else None)
+        loggers.append(mlflow_logger)
+    mode = "max" if config.monitor == "val_auroc" else "min"
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode=mode,
+                                 save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                                 enable_version_counter=False)
+    history = MetricsHistory(run_dir)
+    all_callbacks: list[Callback] = [history, RngState(), checkpoint, *(callbacks or [])]
+    if config.patience:
+        all_callbacks.append(EarlyStopping(monitor=config.monitor, mode=mode, patience=config.patience, strict=False))
+    if config.freeze == "backbone":
+        all_callbacks.append(FreezeBackbone(config.model, config.unfreeze_last))
+    trainer = L.Trainer(
+        accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
+        strategy=config.strategy, precision=precision, max_epochs=config.epochs,
+        max_steps=config.max_steps, max_time={"minutes": config.max_minutes} if config.max_minutes else None,
+        gradient_clip_val=config.grad_clip or None, callbacks=all_callbacks, logger=loggers,
+        val_check_interval=config.val_every or None, check_val_every_n_epoch=None if config.val_every else 1,
+        enable_progress_bar=config.progress, enable_model_summary=False, num_sanity_val_steps=1,
+        log_every_n_steps=10, default_root_dir=run_dir, plugins=[AtomicCheckpointIO()],
+    )
+    total_steps = config.epochs * _steps_per_epoch(data, trainer.world_size)
+    if config.max_steps > 0:
+        total_steps = min(total_steps, config.max_steps)
+    module = ChestXrayModule(net, list(data.labels), lr=config.lr, weight_decay=config.weight_decay,
+                             loss=config.loss, focal_gamma=config.focal_gamma,
+                             pos_weight=data.pos_weight().tolist() if config.pos_weight else None,
+                             scheduler=config.scheduler, warmup_fraction=config.warmup_fraction,
+                             monitor=config.monitor, patience=config.patience, channels_last=config.channels_last,
+                             total_steps=total_steps)
+    if trainer.is_global_zero:
+        _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"],
+                                           "precision": precision}, run_info, mlflow_logger)
+
+    start = time.perf_counter()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
+    seconds = time.perf_counter() - start
+
+    best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+    aurocs = [h["val_auroc"] for h in history.history if not math.isnan(h["val_auroc"])]
+    if config.monitor == "val_auroc" and checkpoint.best_model_score is not None:
+        best_val = float(checkpoint.best_model_score)
+    else:
+        best_val = max(aurocs) if aurocs else math.nan
+    bundle_dir = None
+    if trainer.is_global_zero:
+        history.write()
+        state_source = best_path if best_path and best_path.is_file() else last if last.is_file() else None
+        bundle_dir = _write_run_end(config, run_dir, net, fields, state_source, best_val, mlflow_logger)
+    return TrainResult(run_dir=run_dir, bundle_dir=bundle_dir, best_val_auroc=best_val, best_checkpoint=best_path,
+                       last_checkpoint=last if last.is_file() else None, epochs=trainer.current_epoch,
+                       steps=trainer.global_step, seconds=seconds, train_images=history.train_images,
+                       images_per_s=(history.train_images * trainer.world_size / history.train_seconds
+                                     if history.train_seconds else 0.0),
+                       parameters=count_parameters(net), config=config)

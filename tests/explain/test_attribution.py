@@ -1,0 +1,82 @@
+"""Explanations: expert boxes, localisation scores, Grad-CAM / IG via Captum, overlays, explain_images and the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from chestxray.errors import ConfigError, ModelError
+from chestxray.explain.attribution import (
+    attribute,
+    find_gradcam_layer,
+    grad_cam,
+    integrated_gradients,
+    render_overlay,
+)
+from chestxray.explain.localize import (
+    Box,
+)
+from tests.explain.helpers import SIZE, BrightNet, blob
+
+# ---------- boxes ----------
+
+
+def test_gradcam_layer_hint_and_errors() -> None:
+    net = BrightNet()
+    raw = grad_cam(net, torch.rand(2, 1, SIZE, SIZE), target=0)
+    assert raw.shape == (2, 1, SIZE, SIZE) and (raw >= 0).all()
+    net.gradcam_layer = "0"
+    assert find_gradcam_layer(net) is net[0]
+    net.gradcam_layer = "nope"
+    with pytest.raises(ModelError, match="'nope'"):
+        find_gradcam_layer(net)
+    with pytest.raises(ModelError, match="no nn.Conv2d"):
+        find_gradcam_layer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 1)))
+    with pytest.raises(ConfigError, match="did you mean 'ig'"):
+        attribute(net, torch.rand(1, 1, SIZE, SIZE), 0, method="igg")
+
+
+def test_integrated_gradients_shape_and_completeness() -> None:
+    gen = torch.Generator().manual_seed(1)
+    net = BrightNet().eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    inputs = torch.rand(3, 1, SIZE, SIZE, generator=gen) * 2 - 1
+    baseline = torch.full_like(inputs, -1.0)
+    attr, delta = integrated_gradients(net, inputs, target=1, baselines=baseline, n_steps=32)
+    assert attr.shape == inputs.shape
+    with torch.no_grad():
+        gap = net(inputs)[:, 1] - net(baseline)[:, 1]
+    assert gap.abs().min() > 0.01
+    assert (delta.abs() < 0.05 * gap.abs() + 1e-3).all()
+    assert attr.sum(dim=(1, 2, 3)) == pytest.approx((gap + delta).tolist(), abs=1e-4)
+    heat = attribute(net, inputs, 1, "ig", baseline, n_steps=8)
+    assert heat.shape == (3, SIZE, SIZE) and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
+
+
+def test_render_overlay() -> None:
+    gray = np.full((SIZE, SIZE), 100, dtype=np.uint8)
+    picture = render_overlay(gray, blob((8, 24)), "Mass p=0.90", [Box(4, 20, 8, 8)], display=64)
+    assert picture.mode == "RGB" and picture.size == (64, 64 + 18)
+    arr = np.asarray(picture)
+    hot, cold = arr[18 + 48, 16], arr[18 + 8, 56]  # (row, col) at the blob vs far away, display scale 2
+    assert hot[0] > hot[2] and cold[2] > cold[0]
+    with pytest.raises(ValueError, match="same shape"):
+        render_overlay(gray, np.zeros((4, 4)), "x")
+
+
+# ---------- explain_images and the CLI ----------
+
+
+@pytest.mark.parametrize("name", ["cnn-tiny", "resnet18"])
+def test_gradcam_and_ig_run_on_registered_models(name: str) -> None:
+    from chestxray.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model(name, num_labels=3).eval()
+    inputs = torch.rand(1, 1, SIZE, SIZE) * 2 - 1
+    for method in ("gradcam", "ig"):
+        heat = attribute(net, inputs, target=2, method=method, baselines=torch.full_like(inputs, -1.0), n_steps=4)
+        assert heat.shape == (1, SIZE, SIZE) and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1

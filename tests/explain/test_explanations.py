@@ -1,0 +1,220 @@
+"""Explanations: expert boxes, localisation scores, Grad-CAM / IG via Captum, overlays, explain_images and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from chestxray.errors import ConfigError
+from chestxray.explain.attribution import (
+    attribute,
+    find_gradcam_layer,
+)
+from chestxray.explain.explanations import explain_images, summarize_scores
+from chestxray.explain.localize import (
+    Box,
+    box_mask,
+    energy_in_box,
+    pointing_hit,
+)
+from chestxray.models.bundle import Bundle
+from tests.explain.helpers import SIZE, BrightNet
+
+# ---------- boxes ----------
+
+
+def test_summarize_scores() -> None:
+    table = pd.DataFrame(
+        {"label": ["Mass", "Mass", "Nodule", "Nodule"], "pointing_hit": [1.0, 0.0, 1.0, np.nan],
+         "iou_top20": [0.5, 0.1, 0.3, np.nan], "energy_in_box": [0.8, 0.2, 0.6, np.nan], "box_fraction": [0.1] * 4}
+    )
+    summary = summarize_scores(table).set_index("label")
+    assert summary.loc["Mass", "pointing_hit"] == 0.5 and summary.loc["Mass", "n"] == 2
+    assert summary.loc["ALL", "n"] == 3 and summary.loc["ALL", "pointing_hit"] == pytest.approx(2 / 3)
+
+
+# ---------- attributions ----------
+
+
+def _blob_batch(gen: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """Noisy dark images in [-1, 1]; half carry a bright 6x6 square at a random place (label 1)."""
+    images = torch.rand(n, 1, SIZE, SIZE, generator=gen) * 0.4 - 1.0
+    labels = torch.zeros(n, 2)
+    places = []
+    for i in range(n):
+        x, y = (int(v) for v in torch.randint(2, SIZE - 8, (2,), generator=gen))
+        places.append((x, y))
+        if i % 2 == 0:
+            images[i, 0, y : y + 6, x : x + 6] = 1.0
+            labels[i, 1] = 1.0
+        else:
+            labels[i, 0] = 1.0
+    return images, labels, places
+
+
+@pytest.fixture(scope="module")
+def trained_net() -> tuple[torch.nn.Module, torch.Generator]:
+    """BrightNet trained for 40 steps to put logit 1 on images with a bright square (seeded, CPU)."""
+    gen = torch.Generator().manual_seed(0)
+    net = BrightNet()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    opt = torch.optim.Adam(net.parameters(), lr=0.03)
+    for _ in range(40):
+        images, labels, _ = _blob_batch(gen, 16)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(images), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval(), gen
+
+
+def test_gradcam_on_trained_tiny_cnn_points_at_the_blob(trained_net: tuple[torch.nn.Module, torch.Generator]) -> None:
+    net, gen = trained_net
+    images, labels, places = _blob_batch(gen, 8)
+    with torch.no_grad():
+        assert ((net(images)[:, 1] > net(images)[:, 0]).float() == labels[:, 1]).float().mean() >= 0.875
+    assert find_gradcam_layer(net) is net[2]
+    cams = attribute(net, images[::2], target=1, method="gradcam")
+    assert cams.shape == (4, SIZE, SIZE) and cams.max() == pytest.approx(1.0)
+    for cam, (x, y) in zip(cams, places[::2]):
+        mask = box_mask([Box(x, y, 6, 6)], (SIZE, SIZE))
+        assert energy_in_box(cam, mask) > 2 * mask.mean()
+        assert pointing_hit(cam, box_mask([Box(x - 2, y - 2, 10, 10)], (SIZE, SIZE))) == 1.0
+
+
+def _write_images(folder: Path) -> tuple[list[Path], Path]:
+    """Three 48x40 PNGs (dark noise; two with a bright 8x8 square) and a boxes.csv in file pixels."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, rows = [], []
+    for i, place in enumerate([(6, 10), (30, 24), None]):
+        img = rng.integers(0, 50, size=(40, 48), dtype=np.uint8)
+        if place is not None:
+            x, y = place
+            img[y : y + 8, x : x + 8] = 255
+            rows.append(f"img_{i}.png,Mass,{x},{y},8,8")
+        paths.append(folder / f"img_{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    boxes = folder / "boxes.csv"
+    boxes.write_text("Image Index,Finding Label,x,y,w,h\n" + "\n".join(rows) + "\n")
+    return paths, boxes
+
+
+def _bundle(net: torch.nn.Module, path: Path) -> Bundle:
+    card = {"architecture": "test", "num_labels": 2, "in_chans": 1, "image_size": SIZE, "resize": "pad",
+            "normalization": "gray", "labels": ["Effusion", "Mass"], "task": "multilabel"}
+    return Bundle(net=net, card=card, path=path)
+
+
+def test_explain_images_gradcam_scores_and_overlays(
+    tmp_path: Path, trained_net: tuple[torch.nn.Module, torch.Generator]
+) -> None:
+    paths, boxes = _write_images(tmp_path / "images")
+    out = tmp_path / "explain"
+    results = explain_images(_bundle(trained_net[0], tmp_path), paths, "gradcam", out_dir=out, boxes=boxes)
+    assert [(r.image_id, r.label) for r in results[:2]] == [("img_0.png", "Mass"), ("img_1.png", "Mass")]
+    for r in results[:2]:
+        assert r.heatmap.shape == (SIZE, SIZE) and r.probability > 0.5
+        assert r.scores["pointing_hit"] == 1.0 and r.scores["energy_in_box"] > 3 * r.scores["box_fraction"]
+    assert results[2].scores == {}  # no box: explained for its top-scoring label, not scored
+    table = pd.read_csv(out / "scores.csv")
+    assert list(table.columns) == ["image_id", "path", "label", "probability", "method", "overlay",
+                                   "pointing_hit", "iou_top20", "energy_in_box", "box_fraction"]
+    assert len(table) == 3 and table["pointing_hit"].tolist()[:2] == [1.0, 1.0] and np.isnan(table["pointing_hit"][2])
+    for name in table["overlay"]:
+        with Image.open(name) as im:
+            assert im.format == "PNG" and im.mode == "RGB" and im.size[0] >= SIZE
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(Path(n).name for n in table["overlay"]), "scores.csv"])
+
+
+def test_explain_images_ig_and_label_choice(tmp_path: Path, trained_net: tuple[torch.nn.Module, torch.Generator]) -> None:
+    paths, _ = _write_images(tmp_path / "images")
+    bundle = _bundle(trained_net[0], tmp_path)
+    results = explain_images(bundle, paths[:1], "ig", label="Effusion", out_dir=tmp_path / "ig", n_steps=8)
+    assert len(results) == 1 and results[0].label == "Effusion" and results[0].method == "ig"
+    assert results[0].heatmap.shape == (SIZE, SIZE) and results[0].overlay.name == "img_0_Effusion_ig.png"
+    with pytest.raises(ConfigError, match="'Mas' is not one of the model's labels.*did you mean 'Mass'"):
+        explain_images(bundle, paths, label="Mas", out_dir=tmp_path / "x")
+
+
+@pytest.fixture(scope="module")
+def synth_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A run folder whose bundle is an (untrained) cnn-tiny over a prepared synthetic dataset; and the synth folder."""
+    from chestxray.data.catalog import save_catalog
+    from chestxray.data.prepare import prepare_dataset
+    from chestxray.data.sources import read_nih
+    from chestxray.data.split import assign_splits
+    from chestxray.data.synth import FINDINGS, make_synthetic
+    from chestxray.models import build_model
+    from chestxray.models.bundle import save_bundle
+
+    root = tmp_path_factory.mktemp("explain_cli")
+    synth = make_synthetic(root / "synth", n=12, size=48, seed=0, findings_p=0.5)
+    catalog = assign_splits(read_nih(synth / "labels.csv", synth / "images"), seed=0)
+    save_catalog(catalog, root / "catalog")
+    prepare_dataset(root / "catalog", root / "prepared", size=SIZE, workers=1)
+    torch.manual_seed(0)
+    card = {"architecture": "cnn-tiny", "num_labels": len(catalog.labels), "in_chans": 1, "image_size": SIZE,
+            "resize": "pad", "normalization": "gray", "labels": list(catalog.labels), "task": "multilabel",
+            "prepared": str(root / "prepared")}
+    assert set(FINDINGS) <= set(catalog.labels)
+    save_bundle(root / "run" / "bundle", build_model("cnn-tiny", len(catalog.labels)), card)
+    return root / "run", synth
+
+
+def test_cli_explain_writes_overlays_and_scores(synth_run: tuple[Path, Path]) -> None:
+    from typer.testing import CliRunner
+
+    from chestxray.cli import app
+
+    run, synth = synth_run
+    boxes = pd.read_csv(synth / "boxes.csv")
+    images = sorted(set(boxes["Image Index"]))[:2]
+    args = ["explain", str(run), *(str(synth / "images" / i) for i in images), "--boxes", str(synth / "boxes.csv")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "pointing-game hit rate" in result.output and "ALL" in result.output
+    table = pd.read_csv(run / "explain" / "scores.csv")
+    expected = boxes[boxes["Image Index"].isin(images)][["Image Index", "Finding Label"]].drop_duplicates()
+    assert sorted(zip(table["image_id"], table["label"])) == sorted(map(tuple, expected.to_numpy()))
+    assert table["pointing_hit"].isin([0.0, 1.0]).all() and table["energy_in_box"].between(0, 1).all()
+    assert all(Path(p).exists() and Path(p).parent == run / "explain" for p in table["overlay"])
+
+    split = CliRunner().invoke(app, ["explain", str(run), "--split", "train", "--n", "2", "--method", "ig",
+                                     "--steps", "4", "--boxes", str(synth / "boxes.csv"), "--out", str(run / "ig")])
+    assert split.exit_code == 0, split.output
+    ig = pd.read_csv(run / "ig" / "scores.csv")
+    assert ig["image_id"].nunique() == 2 and set(ig["method"]) == {"ig"} and ig["pointing_hit"].notna().all()
+
+    top = CliRunner().invoke(app, ["explain", str(run / "bundle"), "--split", "train", "--n", "3"])
+    assert top.exit_code == 0, top.output
+    picked = pd.read_csv(run / "explain" / "scores.csv")  # a bundle's default output: next to it, RUN/explain
+    labels = pd.read_csv(synth / "labels.csv").set_index("Image Index")["Finding Labels"]
+    assert len(picked) == 3 and (labels[picked["image_id"]] != "No Finding").all()
+    assert "pointing_hit" not in picked.columns and "no boxes to score" in top.output
+
+    bad = CliRunner().invoke(app, ["explain", str(synth), str(synth / "images" / images[0])])
+    assert bad.exit_code == 1 and "neither a run folder" in bad.output
+
+
+def test_prepare_input_matches_prepare_and_reads_dicom_size(shared_data: Path, tmp_path: Path) -> None:
+    """Explain feeds the model what prepare stores; a DICOM's file size comes from its header (for box mapping)."""
+    from chestxray.data.imaging import load_square
+    from chestxray.explain.explanations import prepare_input
+
+    card = _bundle(BrightNet(), tmp_path).card
+    png = _write_images(tmp_path / "images")[0][0]
+    gray, inputs, file_size = prepare_input(png, card)
+    np.testing.assert_array_equal(gray, load_square(png, SIZE, "pad"))
+    assert inputs.shape == (1, 1, SIZE, SIZE) and file_size == (48, 40)
+    assert inputs.min() >= -1.0 and inputs.max() <= 1.0
+    dicom = next((shared_data / "cxr-dicom-samples").glob("1.2.*.dcm"))
+    gray, _, file_size = prepare_input(dicom, card)
+    assert gray.shape == (SIZE, SIZE) and file_size == (1024, 1024)

@@ -1,0 +1,57 @@
+"""Model registry: every entry builds and trains a step; pretrained/--weights loading adapts the stem; clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chestxray.errors import ModelError
+from chestxray.models import (
+    build_model,
+    get_spec,
+    list_models,
+    model_data_config,
+    register_model,
+)
+
+BIG = {"resnet50", "densenet121", "efficientnet_b0"}
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_runs_forward_and_backward(name: str, in_chans: int) -> None:
+    size = 32 if name in BIG or name == "resnet18" else 64
+    net = build_model(name, num_labels=3, in_chans=in_chans)
+    images = torch.randn(2, in_chans, size, size)
+    logits = net(images)
+    assert logits.shape == (2, 3)
+    logits.square().mean().backward()
+    stem = net.get_submodule(get_spec(name).stem)
+    head = net.get_submodule(get_spec(name).head)
+    assert stem.weight.shape[1] == in_chans
+    assert stem.weight.grad is not None and stem.weight.grad.abs().sum() > 0
+    assert head.weight.grad is not None and head.out_features == 3
+
+
+def test_data_config_follows_channels() -> None:
+    assert model_data_config("densenet121") == {"in_chans": 1, "normalization": "gray", "image_size": 224}
+    assert model_data_config("cnn-small", in_chans=3)["normalization"] == "imagenet"
+    with pytest.raises(ModelError, match="in_chans must be 1"):
+        model_data_config("cnn-small", in_chans=2)
+
+
+def test_unknown_and_duplicate_names() -> None:
+    with pytest.raises(ModelError, match=r"unknown model 'densenet12' \(did you mean 'densenet121'\?\).*resnet18"):
+        build_model("densenet12", num_labels=2)
+    with pytest.raises(ModelError, match="already registered"):
+        register_model("resnet18", image_size=8, stem="a", head="b", blocks=())(lambda n, c: torch.nn.Identity())
+
+
+def test_every_model_names_a_gradcam_layer_outside_its_weights() -> None:
+    from chestxray.models import build_model, list_models
+
+    for name in list_models():
+        net = build_model(name, num_labels=2)
+        layer = net.get_submodule(net.gradcam_layer)
+        assert any(m is layer for m in net.modules()), name
+        assert not any(k.startswith("gradcam") for k in net.state_dict()), name

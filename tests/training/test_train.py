@@ -1,0 +1,85 @@
+"""Training: LightningModule wiring (loss, metric), freezing, config errors, real short runs (synthetic, Kaggle)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from chestxray.errors import ConfigError
+from chestxray.models.bundle import load_bundle
+from chestxray.training.callbacks import METRIC_COLUMNS
+from chestxray.training.config import resolve_config
+from chestxray.training.train import train
+
+
+def test_synthetic_two_epochs_learn_and_fill_run_folder(tmp_path: Path, synthetic_prepared: Path) -> None:
+    config = resolve_config(prepared=str(synthetic_prepared), model="cnn-small", epochs=2, batch_size=8, lr=3e-3,
+                            augment="none", num_workers=0, mlflow=False, progress=False, out=str(tmp_path / "run"))
+    result = train(config)
+    assert result.best_val_auroc > 0.9, result
+    run = tmp_path / "run"
+    for name in ("config.yaml", "run.json", "metrics.csv", "history.csv", "checkpoints/best.ckpt",
+                 "checkpoints/last.ckpt", "bundle/card.json", "bundle/model.safetensors"):
+        assert (run / name).is_file(), name
+    assert yaml.safe_load((run / "config.yaml").read_text()) == config.to_dict() | {"out": str(run)}
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics.columns) == METRIC_COLUMNS
+    assert metrics["train_loss"].notna().sum() == result.steps and metrics["val_auroc"].notna().sum() == 2
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == [0, 1] and history["val_auroc"].max() == pytest.approx(result.best_val_auroc)
+    manifest = json.loads((synthetic_prepared / "manifest.json").read_text())
+    bundle = load_bundle(run)
+    card = bundle.card
+    assert card["prepared"] == str(synthetic_prepared.resolve()) and card["data_fingerprint"] == manifest["fingerprint"]
+    assert (card["image_size"], card["normalization"], card["in_chans"], card["seed"]) == (32, "gray", 1, 0)
+    assert card["labels"] == manifest["labels"] and card["task"] == manifest["task"]
+    with pytest.raises(ConfigError, match="will not be overwritten.*--resume .*another --out.*delete"):
+        train(config)
+
+
+def test_cli_train_yaml_flags_and_mlflow(tmp_path: Path, synthetic_prepared: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from chestxray.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    (tmp_path / "cfg.yaml").write_text("model: cnn-tiny\nepochs: 5\nbatch_size: 16\nnum_workers: 0\nmax_steps: 30\n"
+                                       "loss: focal\npos_weight: true\nscheduler: plateau\n")
+    result = CliRunner().invoke(app, ["train", str(synthetic_prepared), "-c", "cfg.yaml", "--epochs", "1",
+                                      "--out", "runs/r1", "--no-progress", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "runs/r1" in result.output
+    saved = yaml.safe_load((tmp_path / "runs/r1/config.yaml").read_text())
+    assert (saved["model"], saved["epochs"], saved["max_steps"], saved["seed"], saved["loss"]) == \
+        ("cnn-tiny", 1, 30, 3, "focal")
+    run_info = json.loads((tmp_path / "runs/r1/run.json").read_text())
+    store = tmp_path / "mlruns"
+    run_dirs = [p for p in store.glob("*/*") if (p / "meta.yaml").is_file() and p.name == run_info["mlflow_run_id"]]
+    assert len(run_dirs) == 1
+    mlrun = run_dirs[0]
+    assert (mlrun / "params" / "lr").read_text() == "0.0001"
+    assert (mlrun / "metrics" / "train_loss_step").is_file() and (mlrun / "metrics" / "val_auroc").is_file()
+    for artifact in ("config.yaml", "metrics.csv", "history.csv", "bundle/card.json", "bundle/model.safetensors"):
+        assert (mlrun / "artifacts" / artifact).is_file(), artifact
+    assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ  # the file-store opt-in lasts only while training runs
+
+
+def test_kaggle_real_images_beat_chance(tmp_path: Path, shared_data: Path) -> None:
+    from chestxray.data.prepare import prepare_dataset
+    from chestxray.data.sources import read_folder
+    from chestxray.data.split import assign_splits
+
+    catalog = assign_splits(read_folder(shared_data / "kaggle-chest-xray-pneumonia"), (0.7, 0.15, 0.15), seed=0)
+    prepare_dataset(catalog, tmp_path / "prep", size=64, workers=2)
+    config = resolve_config(prepared=str(tmp_path / "prep"), model="cnn-small", epochs=2, batch_size=16, lr=2e-3,
+                            augment="minimal", num_workers=0, mlflow=False, progress=False,
+                            out=str(tmp_path / "run"))
+    result = train(config)
+    print(f"kaggle 64 px cnn-small 2 epochs: best val AUROC {result.best_val_auroc:.4f}")
+    assert result.best_val_auroc > 0.8
