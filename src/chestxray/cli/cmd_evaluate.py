@@ -114,15 +114,17 @@ def predict(
     bundle: Path = typer.Argument(..., help="Model bundle folder (or a run folder holding bundle/)."),
     images: list[Path] = typer.Argument(..., help="Image files."),
     out: Path = typer.Option(None, "--out", "-o", help="CSV to write (one row per image)."),
-    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, hflip or crop."),
+    tta: str = typer.Option(None, "--tta", help="Test-time augmentation: none, hflip or crop (default: the mode "
+                            "the stored thresholds were chosen with; a different one is refused)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
 ) -> None:
-    from chestxray.evaluation.thresholds import apply_thresholds
+    from chestxray.evaluation.thresholds import apply_thresholds, threshold_tta
     from chestxray.files import write_csv
     from chestxray.inference.predict import as_bundle, predict_images
 
     model = as_bundle(bundle)
     labels = list(model.labels)
+    tta = threshold_tta(model.card, tta)
     frame = predict_images(model, images, batch_size=batch_size, tta=tta)
     thresholds = model.thresholds
     if thresholds:
@@ -131,7 +133,8 @@ def predict(
         err_console.print("[yellow]warning:[/] the bundle has no thresholds yet (run 'chestxray evaluate RUN'); "
                           "showing probabilities only", highlight=False)
     title = f"{model.card['architecture']}: probabilities" + (
-        f"; bold red + = positive at the stored threshold ({model.card.get('threshold_method')})" if thresholds else "")
+        f"; bold red + = positive at the stored threshold ({model.card.get('threshold_method')}, tta {tta})"
+        if thresholds else "")
     ok, bad = frame[frame["status"] == "ok"], frame[frame["status"] != "ok"]
     if not ok.empty:
         console.print(_predictions_table(ok, labels, thresholds, title))

@@ -100,13 +100,35 @@ def thresholds_from_frame(
     return choose_thresholds(frame[list(labels)].to_numpy(), frame[[f"p_{x}" for x in labels]].to_numpy(), labels, method)
 
 
-def store_thresholds(bundle_dir: str | Path, thresholds: dict[str, float], method: str | ThresholdMethod) -> dict[str, Any]:
-    """Write thresholds and threshold_method ('<method> on val') into the bundle card; returns the new card."""
+def store_thresholds(
+    bundle_dir: str | Path, thresholds: dict[str, float], method: str | ThresholdMethod, tta: str = "none"
+) -> dict[str, Any]:
+    """Write thresholds, threshold_method ('<method> on val') and threshold_tta (the test-time augmentation the
+    validation scores were made with) into the bundle card; returns the new card."""
     return update_card(
         bundle_dir,
         thresholds={k: float(v) for k, v in thresholds.items()},
         threshold_method=f"{parse_method(method)} on val",
+        threshold_tta=tta,
     )
+
+
+def threshold_tta(card: dict[str, Any], requested: str | None = None) -> str:
+    """The test-time augmentation to score with when the card's thresholds will be applied.
+
+    Thresholds fit the scores they were chosen on: with stored thresholds, no request means the stored mode
+    and a different request is refused (ConfigError). Without thresholds, the request (default 'none').
+    """
+    if not card.get("thresholds"):
+        return requested or "none"
+    stored = card.get("threshold_tta", "none")
+    if requested is not None and requested != stored:
+        raise ConfigError(
+            f"the bundle's thresholds were chosen on validation scores made with --tta {stored}; scoring with "
+            f"--tta {requested} would apply them to differently distributed scores. Use --tta {stored} (or leave "
+            f"--tta out), or re-choose them: chestxray evaluate RUN --tta {requested}"
+        )
+    return stored
 
 
 def apply_thresholds(frame: pd.DataFrame, labels: Sequence[str], thresholds: dict[str, float]) -> pd.DataFrame:
