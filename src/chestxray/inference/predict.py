@@ -3,7 +3,8 @@
 Preprocessing is read from the bundle card (image_size, resize, in_chans, normalization), never remembered:
 files go through load_model_input (chestxray.data.imaging.load_square, the one decode+resize prepare uses) and
 normalize_for_model (chestxray.data.augment.normalize); chestxray.explain.explanations uses the same two. Outputs are sigmoid
-probabilities in columns p_<label>.
+probabilities in columns p_<label> (softmax over the classes for a multiclass bundle, plus the argmax class in
+column `predicted_class` for image files).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from chestxray.data.tasks import is_multiclass, probabilities
 from chestxray.errors import ConfigError, DataError, ModelError
 from chestxray.models.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
 
 TTA_MODES = ("none", "hflip", "crop")
+PREDICTED_CLASS = "predicted_class"  # multiclass: the argmax class of each image
 CROP_FRACTION = 0.875  # "crop" TTA: side of the four corner crops and the centre crop, relative to the image
 
 
@@ -80,10 +83,12 @@ def _views(images: torch.Tensor, tta: str) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def predict_probs(net: torch.nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """Sigmoid probabilities (B, L) for normalised images (B, C, H, W), averaged over the TTA views."""
+def predict_probs(net: torch.nn.Module, images: torch.Tensor, tta: str = "none",
+                  task: str | None = None) -> torch.Tensor:
+    """Probabilities (B, L) for normalised images (B, C, H, W), averaged over the TTA views: sigmoid per label, or
+    softmax over the classes when task is 'multiclass' (read it from the bundle card)."""
     _check_tta(tta)
-    probs = [torch.sigmoid(net(view).float()) for view in _views(images, tta)]
+    probs = [probabilities(net(view).float(), task) for view in _views(images, tta)]
     return torch.stack(probs).mean(0)
 
 
@@ -134,7 +139,8 @@ def predict_split(
     truth: list[np.ndarray] = []
     scores: list[np.ndarray] = []
     for batch in dm.split_dataloader(split):
-        scores.append(predict_probs(net, batch["image"].to(dev, non_blocking=True), tta).cpu().numpy())
+        scores.append(predict_probs(net, batch["image"].to(dev, non_blocking=True), tta,
+                                    model.card.get("task")).cpu().numpy())
         truth.append(batch["labels"].numpy())
         ids.extend(batch["image_id"])
         patients.extend(batch["patient_id"])
@@ -160,7 +166,8 @@ def predict_images(
     """Scores for image files (PNG/JPEG/DICOM), preprocessed as the bundle card says.
 
     Returns one row per path, in order: path, image_id (file stem), status ('ok' or 'quarantined'),
-    reason (why a file could not be used, else ''), and p_<label> (empty for quarantined files).
+    reason (why a file could not be used, else ''), and p_<label> (empty for quarantined files); a multiclass bundle
+    adds predicted_class (argmax; thresholds do not apply).
     """
     _check_tta(tta)
     model = as_bundle(bundle)
@@ -188,10 +195,19 @@ def predict_images(
         for start in range(0, len(pixels), batch_size):
             batch = torch.from_numpy(np.stack(pixels[start : start + batch_size])).unsqueeze(1)
             inputs = normalize_for_model(batch, card).to(dev)
-            chunks.append(predict_probs(net, inputs, tta).cpu().numpy())
+            chunks.append(predict_probs(net, inputs, tta, card.get("task")).cpu().numpy())
         probs = np.concatenate(chunks)
     frame = pd.DataFrame(rows, columns=["path", "image_id", "status", "reason"])
     scores = np.full((len(rows), len(labels)), np.nan)
     scores[(frame["status"] == "ok").to_numpy()] = probs
     frame[score_columns(labels)] = scores
+    if is_multiclass(card.get("task")):
+        frame[PREDICTED_CLASS] = predicted_classes(scores, labels)
     return frame
+
+
+def predicted_classes(scores: np.ndarray, labels: Sequence[str]) -> list[str]:
+    """The argmax class name per row of (N, K) probabilities ('' for a row of NaN, e.g. a quarantined file)."""
+    ok = ~np.isnan(scores).any(1)
+    best = np.argmax(np.where(np.isnan(scores), -np.inf, scores), axis=1)
+    return [labels[int(k)] if good else "" for k, good in zip(best, ok)]
