@@ -1,4 +1,4 @@
-"""Explanations: expert boxes, localisation scores, Grad-CAM / IG via Captum, overlays, explain_images and the CLI."""
+"""explain_images and the CLI: Grad-CAM on a trained tiny CNN points at the blob, overlays, scores, DICOM sizes."""
 
 from __future__ import annotations
 

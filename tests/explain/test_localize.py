@@ -1,4 +1,4 @@
-"""Explanations: expert boxes, localisation scores, Grad-CAM / IG via Captum, overlays, explain_images and the CLI."""
+"""Localisation: expert boxes (NIH, synthetic), box geometry under pad/crop, pointing game, IoU, energy in box."""
 
 from __future__ import annotations
 
