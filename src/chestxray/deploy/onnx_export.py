@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from chestxray.data.tasks import probabilities
 from chestxray.errors import ModelError
 from chestxray.files import atomic_path
 from chestxray.inference.predict import as_bundle, normalize_for_model
@@ -29,20 +30,20 @@ PREPROCESSING_KEY = "preprocessing"
 
 
 class _Deployed(torch.nn.Module):
-    """uint8 (B, 1, S, S) → sigmoid probabilities (B, L), normalising as the card says (x * scale + shift)."""
+    """uint8 (B, 1, S, S) → probabilities (B, L), normalising as the card says (x * scale + shift), then sigmoid
+    (softmax for a multiclass card)."""
 
     def __init__(self, bundle: Bundle) -> None:
         super().__init__()
-        size = int(bundle.card["image_size"])
         zero = normalize_for_model(torch.zeros(1, 1, 1, 1, dtype=torch.uint8), bundle.card)
         one = normalize_for_model(torch.ones(1, 1, 1, 1, dtype=torch.uint8), bundle.card)
         self.register_buffer("shift", zero.reshape(1, -1, 1, 1).clone())
         self.register_buffer("scale", (one - zero).reshape(1, -1, 1, 1).clone())
         self.net = bundle.net.eval()
-        self.size = size
+        self.task = bundle.card.get("task")
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(pixels.float() * self.scale + self.shift))
+        return probabilities(self.net(pixels.float() * self.scale + self.shift), self.task)
 
 
 def preprocessing_text(card: dict) -> str:
@@ -50,7 +51,8 @@ def preprocessing_text(card: dict) -> str:
     return (f"decode to 8-bit grayscale, resize to {card['image_size']}x{card['image_size']} "
             f"({card.get('resize', 'pad')}: chestxray.data.imaging.load_square), feed uint8 "
             f"({INPUT}: batch x 1 x {card['image_size']} x {card['image_size']}); normalisation "
-            f"'{card['normalization']}' to {card['in_chans']} channel(s) and the sigmoid are inside the graph")
+            f"'{card['normalization']}' to {card['in_chans']} channel(s) and the "
+            f"{'softmax' if card.get('task') == 'multiclass' else 'sigmoid'} are inside the graph")
 
 
 def _to_proto(wrapper: torch.nn.Module, example: torch.Tensor, opset: int, dynamo: bool):

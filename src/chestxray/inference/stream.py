@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from chestxray.data.tasks import is_multiclass
 from chestxray.errors import ConfigError, DataError
 from chestxray.inference.inputs import check_input_file
 
 log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ["path", "image_id", "status", "reason"]
+PREDICTED_CLASS = "predicted_class"  # multiclass: the argmax class of each image
 
 
 @dataclass
@@ -81,7 +83,17 @@ def iter_predictions(scorer: Scorer, paths: Sequence[Path], batch_size: int = 32
             for path, (px, reason) in zip(chunk, decoded):
                 if px is None:
                     log.info("quarantined %s: %s", path, reason)
-            yield pd.concat([frame, pd.DataFrame(scores, columns=columns)], axis=1)
+            frame = pd.concat([frame, pd.DataFrame(scores, columns=columns)], axis=1)
+            if is_multiclass(card.get("task")):
+                frame[PREDICTED_CLASS] = predicted_classes(scores, scorer.labels)
+            yield frame
+
+
+def predicted_classes(scores: np.ndarray, labels: Sequence[str]) -> list[str]:
+    """The argmax class name per row of (N, K) probabilities ('' for a row of NaN, e.g. a quarantined file)."""
+    ok = ~np.isnan(scores).any(1)
+    best = np.argmax(np.where(np.isnan(scores), -np.inf, scores), axis=1)
+    return [labels[int(k)] if good else "" for k, good in zip(best, ok)]
 
 
 def problem_rows(problems: Sequence[tuple[str, str]], labels: Sequence[str]) -> pd.DataFrame:
