@@ -49,7 +49,7 @@ def test_input_file_messages_speak_of_input_files_not_catalog_rows(tree: Path) -
     with pytest.raises(DataError, match="missing.png: input file not found; check the path") as info:
         check_input_file(tree / "missing.png")
     assert "catalog" not in str(info.value)
-    with pytest.raises(DataError, match="is a folder; pass the folder itself"):
+    with pytest.raises(DataError, match="is a folder, not an image file; pass the folder itself"):
         check_input_file(tree / "a")
     (tree / "zero.png").write_bytes(b"")
     with pytest.raises(DataError, match="empty input file"):

@@ -73,7 +73,7 @@ def _to_proto(wrapper: torch.nn.Module, example: torch.Tensor, opset: int, dynam
         return program.model_proto
     buffer = io.BytesIO()
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX")
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its deprecation
         torch.onnx.export(wrapper, (example,), buffer, dynamo=False, opset_version=opset, input_names=[INPUT],
                           output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
     return onnx.load_from_string(buffer.getvalue())

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chestxray.data.imaging import check_readable
 from chestxray.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -117,15 +118,5 @@ def expand_inputs(args: Iterable[str | Path]) -> Inputs:
 
 def check_input_file(path: Path) -> None:
     """Raise DataError for a missing, folder, empty or unreadable input file, in words for loose files (no catalog)."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise DataError(f"{path}: input file not found; check the path") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the input file ({exc.strerror or exc}); check the path") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise DataError(f"{path}: is a folder; pass the folder itself to predict it recursively")
-    if st.st_size == 0:
-        raise DataError(f"{path}: empty input file (0 bytes); re-copy or re-export it")
-    if not os.access(path, os.R_OK):
-        raise DataError(f"{path}: cannot read the input file (permission denied); fix the file permissions")
+    check_readable(path, noun="input file", fix_missing="check the path",
+                   fix_folder="pass the folder itself to predict it recursively")
