@@ -1,4 +1,4 @@
-"""Training: LightningModule wiring (loss, metric), freezing, config errors, real short runs (synthetic, Kaggle)."""
+"""train(): real short runs (synthetic, Kaggle), the run folder, YAML + flags, MLflow."""
 
 from __future__ import annotations
 

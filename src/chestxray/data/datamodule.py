@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from chestxray.data.augment import build_augment, normalize
 from chestxray.data.shards import iter_shard, read_manifest, shard_urls
+from chestxray.data.tasks import is_multiclass
 from chestxray.errors import DataError
 
 
@@ -222,11 +223,14 @@ class ChestXrayDataModule(L.LightningDataModule):
         build_augment(augment, self.image_size, seed)
 
     def pos_weight(self) -> torch.Tensor:
-        """(L,) negatives / positives per label in train (positives floored at 1), for BCEWithLogitsLoss."""
+        """(L,) negatives / positives per label in train (positives floored at 1), for BCEWithLogitsLoss; for a
+        multiclass task the class weights N / (K * n_class) of the cross-entropy (1 for every class when balanced)."""
         train = self.manifest["splits"].get("train")
         if not train or not train["count"]:
             raise DataError(f"{self.prepared}: no training images; pos_weight needs a train split")
         pos = torch.tensor(train["positives"], dtype=torch.float32)
+        if is_multiclass(self.task):
+            return train["count"] / (len(pos) * pos.clamp(min=1.0))
         return (train["count"] - pos) / pos.clamp(min=1.0)
 
     def _ranks(self) -> tuple[int, int]:

@@ -65,7 +65,7 @@ def load_gray(path: str | Path, target: int | None = None, max_pixels: int | Non
 
 def _decode(path: Path, target: int | None, max_pixels: int | None) -> tuple[np.ndarray, tuple[int, int]]:
     """(pixels, full-resolution (H, W) after orientation): pixels may be smaller than (H, W) in JPEG draft mode."""
-    _check_readable(path)
+    check_readable(path)
     _test_hook(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         arr = _load_dicom(path, max_pixels)
@@ -164,20 +164,22 @@ def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=interp)
 
 
-def _check_readable(path: Path) -> None:
-    """Raise DataError for a missing, folder, empty or unreadable path (one stat call)."""
+def check_readable(path: Path, noun: str = "file", fix_missing: str = "fix the path in the catalog or remove the row",
+                   fix_folder: str = "point the catalog row at a file inside it") -> None:
+    """Raise DataError for a missing, folder, empty or unreadable path (one stat call); the wording of the
+    defaults suits catalog rows, callers without a catalog (predict) pass their own."""
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found; fix the path in the catalog or remove the row") from None
+        raise DataError(f"{path}: {noun} not found; {fix_missing}") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc}); check the path and permissions") from None
+        raise DataError(f"{path}: cannot read the {noun} ({exc.strerror or exc}); check the path and permissions") from None
     if stat.S_ISDIR(st.st_mode):
-        raise DataError(f"{path}: is a folder, not an image file; point the catalog row at a file inside it")
+        raise DataError(f"{path}: is a folder, not an image file; {fix_folder}")
     if st.st_size == 0:
-        raise DataError(f"{path}: empty file (0 bytes); re-copy or re-export it")
+        raise DataError(f"{path}: empty {noun} (0 bytes); re-copy or re-export it")
     if not os.access(path, os.R_OK):
-        raise DataError(f"{path}: cannot read (permission denied); fix the file permissions")
+        raise DataError(f"{path}: cannot read the {noun} (permission denied); fix the file permissions")
 
 
 def _read_head(path: Path) -> bytes:
@@ -256,8 +258,8 @@ def _load_pillow(path: Path, target: int | None, max_pixels: int | None) -> tupl
     except UnidentifiedImageError:
         with open(path, "rb") as fh:
             head = fh.read(8)
-        raise DataError(f"{path}: not an image (unrecognised format, starts with {head!r}); remove it or fix the "
-                        "catalog") from None
+        raise DataError(f"{path}: not an image (unrecognised format, starts with {head!r}); remove it or "
+                        "replace it with a PNG, JPEG or DICOM file") from None
     except Image.DecompressionBombError as exc:
         raise DataError(f"{path}: image too large to decode safely ({exc}); remove it") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError,

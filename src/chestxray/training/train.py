@@ -259,7 +259,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                              pos_weight=data.pos_weight().tolist() if config.pos_weight else None,
                              scheduler=config.scheduler, warmup_fraction=config.warmup_fraction,
                              monitor=config.monitor, patience=config.patience, channels_last=config.channels_last,
-                             total_steps=total_steps)
+                             total_steps=total_steps, task=data.task)
     if trainer.is_global_zero:
         _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"],
                                            "precision": precision}, run_info, mlflow_logger)
