@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from chestxray.errors import ConfigError
+from chestxray.inference.stream import threshold_tta
 from chestxray.evaluation.thresholds import (
     FALLBACK,
     apply_thresholds,
@@ -14,7 +15,6 @@ from chestxray.evaluation.thresholds import (
     choose_thresholds,
     parse_method,
     store_thresholds,
-    threshold_tta,
 )
 from chestxray.models import build_model
 from chestxray.models.bundle import read_card, save_bundle

@@ -19,6 +19,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from chestxray.errors import ConfigError
 from chestxray.evaluation.metrics import check_arrays, undefined_reason
+from chestxray.inference.outputs import add_decisions
 from chestxray.models.bundle import update_card
 
 log = logging.getLogger(__name__)
@@ -113,30 +114,6 @@ def store_thresholds(
     )
 
 
-def threshold_tta(card: dict[str, Any], requested: str | None = None) -> str:
-    """The test-time augmentation to score with when the card's thresholds will be applied.
-
-    Thresholds fit the scores they were chosen on: with stored thresholds, no request means the stored mode
-    and a different request is refused (ConfigError). Without thresholds, the request (default 'none').
-    """
-    if not card.get("thresholds"):
-        return requested or "none"
-    stored = card.get("threshold_tta", "none")
-    if requested is not None and requested != stored:
-        raise ConfigError(
-            f"the bundle's thresholds were chosen on validation scores made with --tta {stored}; scoring with "
-            f"--tta {requested} would apply them to differently distributed scores. Use --tta {stored} (or leave "
-            f"--tta out), or re-choose them: chestxray evaluate RUN --tta {requested}"
-        )
-    return stored
-
-
 def apply_thresholds(frame: pd.DataFrame, labels: Sequence[str], thresholds: dict[str, float]) -> pd.DataFrame:
     """Add a 0/1 column pred_<label> per label (p_<label> >= threshold) to a copy of a predictions frame."""
-    missing = [x for x in labels if x not in thresholds]
-    if missing:
-        raise ConfigError(f"no threshold stored for {missing}; run `chestxray evaluate RUN` to choose them on val")
-    out = frame.copy()
-    for name in labels:
-        out[f"pred_{name}"] = (out[f"p_{name}"] >= thresholds[name]).astype("Int8").where(out[f"p_{name}"].notna())
-    return out
+    return add_decisions(frame, labels, thresholds)
