@@ -33,6 +33,7 @@ from chestxray.training.callbacks import (
     RngState,
 )
 from chestxray.training.config import TrainConfig, config_yaml, validate_config
+from chestxray.training.precision import choose_precision
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,8 @@ class TrainResult:
 
 
 def auto_precision(config: TrainConfig) -> str:
-    """bf16-mixed on a GPU that supports it, else 16-mixed on GPU, 32-true on CPU (unless set explicitly)."""
-    if config.precision != "auto":
-        return config.precision
-    if config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+    """The precision a run uses: config.precision, or for 'auto' the choice of chestxray.training.precision."""
+    return choose_precision(config.precision, config.accelerator).precision
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -210,8 +207,10 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                       weights=config.weights)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    precision = auto_precision(config)
-    fields = _data_fields(config, data, data_cfg)
+    choice = choose_precision(config.precision, config.accelerator)
+    precision = choice.precision
+    log.info("precision %s (%s)", precision, choice.reason)
+    fields = {**_data_fields(config, data, data_cfg), "precision": precision, "precision_reason": choice.reason}
 
     run_info: dict[str, Any] = {}
     if resume and (run_dir / RUN_FILE).is_file():
@@ -250,8 +249,8 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                              monitor=config.monitor, patience=config.patience, channels_last=config.channels_last,
                              total_steps=total_steps)
     if trainer.is_global_zero:
-        _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"],
-                                           "precision": precision}, run_info, mlflow_logger)
+        _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"]}, run_info,
+                         mlflow_logger)
 
     start = time.perf_counter()
     last = run_dir / "checkpoints" / "last.ckpt"
