@@ -1,8 +1,7 @@
-"""Training: LightningModule wiring (loss, metric), freezing, config errors, real short runs (synthetic, Kaggle)."""
+"""The LightningModule: focal loss, warm-up + cosine schedule, validation AUROC over labels with both classes."""
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -11,21 +10,7 @@ from torch.utils.data import DataLoader
 
 from chestxray.models import build_model
 from chestxray.training.module import ChestXrayModule, focal_loss, warmup_cosine
-
-
-def _batches(n: int, labels: torch.Tensor, size: int = 16, batch: int = 4, seed: int = 0) -> list[dict]:
-    """Batches in the DataModule's dict layout (image, labels, image_id, patient_id)."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(n, 1, size, size, generator=g)
-    return [{"image": images[i:i + batch], "labels": labels[i:i + batch].float(),
-             "image_id": [f"im{j}" for j in range(i, min(n, i + batch))],
-             "patient_id": [f"p{j}" for j in range(i, min(n, i + batch))]} for i in range(0, n, batch)]
-
-
-def _trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, **kwargs)
-
+from tests.training.helpers import batches, quiet_trainer
 
 # ------------------------------------------------------------------ module wiring
 
@@ -49,10 +34,10 @@ def test_val_auroc_skips_labels_without_both_classes() -> None:
     labels[:, 1] = torch.from_numpy(rng.integers(0, 2, 24).astype(np.float32))
     labels[:, 2] = 1.0  # no negatives
     module = ChestXrayModule(build_model("cnn-tiny", 3), ["a", "b", "c"])
-    out = _trainer().validate(module, dataloaders=DataLoader(_batches(24, labels), batch_size=None), verbose=False)
+    out = quiet_trainer().validate(module, dataloaders=DataLoader(batches(24, labels), batch_size=None), verbose=False)
     module.eval()
     with torch.no_grad():
-        probs = torch.cat([torch.sigmoid(module(b["image"])) for b in _batches(24, labels)])
+        probs = torch.cat([torch.sigmoid(module(b["image"])) for b in batches(24, labels)])
     expected = roc_auc_score(labels[:, 1].numpy(), probs[:, 1].numpy())
     assert out[0]["val_auroc"] == pytest.approx(expected, abs=1e-5)
     assert "val_auroc_b" in out[0] and "val_auroc_a" not in out[0]
