@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, fmt, friendly
+from chestxray.cli.common import console, err_console, fmt, friendly
 
 
 def _metrics_table(result: Any) -> Any:
