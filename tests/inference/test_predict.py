@@ -109,3 +109,15 @@ def test_prepared_data_must_match_the_bundle(setup, tmp_path: Path) -> None:
         "normalization": "gray", "labels": list(NIH14)})
     with pytest.raises(ModelError, match="prepare the data with --size 64"):
         predict_split(other, prepared, "test")
+
+
+def test_single_file_path_refuses_a_decompression_bomb_from_its_header(tmp_path):
+    """predict (and any serve-style caller of load_model_input) gets the same pixel limit as prepare."""
+    from chestxray.data.synth import write_png_bomb
+    from chestxray.errors import DataError
+    from chestxray.inference.predict import load_model_input
+
+    bomb = write_png_bomb(tmp_path / "upload.png", 20_000, 10_000)
+    with pytest.raises(DataError, match=r"upload.png: image too large: 20000 × 10000 px = 200 megapixels, above the "
+                                        r"limit of 100 megapixels"):
+        load_model_input(bomb, {"image_size": 32, "resize": "pad"})
