@@ -31,6 +31,24 @@ def _metrics_table(result: Any) -> Any:
     return table
 
 
+def _ci(iv: Any) -> str:
+    """'0.812 [0.770, 0.850]' for a value with its CI."""
+    return fmt(iv.value) + (f" [{iv.low:.3f}, {iv.high:.3f}]" if iv.low is not None else "")
+
+
+def _confusion_table(mc: Any) -> Any:
+    """The K x K confusion matrix of a multi-class task (argmax decision)."""
+    from rich.table import Table
+
+    table = Table(title="confusion: rows true, columns predicted (argmax)", header_style="bold")
+    table.add_column("true \\ pred")
+    for name in mc.classes:
+        table.add_column(name, justify="right", overflow="fold")
+    for name, row in zip(mc.classes, mc.confusion.tolist(), strict=True):
+        table.add_row(name, *map(str, row))
+    return table
+
+
 PREDICT_COLUMNS_MAX = 8  # up to this many images: one column per image; more: one row per image
 
 
@@ -40,6 +58,8 @@ def _predictions_table(ok: Any, labels: list[str], thresholds: dict[str, float] 
 
     def cell(row: Any, name: str) -> str:
         p = row[f"p_{name}"]
+        if row.get("predicted_class") == name:  # multiclass: the argmax class
+            return f"[bold red]{p:.2f} <[/]"
         return f"[bold red]{p:.2f} +[/]" if thresholds and row.get(f"pred_{name}") == 1 else f"{p:.2f}"
 
     table = Table(title=title, header_style="bold")
@@ -57,7 +77,9 @@ def _predictions_table(ok: Any, labels: list[str], thresholds: dict[str, float] 
     table.add_column("image", overflow="fold")
     table.add_column("positive findings" if thresholds else "top findings", overflow="fold")
     for _, row in ok.iterrows():
-        if thresholds:
+        if "predicted_class" in row:
+            text = f"{row['predicted_class']} {max(row[f'p_{n}'] for n in labels):.2f}"
+        elif thresholds:
             hits = [f"{n} {row[f'p_{n}']:.2f}" for n in labels if row.get(f"pred_{n}") == 1]
             text = ", ".join(hits) or "none (normal)"
         else:
@@ -88,6 +110,11 @@ def evaluate(
         result = evaluate_run(run, split=split, tta=tta, threshold_method=threshold_method, batch_size=batch_size,
                               n_boot=n_boot, seed=seed, prepared=prepared)
     console.print(_metrics_table(result))
+    mc = result.multiclass
+    if mc is not None:
+        console.print(_confusion_table(mc))
+        console.print(f"multi-class: predicted class = argmax, thresholds do not apply; accuracy {_ci(mc.accuracy)}, "
+                      f"balanced accuracy {_ci(mc.balanced_accuracy)}", highlight=False, soft_wrap=True)
     console.print(f"macro AUROC {fmt(result.macro_auroc)} on {result.summary.n_images} {split} images; "
                   f"outputs in {result.eval_dir}", highlight=False, soft_wrap=True)
 
@@ -124,14 +151,16 @@ def predict(
     model = as_bundle(bundle)
     labels = list(model.labels)
     frame = predict_images(model, images, batch_size=batch_size, tta=tta)
-    thresholds = model.thresholds
+    multiclass = "predicted_class" in frame
+    thresholds = None if multiclass else model.thresholds
     if thresholds:
         frame = apply_thresholds(frame, labels, thresholds)
-    else:
+    elif not multiclass:
         err_console.print("[yellow]warning:[/] the bundle has no thresholds yet (run 'chestxray evaluate RUN'); "
                           "showing probabilities only", highlight=False)
     title = f"{model.card['architecture']}: probabilities" + (
-        f"; bold red + = positive at the stored threshold ({model.card.get('threshold_method')})" if thresholds else "")
+        f"; bold red + = positive at the stored threshold ({model.card.get('threshold_method')})" if thresholds else
+        "; bold red < = predicted class (argmax; thresholds do not apply)" if multiclass else "")
     ok, bad = frame[frame["status"] == "ok"], frame[frame["status"] != "ok"]
     if not ok.empty:
         console.print(_predictions_table(ok, labels, thresholds, title))
