@@ -19,6 +19,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from chestxray.errors import ConfigError
 from chestxray.evaluation.metrics import check_arrays, undefined_reason
+from chestxray.inference.outputs import add_decisions
 from chestxray.models.bundle import update_card
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,4 @@ def store_thresholds(bundle_dir: str | Path, thresholds: dict[str, float], metho
 
 def apply_thresholds(frame: pd.DataFrame, labels: Sequence[str], thresholds: dict[str, float]) -> pd.DataFrame:
     """Add a 0/1 column pred_<label> per label (p_<label> >= threshold) to a copy of a predictions frame."""
-    missing = [x for x in labels if x not in thresholds]
-    if missing:
-        raise ConfigError(f"no threshold stored for {missing}; run `chestxray evaluate RUN` to choose them on val")
-    out = frame.copy()
-    for name in labels:
-        out[f"pred_{name}"] = (out[f"p_{name}"] >= thresholds[name]).astype("Int8").where(out[f"p_{name}"].notna())
-    return out
+    return add_decisions(frame, labels, thresholds)

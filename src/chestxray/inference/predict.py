@@ -20,13 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from chestxray.data.tasks import is_multiclass, probabilities
-from chestxray.errors import ConfigError, DataError, ModelError
+from chestxray.errors import ConfigError, ModelError
+from chestxray.inference.stream import PREDICTED_CLASS, predicted_classes  # noqa: F401 (public here too)
+from chestxray.inference.stream import ROW_COLUMNS, Scorer, iter_predictions
 from chestxray.models.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
 
 TTA_MODES = ("none", "hflip", "crop")
-PREDICTED_CLASS = "predicted_class"  # multiclass: the argmax class of each image
 CROP_FRACTION = 0.875  # "crop" TTA: side of the four corner crops and the centre crop, relative to the image
 
 
@@ -156,6 +157,20 @@ def _frame(ids: list[str], patients: list[str], labels: list[str], truth: np.nda
     return frame
 
 
+def torch_scorer(bundle: Bundle | str | Path, tta: str = "none", device: str | torch.device | None = None) -> Scorer:
+    """A Scorer running a bundle's network on uint8 pixels (B, S, S): card normalisation, TTA, sigmoid."""
+    _check_tta(tta)
+    model = as_bundle(bundle)
+    card, dev = model.card, resolve_device(device)
+    net = model.net.to(dev).eval()
+
+    def score(pixels: np.ndarray) -> np.ndarray:
+        inputs = normalize_for_model(torch.from_numpy(pixels).unsqueeze(1), card).to(dev)
+        return predict_probs(net, inputs, tta, card.get("task")).cpu().numpy()
+
+    return Scorer(card=card, score=score, source=str(model.path))
+
+
 def predict_images(
     bundle: Bundle | str | Path,
     paths: Iterable[str | Path],
@@ -167,47 +182,10 @@ def predict_images(
 
     Returns one row per path, in order: path, image_id (file stem), status ('ok' or 'quarantined'),
     reason (why a file could not be used, else ''), and p_<label> (empty for quarantined files); a multiclass bundle
-    adds predicted_class (argmax; thresholds do not apply).
+    adds predicted_class (argmax; thresholds do not apply). Use chestxray.inference.stream.iter_predictions to stream many files batch by batch.
     """
-    _check_tta(tta)
-    model = as_bundle(bundle)
-    card = model.card
-    dev = resolve_device(device)
-    net = model.net.to(dev).eval()
-    labels = list(model.labels)
-    paths = [Path(p) for p in paths]
-    rows: list[dict[str, Any]] = []
-    pixels: list[np.ndarray] = []
-    for path in paths:
-        row: dict[str, Any] = {"path": str(path), "image_id": path.stem, "status": "ok", "reason": ""}
-        try:
-            pixels.append(load_model_input(path, card))
-        except DataError as exc:
-            row.update(status="quarantined", reason=str(exc))
-        except Exception as exc:  # noqa: BLE001 - one odd file must not stop the others; it is listed with the reason
-            row.update(status="quarantined", reason=f"{path}: unexpected {type(exc).__name__} while decoding ({exc})")
-        if row["status"] != "ok":
-            log.info("quarantined %s: %s", path, row["reason"])  # the frame carries the reason to the caller
-        rows.append(row)
-    probs = np.zeros((0, len(labels)))
-    if pixels:
-        chunks = []
-        for start in range(0, len(pixels), batch_size):
-            batch = torch.from_numpy(np.stack(pixels[start : start + batch_size])).unsqueeze(1)
-            inputs = normalize_for_model(batch, card).to(dev)
-            chunks.append(predict_probs(net, inputs, tta, card.get("task")).cpu().numpy())
-        probs = np.concatenate(chunks)
-    frame = pd.DataFrame(rows, columns=["path", "image_id", "status", "reason"])
-    scores = np.full((len(rows), len(labels)), np.nan)
-    scores[(frame["status"] == "ok").to_numpy()] = probs
-    frame[score_columns(labels)] = scores
-    if is_multiclass(card.get("task")):
-        frame[PREDICTED_CLASS] = predicted_classes(scores, labels)
-    return frame
-
-
-def predicted_classes(scores: np.ndarray, labels: Sequence[str]) -> list[str]:
-    """The argmax class name per row of (N, K) probabilities ('' for a row of NaN, e.g. a quarantined file)."""
-    ok = ~np.isnan(scores).any(1)
-    best = np.argmax(np.where(np.isnan(scores), -np.inf, scores), axis=1)
-    return [labels[int(k)] if good else "" for k, good in zip(best, ok)]
+    scorer = torch_scorer(bundle, tta=tta, device=device)
+    frames = list(iter_predictions(scorer, [Path(p) for p in paths], batch_size=batch_size))
+    if not frames:
+        return pd.DataFrame(columns=[*ROW_COLUMNS, *score_columns(scorer.labels)])
+    return pd.concat(frames, ignore_index=True)
