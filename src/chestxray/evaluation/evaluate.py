@@ -204,7 +204,7 @@ def evaluate_run(
                     metrics={**metrics, "accuracy": result.multiclass.accuracy.value,
                              "balanced_accuracy": result.multiclass.balanced_accuracy.value})
     else:
-        store_thresholds(bundle.path, result.thresholds, method)
+        store_thresholds(bundle.path, result.thresholds, method, tta)
         update_card(bundle.path, metrics=metrics)
     log.info("evaluated %s on %s: macro AUROC %s", run, split, result.macro_auroc)
     return result

@@ -3,7 +3,7 @@ and prevalence-weighted means, accuracy and balanced accuracy (with CIs) and the
 
 The decision is the argmax class (no thresholds). y_true is one-hot (N, K) and y_score softmax probabilities (N, K).
 Per-class rows and the macro mean come from `metrics.summarize` (one bootstrap rule for every task); the weighted
-mean, accuracy and balanced accuracy are resampled here over the same patients with the same seed.
+mean, accuracy and balanced accuracy are computed here on the same stratified patient replicates (same seed).
 """
 
 from __future__ import annotations
@@ -21,13 +21,16 @@ from chestxray.evaluation.metrics import (
     Summary,
     _clean,
     _percentile_interval,
-    bootstrap_patient_counts,
     check_arrays,
     counts_to_rates,
     patient_codes,
+    patient_property,
+    patient_strata,
+    stratified_patient_counts,
     summarize,
-    weighted_auroc,
+    undefined_reason,
     weighted_auprc,
+    weighted_auroc,
 )
 
 DECISION = "argmax"
@@ -115,7 +118,7 @@ def multiclass_summary(
 
     codes, n_pat = patient_codes(patient_ids)
     support = t.sum(0).astype(np.float64)
-    rng = np.random.default_rng(seed)
+    counts = _replicate_counts(t, codes, n_pat, n_boot, seed)
     roc = np.full((n_boot, k), np.nan)
     pr = np.full((n_boot, k), np.nan)
     sup = np.zeros((n_boot, k))
@@ -123,7 +126,7 @@ def multiclass_summary(
     bal = np.full(n_boot, np.nan)
     for start in range(0, n_boot, chunk):
         stop = min(start + chunk, n_boot)
-        w = bootstrap_patient_counts(n_pat, stop - start, rng)[:, codes]  # (b, N) image weights
+        w = counts[start:stop][:, codes]  # (b, N) image weights
         for j in range(k):
             roc[start:stop, j] = weighted_auroc(t[:, j], s[:, j], w)
             pr[start:stop, j] = weighted_auprc(t[:, j], s[:, j], w)
@@ -150,6 +153,15 @@ def multiclass_summary(
     summary = Summary(rows, n_images=n, n_patients=n_pat, n_boot=n_boot, ci=ci, seed=seed,
                       normal_score="none (multiclass: the normal class is a class)")
     return summary, extras
+
+
+def _replicate_counts(t: np.ndarray, codes: np.ndarray, n_pat: int, n_boot: int, seed: int) -> np.ndarray:
+    """Per-patient draw counts (n_boot, P): the stratified resampling `summarize` makes for these classes with
+    this seed (every class defined on the split stays defined), so every interval comes from the same replicates."""
+    keep = [patient_property(t[:, j] == v, codes, n_pat) for j in range(t.shape[1])
+            if undefined_reason(t[:, j]) is None for v in (0, 1)]
+    strata = patient_strata(np.stack(keep, 1)) if keep else np.zeros(n_pat, dtype=np.int64)
+    return stratified_patient_counts(strata, n_boot, np.random.default_rng(seed))
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> Any:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from chestxray.data.tasks import is_multiclass, probabilities
 from chestxray.errors import ConfigError, ModelError
 from chestxray.inference.stream import PREDICTED_CLASS, predicted_classes  # noqa: F401 (public here too)
-from chestxray.inference.stream import ROW_COLUMNS, Scorer, iter_predictions
+from chestxray.inference.stream import ROW_COLUMNS, Scorer, iter_predictions, threshold_tta
 from chestxray.models.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
@@ -157,10 +157,15 @@ def _frame(ids: list[str], patients: list[str], labels: list[str], truth: np.nda
     return frame
 
 
-def torch_scorer(bundle: Bundle | str | Path, tta: str = "none", device: str | torch.device | None = None) -> Scorer:
-    """A Scorer running a bundle's network on uint8 pixels (B, S, S): card normalisation, TTA, sigmoid."""
-    _check_tta(tta)
+def torch_scorer(
+    bundle: Bundle | str | Path, tta: str | None = None, device: str | torch.device | None = None
+) -> Scorer:
+    """A Scorer running a bundle's network on uint8 pixels (B, S, S): card normalisation, TTA, sigmoid.
+
+    tta None: the mode the stored thresholds were chosen with; another mode than theirs is refused."""
     model = as_bundle(bundle)
+    tta = threshold_tta(model.card, tta)
+    _check_tta(tta)
     card, dev = model.card, resolve_device(device)
     net = model.net.to(dev).eval()
 
@@ -168,14 +173,14 @@ def torch_scorer(bundle: Bundle | str | Path, tta: str = "none", device: str | t
         inputs = normalize_for_model(torch.from_numpy(pixels).unsqueeze(1), card).to(dev)
         return predict_probs(net, inputs, tta, card.get("task")).cpu().numpy()
 
-    return Scorer(card=card, score=score, source=str(model.path))
+    return Scorer(card=card, score=score, source=str(model.path), tta=tta)
 
 
 def predict_images(
     bundle: Bundle | str | Path,
     paths: Iterable[str | Path],
     batch_size: int = 32,
-    tta: str = "none",
+    tta: str | None = None,
     device: str | torch.device | None = None,
 ) -> pd.DataFrame:
     """Scores for image files (PNG/JPEG/DICOM), preprocessed as the bundle card says.
