@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, fmt, friendly
+from chestxray.cli.common import console, err_console, fmt, friendly
 
 
 def _metrics_table(result: Any) -> Any:
@@ -75,6 +75,8 @@ def evaluate(
         console.print(_confusion_table(mc))
         console.print(f"multi-class: predicted class = argmax, thresholds do not apply; accuracy {_ci(mc.accuracy)}, "
                       f"balanced accuracy {_ci(mc.balanced_accuracy)}", highlight=False, soft_wrap=True)
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     console.print(f"macro AUROC {fmt(result.macro_auroc)} on {result.summary.n_images} {split} images; "
                   f"outputs in {result.eval_dir}", highlight=False, soft_wrap=True)
 

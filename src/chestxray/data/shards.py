@@ -196,6 +196,18 @@ def read_manifest(prepared: str | Path) -> dict[str, Any]:
     return manifest
 
 
+# Manifest settings that decide the pixels a model sees (shard size or training order do not).
+PREPROCESSING_KEYS = ("image_size", "resize", "interpolation", "storage")
+
+
+def preprocessing(manifest: dict[str, Any]) -> dict[str, Any]:
+    """How the prepared pixels were made (size, resize mode, interpolation, storage): recorded in the bundle card
+    by training and compared by evaluation, so a model is never scored on differently made inputs."""
+    settings = {**manifest.get("settings", {}), "image_size": manifest.get("image_size"),
+                "resize": manifest.get("resize", "pad")}
+    return {key: settings[key] for key in PREPROCESSING_KEYS if settings.get(key) is not None}
+
+
 def shard_urls(prepared: str | Path, split: str, manifest: dict[str, Any]) -> list[str]:
     """Locations of the shards of `split`, in manifest order."""
     if split not in manifest["splits"]:

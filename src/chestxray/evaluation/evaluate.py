@@ -53,6 +53,7 @@ class EvalResult:
     tta: str
     summary: Summary
     plots: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # caveats the user should read (e.g. not the training data)
     multiclass: MulticlassMetrics | None = None  # accuracy, balanced accuracy, K x K confusion (multiclass tasks)
 
     @property
@@ -156,7 +157,7 @@ def evaluate_predictions(
         made["history"] = plots.plot_history(pd.read_csv(history), out / PLOTS["history"])
     elif history is not None:
         log.warning("no training history at %s; the loss/AUROC plot is skipped", history)
-    return EvalResult(out, split, labels, thresholds, method, tta, summary, made, mc)
+    return EvalResult(out, split, labels, thresholds, method, tta, summary, made, multiclass=mc)
 
 
 def evaluate_run(
@@ -175,8 +176,9 @@ def evaluate_run(
 
     `prepared` defaults to the folder recorded in the bundle card.
     """
+    from chestxray.data.shards import read_manifest
     from chestxray.evaluation.thresholds import store_thresholds
-    from chestxray.inference.predict import TTA_MODES, predict_split
+    from chestxray.inference.predict import TTA_MODES, fingerprint_note, predict_split
     from chestxray.models.bundle import load_bundle, update_card
 
     method = parse_method(threshold_method)  # fail fast on bad options, before loading anything
@@ -190,11 +192,19 @@ def evaluate_run(
     kwargs = dict(batch_size=batch_size, tta=tta, num_workers=num_workers, device=device)
     val = predict_split(bundle, prepared, "val", **kwargs)
     scored = val if split == "val" else predict_split(bundle, prepared, split, **kwargs)
-    extra = {"run": str(run), "bundle": str(bundle.path), "prepared": str(prepared or bundle.card.get("prepared")),
-             "data_fingerprint": bundle.card.get("data_fingerprint")}
+    source = str(prepared or bundle.card.get("prepared"))
+    manifest = read_manifest(source)
+    note = fingerprint_note(bundle, manifest, source)
+    if note:
+        log.warning(note)
+    trained = bundle.card.get("data_fingerprint")
+    extra = {"run": str(run), "bundle": str(bundle.path), "prepared": source, "data_fingerprint": trained,
+             "prepared_fingerprint": manifest.get("fingerprint"),
+             "same_data_as_training": None if not trained else trained == manifest.get("fingerprint")}
     task = str(bundle.card.get("task") or "multilabel")
     result = evaluate_predictions(val, scored, labels, run / EVAL_DIR, split, method, tta, run / "metrics.csv",
                                   n_boot, seed, extra, task=task)
+    result.notes.extend([note] if note else [])
     if (run / "history.csv").exists():
         _copy(run / "history.csv", result.eval_dir / "training_history.csv")
     headline = {r.name: r.auroc.value for r in result.summary.rows}
