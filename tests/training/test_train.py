@@ -39,6 +39,13 @@ def test_synthetic_two_epochs_learn_and_fill_run_folder(tmp_path: Path, syntheti
     assert card["prepared"] == str(synthetic_prepared.resolve()) and card["data_fingerprint"] == manifest["fingerprint"]
     assert (card["image_size"], card["normalization"], card["in_chans"], card["seed"]) == (32, "gray", 1, 0)
     assert card["labels"] == manifest["labels"] and card["task"] == manifest["task"]
+    from chestxray.training.precision import choose_precision
+
+    auto = choose_precision("auto", "auto")
+    assert (card["precision"], card["precision_reason"]) == (auto.precision, auto.reason)
+    assert json.loads((run / "run.json").read_text())["precision_reason"] == auto.reason
+    assert card["preprocessing"]["resize"] == manifest["resize"] == "pad"
+    assert card["preprocessing"]["interpolation"] == manifest["settings"]["interpolation"]
     with pytest.raises(ConfigError, match="will not be overwritten.*--resume .*another --out.*delete"):
         train(config)
 

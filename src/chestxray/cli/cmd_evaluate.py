@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, fmt, friendly
+from chestxray.cli.common import console, err_console, fmt, friendly
 
 
 def _metrics_table(result: Any) -> Any:
@@ -52,6 +52,8 @@ def evaluate(
         result = evaluate_run(run, split=split, tta=tta, threshold_method=threshold_method, batch_size=batch_size,
                               n_boot=n_boot, seed=seed, prepared=prepared)
     console.print(_metrics_table(result))
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     console.print(f"macro AUROC {fmt(result.macro_auroc)} on {result.summary.n_images} {split} images; "
                   f"outputs in {result.eval_dir}", highlight=False, soft_wrap=True)
 

@@ -76,7 +76,8 @@ def predict(
     inputs: list[str] = typer.Argument(..., help="Image files, folders, glob patterns or .csv/.txt path lists."),
     fmt: str = typer.Option("table", "--format", "-f", help="What stdout shows: table, csv, json or jsonl."),
     out: Path = typer.Option(None, "--out", "-o", help="Also write every row to this file (.csv, .json, .jsonl)."),
-    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, hflip or crop."),
+    tta: str = typer.Option(None, "--tta", help="Test-time augmentation: none, hflip or crop (default: the mode the "
+                            "stored thresholds were chosen with; another one is refused)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images decoded and scored at once."),
     workers: int = typer.Option(4, "--workers", help="Threads decoding files."),
 ) -> None:
@@ -110,7 +111,7 @@ def predict(
         stdout.close()
     if rows:
         title = f"{scorer.card['architecture']} ({Path(scorer.source).name}): probabilities" + (
-            "; red + = positive at the stored threshold" if thresholds else "")
+            f"; red + = positive at the stored threshold (tta {scorer.tta})" if thresholds else "")
         table, legend = _table(rows, labels, thresholds)
         for text in (title, table, *legend):
             console.print(text, highlight=False, soft_wrap=isinstance(text, str) and text.startswith("#"))

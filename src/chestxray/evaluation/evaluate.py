@@ -51,6 +51,7 @@ class EvalResult:
     tta: str
     summary: Summary
     plots: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # caveats the user should read (e.g. not the training data)
 
     @property
     def macro_auroc(self) -> float | None:
@@ -160,8 +161,9 @@ def evaluate_run(
 
     `prepared` defaults to the folder recorded in the bundle card.
     """
+    from chestxray.data.shards import read_manifest
     from chestxray.evaluation.thresholds import store_thresholds
-    from chestxray.inference.predict import TTA_MODES, predict_split
+    from chestxray.inference.predict import TTA_MODES, fingerprint_note, predict_split
     from chestxray.models.bundle import load_bundle, update_card
 
     method = parse_method(threshold_method)  # fail fast on bad options, before loading anything
@@ -175,13 +177,21 @@ def evaluate_run(
     kwargs = dict(batch_size=batch_size, tta=tta, num_workers=num_workers, device=device)
     val = predict_split(bundle, prepared, "val", **kwargs)
     scored = val if split == "val" else predict_split(bundle, prepared, split, **kwargs)
-    extra = {"run": str(run), "bundle": str(bundle.path), "prepared": str(prepared or bundle.card.get("prepared")),
-             "data_fingerprint": bundle.card.get("data_fingerprint")}
+    source = str(prepared or bundle.card.get("prepared"))
+    manifest = read_manifest(source)
+    note = fingerprint_note(bundle, manifest, source)
+    if note:
+        log.warning(note)
+    trained = bundle.card.get("data_fingerprint")
+    extra = {"run": str(run), "bundle": str(bundle.path), "prepared": source, "data_fingerprint": trained,
+             "prepared_fingerprint": manifest.get("fingerprint"),
+             "same_data_as_training": None if not trained else trained == manifest.get("fingerprint")}
     result = evaluate_predictions(val, scored, labels, run / EVAL_DIR, split, method, tta, run / "metrics.csv",
                                   n_boot, seed, extra)
+    result.notes.extend([note] if note else [])
     if (run / "history.csv").exists():
         _copy(run / "history.csv", result.eval_dir / "training_history.csv")
-    store_thresholds(bundle.path, result.thresholds, method)
+    store_thresholds(bundle.path, result.thresholds, method, tta)
     headline = {r.name: r.auroc.value for r in result.summary.rows}
     update_card(bundle.path, metrics={"split": split, "tta": tta, "macro_auroc": result.macro_auroc, "auroc": headline})
     log.info("evaluated %s on %s: macro AUROC %s", run, split, result.macro_auroc)

@@ -184,7 +184,8 @@ def plot_auroc_bars(summary: Summary, out: str | Path) -> Path:
     hi = np.array([r.auroc.high if r.auroc.high is not None else r.auroc.value for r in shown], dtype=float)
     colors = ["tab:blue" if r.kind == "finding" else "tab:orange" for r in shown]
     ax.barh(ys, vals, color=colors, alpha=0.8)
-    ax.errorbar(vals, ys, xerr=[vals - lo, hi - vals], fmt="none", ecolor="black", capsize=3, lw=1)
+    # a percentile interval of few replicates may miss the point estimate: draw no whisker on that side then
+    ax.errorbar(vals, ys, xerr=[np.clip(vals - lo, 0, None), np.clip(hi - vals, 0, None)], fmt="none", ecolor="black", capsize=3, lw=1)
     ax.set_yticks(ys, [r.name for r in shown], fontsize=8)
     ax.axvline(0.5, ls="--", color="grey", lw=0.8)
     ax.set(xlim=(0, 1), xlabel=f"AUROC ({summary.ci:.0%} patient-bootstrap CI, {summary.n_boot} replicates)")

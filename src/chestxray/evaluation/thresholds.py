@@ -101,12 +101,16 @@ def thresholds_from_frame(
     return choose_thresholds(frame[list(labels)].to_numpy(), frame[[f"p_{x}" for x in labels]].to_numpy(), labels, method)
 
 
-def store_thresholds(bundle_dir: str | Path, thresholds: dict[str, float], method: str | ThresholdMethod) -> dict[str, Any]:
-    """Write thresholds and threshold_method ('<method> on val') into the bundle card; returns the new card."""
+def store_thresholds(
+    bundle_dir: str | Path, thresholds: dict[str, float], method: str | ThresholdMethod, tta: str = "none"
+) -> dict[str, Any]:
+    """Write thresholds, threshold_method ('<method> on val') and threshold_tta (the test-time augmentation the
+    validation scores were made with) into the bundle card; returns the new card."""
     return update_card(
         bundle_dir,
         thresholds={k: float(v) for k, v in thresholds.items()},
         threshold_method=f"{parse_method(method)} on val",
+        threshold_tta=tta,
     )
 
 

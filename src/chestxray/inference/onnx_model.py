@@ -8,19 +8,19 @@ from pathlib import Path
 import numpy as np
 
 from chestxray.errors import ConfigError, ModelError
-from chestxray.inference.stream import Scorer
+from chestxray.inference.stream import Scorer, threshold_tta
 
 CARD_KEY = "chestxray_card"  # written by chestxray.deploy.onnx_export
 
 
-def onnx_scorer(path: str | Path, tta: str = "none") -> Scorer:
-    """A Scorer for a .onnx file exported by `chestxray export` (uint8 pixels in, probabilities out)."""
+def onnx_scorer(path: str | Path, tta: str | None = None) -> Scorer:
+    """A Scorer for a .onnx file exported by `chestxray export` (uint8 pixels in, probabilities out).
+
+    tta None: the mode the stored thresholds were chosen with; another mode than theirs is refused."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise ModelError("onnxruntime is not installed; pip install onnxruntime") from None
-    if tta not in ("none", "hflip"):
-        raise ConfigError(f"an ONNX model supports --tta none or hflip, not {tta!r}; use the bundle for {tta!r}")
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: ONNX file not found; export one with 'chestxray export BUNDLE --onnx {path.name}'")
@@ -33,6 +33,9 @@ def onnx_scorer(path: str | Path, tta: str = "none") -> Scorer:
     if CARD_KEY not in meta:
         raise ModelError(f"{path}: no chestxray card in the ONNX metadata; export the model with 'chestxray export'")
     card = json.loads(meta[CARD_KEY])
+    tta = threshold_tta(card, tta)
+    if tta not in ("none", "hflip"):
+        raise ConfigError(f"an ONNX model supports --tta none or hflip, not {tta!r}; use the bundle for {tta!r}")
     name = session.get_inputs()[0].name
 
     def score(pixels: np.ndarray) -> np.ndarray:
@@ -42,4 +45,4 @@ def onnx_scorer(path: str | Path, tta: str = "none") -> Scorer:
             probs = (probs + session.run(None, {name: np.ascontiguousarray(batch[..., ::-1])})[0]) / 2
         return probs.astype(np.float64)
 
-    return Scorer(card=card, score=score, source=str(path))
+    return Scorer(card=card, score=score, source=str(path), tta=tta)

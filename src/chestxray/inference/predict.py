@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from chestxray.data.tasks import is_multiclass, probabilities
 from chestxray.errors import ConfigError, ModelError
 from chestxray.inference.stream import PREDICTED_CLASS, predicted_classes  # noqa: F401 (public here too)
-from chestxray.inference.stream import ROW_COLUMNS, Scorer, iter_predictions
+from chestxray.inference.stream import ROW_COLUMNS, Scorer, iter_predictions, threshold_tta
 from chestxray.models.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
@@ -94,17 +94,42 @@ def predict_probs(net: torch.nn.Module, images: torch.Tensor, tta: str = "none",
 
 
 def _check_prepared(bundle: Bundle, manifest: dict[str, Any], prepared: str) -> None:
-    """The prepared data must carry the bundle's labels and image size, or the scores would mean nothing."""
+    """The prepared data must carry the bundle's labels and be made as the card says (size, resize mode and the
+    other preprocessing settings), or the scores — and thresholds chosen from them — would mean nothing."""
+    from chestxray.data.shards import preprocessing
+
+    card = bundle.card
     if list(manifest["labels"]) != list(bundle.labels):
         raise ModelError(
             f"{prepared}: labels {list(manifest['labels'])} differ from the bundle's {list(bundle.labels)} "
             f"({bundle.path}); evaluate on data prepared for this model"
         )
-    if int(manifest["image_size"]) != int(bundle.card["image_size"]):
+    if int(manifest["image_size"]) != int(card["image_size"]):
         raise ModelError(
             f"{prepared}: images are {manifest['image_size']} px but the bundle {bundle.path} expects "
-            f"{bundle.card['image_size']} px; prepare the data with --size {bundle.card['image_size']}"
+            f"{card['image_size']} px; prepare the data with --size {card['image_size']}"
         )
+    data_resize, model_resize = manifest.get("resize", "pad"), card.get("resize", "pad")
+    if data_resize != model_resize:
+        raise ModelError(
+            f"{prepared}: images were prepared with --resize {data_resize} but the bundle {bundle.path} was trained "
+            f"on --resize {model_resize}; prepare the data with --resize {model_resize} --size {card['image_size']}"
+        )
+    made, expected = preprocessing(manifest), card.get("preprocessing") or {}
+    differ = {k: (made.get(k), v) for k, v in expected.items() if k in made and made[k] != v}
+    if differ:
+        detail = "; ".join(f"{k}: data {a!r}, model {b!r}" for k, (a, b) in differ.items())
+        raise ModelError(f"{prepared}: prepared differently from the bundle's training data ({detail}); "
+                         "prepare the data again with this chestxray version and the bundle's settings")
+
+
+def fingerprint_note(bundle: Bundle, manifest: dict[str, Any], prepared: str) -> str | None:
+    """A sentence when `prepared` is not the data the bundle was trained on (its fingerprint differs), else None."""
+    trained, given = bundle.card.get("data_fingerprint"), manifest.get("fingerprint")
+    if not trained or trained == given:
+        return None
+    return (f"{prepared} is not the data {bundle.path} was trained on (data fingerprint {str(given)[:12]} vs "
+            f"{str(trained)[:12]}); its val split chooses the thresholds")
 
 
 def predict_split(
@@ -157,10 +182,15 @@ def _frame(ids: list[str], patients: list[str], labels: list[str], truth: np.nda
     return frame
 
 
-def torch_scorer(bundle: Bundle | str | Path, tta: str = "none", device: str | torch.device | None = None) -> Scorer:
-    """A Scorer running a bundle's network on uint8 pixels (B, S, S): card normalisation, TTA, sigmoid."""
-    _check_tta(tta)
+def torch_scorer(
+    bundle: Bundle | str | Path, tta: str | None = None, device: str | torch.device | None = None
+) -> Scorer:
+    """A Scorer running a bundle's network on uint8 pixels (B, S, S): card normalisation, TTA, sigmoid.
+
+    tta None: the mode the stored thresholds were chosen with; another mode than theirs is refused."""
     model = as_bundle(bundle)
+    tta = threshold_tta(model.card, tta)
+    _check_tta(tta)
     card, dev = model.card, resolve_device(device)
     net = model.net.to(dev).eval()
 
@@ -168,14 +198,14 @@ def torch_scorer(bundle: Bundle | str | Path, tta: str = "none", device: str | t
         inputs = normalize_for_model(torch.from_numpy(pixels).unsqueeze(1), card).to(dev)
         return predict_probs(net, inputs, tta, card.get("task")).cpu().numpy()
 
-    return Scorer(card=card, score=score, source=str(model.path))
+    return Scorer(card=card, score=score, source=str(model.path), tta=tta)
 
 
 def predict_images(
     bundle: Bundle | str | Path,
     paths: Iterable[str | Path],
     batch_size: int = 32,
-    tta: str = "none",
+    tta: str | None = None,
     device: str | torch.device | None = None,
 ) -> pd.DataFrame:
     """Scores for image files (PNG/JPEG/DICOM), preprocessed as the bundle card says.

@@ -34,6 +34,7 @@ class Scorer:
     card: dict[str, Any]
     score: Callable[[np.ndarray], np.ndarray]
     source: str
+    tta: str = "none"
 
     @property
     def labels(self) -> list[str]:
@@ -42,6 +43,25 @@ class Scorer:
     @property
     def thresholds(self) -> dict[str, float] | None:
         return self.card.get("thresholds")
+
+
+def threshold_tta(card: dict[str, Any], requested: str | None = None) -> str:
+    """The test-time augmentation to score with when the card's thresholds will be applied.
+
+    Thresholds fit the scores they were chosen on (card threshold_tta, written by evaluate): with stored
+    thresholds, no request means the stored mode and a different request is refused (ConfigError).
+    Without thresholds, the request (default 'none').
+    """
+    if not card.get("thresholds"):
+        return requested or "none"
+    stored = card.get("threshold_tta", "none")
+    if requested is not None and requested != stored:
+        raise ConfigError(
+            f"the model's thresholds were chosen on validation scores made with --tta {stored}; scoring with "
+            f"--tta {requested} would apply them to differently distributed scores. Use --tta {stored} (or leave "
+            f"--tta out), or re-choose them: chestxray evaluate RUN --tta {requested}"
+        )
+    return stored
 
 
 def load_pixels(path: Path, card: dict[str, Any]) -> np.ndarray:
@@ -103,8 +123,10 @@ def problem_rows(problems: Sequence[tuple[str, str]], labels: Sequence[str]) -> 
     return pd.concat([frame, pd.DataFrame(np.nan, index=frame.index, columns=[f"p_{x}" for x in labels])], axis=1)
 
 
-def open_scorer(model: str | Path, tta: str = "none", device: str | None = None) -> Scorer:
-    """A Scorer for a bundle folder, a run folder or an exported .onnx file (the latter needs no torch)."""
+def open_scorer(model: str | Path, tta: str | None = None, device: str | None = None) -> Scorer:
+    """A Scorer for a bundle folder, a run folder or an exported .onnx file (the latter needs no torch).
+
+    tta None: the mode the stored thresholds were chosen with (see threshold_tta)."""
     if Path(model).suffix.lower() == ".onnx":
         from chestxray.inference.onnx_model import onnx_scorer
 
