@@ -31,6 +31,24 @@ def _metrics_table(result: Any) -> Any:
     return table
 
 
+def _ci(iv: Any) -> str:
+    """'0.812 [0.770, 0.850]' for a value with its CI."""
+    return fmt(iv.value) + (f" [{iv.low:.3f}, {iv.high:.3f}]" if iv.low is not None else "")
+
+
+def _confusion_table(mc: Any) -> Any:
+    """The K x K confusion matrix of a multi-class task (argmax decision)."""
+    from rich.table import Table
+
+    table = Table(title="confusion: rows true, columns predicted (argmax)", header_style="bold")
+    table.add_column("true \\ pred")
+    for name in mc.classes:
+        table.add_column(name, justify="right", overflow="fold")
+    for name, row in zip(mc.classes, mc.confusion.tolist(), strict=True):
+        table.add_row(name, *map(str, row))
+    return table
+
+
 @app.command(help="Evaluate a run: thresholds chosen on val, metrics with patient-bootstrap CIs on the split, "
              "tables and plots in RUN/eval/; the thresholds are stored in the bundle card."
              "\n\nExample: chestxray evaluate runs/densenet121 --split test --tta hflip --threshold-method youden")
@@ -52,6 +70,11 @@ def evaluate(
         result = evaluate_run(run, split=split, tta=tta, threshold_method=threshold_method, batch_size=batch_size,
                               n_boot=n_boot, seed=seed, prepared=prepared)
     console.print(_metrics_table(result))
+    mc = result.multiclass
+    if mc is not None:
+        console.print(_confusion_table(mc))
+        console.print(f"multi-class: predicted class = argmax, thresholds do not apply; accuracy {_ci(mc.accuracy)}, "
+                      f"balanced accuracy {_ci(mc.balanced_accuracy)}", highlight=False, soft_wrap=True)
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     console.print(f"macro AUROC {fmt(result.macro_auroc)} on {result.summary.n_images} {split} images; "

@@ -118,6 +118,9 @@ def iter_shard(url: str | Path, size: int, keep: np.ndarray | None = None) -> It
             meta = None
             if stop is not None and position >= stop:
                 return
+    if stop is not None and position < stop:
+        raise DataError(f"{url}: broken shard (it ends after {position} sample(s), the manifest lists more); "
+                        "re-run 'chestxray prepare'")
 
 
 def _tar_members(stream, where: str) -> Iterator[tuple[str, Callable[[], bytes]]]:
