@@ -47,11 +47,6 @@ def _finish(catalog, out: Path, ratios: tuple[float, ...], seed: int) -> None:
         err_console.print(f"[yellow]warning:[/] {len(missing)} row(s) without an image file were left out; "
                           f"full list in {out / 'missing_images.csv'}", highlight=False, soft_wrap=True)
     split = catalog.info["split"]
-    for name, splits in split.get("absent", {}).items():
-        kind = "class" if catalog.task == "multiclass" else "label"
-        err_console.print(f"[yellow]warning:[/] {kind} {name!r} has no image in {'/'.join(splits)}; its metrics "
-                          "there will be n/a (use more data, other --ratios or --merge it)", highlight=False,
-                          soft_wrap=True)
     per_split = " / ".join(f"{s} {split['images'][s]}" for s in ("train", "val", "test"))
     console.print(f"catalog {out}: {len(catalog.table)} images, {catalog.table['patient_id'].nunique()} patients, "
                   f"{len(catalog.labels)} label(s) ({catalog.task}); images {per_split}; "

@@ -15,9 +15,13 @@ def _metrics_table(result: Any) -> Any:
     """A rich table of the summary: AUROC with CI, AUPRC, threshold metrics and FN/FP counts."""
     from rich.table import Table
 
-    table = Table(title=f"{result.split} split — thresholds: {result.threshold_method}", header_style="bold")
-    for col in ("finding", "pos", "AUROC [95% CI]", "AUPRC", "thr", "sens", "spec", "FN", "FP", "note"):
-        table.add_column(col, justify="left" if col in ("finding", "note") else "right", overflow="fold")
+    multiclass = result.multiclass is not None
+    title = (f"{result.split} split — classes one-vs-rest; decision = argmax (thresholds do not apply)" if multiclass
+             else f"{result.split} split — thresholds: {result.threshold_method}")
+    table = Table(title=title, header_style="bold")
+    first = "class" if multiclass else "finding"
+    for col in (first, "pos", "AUROC [95% CI]", "AUPRC", "thr", "sens", "spec", "FN", "FP", "note"):
+        table.add_column(col, justify="left" if col in (first, "note") else "right", overflow="fold")
     for r in result.summary.rows:
         iv = r.auroc
         auc = "n/a" if iv.value is None else f"{iv.value:.3f}" + (f" [{iv.low:.3f}, {iv.high:.3f}]" if iv.low is not None else "")
