@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -19,19 +14,22 @@ from typer.testing import CliRunner
 from chestxray.cli import app
 from chestxray.errors import ConfigError
 from chestxray.workflows import study as st
-
-FAST = ["--set", "epochs=1", "--set", "batch_size=32", "--set", "num_workers=0", "--set", "lr=3e-3",
-        "--set", "augment=none", "--n-boot", "40", "--no-mlflow"]
+from tests.conftest import STUDY_ARGV as ARGV
+from tests.conftest import STUDY_FAST as FAST
 
 
 @pytest.fixture(scope="module")
-def done(synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("study") / "s1"
-    result = CliRunner().invoke(app, ["study", str(synthetic_prepared), "--models", "cnn-tiny,cnn-small",
-                                      "--seeds", "0,1", "--out", str(out), *FAST])
-    assert result.exit_code == 0, result.output
-    assert "model=cnn-tiny vs model=cnn-small:" in result.output
-    return out
+def done(finished_study: dict) -> Path:
+    return finished_study["out"]
+
+
+def test_killed_study_finishes_only_missing_runs(finished_study: dict) -> None:
+    k = finished_study
+    everything = {"cnn-tiny_seed0", "cnn-tiny_seed1", "cnn-small_seed0", "cnn-small_seed1"}
+    assert "cnn-tiny_seed0" in k["finished_before"] and len(k["finished_before"]) < 4  # killed mid-study
+    assert sorted(k["trained"]) == sorted(everything - set(k["finished_before"]))  # only the missing runs
+    assert k["first"].stat().st_mtime_ns == k["stamp"]  # a finished run is left as it was
+    assert "model=cnn-tiny vs model=cnn-small:" in k["output"]
 
 
 def test_four_run_folders_one_table_and_a_report(done: Path) -> None:
@@ -83,46 +81,9 @@ def test_rerun_trains_nothing(done: Path, synthetic_prepared: Path, monkeypatch:
     monkeypatch.setattr(training, "train", refuse)
     monkeypatch.setattr(evaluate, "evaluate_run", refuse)
     before = {p: p.stat().st_mtime_ns for p in done.glob("runs/*/bundle/model.safetensors")}
-    result = CliRunner().invoke(app, ["study", str(synthetic_prepared), "--models", "cnn-tiny,cnn-small",
-                                      "--seeds", "0,1", "--out", str(done), *FAST])
+    result = CliRunner().invoke(app, ["study", str(synthetic_prepared), "--out", str(done), *ARGV])
     assert result.exit_code == 0, result.output
     assert {p: p.stat().st_mtime_ns for p in done.glob("runs/*/bundle/model.safetensors")} == before
-
-
-def test_killed_study_finishes_only_missing_runs(synthetic_prepared: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "killed"
-    argv = ["study", str(synthetic_prepared), "--models", "cnn-tiny", "--seeds", "0,1,2", "--out", str(out), *FAST]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "chestxray", *argv], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    first = out / "runs" / "cnn-tiny_seed0" / st.DONE
-    try:
-        deadline = time.monotonic() + 240
-        while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert first.is_file(), "the first run did not finish"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finished = sorted(p.parent.name for p in out.glob("runs/*/" + st.DONE))
-    assert "cnn-tiny_seed2" not in finished  # killed mid-study
-    stamp = first.stat().st_mtime_ns
-    import chestxray.training.train as training
-
-    trained: list[str] = []
-    real = training.train
-
-    def counting(config, *args, **kwargs):
-        trained.append(Path(config.out).name)
-        return real(config, *args, **kwargs)
-
-    monkeypatch.setattr(training, "train", counting)
-    result = CliRunner().invoke(app, argv)
-    assert result.exit_code == 0, result.output
-    assert sorted(trained) == sorted({"cnn-tiny_seed0", "cnn-tiny_seed1", "cnn-tiny_seed2"} - set(finished))
-    assert first.stat().st_mtime_ns == stamp
-    assert len(pd.read_csv(out / "study_runs.csv")) == 3
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from chestxray.data.labels import closest
 from chestxray.errors import ConfigError
 from chestxray.files import write_csv, write_json
-from chestxray.training.config import FIELDS, TrainConfig, resolve_config
+from chestxray.training.config import FIELDS, TrainConfig, read_settings_file, resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +65,7 @@ class Study:
 
 def read_grid(path: str | Path) -> dict[str, Any]:
     """A grid from YAML: setting -> value or list of values (keys may use -)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such grid file; check the --grid path")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of setting: [values], got {type(data).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    return read_settings_file(path, "--grid")
 
 
 def normalise_grid(raw: dict[str, Any], where: str = "grid") -> dict[str, list[Any]]:
