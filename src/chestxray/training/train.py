@@ -117,7 +117,7 @@ def _allow_file_store(uri: str) -> Iterator[None]:
         os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
 
 
-def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None):
+def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None, task: str = "multilabel"):
     from lightning.pytorch.loggers import MLFlowLogger
 
     uri = _tracking_uri(config)
@@ -126,7 +126,7 @@ def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None):
         artifacts = (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
     return MLFlowLogger(experiment_name=config.experiment, run_name=run_dir.name, tracking_uri=uri, run_id=run_id,
                         artifact_location=artifacts,
-                        tags={"run_dir": str(run_dir.resolve()), "model": config.model})
+                        tags={"run_dir": str(run_dir.resolve()), "model": config.model, "task": task})
 
 
 def _best_state(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -231,7 +231,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     loggers: list[Any] = [CSVLogger(run_dir, name="logs")]
     mlflow_logger = None
     if config.mlflow:
-        mlflow_logger = _mlflow_logger(config, run_dir, run_info.get("mlflow_run_id") if resume else None)
+        mlflow_logger = _mlflow_logger(config, run_dir, run_info.get("mlflow_run_id") if resume else None, data.task)
         loggers.append(mlflow_logger)
     mode = "max" if config.monitor == "val_auroc" else "min"
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode=mode,
