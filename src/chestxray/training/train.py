@@ -215,7 +215,8 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     data_cfg = model_data_config(config.model, config.in_chans)
     data = ChestXrayDataModule(config.prepared, batch_size=config.batch_size, num_workers=config.num_workers,
                                augment=config.augment, in_chans=config.in_chans,
-                               normalization=str(data_cfg["normalization"]), seed=config.seed)
+                               normalization=str(data_cfg["normalization"]), seed=config.seed,
+                               verify="checksums" if config.verify_checksums else "sizes")
     net = build_model(config.model, len(data.labels), in_chans=config.in_chans, pretrained=config.pretrained,
                       weights=config.weights)
     if config.channels_last:
