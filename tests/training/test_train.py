@@ -33,6 +33,8 @@ def test_synthetic_two_epochs_learn_and_fill_run_folder(tmp_path: Path, syntheti
     assert metrics["train_loss"].notna().sum() == result.steps and metrics["val_auroc"].notna().sum() == 2
     history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == [0, 1] and history["val_auroc"].max() == pytest.approx(result.best_val_auroc)
+    for column in ("train_accuracy", "val_accuracy"):  # per epoch, at 0.5, mean over the 14 labels
+        assert history[column].between(0, 1).all() and history[column].notna().all(), column
     manifest = json.loads((synthetic_prepared / "manifest.json").read_text())
     bundle = load_bundle(run)
     card = bundle.card

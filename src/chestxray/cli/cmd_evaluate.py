@@ -15,9 +15,13 @@ def _metrics_table(result: Any) -> Any:
     """A rich table of the summary: AUROC with CI, AUPRC, threshold metrics and FN/FP counts."""
     from rich.table import Table
 
-    table = Table(title=f"{result.split} split — thresholds: {result.threshold_method}", header_style="bold")
-    for col in ("finding", "pos", "AUROC [95% CI]", "AUPRC", "thr", "sens", "spec", "FN", "FP", "note"):
-        table.add_column(col, justify="left" if col in ("finding", "note") else "right", overflow="fold")
+    multiclass = result.multiclass is not None
+    title = (f"{result.split} split — classes one-vs-rest; decision = argmax (thresholds do not apply)" if multiclass
+             else f"{result.split} split — thresholds: {result.threshold_method}")
+    table = Table(title=title, header_style="bold")
+    first = "class" if multiclass else "finding"
+    for col in (first, "pos", "AUROC [95% CI]", "AUPRC", "thr", "sens", "spec", "FN", "FP", "note"):
+        table.add_column(col, justify="left" if col in (first, "note") else "right", overflow="fold")
     for r in result.summary.rows:
         iv = r.auroc
         auc = "n/a" if iv.value is None else f"{iv.value:.3f}" + (f" [{iv.low:.3f}, {iv.high:.3f}]" if iv.low is not None else "")
@@ -28,6 +32,24 @@ def _metrics_table(result: Any) -> Any:
             str(c.fn) if c else "—", str(c.fp) if c else "—", r.note,
             style=None if r.kind == "finding" else "bold",
         )
+    return table
+
+
+def _ci(iv: Any) -> str:
+    """'0.812 [0.770, 0.850]' for a value with its CI."""
+    return fmt(iv.value) + (f" [{iv.low:.3f}, {iv.high:.3f}]" if iv.low is not None else "")
+
+
+def _confusion_table(mc: Any) -> Any:
+    """The K x K confusion matrix of a multi-class task (argmax decision)."""
+    from rich.table import Table
+
+    table = Table(title="confusion: rows true, columns predicted (argmax)", header_style="bold")
+    table.add_column("true \\ pred")
+    for name in mc.classes:
+        table.add_column(name, justify="right", overflow="fold")
+    for name, row in zip(mc.classes, mc.confusion.tolist(), strict=True):
+        table.add_row(name, *map(str, row))
     return table
 
 
@@ -52,6 +74,11 @@ def evaluate(
         result = evaluate_run(run, split=split, tta=tta, threshold_method=threshold_method, batch_size=batch_size,
                               n_boot=n_boot, seed=seed, prepared=prepared)
     console.print(_metrics_table(result))
+    mc = result.multiclass
+    if mc is not None:
+        console.print(_confusion_table(mc))
+        console.print(f"multi-class: predicted class = argmax, thresholds do not apply; accuracy {_ci(mc.accuracy)}, "
+                      f"balanced accuracy {_ci(mc.balanced_accuracy)}", highlight=False, soft_wrap=True)
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     console.print(f"macro AUROC {fmt(result.macro_auroc)} on {result.summary.n_images} {split} images; "
