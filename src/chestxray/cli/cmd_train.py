@@ -59,6 +59,9 @@ def train(
     num_nodes: Optional[int] = typer.Option(None, "--num-nodes"),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="auto | ddp | ..."),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Data loader processes per device."),
+    verify_checksums: Optional[bool] = typer.Option(None, "--verify-checksums/--no-verify-checksums",
+                                                    help="Before training, compare every "
+                                                    "shard's sha256 with manifest.json (sizes are always checked)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps (-1: no limit)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this much training time."),
@@ -89,7 +92,8 @@ def train(
                          loss=loss, pos_weight=pos_weight, scheduler=scheduler, monitor=monitor, patience=patience,
                          val_every=val_every, freeze=freeze, unfreeze_last=unfreeze_last, grad_clip=grad_clip,
                          precision=precision, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                         strategy=strategy, num_workers=num_workers, seed=seed, max_steps=max_steps,
+                         strategy=strategy, num_workers=num_workers, verify_checksums=verify_checksums, seed=seed,
+                         max_steps=max_steps,
                          max_minutes=max_minutes, out=out, mlflow=mlflow, mlflow_uri=mlflow_uri,
                          experiment=experiment, register_model=register_model, progress=progress)
     resolved = resolve_config(base, config, where="command line", **settings)

@@ -117,7 +117,7 @@ def _allow_file_store(uri: str) -> Iterator[None]:
         os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
 
 
-def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None):
+def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None, task: str = "multilabel"):
     from lightning.pytorch.loggers import MLFlowLogger
 
     uri = _tracking_uri(config)
@@ -126,7 +126,7 @@ def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None):
         artifacts = (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
     return MLFlowLogger(experiment_name=config.experiment, run_name=run_dir.name, tracking_uri=uri, run_id=run_id,
                         artifact_location=artifacts,
-                        tags={"run_dir": str(run_dir.resolve()), "model": config.model})
+                        tags={"run_dir": str(run_dir.resolve()), "model": config.model, "task": task})
 
 
 def _best_state(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -242,7 +242,8 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     data_cfg = model_data_config(config.model, config.in_chans)
     data = ChestXrayDataModule(config.prepared, batch_size=config.batch_size, num_workers=config.num_workers,
                                augment=config.augment, in_chans=config.in_chans,
-                               normalization=str(data_cfg["normalization"]), seed=config.seed)
+                               normalization=str(data_cfg["normalization"]), seed=config.seed,
+                               verify="checksums" if config.verify_checksums else "sizes")
     net = build_model(config.model, len(data.labels), in_chans=config.in_chans, pretrained=config.pretrained,
                       weights=config.weights)
     if config.channels_last:
@@ -258,7 +259,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     loggers: list[Any] = [CSVLogger(run_dir, name="logs")]
     mlflow_logger = None
     if config.mlflow:
-        mlflow_logger = _mlflow_logger(config, run_dir, run_info.get("mlflow_run_id") if resume else None)
+        mlflow_logger = _mlflow_logger(config, run_dir, run_info.get("mlflow_run_id") if resume else None, data.task)
         loggers.append(mlflow_logger)
     mode = "max" if config.monitor == "val_auroc" else "min"
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode=mode,
