@@ -69,6 +69,8 @@ def train(
     mlflow: Optional[bool] = typer.Option(None, "--mlflow/--no-mlflow", help="Mirror the run to MLflow."),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="Tracking URI (default file:./mlruns)."),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment name."),
+    register_model: Optional[str] = typer.Option(None, "--register-model",
+                                                 help="Also register the logged MLflow model under this name."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     from chestxray.errors import ConfigError
@@ -93,7 +95,7 @@ def train(
                          strategy=strategy, num_workers=num_workers, verify_checksums=verify_checksums, seed=seed,
                          max_steps=max_steps,
                          max_minutes=max_minutes, out=out, mlflow=mlflow, mlflow_uri=mlflow_uri,
-                         experiment=experiment, progress=progress)
+                         experiment=experiment, register_model=register_model, progress=progress)
     resolved = resolve_config(base, config, where="command line", **settings)
     result = run_training(resolved, resume=resume is not None)
     if result.bundle_dir is not None:

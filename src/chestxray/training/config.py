@@ -63,6 +63,7 @@ class TrainConfig:
     mlflow: bool = True
     mlflow_uri: str = ""  # "" → file:<cwd>/mlruns (MLflow's folder store; sqlite:///PATH.db for a database)
     experiment: str = "chestxray"
+    register_model: str = ""  # also register the logged MLflow pyfunc model under this name ("" → not registered)
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
