@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from chestxray.cli import app
 from chestxray.data.catalog import Catalog, validate_catalog
+from chestxray.data.explore import finding_counts
 from chestxray.data.sources import read_csv_table, read_folder
 from chestxray.data.split import assign_splits
 from chestxray.data.tasks import parse_merges
@@ -26,6 +27,7 @@ def test_kaggle_subtypes_from_file_names(shared_data: Path) -> None:
     assert counts.tolist() == [329, 635, 305]  # SOURCE.md: 329 normal, 635 bacteria, 305 virus
     virus = catalog.table["image_id"].str.contains("_virus_")
     assert catalog.table.loc[virus, "VIRUS"].all() and not catalog.table.loc[~virus, "VIRUS"].any()
+    assert finding_counts(catalog)["images"].to_dict() == {"NORMAL": 329, "BACTERIA": 635, "VIRUS": 305}  # explore
     binary = read_folder(shared_data / "kaggle-chest-xray-pneumonia", task="multiclass")
     assert binary.labels == ("NORMAL", "PNEUMONIA") and (binary.label_matrix.sum(1) == 1).all()
 

@@ -97,4 +97,8 @@ def report(
     from chestxray.report.run_report import write_report
 
     path = write_report(run, out)
+    if out is None:  # the run's own report goes to its MLflow run too
+        from chestxray.evaluation.tracking import log_run_file
+
+        log_run_file(run, path)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opens offline)", highlight=False, soft_wrap=True)
