@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +18,10 @@ from chestxray.data.datamodule import ChestXrayDataModule
 from chestxray.data.shards import iter_shard, read_manifest, shard_size
 from chestxray.data.verify import verify_prepared
 from chestxray.errors import DataError
+from tests.deploy.conftest import (  # starts a server process, fails the test if it cannot
+    free_port,
+    running,
+)
 
 NGINX_CONF = """daemon off;
 master_process off;
@@ -44,12 +45,6 @@ http {{
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, synthetic_prepared: Path) -> Iterator[tuple[str, Path]]:
     """(URL, local folder): a copy of the synthetic PREPARED folder served by nginx under /prepared/."""
@@ -59,31 +54,12 @@ def served(tmp_path_factory: pytest.TempPathFactory, synthetic_prepared: Path) -
     root = tmp_path_factory.mktemp("nginx")
     docs = root / "docs"
     shutil.copytree(synthetic_prepared, docs / "prepared")
-    port = _free_port()
+    port = free_port()
     (root / "nginx.conf").write_text(NGINX_CONF.format(root=root, docs=docs, port=port))
-    proc = subprocess.Popen([binary, "-p", str(root), "-c", str(root / "nginx.conf"), "-e", str(root / "error.log")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                log = (root / "error.log").read_text() if (root / "error.log").exists() else ""
-                pytest.fail(f"nginx exited with {proc.returncode}: {proc.stdout.read().decode()} {log}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"nginx did not listen on 127.0.0.1:{port} within 20 s")
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/prepared", docs / "prepared"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    url = f"http://127.0.0.1:{port}/prepared"
+    with running([binary, "-p", str(root), "-c", str(root / "nginx.conf"), "-e", str(root / "error.log")],
+                 f"{url}/manifest.json", root / "nginx.out", timeout=20):
+        yield url, docs / "prepared"
 
 
 def _epoch(prepared: str | Path, split: str, train: bool) -> list[tuple[str, bytes]]:
@@ -144,6 +120,6 @@ def test_network_errors_name_the_url_and_the_shard(served: tuple[str, Path], tmp
     finally:
         (tmp_path / name).rename(hidden)
     with pytest.raises(DataError, match=r"http://127\.0\.0\.1:\d+/prepared/manifest\.json: cannot reach the server"):
-        read_manifest(f"http://127.0.0.1:{_free_port()}/prepared")
+        read_manifest(f"http://127.0.0.1:{free_port()}/prepared")
     result = CliRunner().invoke(app, ["verify", f"{url}/nothing-here"])
     assert result.exit_code == 1 and f"{url}/nothing-here/manifest.json: HTTP 404" in " ".join(result.output.split())
