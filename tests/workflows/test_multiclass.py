@@ -107,3 +107,17 @@ def test_report_and_predict_show_the_argmax_class(chain: dict) -> None:
     assert ok["predicted_class"].tolist() == [CLASSES[k] for k in probs.argmax(1)]
     assert pred["predicted_class"].iloc[0] == ""
     assert "predicted class" in chain["predict"] and "no thresholds yet" not in chain["predict"]
+
+
+def test_web_app_answers_with_the_argmax_class(chain: dict, shared_data: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from chestxray.deploy.serve import create_app
+
+    image = sorted((shared_data / "kaggle-chest-xray-pneumonia" / "NORMAL").glob("*.jpeg"))[0]
+    with TestClient(create_app(chain["root"] / "run")) as client:
+        body = client.post("/predict", files={"file": image.open("rb")}).json()
+    probs = {f["name"]: f["probability"] for f in body["findings"]}
+    assert body["task"] == "multiclass" and body["predicted_class"] == max(probs, key=probs.get)
+    assert [f["positive"] for f in body["findings"]] == [n == body["predicted_class"] for n in probs]
+    assert "thresholds do not apply" in body["note"] and sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
