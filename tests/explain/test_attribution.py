@@ -1,4 +1,4 @@
-"""Explanations: expert boxes, localisation scores, Grad-CAM / IG via Captum, overlays, explain_images and the CLI."""
+"""Attribution: Grad-CAM layer choice, Integrated Gradients completeness, overlays, every registered model."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Explanations: expert boxes, localisation scores, Grad-CAM / IG via Captum, overlays, explain_images and the CLI."""
+"""explain_images and the CLI: Grad-CAM on a trained tiny CNN points at the blob, overlays, scores, DICOM sizes."""
 
 from __future__ import annotations
 
@@ -35,7 +35,10 @@ def test_summarize_scores() -> None:
     )
     summary = summarize_scores(table).set_index("label")
     assert summary.loc["Mass", "pointing_hit"] == 0.5 and summary.loc["Mass", "n"] == 2
-    assert summary.loc["ALL", "n"] == 3 and summary.loc["ALL", "pointing_hit"] == pytest.approx(2 / 3)
+    # Nodule's second map is empty: counted as boxed and empty, left out of the hit rate (never a hit)
+    assert summary.loc["Nodule", "n"] == 2 and summary.loc["Nodule", "n_empty"] == 1
+    assert summary.loc["ALL", "n"] == 4 and summary.loc["ALL", "n_empty"] == 1
+    assert summary.loc["ALL", "pointing_hit"] == pytest.approx(2 / 3)
 
 
 # ---------- attributions ----------
@@ -125,7 +128,7 @@ def test_explain_images_gradcam_scores_and_overlays(
         assert r.scores["pointing_hit"] == 1.0 and r.scores["energy_in_box"] > 3 * r.scores["box_fraction"]
     assert results[2].scores == {}  # no box: explained for its top-scoring label, not scored
     table = pd.read_csv(out / "scores.csv")
-    assert list(table.columns) == ["image_id", "path", "label", "probability", "method", "overlay",
+    assert list(table.columns) == ["image_id", "path", "label", "probability", "method", "overlay", "empty_map",
                                    "pointing_hit", "iou_top20", "energy_in_box", "box_fraction"]
     assert len(table) == 3 and table["pointing_hit"].tolist()[:2] == [1.0, 1.0] and np.isnan(table["pointing_hit"][2])
     for name in table["overlay"]:
@@ -180,11 +183,13 @@ def test_cli_explain_writes_overlays_and_scores(synth_run: tuple[Path, Path]) ->
     args = ["explain", str(run), *(str(synth / "images" / i) for i in images), "--boxes", str(synth / "boxes.csv")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "pointing-game hit rate" in result.output and "ALL" in result.output
+    assert "pointing-game hit rate" in result.output and "ALL" in result.output and "boxed map(s) empty" in result.output
     table = pd.read_csv(run / "explain" / "scores.csv")
     expected = boxes[boxes["Image Index"].isin(images)][["Image Index", "Finding Label"]].drop_duplicates()
     assert sorted(zip(table["image_id"], table["label"])) == sorted(map(tuple, expected.to_numpy()))
-    assert table["pointing_hit"].isin([0.0, 1.0]).all() and table["energy_in_box"].between(0, 1).all()
+    scored = table[table["empty_map"] == 0]
+    assert scored["pointing_hit"].between(0, 1).all() and scored["energy_in_box"].between(0, 1).all()
+    assert table.loc[table["empty_map"] == 1, "pointing_hit"].isna().all()
     assert all(Path(p).exists() and Path(p).parent == run / "explain" for p in table["overlay"])
 
     split = CliRunner().invoke(app, ["explain", str(run), "--split", "train", "--n", "2", "--method", "ig",

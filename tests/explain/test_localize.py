@@ -1,4 +1,4 @@
-"""Explanations: expert boxes, localisation scores, Grad-CAM / IG via Captum, overlays, explain_images and the CLI."""
+"""Localisation: expert boxes (NIH, synthetic), box geometry under pad/crop, pointing game, IoU, energy in box."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from chestxray.errors import ConfigError, DataError
 from chestxray.explain.localize import (
     Box,
     box_mask,
-    energy_in_box,
     fit_square_box,
+    is_empty_map,
     localization_scores,
     pointing_hit,
     read_boxes,
@@ -94,7 +94,21 @@ def test_scores_on_hand_made_heatmaps() -> None:
     quarter = box_mask([Box(0, 0, 16, 16)], (SIZE, SIZE))
     assert topk_iou(quarter.astype(float), quarter, 25.0) == pytest.approx(1.0)
     assert topk_iou(quarter.astype(float), quarter, 50.0) == pytest.approx(0.5)
-    assert np.isnan(energy_in_box(np.zeros((SIZE, SIZE)), mask))
     assert pointing_hit(-blob((12, 12)), mask) == 0.0
     with pytest.raises(ValueError, match="same 2-D shape"):
         pointing_hit(np.zeros((4, 4)), np.zeros((5, 5), dtype=bool))
+
+
+def test_empty_maps_are_not_hits_and_ties_are_shared() -> None:
+    """A map without signal (all zero, or flat) scores n/a on every measure; tied maxima give the expected hit."""
+    mask = box_mask([Box(8, 8, 8, 8)], (SIZE, SIZE))
+    for flat in (np.zeros((SIZE, SIZE)), np.full((SIZE, SIZE), 0.7), np.full((SIZE, SIZE), np.nan)):
+        assert is_empty_map(flat)
+        scores = localization_scores(flat, mask)
+        assert scores["empty_map"] == 1.0
+        assert all(np.isnan(scores[k]) for k in ("pointing_hit", "iou_top20", "energy_in_box"))
+    assert not is_empty_map(blob((12, 12))) and localization_scores(blob((12, 12)), mask)["empty_map"] == 0.0
+    # a plateau of 4 tied maxima, one inside the box: a quarter of a hit (random tie-break in expectation), not 1.0
+    plateau = np.zeros((SIZE, SIZE))
+    plateau[[10, 2, 2, 30], [10, 2, 30, 2]] = 1.0
+    assert pointing_hit(plateau, mask) == pytest.approx(0.25)

@@ -1,4 +1,4 @@
-"""Model registry: every entry builds and trains a step; pretrained/--weights loading adapts the stem; clear errors."""
+"""Registered architectures: every entry builds and trains a step, data configs, names and Grad-CAM layers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model registry: every entry builds and trains a step; pretrained/--weights loading adapts the stem; clear errors."""
+"""Model weights: ImageNet from the hub cache, --weights files (.pth, .safetensors), legacy keys, clear mismatches."""
 
 from __future__ import annotations
 

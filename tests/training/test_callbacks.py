@@ -1,8 +1,7 @@
-"""Training: LightningModule wiring (loss, metric), freezing, config errors, real short runs (synthetic, Kaggle)."""
+"""Training callbacks: freezing the backbone (and what --unfreeze-last N thaws)."""
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -11,21 +10,7 @@ from torch.utils.data import DataLoader
 from chestxray.models import build_model
 from chestxray.training.callbacks import FreezeBackbone
 from chestxray.training.module import ChestXrayModule
-
-
-def _batches(n: int, labels: torch.Tensor, size: int = 16, batch: int = 4, seed: int = 0) -> list[dict]:
-    """Batches in the DataModule's dict layout (image, labels, image_id, patient_id)."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(n, 1, size, size, generator=g)
-    return [{"image": images[i:i + batch], "labels": labels[i:i + batch].float(),
-             "image_id": [f"im{j}" for j in range(i, min(n, i + batch))],
-             "patient_id": [f"p{j}" for j in range(i, min(n, i + batch))]} for i in range(0, n, batch)]
-
-
-def _trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, **kwargs)
-
+from tests.training.helpers import batches, quiet_trainer
 
 # ------------------------------------------------------------------ module wiring
 
@@ -35,9 +20,9 @@ def test_freeze_backbone_trains_only_head(unfreeze_last: int) -> None:
     labels = torch.from_numpy(np.random.default_rng(1).integers(0, 2, (8, 2)).astype(np.float32))
     module = ChestXrayModule(build_model("cnn-small", 2), ["a", "b"], lr=1e-2, scheduler="plateau")
     before = {k: v.clone() for k, v in module.net.state_dict().items()}
-    trainer = _trainer(max_steps=2, callbacks=[FreezeBackbone("cnn-small", unfreeze_last)], num_sanity_val_steps=0,
+    trainer = quiet_trainer(max_steps=2, callbacks=[FreezeBackbone("cnn-small", unfreeze_last)], num_sanity_val_steps=0,
                        limit_val_batches=0)
-    trainer.fit(module, train_dataloaders=DataLoader(_batches(8, labels), batch_size=None))
+    trainer.fit(module, train_dataloaders=DataLoader(batches(8, labels), batch_size=None))
     after = module.net.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     frozen = [k for k in before if k.startswith("features.0.") or k.startswith("features.1.")]

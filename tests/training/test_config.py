@@ -1,4 +1,4 @@
-"""Training: LightningModule wiring (loss, metric), freezing, config errors, real short runs (synthetic, Kaggle)."""
+"""Training configs: defaults ← YAML ← flags, validated before anything heavy."""
 
 from __future__ import annotations
 

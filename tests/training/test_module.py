@@ -1,8 +1,7 @@
-"""Training: LightningModule wiring (loss, metric), freezing, config errors, real short runs (synthetic, Kaggle)."""
+"""The LightningModule: focal loss, warm-up + cosine schedule, validation AUROC over labels with both classes."""
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -10,22 +9,8 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
 from chestxray.models import build_model
-from chestxray.training.module import ChestXrayModule, focal_loss, warmup_cosine
-
-
-def _batches(n: int, labels: torch.Tensor, size: int = 16, batch: int = 4, seed: int = 0) -> list[dict]:
-    """Batches in the DataModule's dict layout (image, labels, image_id, patient_id)."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(n, 1, size, size, generator=g)
-    return [{"image": images[i:i + batch], "labels": labels[i:i + batch].float(),
-             "image_id": [f"im{j}" for j in range(i, min(n, i + batch))],
-             "patient_id": [f"p{j}" for j in range(i, min(n, i + batch))]} for i in range(0, n, batch)]
-
-
-def _trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, **kwargs)
-
+from chestxray.training.module import ChestXrayModule, batch_accuracy, focal_loss, warmup_cosine
+from tests.training.helpers import batches, quiet_trainer
 
 # ------------------------------------------------------------------ module wiring
 
@@ -49,11 +34,22 @@ def test_val_auroc_skips_labels_without_both_classes() -> None:
     labels[:, 1] = torch.from_numpy(rng.integers(0, 2, 24).astype(np.float32))
     labels[:, 2] = 1.0  # no negatives
     module = ChestXrayModule(build_model("cnn-tiny", 3), ["a", "b", "c"])
-    out = _trainer().validate(module, dataloaders=DataLoader(_batches(24, labels), batch_size=None), verbose=False)
+    out = quiet_trainer().validate(module, dataloaders=DataLoader(batches(24, labels), batch_size=None), verbose=False)
     module.eval()
     with torch.no_grad():
-        probs = torch.cat([torch.sigmoid(module(b["image"])) for b in _batches(24, labels)])
+        probs = torch.cat([torch.sigmoid(module(b["image"])) for b in batches(24, labels)])
     expected = roc_auc_score(labels[:, 1].numpy(), probs[:, 1].numpy())
     assert out[0]["val_auroc"] == pytest.approx(expected, abs=1e-5)
     assert "val_auroc_b" in out[0] and "val_auroc_a" not in out[0]
     assert np.isfinite(out[0]["val_loss"])
+    expected_acc = ((probs >= 0.5).float() == labels).float().mean().item()  # mean over images and the 3 labels
+    assert out[0]["val_accuracy"] == pytest.approx(expected_acc, abs=1e-6)
+
+
+def test_batch_accuracy_binary_multilabel_and_multiclass() -> None:
+    logits = torch.tensor([[2.0, -1.0], [-0.5, 0.3], [0.0, -3.0]])  # sigmoid >= 0.5 exactly when logit >= 0
+    labels = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    assert batch_accuracy(logits, labels).item() == pytest.approx(4 / 6)  # mean over labels and images
+    assert batch_accuracy(logits[:, :1], labels[:, :1]).item() == pytest.approx(1 / 3)  # binary at 0.5
+    onehot = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert batch_accuracy(logits, onehot, "multiclass").item() == pytest.approx(2 / 3)  # argmax vs class

@@ -1,4 +1,4 @@
-"""Training: LightningModule wiring (loss, metric), freezing, config errors, real short runs (synthetic, Kaggle)."""
+"""compare: several models trained on the same prepared data, one table (CLI `chestxray compare`)."""
 
 from __future__ import annotations
 

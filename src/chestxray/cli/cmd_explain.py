@@ -54,11 +54,14 @@ def explain(
         for col in summary.columns:
             grid.add_column(col, justify="left" if col == "label" else "right")
         for row in summary.itertuples(index=False):
-            grid.add_row(*(v if isinstance(v, str) else f"{v:.3g}" for v in row))
+            grid.add_row(*(v if isinstance(v, str) else "n/a" if v != v else f"{v:.3g}" for v in row))
         console.print(grid)
-        hit = summary.set_index("label").loc["ALL", "pointing_hit"]
-        console.print(f"explained {len(results)} image-label pair(s); pointing-game hit rate {hit:.2f}; "
-                      f"overlays and scores.csv in {out_dir}", highlight=False, soft_wrap=True)
+        overall = summary.set_index("label").loc["ALL"]
+        n_maps, n_empty, hit = int(overall["n"]), int(overall["n_empty"]), overall["pointing_hit"]
+        rate = "n/a (every map empty)" if n_empty == n_maps else f"{hit:.2f} over {n_maps - n_empty} map(s)"
+        console.print(f"explained {len(results)} image-label pair(s); pointing-game hit rate {rate}; "
+                      f"{n_empty} of {n_maps} boxed map(s) empty (no signal, scored n/a); overlays and scores.csv "
+                      f"in {out_dir}", highlight=False, soft_wrap=True)
     else:
         console.print(f"explained {len(results)} image-label pair(s) (no boxes to score); overlays and scores.csv "
                       f"in {out_dir}", highlight=False, soft_wrap=True)

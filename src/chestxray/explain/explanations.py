@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from chestxray.data.labels import closest
+from chestxray.data.tasks import probabilities
 from chestxray.errors import ConfigError, DataError, ModelError
 from chestxray.explain.attribution import METHODS, attribute, render_overlay, save_png
 from chestxray.explain.localize import (
@@ -109,7 +110,7 @@ def explain_images(
         gray, inputs, file_size = prepare_input(path, model.card)
         inputs = inputs.to(device)
         with torch.no_grad():
-            probs = torch.sigmoid(net(inputs))[0].float().cpu().numpy()
+            probs = probabilities(net(inputs).float(), model.card.get("task"))[0].cpu().numpy()
         rows = boxes_for(table, path.name) if table is not None else None
         boxed = [n for n in dict.fromkeys(rows["label"]) if n in labels] if rows is not None else []
         for name in [label] if label else boxed or [labels[int(probs.argmax())]]:
@@ -136,16 +137,23 @@ def scores_table(results: Sequence[ExplainResult]) -> pd.DataFrame:
 
 
 def summarize_scores(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean localisation scores per label and over all scored rows ('ALL'), with the count of scored rows."""
+    """Mean localisation scores per label and over all boxed rows ('ALL'): n boxed maps, n_empty of them empty.
+
+    Empty maps (no signal) score NaN and are left out of the means: they are reported as a count, never as hits.
+    """
     score_cols = [c for c in table.columns if c in ("pointing_hit", "energy_in_box", "box_fraction") or c.startswith("iou_top")]
-    if not score_cols:
-        return pd.DataFrame(columns=["label", "n"])
-    scored = table.dropna(subset=["pointing_hit"])
-    if scored.empty:
-        return pd.DataFrame(columns=["label", "n", *score_cols])
-    per_label = scored.groupby("label")[score_cols].mean()
-    per_label.insert(0, "n", scored.groupby("label").size())
-    overall = pd.DataFrame([[len(scored), *scored[score_cols].mean().tolist()]], columns=["n", *score_cols], index=["ALL"])
+    if "box_fraction" not in score_cols:
+        return pd.DataFrame(columns=["label", "n", "n_empty"])
+    boxed = table.dropna(subset=["box_fraction"])
+    if boxed.empty:
+        return pd.DataFrame(columns=["label", "n", "n_empty", *score_cols])
+    empty = boxed["empty_map"].fillna(0).astype(bool) if "empty_map" in boxed else boxed["pointing_hit"].isna()
+    boxed = boxed.assign(_empty=empty.astype(int))
+    per_label = boxed.groupby("label")[score_cols].mean()
+    per_label.insert(0, "n_empty", boxed.groupby("label")["_empty"].sum())
+    per_label.insert(0, "n", boxed.groupby("label").size())
+    overall = pd.DataFrame([[len(boxed), int(boxed["_empty"].sum()), *boxed[score_cols].mean().tolist()]],
+                           columns=["n", "n_empty", *score_cols], index=["ALL"])
     return pd.concat([per_label, overall]).rename_axis("label").reset_index()
 
 

@@ -3,6 +3,11 @@
 Boxes are read from the NIH file BBox_List_2017.csv(.gz) (coordinates in the 1024x1024 PNG frame) or from a
 synthetic boxes.csv (Image Index, Finding Label, x, y, w, h in the image's own pixels), mapped onto the
 prepared square image with the same geometry as chestxray.data.imaging.fit_square, and scored with pure functions.
+
+A map with no signal (flat: all zero, or every pixel equal, as Grad-CAM gives when no feature supports the label) is
+"empty": every score is NaN ("n/a (empty map)"), never a hit or a miss. When several pixels tie for the maximum,
+the pointing game scores the fraction of tied maxima inside the box: the expected hit of breaking the tie at random,
+so a plateau that straddles the box earns partial credit and no tie counts as a hit by itself.
 """
 
 from __future__ import annotations
@@ -128,18 +133,29 @@ def box_mask(boxes: list[Box], shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def is_empty_map(heatmap: np.ndarray) -> bool:
+    """True when the heatmap carries no signal: non-finite values, or every pixel equal (all-zero included)."""
+    if heatmap.size == 0 or not np.isfinite(heatmap).all():
+        return True
+    return bool(heatmap.max() <= heatmap.min())
+
+
 def pointing_hit(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """1.0 when the heatmap's maximum lies inside the mask (any of the tied maxima), else 0.0."""
+    """Fraction of the heatmap's tied maxima inside the mask (1.0/0.0 for one peak); NaN for an empty map."""
     _check(heatmap, mask)
+    if is_empty_map(heatmap):
+        return float("nan")
     peak = heatmap == heatmap.max()
-    return float((peak & mask).any())
+    return float((peak & mask).sum() / peak.sum())
 
 
 def topk_iou(heatmap: np.ndarray, mask: np.ndarray, top_percent: float = 20.0) -> float:
-    """IoU of the mask with the heatmap thresholded to its top `top_percent` % of pixels."""
+    """IoU of the mask with the heatmap thresholded to its top `top_percent` % of pixels; NaN for an empty map."""
     _check(heatmap, mask)
     if not 0 < top_percent <= 100:
         raise ConfigError(f"top_percent must be in (0, 100], got {top_percent}")
+    if is_empty_map(heatmap):
+        return float("nan")
     k = max(1, int(round(heatmap.size * top_percent / 100.0)))
     order = np.argsort(heatmap.ravel(), kind="stable")[::-1][:k]
     hot = np.zeros(heatmap.size, dtype=bool)
@@ -150,16 +166,19 @@ def topk_iou(heatmap: np.ndarray, mask: np.ndarray, top_percent: float = 20.0) -
 
 
 def energy_in_box(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """Fraction of the heatmap's positive mass inside the mask (NaN for an all-zero heatmap)."""
+    """Fraction of the heatmap's positive mass inside the mask (NaN for an empty map)."""
     _check(heatmap, mask)
+    if is_empty_map(heatmap):
+        return float("nan")
     positive = np.clip(heatmap, 0, None)
     total = positive.sum()
     return float(positive[mask].sum() / total) if total > 0 else float("nan")
 
 
 def localization_scores(heatmap: np.ndarray, mask: np.ndarray, top_percent: float = 20.0) -> dict[str, float]:
-    """Pointing-game hit, top-k% IoU, energy inside the box and the box's area fraction (the uniform-map baseline)."""
+    """Pointing-game hit, top-k% IoU, energy inside the box, the box's area fraction (the uniform-map baseline), empty flag."""
     return {
+        "empty_map": float(is_empty_map(heatmap)),
         "pointing_hit": pointing_hit(heatmap, mask),
         f"iou_top{top_percent:g}": topk_iou(heatmap, mask, top_percent),
         "energy_in_box": energy_in_box(heatmap, mask),

@@ -49,13 +49,14 @@ class TrainConfig:
     freeze: str = "none"  # "backbone": only the head trains
     unfreeze_last: int = 0  # with freeze=backbone: also train the last N backbone blocks
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
-    precision: str = "auto"  # auto: bf16-mixed (or 16-mixed) on GPU, 32-true on CPU
+    precision: str = "auto"  # auto: bf16-mixed (16-mixed) on GPU, bf16-mixed on CPUs with native bf16, else 32-true
     channels_last: bool = True
     accelerator: str = "auto"
     devices: int | str = "auto"
     num_nodes: int = 1
     strategy: str = "auto"  # e.g. "ddp"
     num_workers: int = 2
+    verify_checksums: bool = False  # before training, also compare every shard's sha256 with the manifest (sizes always)
     seed: int = 0
     max_steps: int = -1  # -1: no step limit
     max_minutes: float = 0.0  # 0: no time limit (otherwise training stops after this budget)

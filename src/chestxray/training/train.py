@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from torch import nn
 
 from chestxray.errors import ConfigError
 from chestxray.files import write_json, write_text
+from chestxray.locks import folder_lock
 from chestxray.training.callbacks import (
     AtomicCheckpointIO,
     FreezeBackbone,
@@ -33,6 +35,7 @@ from chestxray.training.callbacks import (
     RngState,
 )
 from chestxray.training.config import TrainConfig, config_yaml, validate_config
+from chestxray.training.precision import choose_precision
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +65,8 @@ class TrainResult:
 
 
 def auto_precision(config: TrainConfig) -> str:
-    """bf16-mixed on a GPU that supports it, else 16-mixed on GPU, 32-true on CPU (unless set explicitly)."""
-    if config.precision != "auto":
-        return config.precision
-    if config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+    """The precision a run uses: config.precision, or for 'auto' the choice of chestxray.training.precision."""
+    return choose_precision(config.precision, config.accelerator).precision
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -77,11 +76,20 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite a run; a folder whose run failed before its first checkpoint is reused (and says so)."""
     config_path = run_dir / CONFIG_FILE
+    started = any((run_dir / name).exists() for name in ("checkpoints/last.ckpt", "checkpoints/best.ckpt", "bundle"))
     if resume:
         if not (run_dir / "checkpoints" / "last.ckpt").is_file():
             raise ConfigError(f"cannot resume {run_dir}: no checkpoints/last.ckpt (the run stopped before its "
-                              "first checkpoint); start it again with another --out or delete the folder")
+                              "first checkpoint); start it again without --resume (the folder is reused)")
+    elif config_path.exists() and not started:
+        log.warning("%s: reusing this folder: the run there stopped before its first checkpoint (nothing to resume)",
+                    run_dir)
+        for name in (CONFIG_FILE, RUN_FILE, "metrics.csv", "history.csv"):
+            (run_dir / name).unlink(missing_ok=True)
+        for name in ("logs", "checkpoints"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
     elif config_path.exists():
         raise ConfigError(f"{config_path} exists: {run_dir} holds an earlier run and will not be overwritten. "
                           f"Either continue it with --resume {run_dir}, pick another --out, or delete {run_dir}")
@@ -140,10 +148,12 @@ def _steps_per_epoch(data: Any, world_size: int) -> int:
 
 def _data_fields(config: TrainConfig, data: Any, data_cfg: dict[str, Any]) -> dict[str, Any]:
     """What the run was trained on and how inputs are fed: shared by RUN/run.json and the bundle card."""
+    from chestxray.data.shards import preprocessing
+
     return {"labels": list(data.labels), "task": data.task, "prepared": str(Path(config.prepared).resolve()),
             "data_fingerprint": data.manifest.get("fingerprint"), "image_size": data.image_size,
-            "resize": data.manifest.get("resize", "pad"), "in_chans": config.in_chans,
-            "normalization": data_cfg["normalization"]}
+            "resize": data.manifest.get("resize", "pad"), "preprocessing": preprocessing(data.manifest),
+            "in_chans": config.in_chans, "normalization": data_cfg["normalization"]}
 
 
 def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any], run_info: dict[str, Any],
@@ -190,10 +200,12 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
     validate_config(config)
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     config = replace(config, out=str(run_dir))
-    if rank_zero_only.rank == 0:  # ranks started later by Lightning's launcher find rank zero's config.yaml
-        _check_run_dir(run_dir, resume)
-    with _allow_file_store(_tracking_uri(config) if config.mlflow else ""):
-        return _fit(config, run_dir, resume, callbacks)
+    zero = rank_zero_only.rank == 0
+    with folder_lock(run_dir, "train") if zero else contextlib.nullcontext():  # one writer per run folder
+        if zero:  # ranks started later by Lightning's launcher find rank zero's config.yaml
+            _check_run_dir(run_dir, resume)
+        with _allow_file_store(_tracking_uri(config) if config.mlflow else ""):
+            return _fit(config, run_dir, resume, callbacks)
 
 
 def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callback] | None) -> TrainResult:
@@ -207,13 +219,16 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     data_cfg = model_data_config(config.model, config.in_chans)
     data = ChestXrayDataModule(config.prepared, batch_size=config.batch_size, num_workers=config.num_workers,
                                augment=config.augment, in_chans=config.in_chans,
-                               normalization=str(data_cfg["normalization"]), seed=config.seed)
+                               normalization=str(data_cfg["normalization"]), seed=config.seed,
+                               verify="checksums" if config.verify_checksums else "sizes")
     net = build_model(config.model, len(data.labels), in_chans=config.in_chans, pretrained=config.pretrained,
                       weights=config.weights, dropout=config.dropout)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    precision = auto_precision(config)
-    fields = _data_fields(config, data, data_cfg)
+    choice = choose_precision(config.precision, config.accelerator)
+    precision = choice.precision
+    log.info("precision %s (%s)", precision, choice.reason)
+    fields = {**_data_fields(config, data, data_cfg), "precision": precision, "precision_reason": choice.reason}
 
     run_info: dict[str, Any] = {}
     if resume and (run_dir / RUN_FILE).is_file():
@@ -250,10 +265,10 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                              pos_weight=data.pos_weight().tolist() if config.pos_weight else None,
                              scheduler=config.scheduler, warmup_fraction=config.warmup_fraction,
                              monitor=config.monitor, patience=config.patience, channels_last=config.channels_last,
-                             total_steps=total_steps)
+                             total_steps=total_steps, task=data.task)
     if trainer.is_global_zero:
-        _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"],
-                                           "precision": precision}, run_info, mlflow_logger)
+        _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"]}, run_info,
+                         mlflow_logger)
 
     start = time.perf_counter()
     last = run_dir / "checkpoints" / "last.ckpt"
