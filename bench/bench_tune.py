@@ -6,6 +6,7 @@ best validation AUROC, the wall time and how many trials were pruned, and writes
 The test split is never read.
 
 Run: .venv/bin/python bench/bench_tune.py [--trials 12] [--epochs 3] [--train-images 600] [--size 64]
+     (OMP_NUM_THREADS=1 on a shared machine)
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import pandas as pd
 
 from chestxray.files import write_csv
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "kaggle-chest-xray-pneumonia"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -33,7 +33,12 @@ def prepared_sample(root: Path, size: int, n_train: int, seed: int = 0) -> Path:
     from chestxray.data.sources import read_folder
     from chestxray.data.split import assign_splits
 
-    catalog = assign_splits(read_folder(DATA), (0.8, 0.1, 0.1), seed=seed)
+    from chestxray.data.samples import find_sample_data
+
+    data = find_sample_data(Path(__file__).resolve().parents[1])
+    if data is None:
+        raise SystemExit("the shared sample data was not found; set CHESTXRAY_DATA to the shared/data folder")
+    catalog = assign_splits(read_folder(data / "kaggle-chest-xray-pneumonia"), (0.8, 0.1, 0.1), seed=seed)
     table = catalog.table
     train = table[table["split"] == "train"]
     catalog.table = pd.concat([train.sample(n=min(n_train, len(train)), random_state=seed),
@@ -49,6 +54,8 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=600)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--model", default="cnn-small")
+    parser.add_argument("--precision", default="32-true", help="fp32 by default: on CPU, bf16 autocast of a small "
+                        "CNN is slower here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -63,7 +70,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
         prepared = prepared_sample(Path(tmp), args.size, args.train_images)
         base = TrainConfig(prepared=str(prepared), model=args.model, epochs=args.epochs, num_workers=0,
-                           patience=0, mlflow=False, progress=False)
+                           patience=0, precision=args.precision, mlflow=False, progress=False)
         space = read_space(None, base)
         for sampler in ("tpe", "random"):
             start = time.perf_counter()

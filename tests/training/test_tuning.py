@@ -22,7 +22,7 @@ def test_pruned_run_stops_after_first_validation_with_complete_folder(synthetic_
         trial = study.ask()
         pruning = OptunaPruning(trial)
         config = TrainConfig(prepared=str(synthetic_prepared), model="cnn-tiny", epochs=3, batch_size=64,
-                             num_workers=0, mlflow=False, progress=False, out=str(tmp_path / "run"))
+                             num_workers=0, precision="32-true", mlflow=False, progress=False, out=str(tmp_path / "run"))
         result = train(config, callbacks=[pruning])
     finally:
         torch.set_num_threads(threads)

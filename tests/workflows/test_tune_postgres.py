@@ -68,6 +68,7 @@ def postgres_url() -> Iterator[str]:
 
 def _tune(prepared: Path, out: Path, url: str, trials: int, *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "chestxray", "tune", str(prepared), "--space", str(out.parent / "space.yaml"),
+               "--config", str(out.parent / "base.yaml"),
                "--model", "cnn-tiny", "--epochs", "1", "--trials", str(trials), "--out", str(out), "--no-mlflow",
                "--storage", url, "--study-name", "pg-study", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
@@ -79,6 +80,7 @@ def test_postgres_study_two_workers_then_a_third(postgres_url: str, synthetic_pr
                                                  tmp_path: Path) -> None:
     out = tmp_path / "study"
     (tmp_path / "space.yaml").write_text(SPACE_YAML, encoding="utf-8")
+    (tmp_path / "base.yaml").write_text("precision: 32-true\nnum_workers: 0\nbatch_size: 64\n", encoding="utf-8")
     first = _tune(synthetic_prepared, out, postgres_url, 2, "--workers", "2")
     assert first.returncode == 0, first.stderr[-3000:]
     third = _tune(synthetic_prepared, out, postgres_url, 3)  # a third process continues the same study

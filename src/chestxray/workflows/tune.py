@@ -173,7 +173,11 @@ def _process_main(settings: TuneSettings, index: int, parent_id: str | None, lev
     if level >= logging.WARNING:
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    run_worker(settings, index, parent_id)
+    try:
+        run_worker(settings, index, parent_id)
+    except ChestXrayError as exc:  # a user-fixable problem: one line, like the CLI, and a non-zero exit code
+        log.error("worker %d: %s", index, exc)
+        raise SystemExit(1) from None
 
 
 def run_worker(settings: TuneSettings, index: int, parent_id: str | None) -> int:
