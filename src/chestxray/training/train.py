@@ -160,7 +160,7 @@ def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any],
     if mlflow_logger is not None:
         mlflow_logger.log_hyperparams(config.to_dict())
         run_info["mlflow_run_id"] = mlflow_logger.run_id
-        run_info["mlflow_tracking_uri"] = _tracking_uri(config)
+        run_info["mlflow_tracking_uri"] = mlflow_logger._tracking_uri  # the store this run's logger writes to
         mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(run_dir / CONFIG_FILE))
     write_json(run_dir / RUN_FILE, run_info)
 
@@ -184,7 +184,7 @@ def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: d
         for name in ("metrics.csv", "history.csv", CONFIG_FILE):
             client.log_artifact(run_id, str(run_dir / name))
         client.log_artifacts(run_id, str(bundle_dir), "bundle")
-        log_pyfunc(_tracking_uri(config), run_id, run_dir, bundle_dir, config.register_model)
+        log_pyfunc(mlflow_logger._tracking_uri, run_id, run_dir, bundle_dir, config.register_model)
     return bundle_dir
 
 
