@@ -144,9 +144,10 @@ def _steps_per_epoch(data: Any, world_size: int) -> int:
 
 def _data_fields(config: TrainConfig, data: Any, data_cfg: dict[str, Any]) -> dict[str, Any]:
     """What the run was trained on and how inputs are fed: shared by RUN/run.json and the bundle card."""
-    from chestxray.data.shards import preprocessing
+    from chestxray.data.shards import is_remote, preprocessing
 
-    return {"labels": list(data.labels), "task": data.task, "prepared": str(Path(config.prepared).resolve()),
+    prepared = config.prepared if is_remote(config.prepared) else str(Path(config.prepared).resolve())
+    return {"labels": list(data.labels), "task": data.task, "prepared": prepared,
             "data_fingerprint": data.manifest.get("fingerprint"), "image_size": data.image_size,
             "resize": data.manifest.get("resize", "pad"), "preprocessing": preprocessing(data.manifest),
             "in_chans": config.in_chans, "normalization": data_cfg["normalization"]}
