@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench browser postgres clean
+.PHONY: demo test bench browser nginx postgres clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,14 @@ postgres:
 	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null || \
 	     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null); }
 
-test: $(STAMP) browser postgres
+# The remote-data test serves a prepared folder with a real nginx (Debian's package), installed when missing.
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || \
+	  { (apt-get update -qq || sudo apt-get update -qq) && \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null || \
+	     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null); }
+
+test: $(STAMP) browser nginx postgres
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

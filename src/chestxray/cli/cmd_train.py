@@ -26,7 +26,8 @@ def _settings(**flags: object) -> dict[str, object]:
              "--strategy ddp")
 @friendly
 def train(
-    prepared: Optional[Path] = typer.Argument(None, help="PREPARED folder (from 'chestxray prepare')."),
+    prepared: Optional[str] = typer.Argument(None, help="PREPARED folder (from 'chestxray prepare'), or its URL: "
+                                             "http(s)://… or s3://… (shards are streamed)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of settings (flags override it)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the stopped run RUN from its last.ckpt."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Architecture (see 'chestxray models')."),
@@ -69,6 +70,8 @@ def train(
     mlflow: Optional[bool] = typer.Option(None, "--mlflow/--no-mlflow", help="Mirror the run to MLflow."),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="Tracking URI (default file:./mlruns)."),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment name."),
+    register_model: Optional[str] = typer.Option(None, "--register-model",
+                                                 help="Also register the logged MLflow model under this name."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     from chestxray.errors import ConfigError
@@ -93,7 +96,7 @@ def train(
                          strategy=strategy, num_workers=num_workers, verify_checksums=verify_checksums, seed=seed,
                          max_steps=max_steps,
                          max_minutes=max_minutes, out=out, mlflow=mlflow, mlflow_uri=mlflow_uri,
-                         experiment=experiment, progress=progress)
+                         experiment=experiment, register_model=register_model, progress=progress)
     resolved = resolve_config(base, config, where="command line", **settings)
     result = run_training(resolved, resume=resume is not None)
     if result.bundle_dir is not None:
@@ -108,7 +111,7 @@ def train(
              "--budget-minutes 10 --out runs/compare")
 @friendly
 def compare(
-    prepared: Path = typer.Argument(..., help="PREPARED folder."),
+    prepared: str = typer.Argument(..., help="PREPARED folder or URL."),
     models: str = typer.Option("cnn-small,resnet18,densenet121", "--models", help="Comma-separated names."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
     budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes", help="Training-time cap per model."),

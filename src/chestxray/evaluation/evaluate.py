@@ -241,4 +241,17 @@ def evaluate_run(
                                       n_boot, seed, extra, task=task, before_commit=finish)
     result.notes.extend([note] if note else [])
     log.info("evaluated %s on %s: macro AUROC %s", run, split, result.macro_auroc)
+    _to_mlflow(run, result)
     return result
+
+
+def _to_mlflow(run: Path, result: EvalResult) -> None:
+    """Mirror the evaluation into the run's MLflow run; a store that cannot be reached costs a warning, not the files."""
+    from chestxray.evaluation.tracking import log_evaluation
+
+    try:
+        log_evaluation(run, result)
+    except Exception as exc:  # noqa: BLE001 - RUN/eval is written; MLflow is a mirror of it
+        note = f"could not log the evaluation to MLflow ({type(exc).__name__}: {exc}); RUN/eval/ holds all of it"
+        log.warning(note)
+        result.notes.append(note)

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from chestxray.errors import ConfigError
-from chestxray.files import write_json, write_text
+from chestxray.files import atomic_path, write_json, write_text
 from chestxray.locks import folder_lock
 from chestxray.training.callbacks import (
     AtomicCheckpointIO,
@@ -124,13 +124,13 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
-def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None):
+def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None, task: str = "multilabel"):
     from lightning.pytorch.loggers import MLFlowLogger
 
     uri = _tracking_uri(config)
     return MLFlowLogger(experiment_name=config.experiment, run_name=run_dir.name, tracking_uri=uri, run_id=run_id,
                         artifact_location=artifact_location(uri),
-                        tags={"run_dir": str(run_dir.resolve()), "model": config.model})
+                        tags={"run_dir": str(run_dir.resolve()), "model": config.model, "task": task})
 
 
 def _best_state(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -148,9 +148,10 @@ def _steps_per_epoch(data: Any, world_size: int) -> int:
 
 def _data_fields(config: TrainConfig, data: Any, data_cfg: dict[str, Any]) -> dict[str, Any]:
     """What the run was trained on and how inputs are fed: shared by RUN/run.json and the bundle card."""
-    from chestxray.data.shards import preprocessing
+    from chestxray.data.shards import is_remote, preprocessing
 
-    return {"labels": list(data.labels), "task": data.task, "prepared": str(Path(config.prepared).resolve()),
+    prepared = config.prepared if is_remote(config.prepared) else str(Path(config.prepared).resolve())
+    return {"labels": list(data.labels), "task": data.task, "prepared": prepared,
             "data_fingerprint": data.manifest.get("fingerprint"), "image_size": data.image_size,
             "resize": data.manifest.get("resize", "pad"), "preprocessing": preprocessing(data.manifest),
             "in_chans": config.in_chans, "normalization": data_cfg["normalization"]}
@@ -164,6 +165,7 @@ def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any],
     if mlflow_logger is not None:
         mlflow_logger.log_hyperparams(config.to_dict())
         run_info["mlflow_run_id"] = mlflow_logger.run_id
+        run_info["mlflow_tracking_uri"] = mlflow_logger._tracking_uri  # the store this run's logger writes to
         mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(run_dir / CONFIG_FILE))
     write_json(run_dir / RUN_FILE, run_info)
 
@@ -187,7 +189,33 @@ def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: d
         for name in ("metrics.csv", "history.csv", CONFIG_FILE):
             client.log_artifact(run_id, str(run_dir / name))
         client.log_artifacts(run_id, str(bundle_dir), "bundle")
+        log_pyfunc(mlflow_logger._tracking_uri, run_id, run_dir, bundle_dir, config.register_model)
     return bundle_dir
+
+
+def log_pyfunc(uri: str, run_id: str, run_dir: Path, bundle_dir: Path, register_as: str = "") -> Any:
+    """Log the bundle as an MLflow pyfunc model in the run (input example: RUN/input_example.png, a gray square)."""
+    import mlflow
+    import numpy as np
+    from PIL import Image
+
+    from chestxray.models.pyfunc import log_bundle_model
+
+    size = int(json.loads((bundle_dir / "card.json").read_text(encoding="utf-8"))["image_size"])
+    example = run_dir / "input_example.png"
+    with atomic_path(example) as tmp:
+        Image.fromarray(np.full((size, size), 128, np.uint8)).save(tmp, format="PNG")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = log_bundle_model(bundle_dir, example, register_as or None)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    run_file = run_dir / RUN_FILE
+    if run_file.exists():  # where `mlflow.pyfunc.load_model` finds it
+        write_json(run_file, {**json.loads(run_file.read_text(encoding="utf-8")), "mlflow_model_uri": info.model_uri})
+    return info
 
 
 def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] | None = None) -> TrainResult:
@@ -236,7 +264,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     loggers: list[Any] = [CSVLogger(run_dir, name="logs")]
     mlflow_logger = None
     if config.mlflow:
-        mlflow_logger = _mlflow_logger(config, run_dir, run_info.get("mlflow_run_id") if resume else None)
+        mlflow_logger = _mlflow_logger(config, run_dir, run_info.get("mlflow_run_id") if resume else None, data.task)
         loggers.append(mlflow_logger)
     mode = "max" if config.monitor == "val_auroc" else "min"
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode=mode,
