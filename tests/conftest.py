@@ -33,3 +33,10 @@ def synthetic_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     catalog = assign_splits(read_nih(source / "labels.csv", source / "images"), seed=0)
     prepare_dataset(catalog, root / "prepared", size=32, workers=0)
     return root / "prepared"
+
+
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing reaches the internet: downloads are off unless a test turns them on against its loopback server."""
+    monkeypatch.setenv("CHESTXRAY_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
