@@ -33,12 +33,21 @@ def test_synthetic_two_epochs_learn_and_fill_run_folder(tmp_path: Path, syntheti
     assert metrics["train_loss"].notna().sum() == result.steps and metrics["val_auroc"].notna().sum() == 2
     history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == [0, 1] and history["val_auroc"].max() == pytest.approx(result.best_val_auroc)
+    for column in ("train_accuracy", "val_accuracy"):  # per epoch, at 0.5, mean over the 14 labels
+        assert history[column].between(0, 1).all() and history[column].notna().all(), column
     manifest = json.loads((synthetic_prepared / "manifest.json").read_text())
     bundle = load_bundle(run)
     card = bundle.card
     assert card["prepared"] == str(synthetic_prepared.resolve()) and card["data_fingerprint"] == manifest["fingerprint"]
     assert (card["image_size"], card["normalization"], card["in_chans"], card["seed"]) == (32, "gray", 1, 0)
     assert card["labels"] == manifest["labels"] and card["task"] == manifest["task"]
+    from chestxray.training.precision import choose_precision
+
+    auto = choose_precision("auto", "auto")
+    assert (card["precision"], card["precision_reason"]) == (auto.precision, auto.reason)
+    assert json.loads((run / "run.json").read_text())["precision_reason"] == auto.reason
+    assert card["preprocessing"]["resize"] == manifest["resize"] == "pad"
+    assert card["preprocessing"]["interpolation"] == manifest["settings"]["interpolation"]
     with pytest.raises(ConfigError, match="will not be overwritten.*--resume .*another --out.*delete"):
         train(config)
 
@@ -83,3 +92,31 @@ def test_kaggle_real_images_beat_chance(tmp_path: Path, shared_data: Path) -> No
     result = train(config)
     print(f"kaggle 64 px cnn-small 2 epochs: best val AUROC {result.best_val_auroc:.4f}")
     assert result.best_val_auroc > 0.8
+
+
+def test_failed_start_folder_is_reused_and_a_second_writer_is_refused(tmp_path: Path, synthetic_prepared: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    import lightning as L
+
+    from chestxray.locks import folder_lock
+
+    class FailAtStart(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            raise RuntimeError("out of memory (simulated)")
+
+    run = tmp_path / "run"
+    config = resolve_config(prepared=str(synthetic_prepared), model="cnn-tiny", epochs=1, max_steps=2, batch_size=8,
+                            num_workers=0, mlflow=False, progress=False, out=str(run))
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(config, callbacks=[FailAtStart()])
+    assert (run / "config.yaml").is_file() and not (run / "checkpoints" / "last.ckpt").exists()
+    with pytest.raises(ConfigError, match="no checkpoints/last.ckpt.*without --resume \\(the folder is reused\\)"):
+        train(config, resume=True)
+    with folder_lock(run, "train"):
+        with pytest.raises(ConfigError, match=f"{run}: in use by pid {os.getpid()} on host .*chestxray train"):
+            train(config)
+    result = train(config)  # a plain re-run with the same --out
+    assert result.steps == 2 and (run / "checkpoints" / "last.ckpt").is_file()
+    assert "reusing this folder: the run there stopped before its first checkpoint" in caplog.text
+    with pytest.raises(ConfigError, match="will not be overwritten"):
+        train(config)

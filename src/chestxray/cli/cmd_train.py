@@ -49,9 +49,11 @@ def train(
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW)."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
     augment: Optional[str] = typer.Option(None, "--augment", help="none | minimal | advanced."),
-    loss: Optional[str] = typer.Option(None, "--loss", help="bce | focal."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="bce | focal (a multiclass catalog always uses softmax "
+                                       "cross-entropy, focal-scaled with focal)."),
     pos_weight: Optional[bool] = typer.Option(None, "--pos-weight/--no-pos-weight",
-                                              help="Weight positives by the train split's neg/pos ratio."),
+                                              help="Weight positives by the train split's neg/pos ratio "
+                                              "(multiclass: class weights N/(K*n_class) in the cross-entropy)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="cosine (warm-up then cosine) | plateau."),
     monitor: Optional[str] = typer.Option(None, "--monitor", help="val_auroc | val_loss (best ckpt, early stop)."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Early-stopping patience (0: off)."),
@@ -68,6 +70,9 @@ def train(
     num_nodes: Optional[int] = typer.Option(None, "--num-nodes"),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="auto | ddp | ..."),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Data loader processes per device."),
+    verify_checksums: Optional[bool] = typer.Option(None, "--verify-checksums/--no-verify-checksums",
+                                                    help="Before training, compare every "
+                                                    "shard's sha256 with manifest.json (sizes are always checked)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps (-1: no limit)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this much training time."),
@@ -75,6 +80,8 @@ def train(
     mlflow: Optional[bool] = typer.Option(None, "--mlflow/--no-mlflow", help="Mirror the run to MLflow."),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="Tracking URI (default file:./mlruns)."),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment name."),
+    register_model: Optional[str] = typer.Option(None, "--register-model",
+                                                 help="Also register the logged MLflow model under this name."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     from chestxray.errors import ConfigError
@@ -98,9 +105,10 @@ def train(
                          loss=loss, pos_weight=pos_weight, scheduler=scheduler, monitor=monitor, patience=patience,
                          val_every=val_every, freeze=freeze, unfreeze_last=unfreeze_last, grad_clip=grad_clip,
                          precision=precision, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                         strategy=strategy, num_workers=num_workers, seed=seed, max_steps=max_steps,
+                         strategy=strategy, num_workers=num_workers, verify_checksums=verify_checksums, seed=seed,
+                         max_steps=max_steps,
                          max_minutes=max_minutes, out=out, mlflow=mlflow, mlflow_uri=mlflow_uri,
-                         experiment=experiment, progress=progress)
+                         experiment=experiment, register_model=register_model, progress=progress)
     resolved = resolve_config(base, recipe_settings(recipe), config, where="command line", **settings)
     result = run_training(resolved, resume=resume is not None)
     if result.bundle_dir is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from chestxray.data.tasks import check_one_hot, is_multiclass
 from chestxray.errors import DataError
 from chestxray.files import write_csv, write_json
 
@@ -59,12 +60,18 @@ def validate_catalog(catalog: Catalog, where: str = "catalog") -> None:
         raise DataError(f"{where}: unknown task {catalog.task!r}; expected one of {TASKS}")
     if table.empty:
         raise DataError(f"{where}: the table has no rows")
+    no_patient = table["patient_id"].isna() | (table["patient_id"].astype(str).str.strip() == "")
+    if no_patient.any():
+        raise DataError(f"{where}: {int(no_patient.sum())} row(s) have no patient id (e.g. image "
+                        f"{table['image_id'][no_patient].iloc[0]!r}); every image needs one so splits stay by patient")
     dup = table["image_id"][table["image_id"].duplicated()]
     if len(dup):
         raise DataError(f"{where}: {len(dup)} duplicate image id(s), e.g. {list(dup.unique()[:5])}; each image must appear once")
     bad = [c for c in catalog.labels if not table[c].isin([0, 1]).all()]
     if bad:
         raise DataError(f"{where}: label column(s) {bad} hold values other than 0/1")
+    if is_multiclass(catalog.task):
+        check_one_hot(catalog.label_matrix, where)
     assigned = table[table["split"].isin(SPLITS)]
     per_patient = assigned.groupby("patient_id")["split"].nunique()
     leaked = per_patient[per_patient > 1]

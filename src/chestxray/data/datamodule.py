@@ -5,7 +5,10 @@ T = world_size × ceil(N / (world_size × batch_size)) consecutive batches whose
 batch is larger than batch_size and none is empty). Rank r takes the r-th contiguous block of T / world_size
 batches, and within a rank each loader worker a contiguous share of those batches; a seeded buffer shuffles the
 samples inside each worker's range. So every rank sees the same number of batches, and every sample appears exactly
-once per epoch across all ranks — nothing is padded or dropped. Each worker only reads the shards its range covers.
+once per epoch across all ranks — nothing is padded or dropped. One exception: with batch_size 1 and N not a
+multiple of world_size, equal batch counts per rank are impossible without repeats, so T = world_size × ⌊N /
+world_size⌋ and the last N mod world_size samples of that epoch's order sit the epoch out (at most world_size − 1;
+the order changes every epoch). Each worker only reads the shards its range covers.
 Validation/test/split_dataloader: stored order, batches of batch_size (last one smaller), no augmentation, the
 whole split on every rank (metrics stay exact), identical for any number of workers.
 Speed: shards hold final-size uint8 pixels, so a worker only reads bytes (and augments); batches travel between
@@ -30,7 +33,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from chestxray.data.augment import Normalization, build_augment, normalize
 from chestxray.data.shards import iter_shard, read_manifest, shard_urls
-from chestxray.errors import DataError
+from chestxray.data.tasks import is_multiclass
+from chestxray.data.verify import verify_prepared
+from chestxray.errors import ChestXrayError, DataError
+
+
+_ERROR = "chestxray_error"  # key of the item a loader worker sends instead of a batch when it fails
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,8 @@ def plan_epoch(shard_counts: list[int], batch_size: int, *, world_size: int = 1,
         if n < world_size:
             raise DataError(f"{n} training image(s) cannot be shared by {world_size} ranks; prepare more data")
         total = world_size * math.ceil(n / (world_size * batch_size))
+        if total > n:  # only with batch_size 1: a size-0 batch would follow; leave out n mod world_size samples
+            total, n = world_size * (n // world_size), world_size * (n // world_size)
         q, rem = divmod(n, total)
         sizes = [q + 1] * rem + [q] * (total - rem)
         per_rank = total // world_size
@@ -116,6 +126,16 @@ class ShardBatches(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        try:
+            yield from self._batches(worker, num_workers)
+        except ChestXrayError as exc:
+            if info is None:
+                raise
+            # In a loader worker: hand the error itself to the main process (_EpochLoader raises it there), so the
+            # user sees its one line, not "Caught DataError in DataLoader worker process 1" and a traceback.
+            yield {_ERROR: exc}
+
+    def _batches(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
         plan = self.plan(worker, num_workers)
         if not plan.batch_sizes:
             return
@@ -186,6 +206,8 @@ class _EpochLoader(DataLoader):
     def _normalised(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         ds = self.dataset
         for batch in batches:
+            if _ERROR in batch:
+                raise batch[_ERROR]
             pixels = batch["image"]
             out = torch.empty((pixels.shape[0], ds.in_chans, *pixels.shape[2:]), dtype=torch.float32,
                               pin_memory=self.pin_memory and torch.cuda.is_available())
@@ -195,15 +217,20 @@ class _EpochLoader(DataLoader):
 
 class ChestXrayDataModule(L.LightningDataModule):
     """Loaders over a PREPARED folder. Batches: image float32 (B, C, H, W) normalised, labels float32 (B, L),
-    image_id list[str], patient_id list[str]. World size and rank come from the attached trainer, else the args."""
+    image_id list[str], patient_id list[str]. World size and rank come from the attached trainer, else the args.
+    verify: check every shard's size ('sizes', cheap), also its sha256 ('checksums') or nothing ('none') first."""
 
     def __init__(self, prepared: str | Path, batch_size: int = 32, num_workers: int = 2, augment: str = "none",
                  in_chans: int = 1, normalization: Normalization = "gray", seed: int = 0, *, world_size: int | None = None,
                  rank: int | None = None, shuffle_buffer: int | None = None, pin_memory: bool | None = None,
-                 persistent_workers: bool = True) -> None:
+                 persistent_workers: bool = True, verify: str = "sizes") -> None:
         super().__init__()
         self.prepared = str(prepared)
         self.manifest = read_manifest(prepared)
+        if verify not in ("sizes", "checksums", "none"):
+            raise DataError(f"verify={verify!r}: expected 'sizes', 'checksums' or 'none'")
+        if verify != "none":  # a damaged shard is named now, before any training or evaluation starts
+            verify_prepared(prepared, checksums=verify == "checksums", manifest=self.manifest)
         self.labels: tuple[str, ...] = tuple(self.manifest["labels"])
         self.task: str = self.manifest.get("task", "multilabel")
         self.image_size = int(self.manifest["image_size"])
@@ -217,11 +244,14 @@ class ChestXrayDataModule(L.LightningDataModule):
         build_augment(augment, self.image_size, seed)
 
     def pos_weight(self) -> torch.Tensor:
-        """(L,) negatives / positives per label in train (positives floored at 1), for BCEWithLogitsLoss."""
+        """(L,) negatives / positives per label in train (positives floored at 1), for BCEWithLogitsLoss; for a
+        multiclass task the class weights N / (K * n_class) of the cross-entropy (1 for every class when balanced)."""
         train = self.manifest["splits"].get("train")
         if not train or not train["count"]:
             raise DataError(f"{self.prepared}: no training images; pos_weight needs a train split")
         pos = torch.tensor(train["positives"], dtype=torch.float32)
+        if is_multiclass(self.task):
+            return train["count"] / (len(pos) * pos.clamp(min=1.0))
         return (train["count"] - pos) / pos.clamp(min=1.0)
 
     def _ranks(self) -> tuple[int, int]:

@@ -21,8 +21,10 @@ import chestxray
 from chestxray.data.shards import read_manifest
 from chestxray.errors import DataError, ModelError
 from chestxray.evaluation.evaluate import EVAL_DIR, PLOTS
-from chestxray.files import write_text
+from chestxray.files import remove_leftovers, write_text
+from chestxray.locks import folder_lock
 from chestxray.models.bundle import read_card
+from chestxray.report.multiclass import multiclass_context
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,8 @@ def _interval_cell(iv: dict[str, Any]) -> dict[str, Any]:
     """A metrics-table cell for a value with its CI, or 'n/a' with the reason as its tooltip."""
     if iv.get("value") is None:
         return {"text": "n/a", "cls": "na", "title": iv.get("reason") or ""}
-    ci = f"[{iv['low']:.3f}, {iv['high']:.3f}]" if iv.get("low") is not None else ""
-    return {"text": f"{iv['value']:.3f}", "ci": ci}
+    ci = f"[{iv['low']:.3f}, {iv['high']:.3f}]" if iv.get("low") is not None else "(no CI)"
+    return {"text": f"{iv['value']:.3f}", "ci": ci, "title": iv.get("reason") or ""}
 
 
 def _metric_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -78,7 +80,7 @@ def _metric_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return {"text": text, "cls": "na" if text == "n/a" else ""}
 
         note = r.get("note") or ""
-        if r["auroc"].get("value") is None and r["auroc"].get("reason") and r["auroc"]["reason"] not in note:
+        if r["auroc"].get("low") is None and r["auroc"].get("reason") and r["auroc"]["reason"] not in note:
             note = f"{note}; {r['auroc']['reason']}".strip("; ")
         cells = [
             {"text": r["name"]},
@@ -132,10 +134,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{metrics_path}: not valid JSON ({exc}); run `chestxray evaluate {run}` again") from exc
 
+    multiclass = multiclass_context(metrics)
+    captions = {**CAPTIONS, **(multiclass["captions"] if multiclass else {})}
     plots = {}
     for key, name in PLOTS.items():
         path = eval_dir / name
-        plots[key] = {"src": _data_uri(path), "caption": CAPTIONS[key]} if path.exists() else None
+        plots[key] = {"src": _data_uri(path), "caption": captions[key]} if path.exists() else None
     explain_dir = run / "explain"
     explain_files = sorted(explain_dir.glob("*.png"))[:MAX_EXPLANATIONS] if explain_dir.is_dir() else []
     explanations = [{"src": _data_uri(p), "caption": p.stem.replace("_", " ")} for p in explain_files]
@@ -163,6 +167,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         cards.append({"key": f"{'macro ' if 'macro' in by_kind else ''}AUROC{ci}", "value": value})
     if "normal" in by_kind and by_kind["normal"]["auroc"].get("value") is not None:
         cards.append({"key": "normal (No Finding) AUROC", "value": f"{by_kind['normal']['auroc']['value']:.3f}"})
+    cards += multiclass["cards"] if multiclass else []
     cards += [{"key": "images evaluated", "value": metrics.get("n_images", "?")},
               {"key": "patients", "value": metrics.get("n_patients", "?")},
               {"key": "labels", "value": len(metrics.get("labels", []))}]
@@ -177,10 +182,13 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         n_images=metrics.get("n_images"),
         n_patients=metrics.get("n_patients"),
         threshold_method=metrics.get("threshold_method"),
+        multiclass=multiclass,
         tta=metrics.get("tta", "none"),
         cards=cards,
         ci_text=f"{boot.get('ci', 0.95):.0%} percentile bootstrap, {boot.get('replicates', '?')} replicates "
-                f"resampling {boot.get('unit', 'patient')}s (seed {boot.get('seed', 0)})",
+                f"resampling {boot.get('unit', 'patient')}s (seed {boot.get('seed', 0)})"
+                + (f"; {boot['scheme']}; macro: {boot['macro']}; {boot['too_few']} "
+                   f"(fewer than {boot['min_positive_patients']})" if "scheme" in boot else ""),
         normal_score=metrics.get("normal_score", "1 - max(p)"),
         prepared=prepared,
         image_size=manifest.get("image_size"),
@@ -196,7 +204,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         config_text=config_path.read_text(encoding="utf-8") if config_path.exists() else "",
     )
     target = Path(out) if out is not None else run / REPORT
-    write_text(target, html)
+    with folder_lock(run, "report"):  # one writer: a killed report's temporary file is then safe to remove
+        remove_leftovers(target)
+        write_text(target, html)
     log.info("wrote %s (%d plots, %d explanations)", target, sum(v is not None for v in plots.values()), len(explanations))
     return target
 

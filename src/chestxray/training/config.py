@@ -50,13 +50,14 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0  # backbone parameters train at lr × this (the head at lr), e.g. 0.1 to fine-tune
     offline: bool = False  # never download weights (also CHESTXRAY_OFFLINE=1); read the caches only
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
-    precision: str = "auto"  # auto: bf16-mixed (or 16-mixed) on GPU, 32-true on CPU
+    precision: str = "auto"  # auto: bf16-mixed (16-mixed) on GPU, bf16-mixed on CPUs with native bf16, else 32-true
     channels_last: bool = True
     accelerator: str = "auto"
     devices: int | str = "auto"
     num_nodes: int = 1
     strategy: str = "auto"  # e.g. "ddp"
     num_workers: int = 2
+    verify_checksums: bool = False  # before training, also compare every shard's sha256 with the manifest (sizes always)
     seed: int = 0
     max_steps: int = -1  # -1: no step limit
     max_minutes: float = 0.0  # 0: no time limit (otherwise training stops after this budget)
@@ -64,6 +65,7 @@ class TrainConfig:
     mlflow: bool = True
     mlflow_uri: str = ""  # "" → file:<cwd>/mlruns (MLflow's folder store; sqlite:///PATH.db for a database)
     experiment: str = "chestxray"
+    register_model: str = ""  # also register the logged MLflow pyfunc model under this name ("" → not registered)
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -25,7 +26,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from chestxray.errors import ConfigError
-from chestxray.files import write_json, write_text
+from chestxray.files import atomic_path, write_json, write_text
+from chestxray.locks import folder_lock
 from chestxray.training.callbacks import (
     AtomicCheckpointIO,
     FreezeBackbone,
@@ -33,6 +35,7 @@ from chestxray.training.callbacks import (
     RngState,
 )
 from chestxray.training.config import TrainConfig, config_yaml, validate_config
+from chestxray.training.precision import choose_precision
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +65,8 @@ class TrainResult:
 
 
 def auto_precision(config: TrainConfig) -> str:
-    """bf16-mixed on a GPU that supports it, else 16-mixed on GPU, 32-true on CPU (unless set explicitly)."""
-    if config.precision != "auto":
-        return config.precision
-    if config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+    """The precision a run uses: config.precision, or for 'auto' the choice of chestxray.training.precision."""
+    return choose_precision(config.precision, config.accelerator).precision
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -77,11 +76,20 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite a run; a folder whose run failed before its first checkpoint is reused (and says so)."""
     config_path = run_dir / CONFIG_FILE
+    started = any((run_dir / name).exists() for name in ("checkpoints/last.ckpt", "checkpoints/best.ckpt", "bundle"))
     if resume:
         if not (run_dir / "checkpoints" / "last.ckpt").is_file():
             raise ConfigError(f"cannot resume {run_dir}: no checkpoints/last.ckpt (the run stopped before its "
-                              "first checkpoint); start it again with another --out or delete the folder")
+                              "first checkpoint); start it again without --resume (the folder is reused)")
+    elif config_path.exists() and not started:
+        log.warning("%s: reusing this folder: the run there stopped before its first checkpoint (nothing to resume)",
+                    run_dir)
+        for name in (CONFIG_FILE, RUN_FILE, "metrics.csv", "history.csv"):
+            (run_dir / name).unlink(missing_ok=True)
+        for name in ("logs", "checkpoints"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
     elif config_path.exists():
         raise ConfigError(f"{config_path} exists: {run_dir} holds an earlier run and will not be overwritten. "
                           f"Either continue it with --resume {run_dir}, pick another --out, or delete {run_dir}")
@@ -109,7 +117,7 @@ def _allow_file_store(uri: str) -> Iterator[None]:
         os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
 
 
-def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None):
+def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None, task: str = "multilabel"):
     from lightning.pytorch.loggers import MLFlowLogger
 
     uri = _tracking_uri(config)
@@ -118,7 +126,7 @@ def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None):
         artifacts = (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
     return MLFlowLogger(experiment_name=config.experiment, run_name=run_dir.name, tracking_uri=uri, run_id=run_id,
                         artifact_location=artifacts,
-                        tags={"run_dir": str(run_dir.resolve()), "model": config.model})
+                        tags={"run_dir": str(run_dir.resolve()), "model": config.model, "task": task})
 
 
 def _best_state(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -136,11 +144,13 @@ def _steps_per_epoch(data: Any, world_size: int) -> int:
 
 def _data_fields(config: TrainConfig, data: Any, data_cfg: dict[str, Any]) -> dict[str, Any]:
     """What the run was trained on and how inputs are fed: shared by RUN/run.json and the bundle card."""
+    from chestxray.data.shards import preprocessing
+
     return {"labels": list(data.labels), "task": data.task, "prepared": str(Path(config.prepared).resolve()),
             "data_fingerprint": data.manifest.get("fingerprint"), "image_size": data.image_size,
-            "resize": data.manifest.get("resize", "pad"), "in_chans": config.in_chans,
-            "normalization": data_cfg["normalization"], "input_mean": data_cfg["input_mean"],
-            "input_std": data_cfg["input_std"], "pretrained": config.pretrained}
+            "resize": data.manifest.get("resize", "pad"), "preprocessing": preprocessing(data.manifest),
+            "in_chans": config.in_chans, "normalization": data_cfg["normalization"],
+            "input_mean": data_cfg["input_mean"], "input_std": data_cfg["input_std"], "pretrained": config.pretrained}
 
 
 def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any], run_info: dict[str, Any],
@@ -151,6 +161,7 @@ def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any],
     if mlflow_logger is not None:
         mlflow_logger.log_hyperparams(config.to_dict())
         run_info["mlflow_run_id"] = mlflow_logger.run_id
+        run_info["mlflow_tracking_uri"] = _tracking_uri(config)
         mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(run_dir / CONFIG_FILE))
     write_json(run_dir / RUN_FILE, run_info)
 
@@ -174,7 +185,33 @@ def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: d
         for name in ("metrics.csv", "history.csv", CONFIG_FILE):
             client.log_artifact(run_id, str(run_dir / name))
         client.log_artifacts(run_id, str(bundle_dir), "bundle")
+        log_pyfunc(_tracking_uri(config), run_id, run_dir, bundle_dir, config.register_model)
     return bundle_dir
+
+
+def log_pyfunc(uri: str, run_id: str, run_dir: Path, bundle_dir: Path, register_as: str = "") -> Any:
+    """Log the bundle as an MLflow pyfunc model in the run (input example: RUN/input_example.png, a gray square)."""
+    import mlflow
+    import numpy as np
+    from PIL import Image
+
+    from chestxray.models.pyfunc import log_bundle_model
+
+    size = int(json.loads((bundle_dir / "card.json").read_text(encoding="utf-8"))["image_size"])
+    example = run_dir / "input_example.png"
+    with atomic_path(example) as tmp:
+        Image.fromarray(np.full((size, size), 128, np.uint8)).save(tmp, format="PNG")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = log_bundle_model(bundle_dir, example, register_as or None)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    run_file = run_dir / RUN_FILE
+    if run_file.exists():  # where `mlflow.pyfunc.load_model` finds it
+        write_json(run_file, {**json.loads(run_file.read_text(encoding="utf-8")), "mlflow_model_uri": info.model_uri})
+    return info
 
 
 def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] | None = None) -> TrainResult:
@@ -187,10 +224,12 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
     validate_config(config)
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     config = replace(config, out=str(run_dir))
-    if rank_zero_only.rank == 0:  # ranks started later by Lightning's launcher find rank zero's config.yaml
-        _check_run_dir(run_dir, resume)
-    with _allow_file_store(_tracking_uri(config) if config.mlflow else ""):
-        return _fit(config, run_dir, resume, callbacks)
+    zero = rank_zero_only.rank == 0
+    with folder_lock(run_dir, "train") if zero else contextlib.nullcontext():  # one writer per run folder
+        if zero:  # ranks started later by Lightning's launcher find rank zero's config.yaml
+            _check_run_dir(run_dir, resume)
+        with _allow_file_store(_tracking_uri(config) if config.mlflow else ""):
+            return _fit(config, run_dir, resume, callbacks)
 
 
 def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callback] | None) -> TrainResult:
@@ -204,13 +243,16 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     data_cfg = model_data_config(config.model, config.in_chans)
     data = ChestXrayDataModule(config.prepared, batch_size=config.batch_size, num_workers=config.num_workers,
                                augment=config.augment, in_chans=config.in_chans,
-                               normalization=data_cfg["normalization"], seed=config.seed)
+                               normalization=data_cfg["normalization"], seed=config.seed,
+                               verify="checksums" if config.verify_checksums else "sizes")
     net = build_model(config.model, len(data.labels), in_chans=config.in_chans, pretrained=config.pretrained,
                       weights=config.weights, offline=config.offline or None)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    precision = auto_precision(config)
-    fields = _data_fields(config, data, data_cfg)
+    choice = choose_precision(config.precision, config.accelerator)
+    precision = choice.precision
+    log.info("precision %s (%s)", precision, choice.reason)
+    fields = {**_data_fields(config, data, data_cfg), "precision": precision, "precision_reason": choice.reason}
 
     run_info: dict[str, Any] = {}
     if resume and (run_dir / RUN_FILE).is_file():
@@ -218,7 +260,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     loggers: list[Any] = [CSVLogger(run_dir, name="logs")]
     mlflow_logger = None
     if config.mlflow:
-        mlflow_logger = _mlflow_logger(config, run_dir, run_info.get("mlflow_run_id") if resume else None)
+        mlflow_logger = _mlflow_logger(config, run_dir, run_info.get("mlflow_run_id") if resume else None, data.task)
         loggers.append(mlflow_logger)
     mode = "max" if config.monitor == "val_auroc" else "min"
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode=mode,
@@ -247,11 +289,11 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                              pos_weight=data.pos_weight().tolist() if config.pos_weight else None,
                              scheduler=config.scheduler, warmup_fraction=config.warmup_fraction,
                              monitor=config.monitor, patience=config.patience, channels_last=config.channels_last,
-                             total_steps=total_steps, backbone_lr_scale=config.backbone_lr_scale,
+                             total_steps=total_steps, task=data.task, backbone_lr_scale=config.backbone_lr_scale,
                              backbone_params=backbone_parameter_names(net, config.model))
     if trainer.is_global_zero:
-        _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"],
-                                           "precision": precision}, run_info, mlflow_logger)
+        _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"]}, run_info,
+                         mlflow_logger)
 
     start = time.perf_counter()
     last = run_dir / "checkpoints" / "last.ckpt"
