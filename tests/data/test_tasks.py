@@ -32,6 +32,22 @@ def test_kaggle_subtypes_from_file_names(shared_data: Path) -> None:
     assert binary.labels == ("NORMAL", "PNEUMONIA") and (binary.label_matrix.sum(1) == 1).all()
 
 
+def test_class_regex_and_task_choices_on_folders(tmp_path: Path) -> None:
+    for cls, names in (("NORMAL", ["IM-1-0001", "IM-2-0001"]), ("PNEUMONIA", ["p1_left_1", "p2_right_1", "p3_x_1"])):
+        (tmp_path / cls).mkdir()
+        for name in names:
+            Image.new("L", (8, 8)).save(tmp_path / cls / f"{name}.png")
+    catalog = read_folder(tmp_path, class_regex=r"_(left|right)_")
+    assert catalog.labels == ("NORMAL", "PNEUMONIA", "left", "right")  # unmatched files keep their folder class
+    assert catalog.info["class_rule"].startswith("group 1 of")
+    with pytest.raises(ConfigError, match="class folders hold one class per image"):
+        read_folder(tmp_path, task="multilabel")
+    with pytest.raises(ConfigError, match="not both"):
+        read_folder(tmp_path, class_regex="_(x)_", kaggle_subtypes=True)
+    with pytest.raises(ConfigError, match="needs a group"):
+        read_folder(tmp_path, class_regex="_x_")
+
+
 def test_covid_findings_as_classes_with_merges_and_views(shared_data: Path) -> None:
     root = shared_data / "covid-chestxray-dataset"
     merges = parse_merges(["Bacterial=Streptococcus,Klebsiella,Legionella", "Other=Pneumocystis,Varicella,Lipoid"])

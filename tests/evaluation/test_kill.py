@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from PIL import Image
 
 from chestxray.data.prepare import prepare_dataset
@@ -95,7 +94,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_evaluate_and_report_killed_at_each_point_then_rerun_match_an_uninterrupted_run(run: Path) -> None:
     card_before = (run / "bundle" / "card.json").read_bytes()
-    evaluate = lambda: evaluate_run(run, n_boot=N_BOOT)  # noqa: E731
+    evaluate = lambda: evaluate_run(run, n_boot=N_BOOT)
     evaluate()
     write_report(run)
     reference, ref_card = _tree(run / "eval"), (run / "bundle" / "card.json").read_bytes()

@@ -66,7 +66,8 @@ def evaluate(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates (patients resampled)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
-    prepared: Path = typer.Option(None, "--prepared", help="Prepared data (default: the one in the bundle card)."),
+    prepared: str = typer.Option(None, "--prepared", help="Prepared data, a folder or an http(s)://, s3:// URL "
+                                 "(default: the one in the bundle card)."),
 ) -> None:
     from chestxray.evaluation.evaluate import evaluate_run
 

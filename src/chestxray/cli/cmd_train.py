@@ -28,7 +28,8 @@ def _settings(**flags: object) -> dict[str, object]:
              "--strategy ddp")
 @friendly
 def train(
-    prepared: Optional[Path] = typer.Argument(None, help="PREPARED folder (from 'chestxray prepare')."),
+    prepared: Optional[str] = typer.Argument(None, help="PREPARED folder (from 'chestxray prepare'), or its URL: "
+                                             "http(s)://… or s3://… (shards are streamed)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of settings (flags override it)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the stopped run RUN from its last.ckpt."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Architecture (see 'chestxray models'), or "
@@ -123,7 +124,7 @@ def train(
              "--budget-minutes 10 --out runs/compare")
 @friendly
 def compare(
-    prepared: Path = typer.Argument(..., help="PREPARED folder."),
+    prepared: str = typer.Argument(..., help="PREPARED folder or URL."),
     models: str = typer.Option("cnn-small,resnet18,densenet121", "--models", help="Comma-separated names."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
     budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes", help="Training-time cap per model."),

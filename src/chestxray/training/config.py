@@ -75,18 +75,24 @@ class TrainConfig:
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrainConfig)}
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Settings from a YAML mapping (keys may use - or _); unknown keys raise ConfigError with the closest name."""
+def read_settings_file(path: str | Path, option: str = "--config") -> dict[str, Any]:
+    """A YAML mapping of setting: value with keys normalised (- → _); a missing file, bad YAML or a non-mapping
+    raise ConfigError naming the file and the option it came from."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file; check the --config path")
+        raise ConfigError(f"{path}: no such file; check the {option} path")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of setting: value, got {type(data).__name__}")
-    return _check_keys({str(k).replace("-", "_"): v for k, v in data.items()}, str(path))
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Settings from a YAML mapping (keys may use - or _); unknown keys raise ConfigError with the closest name."""
+    return _check_keys(read_settings_file(path), str(path))
 
 
 def _check_keys(settings: dict[str, Any], where: str) -> dict[str, Any]:

@@ -144,9 +144,10 @@ def _steps_per_epoch(data: Any, world_size: int) -> int:
 
 def _data_fields(config: TrainConfig, data: Any, data_cfg: dict[str, Any]) -> dict[str, Any]:
     """What the run was trained on and how inputs are fed: shared by RUN/run.json and the bundle card."""
-    from chestxray.data.shards import preprocessing
+    from chestxray.data.shards import is_remote, preprocessing
 
-    return {"labels": list(data.labels), "task": data.task, "prepared": str(Path(config.prepared).resolve()),
+    prepared = config.prepared if is_remote(config.prepared) else str(Path(config.prepared).resolve())
+    return {"labels": list(data.labels), "task": data.task, "prepared": prepared,
             "data_fingerprint": data.manifest.get("fingerprint"), "image_size": data.image_size,
             "resize": data.manifest.get("resize", "pad"), "preprocessing": preprocessing(data.manifest),
             "in_chans": config.in_chans, "normalization": data_cfg["normalization"],
@@ -161,7 +162,7 @@ def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any],
     if mlflow_logger is not None:
         mlflow_logger.log_hyperparams(config.to_dict())
         run_info["mlflow_run_id"] = mlflow_logger.run_id
-        run_info["mlflow_tracking_uri"] = _tracking_uri(config)
+        run_info["mlflow_tracking_uri"] = mlflow_logger._tracking_uri  # the store this run's logger writes to
         mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(run_dir / CONFIG_FILE))
     write_json(run_dir / RUN_FILE, run_info)
 
@@ -185,7 +186,7 @@ def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: d
         for name in ("metrics.csv", "history.csv", CONFIG_FILE):
             client.log_artifact(run_id, str(run_dir / name))
         client.log_artifacts(run_id, str(bundle_dir), "bundle")
-        log_pyfunc(_tracking_uri(config), run_id, run_dir, bundle_dir, config.register_model)
+        log_pyfunc(mlflow_logger._tracking_uri, run_id, run_dir, bundle_dir, config.register_model)
     return bundle_dir
 
 
