@@ -29,7 +29,7 @@ class TrainConfig:
 
     prepared: str = ""
     model: str = "densenet121"
-    pretrained: str | None = None  # None or "imagenet" (from the local torch hub cache)
+    pretrained: str | None = None  # None or "imagenet" (downloaded into / read from the torch hub cache)
     weights: str | None = None  # a local state dict (.pth/.pt/.ckpt/.safetensors)
     in_chans: int = 1
     epochs: int = 10
@@ -37,6 +37,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-4
     augment: str = "minimal"
+    dropout: float | None = None  # None: the model's own; else the rate of every nn.Dropout in the model
     loss: str = "bce"
     focal_gamma: float = 2.0
     pos_weight: bool = False  # weight positives by negatives/positives of the train split
@@ -47,6 +48,8 @@ class TrainConfig:
     val_every: int = 0  # 0: validate each epoch; N: every N training steps
     freeze: str = "none"  # "backbone": only the head trains
     unfreeze_last: int = 0  # with freeze=backbone: also train the last N backbone blocks
+    backbone_lr_scale: float = 1.0  # backbone parameters train at lr × this (the head at lr), e.g. 0.1 to fine-tune
+    offline: bool = False  # never download weights (also CHESTXRAY_OFFLINE=1); read the caches only
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
     precision: str = "auto"  # auto: bf16-mixed (16-mixed) on GPU, bf16-mixed on CPUs with native bf16, else 32-true
     channels_last: bool = True
@@ -148,6 +151,7 @@ def resolve_config(*layers: dict[str, Any] | str | Path | None, where: str = "se
 def validate_config(config: TrainConfig) -> None:
     """Cheap checks of every setting (names, ranges, the PREPARED folder); raises Config/Data/ModelError."""
     from chestxray.data.augment import list_policies
+    from chestxray.models.factory import has_dropout
     from chestxray.models.registry import PRETRAINED_CHOICES, get_spec
 
     def one_of(name: str, value: Any, valid: tuple | list) -> None:
@@ -155,7 +159,10 @@ def validate_config(config: TrainConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not one of {list(valid)}"
                               f"{closest(str(value), [str(v) for v in valid])}")
 
-    get_spec(config.model)  # an unknown name raises ModelError listing the valid ones
+    spec = get_spec(config.model)  # an unknown name raises ModelError listing the valid ones
+    if config.pretrained and not spec.has_imagenet:
+        raise ModelError(f"model {config.model!r} has no ImageNet weights; train it from scratch (leave out "
+                         "--pretrained) or pass --weights FILE")
     if config.pretrained is not None:
         one_of("pretrained", config.pretrained, PRETRAINED_CHOICES)
     if config.pretrained and config.weights:
@@ -176,12 +183,18 @@ def validate_config(config: TrainConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if not (config.lr > 0 and math.isfinite(config.lr)):
         raise ConfigError(f"--lr must be a positive number, got {config.lr}")
+    if not (config.backbone_lr_scale > 0 and math.isfinite(config.backbone_lr_scale)):
+        raise ConfigError(f"--backbone-lr-scale must be a positive number, got {config.backbone_lr_scale}")
     non_negative = {"weight_decay": config.weight_decay, "focal_gamma": config.focal_gamma,
                     "patience": config.patience, "val_every": config.val_every, "unfreeze_last": config.unfreeze_last,
                     "grad_clip": config.grad_clip, "num_workers": config.num_workers, "max_minutes": config.max_minutes}
     for name, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {value}")
+    if config.dropout is not None and not 0 <= config.dropout < 1:
+        raise ConfigError(f"--dropout must be in [0, 1), got {config.dropout}")
+    if config.dropout is not None and not has_dropout(config.model):
+        raise ConfigError(f"--dropout: model {config.model!r} has no dropout layer; leave dropout out")
     if not 0 <= config.warmup_fraction < 1:
         raise ConfigError(f"--warmup-fraction must be in [0, 1), got {config.warmup_fraction}")
     if config.unfreeze_last and config.freeze != "backbone":
