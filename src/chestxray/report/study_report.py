@@ -121,7 +121,7 @@ def write_study_report(out: str | Path, runs: pd.DataFrame, groups: pd.DataFrame
     run_rows = [{"run": r["run"], "group": r["group"], "seed": r["seed"], "val_auroc": _fmt(r["val_auroc"]),
                  "val_loss": _fmt(r["val_loss"]), "test_auroc": _fmt(r["test_auroc"]),
                  "selected": r["run"] in set(chosen["run"]),
-                 "link": Path(r["run_dir"]).relative_to(out.resolve()).as_posix() + "/report.html"
+                 "link": Path(r["run_dir"]).resolve().relative_to(out.resolve()).as_posix() + "/report.html"
                  if Path(r["run_dir"]).resolve().is_relative_to(out.resolve()) else
                  Path(r["run_dir"]).resolve().as_uri() + "/report.html"}
                 for r in runs.to_dict("records")]
