@@ -49,7 +49,7 @@ class Comparison:
             if pd.notna(r["p_holm"]) and len(self.table) > 2:
                 test += f", Holm-adjusted {p_text(r['p_holm'])}"
         else:
-            test = f" ({r['test']})"
+            test = f"; {r['test']}"
         return f"{self.name_a} vs {self.name_b}{where}: {r['diff']:+.3f} AUROC{ci}{test}"
 
     def headline(self) -> str:
