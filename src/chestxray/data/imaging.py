@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # process can deadlock its forked children, so OpenCV runs single-threaded (the usual PyTorch + OpenCV advice).
 cv2.setNumThreads(0)
 
-RESIZE_MODES: tuple[str, ...] = ("pad", "crop")
+RESIZE_MODES: tuple[str, ...] = ("crop", "pad")
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom", ".dic")
 _EIGHT_BIT_MODES = {"L", "P", "RGB", "RGBA", "LA", "1", "CMYK", "YCbCr", "LAB", "HSV", "PA", "La", "RGBa", "RGBX"}
 
@@ -58,9 +58,13 @@ def load_gray(path: str | Path, target: int | None = None) -> np.ndarray:
     return fast if fast is not None else _load_pillow(path, target)
 
 
-def fit_square(img: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
-    """Resize a uint8 (H, W) image to (size, size): 'pad' keeps the whole image, scaling the long side to
-    `size` and centring it on black; 'crop' scales the short side to `size` and keeps the centre square."""
+def fit_square(img: np.ndarray, size: int, mode: str = "crop") -> np.ndarray:
+    """Resize a uint8 (H, W) image to (size, size): 'crop' (default) scales the short side to `size` and keeps the
+    centre square; 'pad' keeps the whole image, scaling the long side to `size` and centring it on black.
+
+    Crop is the default because pad's black bars encode the image's aspect ratio, an acquisition trait that can
+    predict the label by itself (Kaggle pneumonia images are wider) and that a model then learns instead of the lungs.
+    """
     if mode not in RESIZE_MODES:
         raise DataError(f"unknown resize mode {mode!r}; expected one of {RESIZE_MODES}")
     if img.ndim != 2 or img.dtype != np.uint8:
@@ -81,7 +85,7 @@ def fit_square(img: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
     return out
 
 
-def load_square(path: str | Path, size: int, mode: str = "pad") -> np.ndarray:
+def load_square(path: str | Path, size: int, mode: str = "crop") -> np.ndarray:
     """Decode and resize a file to uint8 (size, size): exactly what prepare stores and predict must feed."""
     return fit_square(load_gray(path, target=size), size, mode)
 
