@@ -174,7 +174,7 @@ def test_folder_with_source_split_and_multiclass(tmp_path: Path) -> None:
             for i in range(n):
                 _png(tmp_path / split / cls / f"{cls.lower()}{i}_{split}.png")
     catalog = read_folder(tmp_path, patient_regex=r"^([a-z]+\d+_\w+)")
-    assert catalog.task == "multiclass" and catalog.labels == ("BACTERIA", "NORMAL", "VIRUS")
+    assert catalog.task == "multiclass" and catalog.labels == ("NORMAL", "BACTERIA", "VIRUS")  # normal first
     assert (catalog.label_matrix.sum(1) == 1).all()
     split = assign_splits(catalog, seed=0).table
     assert (split["split"] == "test").sum() == 6 and (split["split"] == "val").sum() > 0

@@ -97,7 +97,7 @@ def test_cli_evaluate_writes_every_output(runs: tuple[Path, Path]) -> None:
     for name in PLOTS.values():
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     card = read_card(run / "bundle")
-    assert card["threshold_method"] == "youden on val"
+    assert card["threshold_method"] == "youden on val" and card["threshold_tta"] == "hflip"  # thresholds keep their TTA
     assert card["thresholds"] == thresholds_from_frame(pd.read_csv(out / "val_predictions.csv"), NIH14, "youden")
     assert card["metrics"]["split"] == "test"
 

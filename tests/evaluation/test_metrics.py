@@ -152,3 +152,50 @@ def test_errors_state_the_shapes() -> None:
         m.check_arrays(np.array([0, 1]), np.array([0.1, np.nan]))
     with pytest.raises(DataError, match="3 patient ids for 4 images"):
         m.summarize(np.zeros((4, 1)), np.zeros((4, 1)), ["a"], ["p"] * 3)
+
+
+def test_single_positive_patient_finding_keeps_macro_on_one_rule_and_gets_no_interval() -> None:
+    """A finding with one positive patient: the plain bootstrap loses it in ~37% of replicates, so a macro over
+    'whichever findings are defined' would mix rules; stratified resampling keeps it defined in every replicate."""
+    y, s, patients = _task(600, 3, seed=11, images_per_patient=3)
+    y[:, 2] = 0
+    y[[30, 31], 2] = 1  # two images of one patient (P10): a single positive patient
+    summary = m.summarize(y, s, ["a", "b", "rare"], patients, n_boot=400, seed=2)
+    rare = summary.row("rare")
+    assert rare.auroc.value == pytest.approx(roc_auc_score(y[:, 2], s[:, 2]))
+    assert rare.auroc.low is None and rare.auroc.high is None
+    assert "too few positives for an interval (1 positive patient" in rare.auroc.reason
+    assert "too few positives" in rare.auprc.reason
+    macro = summary.row("macro").auroc
+    assert macro.value == pytest.approx(np.mean([roc_auc_score(y[:, j], s[:, j]) for j in range(3)]))
+    assert macro.replicates == 400  # every replicate has all three findings defined: one rule for all
+    assert macro.low <= macro.value <= macro.high
+    assert "same 3 of 3 findings" in summary.row("macro").note and "fewer than 10 positive" in summary.row("macro").note
+    assert summary.row("a").auroc.replicates == 400
+    boot = summary.to_dict()["bootstrap"]
+    assert boot["scheme"].startswith("stratified patient bootstrap") and boot["min_positive_patients"] == 10
+    assert boot["strata"] >= 2
+
+
+def test_plain_bootstrap_would_lose_the_single_positive_patient() -> None:
+    """The failure the stratification prevents, shown on the same data: plain patient resampling drops P10."""
+    _, _, patients = _task(600, 1, seed=11, images_per_patient=3)
+    counts = m.bootstrap_counts(patients, 400, np.random.default_rng(2))
+    lost = (counts[:, 30] == 0).mean()
+    assert 0.25 < lost < 0.5  # about (1 - 1/200)^200 = 0.37
+
+
+def test_strata_keep_every_property_present_in_every_replicate() -> None:
+    rng = np.random.default_rng(12)
+    props = rng.random((300, 8)) < np.array([0.003, 0.01, 0.02, 0.05, 0.2, 0.5, 0.9, 0.997])
+    props[:, 0] = False
+    props[[5, 6], 0] = True
+    props[5, 1] = True  # overlapping rare properties
+    strata = m.patient_strata(props)
+    counts = m.stratified_patient_counts(strata, 500, np.random.default_rng(0))
+    assert (counts.sum(1) == 300).all()  # each replicate draws as many patients as there are
+    for k in range(props.shape[1]):
+        if props[:, k].any():
+            assert (counts[:, props[:, k]].sum(1) > 0).all(), f"property {k} lost in some replicate"
+    for st in np.unique(strata):  # stratum sizes are fixed across replicates
+        assert (counts[:, strata == st].sum(1) == (strata == st).sum()).all()

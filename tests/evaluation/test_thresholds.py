@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from chestxray.errors import ConfigError
+from chestxray.inference.stream import threshold_tta
 from chestxray.evaluation.thresholds import (
     FALLBACK,
     apply_thresholds,
@@ -82,3 +83,19 @@ def test_store_and_apply_thresholds(tmp_path) -> None:
     assert out["pred_a"].isna().iloc[2]  # an unreadable image gets no decision, not a 'negative'
     with pytest.raises(ConfigError, match="no threshold stored"):
         apply_thresholds(frame, labels, {"a": 0.5})
+
+
+def test_thresholds_carry_their_tta_and_a_mismatch_is_refused(tmp_path) -> None:
+    card = {"architecture": "cnn-tiny", "num_labels": 1, "in_chans": 1, "image_size": 32,
+            "normalization": "gray", "labels": ["a"]}
+    folder = save_bundle(tmp_path / "bundle", build_model("cnn-tiny", num_labels=1), card)
+    assert threshold_tta(read_card(folder), None) == "none"  # no thresholds yet: no constraint
+    assert threshold_tta(read_card(folder), "crop") == "crop"
+    store_thresholds(folder, {"a": 0.4}, "youden", tta="hflip")
+    stored = read_card(folder)
+    assert stored["threshold_tta"] == "hflip"
+    assert threshold_tta(stored, None) == "hflip"  # applied by default
+    assert threshold_tta(stored, "hflip") == "hflip"
+    with pytest.raises(ConfigError, match="chosen on validation scores made with --tta hflip"):
+        threshold_tta(stored, "none")
+    assert threshold_tta({"thresholds": {"a": 0.5}}, None) == "none"  # cards from before: thresholds made without TTA

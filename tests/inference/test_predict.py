@@ -109,3 +109,19 @@ def test_prepared_data_must_match_the_bundle(setup, tmp_path: Path) -> None:
         "normalization": "gray", "labels": list(NIH14)})
     with pytest.raises(ModelError, match="prepare the data with --size 64"):
         predict_split(other, prepared, "test")
+
+
+def test_cli_predict_applies_the_thresholds_tta_and_refuses_another(setup, tmp_path: Path) -> None:
+    bundle, _, table = setup
+    paths = table["path"].head(2).tolist()
+    update_card(bundle, threshold_tta="hflip")
+    try:
+        out = tmp_path / "tta.csv"
+        result = CliRunner().invoke(app, ["predict", str(bundle), *paths, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        flipped = predict_images(bundle, paths, tta="hflip")
+        assert np.allclose(pd.read_csv(out)[f"p_{NIH14[0]}"], flipped[f"p_{NIH14[0]}"])
+        refused = CliRunner().invoke(app, ["predict", str(bundle), *paths, "--tta", "none"])
+        assert refused.exit_code == 1 and "made with --tta hflip" in refused.output
+    finally:
+        update_card(bundle, threshold_tta="none")

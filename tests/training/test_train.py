@@ -83,3 +83,31 @@ def test_kaggle_real_images_beat_chance(tmp_path: Path, shared_data: Path) -> No
     result = train(config)
     print(f"kaggle 64 px cnn-small 2 epochs: best val AUROC {result.best_val_auroc:.4f}")
     assert result.best_val_auroc > 0.8
+
+
+def test_failed_start_folder_is_reused_and_a_second_writer_is_refused(tmp_path: Path, synthetic_prepared: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    import lightning as L
+
+    from chestxray.locks import folder_lock
+
+    class FailAtStart(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            raise RuntimeError("out of memory (simulated)")
+
+    run = tmp_path / "run"
+    config = resolve_config(prepared=str(synthetic_prepared), model="cnn-tiny", epochs=1, max_steps=2, batch_size=8,
+                            num_workers=0, mlflow=False, progress=False, out=str(run))
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(config, callbacks=[FailAtStart()])
+    assert (run / "config.yaml").is_file() and not (run / "checkpoints" / "last.ckpt").exists()
+    with pytest.raises(ConfigError, match="no checkpoints/last.ckpt.*without --resume \\(the folder is reused\\)"):
+        train(config, resume=True)
+    with folder_lock(run, "train"):
+        with pytest.raises(ConfigError, match=f"{run}: in use by pid {os.getpid()} on host .*chestxray train"):
+            train(config)
+    result = train(config)  # a plain re-run with the same --out
+    assert result.steps == 2 and (run / "checkpoints" / "last.ckpt").is_file()
+    assert "reusing this folder: the run there stopped before its first checkpoint" in caplog.text
+    with pytest.raises(ConfigError, match="will not be overwritten"):
+        train(config)

@@ -17,6 +17,9 @@ catalog_app = typer.Typer(help="Build a catalog (one row an image: path, patient
 app.add_typer(catalog_app, name="catalog")
 
 SPLIT_HELP = "Split ratios train,val,test (by patient, multi-label stratified)."
+TASK_HELP = ("auto | multilabel | binary | multiclass. multiclass: classes exclude each other (softmax, "
+             "cross-entropy, argmax; normal is a class); auto: binary for one label (or NORMAL + one folder), "
+             "class folders otherwise multiclass, CSV findings multilabel.")
 
 
 def _ratios(text: str) -> tuple[float, ...]:
@@ -42,6 +45,11 @@ def _finish(catalog, out: Path, ratios: tuple[float, ...], seed: int) -> None:
         err_console.print(f"[yellow]warning:[/] {len(missing)} row(s) without an image file were left out; "
                           f"full list in {out / 'missing_images.csv'}", highlight=False, soft_wrap=True)
     split = catalog.info["split"]
+    for name, splits in split.get("absent", {}).items():
+        kind = "class" if catalog.task == "multiclass" else "label"
+        err_console.print(f"[yellow]warning:[/] {kind} {name!r} has no image in {'/'.join(splits)}; its metrics "
+                          "there will be n/a (use more data, other --ratios or --merge it)", highlight=False,
+                          soft_wrap=True)
     per_split = " / ".join(f"{s} {split['images'][s]}" for s in ("train", "val", "test"))
     console.print(f"catalog {out}: {len(catalog.table)} images, {catalog.table['patient_id'].nunique()} patients, "
                   f"{len(catalog.labels)} label(s) ({catalog.task}); images {per_split}; "
@@ -83,7 +91,9 @@ def catalog_nih(
                      "train by patient if absent). Patient id from the file name: 'personNNN_...' -> personNNN; "
                      "'IM-NNNN-NNNN' / 'NORMAL2-IM-NNNN-NNNN' -> name without the trailing -NNNN; otherwise one "
                      "patient per image (override with --patient-regex)."
-                     "\n\nExample: chestxray catalog folder data/chest_xray --out runs/catalog")
+                     "\n\nExample: chestxray catalog folder data/chest_xray --out runs/catalog"
+                     "\n\nExample (multi-class NORMAL / BACTERIA / VIRUS): chestxray catalog folder data/chest_xray "
+                     "--kaggle-subtypes --out runs/catalog-3class")
 @friendly
 def catalog_folder(
     root: Path = typer.Argument(..., help="Root folder of the class folders."),
@@ -92,13 +102,20 @@ def catalog_folder(
                                                 help="Regex on the file name (no extension); group 1 = patient id."),
     ignore_source_split: bool = typer.Option(False, "--ignore-source-split",
                                              help="Ignore train/val/test folders and split by patient at random."),
+    task: str = typer.Option("auto", "--task", help=TASK_HELP),
+    kaggle_subtypes: bool = typer.Option(False, "--kaggle-subtypes", help="Classes NORMAL / BACTERIA / VIRUS from "
+                                         "Kaggle pneumonia file names (person1_bacteria_1, person1_virus_6)."),
+    class_regex: Optional[str] = typer.Option(None, "--class-regex", help="Regex on the file name (no extension); "
+                                              "group 1 replaces the folder class where it matches."),
     ratios: str = typer.Option("0.7,0.1,0.2", "--ratios", help=SPLIT_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed for the split."),
 ) -> None:
     from chestxray.data.sources import read_folder
+    from chestxray.data.tasks import check_task
 
     split_ratios = _ratios(ratios)
-    catalog = read_folder(root, patient_regex=patient_regex, keep_source_split=not ignore_source_split)
+    catalog = read_folder(root, patient_regex=patient_regex, keep_source_split=not ignore_source_split,
+                          task=check_task(task), class_regex=class_regex, kaggle_subtypes=kaggle_subtypes)
     _finish(catalog, out, split_ratios, seed)
 
 
@@ -107,7 +124,10 @@ def catalog_folder(
                      "names; 'No Finding'/'normal' = none). Paths are relative to --images-root (default: the CSV's "
                      "folder). Columns named age/sex/view are kept."
                      "\n\nExample: chestxray catalog csv covid/metadata.csv --path-col image_file --patient-col "
-                     "patientid --findings-col finding --sep ',/' --out runs/catalog")
+                     "patientid --findings-col finding --sep ',/' --out runs/catalog"
+                     "\n\nExample (multi-class): chestxray catalog csv covid/metadata.csv --path-col image_file "
+                     "--patient-col patientid --findings-col finding --sep , --task multiclass --views PA,AP "
+                     "--merge 'Bacterial=Streptococcus,Klebsiella,Legionella' --out runs/covid-classes")
 @friendly
 def catalog_csv(
     table: Path = typer.Argument(..., help="The CSV table."),
@@ -118,15 +138,23 @@ def catalog_csv(
     findings_col: Optional[str] = typer.Option(None, "--findings-col", help="Column with separated finding names."),
     sep: str = typer.Option("|", "--sep", help="Separator character(s) for --findings-col."),
     images_root: Optional[Path] = typer.Option(None, "--images-root", help="Folder the paths are relative to."),
+    task: str = typer.Option("auto", "--task", help=TASK_HELP),
+    merge: Optional[list[str]] = typer.Option(None, "--merge", help="Merge finding names: NEW=old1,old2 "
+                                              "(repeatable), e.g. 'Bacterial=Streptococcus,Klebsiella'."),
+    views: Optional[str] = typer.Option(None, "--views", help="Keep only rows whose 'view' column is one of "
+                                        "these, e.g. PA,AP."),
     ratios: str = typer.Option("0.7,0.1,0.2", "--ratios", help=SPLIT_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed for the split."),
 ) -> None:
     from chestxray.data.sources import read_csv_table
+    from chestxray.data.tasks import check_task, parse_merges
 
     split_ratios = _ratios(ratios)
+    merges = parse_merges(merge)
     cols = [c.strip() for c in label_cols.split(",") if c.strip()] if label_cols else None
     catalog = read_csv_table(table, path_col, patient_col, label_cols=cols, findings_col=findings_col, sep=sep,
-                             images_root=images_root)
+                             images_root=images_root, task=check_task(task), merges=merges,
+                             views=views.split(",") if views else None)
     _finish(catalog, out, split_ratios, seed)
 
 

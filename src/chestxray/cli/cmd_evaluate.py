@@ -1,4 +1,4 @@
-"""`chestxray evaluate`, `chestxray report` and `chestxray predict` (area D): thin wrappers over the library."""
+"""`chestxray evaluate` and `chestxray report`: thin wrappers over the library."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, err_console, fmt, friendly
+from chestxray.cli.common import console, fmt, friendly
 
 
 def _metrics_table(result: Any) -> Any:
@@ -28,42 +28,6 @@ def _metrics_table(result: Any) -> Any:
             str(c.fn) if c else "—", str(c.fp) if c else "—", r.note,
             style=None if r.kind == "finding" else "bold",
         )
-    return table
-
-
-PREDICT_COLUMNS_MAX = 8  # up to this many images: one column per image; more: one row per image
-
-
-def _predictions_table(ok: Any, labels: list[str], thresholds: dict[str, float] | None, title: str) -> Any:
-    """Few images: a label x image grid of probabilities; many: one row per image with its positive findings."""
-    from rich.table import Table
-
-    def cell(row: Any, name: str) -> str:
-        p = row[f"p_{name}"]
-        return f"[bold red]{p:.2f} +[/]" if thresholds and row.get(f"pred_{name}") == 1 else f"{p:.2f}"
-
-    table = Table(title=title, header_style="bold")
-    if len(ok) <= PREDICT_COLUMNS_MAX:
-        table.add_column("label")
-        if thresholds:
-            table.add_column("thr", justify="right")
-        for image_id in ok["image_id"]:
-            table.add_column(str(image_id), justify="right", overflow="fold")
-        rows = [row for _, row in ok.iterrows()]
-        for name in labels:
-            thr = [f"{thresholds[name]:.2f}"] if thresholds else []
-            table.add_row(name, *thr, *[cell(row, name) for row in rows])
-        return table
-    table.add_column("image", overflow="fold")
-    table.add_column("positive findings" if thresholds else "top findings", overflow="fold")
-    for _, row in ok.iterrows():
-        if thresholds:
-            hits = [f"{n} {row[f'p_{n}']:.2f}" for n in labels if row.get(f"pred_{n}") == 1]
-            text = ", ".join(hits) or "none (normal)"
-        else:
-            top = sorted(labels, key=lambda n: -row[f"p_{n}"])[:3]
-            text = ", ".join(f"{n} {row[f'p_{n}']:.2f}" for n in top)
-        table.add_row(str(row["image_id"]), text)
     return table
 
 
@@ -104,44 +68,3 @@ def report(
 
     path = write_report(run, out)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opens offline)", highlight=False, soft_wrap=True)
-
-
-@app.command(help="Per-label probabilities for image files (PNG, JPEG, DICOM) and positive/negative at the "
-             "thresholds stored in the bundle; unreadable files are listed with the reason."
-             "\n\nExample: chestxray predict runs/densenet121/bundle scans/*.png --out preds.csv")
-@friendly
-def predict(
-    bundle: Path = typer.Argument(..., help="Model bundle folder (or a run folder holding bundle/)."),
-    images: list[Path] = typer.Argument(..., help="Image files."),
-    out: Path = typer.Option(None, "--out", "-o", help="CSV to write (one row per image)."),
-    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, hflip or crop."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
-) -> None:
-    from chestxray.evaluation.thresholds import apply_thresholds
-    from chestxray.files import write_csv
-    from chestxray.inference.predict import as_bundle, predict_images
-
-    model = as_bundle(bundle)
-    labels = list(model.labels)
-    frame = predict_images(model, images, batch_size=batch_size, tta=tta)
-    thresholds = model.thresholds
-    if thresholds:
-        frame = apply_thresholds(frame, labels, thresholds)
-    else:
-        err_console.print("[yellow]warning:[/] the bundle has no thresholds yet (run 'chestxray evaluate RUN'); "
-                          "showing probabilities only", highlight=False)
-    title = f"{model.card['architecture']}: probabilities" + (
-        f"; bold red + = positive at the stored threshold ({model.card.get('threshold_method')})" if thresholds else "")
-    ok, bad = frame[frame["status"] == "ok"], frame[frame["status"] != "ok"]
-    if not ok.empty:
-        console.print(_predictions_table(ok, labels, thresholds, title))
-    for reason in bad["reason"]:
-        err_console.print(f"[yellow]quarantined:[/] {reason}", highlight=False, soft_wrap=True)
-    if out is not None:
-        write_csv(out, frame)
-    if ok.empty:
-        from chestxray.errors import DataError
-
-        raise DataError(f"none of the {len(frame)} image(s) could be read; see the reasons above")
-    console.print(f"{len(ok)} image(s) scored, {len(bad)} quarantined" + (f"; wrote {out}" if out else ""),
-                  highlight=False, soft_wrap=True)

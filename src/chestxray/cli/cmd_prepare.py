@@ -23,6 +23,9 @@ def prepare(
                                     "encodes the aspect ratio, a shortcut a model can learn (see explore's check)."),
     workers: int = typer.Option(0, "--workers", "-j", help="Decoding processes (0 = all CPU cores)."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Images per shard file."),
+    max_pixels: int = typer.Option(100_000_000, "--max-pixels",
+                                   help="Quarantine images with more pixels than this (read from the file header "
+                                        "before decoding: a decompression-bomb guard)."),
 ) -> None:
     from rich.progress import (
         BarColumn,
@@ -42,7 +45,7 @@ def prepare(
             bar.update(task, advance=n, total=total)
 
         result = prepare_dataset(catalog, out, size=size, resize=resize, workers=workers or None,
-                                 shard_size=shard_size, progress=advance)
+                                 shard_size=shard_size, progress=advance, max_pixels=max_pixels)
     if result.quarantined:
         err_console.print(f"[yellow]warning:[/] {result.quarantined} image(s) could not be used; reasons in "
                           f"{out / 'quarantine.csv'}", highlight=False)

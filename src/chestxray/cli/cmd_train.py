@@ -40,9 +40,11 @@ def train(
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW)."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
     augment: Optional[str] = typer.Option(None, "--augment", help="none | minimal | advanced."),
-    loss: Optional[str] = typer.Option(None, "--loss", help="bce | focal."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="bce | focal (a multiclass catalog always uses softmax "
+                                       "cross-entropy, focal-scaled with focal)."),
     pos_weight: Optional[bool] = typer.Option(None, "--pos-weight/--no-pos-weight",
-                                              help="Weight positives by the train split's neg/pos ratio."),
+                                              help="Weight positives by the train split's neg/pos ratio "
+                                              "(multiclass: class weights N/(K*n_class) in the cross-entropy)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="cosine (warm-up then cosine) | plateau."),
     monitor: Optional[str] = typer.Option(None, "--monitor", help="val_auroc | val_loss (best ckpt, early stop)."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Early-stopping patience (0: off)."),

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from chestxray.data.tasks import check_one_hot, is_multiclass
 from chestxray.errors import DataError
 from chestxray.files import write_csv, write_json
 
@@ -65,6 +66,8 @@ def validate_catalog(catalog: Catalog, where: str = "catalog") -> None:
     bad = [c for c in catalog.labels if not table[c].isin([0, 1]).all()]
     if bad:
         raise DataError(f"{where}: label column(s) {bad} hold values other than 0/1")
+    if is_multiclass(catalog.task):
+        check_one_hot(catalog.label_matrix, where)
     assigned = table[table["split"].isin(SPLITS)]
     per_patient = assigned.groupby("patient_id")["split"].nunique()
     leaked = per_patient[per_patient > 1]

@@ -5,7 +5,10 @@ T = world_size × ceil(N / (world_size × batch_size)) consecutive batches whose
 batch is larger than batch_size and none is empty). Rank r takes the r-th contiguous block of T / world_size
 batches, and within a rank each loader worker a contiguous share of those batches; a seeded buffer shuffles the
 samples inside each worker's range. So every rank sees the same number of batches, and every sample appears exactly
-once per epoch across all ranks — nothing is padded or dropped. Each worker only reads the shards its range covers.
+once per epoch across all ranks — nothing is padded or dropped. One exception: with batch_size 1 and N not a
+multiple of world_size, equal batch counts per rank are impossible without repeats, so T = world_size × ⌊N /
+world_size⌋ and the last N mod world_size samples of that epoch's order sit the epoch out (at most world_size − 1;
+the order changes every epoch). Each worker only reads the shards its range covers.
 Validation/test/split_dataloader: stored order, batches of batch_size (last one smaller), no augmentation, the
 whole split on every rank (metrics stay exact), identical for any number of workers.
 Speed: shards hold final-size uint8 pixels, so a worker only reads bytes (and augments); batches travel between
@@ -30,6 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from chestxray.data.augment import build_augment, normalize
 from chestxray.data.shards import iter_shard, read_manifest, shard_urls
+from chestxray.data.tasks import is_multiclass
 from chestxray.errors import DataError
 
 
@@ -54,6 +58,8 @@ def plan_epoch(shard_counts: list[int], batch_size: int, *, world_size: int = 1,
         if n < world_size:
             raise DataError(f"{n} training image(s) cannot be shared by {world_size} ranks; prepare more data")
         total = world_size * math.ceil(n / (world_size * batch_size))
+        if total > n:  # only with batch_size 1: a size-0 batch would follow; leave out n mod world_size samples
+            total, n = world_size * (n // world_size), world_size * (n // world_size)
         q, rem = divmod(n, total)
         sizes = [q + 1] * rem + [q] * (total - rem)
         per_rank = total // world_size
@@ -217,11 +223,14 @@ class ChestXrayDataModule(L.LightningDataModule):
         build_augment(augment, self.image_size, seed)
 
     def pos_weight(self) -> torch.Tensor:
-        """(L,) negatives / positives per label in train (positives floored at 1), for BCEWithLogitsLoss."""
+        """(L,) negatives / positives per label in train (positives floored at 1), for BCEWithLogitsLoss; for a
+        multiclass task the class weights N / (K * n_class) of the cross-entropy (1 for every class when balanced)."""
         train = self.manifest["splits"].get("train")
         if not train or not train["count"]:
             raise DataError(f"{self.prepared}: no training images; pos_weight needs a train split")
         pos = torch.tensor(train["positives"], dtype=torch.float32)
+        if is_multiclass(self.task):
+            return train["count"] / (len(pos) * pos.clamp(min=1.0))
         return (train["count"] - pos) / pos.clamp(min=1.0)
 
     def _ranks(self) -> tuple[int, int]:

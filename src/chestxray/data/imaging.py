@@ -6,8 +6,11 @@ Rules (the same for prepare and predict):
   12 bits, so scaling by the nominal bit depth would leave them dark); a constant image becomes all zeros.
 - DICOM: modality LUT (rescale slope/intercept), then a VOI LUT sequence or the first window centre/width
   when present (else min/max as above), then MONOCHROME1 is inverted so bone is always bright.
+- EXIF orientation is applied (a rotated JPEG is stored upright).
+- Images above a pixel limit (DEFAULT_MAX_PIXELS, width × height read from the header before any decoding) are
+  refused: one guard for prepare, predict and every other caller of load_gray / load_square (check_pixels).
 - Every unusable file raises DataError naming the file and the reason (missing, empty, truncated, corrupt,
-  not an image, unsupported DICOM compression).
+  too large, not an image, unsupported DICOM compression).
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import struct
 import warnings
 import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from chestxray.errors import DataError
 
@@ -36,44 +40,81 @@ log = logging.getLogger(__name__)
 cv2.setNumThreads(0)
 
 RESIZE_MODES: tuple[str, ...] = ("crop", "pad")
+DEFAULT_MAX_PIXELS = 100_000_000  # far above any real radiograph (a 4,300 × 4,300 detector is 18.5 MP)
+# JPEG draft decoding (≥ 2 × target) then fit_square vs. a full decode then fit_square, in grey levels, at 32 px and
+# above (bench/bench_draft.py on the 1,269 Kaggle JPEGs: mean 0.45 at 32 px, 0.24 at 64 px, 0 at 256 px; worst file
+# 2.5; single pixels at sharp edges up to ~40). The letterbox geometry is identical (computed from the full size).
+DRAFT_TOLERANCE = {"mean": 0.5, "worst_file_mean": 2.5}
+TEST_ABORT_ENV = "CHESTXRAY_TEST_ABORT_ON"  # test-only: see _test_hook
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom", ".dic")
 _EIGHT_BIT_MODES = {"L", "P", "RGB", "RGBA", "LA", "1", "CMYK", "YCbCr", "LAB", "HSV", "PA", "La", "RGBa", "RGBX"}
 
 
-def load_gray(path: str | Path, target: int | None = None) -> np.ndarray:
-    """Decode an image file to a uint8 (H, W) grayscale array; raises DataError with the reason.
+def load_gray(path: str | Path, target: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+              ) -> np.ndarray:
+    """Decode an image file to a uint8 (H, W) grayscale array (EXIF orientation applied); raises DataError with
+    the reason. Images above `max_pixels` (width × height from the file header, read before any decoding; None:
+    no limit) are refused.
 
     `target` is a speed hint: JPEGs are decoded straight at the smallest DCT scale that is still at least
-    `target` px on the short side (libjpeg draft mode), so a later fit_square(…, target) sees nearly the same
-    pixels at a fraction of the cost. Leave it None for full resolution.
+    2 × `target` px on both sides (libjpeg draft mode), so a later fit_square(…, target) sees nearly the same
+    pixels as from a full decode (see DRAFT_TOLERANCE). Leave it None for full resolution.
     """
-    path = Path(path)
-    _check_readable(path)
+    return _decode(Path(path), target, max_pixels)[0]
+
+
+def _decode(path: Path, target: int | None, max_pixels: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """(pixels, full-resolution (H, W) after orientation): pixels may be smaller than (H, W) in JPEG draft mode."""
+    check_readable(path)
+    _test_hook(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
-        return _load_dicom(path)
+        arr = _load_dicom(path, max_pixels)
+        return arr, arr.shape
     head = _read_head(path)
     if head[128:132] == b"DICM":
-        return _load_dicom(path)
+        arr = _load_dicom(path, max_pixels)
+        return arr, arr.shape
+    shape = _png_shape(head) or (_jpeg_shape(path) if head[:2] == b"\xff\xd8" else None)
+    if shape is not None:
+        check_pixels(path, shape, max_pixels)
     fast = _load_gray8_png(path) if _is_gray8_png(head) else None  # read the whole file only for that format
-    return fast if fast is not None else _load_pillow(path, target)
+    if fast is not None:
+        return fast, fast.shape
+    return _load_pillow(path, target, max_pixels)
 
 
-def fit_square(img: np.ndarray, size: int, mode: str = "crop") -> np.ndarray:
+def check_pixels(path: str | Path, shape: tuple[int, ...], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse an image whose (H, W[, frames]) from the header exceeds `max_pixels` (a decompression bomb guard)."""
+    pixels = int(np.prod([int(v) for v in shape], dtype=np.int64))
+    if max_pixels is not None and pixels > max_pixels:
+        dims = " × ".join(str(int(v)) for v in (shape[1], shape[0], *shape[2:]))
+        raise DataError(f"{path}: image too large: {dims} px = {pixels / 1e6:.4g} megapixels, above the limit of "
+                        f"{max_pixels / 1e6:g} megapixels (a decompression bomb or not a radiograph); remove it, or "
+                        "raise the limit with --max-pixels if it is genuine")
+
+
+def fit_square(img: np.ndarray, size: int, mode: str = "crop", source_shape: tuple[int, int] | None = None
+               ) -> np.ndarray:
     """Resize a uint8 (H, W) image to (size, size): 'crop' (default) scales the short side to `size` and keeps the
     centre square; 'pad' keeps the whole image, scaling the long side to `size` and centring it on black.
 
     Crop is the default because pad's black bars encode the image's aspect ratio, an acquisition trait that can
     predict the label by itself (Kaggle pneumonia images are wider) and that a model then learns instead of the lungs.
+    `source_shape`: the full-resolution (H, W) when `img` is a reduced decode of it (JPEG draft); the geometry
+    (letterbox size and offsets, crop window) is then computed from it, so it is identical to a full decode's.
     """
     if mode not in RESIZE_MODES:
         raise DataError(f"unknown resize mode {mode!r}; expected one of {RESIZE_MODES}")
     if img.ndim != 2 or img.dtype != np.uint8:
         raise DataError(f"fit_square expects a uint8 (H, W) image, got {img.dtype} {img.shape}")
-    h, w = img.shape
+    h, w = source_shape or img.shape
+    sy, sx = img.shape[0] / h, img.shape[1] / w  # 1.0 unless img is a reduced decode
     if mode == "crop":
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
-        return _resize(img[top:top + side, left:left + side], size, size)
+        rows = slice(round(top * sy), max(round((top + side) * sy), round(top * sy) + 1))
+        cols = slice(round(left * sx), max(round((left + side) * sx), round(left * sx) + 1))
+        return _resize(img[rows, cols], size, size)
     scale = size / max(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
     resized = _resize(img, new_h, new_w)
@@ -85,9 +126,21 @@ def fit_square(img: np.ndarray, size: int, mode: str = "crop") -> np.ndarray:
     return out
 
 
-def load_square(path: str | Path, size: int, mode: str = "crop") -> np.ndarray:
+def load_square(path: str | Path, size: int, mode: str = "crop", max_pixels: int | None = DEFAULT_MAX_PIXELS
+                ) -> np.ndarray:
     """Decode and resize a file to uint8 (size, size): exactly what prepare stores and predict must feed."""
-    return fit_square(load_gray(path, target=size), size, mode)
+    img, shape = _decode(Path(path), size, max_pixels)
+    return fit_square(img, size, mode, source_shape=shape)
+
+
+def _test_hook(path: Path) -> None:
+    """Test-only: abort this process (a native decoder crash) for a file whose name contains $CHESTXRAY_TEST_ABORT_ON.
+
+    Lets tests show that prepare survives a decoder that dies (tests/data/test_prepare_robust.py); unset in real use.
+    """
+    marker = os.environ.get(TEST_ABORT_ENV)
+    if marker and marker in path.name:
+        os.abort()
 
 
 def to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -113,20 +166,22 @@ def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=interp)
 
 
-def _check_readable(path: Path) -> None:
-    """Raise DataError for a missing, folder, empty or unreadable path (one stat call)."""
+def check_readable(path: Path, noun: str = "file", fix_missing: str = "fix the path in the catalog or remove the row",
+                   fix_folder: str = "point the catalog row at a file inside it") -> None:
+    """Raise DataError for a missing, folder, empty or unreadable path (one stat call); the wording of the
+    defaults suits catalog rows, callers without a catalog (predict) pass their own."""
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found; fix the path in the catalog or remove the row") from None
+        raise DataError(f"{path}: {noun} not found; {fix_missing}") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc}); check the path and permissions") from None
+        raise DataError(f"{path}: cannot read the {noun} ({exc.strerror or exc}); check the path and permissions") from None
     if stat.S_ISDIR(st.st_mode):
-        raise DataError(f"{path}: is a folder, not an image file; point the catalog row at a file inside it")
+        raise DataError(f"{path}: is a folder, not an image file; {fix_folder}")
     if st.st_size == 0:
-        raise DataError(f"{path}: empty file (0 bytes); re-copy or re-export it")
+        raise DataError(f"{path}: empty {noun} (0 bytes); re-copy or re-export it")
     if not os.access(path, os.R_OK):
-        raise DataError(f"{path}: cannot read (permission denied); fix the file permissions")
+        raise DataError(f"{path}: cannot read the {noun} (permission denied); fix the file permissions")
 
 
 def _read_head(path: Path) -> bytes:
@@ -161,6 +216,8 @@ def _load_gray8_png(path: Path) -> np.ndarray | None:
         return None
     if not _png_crcs_ok(data):  # spng does not verify checksums; a damaged file goes to Pillow for its reason
         return None
+    if b"eXIf" in data:  # an EXIF chunk may carry an orientation: Pillow applies it
+        return None
     try:
         arr = _spng.load(data)
     except Exception:  # noqa: BLE001 - any spng failure falls back to Pillow, which names the problem
@@ -182,28 +239,82 @@ def _png_crcs_ok(data: bytes) -> bool:
     return False
 
 
-def _load_pillow(path: Path, target: int | None) -> np.ndarray:
+def _load_pillow(path: Path, target: int | None, max_pixels: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Any Pillow format → (uint8 gray, full-resolution (H, W) after EXIF orientation); size checked before load."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies (check_pixels)
             with Image.open(path) as im:
+                width, height = im.size
+                check_pixels(path, (height, width), max_pixels)
                 if target and im.format == "JPEG" and im.mode in ("L", "RGB", "CMYK", "YCbCr"):
-                    im.draft("L", (target, target))
+                    im.draft("L", (2 * target, 2 * target))
                 im.load()
-                return _pil_to_gray(im)
+                orientation = _orientation(im)
+                if orientation in (5, 6, 7, 8):
+                    width, height = height, width
+                out = im if orientation in (1, None) else ImageOps.exif_transpose(im)
+                return _pil_to_gray(out), (height, width)
     except DataError:
         raise
     except UnidentifiedImageError:
         with open(path, "rb") as fh:
             head = fh.read(8)
-        raise DataError(f"{path}: not an image (unrecognised format, starts with {head!r}); remove it or fix the "
-                        "catalog") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{path}: image too large to decode safely ({exc})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        msg = str(exc)
+        raise DataError(f"{path}: not an image (unrecognised format, starts with {head!r}); remove it or "
+                        "replace it with a PNG, JPEG or DICOM file") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: image too large to decode safely ({exc}); remove it") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError,
+            ZeroDivisionError, MemoryError) as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
         kind = "truncated image data" if "truncat" in msg.lower() else "corrupt image data"
         raise DataError(f"{path}: {kind} ({msg}); re-copy or re-export the file") from None
+
+
+def _orientation(im: Image.Image) -> int | None:
+    """EXIF orientation tag (1..8) or None; a damaged EXIF block counts as none."""
+    try:
+        value = im.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - EXIF is optional metadata; broken EXIF must not lose the image
+        return None
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else None
+
+
+def _png_shape(head: bytes) -> tuple[int, int] | None:
+    """(H, W) from a PNG's IHDR, or None when `head` is not a PNG."""
+    if len(head) >= 24 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    return None
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_shape(path: Path) -> tuple[int, int] | None:
+    """(H, W) from a JPEG's first start-of-frame marker, skipping other segments by seeking; None if not found."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(2)
+            for _ in range(10_000):
+                marker = fh.read(2)
+                if len(marker) < 2 or marker[0] != 0xFF:
+                    return None
+                if marker[1] == 0xFF:  # fill byte: the marker code follows
+                    fh.seek(-1, 1)
+                    continue
+                if marker[1] == 0x01 or 0xD0 <= marker[1] <= 0xD8:  # markers without a length
+                    continue
+                length = int.from_bytes(fh.read(2), "big")
+                if marker[1] in _SOF:
+                    body = fh.read(5)
+                    return (int.from_bytes(body[1:3], "big"), int.from_bytes(body[3:5], "big")) \
+                        if len(body) == 5 else None
+                if length < 2:
+                    return None
+                fh.seek(length - 2, 1)
+    except OSError:
+        return None
+    return None
 
 
 def _pil_to_gray(im: Image.Image) -> np.ndarray:
@@ -226,7 +337,7 @@ def _pil_to_gray(im: Image.Image) -> np.ndarray:
     raise DataError(f"{getattr(im, 'filename', '')}: unsupported image mode {mode!r}; convert it to 8-bit gray PNG")
 
 
-def _load_dicom(path: Path) -> np.ndarray:
+def _load_dicom(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -239,6 +350,12 @@ def _load_dicom(path: Path) -> np.ndarray:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise DataError(f"{path}: DICOM file has no pixel data (a report or structured document?)")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        shape = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), *((frames,) if frames > 1 else ()))
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{path}: corrupt DICOM image size attributes ({exc}); re-export the file") from None
+    check_pixels(path, shape, max_pixels)
     try:
         arr = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:

@@ -5,20 +5,24 @@ Output folder PREPARED: <split>-NNNNNN.tar shards (format in chestxray.data.shar
 - a fingerprint of the catalog rows, each file's size and mtime and the settings decides whether work is needed;
 - the same fingerprint: finished shards (recorded in .prepare-state.json after their atomic rename) are kept;
 - a different fingerprint: the old shards are deleted and everything is rebuilt (logged as a warning);
-- shards are written through a temporary name, so an interrupted run never leaves a complete-looking shard,
-  and manifest.json (the "done" marker) is written last.
+- shards are written through a temporary name, so an interrupted run (even kill -9) never leaves a
+  complete-looking shard, and manifest.json (the "done" marker) is written last; it records every shard's size and
+  sha256, which train, evaluate and `chestxray verify` check (chestxray.data.verify);
+- one writer at a time: the folder is locked (chestxray.locks) while prepare runs;
+- images above `max_pixels` (from the file header, before decoding) are quarantined, as are files whose decoder
+  crashes its process (chestxray.data.pool).
 Train rows are stored in a seeded random order (seed 0) so every shard is a mix of all labels; val/test keep
 catalog order.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import json
 import logging
 import os
 import re
+import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from chestxray.data.catalog import SPLITS, Catalog, load_catalog, validate_catalog
-from chestxray.data.imaging import RESIZE_MODES, load_square
+from chestxray.data.imaging import DEFAULT_MAX_PIXELS, RESIZE_MODES
+from chestxray.data.pool import Decoded, DecodePool, drain
 from chestxray.data.shards import (
     FORMAT,
     MANIFEST,
@@ -41,7 +46,8 @@ from chestxray.data.shards import (
     write_shard,
 )
 from chestxray.errors import ConfigError, DataError
-from chestxray.files import write_csv, write_json
+from chestxray.files import atomic_open, write_csv, write_json
+from chestxray.locks import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,8 @@ TRAIN_ORDER_SEED = 0
 CHUNK = 16  # images per worker task: big enough to hide inter-process overhead, small for a smooth progress bar
 _SHARD_RE = re.compile(r"^(train|val|test)-\d{6}\.tar$")
 Progress = Callable[[int, int], None]  # (images just finished, total images to process this run)
+KILL_ENV = "CHESTXRAY_TEST_KILL_AT"  # test-only: see _kill_point
+_hits: dict[str, int] = {}
 
 
 @dataclass
@@ -66,6 +74,7 @@ class PrepareResult:
     written_shards: int = 0
     up_to_date: bool = False
     rebuilt: bool = False
+    crashed: int = 0
     quarantine: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "image_id", "reason"]))
 
     @property
@@ -78,7 +87,8 @@ class PrepareResult:
         state = (" (up to date, nothing to do)" if self.up_to_date else
                  " (rebuilt: catalog, files or settings changed)" if self.rebuilt else
                  f" (resumed: {self.reused_shards} finished shard(s) kept)" if self.reused_shards else "")
-        return (f"prepared {splits}; quarantined {self.quarantined}; {self.seconds:.1f} s, "
+        crashed = f" (decoder crashed on {self.crashed})" if self.crashed else ""
+        return (f"prepared {splits}; quarantined {self.quarantined}{crashed}; {self.seconds:.1f} s, "
                 f"{self.images_per_s:.0f} images/s{state} → {self.out_dir}")
 
 
@@ -94,19 +104,26 @@ class _Shard:
 
 
 def prepare_dataset(catalog: Catalog | str | Path, out_dir: str | Path, size: int = 256, resize: str = "crop",
-                    workers: int | None = None, shard_size: int = 1000, progress: Progress | None = None
-                    ) -> PrepareResult:
+                    workers: int | None = None, shard_size: int = 1000, progress: Progress | None = None,
+                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> PrepareResult:
     """Decode, resize (fit_square `resize`) and shard every catalog image into out_dir; see the module doc.
 
-    workers: processes (default os.cpu_count(); 0 or 1 decodes in this process). Raises DataError when no
-    image at all can be used (quarantine.csv is still written).
+    workers: processes (default os.cpu_count(); 0 or 1 decodes in this process). max_pixels: larger images are
+    quarantined (None: no limit). Raises DataError when no image at all can be used (quarantine.csv is still
+    written), ConfigError when another process is preparing into out_dir.
     """
+    with folder_lock(out_dir, "prepare"):
+        return _prepare(catalog, Path(out_dir), size, resize, workers, shard_size, progress, max_pixels)
+
+
+def _prepare(catalog: Catalog | str | Path, out: Path, size: int, resize: str, workers: int | None,
+             shard_size: int, progress: Progress | None, max_pixels: int | None) -> PrepareResult:
     start = time.perf_counter()
     catalog_path = ""
     if not isinstance(catalog, Catalog):
         catalog_path = str(Path(catalog).resolve())
         catalog = load_catalog(catalog)
-    _check_settings(size, resize, shard_size)
+    _check_settings(size, resize, shard_size, max_pixels)
     validate_catalog(catalog)
     table = catalog.table
     unassigned = ~table["split"].isin(SPLITS)
@@ -116,9 +133,9 @@ def prepare_dataset(catalog: Catalog | str | Path, out_dir: str | Path, size: in
                         " assign splits first (chestxray.data.split.assign_splits)")
     labels = list(catalog.labels)
     settings = {"image_size": size, "resize": resize, "shard_size": shard_size, "storage": "raw uint8 .gray",
-                "train_order_seed": TRAIN_ORDER_SEED, "interpolation": "area when shrinking, bilinear when enlarging"}
+                "train_order_seed": TRAIN_ORDER_SEED, "interpolation": "area when shrinking, bilinear when enlarging",
+                "max_pixels": max_pixels}
     fingerprint = _fingerprint(table, labels, catalog.task, settings)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _remove_temp_files(out)
 
@@ -145,16 +162,17 @@ def prepare_dataset(catalog: Catalog | str | Path, out_dir: str | Path, size: in
 
     plan = _plan(table, labels, shard_size)
     done: dict[str, Any] = {name: rec for name, rec in state["done"].items()
-                            if (out / name).is_file() and (out / name).stat().st_size == rec["bytes"]}
+                            if "sha256" in rec and (out / name).is_file()
+                            and (out / name).stat().st_size == rec["bytes"]}
     state["done"] = done
     todo = [shard for shard in plan if shard.name not in done]
     total = int(sum(len(s.rows) for s in todo))
-    _run(todo, out, size, resize, labels, workers, state, progress, total)
+    crashed = _run(todo, out, size, resize, labels, workers, state, progress, total, max_pixels)
 
     manifest, counts, quarantine = _finish(out, plan, state, catalog, labels, settings, fingerprint, catalog_path)
     seconds = time.perf_counter() - start
     result = PrepareResult(out, manifest, counts, len(quarantine), seconds, total, reused_shards=len(plan) - len(todo),
-                           written_shards=len(todo), rebuilt=rebuilt, quarantine=quarantine)
+                           written_shards=len(todo), rebuilt=rebuilt, crashed=crashed, quarantine=quarantine)
     if sum(counts.values()) == 0:
         raise DataError(f"{out}: none of the {len(table)} catalog images could be used; see {out / QUARANTINE} "
                         "for the reason of each")
@@ -163,13 +181,15 @@ def prepare_dataset(catalog: Catalog | str | Path, out_dir: str | Path, size: in
     return result
 
 
-def _check_settings(size: int, resize: str, shard_size: int) -> None:
+def _check_settings(size: int, resize: str, shard_size: int, max_pixels: int | None) -> None:
     if resize not in RESIZE_MODES:
         raise ConfigError(f"--resize {resize!r} is not one of {RESIZE_MODES}")
     if not 8 <= int(size) <= 4096:
         raise ConfigError(f"--size {size} must be between 8 and 4096 pixels")
     if shard_size < 1:
         raise ConfigError(f"--shard-size {shard_size} must be at least 1")
+    if max_pixels is not None and max_pixels < 1:
+        raise ConfigError(f"--max-pixels {max_pixels} must be at least 1")
 
 
 def _fingerprint(table: pd.DataFrame, labels: list[str], task: str, settings: dict[str, Any]) -> str:
@@ -205,62 +225,45 @@ def _plan(table: pd.DataFrame, labels: list[str], shard_size: int) -> list[_Shar
     return plan
 
 
-def _decode_chunk(paths: list[str], size: int, resize: str) -> list[tuple[bytes | None, str]]:
-    """Worker task: (raw pixels, '') per readable image, (None, reason) per unusable one."""
-    out: list[tuple[bytes | None, str]] = []
-    for path in paths:
-        try:
-            out.append((load_square(path, size, resize).tobytes(), ""))
-        except DataError as exc:
-            out.append((None, str(exc).removeprefix(f"{path}: ")))
-        except Exception as exc:  # noqa: BLE001 - one odd file must not stop a 100k-image job; it is quarantined
-            out.append((None, f"{path}: unexpected {type(exc).__name__} while decoding ({exc})"))
-    return out
-
-
 def _run(todo: list[_Shard], out: Path, size: int, resize: str, labels: list[str], workers: int | None,
-         state: dict[str, Any], progress: Progress | None, total: int) -> None:
+         state: dict[str, Any], progress: Progress | None, total: int, max_pixels: int | None) -> int:
     """Decode the pending shards' images (in a process pool when workers > 1) and stream each shard to disk in
-    order as its chunks arrive (memory stays at a few chunks, whatever the shard size)."""
+    order as its chunks arrive (memory stays at a few chunks, whatever the shard size). Returns how many files
+    crashed their decoder process."""
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    tasks = deque((shard, begin) for shard in todo for begin in range(0, len(shard.rows), CHUNK))
-    pool = cf.ProcessPoolExecutor(max_workers=workers) if workers > 1 and tasks else None
-    pending: deque = deque()
+    tasks = deque(shard.rows["path"].iloc[begin:begin + CHUNK].tolist()
+                  for shard in todo for begin in range(0, len(shard.rows), CHUNK))
+    pool = DecodePool(workers if tasks else 0, size, resize, max_pixels)
     window = max(2, 4 * workers)
 
-    def next_chunk() -> list[tuple[bytes | None, str]]:
-        while tasks and len(pending) < window:
-            shard, begin = tasks.popleft()
-            paths = shard.rows["path"].iloc[begin:begin + CHUNK].tolist()
-            pending.append(pool.submit(_decode_chunk, paths, size, resize) if pool is not None
-                           else _Done(_decode_chunk(paths, size, resize)))
-        chunk = pending.popleft().result()
-        if progress:
-            progress(len(chunk), total)
+    def next_chunk() -> list[Decoded]:
+        chunk = drain(pool, tasks, window, (lambda n: progress(n, total)) if progress else None)
+        _kill_point("decode")
         return chunk
 
     try:
         for shard in todo:
             state["done"][shard.name] = _write(out, shard, next_chunk, size, labels)
+            _kill_point("shard-done")
             write_json(out / STATE, state)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        pool.close()
+    return pool.crashed
 
 
-class _Done:
-    """A finished result with the Future interface, for in-process decoding."""
+def _kill_point(point: str) -> None:
+    """Test-only: SIGKILL this process the N-th time it reaches `point` when $CHESTXRAY_TEST_KILL_AT is 'point:N'
+    (tests/data/test_prepare_robust.py shows a re-run then matches an uninterrupted one); unset in real use."""
+    want = os.environ.get(KILL_ENV)
+    if want and want.partition(":")[0] == point:
+        _hits[point] = _hits.get(point, 0) + 1
+        if str(_hits[point]) == (want.partition(":")[2] or "1"):
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    def __init__(self, value: Any) -> None:
-        self.value = value
 
-    def result(self) -> Any:
-        return self.value
-
-
-def _write(out: Path, shard: _Shard, next_chunk: Callable[[], list[tuple[bytes | None, str]]], size: int,
+def _write(out: Path, shard: _Shard, next_chunk: Callable[[], list[Decoded]], size: int,
            labels: list[str]) -> dict[str, Any]:
-    """Write one shard from its decoded chunks; returns its record (count, positives, quarantine, bytes)."""
+    """Write one shard from its decoded chunks; returns its record (count, positives, quarantine, bytes, sha256)."""
     rows = shard.rows
     label_values = rows[labels].to_numpy(dtype=np.uint8)
     # plain lists once per shard: per-image pandas lookups would cost more than writing the sample
@@ -276,14 +279,18 @@ def _write(out: Path, shard: _Shard, next_chunk: Callable[[], list[tuple[bytes |
                     quarantine.append([paths[i], image_ids[i], reason])
                     continue
                 good.append(i)
+                if len(good) == 2:
+                    _kill_point("shard-write")
                 pixels = np.frombuffer(data, np.uint8).reshape(size, size)
                 yield ShardSample(sample_key(int(positions[i])), pixels, image_ids[i], patient_ids[i],
                                   label_values[i].tolist())
 
     count = write_shard(out / shard.name, samples())
     positives = label_values[good].sum(axis=0).astype(int).tolist() if good else [0] * len(labels)
+    with open(out / shard.name, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
     return {"split": shard.split, "count": count, "positives": positives, "quarantine": quarantine,
-            "bytes": (out / shard.name).stat().st_size}
+            "bytes": (out / shard.name).stat().st_size, "sha256": digest}
 
 
 def _finish(out: Path, plan: list[_Shard], state: dict[str, Any], catalog: Catalog, labels: list[str],
@@ -294,8 +301,8 @@ def _finish(out: Path, plan: list[_Shard], state: dict[str, Any], catalog: Catal
     quarantine_rows: list[list[str]] = []
     for shard in plan:
         rec = state["done"][shard.name]
-        entry = splits.setdefault(shard.split, {"count": 0, "shards": [], "shard_counts": [],
-                                                "positives": [0] * len(labels)})
+        entry = splits.setdefault(shard.split, {"count": 0, "shards": [], "shard_counts": [], "shard_bytes": [],
+                                                "shard_sha256": [], "positives": [0] * len(labels)})
         quarantine_rows.extend(rec["quarantine"])
         if rec["count"] == 0:
             (out / shard.name).unlink(missing_ok=True)
@@ -303,6 +310,8 @@ def _finish(out: Path, plan: list[_Shard], state: dict[str, Any], catalog: Catal
         entry["count"] += rec["count"]
         entry["shards"].append(shard.name)
         entry["shard_counts"].append(rec["count"])
+        entry["shard_bytes"].append(rec["bytes"])
+        entry["shard_sha256"].append(rec["sha256"])
         entry["positives"] = [a + b for a, b in zip(entry["positives"], rec["positives"])]
     quarantine = pd.DataFrame(quarantine_rows, columns=["path", "image_id", "reason"])
     write_csv(out / QUARANTINE, quarantine)
@@ -310,7 +319,10 @@ def _finish(out: Path, plan: list[_Shard], state: dict[str, Any], catalog: Catal
                 "resize": settings["resize"], "splits": splits, "fingerprint": fingerprint, "settings": settings,
                 "catalog": catalog_path or str(catalog.info.get("path", "")), "source": catalog.source,
                 "quarantined": len(quarantine), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    write_json(out / MANIFEST, manifest)
+    with atomic_open(out / MANIFEST, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(manifest, indent=2, default=str) + "\n")
+        fh.flush()
+        _kill_point("manifest")
     return manifest, {s: v["count"] for s, v in splits.items()}, quarantine
 
 
@@ -330,7 +342,14 @@ def _read_quarantine(out: Path) -> pd.DataFrame:
 
 
 def _shards_present(out: Path, manifest: dict[str, Any]) -> bool:
-    return all((out / name).is_file() for v in manifest.get("splits", {}).values() for name in v.get("shards", []))
+    """Every shard the manifest lists is there with its recorded size (a cheap check; damage → rebuild it)."""
+    for entry in manifest.get("splits", {}).values():
+        sizes = entry.get("shard_bytes") or [None] * len(entry.get("shards", []))
+        for name, size in zip(entry.get("shards", []), sizes):
+            path = out / name
+            if not path.is_file() or (size is not None and path.stat().st_size != size):
+                return False
+    return True
 
 
 def _remove_temp_files(out: Path) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from chestxray.data.catalog import SPLITS, Catalog
+from chestxray.data.tasks import absent_from_splits
 from chestxray.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,9 @@ def assign_splits(catalog: Catalog, ratios: tuple[float, ...] = (0.7, 0.1, 0.2),
     info_split["images"] = {s: int(images[i]) for i, s in enumerate(SPLITS)}
     info_split["patients"] = {s: int(people[i]) for i, s in enumerate(SPLITS)}
     info_split["hash"] = _hash_codes(split_codes)
+    info_split["absent"] = absent_from_splits(table, catalog.labels)
+    for name, splits in info_split["absent"].items():
+        log.warning("%s: %r has no image in %s; its AUROC there will be n/a", where, name, "/".join(splits))
     return replace(catalog, table=table, info={**catalog.info, "split": info_split})
 
 

@@ -112,3 +112,27 @@ def make_synthetic(out_dir: str | Path, n: int = 200, size: int = 128, seed: int
     write_csv(out / "boxes.csv", pd.DataFrame(box_rows, columns=["Image Index", "Finding Label", "x", "y", "w", "h"]))
     write_text(out / "README.txt", README.format(n=n, size=size, seed=seed))
     return out
+
+
+def write_png_bomb(path: str | Path, width: int = 30_000, height: int = 30_000) -> Path:
+    """A valid all-black 8-bit gray PNG of width × height that is tiny on disk (a decompression bomb: 30,000² is
+    0.9 GB decoded, 0.9 MB stored), built in about a second without ever holding the pixels in memory."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = next(r for r in (1000, 100, 10, 1) if height % r == 0)
+    block = (b"\0" * (width + 1)) * rows  # each row: filter byte 0, then zero pixels
+    comp = zlib.compressobj(9)
+    first = comp.compress(block) + comp.flush(zlib.Z_FULL_FLUSH)  # a full flush makes every later block identical
+    again = comp.compress(block) + comp.flush(zlib.Z_FULL_FLUSH)
+    adler = 1
+    for _ in range(height // rows):
+        adler = zlib.adler32(block, adler)
+    stream = first + again * (height // rows - 1) + b"\x03\x00" + struct.pack(">I", adler)  # empty final block
+    path = Path(path)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", stream) + chunk(b"IEND", b""))
+    return path

@@ -181,7 +181,7 @@ def evaluate_run(
                                   n_boot, seed, extra)
     if (run / "history.csv").exists():
         _copy(run / "history.csv", result.eval_dir / "training_history.csv")
-    store_thresholds(bundle.path, result.thresholds, method)
+    store_thresholds(bundle.path, result.thresholds, method, tta)
     headline = {r.name: r.auroc.value for r in result.summary.rows}
     update_card(bundle.path, metrics={"split": split, "tta": tta, "macro_auroc": result.macro_auroc, "auroc": headline})
     log.info("evaluated %s on %s: macro AUROC %s", run, split, result.macro_auroc)

@@ -4,7 +4,10 @@ Conventions: `y_true` holds 0/1 labels and `y_score` probabilities, shaped (N,) 
 (N, L) for L findings. A metric that cannot be computed on a split (a finding with no positives or no
 negatives) is None with a reason, never NaN; means are taken over the defined findings only and say
 how many. Confidence intervals come from a bootstrap that resamples PATIENTS, not images, so the
-images of one patient always enter a replicate together.
+images of one patient always enter a replicate together; resampling is stratified so that every finding defined
+on the split stays defined in every replicate, and the macro mean is taken over the same findings in the estimate
+and in every replicate (chestxray.evaluation.bootstrap). A finding with fewer than MIN_POSITIVE_PATIENTS positive
+patients gets its estimate without an interval: "too few positives for an interval".
 """
 
 from __future__ import annotations
@@ -15,13 +18,25 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from chestxray.errors import DataError
+from chestxray.evaluation.bootstrap import (  # noqa: F401 - re-exported: the bootstrap's public entry points
+    SCHEME,
+    SortedTask,
+    bootstrap_counts,
+    bootstrap_patient_counts,
+    patient_codes,
+    patient_property,
+    patient_strata,
+    stratified_patient_counts,
+    weighted_auprc,
+    weighted_auroc,
+)
 
 NORMAL = "normal"
 NORMAL_SCORE = "1 - max(p)"  # how the 'normal' (no finding) score is made from per-finding probabilities
+MIN_POSITIVE_PATIENTS = 10  # fewer positive patients: the estimate is given without an interval
 
 
 @dataclass(frozen=True)
@@ -88,6 +103,8 @@ class Summary:
     ci: float
     seed: int
     normal_score: str = NORMAL_SCORE
+    strata: int = 1
+    min_positive_patients: int = MIN_POSITIVE_PATIENTS
 
     def row(self, name: str) -> FindingMetrics:
         """The row called `name` (a finding, 'macro', 'micro' or 'normal')."""
@@ -117,7 +134,12 @@ class Summary:
         return {
             "n_images": self.n_images,
             "n_patients": self.n_patients,
-            "bootstrap": {"replicates": self.n_boot, "ci": self.ci, "seed": self.seed, "unit": "patient"},
+            "bootstrap": {"replicates": self.n_boot, "ci": self.ci, "seed": self.seed, "unit": "patient",
+                          "scheme": SCHEME, "strata": self.strata,
+                          "macro": "mean over the same findings (those defined on the split) in the estimate and "
+                                   "in every replicate; replicates where one is undefined are not used (counted)",
+                          "min_positive_patients": self.min_positive_patients,
+                          "too_few": "a finding with fewer positive patients gets no interval"},
             "normal_score": self.normal_score,
             "rows": [_clean(asdict(r)) for r in self.rows],
         }
@@ -195,100 +217,17 @@ def auprc(y_true: Any, y_score: Any) -> float | None:
     return float(average_precision_score(t[:, 0], s[:, 0]))
 
 
-def _group_matrices(y: np.ndarray, s: np.ndarray, codes: np.ndarray, n_units: int) -> tuple[Any, Any]:
-    """Sparse (n_units, G) matrices counting positive and negative images of each unit per distinct score.
-
-    G is the number of distinct scores, ascending. A unit is an image (codes = row index) or a patient;
-    multiplying unit weights (B, n_units) by these gives each replicate's positive/negative weight per score.
-    """
-    order = np.argsort(s, kind="mergesort")
-    s_sorted = s[order]
-    group_sorted = np.cumsum(np.r_[True, s_sorted[1:] != s_sorted[:-1]]) - 1
-    group = np.empty_like(group_sorted)
-    group[order] = group_sorted
-    n_groups = int(group_sorted[-1]) + 1 if s.size else 0
-    yb = y.astype(bool)
-    shape = (n_units, n_groups)
-    pos = sparse.csr_matrix((np.ones(int(yb.sum())), (codes[yb], group[yb])), shape=shape)
-    neg = sparse.csr_matrix((np.ones(int((~yb).sum())), (codes[~yb], group[~yb])), shape=shape)
-    return pos, neg
-
-
-def _weights_per_group(weights: np.ndarray, mats: tuple[Any, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Positive and negative weight per distinct score (ascending) for each replicate: two (B, G) arrays."""
-    w = np.atleast_2d(weights).astype(np.float64)
-    return np.asarray((mats[0].T @ w.T).T), np.asarray((mats[1].T @ w.T).T)
-
-
-def _auroc_from_groups(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """AUROC per replicate: P(score_pos > score_neg) + 1/2 P(tie); NaN where a replicate lacks a class."""
-    n_pos, n_neg = pos.sum(1), neg.sum(1)
-    pos_above = n_pos[:, None] - np.cumsum(pos, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (neg * (pos_above + 0.5 * pos)).sum(1) / (n_pos * n_neg)
-    out[(n_pos == 0) | (n_neg == 0)] = np.nan
-    return out
-
-
-def _auprc_from_groups(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """Average precision per replicate (scikit-learn's step sum); NaN where a replicate has no positives."""
-    pos, neg = pos[:, ::-1], neg[:, ::-1]  # thresholds from the highest score down
-    tps, fps = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
-    n_pos = tps[:, -1] if tps.shape[1] else np.zeros(len(tps))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(tps + fps > 0, tps / (tps + fps), 0.0)
-        out = (pos * precision).sum(1) / n_pos
-    out[n_pos == 0] = np.nan
-    return out
-
-
-def weighted_auroc(y_true: np.ndarray, y_score: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AUROC of one finding under each row of sample weights (B, N) at once; NaN where a row lacks a class.
-
-    With integer weights this equals the AUROC of the data with each image repeated `weight` times
-    (ties count one half), which is what a bootstrap replicate is.
-    """
-    y, s = np.asarray(y_true).ravel(), np.asarray(y_score, dtype=np.float64).ravel()
-    mats = _group_matrices(y, s, np.arange(y.size), y.size)
-    return _auroc_from_groups(*_weights_per_group(weights, mats))
-
-
-def weighted_auprc(y_true: np.ndarray, y_score: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Average precision of one finding under each row of sample weights (B, N); NaN where a row has no positives."""
-    y, s = np.asarray(y_true).ravel(), np.asarray(y_score, dtype=np.float64).ravel()
-    mats = _group_matrices(y, s, np.arange(y.size), y.size)
-    return _auprc_from_groups(*_weights_per_group(weights, mats))
-
-
-def patient_codes(patient_ids: Sequence[Any]) -> tuple[np.ndarray, int]:
-    """Integer code per image for its patient (first-seen order) and the number of patients."""
-    codes, uniques = pd.factorize(pd.Series(list(patient_ids), dtype=object), sort=False)
-    return codes.astype(np.int64), len(uniques)
-
-
-def bootstrap_patient_counts(n_patients: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """How often each patient is drawn in each replicate (n_patients draws with replacement): int (n_boot, P)."""
-    if n_patients == 0:
-        return np.zeros((n_boot, 0), dtype=np.int64)
-    draws = rng.integers(0, n_patients, size=(n_boot, n_patients))
-    flat = (draws + np.arange(n_boot)[:, None] * n_patients).ravel()
-    return np.bincount(flat, minlength=n_boot * n_patients).reshape(n_boot, n_patients)
-
-
-def bootstrap_counts(patient_ids: Sequence[Any], n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """How often each image enters each replicate when PATIENTS are drawn with replacement: int (n_boot, N).
-
-    Draws n_patients patient indices per replicate, counts them, and maps the counts onto image rows
-    through each image's patient, so all images of a patient share one count.
-    """
-    codes, n_pat = patient_codes(patient_ids)
-    return bootstrap_patient_counts(n_pat, n_boot, rng)[:, codes]
-
-
-def _percentile_interval(point: float | None, reps: np.ndarray, ci: float, reason: str | None) -> Interval:
-    """Percentile interval over the replicates in which the metric was defined."""
+def _percentile_interval(
+    point: float | None, reps: np.ndarray, ci: float, reason: str | None, pos_patients: int | None = None,
+    min_pos: int = MIN_POSITIVE_PATIENTS,
+) -> Interval:
+    """Percentile interval over the replicates in which the metric is defined (their count is kept);
+    no interval when fewer than `min_pos` patients are positive (a resampled handful says nothing honest)."""
     if point is None:
         return Interval(None, reason=reason)
+    if pos_patients is not None and pos_patients < min_pos:
+        return Interval(point, reason=f"too few positives for an interval ({pos_patients} positive patient"
+                                      f"{'s' if pos_patients != 1 else ''}; at least {min_pos} needed)")
     ok = reps[np.isfinite(reps)]
     if ok.size == 0:
         return Interval(point, reason="no bootstrap replicate defined", replicates=0)
@@ -297,13 +236,14 @@ def _percentile_interval(point: float | None, reps: np.ndarray, ci: float, reaso
 
 
 def _curve_intervals(
-    y: np.ndarray, score: np.ndarray, roc_reps: np.ndarray, pr_reps: np.ndarray, ci: float, no_positives: str
+    y: np.ndarray, score: np.ndarray, roc_reps: np.ndarray, pr_reps: np.ndarray, ci: float, no_positives: str,
+    pos_patients: int, min_pos: int,
 ) -> tuple[Interval, Interval, str | None]:
     """AUROC and AUPRC of one binary task with bootstrap intervals, and why AUROC is undefined (None if defined)."""
     reason = undefined_reason(y)
     pr_reason = no_positives if int(np.sum(y)) == 0 else None
-    return (_percentile_interval(auroc(y, score), roc_reps, ci, reason),
-            _percentile_interval(auprc(y, score), pr_reps, ci, pr_reason), reason)
+    return (_percentile_interval(auroc(y, score), roc_reps, ci, reason, pos_patients, min_pos),
+            _percentile_interval(auprc(y, score), pr_reps, ci, pr_reason, pos_patients, min_pos), reason)
 
 
 def _pooled_counts(have: list[ThresholdCounts]) -> tuple[int, int, int, int]:
@@ -383,12 +323,14 @@ def summarize(
     ci: float = 0.95,
     seed: int = 0,
     n_bins: int = 10,
-    chunk: int = 200,
+    min_positive_patients: int = MIN_POSITIVE_PATIENTS,
 ) -> Summary:
     """Per-finding, macro, micro and (multi-label) normal metrics with patient-bootstrap CIs.
 
-    AUROC/AUPRC get percentile intervals from `n_boot` replicates that resample patients with a
-    seeded numpy Generator. Threshold metrics use `thresholds` (label -> probability; score >= t is positive).
+    AUROC/AUPRC get percentile intervals from `n_boot` replicates of a stratified patient resampling (seeded
+    numpy Generator) in which every finding defined on the split stays defined; a task with fewer than
+    `min_positive_patients` positive patients gets no interval. Threshold metrics use `thresholds`
+    (label -> probability; score >= t is positive).
     """
     t, s = check_arrays(y_true, y_score)
     labels = list(labels)
@@ -402,32 +344,29 @@ def summarize(
     multi = n_lab > 1
     norm_t, norm_s = normal_truth_and_score(t, s)
 
-    # Bootstrap: draw patients, then turn per-patient counts into per-score weights through sparse
-    # matrices built once per task (finding, micro pool, normal), replicates processed in chunks.
+    # Bootstrap (chestxray.evaluation.bootstrap): per-patient counts from a stratified resampling that keeps
+    # every defined task defined; each task (finding, micro pool, normal) is sorted once and scored for all
+    # replicates with a few vectorised passes.
     codes, n_pat = patient_codes(patient_ids)
     tasks = [(t[:, j], s[:, j], codes) for j in range(n_lab)]
     if multi:
         tasks.append((t.ravel("F"), s.ravel("F"), np.tile(codes, n_lab)))  # micro: every (image, finding) pair
         tasks.append((norm_t, norm_s, codes))
-    mats = [_group_matrices(y, sc, c, n_pat) for y, sc, c in tasks]
+    pos_pat = [int(patient_property(y == 1, c, n_pat).sum()) for y, _, c in tasks]
+    keep = [patient_property(y == v, c, n_pat) for y, _, c in tasks if undefined_reason(y) is None for v in (0, 1)]
+    strata = patient_strata(np.stack(keep, 1)) if keep else np.zeros(n_pat, dtype=np.int64)
+    counts = stratified_patient_counts(strata, n_boot, np.random.default_rng(seed))
     roc_reps = np.full((n_boot, len(tasks)), np.nan)
     pr_reps = np.full((n_boot, len(tasks)), np.nan)
-    rng = np.random.default_rng(seed)
-    for start in range(0, n_boot, chunk):
-        stop = min(start + chunk, n_boot)
-        per_patient = bootstrap_patient_counts(n_pat, stop - start, rng)
-        for k, mat in enumerate(mats):
-            step = max(1, int(4e6 // max(mat[0].shape[1], 1)))  # keep (replicates, G) blocks near 32 MB
-            for a in range(0, stop - start, step):
-                pos, neg = _weights_per_group(per_patient[a : a + step], mat)
-                roc_reps[start + a : start + a + len(pos), k] = _auroc_from_groups(pos, neg)
-                pr_reps[start + a : start + a + len(pos), k] = _auprc_from_groups(pos, neg)
+    for k, (y, sc, c) in enumerate(tasks):
+        roc_reps[:, k], pr_reps[:, k] = SortedTask(y, sc, c).replicates(counts)
+    mp = min_positive_patients
 
     thresholds = thresholds or {}
     rows: list[FindingMetrics] = []
     for j, name in enumerate(labels):
         roc, pr, reason = _curve_intervals(t[:, j], s[:, j], roc_reps[:, j], pr_reps[:, j], ci,
-                                           f"no positives among {n} images")
+                                           f"no positives among {n} images", pos_pat[j], mp)
         thr = thresholds.get(name)
         rows.append(
             FindingMetrics(
@@ -445,16 +384,20 @@ def summarize(
         )
     if multi:
         findings = list(rows)
-        rows.append(_macro_row(findings, roc_reps[:, :n_lab], pr_reps[:, :n_lab], ci, n))
-        rows.append(_micro_row(t, s, findings, roc_reps[:, n_lab], pr_reps[:, n_lab], ci, n_bins))
-        rows.append(
-            _normal_row(s, norm_t, norm_s, thresholds, labels, roc_reps[:, n_lab + 1], pr_reps[:, n_lab + 1], ci)
-        )
-    return Summary(rows, n_images=n, n_patients=n_pat, n_boot=n_boot, ci=ci, seed=seed)
+        rows.append(_macro_row(findings, roc_reps[:, :n_lab], pr_reps[:, :n_lab], ci, n, pos_pat[:n_lab], mp))
+        rows.append(_micro_row(t, s, findings, roc_reps[:, n_lab], pr_reps[:, n_lab], ci, n_bins, pos_pat[n_lab], mp))
+        rows.append(_normal_row(s, norm_t, norm_s, thresholds, labels, roc_reps[:, n_lab + 1], pr_reps[:, n_lab + 1],
+                                ci, pos_pat[n_lab + 1], mp))
+    return Summary(rows, n_images=n, n_patients=n_pat, n_boot=n_boot, ci=ci, seed=seed,
+                   strata=int(strata.max()) + 1 if n_pat else 0, min_positive_patients=mp)
 
 
-def _macro_row(rows: list[FindingMetrics], roc_reps: np.ndarray, pr_reps: np.ndarray, ci: float, n: int) -> FindingMetrics:
-    """Unweighted mean over the findings where each metric is defined; the note says over how many."""
+def _macro_row(
+    rows: list[FindingMetrics], roc_reps: np.ndarray, pr_reps: np.ndarray, ci: float, n: int, pos_pat: list[int],
+    min_pos: int,
+) -> FindingMetrics:
+    """Unweighted mean over the findings where each metric is defined, the SAME findings in the estimate and in
+    every replicate (a replicate where one of them is undefined is not used, and the count says so)."""
     n_lab = len(rows)
 
     def mean_interval(vals: list[float | None], reps: np.ndarray, what: str) -> Interval:
@@ -462,12 +405,7 @@ def _macro_row(rows: list[FindingMetrics], roc_reps: np.ndarray, pr_reps: np.nda
         if not keep:
             return Interval(None, reason=f"{what} undefined for every finding")
         point = float(np.mean([vals[j] for j in keep]))
-        sub = reps[:, keep]
-        with np.errstate(invalid="ignore"):
-            valid = np.isfinite(sub).any(1)
-            rep_means = np.full(len(sub), np.nan)
-            rep_means[valid] = np.nanmean(sub[valid], axis=1)
-        return _percentile_interval(point, rep_means, ci, None)
+        return _percentile_interval(point, reps[:, keep].mean(1), ci, None)
 
     roc = mean_interval([r.auroc.value for r in rows], roc_reps, "AUROC")
     pr = mean_interval([r.auprc.value for r in rows], pr_reps, "AUPRC")
@@ -483,6 +421,9 @@ def _macro_row(rows: list[FindingMetrics], roc_reps: np.ndarray, pr_reps: np.nda
         )
     eces = [r.ece for r in rows if r.ece is not None]
     n_def = sum(r.auroc.value is not None for r in rows)
+    few = sum(r.auroc.value is not None and p < min_pos for r, p in zip(rows, pos_pat))
+    caveat = (f"; {few} of them with fewer than {min_pos} positive patients (their share of the uncertainty is "
+              "understated)") if few else ""
     return FindingMetrics(
         name="macro",
         kind="macro",
@@ -492,17 +433,18 @@ def _macro_row(rows: list[FindingMetrics], roc_reps: np.ndarray, pr_reps: np.nda
         auprc=pr,
         counts=counts,
         ece=float(np.mean(eces)) if eces else None,
-        note=f"mean over {n_def} of {n_lab} findings with AUROC defined",
+        note=f"mean over the same {n_def} of {n_lab} findings (AUROC defined) in the estimate and in "
+             f"{roc.replicates} usable bootstrap replicates{caveat}",
     )
 
 
 def _micro_row(
     t: np.ndarray, s: np.ndarray, rows: list[FindingMetrics], roc_reps: np.ndarray, pr_reps: np.ndarray,
-    ci: float, n_bins: int,
+    ci: float, n_bins: int, pos_pat: int, min_pos: int,
 ) -> FindingMetrics:
     """All (image, finding) pairs pooled into one binary problem; counts pooled over thresholded findings."""
     flat_t, flat_s = t.ravel("F"), s.ravel("F")
-    roc, pr, _ = _curve_intervals(flat_t, flat_s, roc_reps, pr_reps, ci, "no positives in any finding")
+    roc, pr, _ = _curve_intervals(flat_t, flat_s, roc_reps, pr_reps, ci, "no positives in any finding", pos_pat, min_pos)
     have = [r.counts for r in rows if r.counts is not None]
     return FindingMetrics(
         name="micro",
@@ -519,10 +461,10 @@ def _micro_row(
 
 def _normal_row(
     s: np.ndarray, norm_t: np.ndarray, norm_s: np.ndarray, thresholds: dict[str, float],
-    labels: list[str], roc_reps: np.ndarray, pr_reps: np.ndarray, ci: float,
+    labels: list[str], roc_reps: np.ndarray, pr_reps: np.ndarray, ci: float, pos_pat: int, min_pos: int,
 ) -> FindingMetrics:
     """'No Finding' detection: scored by 1 - max(p); predicted normal when no finding passes its threshold."""
-    roc, pr, reason = _curve_intervals(norm_t, norm_s, roc_reps, pr_reps, ci, "no normal images")
+    roc, pr, reason = _curve_intervals(norm_t, norm_s, roc_reps, pr_reps, ci, "no normal images", pos_pat, min_pos)
     counts = None
     if all(name in thresholds for name in labels):
         thr = np.array([thresholds[name] for name in labels])

@@ -19,6 +19,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from chestxray.errors import ConfigError
 from chestxray.evaluation.metrics import check_arrays, undefined_reason
+from chestxray.inference.outputs import add_decisions
 from chestxray.models.bundle import update_card
 
 log = logging.getLogger(__name__)
@@ -100,21 +101,19 @@ def thresholds_from_frame(
     return choose_thresholds(frame[list(labels)].to_numpy(), frame[[f"p_{x}" for x in labels]].to_numpy(), labels, method)
 
 
-def store_thresholds(bundle_dir: str | Path, thresholds: dict[str, float], method: str | ThresholdMethod) -> dict[str, Any]:
-    """Write thresholds and threshold_method ('<method> on val') into the bundle card; returns the new card."""
+def store_thresholds(
+    bundle_dir: str | Path, thresholds: dict[str, float], method: str | ThresholdMethod, tta: str = "none"
+) -> dict[str, Any]:
+    """Write thresholds, threshold_method ('<method> on val') and threshold_tta (the test-time augmentation the
+    validation scores were made with) into the bundle card; returns the new card."""
     return update_card(
         bundle_dir,
         thresholds={k: float(v) for k, v in thresholds.items()},
         threshold_method=f"{parse_method(method)} on val",
+        threshold_tta=tta,
     )
 
 
 def apply_thresholds(frame: pd.DataFrame, labels: Sequence[str], thresholds: dict[str, float]) -> pd.DataFrame:
     """Add a 0/1 column pred_<label> per label (p_<label> >= threshold) to a copy of a predictions frame."""
-    missing = [x for x in labels if x not in thresholds]
-    if missing:
-        raise ConfigError(f"no threshold stored for {missing}; run `chestxray evaluate RUN` to choose them on val")
-    out = frame.copy()
-    for name in labels:
-        out[f"pred_{name}"] = (out[f"p_{name}"] >= thresholds[name]).astype("Int8").where(out[f"p_{name}"].notna())
-    return out
+    return add_decisions(frame, labels, thresholds)

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from chestxray.data.labels import closest
+from chestxray.data.tasks import probabilities
 from chestxray.errors import ConfigError, DataError, ModelError
 from chestxray.explain.attribution import METHODS, attribute
 from chestxray.explain.localize import (
@@ -141,7 +142,7 @@ def explain_images(
         gray, inputs, file_size = prepare_input(path, model.card)
         inputs = inputs.to(device)
         with torch.no_grad():
-            probs = torch.sigmoid(net(inputs))[0].float().cpu().numpy()
+            probs = probabilities(net(inputs).float(), model.card.get("task"))[0].cpu().numpy()
         rows = boxes_for(table, path.name) if table is not None else None
         boxed = [n for n in dict.fromkeys(rows["label"]) if n in labels] if rows is not None else []
         for name in [label or wanted] if (label or wanted) else boxed or [labels[int(probs.argmax())]]:

@@ -3,7 +3,8 @@
 Preprocessing is read from the bundle card (image_size, resize, in_chans, normalization), never remembered:
 files go through load_model_input (chestxray.data.imaging.load_square, the one decode+resize prepare uses) and
 normalize_for_model (chestxray.data.augment.normalize); chestxray.explain.explanations uses the same two. Outputs are sigmoid
-probabilities in columns p_<label>.
+probabilities in columns p_<label> (softmax over the classes for a multiclass bundle, plus the argmax class in
+column `predicted_class` for image files).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from chestxray.errors import ConfigError, DataError, ModelError
+from chestxray.data.tasks import is_multiclass, probabilities
+from chestxray.errors import ConfigError, ModelError
+from chestxray.inference.stream import PREDICTED_CLASS, predicted_classes  # noqa: F401 (public here too)
+from chestxray.inference.stream import ROW_COLUMNS, Scorer, iter_predictions, threshold_tta
 from chestxray.models.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
@@ -80,10 +84,12 @@ def _views(images: torch.Tensor, tta: str) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def predict_probs(net: torch.nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """Sigmoid probabilities (B, L) for normalised images (B, C, H, W), averaged over the TTA views."""
+def predict_probs(net: torch.nn.Module, images: torch.Tensor, tta: str = "none",
+                  task: str | None = None) -> torch.Tensor:
+    """Probabilities (B, L) for normalised images (B, C, H, W), averaged over the TTA views: sigmoid per label, or
+    softmax over the classes when task is 'multiclass' (read it from the bundle card)."""
     _check_tta(tta)
-    probs = [torch.sigmoid(net(view).float()) for view in _views(images, tta)]
+    probs = [probabilities(net(view).float(), task) for view in _views(images, tta)]
     return torch.stack(probs).mean(0)
 
 
@@ -134,7 +140,8 @@ def predict_split(
     truth: list[np.ndarray] = []
     scores: list[np.ndarray] = []
     for batch in dm.split_dataloader(split):
-        scores.append(predict_probs(net, batch["image"].to(dev, non_blocking=True), tta).cpu().numpy())
+        scores.append(predict_probs(net, batch["image"].to(dev, non_blocking=True), tta,
+                                    model.card.get("task")).cpu().numpy())
         truth.append(batch["labels"].numpy())
         ids.extend(batch["image_id"])
         patients.extend(batch["patient_id"])
@@ -150,48 +157,40 @@ def _frame(ids: list[str], patients: list[str], labels: list[str], truth: np.nda
     return frame
 
 
+def torch_scorer(
+    bundle: Bundle | str | Path, tta: str | None = None, device: str | torch.device | None = None
+) -> Scorer:
+    """A Scorer running a bundle's network on uint8 pixels (B, S, S): card normalisation, TTA, sigmoid.
+
+    tta None: the mode the stored thresholds were chosen with; another mode than theirs is refused."""
+    model = as_bundle(bundle)
+    tta = threshold_tta(model.card, tta)
+    _check_tta(tta)
+    card, dev = model.card, resolve_device(device)
+    net = model.net.to(dev).eval()
+
+    def score(pixels: np.ndarray) -> np.ndarray:
+        inputs = normalize_for_model(torch.from_numpy(pixels).unsqueeze(1), card).to(dev)
+        return predict_probs(net, inputs, tta, card.get("task")).cpu().numpy()
+
+    return Scorer(card=card, score=score, source=str(model.path), tta=tta)
+
+
 def predict_images(
     bundle: Bundle | str | Path,
     paths: Iterable[str | Path],
     batch_size: int = 32,
-    tta: str = "none",
+    tta: str | None = None,
     device: str | torch.device | None = None,
 ) -> pd.DataFrame:
     """Scores for image files (PNG/JPEG/DICOM), preprocessed as the bundle card says.
 
     Returns one row per path, in order: path, image_id (file stem), status ('ok' or 'quarantined'),
-    reason (why a file could not be used, else ''), and p_<label> (empty for quarantined files).
+    reason (why a file could not be used, else ''), and p_<label> (empty for quarantined files); a multiclass bundle
+    adds predicted_class (argmax; thresholds do not apply). Use chestxray.inference.stream.iter_predictions to stream many files batch by batch.
     """
-    _check_tta(tta)
-    model = as_bundle(bundle)
-    card = model.card
-    dev = resolve_device(device)
-    net = model.net.to(dev).eval()
-    labels = list(model.labels)
-    paths = [Path(p) for p in paths]
-    rows: list[dict[str, Any]] = []
-    pixels: list[np.ndarray] = []
-    for path in paths:
-        row: dict[str, Any] = {"path": str(path), "image_id": path.stem, "status": "ok", "reason": ""}
-        try:
-            pixels.append(load_model_input(path, card))
-        except DataError as exc:
-            row.update(status="quarantined", reason=str(exc))
-        except Exception as exc:  # noqa: BLE001 - one odd file must not stop the others; it is listed with the reason
-            row.update(status="quarantined", reason=f"{path}: unexpected {type(exc).__name__} while decoding ({exc})")
-        if row["status"] != "ok":
-            log.info("quarantined %s: %s", path, row["reason"])  # the frame carries the reason to the caller
-        rows.append(row)
-    probs = np.zeros((0, len(labels)))
-    if pixels:
-        chunks = []
-        for start in range(0, len(pixels), batch_size):
-            batch = torch.from_numpy(np.stack(pixels[start : start + batch_size])).unsqueeze(1)
-            inputs = normalize_for_model(batch, card).to(dev)
-            chunks.append(predict_probs(net, inputs, tta).cpu().numpy())
-        probs = np.concatenate(chunks)
-    frame = pd.DataFrame(rows, columns=["path", "image_id", "status", "reason"])
-    scores = np.full((len(rows), len(labels)), np.nan)
-    scores[(frame["status"] == "ok").to_numpy()] = probs
-    frame[score_columns(labels)] = scores
-    return frame
+    scorer = torch_scorer(bundle, tta=tta, device=device)
+    frames = list(iter_predictions(scorer, [Path(p) for p in paths], batch_size=batch_size))
+    if not frames:
+        return pd.DataFrame(columns=[*ROW_COLUMNS, *score_columns(scorer.labels)])
+    return pd.concat(frames, ignore_index=True)

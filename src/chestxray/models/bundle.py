@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from chestxray.errors import ModelError
+from chestxray.errors import ChestXrayError, ModelError
 from chestxray.files import atomic_path, write_json
 
 WEIGHTS = "model.safetensors"
@@ -76,11 +77,19 @@ def read_card(path: str | Path) -> dict[str, Any]:
         raise ModelError(f"{folder}: not a model bundle (no {CARD}); a training run writes one in RUN/bundle")
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{card_path}: not valid JSON ({exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{card_path}: not valid JSON ({exc}); the bundle is damaged, export it again") from exc
+    except OSError as exc:
+        raise ModelError(f"{card_path}: cannot read the card ({exc.strerror or exc}); check the permissions") from exc
+    if not isinstance(card, dict):
+        raise ModelError(f"{card_path}: expected a JSON object, found {type(card).__name__}; export the bundle again")
     missing = [k for k in REQUIRED_CARD_FIELDS if k not in card]
     if missing:
         raise ModelError(f"{card_path}: missing field(s) {missing}; the bundle is incomplete, export it again")
+    labels = card["labels"]
+    if not isinstance(labels, list) or len(labels) != card["num_labels"]:
+        raise ModelError(f"{card_path}: num_labels {card['num_labels']!r} does not match the {len(labels)} label "
+                         "name(s); the card is damaged, export the bundle again")
     return card
 
 
@@ -103,13 +112,27 @@ def load_bundle(path: str | Path) -> Bundle:
     weights = folder / WEIGHTS
     if not weights.exists():
         raise ModelError(f"{folder}: no {WEIGHTS}; the bundle is incomplete, export it again")
-    net = build_model(card["architecture"], num_labels=int(card["num_labels"]), in_chans=int(card["in_chans"]))
-    state = load_file(str(weights))
-    result = net.load_state_dict(state, strict=False)
+    try:
+        net = build_model(card["architecture"], num_labels=int(card["num_labels"]), in_chans=int(card["in_chans"]))
+    except ChestXrayError as exc:
+        raise ModelError(f"{folder / CARD}: cannot build the model the card names ({exc})") from None
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{weights}: not a readable safetensors file ({exc}); the file is truncated or damaged, "
+                         "copy or export the bundle again") from None
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensors of other shapes: the card names another architecture or label count
+        detail = " ".join(str(exc).split())[:300]
+        raise ModelError(f"{weights}: weights do not fit architecture {card['architecture']!r} with "
+                         f"{card['num_labels']} labels as the card says ({detail}); the card belongs to another "
+                         "model, export the bundle again") from None
     if result.missing_keys or result.unexpected_keys:
         raise ModelError(
             f"{weights}: weights do not match architecture {card['architecture']!r} "
-            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}); the card belongs to "
+            "another model, export the bundle again"
         )
     net.eval()
     return Bundle(net=net, card=card, path=folder)

@@ -64,8 +64,8 @@ def _interval_cell(iv: dict[str, Any]) -> dict[str, Any]:
     """A metrics-table cell for a value with its CI, or 'n/a' with the reason as its tooltip."""
     if iv.get("value") is None:
         return {"text": "n/a", "cls": "na", "title": iv.get("reason") or ""}
-    ci = f"[{iv['low']:.3f}, {iv['high']:.3f}]" if iv.get("low") is not None else ""
-    return {"text": f"{iv['value']:.3f}", "ci": ci}
+    ci = f"[{iv['low']:.3f}, {iv['high']:.3f}]" if iv.get("low") is not None else "(no CI)"
+    return {"text": f"{iv['value']:.3f}", "ci": ci, "title": iv.get("reason") or ""}
 
 
 def _metric_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -79,7 +79,7 @@ def _metric_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return {"text": text, "cls": "na" if text == "n/a" else ""}
 
         note = r.get("note") or ""
-        if r["auroc"].get("value") is None and r["auroc"].get("reason") and r["auroc"]["reason"] not in note:
+        if r["auroc"].get("low") is None and r["auroc"].get("reason") and r["auroc"]["reason"] not in note:
             note = f"{note}; {r['auroc']['reason']}".strip("; ")
         cells = [
             {"text": r["name"]},
@@ -231,7 +231,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         tta=metrics.get("tta", "none"),
         cards=cards,
         ci_text=f"{boot.get('ci', 0.95):.0%} percentile bootstrap, {boot.get('replicates', '?')} replicates "
-                f"resampling {boot.get('unit', 'patient')}s (seed {boot.get('seed', 0)})",
+                f"resampling {boot.get('unit', 'patient')}s (seed {boot.get('seed', 0)})"
+                + (f"; {boot['scheme']}; macro: {boot['macro']}; {boot['too_few']} "
+                   f"(fewer than {boot['min_positive_patients']})" if "scheme" in boot else ""),
         normal_score=metrics.get("normal_score", "1 - max(p)"),
         prepared=prepared,
         image_size=manifest.get("image_size"),

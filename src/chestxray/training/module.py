@@ -1,5 +1,6 @@
-"""The LightningModule: loss (BCE or focal, optional positive weights), AdamW with warm-up + cosine or plateau,
-and validation AUROC over the labels that have both classes. It receives a built net; it never builds data."""
+"""The LightningModule: loss (BCE or focal, optional positive weights; softmax cross-entropy for a multiclass task),
+AdamW with warm-up + cosine or plateau, and validation AUROC over the labels that have both classes (one-vs-rest per
+class for multiclass, plus accuracy). It receives a built net; it never builds data."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric, Metric
-from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
+from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy, MulticlassAUROC, MultilabelAUROC
+
+from chestxray.data.tasks import is_multiclass, probabilities
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,20 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0,
     probs = torch.sigmoid(logits)
     p_t = probs * targets + (1 - probs) * (1 - targets)
     return (bce * (1 - p_t).pow(gamma)).mean()
+
+
+def softmax_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str = "bce", gamma: float = 2.0,
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-class loss on one-hot targets (B, K): cross-entropy (optionally class-weighted), or its focal form
+    (each image's cross-entropy scaled by (1 - p_target)^gamma) when loss == 'focal'."""
+    index = targets.argmax(1)
+    ce = F.cross_entropy(logits, index, weight=weight, reduction="none")
+    if loss == "focal":
+        p_t = logits.softmax(1).gather(1, index[:, None])[:, 0]
+        ce = ce * (1 - p_t).pow(gamma)
+    if weight is not None:  # weighted mean, as F.cross_entropy's own reduction
+        return ce.sum() / weight[index].sum()
+    return ce.mean()
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -51,7 +68,8 @@ class LabelCounts(Metric):
 
 
 class ChestXrayModule(L.LightningModule):
-    """Multi-label classifier around a built net: BCE-with-logits (or focal) loss, AdamW, val mean AUROC.
+    """Classifier around a built net: BCE-with-logits (or focal) loss, AdamW, val mean AUROC; task 'multiclass':
+    softmax cross-entropy (pos_weight = class weights), val macro one-vs-rest AUROC and val_accuracy.
 
     total_steps sets the cosine schedule's length (train() computes it from the data plan, so the train loader is
     never built before a resumed run has restored its epoch). val_auroc is the mean over labels that have both
@@ -62,14 +80,20 @@ class ChestXrayModule(L.LightningModule):
     def __init__(self, net: nn.Module, labels: list[str], lr: float = 1e-4, weight_decay: float = 1e-4,
                  loss: str = "bce", focal_gamma: float = 2.0, pos_weight: list[float] | None = None,
                  scheduler: str = "cosine", warmup_fraction: float = 0.05, monitor: str = "val_auroc",
-                 patience: int = 5, channels_last: bool = False, total_steps: int = 1000) -> None:
+                 patience: int = 5, channels_last: bool = False, total_steps: int = 1000,
+                 task: str = "multilabel") -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"], logger=False)  # loggers get the TrainConfig instead
         self.net = net
         self.labels = list(labels)
         self.register_buffer("pos_weight", torch.tensor(pos_weight, dtype=torch.float32) if pos_weight else None)
         n = len(self.labels)
-        self.val_auroc = MultilabelAUROC(num_labels=n, average="none") if n > 1 else BinaryAUROC()
+        self.multiclass = is_multiclass(task)
+        if self.multiclass:
+            self.val_auroc = MulticlassAUROC(num_classes=n, average="none")
+            self.val_accuracy = MulticlassAccuracy(num_classes=n, average="micro")
+        else:
+            self.val_auroc = MultilabelAUROC(num_labels=n, average="none") if n > 1 else BinaryAUROC()
         self.val_counts = LabelCounts(n)
         self.val_loss = MeanMetric()
 
@@ -81,6 +105,8 @@ class ChestXrayModule(L.LightningModule):
 
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
+        if self.multiclass:
+            return softmax_loss(logits, labels, self.hparams.loss, self.hparams.focal_gamma, self.pos_weight)
         if self.hparams.loss == "focal":
             return focal_loss(logits, labels, self.hparams.focal_gamma, self.pos_weight)
         return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=self.pos_weight)
@@ -93,9 +119,12 @@ class ChestXrayModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         labels = batch["labels"]
         logits = self(batch["image"]).float()
-        probs = torch.sigmoid(logits)
+        probs = probabilities(logits, self.hparams.task)
         self.val_loss.update(self.compute_loss(logits, labels), weight=len(labels))
-        if isinstance(self.val_auroc, BinaryAUROC):
+        if self.multiclass:
+            self.val_auroc.update(probs, labels.argmax(1))
+            self.val_accuracy.update(probs, labels.argmax(1))
+        elif isinstance(self.val_auroc, BinaryAUROC):
             self.val_auroc.update(probs[:, 0], labels[:, 0].long())
         else:
             self.val_auroc.update(probs, labels.long())
@@ -114,6 +143,9 @@ class ChestXrayModule(L.LightningModule):
             auroc = torch.tensor(0.5, device=per_label.device)
         self.log("val_auroc", auroc, prog_bar=True)
         self.log("val_loss", self.val_loss.compute())
+        if self.multiclass:
+            self.log("val_accuracy", self.val_accuracy.compute(), prog_bar=True)
+            self.val_accuracy.reset()
         for name, value, ok in zip(self.labels, per_label.tolist(), usable.tolist(), strict=True):
             if ok:
                 self.log(f"val_auroc_{name}", value)

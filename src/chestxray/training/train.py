@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from torch import nn
 
 from chestxray.errors import ConfigError
 from chestxray.files import write_json, write_text
+from chestxray.locks import folder_lock
 from chestxray.training.callbacks import (
     AtomicCheckpointIO,
     FreezeBackbone,
@@ -77,11 +79,20 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite a run; a folder whose run failed before its first checkpoint is reused (and says so)."""
     config_path = run_dir / CONFIG_FILE
+    started = any((run_dir / name).exists() for name in ("checkpoints/last.ckpt", "checkpoints/best.ckpt", "bundle"))
     if resume:
         if not (run_dir / "checkpoints" / "last.ckpt").is_file():
             raise ConfigError(f"cannot resume {run_dir}: no checkpoints/last.ckpt (the run stopped before its "
-                              "first checkpoint); start it again with another --out or delete the folder")
+                              "first checkpoint); start it again without --resume (the folder is reused)")
+    elif config_path.exists() and not started:
+        log.warning("%s: reusing this folder: the run there stopped before its first checkpoint (nothing to resume)",
+                    run_dir)
+        for name in (CONFIG_FILE, RUN_FILE, "metrics.csv", "history.csv"):
+            (run_dir / name).unlink(missing_ok=True)
+        for name in ("logs", "checkpoints"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
     elif config_path.exists():
         raise ConfigError(f"{config_path} exists: {run_dir} holds an earlier run and will not be overwritten. "
                           f"Either continue it with --resume {run_dir}, pick another --out, or delete {run_dir}")
@@ -186,10 +197,12 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
     validate_config(config)
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     config = replace(config, out=str(run_dir))
-    if rank_zero_only.rank == 0:  # ranks started later by Lightning's launcher find rank zero's config.yaml
-        _check_run_dir(run_dir, resume)
-    with _allow_file_store(_tracking_uri(config) if config.mlflow else ""):
-        return _fit(config, run_dir, resume, callbacks)
+    zero = rank_zero_only.rank == 0
+    with folder_lock(run_dir, "train") if zero else contextlib.nullcontext():  # one writer per run folder
+        if zero:  # ranks started later by Lightning's launcher find rank zero's config.yaml
+            _check_run_dir(run_dir, resume)
+        with _allow_file_store(_tracking_uri(config) if config.mlflow else ""):
+            return _fit(config, run_dir, resume, callbacks)
 
 
 def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callback] | None) -> TrainResult:
@@ -246,7 +259,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                              pos_weight=data.pos_weight().tolist() if config.pos_weight else None,
                              scheduler=config.scheduler, warmup_fraction=config.warmup_fraction,
                              monitor=config.monitor, patience=config.patience, channels_last=config.channels_last,
-                             total_steps=total_steps)
+                             total_steps=total_steps, task=data.task)
     if trainer.is_global_zero:
         _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"],
                                            "precision": precision}, run_info, mlflow_logger)

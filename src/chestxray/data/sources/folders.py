@@ -10,11 +10,11 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from chestxray.data.catalog import Catalog
 from chestxray.data.sources.table import IMAGE_EXTENSIONS, make_catalog
+from chestxray.data.tasks import KAGGLE_SUBTYPE_REGEX, KAGGLE_SUBTYPES, MULTICLASS, class_order, one_hot
 from chestxray.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,16 @@ def _scan(root: Path) -> tuple[pd.DataFrame, bool]:
     return pd.DataFrame(rows, columns=["rel", "path", "stem", "split", "cls"]), split_layout
 
 
-def read_folder(root: str | Path, *, patient_regex: str | None = None, keep_source_split: bool = True) -> Catalog:
+def read_folder(root: str | Path, *, patient_regex: str | None = None, keep_source_split: bool = True,
+                task: str = "auto", class_regex: str | None = None, kaggle_subtypes: bool = False) -> Catalog:
     """Catalog a class-folder collection; accepts .png/.jpg/.jpeg/.dcm.
 
-    Two classes one of which is normal (NORMAL / No Finding / normal) give a binary task with labels = (other,);
-    otherwise a multiclass task with one 0/1 column per class folder. Patient ids: DEFAULT_PATIENT_RULES unless
-    patient_regex (its first group) is given. Split folders (train/val/test) set the split unless
-    keep_source_split is False.
+    task 'auto': two classes one of which is normal (NORMAL / No Finding / normal) give a binary task with
+    labels = (other,); otherwise a multiclass task with one 0/1 column per class, normal first. task 'multiclass'
+    always gives one column per class. class_regex (group 1 on the file name without extension) replaces the
+    folder's class where it matches; kaggle_subtypes derives BACTERIA / VIRUS from Kaggle pneumonia file names
+    (person1_bacteria_1, person1_virus_6). Patient ids: DEFAULT_PATIENT_RULES unless patient_regex (its first group)
+    is given. Split folders (train/val/test) set the split unless keep_source_split is False.
     """
     root = Path(root)
     if not root.is_dir():
@@ -89,20 +92,62 @@ def read_folder(root: str | Path, *, patient_regex: str | None = None, keep_sour
     if files.empty:
         raise DataError(f"{root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} in "
                         "ROOT/CLASS/ or ROOT/train|val|test/CLASS/ folders)")
-    classes = sorted(files["cls"].unique())
+    folder_classes = sorted(files["cls"].unique())
+    if kaggle_subtypes or class_regex:
+        files["cls"] = _classes_from_names(files, class_regex, kaggle_subtypes)
+    classes = list(class_order(set(files["cls"])))
     if len(classes) < 2:
-        raise DataError(f"{root}: only one class folder ({classes[0]!r}); a classifier needs at least two")
+        what = "class" if kaggle_subtypes or class_regex else "class folder"
+        raise DataError(f"{root}: only one {what} ({classes[0]!r}); a classifier needs at least two")
     normal = [c for c in classes if c.lower() in NORMAL_CLASSES]
-    if len(classes) == 2 and len(normal) == 1:
+    if task not in ("auto", "binary", MULTICLASS):
+        raise ConfigError(f"--task {task!r}: class folders hold one class per image; use auto, binary or multiclass")
+    if task == "binary" and not (len(classes) == 2 and len(normal) == 1):
+        raise ConfigError(f"{root}: --task binary needs two classes, one of them normal (found {classes})")
+    if task != MULTICLASS and len(classes) == 2 and len(normal) == 1:
         labels, task = tuple(c for c in classes if c != normal[0]), "binary"
     else:
-        labels, task = tuple(classes), "multiclass"
-    matrix = (files["cls"].to_numpy()[:, None] == np.array(labels, dtype=object)[None, :]).astype(np.uint8)
+        labels, task = tuple(classes), MULTICLASS
+    matrix = one_hot(files["cls"].to_numpy(), labels)
     table = pd.DataFrame({"image_id": files["rel"], "path": files["path"],
                           "patient_id": patient_ids(files["stem"], patient_regex),
                           "split": files["split"] if keep_source_split else ""})
     counts = files["cls"].value_counts().sort_index()
     info = {"root": str(root.resolve()), "classes": {str(k): int(v) for k, v in counts.items()},
-            "normal_class": normal[0] if task == "binary" else None, "split_folders": split_layout,
+            "normal_class": normal[0] if normal else None, "split_folders": split_layout,
+            "folder_classes": folder_classes, "class_rule": _class_rule(class_regex, kaggle_subtypes),
             "patient_rule": patient_regex or list(DEFAULT_PATIENT_RULES)}
     return make_catalog(table, matrix, labels, task, "folder", info, {})
+
+
+def _class_rule(class_regex: str | None, kaggle_subtypes: bool) -> str | None:
+    """How classes were read from file names (recorded in the catalog), or None when folders alone set them."""
+    if kaggle_subtypes:
+        return f"Kaggle subtypes: {KAGGLE_SUBTYPE_REGEX!r} on the file name (case-insensitive) -> BACTERIA / VIRUS"
+    return f"group 1 of {class_regex!r} on the file name replaces the folder class" if class_regex else None
+
+
+def _classes_from_names(files: pd.DataFrame, class_regex: str | None, kaggle_subtypes: bool) -> pd.Series:
+    """Per file: the class read from its name where the rule matches, else its folder's class."""
+    if kaggle_subtypes and class_regex:
+        raise ConfigError("give --kaggle-subtypes or --class-regex, not both")
+    try:
+        pattern = re.compile(KAGGLE_SUBTYPE_REGEX if kaggle_subtypes else str(class_regex),
+                             re.IGNORECASE if kaggle_subtypes else 0)
+    except re.error as exc:
+        raise ConfigError(f"--class-regex {class_regex!r} is not a valid regular expression ({exc})") from exc
+    if pattern.groups < 1:
+        raise ConfigError(f"--class-regex {class_regex!r} needs a group, e.g. '_(bacteria|virus)_'")
+    found = files["stem"].str.extract(pattern, expand=True).iloc[:, 0]
+    if kaggle_subtypes:
+        found = found.str.lower().map(KAGGLE_SUBTYPES)
+        normal = files["cls"].str.lower().isin(NORMAL_CLASSES)
+        odd = ~normal & found.isna()
+        if odd.any():
+            log.warning("%d non-normal file name(s) carry no bacteria/virus subtype, e.g. %s; they keep their "
+                        "folder class", int(odd.sum()), list(files.loc[odd, "rel"][:3]))
+        found = found.where(~normal)  # a NORMAL image stays NORMAL whatever its name says
+    if found.isna().all():
+        raise DataError(f"no file name matches {pattern.pattern!r} (e.g. {list(files['stem'][:3])}); "
+                        "check --class-regex")
+    return found.fillna(files["cls"]).astype(str)

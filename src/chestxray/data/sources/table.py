@@ -14,7 +14,8 @@ import pandas as pd
 
 from chestxray.data.catalog import Catalog, save_catalog
 from chestxray.data.labels import NIH14, canonical_label, closest
-from chestxray.errors import DataError
+from chestxray.data.tasks import apply_merges, check_one_hot, classes_from_findings, class_order, is_multiclass, one_hot
+from chestxray.errors import ConfigError, DataError
 from chestxray.files import write_csv
 
 log = logging.getLogger(__name__)
@@ -188,16 +189,24 @@ def _metadata(frame: pd.DataFrame) -> dict[str, pd.Series]:
 
 def read_csv_table(table: str | Path, path_col: str, patient_col: str, *, label_cols: list[str] | None = None,
                    findings_col: str | None = None, sep: str = "|", images_root: str | Path | None = None,
-                   labels: tuple[str, ...] | None = None, check_images: bool = True) -> Catalog:
+                   labels: tuple[str, ...] | None = None, check_images: bool = True, task: str = "auto",
+                   merges: dict[str, str] | None = None, views: list[str] | None = None) -> Catalog:
     """Catalog any collection described by a CSV: one row an image, labels as 0/1 columns or a findings column.
 
     Image paths are relative to `images_root` (default: the CSV's folder) unless absolute. Rows whose image
-    file does not exist are left out and listed in info['missing_images'].
+    file does not exist are left out and listed in info['missing_images']. merges maps finding names onto merged
+    names (old -> new); views keeps rows whose view column is one of them. task 'multiclass' makes each row's one
+    finding (after merging; 'No Finding' is a class too) its class; rows with none or several are left out.
     """
     where = str(table)
     if (label_cols is None) == (findings_col is None):
         raise DataError(f"{where}: give either label columns (--label-cols a,b) or a findings column (--findings-col)")
+    if merges and not findings_col:
+        raise ConfigError(f"{where}: --merge needs a findings column (--findings-col)")
     frame = read_table(table)
+    info: dict = {"csv": str(Path(table).resolve())}
+    if views:
+        frame = filter_views(frame, views, where, info)
     require_columns(frame, [path_col, patient_col, *(label_cols or []), *([findings_col] if findings_col else [])],
                     where, "pass the right --path-col/--patient-col/--label-cols/--findings-col")
     frame = frame.reset_index(drop=True)
@@ -206,8 +215,12 @@ def read_csv_table(table: str | Path, path_col: str, patient_col: str, *, label_
         rows = [int(i) + 2 for i in frame.index[frame[col].isna()][:5]]
         raise DataError(f"{where}: column {col!r} is empty in file row(s) {rows}")
     check_unique(frame[path_col].astype(str), where, path_col)
-    if findings_col:
-        matrix, labels = parse_findings(frame[findings_col], where, findings_col, sep=sep, labels=labels)
+    if findings_col and is_multiclass(task):
+        frame, matrix, labels = _multiclass_findings(frame, findings_col, sep, merges or {}, labels, where, info)
+    elif findings_col:
+        values = apply_merges(frame[findings_col], sep, merges or {}, where, findings_col) if merges else frame[findings_col]
+        matrix, labels = parse_findings(values, where, findings_col, sep=sep, labels=labels)
+        info["merges"] = merges or {}
     else:
         matrix, labels = _label_columns(frame, list(label_cols or []), where), tuple(label_cols or [])
     root = Path(images_root) if images_root else Path(table).resolve().parent
@@ -222,8 +235,8 @@ def read_csv_table(table: str | Path, path_col: str, patient_col: str, *, label_
         matrix, frame = matrix[keep], frame.loc[keep].reset_index(drop=True)
     else:
         base["path"], missing = absolute, []
-    task = "binary" if len(labels) == 1 else "multilabel"
-    info = {"csv": str(Path(table).resolve()), "images_root": str(root.resolve())}
+    task = _csv_task(task, labels, matrix, where)
+    info["images_root"] = str(root.resolve())
     return make_catalog(base, matrix, labels, task, "csv", info, _metadata(frame), missing)
 
 
@@ -242,3 +255,54 @@ def _label_columns(frame: pd.DataFrame, columns: list[str], where: str) -> np.nd
                             f"{list(values[bad].astype(str).unique()[:5])} (file rows {rows})")
         out[:, j] = numeric.to_numpy(dtype=np.uint8)
     return out
+
+
+def filter_views(frame: pd.DataFrame, views: list[str], where: str, info: dict) -> pd.DataFrame:
+    """Keep the rows whose view column (any capitalisation) is one of `views` (case-insensitive); noted in info."""
+    wanted = [v.strip().upper() for v in views if v.strip()]
+    lower = {c.lower(): c for c in frame.columns}
+    if "view" not in lower:
+        raise DataError(f"{where}: --views needs a 'view' column (found: {list(frame.columns)})")
+    column = frame[lower["view"]].astype(str).str.strip().str.upper()
+    keep = column.isin(wanted)
+    if not keep.any():
+        raise DataError(f"{where}: no rows with view in {wanted} (found: {sorted(column.unique())}); check --views")
+    info["views"] = {"kept": wanted, "rows_left_out": int((~keep).sum())}
+    return frame.loc[keep].reset_index(drop=True)
+
+
+def _multiclass_findings(frame: pd.DataFrame, column: str, sep: str, merges: dict[str, str],
+                         classes: tuple[str, ...] | None, where: str, info: dict) -> tuple[pd.DataFrame, np.ndarray, tuple[str, ...]]:
+    """One-hot class matrix from a findings column; rows with no or several classes are left out with a warning."""
+    per_row, bad_rows = classes_from_findings(frame[column], where, column, sep, merges)
+    if bad_rows:
+        examples = frame.loc[per_row.isna(), column].astype(str).unique()[:5].tolist()
+        log.warning("%s: %d row(s) have no or several classes in %r after merging (e.g. %s, file rows %s); a "
+                    "multiclass task needs exactly one, so they are left out (merge them with --merge)",
+                    where, len(bad_rows), column, examples, bad_rows[:5])
+    info["merges"] = merges
+    info["rows_without_one_class"] = {"count": len(bad_rows), "file_rows": bad_rows[:20]}
+    keep = per_row.notna().to_numpy()
+    if not keep.any():
+        raise DataError(f"{where}: no row of {column!r} names exactly one class; check --sep and --merge")
+    frame, per_row = frame.loc[keep].reset_index(drop=True), per_row[keep].reset_index(drop=True)
+    found = class_order(set(per_row))
+    if classes is not None:
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise DataError(f"{where}: column {column!r} has class(es) {unknown} outside {list(classes)}")
+    labels = tuple(classes) if classes is not None else found
+    if len(labels) < 2:
+        raise DataError(f"{where}: only one class ({labels[0]!r}) in {column!r}; a classifier needs at least two")
+    return frame, one_hot(per_row.to_numpy(), labels), labels
+
+
+def _csv_task(task: str, labels: tuple[str, ...], matrix: np.ndarray, where: str) -> str:
+    """The task of a CSV catalog: 'auto' is binary for one label else multilabel; multiclass rows must be one-hot."""
+    if task == "auto":
+        return "binary" if len(labels) == 1 else "multilabel"
+    if task == "binary" and len(labels) != 1:
+        raise ConfigError(f"{where}: --task binary needs one label; found {len(labels)} ({list(labels)})")
+    if is_multiclass(task):
+        check_one_hot(matrix, where)
+    return task
