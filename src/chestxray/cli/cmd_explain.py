@@ -35,21 +35,28 @@ def explain(
 ) -> None:
     from rich.table import Table
 
-    from chestxray.errors import ConfigError
+    from chestxray.errors import ConfigError, DataError
+    from chestxray.explain.targets import explain_target
+
+    if not images and not split:
+        raise ConfigError("no images to explain: give IMAGES or --split NAME")
+    bundle_dir, default_out = explain_target(target)  # checked before torch loads
+    missing = [str(p) for p in images or [] if not p.is_file()]
+    if missing:
+        raise DataError(f"no such image file(s): {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
+    if boxes is not None and not boxes.is_file():
+        raise DataError(f"{boxes}: boxes file not found; pass the NIH BBox_List_2017.csv(.gz) or a synthetic boxes.csv")
+
     from chestxray.explain.explanations import (
         explain_folder,
         explain_images,
         explain_split,
-        explain_target,
         scores_table,
         summarize_scores,
     )
     from chestxray.explain.localize import read_boxes
     from chestxray.models.bundle import load_bundle
 
-    if not images and not split:
-        raise ConfigError("no images to explain: give IMAGES or --split NAME")
-    bundle_dir, default_out = explain_target(target)
     bundle = load_bundle(bundle_dir)
     table = read_boxes(boxes) if boxes else None
     if split:

@@ -108,13 +108,12 @@ def fit_square(img: np.ndarray, size: int, mode: str = "crop", source_shape: tup
     if img.ndim != 2 or img.dtype != np.uint8:
         raise DataError(f"fit_square expects a uint8 (H, W) image, got {img.dtype} {img.shape}")
     h, w = source_shape or img.shape
-    sy, sx = img.shape[0] / h, img.shape[1] / w  # 1.0 unless img is a reduced decode
-    if mode == "crop":
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        rows = slice(round(top * sy), max(round((top + side) * sy), round(top * sy) + 1))
-        cols = slice(round(left * sx), max(round((left + side) * sx), round(left * sx) + 1))
-        return _resize(img[rows, cols], size, size)
+    if mode == "crop":  # scale the short side to `size`, then take the centre at output resolution: the same
+        # output geometry from a full or a reduced decode (cropping first would round the window in reduced pixels)
+        scale = size / min(h, w)
+        new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        return np.ascontiguousarray(_resize(img, new_h, new_w)[top:top + size, left:left + size])
     scale = size / max(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
     resized = _resize(img, new_h, new_w)

@@ -33,6 +33,7 @@ from chestxray.explain.localize import (
     rows_to_boxes,
 )
 from chestxray.explain.overlay import Caption, render_overlay, save_png
+from chestxray.explain.targets import explain_target  # noqa: F401 - part of this module's interface
 from chestxray.files import write_csv, write_text
 from chestxray.inference.predict import (
     as_bundle,
@@ -207,16 +208,6 @@ def summarize_scores(table: pd.DataFrame) -> pd.DataFrame:
     overall = pd.DataFrame([[len(boxed), int(boxed["_empty"].sum()), *boxed[score_cols].mean().tolist()]],
                            columns=["n", "n_empty", *score_cols], index=["ALL"])
     return pd.concat([per_label, overall]).rename_axis("label").reset_index()
-
-
-def explain_target(target: str | Path) -> tuple[Path, Path]:
-    """(bundle folder, default output folder) for a RUN (RUN/bundle, RUN/explain) or a BUNDLE (BUNDLE/../explain)."""
-    folder = Path(target)
-    if (folder / "bundle" / "card.json").exists():
-        return folder / "bundle", folder / "explain"
-    if (folder / "card.json").exists():
-        return folder, folder.parent / "explain"
-    raise ModelError(f"{folder}: neither a run folder (with bundle/card.json) nor a model bundle (with card.json)")
 
 
 def _split_rows(bundle: Bundle, split: str) -> pd.DataFrame:
