@@ -239,3 +239,45 @@ def test_csv_table_errors(tmp_path: Path) -> None:
                                         r"relative to .*check --path-col and --images-root") as err:
         read_csv_table(table, "pid", "img", findings_col="f")
     assert "metadata" not in str(err.value)
+
+
+def test_empty_patient_ids_are_an_error_or_an_explicit_reported_choice(tmp_path: Path) -> None:
+    """A row without a patient id used to become a patient of its own silently, and turned every id into '2.0'."""
+    for name in "abcd":
+        _png(tmp_path / f"{name}.png")
+    table = tmp_path / "t.csv"
+    table.write_text("img,pid,Mass\na.png,1,0\nb.png,,1\nc.png,007,0\nd.png, ,1\n")
+    with pytest.raises(DataError, match=r"column 'pid' is empty in 2 row\(s\) \(file rows \[3, 5\]\); fill in the "
+                                        r"patient ids, or pass --missing-patient own .* or --missing-patient drop"):
+        read_csv_table(table, "img", "pid", label_cols=["Mass"])
+    own = read_csv_table(table, "img", "pid", label_cols=["Mass"], missing_patient="own")
+    assert own.table["patient_id"].tolist() == ["1", "missing:b.png", "007", "missing:d.png"]
+    assert own.info["missing_patient"] == {"policy": "own", "rows": 2}
+    drop = read_csv_table(table, "img", "pid", label_cols=["Mass"], missing_patient="drop")
+    assert drop.table["patient_id"].tolist() == ["1", "007"] and drop.table["image_id"].tolist() == ["a.png", "c.png"]
+    out = tmp_path / "cat"
+    write_catalog(assign_splits(own, seed=0), out)
+    assert load_catalog(out).table["patient_id"].tolist() == own.table["patient_id"].tolist()  # '007' stays text
+    with pytest.raises(ConfigError, match="--missing-patient 'guess'"):
+        read_csv_table(table, "img", "pid", label_cols=["Mass"], missing_patient="guess")
+
+
+def test_nih_empty_patient_id_names_the_row_and_ids_stay_text(tmp_path: Path) -> None:
+    rows = ["a.png,Nodule,0,1,5,M,PA,1,1,1,1,", "b.png,Mass,0,,5,M,PA,1,1,1,1,", "c.png,Mass,0,2,5,M,PA,1,1,1,1,"]
+    csv = _nih_2017(tmp_path, rows)
+    with pytest.raises(DataError, match=r"column 'Patient ID' is empty in 1 row\(s\) \(file rows \[3\]\)"):
+        read_nih(csv)
+    catalog = read_nih(csv, missing_patient="own")
+    assert catalog.table["patient_id"].tolist() == ["1", "missing:b.png", "2"]  # never '1.0' / '2.0'
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_semicolon_and_tab_separated_tables_are_read(tmp_path: Path, sep: str) -> None:
+    _png(tmp_path / "a.png")
+    _png(tmp_path / "b.png")
+    table = tmp_path / "t.csv"
+    table.write_text(sep.join(["img", "pid", "f"]) + "\n" + sep.join(["a.png", "01", "Nodule|Mass"]) + "\n"
+                     + sep.join(["b.png", "02", "No Finding"]) + "\n")
+    catalog = read_csv_table(table, "img", "pid", findings_col="f")
+    assert catalog.labels == ("Nodule", "Mass") or catalog.labels == ("Mass", "Nodule")
+    assert catalog.table["patient_id"].tolist() == ["01", "02"] and catalog.label_matrix.sum() == 2

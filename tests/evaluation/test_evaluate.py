@@ -149,3 +149,48 @@ def test_binary_task_has_one_row_and_fn_fp_counts(tmp_path: Path) -> None:
     assert val_sens >= 0.9  # the target holds on validation, where the threshold was chosen
     assert result.macro_auroc == row.auroc.value
     assert (tmp_path / "eval" / "roc_curves.png").exists() and not (tmp_path / "eval" / "history.png").exists()
+
+
+def test_evaluate_checks_preprocessing_and_names_other_data(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """Data prepared with another resize mode (or other pixel settings) is refused before any threshold is written;
+    data that is merely not the training data is evaluated, with a note and same_data_as_training false."""
+    import shutil
+
+    from chestxray.data.shards import preprocessing, read_manifest
+    from chestxray.models.bundle import update_card
+
+    run_a, _ = runs
+    prepared, shuffled = run_a.parent / "prepared", run_a.parent / "prepared_shuffled"
+    run = tmp_path / "run"
+    shutil.copytree(run_a / "bundle", run / "bundle")
+    manifest = read_manifest(prepared)
+    update_card(run / "bundle", thresholds=None, data_fingerprint=manifest["fingerprint"],
+                preprocessing=preprocessing(manifest))
+    assert preprocessing(manifest) == {"image_size": 32, "resize": "pad", "interpolation": manifest["settings"][
+        "interpolation"], "storage": "raw uint8 .gray"}
+    src = run_a.parent / "synth"
+    catalog = assign_splits(read_nih(src / "labels.csv", src / "images"), ratios=(0.5, 0.25, 0.25), seed=0)
+    prepare_dataset(catalog, tmp_path / "cropped", size=32, resize="crop", workers=0)
+
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "5", "--prepared", str(tmp_path / "cropped")])
+    assert result.exit_code == 1
+    assert "prepared with --resize crop" in result.output and "trained on --resize pad" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 3
+    assert read_card(run / "bundle")["thresholds"] is None and not (run / "eval").exists()
+
+    update_card(run / "bundle", preprocessing={**preprocessing(manifest), "interpolation": "nearest"})
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "5", "--prepared", str(prepared)])
+    assert result.exit_code == 1 and "interpolation: data" in result.output and "'nearest'" in result.output
+    assert read_card(run / "bundle")["thresholds"] is None
+
+    update_card(run / "bundle", preprocessing=preprocessing(manifest))
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "5", "--prepared", str(prepared)])
+    assert result.exit_code == 0, result.output
+    assert "not the data" not in result.output
+    assert json.loads((run / "eval" / "metrics.json").read_text())["same_data_as_training"] is True
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "5", "--prepared", str(shuffled)])
+    assert result.exit_code == 0, result.output
+    assert f"{shuffled} is not the data" in " ".join(result.output.split())
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["same_data_as_training"] is False
+    assert metrics["prepared_fingerprint"] == read_manifest(shuffled)["fingerprint"] != manifest["fingerprint"]

@@ -125,3 +125,15 @@ def test_cli_predict_applies_the_thresholds_tta_and_refuses_another(setup, tmp_p
         assert refused.exit_code == 1 and "made with --tta hflip" in refused.output
     finally:
         update_card(bundle, threshold_tta="none")
+
+
+def test_single_file_path_refuses_a_decompression_bomb_from_its_header(tmp_path):
+    """predict (and any serve-style caller of load_model_input) gets the same pixel limit as prepare."""
+    from chestxray.data.synth import write_png_bomb
+    from chestxray.errors import DataError
+    from chestxray.inference.predict import load_model_input
+
+    bomb = write_png_bomb(tmp_path / "upload.png", 20_000, 10_000)
+    with pytest.raises(DataError, match=r"upload.png: image too large: 20000 × 10000 px = 200 megapixels, above the "
+                                        r"limit of 100 megapixels"):
+        load_model_input(bomb, {"image_size": 32, "resize": "pad"})

@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
 from chestxray.models import build_model
-from chestxray.training.module import ChestXrayModule, focal_loss, warmup_cosine
+from chestxray.training.module import ChestXrayModule, batch_accuracy, focal_loss, warmup_cosine
 from tests.training.helpers import batches, quiet_trainer
 
 # ------------------------------------------------------------------ module wiring
@@ -42,3 +42,14 @@ def test_val_auroc_skips_labels_without_both_classes() -> None:
     assert out[0]["val_auroc"] == pytest.approx(expected, abs=1e-5)
     assert "val_auroc_b" in out[0] and "val_auroc_a" not in out[0]
     assert np.isfinite(out[0]["val_loss"])
+    expected_acc = ((probs >= 0.5).float() == labels).float().mean().item()  # mean over images and the 3 labels
+    assert out[0]["val_accuracy"] == pytest.approx(expected_acc, abs=1e-6)
+
+
+def test_batch_accuracy_binary_multilabel_and_multiclass() -> None:
+    logits = torch.tensor([[2.0, -1.0], [-0.5, 0.3], [0.0, -3.0]])  # sigmoid >= 0.5 exactly when logit >= 0
+    labels = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    assert batch_accuracy(logits, labels).item() == pytest.approx(4 / 6)  # mean over labels and images
+    assert batch_accuracy(logits[:, :1], labels[:, :1]).item() == pytest.approx(1 / 3)  # binary at 0.5
+    onehot = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert batch_accuracy(logits, onehot, "multiclass").item() == pytest.approx(2 / 3)  # argmax vs class

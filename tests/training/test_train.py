@@ -33,12 +33,21 @@ def test_synthetic_two_epochs_learn_and_fill_run_folder(tmp_path: Path, syntheti
     assert metrics["train_loss"].notna().sum() == result.steps and metrics["val_auroc"].notna().sum() == 2
     history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == [0, 1] and history["val_auroc"].max() == pytest.approx(result.best_val_auroc)
+    for column in ("train_accuracy", "val_accuracy"):  # per epoch, at 0.5, mean over the 14 labels
+        assert history[column].between(0, 1).all() and history[column].notna().all(), column
     manifest = json.loads((synthetic_prepared / "manifest.json").read_text())
     bundle = load_bundle(run)
     card = bundle.card
     assert card["prepared"] == str(synthetic_prepared.resolve()) and card["data_fingerprint"] == manifest["fingerprint"]
     assert (card["image_size"], card["normalization"], card["in_chans"], card["seed"]) == (32, "gray", 1, 0)
     assert card["labels"] == manifest["labels"] and card["task"] == manifest["task"]
+    from chestxray.training.precision import choose_precision
+
+    auto = choose_precision("auto", "auto")
+    assert (card["precision"], card["precision_reason"]) == (auto.precision, auto.reason)
+    assert json.loads((run / "run.json").read_text())["precision_reason"] == auto.reason
+    assert card["preprocessing"]["resize"] == manifest["resize"] == "pad"
+    assert card["preprocessing"]["interpolation"] == manifest["settings"]["interpolation"]
     with pytest.raises(ConfigError, match="will not be overwritten.*--resume .*another --out.*delete"):
         train(config)
 

@@ -17,6 +17,8 @@ catalog_app = typer.Typer(help="Build a catalog (one row an image: path, patient
 app.add_typer(catalog_app, name="catalog")
 
 SPLIT_HELP = "Split ratios train,val,test (by patient, multi-label stratified)."
+MISSING_PATIENT_HELP = ("Rows with an empty patient id: error (default, names the rows), own (each image its own "
+                        "patient), drop (leave them out). The choice and count are reported.")
 TASK_HELP = ("auto | multilabel | binary | multiclass. multiclass: classes exclude each other (softmax, "
              "cross-entropy, argmax; normal is a class); auto: binary for one label (or NORMAL + one folder), "
              "class folders otherwise multiclass, CSV findings multilabel.")
@@ -45,15 +47,19 @@ def _finish(catalog, out: Path, ratios: tuple[float, ...], seed: int) -> None:
         err_console.print(f"[yellow]warning:[/] {len(missing)} row(s) without an image file were left out; "
                           f"full list in {out / 'missing_images.csv'}", highlight=False, soft_wrap=True)
     split = catalog.info["split"]
-    for name, splits in split.get("absent", {}).items():
-        kind = "class" if catalog.task == "multiclass" else "label"
-        err_console.print(f"[yellow]warning:[/] {kind} {name!r} has no image in {'/'.join(splits)}; its metrics "
-                          "there will be n/a (use more data, other --ratios or --merge it)", highlight=False,
-                          soft_wrap=True)
     per_split = " / ".join(f"{s} {split['images'][s]}" for s in ("train", "val", "test"))
     console.print(f"catalog {out}: {len(catalog.table)} images, {catalog.table['patient_id'].nunique()} patients, "
                   f"{len(catalog.labels)} label(s) ({catalog.task}); images {per_split}; "
-                  f"{len(missing)} missing", highlight=False, soft_wrap=True)
+                  f"{len(missing)} missing{_missing_patients(catalog.info)}", highlight=False, soft_wrap=True)
+
+
+def _missing_patients(info: dict) -> str:
+    """'; 3 without a patient id (own patient each)' when --missing-patient own|drop applied to some rows."""
+    report = info.get("missing_patient") or {}
+    if not report.get("rows"):
+        return ""
+    what = "each its own patient" if report["policy"] == "own" else "left out"
+    return f"; {report['rows']} without a patient id ({what}, --missing-patient {report['policy']})"
 
 
 @catalog_app.command("nih", help="Catalog NIH ChestX-ray14 from Data_Entry_2017.csv or Data_Entry_2017_v2020.csv "
@@ -74,6 +80,7 @@ def catalog_nih(
                                                   help="Folder with train_val_list.txt and test_list.txt."),
     ratios: str = typer.Option("0.7,0.1,0.2", "--ratios", help=SPLIT_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed for the patient subset and the split."),
+    missing_patient: str = typer.Option("error", "--missing-patient", help=MISSING_PATIENT_HELP),
 ) -> None:
     from chestxray.data.sources import read_nih
 
@@ -81,7 +88,7 @@ def catalog_nih(
     if (images is None) != metadata_only:
         raise ConfigError("give either --images DIR or --metadata-only (not both, not neither)")
     catalog = read_nih(csv, images, views=views.split(",") if views else None, max_patients=max_patients,
-                       seed=seed, official_split=official_split)
+                       seed=seed, official_split=official_split, missing_patient=missing_patient)
     _finish(catalog, out, split_ratios, seed)
 
 
@@ -145,6 +152,7 @@ def catalog_csv(
                                         "these, e.g. PA,AP."),
     ratios: str = typer.Option("0.7,0.1,0.2", "--ratios", help=SPLIT_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed for the split."),
+    missing_patient: str = typer.Option("error", "--missing-patient", help=MISSING_PATIENT_HELP),
 ) -> None:
     from chestxray.data.sources import read_csv_table
     from chestxray.data.tasks import check_task, parse_merges
@@ -154,7 +162,7 @@ def catalog_csv(
     cols = [c.strip() for c in label_cols.split(",") if c.strip()] if label_cols else None
     catalog = read_csv_table(table, path_col, patient_col, label_cols=cols, findings_col=findings_col, sep=sep,
                              images_root=images_root, task=check_task(task), merges=merges,
-                             views=views.split(",") if views else None)
+                             views=views.split(",") if views else None, missing_patient=missing_patient)
     _finish(catalog, out, split_ratios, seed)
 
 

@@ -8,10 +8,10 @@ from typing import Any
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, fmt, friendly
+from chestxray.cli.common import console, err_console, fmt, friendly
 
 
-def _ci(low: float | None, high: float | None) -> str:
+def _short_ci(low: float | None, high: float | None) -> str:
     """A compact interval: '.522–.676' (leading zeros dropped so the table fits 80 columns)."""
     if low is None or high is None:
         return ""
@@ -24,15 +24,19 @@ def _metrics_table(result: Any) -> tuple[Any, list[str]]:
     from rich import box
     from rich.table import Table
 
-    table = Table(title=f"{result.split} split — thresholds: {result.threshold_method}", header_style="bold",
-                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
-    for col in ("finding", "pos", "AUROC", "95% CI", "AUPRC", "thr", "sens", "spec", "FN", "FP"):
-        table.add_column(col, justify="left" if col == "finding" else "right", no_wrap=True)
+    multiclass = result.multiclass is not None
+    title = (f"{result.split} split — classes one-vs-rest; decision = argmax (thresholds do not apply)" if multiclass
+             else f"{result.split} split — thresholds: {result.threshold_method}")
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+                  collapse_padding=True)
+    first = "class" if multiclass else "finding"
+    for col in (first, "pos", "AUROC", "95% CI", "AUPRC", "thr", "sens", "spec", "FN", "FP"):
+        table.add_column(col, justify="left" if col == first else "right", no_wrap=True)
     notes = []
     for r in result.summary.rows:
         iv, c = r.auroc, r.counts
         table.add_row(
-            r.name + ("*" if r.note else ""), str(r.positives), fmt(iv.value), _ci(iv.low, iv.high), fmt(r.auprc.value),
+            r.name + ("*" if r.note else ""), str(r.positives), fmt(iv.value), _short_ci(iv.low, iv.high), fmt(r.auprc.value),
             "—" if r.threshold is None else f"{r.threshold:.2f}", fmt(c.sensitivity) if c else "—",
             fmt(c.specificity) if c else "—", str(c.fn) if c else "—", str(c.fp) if c else "—",
             style=None if r.kind == "finding" else "bold",
@@ -40,6 +44,24 @@ def _metrics_table(result: Any) -> tuple[Any, list[str]]:
         if r.note:
             notes.append(f"* {r.name}: {r.note}")
     return table, notes
+
+
+def _ci(iv: Any) -> str:
+    """'0.812 [0.770, 0.850]' for a value with its CI."""
+    return fmt(iv.value) + (f" [{iv.low:.3f}, {iv.high:.3f}]" if iv.low is not None else "")
+
+
+def _confusion_table(mc: Any) -> Any:
+    """The K x K confusion matrix of a multi-class task (argmax decision)."""
+    from rich.table import Table
+
+    table = Table(title="confusion: rows true, columns predicted (argmax)", header_style="bold")
+    table.add_column("true \\ pred")
+    for name in mc.classes:
+        table.add_column(name, justify="right", overflow="fold")
+    for name, row in zip(mc.classes, mc.confusion.tolist(), strict=True):
+        table.add_row(name, *map(str, row))
+    return table
 
 
 @app.command(help="Evaluate a run: thresholds chosen on val, metrics with patient-bootstrap CIs on the split, "
@@ -66,6 +88,13 @@ def evaluate(
     console.print(table)
     for note in notes:
         console.print(note, highlight=False)
+    mc = result.multiclass
+    if mc is not None:
+        console.print(_confusion_table(mc))
+        console.print(f"multi-class: predicted class = argmax, thresholds do not apply; accuracy {_ci(mc.accuracy)}, "
+                      f"balanced accuracy {_ci(mc.balanced_accuracy)}", highlight=False, soft_wrap=True)
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     console.print(f"macro AUROC {fmt(result.macro_auroc)} on {result.summary.n_images} {split} images; "
                   f"outputs in {result.eval_dir}", highlight=False, soft_wrap=True)
 

@@ -39,15 +39,18 @@ def _table(rows: list[dict[str, Any]], labels: list[str], thresholds: dict[str, 
                 legend.append(f"#{i} = {row['path']}")
             table.add_column(name, justify="right", no_wrap=True)
         for name in labels:
-            cells = [f"[bold red]{r[f'p_{name}']:.2f}+[/]" if r.get(f"pred_{name}") == 1 else f"{r[f'p_{name}']:.2f}"
-                     for r in rows]
+            cells = [f"[bold red]{r[f'p_{name}']:.2f}+[/]" if r.get(f"pred_{name}") == 1
+                     else f"[bold red]{r[f'p_{name}']:.2f}<[/]" if r.get("predicted_class") == name
+                     else f"{r[f'p_{name}']:.2f}" for r in rows]
             table.add_row(name, *([f"{thresholds[name]:.2f}"] if thresholds else []), *cells)
         return table, legend
     table.add_column("image", overflow="fold", ratio=1)
     width = max(len(n) for n in labels) + 6
     table.add_column("positive findings (p)" if thresholds else "top findings (p)", min_width=width, ratio=2)
     for row in rows:
-        if thresholds:
+        if "predicted_class" in row:  # multiclass: the argmax class
+            text = f"{row['predicted_class']} {max(row[f'p_{n}'] for n in labels):.2f}"
+        elif thresholds:
             hits = [f"{n} {row[f'p_{n}']:.2f}" for n in labels if row.get(f"pred_{n}") == 1]
             text = ", ".join(hits) or "none"
         else:
@@ -81,6 +84,7 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size", help="Images decoded and scored at once."),
     workers: int = typer.Option(4, "--workers", help="Threads decoding files."),
 ) -> None:
+    from chestxray.data.tasks import is_multiclass
     from chestxray.errors import ConfigError, DataError
     from chestxray.inference.inputs import expand_inputs
     from chestxray.inference.outputs import RowWriter, Tally, add_decisions
@@ -91,7 +95,8 @@ def predict(
     scorer = open_scorer(model, tta=tta)
     labels, thresholds = scorer.labels, scorer.thresholds
     found = expand_inputs(inputs)
-    if not thresholds:
+    multiclass = is_multiclass(scorer.card.get("task"))
+    if not thresholds and not multiclass:
         err_console.print("[yellow]warning:[/] the model has no thresholds yet (run 'chestxray evaluate RUN'); "
                           "showing probabilities only", highlight=False)
     tally, rows = Tally(labels), []
@@ -111,7 +116,8 @@ def predict(
         stdout.close()
     if rows:
         title = f"{scorer.card['architecture']} ({Path(scorer.source).name}): probabilities" + (
-            f"; red + = positive at the stored threshold (tta {scorer.tta})" if thresholds else "")
+            f"; red + = positive at the stored threshold (tta {scorer.tta})" if thresholds else
+            "; red < = predicted class (argmax; thresholds do not apply)" if multiclass else "")
         table, legend = _table(rows, labels, thresholds)
         for text in (title, table, *legend):
             console.print(text, highlight=False, soft_wrap=isinstance(text, str) and text.startswith("#"))

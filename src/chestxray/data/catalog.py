@@ -60,6 +60,10 @@ def validate_catalog(catalog: Catalog, where: str = "catalog") -> None:
         raise DataError(f"{where}: unknown task {catalog.task!r}; expected one of {TASKS}")
     if table.empty:
         raise DataError(f"{where}: the table has no rows")
+    no_patient = table["patient_id"].isna() | (table["patient_id"].astype(str).str.strip() == "")
+    if no_patient.any():
+        raise DataError(f"{where}: {int(no_patient.sum())} row(s) have no patient id (e.g. image "
+                        f"{table['image_id'][no_patient].iloc[0]!r}); every image needs one so splits stay by patient")
     dup = table["image_id"][table["image_id"].duplicated()]
     if len(dup):
         raise DataError(f"{where}: {len(dup)} duplicate image id(s), e.g. {list(dup.unique()[:5])}; each image must appear once")

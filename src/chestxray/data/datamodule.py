@@ -34,7 +34,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from chestxray.data.augment import build_augment, normalize
 from chestxray.data.shards import iter_shard, read_manifest, shard_urls
 from chestxray.data.tasks import is_multiclass
-from chestxray.errors import DataError
+from chestxray.data.verify import verify_prepared
+from chestxray.errors import ChestXrayError, DataError
+
+
+_ERROR = "chestxray_error"  # key of the item a loader worker sends instead of a batch when it fails
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,16 @@ class ShardBatches(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        try:
+            yield from self._batches(worker, num_workers)
+        except ChestXrayError as exc:
+            if info is None:
+                raise
+            # In a loader worker: hand the error itself to the main process (_EpochLoader raises it there), so the
+            # user sees its one line, not "Caught DataError in DataLoader worker process 1" and a traceback.
+            yield {_ERROR: exc}
+
+    def _batches(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
         plan = self.plan(worker, num_workers)
         if not plan.batch_sizes:
             return
@@ -192,6 +206,8 @@ class _EpochLoader(DataLoader):
     def _normalised(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         ds = self.dataset
         for batch in batches:
+            if _ERROR in batch:
+                raise batch[_ERROR]
             pixels = batch["image"]
             out = torch.empty((pixels.shape[0], ds.in_chans, *pixels.shape[2:]), dtype=torch.float32,
                               pin_memory=self.pin_memory and torch.cuda.is_available())
@@ -201,15 +217,20 @@ class _EpochLoader(DataLoader):
 
 class ChestXrayDataModule(L.LightningDataModule):
     """Loaders over a PREPARED folder. Batches: image float32 (B, C, H, W) normalised, labels float32 (B, L),
-    image_id list[str], patient_id list[str]. World size and rank come from the attached trainer, else the args."""
+    image_id list[str], patient_id list[str]. World size and rank come from the attached trainer, else the args.
+    verify: check every shard's size ('sizes', cheap), also its sha256 ('checksums') or nothing ('none') first."""
 
     def __init__(self, prepared: str | Path, batch_size: int = 32, num_workers: int = 2, augment: str = "none",
                  in_chans: int = 1, normalization: str = "gray", seed: int = 0, *, world_size: int | None = None,
                  rank: int | None = None, shuffle_buffer: int | None = None, pin_memory: bool | None = None,
-                 persistent_workers: bool = True) -> None:
+                 persistent_workers: bool = True, verify: str = "sizes") -> None:
         super().__init__()
         self.prepared = str(prepared)
         self.manifest = read_manifest(prepared)
+        if verify not in ("sizes", "checksums", "none"):
+            raise DataError(f"verify={verify!r}: expected 'sizes', 'checksums' or 'none'")
+        if verify != "none":  # a damaged shard is named now, before any training or evaluation starts
+            verify_prepared(prepared, checksums=verify == "checksums", manifest=self.manifest)
         self.labels: tuple[str, ...] = tuple(self.manifest["labels"])
         self.task: str = self.manifest.get("task", "multilabel")
         self.image_size = int(self.manifest["image_size"])

@@ -118,6 +118,9 @@ def iter_shard(url: str | Path, size: int, keep: np.ndarray | None = None) -> It
             meta = None
             if stop is not None and position >= stop:
                 return
+    if stop is not None and position < stop:
+        raise DataError(f"{url}: broken shard (it ends after {position} sample(s), the manifest lists more); "
+                        "re-run 'chestxray prepare'")
 
 
 def _tar_members(stream, where: str) -> Iterator[tuple[str, Callable[[], bytes]]]:
@@ -194,6 +197,18 @@ def read_manifest(prepared: str | Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise DataError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}; re-run 'chestxray prepare'")
     return manifest
+
+
+# Manifest settings that decide the pixels a model sees (shard size or training order do not).
+PREPROCESSING_KEYS = ("image_size", "resize", "interpolation", "storage")
+
+
+def preprocessing(manifest: dict[str, Any]) -> dict[str, Any]:
+    """How the prepared pixels were made (size, resize mode, interpolation, storage): recorded in the bundle card
+    by training and compared by evaluation, so a model is never scored on differently made inputs."""
+    settings = {**manifest.get("settings", {}), "image_size": manifest.get("image_size"),
+                "resize": manifest.get("resize", "pad")}
+    return {key: settings[key] for key in PREPROCESSING_KEYS if settings.get(key) is not None}
 
 
 def shard_urls(prepared: str | Path, split: str, manifest: dict[str, Any]) -> list[str]:

@@ -198,7 +198,9 @@ def assign_splits(catalog: Catalog, ratios: tuple[float, ...] = (0.7, 0.1, 0.2),
     info_split["hash"] = _hash_codes(split_codes)
     info_split["absent"] = absent_from_splits(table, catalog.labels)
     for name, splits in info_split["absent"].items():
-        log.warning("%s: %r has no image in %s; its AUROC there will be n/a", where, name, "/".join(splits))
+        log.warning("%s: %s %r has no image in %s (too few patients); its metrics there will be n/a — use more data, "
+                    "other --ratios, or merge it with another", where, "class" if catalog.task == "multiclass"
+                    else "label", name, "/".join(splits))
     return replace(catalog, table=table, info={**catalog.info, "split": info_split})
 
 

@@ -20,9 +20,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
+from chestxray.data.tasks import DECISION_RULE, is_multiclass
 from chestxray.errors import ConfigError, DataError
 from chestxray.evaluation import plots
 from chestxray.evaluation.metrics import Summary, summarize, undefined_reason
+from chestxray.evaluation.multiclass import MulticlassMetrics, multiclass_summary
 from chestxray.evaluation.thresholds import parse_method, thresholds_from_frame
 from chestxray.files import atomic_path, write_csv, write_json
 
@@ -51,6 +53,8 @@ class EvalResult:
     tta: str
     summary: Summary
     plots: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # caveats the user should read (e.g. not the training data)
+    multiclass: MulticlassMetrics | None = None  # accuracy, balanced accuracy, K x K confusion (multiclass tasks)
 
     @property
     def macro_auroc(self) -> float | None:
@@ -95,22 +99,31 @@ def evaluate_predictions(
     n_boot: int = 1000,
     seed: int = 0,
     extra: dict[str, Any] | None = None,
+    task: str = "multilabel",
 ) -> EvalResult:
     """Choose thresholds on `val`, apply them to `scored` (the evaluated split) and write every output to out_dir.
 
     Only validation labels reach the threshold choice; the evaluated split's labels are used for metrics only.
+    A multiclass task has no thresholds: the decision is the argmax class, and metrics add accuracy, balanced
+    accuracy and the K x K confusion matrix (metrics.json 'multiclass', confusion.png).
     """
     labels = list(labels)
     method = parse_method(threshold_method)
     _check_frame(val, labels, "validation")
     _check_frame(scored, labels, split)
-    if split == "val":
+    multi = is_multiclass(task)
+    if split == "val" and not multi:
         log.warning("evaluating on the validation split, where the thresholds were chosen: metrics are optimistic")
-    thresholds = thresholds_from_frame(val, labels, method)
+    thresholds = {} if multi else thresholds_from_frame(val, labels, method)
+    method = DECISION_RULE if multi else f"{method} on val"
     y_true = scored[labels].to_numpy()
     y_score = scored[[f"p_{x}" for x in labels]].to_numpy()
-    summary = summarize(y_true, y_score, labels, scored["patient_id"].astype(str).tolist(), thresholds,
-                        n_boot=n_boot, seed=seed)
+    patients = scored["patient_id"].astype(str).tolist()
+    mc = None
+    if multi:
+        summary, mc = multiclass_summary(y_true, y_score, labels, patients, n_boot=n_boot, seed=seed)
+    else:
+        summary = summarize(y_true, y_score, labels, patients, thresholds, n_boot=n_boot, seed=seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "predictions.csv", scored)
@@ -121,18 +134,21 @@ def evaluate_predictions(
     write_json(out / "metrics.json", {
         "split": split,
         "labels": labels,
-        "threshold_method": f"{method} on val",
+        "task": task,
+        "threshold_method": method,
         "thresholds": thresholds,
         "tta": tta,
         "n_val_images": len(val),
         "evaluated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
         **summary.to_dict(),
+        **({"multiclass": mc.to_dict()} if mc else {}),
     })
     made = {
         "roc": plots.plot_roc_grid(y_true, y_score, labels, out / PLOTS["roc"], thresholds),
         "pr": plots.plot_pr_grid(y_true, y_score, labels, out / PLOTS["pr"], thresholds),
-        "confusion": plots.plot_confusion_grid(summary, out / PLOTS["confusion"]),
+        "confusion": (plots.plot_confusion_matrix(mc.confusion, labels, out / PLOTS["confusion"]) if mc
+                      else plots.plot_confusion_grid(summary, out / PLOTS["confusion"])),
         "auroc": plots.plot_auroc_bars(summary, out / PLOTS["auroc"]),
         "calibration": plots.plot_calibration(y_true, y_score, labels, out / PLOTS["calibration"]),
     }
@@ -141,7 +157,7 @@ def evaluate_predictions(
         made["history"] = plots.plot_history(pd.read_csv(history), out / PLOTS["history"])
     elif history is not None:
         log.warning("no training history at %s; the loss/AUROC plot is skipped", history)
-    return EvalResult(out, split, labels, thresholds, f"{method} on val", tta, summary, made)
+    return EvalResult(out, split, labels, thresholds, method, tta, summary, made, multiclass=mc)
 
 
 def evaluate_run(
@@ -160,8 +176,9 @@ def evaluate_run(
 
     `prepared` defaults to the folder recorded in the bundle card.
     """
+    from chestxray.data.shards import read_manifest
     from chestxray.evaluation.thresholds import store_thresholds
-    from chestxray.inference.predict import TTA_MODES, predict_split
+    from chestxray.inference.predict import TTA_MODES, fingerprint_note, predict_split
     from chestxray.models.bundle import load_bundle, update_card
 
     method = parse_method(threshold_method)  # fail fast on bad options, before loading anything
@@ -175,14 +192,29 @@ def evaluate_run(
     kwargs = dict(batch_size=batch_size, tta=tta, num_workers=num_workers, device=device)
     val = predict_split(bundle, prepared, "val", **kwargs)
     scored = val if split == "val" else predict_split(bundle, prepared, split, **kwargs)
-    extra = {"run": str(run), "bundle": str(bundle.path), "prepared": str(prepared or bundle.card.get("prepared")),
-             "data_fingerprint": bundle.card.get("data_fingerprint")}
+    source = str(prepared or bundle.card.get("prepared"))
+    manifest = read_manifest(source)
+    note = fingerprint_note(bundle, manifest, source)
+    if note:
+        log.warning(note)
+    trained = bundle.card.get("data_fingerprint")
+    extra = {"run": str(run), "bundle": str(bundle.path), "prepared": source, "data_fingerprint": trained,
+             "prepared_fingerprint": manifest.get("fingerprint"),
+             "same_data_as_training": None if not trained else trained == manifest.get("fingerprint")}
+    task = str(bundle.card.get("task") or "multilabel")
     result = evaluate_predictions(val, scored, labels, run / EVAL_DIR, split, method, tta, run / "metrics.csv",
-                                  n_boot, seed, extra)
+                                  n_boot, seed, extra, task=task)
+    result.notes.extend([note] if note else [])
     if (run / "history.csv").exists():
         _copy(run / "history.csv", result.eval_dir / "training_history.csv")
-    store_thresholds(bundle.path, result.thresholds, method, tta)
     headline = {r.name: r.auroc.value for r in result.summary.rows}
-    update_card(bundle.path, metrics={"split": split, "tta": tta, "macro_auroc": result.macro_auroc, "auroc": headline})
+    metrics = {"split": split, "tta": tta, "macro_auroc": result.macro_auroc, "auroc": headline}
+    if result.multiclass is not None:  # no thresholds: the card says the decision rule instead
+        update_card(bundle.path, thresholds=None, threshold_method=DECISION_RULE,
+                    metrics={**metrics, "accuracy": result.multiclass.accuracy.value,
+                             "balanced_accuracy": result.multiclass.balanced_accuracy.value})
+    else:
+        store_thresholds(bundle.path, result.thresholds, method, tta)
+        update_card(bundle.path, metrics=metrics)
     log.info("evaluated %s on %s: macro AUROC %s", run, split, result.macro_auroc)
     return result

@@ -196,7 +196,8 @@ def plot_auroc_bars(summary: Summary, out: str | Path) -> Path:
     hi = np.array([r.auroc.high if r.auroc.high is not None else r.auroc.value for r in shown], dtype=float)
     colors = ["tab:blue" if r.kind == "finding" else "tab:orange" for r in shown]
     ax.barh(ys, vals, color=colors, alpha=0.8)
-    ax.errorbar(vals, ys, xerr=[vals - lo, hi - vals], fmt="none", ecolor="black", capsize=3, lw=1)
+    # a percentile interval of few replicates may miss the point estimate: draw no whisker on that side then
+    ax.errorbar(vals, ys, xerr=[np.clip(vals - lo, 0, None), np.clip(hi - vals, 0, None)], fmt="none", ecolor="black", capsize=3, lw=1)
     ax.set_yticks(ys, [r.name for r in shown], fontsize=8)
     ax.axvline(0.5, ls="--", color="grey", lw=0.8)
     ax.set(xlim=(0, 1), xlabel=f"AUROC ({summary.ci:.0%} patient-bootstrap CI, {summary.n_boot} replicates)")
@@ -238,4 +239,25 @@ def plot_calibration(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[s
     ax_hist.hist(s.ravel(), bins=pooled.edges, color="tab:gray")
     ax_hist.set(xlabel="predicted probability", ylabel="image-finding pairs", title="Predicted probabilities")
     ax_hist.set_yscale("log")
+    return _save(fig, out)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], out: str | Path) -> Path:
+    """K x K confusion matrix of a multi-class task (rows true, columns argmax-predicted): counts and row shares."""
+    mat = np.asarray(matrix, dtype=float)
+    share = mat / np.maximum(mat.sum(1, keepdims=True), 1)
+    side = 1.2 + 0.9 * len(classes)
+    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, k), v in np.ndenumerate(mat):
+        ax.text(k, i, f"{int(v)}\n{share[i, k]:.0%}", ha="center", va="center", fontsize=8,
+                color="white" if share[i, k] > 0.6 else "black")
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, list(classes), fontsize=8, rotation=30, ha="right")
+    ax.set_yticks(ticks, list(classes), fontsize=8)
+    ax.set(xlabel="predicted class (argmax; no thresholds)", ylabel="true class")
+    ax.set_title(f"accuracy {np.trace(mat) / max(mat.sum(), 1):.3f} ({int(np.trace(mat))} of {int(mat.sum())})",
+                 fontsize=9)
+    fig.colorbar(image, ax=ax, label="share of the true class", shrink=0.8)
     return _save(fig, out)

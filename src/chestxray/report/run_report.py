@@ -24,6 +24,7 @@ from chestxray.errors import DataError, ModelError
 from chestxray.evaluation.evaluate import EVAL_DIR, PLOTS
 from chestxray.files import write_text
 from chestxray.models.bundle import read_card
+from chestxray.report.multiclass import multiclass_context
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +186,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{metrics_path}: not valid JSON ({exc}); run `chestxray evaluate {run}` again") from exc
 
+    multiclass = multiclass_context(metrics)
+    captions = {**CAPTIONS, **(multiclass["captions"] if multiclass else {})}
     plots = {}
     for key, name in PLOTS.items():
         path = eval_dir / name
-        plots[key] = {"src": _data_uri(path), "caption": CAPTIONS[key]} if path.exists() else None
+        plots[key] = {"src": _data_uri(path), "caption": captions[key]} if path.exists() else None
     explanations, explain_info = _explanations(run)
 
     prepared = _find_prepared(run, metrics)
@@ -214,6 +217,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         cards.append({"key": f"{'macro ' if 'macro' in by_kind else ''}AUROC{ci}", "value": value})
     if "normal" in by_kind and by_kind["normal"]["auroc"].get("value") is not None:
         cards.append({"key": "normal (No Finding) AUROC", "value": f"{by_kind['normal']['auroc']['value']:.3f}"})
+    cards += multiclass["cards"] if multiclass else []
     cards += [{"key": "images evaluated", "value": metrics.get("n_images", "?")},
               {"key": "patients", "value": metrics.get("n_patients", "?")},
               {"key": "labels", "value": len(metrics.get("labels", []))}]
@@ -228,6 +232,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         n_images=metrics.get("n_images"),
         n_patients=metrics.get("n_patients"),
         threshold_method=metrics.get("threshold_method"),
+        multiclass=multiclass,
         tta=metrics.get("tta", "none"),
         cards=cards,
         ci_text=f"{boot.get('ci', 0.95):.0%} percentile bootstrap, {boot.get('replicates', '?')} replicates "

@@ -20,7 +20,8 @@ from chestxray.files import atomic_path, write_csv
 from chestxray.models import backbone_blocks
 
 METRIC_COLUMNS = ["step", "epoch", "train_loss", "val_loss", "val_auroc", "lr"]
-HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_auroc", "lr", "train_images", "train_seconds"]
+HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_auroc", "train_accuracy", "val_accuracy", "lr",
+                   "train_images", "train_seconds"]
 
 
 class FreezeBackbone(BaseFinetuning):
@@ -90,8 +91,9 @@ class MetricsHistory(Callback):
     """Collect per-step and per-validation rows and write RUN/metrics.csv and RUN/history.csv after each validation.
 
     metrics.csv: step, epoch, train_loss, val_loss, val_auroc, lr (NaN where not logged); history.csv: one row per
-    validation (per epoch by default) with the epoch's mean train loss, and the images (this rank's share under
-    DDP) and seconds spent training since the previous row.
+    validation (per epoch by default) with the epoch's mean train loss and train accuracy (image-weighted over its
+    batches; at 0.5 and averaged over labels for multi-label), val accuracy, and the images (this rank's share
+    under DDP) and seconds spent training since the previous row.
     The rows are part of the checkpoint, so a resumed run continues the same tables.
     """
 
@@ -100,6 +102,7 @@ class MetricsHistory(Callback):
         self.rows: list[dict[str, float]] = []
         self.history: list[dict[str, float]] = []
         self._epoch_losses: list[float] = []
+        self._epoch_correct = 0.0  # sum over batches of accuracy x images
         self._epoch_images = 0
         self._epoch_start = 0.0
         self._val_seconds = 0.0
@@ -116,7 +119,7 @@ class MetricsHistory(Callback):
         self.train_images, self.train_seconds = int(state_dict["train_images"]), float(state_dict["train_seconds"])
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_losses, self._epoch_images = [], 0
+        self._epoch_losses, self._epoch_images, self._epoch_correct = [], 0, 0.0
         self._epoch_start, self._val_seconds = time.perf_counter(), 0.0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -124,6 +127,8 @@ class MetricsHistory(Callback):
         loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
         n = len(batch["labels"])
         self._epoch_losses.append(loss)
+        if isinstance(outputs, dict) and "accuracy" in outputs:
+            self._epoch_correct += float(outputs["accuracy"]) * n
         self._epoch_images += n
         self.rows.append({"step": trainer.global_step, "epoch": trainer.current_epoch, "train_loss": loss,
                           "val_loss": math.nan, "val_auroc": math.nan, "lr": _lr(trainer)})
@@ -151,10 +156,13 @@ class MetricsHistory(Callback):
         self.train_images += self._epoch_images
         self.train_seconds += seconds
         train_loss = float(np.mean(self._epoch_losses)) if self._epoch_losses else math.nan
+        train_acc = self._epoch_correct / self._epoch_images if self._epoch_images else math.nan
+        val_acc = _value(trainer.callback_metrics, "val_accuracy") if not math.isnan(val_loss) else math.nan
         self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "train_loss": train_loss,
-                             "val_loss": val_loss, "val_auroc": val_auroc, "lr": lr,
+                             "val_loss": val_loss, "val_auroc": val_auroc, "train_accuracy": train_acc,
+                             "val_accuracy": val_acc, "lr": lr,
                              "train_images": self._epoch_images, "train_seconds": seconds})
-        self._epoch_losses, self._epoch_images = [], 0
+        self._epoch_losses, self._epoch_images, self._epoch_correct = [], 0, 0.0
         self._epoch_start, self._val_seconds = time.perf_counter(), 0.0
         if trainer.is_global_zero:
             self.write()

@@ -55,7 +55,7 @@ class TrainConfig:
     freeze: str = "none"  # "backbone": only the head trains
     unfreeze_last: int = 0  # with freeze=backbone: also train the last N backbone blocks
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
-    precision: str = "auto"  # auto: bf16-mixed (or 16-mixed) on GPU, 32-true on CPU
+    precision: str = "auto"  # auto: bf16-mixed (16-mixed) on GPU, bf16-mixed on CPUs with native bf16, else 32-true
     channels_last: bool = True
     accelerator: str = "auto"
     devices: int | str = "auto"

@@ -43,6 +43,14 @@ def softmax_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str = "bce",
     return ce.mean()
 
 
+def batch_accuracy(logits: torch.Tensor, labels: torch.Tensor, task: str = "multilabel") -> torch.Tensor:
+    """Accuracy of one batch: argmax vs one-hot class for multiclass; else sigmoid >= 0.5 vs each 0/1 label,
+    averaged over labels and images (for one label: plain binary accuracy at 0.5)."""
+    if is_multiclass(task):
+        return (logits.argmax(1) == labels.argmax(1)).float().mean()
+    return ((logits >= 0).float() == labels).float().mean()  # sigmoid(x) >= 0.5 <=> x >= 0
+
+
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
     """LR factor: linear warm-up over `warmup` steps, then cosine decay to 0 at `total` steps."""
     if step < warmup:
@@ -96,6 +104,7 @@ class ChestXrayModule(L.LightningModule):
             self.val_auroc = MultilabelAUROC(num_labels=n, average="none") if n > 1 else BinaryAUROC()
         self.val_counts = LabelCounts(n)
         self.val_loss = MeanMetric()
+        self.val_label_accuracy = MeanMetric()  # multilabel/binary: mean over labels at 0.5
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, C, H, W) float → logits (B, L)."""
@@ -111,10 +120,13 @@ class ChestXrayModule(L.LightningModule):
             return focal_loss(logits, labels, self.hparams.focal_gamma, self.pos_weight)
         return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=self.pos_weight)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.compute_loss(self(batch["image"]), batch["labels"])
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        logits = self(batch["image"])
+        loss = self.compute_loss(logits, batch["labels"])
+        accuracy = batch_accuracy(logits.detach().float(), batch["labels"], self.hparams.task)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["labels"]))
-        return loss
+        self.log("train_accuracy", accuracy, on_step=False, on_epoch=True, batch_size=len(batch["labels"]))
+        return {"loss": loss, "accuracy": accuracy}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         labels = batch["labels"]
@@ -128,6 +140,8 @@ class ChestXrayModule(L.LightningModule):
             self.val_auroc.update(probs[:, 0], labels[:, 0].long())
         else:
             self.val_auroc.update(probs, labels.long())
+        if not self.multiclass:
+            self.val_label_accuracy.update(batch_accuracy(logits, labels, self.hparams.task), weight=len(labels))
         self.val_counts.update(labels)
         return {"probs": probs.detach(), "labels": labels}
 
@@ -146,6 +160,9 @@ class ChestXrayModule(L.LightningModule):
         if self.multiclass:
             self.log("val_accuracy", self.val_accuracy.compute(), prog_bar=True)
             self.val_accuracy.reset()
+        else:
+            self.log("val_accuracy", self.val_label_accuracy.compute())
+            self.val_label_accuracy.reset()
         for name, value, ok in zip(self.labels, per_label.tolist(), usable.tolist(), strict=True):
             if ok:
                 self.log(f"val_auroc_{name}", value)

@@ -37,6 +37,7 @@ from chestxray.training.callbacks import (
     RngState,
 )
 from chestxray.training.config import CONFIG_FILE, TrainConfig, config_yaml, validate_config
+from chestxray.training.precision import choose_precision
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,8 @@ class TrainResult:
 
 
 def auto_precision(config: TrainConfig) -> str:
-    """bf16-mixed on a GPU that supports it, else 16-mixed on GPU, 32-true on CPU (unless set explicitly)."""
-    if config.precision != "auto":
-        return config.precision
-    if config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+    """The precision a run uses: config.precision, or for 'auto' the choice of chestxray.training.precision."""
+    return choose_precision(config.precision, config.accelerator).precision
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -149,10 +146,12 @@ def _steps_per_epoch(data: Any, world_size: int) -> int:
 
 def _data_fields(config: TrainConfig, data: Any, data_cfg: dict[str, Any]) -> dict[str, Any]:
     """What the run was trained on and how inputs are fed: shared by RUN/run.json and the bundle card."""
+    from chestxray.data.shards import preprocessing
+
     return {"labels": list(data.labels), "task": data.task, "prepared": str(Path(config.prepared).resolve()),
             "data_fingerprint": data.manifest.get("fingerprint"), "image_size": data.image_size,
-            "resize": data.manifest.get("resize", "pad"), "in_chans": config.in_chans,
-            "normalization": data_cfg["normalization"]}
+            "resize": data.manifest.get("resize", "pad"), "preprocessing": preprocessing(data.manifest),
+            "in_chans": config.in_chans, "normalization": data_cfg["normalization"]}
 
 
 def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any], run_info: dict[str, Any],
@@ -253,8 +252,10 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                       weights=config.weights)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    precision = auto_precision(config)
-    fields = _data_fields(config, data, data_cfg)
+    choice = choose_precision(config.precision, config.accelerator)
+    precision = choice.precision
+    log.info("precision %s (%s)", precision, choice.reason)
+    fields = {**_data_fields(config, data, data_cfg), "precision": precision, "precision_reason": choice.reason}
 
     run_info: dict[str, Any] = {}
     if resume and (run_dir / RUN_FILE).is_file():
@@ -295,8 +296,8 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                              monitor=config.monitor, patience=config.patience, channels_last=config.channels_last,
                              total_steps=total_steps, task=data.task)
     if trainer.is_global_zero:
-        _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"],
-                                           "precision": precision}, run_info, mlflow_logger)
+        _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"]}, run_info,
+                         mlflow_logger)
 
     start = time.perf_counter()
     last = run_dir / "checkpoints" / "last.ckpt"

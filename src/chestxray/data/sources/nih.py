@@ -17,6 +17,7 @@ from chestxray.data.sources.table import (
     index_images,
     make_catalog,
     parse_findings,
+    patient_column,
     read_table,
     require_columns,
     to_age,
@@ -33,23 +34,28 @@ OFFICIAL_LISTS = ("train_val_list.txt", "test_list.txt")
 
 
 def read_nih(csv: str | Path, images: str | Path | None = None, *, views: list[str] | None = None,
-             max_patients: int | None = None, seed: int = 0, official_split: str | Path | None = None) -> Catalog:
+             max_patients: int | None = None, seed: int = 0, official_split: str | Path | None = None,
+             missing_patient: str = "error") -> Catalog:
     """Catalog NIH ChestX-ray14 from its label table; `images=None` is metadata-only (empty paths).
 
     views keeps only those View Position values (e.g. ['PA', 'AP']); max_patients keeps a seeded random subset of
     patients; official_split is a folder with train_val_list.txt and test_list.txt (test rows get split 'test',
     the others 'train', so only val is carved out later). Rows whose image is missing are left out and listed in
-    info['missing_images'].
+    info['missing_images']. Patient ids keep their text form; an empty one follows `missing_patient`
+    (chestxray.data.sources.table.patient_column).
     """
     where = str(csv)
-    frame = read_table(csv, keep={IMAGE_COL, FINDINGS_COL, PATIENT_COL, *METADATA})
+    frame = read_table(csv, keep={IMAGE_COL, FINDINGS_COL, PATIENT_COL, *METADATA}, text={IMAGE_COL, PATIENT_COL})
     require_columns(frame, [IMAGE_COL, FINDINGS_COL, PATIENT_COL], where,
                     "expected the NIH Data_Entry_2017.csv / Data_Entry_2017_v2020.csv layout")
     check_unique(frame[IMAGE_COL].astype(str), where, IMAGE_COL)
+    patients, rows, missing_report = patient_column(frame[PATIENT_COL], frame[IMAGE_COL], where, PATIENT_COL,
+                                                    missing_patient)
+    frame = frame.assign(**{PATIENT_COL: patients})
     matrix, labels = parse_findings(frame[FINDINGS_COL], where, FINDINGS_COL, sep="|", labels=NIH14)
     info: dict = {"csv": str(Path(csv).resolve()), "images": str(Path(images).resolve()) if images else None,
-                  "metadata_only": images is None}
-    keep = np.ones(len(frame), dtype=bool)
+                  "metadata_only": images is None, "missing_patient": missing_report}
+    keep = rows.copy()
     if views:
         wanted = [v.strip().upper() for v in views if v.strip()]
         require_columns(frame, ["View Position"], where, "--views needs the 'View Position' column")
@@ -62,7 +68,7 @@ def read_nih(csv: str | Path, images: str | Path | None = None, *, views: list[s
         keep &= _patient_subset(frame[PATIENT_COL].astype(str), keep, max_patients, seed)
         info["max_patients"] = {"n": max_patients, "seed": seed}
     frame, matrix = frame.loc[keep].reset_index(drop=True), matrix[keep]
-    table = pd.DataFrame({"image_id": frame[IMAGE_COL].astype(str), "patient_id": _patient_ids(frame[PATIENT_COL]),
+    table = pd.DataFrame({"image_id": frame[IMAGE_COL].astype(str), "patient_id": frame[PATIENT_COL],
                           "split": ""})
     if official_split is not None:
         table["split"], listed = _official_split(Path(official_split), table["image_id"])
@@ -81,16 +87,6 @@ def read_nih(csv: str | Path, images: str | Path | None = None, *, views: list[s
     if "age" in meta:
         meta["age"] = to_age(meta["age"])
     return make_catalog(table, matrix, labels, "multilabel", "nih", info, meta, missing)
-
-
-def _patient_ids(values: pd.Series) -> pd.Series:
-    """NIH patient ids as plain strings ('1', '30805'), whether the column was read as numbers or text."""
-    if pd.api.types.is_integer_dtype(values):
-        return values.astype(str)
-    numeric = pd.to_numeric(values, errors="coerce")
-    if numeric.notna().all() and (numeric % 1 == 0).all():
-        return numeric.astype("int64").astype(str)
-    return values.astype(str).str.strip()
 
 
 def _patient_subset(patients: pd.Series, keep: np.ndarray, n: int, seed: int) -> np.ndarray:

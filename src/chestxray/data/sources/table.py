@@ -23,24 +23,29 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm")
 NORMAL_NAMES: frozenset[str] = frozenset({"no finding", "normal", "no_finding", "none"})
 MISSING_CSV = "missing_images.csv"
+MISSING_PATIENT = ("error", "own", "drop")  # what to do with rows whose patient id is empty
+_SEPARATORS = (",", ";", "\t", "|")
 META_COLUMNS: tuple[str, ...] = ("age", "sex", "view")
 
 
-def read_table(path: str | Path, keep: set[str] | None = None) -> pd.DataFrame:
+def read_table(path: str | Path, keep: set[str] | None = None, text: set[str] | None = None) -> pd.DataFrame:
     """Read a CSV (plain or .gz) into a DataFrame, turning every way it can fail into a DataError naming the file.
 
-    keep: when every name in it is a column, only those columns are parsed (faster); otherwise all are read."""
+    keep: when every name in it is a column, only those columns are parsed (faster); otherwise all are read.
+    text: columns read as text, never as numbers (ids keep their form: '007' stays '007', no '2.0' floats).
+    The separator is the comma unless the header line has none and holds ';', a tab or '|' (then that is used)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise DataError(f"{path}: is a folder, expected a CSV file")
     try:
-        usecols = None
-        if keep:
-            header = pd.read_csv(path, encoding="utf-8", nrows=0).columns
-            usecols = [c for c in header if str(c).strip() in keep] if keep <= {str(c).strip() for c in header} else None
-        frame = pd.read_csv(path, encoding="utf-8", low_memory=False, usecols=usecols)
+        sep = _separator(path)
+        header = pd.read_csv(path, encoding="utf-8", nrows=0, sep=sep).columns
+        names = {str(c).strip(): c for c in header}
+        usecols = [c for c in header if str(c).strip() in keep] if keep and keep <= set(names) else None
+        dtype = {names[c]: str for c in (text or set()) if c in names}
+        frame = pd.read_csv(path, encoding="utf-8", low_memory=False, usecols=usecols, sep=sep, dtype=dtype or None)
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save the file as UTF-8") from exc
     except pd.errors.EmptyDataError as exc:
@@ -51,6 +56,49 @@ def read_table(path: str | Path, keep: set[str] | None = None) -> pd.DataFrame:
     if frame.empty:
         raise DataError(f"{path}: the table has a header but no rows")
     return frame
+
+
+def _separator(path: Path) -> str:
+    """',' unless the header line has no comma but another usual separator (logged, so the reader knows)."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+        line = fh.readline()
+    if "," in line:
+        return ","
+    counts = {sep: line.count(sep) for sep in _SEPARATORS[1:]}
+    sep = max(counts, key=counts.__getitem__)
+    if counts[sep]:
+        log.info("%s: the header has no comma; reading it as %r-separated", path, sep)
+        return sep
+    return ","
+
+
+def patient_column(values: pd.Series, ids: pd.Series, where: str, column: str, missing: str = "error"
+                   ) -> tuple[pd.Series, np.ndarray, dict]:
+    """Patient ids as text, and the mask of rows to keep. An empty id is an error naming its rows (a silent
+    patient of its own would risk leaking one person across splits) unless `missing` says what to do:
+    'own' makes each such image its own patient ('missing:<image id>'), 'drop' leaves those rows out."""
+    if missing not in MISSING_PATIENT:
+        raise ConfigError(f"--missing-patient {missing!r}: expected one of {MISSING_PATIENT}")
+    text = values.astype("string").str.strip()
+    empty = (text.isna() | (text == "")).to_numpy()
+    keep = np.ones(len(values), dtype=bool)
+    report = {"policy": missing, "rows": int(empty.sum())}
+    if empty.any():
+        rows = [int(i) + 2 for i in values.index[empty][:10]]
+        if missing == "error":
+            raise DataError(f"{where}: column {column!r} is empty in {int(empty.sum())} row(s) (file rows {rows}); "
+                            "fill in the patient ids, or pass --missing-patient own (each such image its own patient) "
+                            "or --missing-patient drop (leave those rows out)")
+        log.warning("%s: %d row(s) without a patient id (file rows %s): %s", where, int(empty.sum()), rows,
+                    "each is its own patient" if missing == "own" else "left out")
+        if missing == "own":
+            text = text.where(~empty, "missing:" + ids.astype(str))
+        else:
+            keep = ~empty
+    return text.astype(str), keep, report
 
 
 def require_columns(frame: pd.DataFrame, columns: list[str], where: str, hint: str = "") -> None:
@@ -191,30 +239,34 @@ def _metadata(frame: pd.DataFrame) -> dict[str, pd.Series]:
 def read_csv_table(table: str | Path, path_col: str, patient_col: str, *, label_cols: list[str] | None = None,
                    findings_col: str | None = None, sep: str = "|", images_root: str | Path | None = None,
                    labels: tuple[str, ...] | None = None, check_images: bool = True, task: str = "auto",
-                   merges: dict[str, str] | None = None, views: list[str] | None = None) -> Catalog:
+                   merges: dict[str, str] | None = None, views: list[str] | None = None,
+                   missing_patient: str = "error") -> Catalog:
     """Catalog any collection described by a CSV: one row an image, labels as 0/1 columns or a findings column.
 
     Image paths are relative to `images_root` (default: the CSV's folder) unless absolute. Rows whose image
     file does not exist are left out and listed in info['missing_images']. merges maps finding names onto merged
     names (old -> new); views keeps rows whose view column is one of them. task 'multiclass' makes each row's one
     finding (after merging; 'No Finding' is a class too) its class; rows with none or several are left out.
+    Path and patient columns are read as text; an empty patient id follows `missing_patient` (patient_column).
     """
     where = str(table)
     if (label_cols is None) == (findings_col is None):
         raise DataError(f"{where}: give either label columns (--label-cols a,b) or a findings column (--findings-col)")
     if merges and not findings_col:
         raise ConfigError(f"{where}: --merge needs a findings column (--findings-col)")
-    frame = read_table(table)
+    frame = read_table(table, text={path_col, patient_col})
     info: dict = {"csv": str(Path(table).resolve())}
     if views:
         frame = filter_views(frame, views, where, info)
     require_columns(frame, [path_col, patient_col, *(label_cols or []), *([findings_col] if findings_col else [])],
                     where, "pass the right --path-col/--patient-col/--label-cols/--findings-col")
     frame = frame.reset_index(drop=True)
-    if frame[path_col].isna().any() or frame[patient_col].isna().any():
-        col = path_col if frame[path_col].isna().any() else patient_col
-        rows = [int(i) + 2 for i in frame.index[frame[col].isna()][:5]]
-        raise DataError(f"{where}: column {col!r} is empty in file row(s) {rows}")
+    if frame[path_col].isna().any():
+        rows = [int(i) + 2 for i in frame.index[frame[path_col].isna()][:5]]
+        raise DataError(f"{where}: column {path_col!r} is empty in file row(s) {rows}")
+    patients, keep, info["missing_patient"] = patient_column(frame[patient_col], frame[path_col], where, patient_col,
+                                                             missing_patient)
+    frame = frame.assign(**{patient_col: patients}).loc[keep].reset_index(drop=True)
     check_unique(frame[path_col].astype(str), where, path_col)
     if findings_col and is_multiclass(task):
         frame, matrix, labels = _multiclass_findings(frame, findings_col, sep, merges or {}, labels, where, info)

@@ -1,0 +1,39 @@
+"""`chestxray serve`: the web page and JSON API for one model, on loopback unless told otherwise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from chestxray.cli import app
+from chestxray.cli.common import err_console, friendly
+
+
+@app.command(help="Serve a model: a web page to drop a PNG/JPEG/DICOM and see every finding's probability against "
+             "its threshold with a Grad-CAM overlay, and a JSON API (POST /predict, POST /explain, GET /model, "
+             "GET /health; OpenAPI at /docs). Uploads stay in memory unless --keep-uploads is given. No "
+             "authentication: it listens on loopback unless --host says otherwise."
+             "\n\nExample: chestxray serve runs/densenet121 --port 8000")
+@friendly
+def serve(
+    bundle: Path = typer.Argument(..., help="Bundle folder or run folder (holding bundle/)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    keep_uploads: Path = typer.Option(None, "--keep-uploads", help="Store every upload in this folder."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest upload accepted, in MB."),
+    max_megapixels: float = typer.Option(40.0, "--max-megapixels", help="Largest image accepted (width x height)."),
+) -> None:
+    from chestxray.deploy.serve import is_loopback
+    from chestxray.deploy.serve import serve as run_server
+    from chestxray.deploy.uploads import Limits
+
+    if not is_loopback(host):
+        err_console.print(f"[bold yellow]warning:[/] listening on {host}:{port} with NO authentication: anyone who "
+                          "can reach it can send images and read the model card. Put it behind an "
+                          "authenticating proxy, or use the default --host 127.0.0.1.", highlight=False)
+    limits = Limits(max_bytes=int(max_upload_mb * 1e6), max_pixels=int(max_megapixels * 1e6))
+    err_console.print(f"serving {bundle} on http://{'localhost' if is_loopback(host) else host}:{port}/ "
+                      "(Ctrl+C stops)" + (f"; keeping uploads in {keep_uploads}" if keep_uploads else
+                                          "; uploads are not stored"), highlight=False, soft_wrap=True)
+    run_server(bundle, host=host, port=port, limits=limits, keep_uploads=keep_uploads)

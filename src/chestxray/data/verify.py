@@ -1,0 +1,92 @@
+"""Check a PREPARED folder against its manifest: every shard present with its recorded size (cheap: one stat per
+shard) and, on request, its recorded sha256 (reads every byte). Train and evaluate run the size check before
+anything else (through ChestXrayDataModule); `chestxray verify PREPARED [--checksums]` runs either on demand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chestxray.data.shards import MANIFEST, open_stream, read_manifest
+from chestxray.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VerifyResult:
+    """What was checked: shards, their bytes in total, whether checksums were read, and the damaged shards."""
+
+    prepared: str
+    shards: int = 0
+    bytes: int = 0
+    checksums: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        what = "sizes and sha256 checksums" if self.checksums else "sizes"
+        return (f"{self.prepared}: {self.shards} shard(s), {self.bytes / 1e6:.1f} MB: {what} match "
+                f"{MANIFEST}")
+
+
+def _is_url(prepared: str) -> bool:
+    return "://" in prepared or prepared.startswith("pipe:")
+
+
+def _sha256(url: str) -> str:
+    digest = hashlib.sha256()
+    with open_stream(url) as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shard_problems(prepared: str | Path, manifest: dict[str, Any], checksums: bool = False) -> VerifyResult:
+    """Every damaged shard as '<shard>: <what is wrong>' (sizes of local shards; sha256 of all when asked)."""
+    base = str(prepared).rstrip("/")
+    result = VerifyResult(str(prepared), checksums=checksums)
+    for split, entry in manifest["splits"].items():
+        names = entry.get("shards", [])
+        sizes, digests = entry.get("shard_bytes"), entry.get("shard_sha256")
+        if sizes is None or digests is None:
+            result.problems.append(f"{base}/{MANIFEST}: split {split!r} records no shard sizes or checksums "
+                                   "(prepared by an older chestxray)")
+            continue
+        for name, size, digest in zip(names, sizes, digests):
+            url = f"{base}/{name}"
+            result.shards += 1
+            result.bytes += int(size)
+            if not _is_url(base):
+                try:
+                    actual = os.stat(url).st_size
+                except OSError:
+                    result.problems.append(f"{url}: shard missing")
+                    continue
+                if actual != size:
+                    result.problems.append(f"{url}: shard is {actual:,} bytes, {MANIFEST} records {size:,} "
+                                           f"({'truncated' if actual < size else 'altered'})")
+                    continue
+            if checksums and _sha256(url) != digest:
+                result.problems.append(f"{url}: shard checksum differs from {MANIFEST} (altered or damaged); "
+                                       "delete it, then")
+    return result
+
+
+def verify_prepared(prepared: str | Path, checksums: bool = False, manifest: dict[str, Any] | None = None
+                    ) -> VerifyResult:
+    """Raise DataError naming the (first) damaged shard and the way out; returns what was checked when all is well."""
+    manifest = manifest or read_manifest(prepared)
+    result = shard_problems(prepared, manifest, checksums)
+    if result.problems:
+        more = f" (and {len(result.problems) - 1} more damaged shard(s))" if len(result.problems) > 1 else ""
+        first = result.problems[0]
+        way = "" if first.endswith("then") else ";"
+        raise DataError(f"{first}{way} re-run 'chestxray prepare' with the same catalog and --out {prepared} (it "
+                        f"rebuilds only missing or damaged shards){more}")
+    log.info("%s", result.summary())
+    return result

@@ -1,0 +1,194 @@
+"""`chestxray serve`: one process (FastAPI + uvicorn) with a page to try a model and a JSON API.
+
+GET / is the page (one HTML file, no build step); POST /predict takes a multipart upload and returns every
+finding's probability against its stored threshold; POST /explain returns a Grad-CAM overlay PNG for one finding;
+GET /model gives the card, GET /health says the server is up; the OpenAPI schema is at /openapi.json and
+/docs. Uploads are checked by content, size and pixel count (chestxray.deploy.uploads) and kept in memory only,
+unless a --keep-uploads folder is given. The model runs under one lock: requests queue, nothing races.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import io
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from chestxray.deploy.uploads import Limits, UploadError, decode_upload, keep_upload
+from chestxray.inference.predict import as_bundle, normalize_for_model, predict_probs
+
+log = logging.getLogger(__name__)
+
+PAGE = Path(__file__).with_name("page.html")
+CALIBRATION_NOTE = ("Not calibrated for your site: the thresholds were chosen on this model's own validation data "
+                    "({method}). Check them on labelled images from your site before relying on any decision. "
+                    "Research use only, not a medical device.")
+_FILE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary",
+                            "description": "PNG, JPEG or DICOM image (checked by content)"}}}}}}}
+_ERRORS = {code: {"description": text, "content": {"application/json": {"schema": {
+    "type": "object", "properties": {"detail": {"type": "string"}}}}}}
+    for code, text in ((400, "No file in the request"), (413, "Upload or image too large"),
+                       (415, "Not a PNG, JPEG or DICOM file"), (422, "Damaged image or unknown finding"))}
+
+
+def _preview(gray: np.ndarray, side: int = 512) -> str:
+    """The decoded image as a PNG data URL (at most `side` px), so the page shows DICOMs too."""
+    from PIL import Image
+
+    image = Image.fromarray(gray)
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+class ModelService:
+    """The loaded bundle, its limits and a lock: scores and overlays for uploaded bytes."""
+
+    def __init__(self, bundle: Any, limits: Limits, keep_uploads: Path | None = None) -> None:
+        self.bundle = as_bundle(bundle)
+        self.card = self.bundle.card
+        self.labels = list(self.bundle.labels)
+        self.limits, self.keep_uploads = limits, keep_uploads
+        self.lock = threading.Lock()
+
+    def _decode(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+        gray, square = decode_upload(data, name, int(self.card["image_size"]), self.card.get("resize", "pad"),
+                                     self.limits)
+        if self.keep_uploads is not None:
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+            keep_upload(data, name, self.keep_uploads, stamp)
+        return gray, square
+
+    def predict(self, data: bytes, name: str) -> dict[str, Any]:
+        """Probabilities per finding, the stored thresholds and decisions, and a preview of the decoded image."""
+        gray, square = self._decode(data, name)
+        inputs = normalize_for_model(torch.from_numpy(square)[None, None], self.card)
+        with self.lock:
+            probs = predict_probs(self.bundle.net, inputs, "none", self.card.get("task"))[0].tolist()
+        thresholds = self.card.get("thresholds") or {}
+        findings = [{"name": n, "probability": round(p, 6), "threshold": thresholds.get(n),
+                     "positive": None if n not in thresholds else p >= thresholds[n]}
+                    for n, p in zip(self.labels, probs)]
+        return {"file": name, "model": self.card["architecture"], "task": self.card.get("task", "multilabel"),
+                "image": {"width": int(gray.shape[1]), "height": int(gray.shape[0]), "preview": _preview(gray)},
+                "findings": findings, "thresholds_stored": bool(thresholds),
+                "note": CALIBRATION_NOTE.format(method=self.card.get("threshold_method") or "no thresholds stored")}
+
+    def explain(self, data: bytes, name: str, finding: str) -> bytes:
+        """A Grad-CAM overlay PNG of one finding on the model's input image."""
+        from chestxray.explain.attribution import attribute, render_overlay
+
+        if finding not in self.labels:
+            raise UploadError(422, f"unknown finding {finding!r}; this model knows {self.labels}")
+        _, square = self._decode(data, name)
+        inputs = normalize_for_model(torch.from_numpy(square)[None, None], self.card)
+        target = self.labels.index(finding)
+        with self.lock, torch.enable_grad():
+            prob = predict_probs(self.bundle.net, inputs, "none", self.card.get("task"))[0, target].item()
+            heat = attribute(self.bundle.net, inputs.clone().requires_grad_(True), target, "gradcam")[0]
+        picture = render_overlay(square, heat, f"{finding} p={prob:.2f} (Grad-CAM)")
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+def create_app(bundle: Any, limits: Limits | None = None, keep_uploads: str | Path | None = None) -> FastAPI:
+    """The FastAPI app serving one bundle (folder, run folder or loaded Bundle)."""
+    service = ModelService(bundle, limits or Limits(), Path(keep_uploads) if keep_uploads else None)
+    app = FastAPI(title="chestxray", version=str(service.card.get("versions", {}).get("chestxray", "")),
+                  description=f"Try the {service.card['architecture']} model: probabilities per finding and "
+                              "Grad-CAM overlays for uploaded chest X-rays. " + CALIBRATION_NOTE.format(
+                                  method=service.card.get("threshold_method") or "no thresholds stored"))
+
+    @app.exception_handler(UploadError)
+    async def _refused(request: Request, exc: UploadError) -> JSONResponse:
+        log.info("refused upload: %s", exc.reason)
+        return JSONResponse({"detail": exc.reason}, status_code=exc.status)
+
+    async def read_upload(request: Request) -> tuple[bytes, str]:
+        """The one uploaded file of a multipart body, read in memory with the byte limit enforced while reading."""
+        cap = service.limits.max_bytes + 64 * 1024  # room for the multipart framing
+        if int(request.headers.get("content-length") or 0) > cap:
+            raise UploadError(413, f"upload over the {service.limits.max_bytes / 1e6:.0f} MB limit")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > cap:
+                raise UploadError(413, f"upload over the {service.limits.max_bytes / 1e6:.0f} MB limit")
+        if "multipart/form-data" not in request.headers.get("content-type", ""):
+            raise UploadError(400, "send the image as multipart/form-data with a field named 'file'")
+
+        async def once():
+            yield bytes(body)
+
+        parser = MultiPartParser(request.headers, once(), max_files=1, max_fields=8, max_part_size=cap)
+        parser.spool_max_size = cap  # keep the file part in memory: nothing is written to disk
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise UploadError(400, f"malformed multipart body ({exc.message})") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise UploadError(400, "no file in the request; send it in a multipart field named 'file'")
+        data = await upload.read()
+        return data, upload.filename or "upload"
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/health", summary="Liveness: the server answers and the model is loaded")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model": service.card["architecture"], "labels": len(service.labels)}
+
+    @app.get("/model", summary="The model card: architecture, labels, thresholds, preprocessing, metrics")
+    def model() -> dict[str, Any]:
+        return {k: v for k, v in service.card.items() if k != "prepared"}
+
+    @app.post("/predict", summary="Probability per finding for one uploaded image", openapi_extra=_FILE_BODY,
+              responses=_ERRORS)
+    async def predict(request: Request) -> dict[str, Any]:
+        data, name = await read_upload(request)
+        return await run_in_threadpool(service.predict, data, name)
+
+    @app.post("/explain", summary="Grad-CAM overlay (PNG) of one finding for one uploaded image",
+              openapi_extra=_FILE_BODY, responses={200: {"content": {"image/png": {}}}, **_ERRORS},
+              response_class=Response)
+    async def explain(request: Request, finding: str = Query(
+            ..., description="One of the model's findings (see GET /model)",
+            json_schema_extra={"enum": service.labels})) -> Response:
+        data, name = await read_upload(request)
+        png = await run_in_threadpool(service.explain, data, name, finding)
+        return Response(png, media_type="image/png")
+
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach."""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def serve(bundle: Any, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
+          keep_uploads: str | Path | None = None, log_level: str = "warning") -> None:
+    """Run the app with uvicorn until interrupted (one process)."""
+    import uvicorn
+
+    if not is_loopback(host):
+        log.warning("serving on %s:%d without authentication: anyone who can reach this address can send images "
+                    "and read the model card; put it behind an authenticating proxy", host, port)
+    uvicorn.run(create_app(bundle, limits, keep_uploads), host=host, port=port, log_level=log_level,
+                access_log=False)

@@ -1,0 +1,123 @@
+"""`chestxray serve`: a real server on loopback with a bundle trained in the test, driven by headless Chromium
+(upload through the page's file input, table and Grad-CAM overlay appear, a broken file shows its error),
+fuzzed from its own OpenAPI schema (no 5xx, /health still answers), and its limits checked in process."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from fastapi.testclient import TestClient
+
+from chestxray.deploy.serve import create_app
+from chestxray.deploy.uploads import Limits
+from chestxray.inference.predict import predict_images
+from tests.deploy.conftest import free_port, running
+from tests.report.test_run_report import _browser
+
+
+@pytest.fixture(scope="module")
+def server(trained_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with running(["chestxray", "serve", str(trained_run), "--port", str(port)], f"http://127.0.0.1:{port}/health",
+                 log):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def sample(shared_data: Path) -> Path:
+    return sorted((shared_data / "nih-chestxray14" / "images").glob("*.png"))[0]
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a would-be decompression bomb) over a few bytes of pixel data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 100))
+            + _chunk(b"IEND", b""))
+
+
+def test_page_in_chromium_upload_table_overlay_and_error(server: str, sample: Path, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    expected = requests.post(f"{server}/predict", files={"file": sample.open("rb")}, timeout=60).json()
+    driver = _browser(1280, 900)
+    try:
+        driver.get(server + "/")
+        driver.find_element(By.ID, "file").send_keys(str(sample))
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results tbody tr")) == 14)
+        wait.until(lambda d: d.execute_script("const i = document.getElementById('overlay');"
+                                              "return i.complete && i.naturalWidth > 0;"))
+        rows = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")
+        shown = {r.find_elements(By.TAG_NAME, "td")[0].text: r for r in rows}
+        for f in expected["findings"]:
+            assert shown[f["name"]].find_elements(By.TAG_NAME, "td")[1].text == f"{f['probability']:.3f}"
+            assert ("positive" in shown[f["name"]].get_attribute("class")) == bool(f["positive"])
+        assert "Not calibrated for your site" in driver.find_element(By.ID, "calibration").text
+        assert driver.execute_script("return document.getElementById('preview').naturalWidth") > 0
+        assert driver.find_element(By.ID, "error").text == ""
+        broken = tmp_path / "broken.png"
+        broken.write_text("this is not an x-ray")
+        driver.find_element(By.ID, "file").send_keys(str(broken))
+        wait.until(lambda d: d.find_element(By.ID, "error").text != "")
+        assert "broken.png: not a PNG, JPEG or DICOM file" in driver.find_element(By.ID, "error").text
+    finally:
+        driver.quit()
+    assert requests.get(f"{server}/health", timeout=10).json()["status"] == "ok"
+
+
+def test_api_matches_predict_and_refuses_bad_uploads(server: str, trained_run: Path, shared_data: Path) -> None:
+    dicom = shared_data / "cxr-dicom-samples" / "siim_850819_flagged_MONOCHROME1.dcm"
+    got = requests.post(f"{server}/predict", files={"file": ("scan.bin", dicom.read_bytes())}, timeout=60)
+    assert got.status_code == 200, got.text  # accepted by content, whatever the name
+    ref = predict_images(trained_run, [dicom])
+    probs = [f["probability"] for f in got.json()["findings"]]
+    assert np.allclose(probs, ref[[f"p_{f['name']}" for f in got.json()["findings"]]].to_numpy()[0], atol=1e-5)
+    card = requests.get(f"{server}/model", timeout=10).json()
+    assert card["architecture"] == "cnn-tiny" and len(card["thresholds"]) == 14
+    cases = [({"file": ("x.png", b"GIF89a....")}, 415, "not a PNG, JPEG or DICOM"),
+             ({"file": ("big.png", _png_header(8000, 8000))}, 413, "64 megapixels is over the 40 MP limit"),
+             ({"file": ("bomb.png", _png_header(20000, 20000))}, 413, "over the pixel limit"),
+             ({"file": ("cut.png", _png_header(64, 64))}, 422, "cut.png: truncated image data"),
+             ({"other": ("x.png", b"x")}, 400, "no file in the request")]
+    for files, status, reason in cases:
+        r = requests.post(f"{server}/predict", files=files, timeout=30)
+        assert r.status_code == status and reason in r.json()["detail"], (status, r.status_code, r.text)
+    r = requests.post(f"{server}/explain", params={"finding": "Nope"}, files={"file": dicom.open("rb")}, timeout=30)
+    assert r.status_code == 422 and "unknown finding 'Nope'" in r.json()["detail"]
+    assert requests.get(f"{server}/health", timeout=10).status_code == 200
+
+
+def test_fuzzed_from_openapi_schema_no_server_errors(server: str, tmp_path: Path) -> None:
+    cli = Path(sys.executable).with_name("schemathesis")
+    result = subprocess.run([str(cli), "run", f"{server}/openapi.json", "--checks", "not_a_server_error",
+                             "--max-examples", "15", "--seed", "1", "--phases", "examples,fuzzing",
+                             "--workers", "1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "Tested: 4" in result.stdout and "failed" not in result.stdout.split("SUMMARY")[-1]
+    assert requests.get(f"{server}/health", timeout=10).json()["status"] == "ok"
+
+
+def test_upload_limits_and_keep_uploads_in_process(trained_run: Path, sample: Path, tmp_path: Path) -> None:
+    limits = Limits(max_bytes=len(sample.read_bytes()) - 1)
+    with TestClient(create_app(trained_run, limits)) as client:
+        r = client.post("/predict", files={"file": sample.open("rb")})
+        assert r.status_code == 413 and "limit" in r.json()["detail"]
+    kept = tmp_path / "kept"
+    with TestClient(create_app(trained_run, keep_uploads=kept)) as client:
+        assert client.post("/predict", files={"file": sample.open("rb")}).status_code == 200
+        png = client.post("/explain", params={"finding": "Effusion"}, files={"file": sample.open("rb")})
+        assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    assert [p.read_bytes() for p in kept.iterdir()] == [sample.read_bytes()] * 2
