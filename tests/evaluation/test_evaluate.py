@@ -32,7 +32,7 @@ def _make_run(root: Path, prepared: Path, state: dict[str, torch.Tensor]) -> Pat
     net.load_state_dict(state)
     run = root
     save_bundle(run / "bundle", net, {
-        "architecture": "cnn-tiny", "num_labels": 14, "in_chans": 1, "image_size": 32, "resize": "pad",
+        "architecture": "cnn-tiny", "num_labels": 14, "in_chans": 1, "image_size": 32, "resize": "crop",
         "normalization": "gray", "labels": list(NIH14), "task": "multilabel", "prepared": str(prepared),
         "thresholds": None, "seed": 0,
     })
@@ -166,7 +166,7 @@ def test_evaluate_checks_preprocessing_and_names_other_data(runs: tuple[Path, Pa
     manifest = read_manifest(prepared)
     update_card(run / "bundle", thresholds=None, data_fingerprint=manifest["fingerprint"],
                 preprocessing=preprocessing(manifest))
-    assert preprocessing(manifest) == {"image_size": 32, "resize": "pad", "interpolation": manifest["settings"][
+    assert preprocessing(manifest) == {"image_size": 32, "resize": "crop", "interpolation": manifest["settings"][
         "interpolation"], "storage": "raw uint8 .gray"}
     src = run_a.parent / "synth"
     catalog = assign_splits(read_nih(src / "labels.csv", src / "images"), ratios=(0.5, 0.25, 0.25), seed=0)

@@ -171,7 +171,7 @@ def synth_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     prepare_dataset(root / "catalog", root / "prepared", size=SIZE, workers=1)
     torch.manual_seed(0)
     card = {"architecture": "cnn-tiny", "num_labels": len(catalog.labels), "in_chans": 1, "image_size": SIZE,
-            "resize": "pad", "normalization": "gray", "labels": list(catalog.labels), "task": "multilabel",
+            "resize": "crop", "normalization": "gray", "labels": list(catalog.labels), "task": "multilabel",
             "prepared": str(root / "prepared")}
     assert set(FINDINGS) <= set(catalog.labels)
     save_bundle(root / "run" / "bundle", build_model("cnn-tiny", len(catalog.labels)), card)

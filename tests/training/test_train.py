@@ -150,3 +150,7 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path: Path, synthetic_
     assert not (run / "bundle").exists()
     result = train(config, resume=True)
     assert result.bundle_dir is not None and len(pd.read_csv(run / "history.csv")) == 2
+    # resuming a finished run would train nothing: it says so, and how to extend it
+    with pytest.raises(ConfigError, match=r"already finished .*after epoch 2.*nothing to train.*larger --epochs or "
+                                          r"--max-steps"):
+        train(config, resume=True)

@@ -76,6 +76,25 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.model}-{stamp}"
 
 
+def _check_finished(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse to "resume" a run that already finished (bundle written) under the same stopping settings: it would
+    train nothing. Saying so beats reporting epochs that were not trained; a larger --epochs/--max-steps continues."""
+    if not (run_dir / "bundle").exists() or not (run_dir / CONFIG_FILE).is_file():
+        return
+    from chestxray.training.config import read_yaml
+
+    stored = read_yaml(run_dir / CONFIG_FILE)
+    limits = ("epochs", "max_steps", "max_minutes")
+    if any(stored.get(k) != getattr(config, k) for k in limits):
+        return
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)
+    raise ConfigError(f"cannot resume {run_dir}: it already finished (bundle/ written; last checkpoint after epoch "
+                      f"{int(ckpt.get('epoch', 0)) + 1}, step {int(ckpt.get('global_step', 0))}; limits epochs "
+                      f"{config.epochs}, max_steps {config.max_steps}, max_minutes {config.max_minutes:g}), so there "
+                      f"is nothing to train. To train further add a larger --epochs or --max-steps (-1: no limit) "
+                      f"to --resume {run_dir}; to use it as it is: chestxray evaluate {run_dir}")
+
+
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
     """Refuse to overwrite a run; a folder whose run failed before its first checkpoint is reused (and says so)."""
     config_path = run_dir / CONFIG_FILE
@@ -203,6 +222,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
     with folder_lock(run_dir, "train") if zero else contextlib.nullcontext():  # one writer per run folder
         if zero:  # ranks started later by Lightning's launcher find rank zero's config.yaml
             _check_run_dir(run_dir, resume)
+            if resume:
+                _check_finished(run_dir, config)
         with _allow_file_store(_tracking_uri(config, run_dir) if config.mlflow else ""):
             return _fit(config, run_dir, resume, callbacks)
 
