@@ -170,11 +170,11 @@ def test_evaluate_checks_preprocessing_and_names_other_data(runs: tuple[Path, Pa
         "interpolation"], "storage": "raw uint8 .gray"}
     src = run_a.parent / "synth"
     catalog = assign_splits(read_nih(src / "labels.csv", src / "images"), ratios=(0.5, 0.25, 0.25), seed=0)
-    prepare_dataset(catalog, tmp_path / "cropped", size=32, resize="crop", workers=0)
+    prepare_dataset(catalog, tmp_path / "padded", size=32, resize="pad", workers=0)
 
-    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "5", "--prepared", str(tmp_path / "cropped")])
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "5", "--prepared", str(tmp_path / "padded")])
     assert result.exit_code == 1
-    assert "prepared with --resize crop" in result.output and "trained on --resize pad" in result.output
+    assert "prepared with --resize pad" in result.output and "trained on --resize crop" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 3
     assert read_card(run / "bundle")["thresholds"] is None and not (run / "eval").exists()
 
