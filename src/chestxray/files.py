@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import secrets
+import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
+
+KILL_ENV = "CHESTXRAY_TEST_KILL_AT"  # test-only: see kill_point
+_kill_hits: dict[str, int] = {}
+
+
+def kill_point(point: str) -> None:
+    """Test-only: SIGKILL this process the N-th time it reaches `point` when $CHESTXRAY_TEST_KILL_AT is 'point:N'
+    (or 'point', N = 1). Atomic writes pass 'replace:<file name>' just before the rename and 'swap:<folder name>'
+    between moving an old folder aside and renaming the new one in; unset in real use, where it costs one lookup."""
+    want = os.environ.get(KILL_ENV)
+    if not want:
+        return
+    name, _, count = want.rpartition(":")
+    if not count.isdigit():
+        name, count = want, "1"
+    if name == point:
+        _kill_hits[point] = _kill_hits.get(point, 0) + 1
+        if _kill_hits[point] == int(count):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _new_temp(path: Path) -> Path:
@@ -33,6 +55,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = _new_temp(path)
     try:
         yield tmp
+        kill_point(f"replace:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -65,3 +88,42 @@ def write_csv(path: str | Path, frame: pd.DataFrame, **kwargs: Any) -> Path:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, **kwargs)
     return Path(path)
+
+
+def remove_leftovers(path: str | Path) -> list[Path]:
+    """Delete what interrupted atomic writes of `path` left beside it (.<name>.*.tmp files or folders, .<name>.*.old
+    folders); call it only while holding the folder's lock (chestxray.locks), as another writer's temporaries
+    look the same. Returns what was removed."""
+    path = Path(path)
+    pattern = f".{glob.escape(path.name)}.*."
+    found = [*path.parent.glob(pattern + "tmp"), *path.parent.glob(pattern + "old")]
+    for item in found:
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+    return found
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a new temporary folder beside `path` to fill; on success it replaces `path` whole (the old folder is
+    moved aside, the new one renamed in, the old one deleted), on error it is deleted. So `path` is always a
+    complete folder or absent, never a mix; leftovers of an interrupted earlier write are removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
+    token = secrets.token_hex(4)
+    tmp = path.with_name(f".{path.name}.{token}.tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.{token}.old")
+    if path.exists():
+        os.rename(path, old)
+        kill_point(f"swap:{path.name}")
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)

@@ -95,6 +95,19 @@ def _prepare_cli(catalog: Path, out: Path, kill_at: str | None = None, *, wait: 
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
 
 
+def _assert_no_orphans(out: Path) -> None:
+    """No decoder worker of a killed prepare survives it (they die with their parent)."""
+    import psutil
+
+    deadline = time.monotonic() + 10
+    while True:
+        left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(out) in " ".join(p.info["cmdline"] or [])]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not left, f"decoder processes left behind: {left}"
+
+
 def _check_same_as_uninterrupted(catalog: Path, out: Path, reference: dict[str, object]) -> None:
     rerun = _prepare_cli(catalog, out)
     assert rerun.returncode == 0, rerun.stderr
@@ -112,6 +125,7 @@ def test_prepare_killed_with_sigkill_at_each_point_then_rerun_matches_an_uninter
         killed = _prepare_cli(catalog, out, point)
         assert killed.returncode == -signal.SIGKILL, (point, killed.stderr)
         assert not (out / "manifest.json").exists()
+    _assert_no_orphans(out)
     _check_same_as_uninterrupted(catalog, out, reference)
 
 
@@ -119,9 +133,10 @@ def test_prepare_killed_from_outside_at_a_random_moment_then_rerun_matches(tmp_p
     catalog, reference = killable
     out = tmp_path / "prep"
     proc = _prepare_cli(catalog, out, wait=False)
-    time.sleep(random.Random(os.getpid()).uniform(0.8, 1.6))
+    time.sleep(random.Random(0).uniform(0.8, 1.6))
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) in (-signal.SIGKILL, 0)
+    _assert_no_orphans(out)
     _check_same_as_uninterrupted(catalog, out, reference)
 
 

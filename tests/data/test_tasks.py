@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from chestxray.cli import app
 from chestxray.data.catalog import Catalog, validate_catalog
+from chestxray.data.explore import finding_counts
 from chestxray.data.sources import read_csv_table, read_folder
 from chestxray.data.split import assign_splits
 from chestxray.data.tasks import parse_merges
@@ -26,8 +27,25 @@ def test_kaggle_subtypes_from_file_names(shared_data: Path) -> None:
     assert counts.tolist() == [329, 635, 305]  # SOURCE.md: 329 normal, 635 bacteria, 305 virus
     virus = catalog.table["image_id"].str.contains("_virus_")
     assert catalog.table.loc[virus, "VIRUS"].all() and not catalog.table.loc[~virus, "VIRUS"].any()
+    assert finding_counts(catalog)["images"].to_dict() == {"NORMAL": 329, "BACTERIA": 635, "VIRUS": 305}  # explore
     binary = read_folder(shared_data / "kaggle-chest-xray-pneumonia", task="multiclass")
     assert binary.labels == ("NORMAL", "PNEUMONIA") and (binary.label_matrix.sum(1) == 1).all()
+
+
+def test_class_regex_and_task_choices_on_folders(tmp_path: Path) -> None:
+    for cls, names in (("NORMAL", ["IM-1-0001", "IM-2-0001"]), ("PNEUMONIA", ["p1_left_1", "p2_right_1", "p3_x_1"])):
+        (tmp_path / cls).mkdir()
+        for name in names:
+            Image.new("L", (8, 8)).save(tmp_path / cls / f"{name}.png")
+    catalog = read_folder(tmp_path, class_regex=r"_(left|right)_")
+    assert catalog.labels == ("NORMAL", "PNEUMONIA", "left", "right")  # unmatched files keep their folder class
+    assert catalog.info["class_rule"].startswith("group 1 of")
+    with pytest.raises(ConfigError, match="class folders hold one class per image"):
+        read_folder(tmp_path, task="multilabel")
+    with pytest.raises(ConfigError, match="not both"):
+        read_folder(tmp_path, class_regex="_(x)_", kaggle_subtypes=True)
+    with pytest.raises(ConfigError, match="needs a group"):
+        read_folder(tmp_path, class_regex="_x_")
 
 
 def test_covid_findings_as_classes_with_merges_and_views(shared_data: Path) -> None:

@@ -108,3 +108,14 @@ def test_train_cli_on_a_truncated_shard_exits_1_with_one_line_before_training(co
     assert "test-000000.tar: shard is" in out.output and "re-run 'chestxray prepare'" in out.output
     assert "Traceback" not in out.output
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_train_verify_checksums_names_an_altered_shard(copy, tmp_path):
+    shard = copy / "train-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[1500] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    out = CliRunner().invoke(_app(), ["train", str(copy), "--model", "cnn-tiny", "--epochs", "1", "--verify-checksums",
+                                      "--out", str(tmp_path / "run"), "--no-progress", "--no-mlflow"])
+    assert out.exit_code == 1, out.output
+    assert "train-000000.tar: shard checksum differs from manifest.json" in out.output

@@ -53,3 +53,34 @@ def test_batch_accuracy_binary_multilabel_and_multiclass() -> None:
     assert batch_accuracy(logits[:, :1], labels[:, :1]).item() == pytest.approx(1 / 3)  # binary at 0.5
     onehot = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     assert batch_accuracy(logits, onehot, "multiclass").item() == pytest.approx(2 / 3)  # argmax vs class
+
+
+# ------------------------------------------------------------------ multi-class task
+
+
+def test_softmax_loss_is_cross_entropy_weighted_and_focal() -> None:
+    from chestxray.training.module import softmax_loss
+
+    logits = torch.tensor([[2.0, 0.1, -1.0], [0.2, 0.3, 0.1], [-1.0, 0.5, 3.0]])
+    targets = torch.eye(3)[[0, 2, 2]]
+    index = torch.tensor([0, 2, 2])
+    assert torch.allclose(softmax_loss(logits, targets), torch.nn.functional.cross_entropy(logits, index))
+    weight = torch.tensor([2.0, 1.0, 0.5])
+    assert torch.allclose(softmax_loss(logits, targets, weight=weight),
+                          torch.nn.functional.cross_entropy(logits, index, weight=weight))
+    assert torch.allclose(softmax_loss(logits, targets, "focal", gamma=0.0), softmax_loss(logits, targets))
+    assert softmax_loss(logits, targets, "focal", gamma=2.0) < softmax_loss(logits, targets)
+
+
+def test_multiclass_validation_reports_macro_ovr_auroc_and_accuracy() -> None:
+    y = torch.from_numpy(np.random.default_rng(0).integers(0, 3, 30))
+    labels = torch.eye(3)[y]
+    module = ChestXrayModule(build_model("cnn-tiny", 3), ["N", "B", "V"], task="multiclass")
+    out = quiet_trainer().validate(module, dataloaders=DataLoader(batches(30, labels), batch_size=None), verbose=False)
+    module.eval()
+    with torch.no_grad():
+        probs = torch.cat([module(b["image"]).softmax(1) for b in batches(30, labels)]).numpy()
+    assert out[0]["val_auroc"] == pytest.approx(roc_auc_score(y.numpy(), probs, multi_class="ovr"), abs=1e-5)
+    assert out[0]["val_accuracy"] == pytest.approx(float((probs.argmax(1) == y.numpy()).mean()), abs=1e-6)
+    assert out[0]["val_loss"] == pytest.approx(
+        float(torch.nn.functional.cross_entropy(torch.log(torch.from_numpy(probs)), y)), abs=1e-4)

@@ -17,7 +17,7 @@ from chestxray.training.train import train
 def _kernel_says_bf16() -> bool:
     """Independent reading of /proc/cpuinfo: does any 'flags' line list avx512_bf16 or amx_bf16?"""
     text = Path("/proc/cpuinfo").read_text()
-    return bool(re.search(r"^flags\s*:.*\b(avx512_bf16|amx_bf16)\b", text, re.M))
+    return bool(re.search(r"^flags\s*:.*\b(avx512_bf16|amx_bf16)\b", text, re.MULTILINE))
 
 
 def test_auto_precision_detects_this_cpu() -> None:

@@ -51,7 +51,7 @@ def chain(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     out["evaluate"] = _invoke("evaluate", root / "run", "--n-boot", 50)
     out["report"] = _invoke("report", root / "run")
     images = sorted((source / "PNEUMONIA").glob("*virus*"))[:2]
-    out["predict"] = _invoke("predict", root / "run", *images, "--out", root / "predict.csv")
+    out["predict"] = _invoke("predict", root / "run", root / "none" / "*.png", *images, "--out", root / "predict.csv")
     return out
 
 
@@ -100,7 +100,24 @@ def test_evaluation_matches_scikit_learn_on_the_predictions(chain: dict) -> None
 def test_report_and_predict_show_the_argmax_class(chain: dict) -> None:
     html = (chain["root"] / "run" / "report.html").read_text()
     assert 'id="confusion-table"' in html and "thresholds do not apply" in html and "balanced accuracy" in html
-    pred = pd.read_csv(chain["root"] / "predict.csv")
-    probs = pred[[f"p_{c}" for c in CLASSES]].to_numpy()
-    assert pred["predicted_class"].tolist() == [CLASSES[k] for k in probs.argmax(1)]
+    pred = pd.read_csv(chain["root"] / "predict.csv", keep_default_na=False)
+    assert pred["status"].tolist() == ["quarantined", "ok", "ok"]  # a pattern matching nothing is listed first
+    ok = pred[pred["status"] == "ok"]
+    probs = ok[[f"p_{c}" for c in CLASSES]].astype(float).to_numpy()
+    assert ok["predicted_class"].tolist() == [CLASSES[k] for k in probs.argmax(1)]
+    assert pred["predicted_class"].iloc[0] == ""
     assert "predicted class" in chain["predict"] and "no thresholds yet" not in chain["predict"]
+
+
+def test_web_app_answers_with_the_argmax_class(chain: dict, shared_data: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from chestxray.deploy.serve import create_app
+
+    image = sorted((shared_data / "kaggle-chest-xray-pneumonia" / "NORMAL").glob("*.jpeg"))[0]
+    with TestClient(create_app(chain["root"] / "run")) as client:
+        body = client.post("/predict", files={"file": image.open("rb")}).json()
+    probs = {f["name"]: f["probability"] for f in body["findings"]}
+    assert body["task"] == "multiclass" and body["predicted_class"] == max(probs, key=probs.get)
+    assert [f["positive"] for f in body["findings"]] == [n == body["predicted_class"] for n in probs]
+    assert "thresholds do not apply" in body["note"] and sum(probs.values()) == pytest.approx(1.0, abs=1e-4)

@@ -77,7 +77,8 @@ def evaluate(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates (patients resampled)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
-    prepared: Path = typer.Option(None, "--prepared", help="Prepared data (default: the one in the bundle card)."),
+    prepared: str = typer.Option(None, "--prepared", help="Prepared data, a folder or an http(s)://, s3:// URL "
+                                 "(default: the one in the bundle card)."),
 ) -> None:
     from chestxray.evaluation.evaluate import evaluate_run
 
@@ -110,4 +111,8 @@ def report(
     from chestxray.report.run_report import write_report
 
     path = write_report(run, out)
+    if out is None:  # the run's own report goes to its MLflow run too
+        from chestxray.evaluation.tracking import log_run_file
+
+        log_run_file(run, path)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opens offline)", highlight=False, soft_wrap=True)

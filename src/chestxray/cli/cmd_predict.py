@@ -105,6 +105,8 @@ def predict(
         frames = iter_predictions(scorer, found.paths, batch_size=batch_size, workers=workers)
         for frame in _with_problems(frames, problem_rows(found.problems, labels)):
             frame = add_decisions(frame, labels, thresholds) if thresholds else frame
+            if multiclass and "predicted_class" not in frame:  # unreadable inputs: same columns, no class
+                frame = frame.assign(predicted_class="")
             tally.add(frame)
             for sink in (stdout, to_file):
                 if sink is not None:
@@ -164,22 +166,33 @@ def _progress(total: int) -> Any:
 
 
 @app.command(help="Export a bundle: --onnx writes an ONNX model (uint8 pixels in, probabilities out, dynamic "
-             "batch, the card in its metadata) that 'chestxray predict model.onnx' runs with onnxruntime."
-             "\n\nExample: chestxray export runs/densenet121 --onnx densenet121.onnx")
+             "batch, the card in its metadata) that 'chestxray predict model.onnx' runs with onnxruntime; "
+             "--mlflow-register NAME logs it as an MLflow pyfunc model in its run and registers it."
+             "\n\nExample: chestxray export runs/densenet121 --onnx densenet121.onnx --mlflow-register cxr-densenet")
 @friendly
 def export(
     bundle: Path = typer.Argument(..., help="Bundle folder or run folder (holding bundle/)."),
     onnx: Path = typer.Option(None, "--onnx", help="ONNX file to write."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
     dynamo: bool = typer.Option(False, "--dynamo", help="Use the torch.export-based exporter (slower)."),
+    mlflow_register: str = typer.Option(None, "--mlflow-register",
+                                        help="Log the bundle as an MLflow pyfunc model and register it as NAME."),
+    mlflow_uri: str = typer.Option(None, "--mlflow-uri", help="Store for a bundle outside a run (default ./mlruns)."),
 ) -> None:
     from chestxray.errors import ConfigError
 
-    if onnx is None:
-        raise ConfigError("nothing to export; pass --onnx FILE.onnx")
-    from chestxray.deploy.onnx_export import export_onnx
+    if onnx is None and not mlflow_register:
+        raise ConfigError("nothing to export; pass --onnx FILE.onnx and/or --mlflow-register NAME")
+    if onnx is not None:
+        from chestxray.deploy.onnx_export import export_onnx
 
-    with err_console.status(f"exporting {bundle} to ONNX ..."):
-        path = export_onnx(bundle, onnx, opset=opset, dynamo=dynamo)
-    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {opset}, dynamic batch; "
-                  f"input uint8 pixels, output probabilities)", highlight=False, soft_wrap=True)
+        with err_console.status(f"exporting {bundle} to ONNX ..."):
+            path = export_onnx(bundle, onnx, opset=opset, dynamo=dynamo)
+        console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {opset}, dynamic batch; "
+                      f"input uint8 pixels, output probabilities)", highlight=False, soft_wrap=True)
+    if mlflow_register:
+        from chestxray.deploy.mlflow_ui import register_bundle
+
+        info = register_bundle(bundle, mlflow_register, mlflow_uri)
+        console.print(f"registered {info.model_uri} as MLflow model {mlflow_register!r} "
+                      f"(version {info.registered_model_version})", highlight=False, soft_wrap=True)

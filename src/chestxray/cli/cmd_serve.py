@@ -37,3 +37,19 @@ def serve(
                       "(Ctrl+C stops)" + (f"; keeping uploads in {keep_uploads}" if keep_uploads else
                                           "; uploads are not stored"), highlight=False, soft_wrap=True)
     run_server(bundle, host=host, port=port, limits=limits, keep_uploads=keep_uploads)
+
+
+@app.command(help="Start the MLflow UI (the real `mlflow server`) on the project's store: ./mlruns, or the store "
+             "a run folder names, a .db file or any tracking URI. Needs the full mlflow: pip install 'chestxray[ui]'."
+             "\n\nExample: chestxray ui --store demo-output/mlflow.db --port 5000")
+@friendly
+def ui(
+    store: str = typer.Option(None, "--store", help="Tracking URI, SQLite .db file, mlruns folder or run folder."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(5000, "--port", help="TCP port."),
+) -> None:
+    from chestxray.deploy.mlflow_ui import run_ui, store_uri
+
+    err_console.print(f"MLflow UI for {store_uri(store)} on http://{host}:{port}/ (Ctrl+C stops)", highlight=False,
+                      soft_wrap=True)
+    raise typer.Exit(run_ui(store, host, port))

@@ -43,3 +43,86 @@ def compare_runs_cmd(
         write_csv(out, result.table)
         write_json(Path(out).with_suffix(".json"), result.to_dict())
         console.print(f"wrote {out}", highlight=False)
+
+
+def _list(text: str | None) -> list[str] | None:
+    return [v.strip() for v in text.split(",")] if text is not None else None
+
+
+@app.command(help="Train every combination of a grid (models, recipes, augmentation, seeds, any train setting) as "
+             "normal run folders, evaluate each on test with validation thresholds, select one run per group on "
+             "validation only, compare the selected runs (DeLong + paired bootstrap) and write DIR/study.html. "
+             "Re-running skips finished runs and resumes stopped ones."
+             "\n\nExample: chestxray study data/prepared --models cnn-small,resnet18 --seeds 0,1,2 --set epochs=5 "
+             "--out runs/study1"
+             "\n\nExample: chestxray study data/prepared --grid study.yaml --out runs/study1 --max-parallel 2")
+@friendly
+def study(
+    prepared: Path = typer.Argument(..., help="PREPARED folder (from chestxray prepare)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Study folder (runs/, tables, study.html)."),
+    grid: Path = typer.Option(None, "--grid", help="YAML: setting -> value or list (models, recipes, seeds, any "
+                              "train setting)."),
+    models: str = typer.Option(None, "--models", help="Comma-separated models, e.g. cnn-small,resnet18."),
+    recipes: str = typer.Option(None, "--recipes", help="Comma-separated recipes: scratch, frozen, finetune."),
+    augment: str = typer.Option(None, "--augment", help="Comma-separated augmentation policies."),
+    seeds: str = typer.Option(None, "--seeds", help="Comma-separated seeds (default 0)."),
+    sets: list[str] = typer.Option([], "--set", help="Any train setting as NAME=V1,V2 (repeatable), e.g. "
+                                   "--set lr=1e-3,3e-4 --set epochs=5."),
+    select: str = typer.Option("val_auroc", "--select", help="Pick one run per group on validation: val_auroc "
+                               "(highest) or val_loss (lowest)."),
+    max_parallel: int = typer.Option(1, "--max-parallel", help="Runs trained at once (separate processes)."),
+    only: int = typer.Option(None, "--only", help="Train run number I only (0-based; one SLURM array task), no "
+                             "tables."),
+    list_runs: bool = typer.Option(False, "--list", help="Print the runs the grid makes (numbered) and exit."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for CIs and comparisons."),
+    yes: bool = typer.Option(False, "--yes", help=f"Allow a grid of more than {200} runs."),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log runs to MLflow under one parent run."),
+) -> None:
+    from chestxray.cli.common import quiet_lightning
+    from chestxray.errors import ConfigError
+    from chestxray.workflows.study import expand, normalise_grid, read_grid, run_study
+
+    raw = read_grid(grid) if grid is not None else {}
+    for key, value in (("models", models), ("recipes", recipes), ("augment", augment), ("seeds", seeds)):
+        if value is not None:
+            raw[key] = _list(value)
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected NAME=V1,V2 (e.g. --set lr=1e-3,3e-4)")
+        name, values = item.split("=", 1)
+        raw[name.strip().replace("-", "_")] = _list(values)
+    where = str(grid) if grid is not None else "study flags"
+    spec = expand(prepared, normalise_grid(raw, where), out, base={"mlflow": mlflow, "progress": False},
+                  yes=yes, select=select, n_boot=n_boot)
+    if list_runs:
+        for i, run in enumerate(spec.runs):
+            console.print(f"{i}\t{run.name}\t{run.group}", highlight=False, soft_wrap=True)
+        return
+    if max_parallel < 1:
+        raise ConfigError(f"--max-parallel must be at least 1, got {max_parallel}")
+    quiet_lightning()
+    done = run_study(spec, max_parallel=max_parallel, only=only,
+                     on_run=lambda row: console.print(f"finished {row['run']}: val AUROC {fmt(row['val_auroc'])}, "
+                                                      f"test AUROC {fmt(row['test_auroc'])}", highlight=False))
+    if only is not None:
+        console.print(f"run {only} ({spec.runs[only].name}) finished; run the same command without --only to "
+                      "collect the tables", highlight=False, soft_wrap=True)
+        return
+    import pandas as pd
+
+    groups = pd.read_csv(done.out / "study_groups.csv")
+    table = Table(title=f"study {done.out}: {len(done.runs)} runs, one selected per group by {select}",
+                  header_style="bold")
+    for col in ("group", "val AUROC", "test AUROC", "selected", "its test AUROC [95% CI]"):
+        table.add_column(col)
+    for g in groups.to_dict("records"):
+        table.add_row(g["group"], f"{fmt(g['val_auroc_mean'])} ± {fmt(g['val_auroc_sd'])}",
+                      f"{fmt(g['test_auroc_mean'])} ± {fmt(g['test_auroc_sd'])}", g["selected_run"],
+                      f"{fmt(g['selected_test_auroc'])} [{fmt(g['selected_test_low'])}, {fmt(g['selected_test_high'])}]")
+    console.print(table)
+    comparisons = done.out / "study_comparisons.csv"
+    if comparisons.stat().st_size > 1:
+        for sentence in pd.read_csv(comparisons)["sentence"]:
+            console.print(sentence, highlight=False, soft_wrap=True)
+    console.print(f"wrote {done.out / 'study.html'} and study_runs.csv, study_groups.csv, study_comparisons.csv",
+                  highlight=False, soft_wrap=True)

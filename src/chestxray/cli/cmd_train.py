@@ -38,7 +38,8 @@ def _settings(**flags: object) -> dict[str, object]:
              "--strategy ddp")
 @friendly
 def train(
-    prepared: Optional[Path] = typer.Argument(None, help="PREPARED folder (from 'chestxray prepare')."),
+    prepared: Optional[str] = typer.Argument(None, help="PREPARED folder (from 'chestxray prepare'), or its URL: "
+                                             "http(s)://… or s3://… (shards are streamed)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of settings (flags override it)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the stopped run RUN from its last.ckpt."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Architecture (see 'chestxray models')." + _d("model")),
@@ -73,6 +74,10 @@ def train(
     num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help=_d("num_nodes").strip()),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="auto | ddp | ..." + _d("strategy")),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Data loader processes per device." + _d("num_workers")),
+    verify_checksums: Optional[bool] = typer.Option(None, "--verify-checksums/--no-verify-checksums",
+                                                    help="Before training, compare every "
+                                                    "shard's sha256 with manifest.json (sizes are always checked)."
+                                                    + _d("verify_checksums")),
     seed: Optional[int] = typer.Option(None, "--seed", help=_d("seed").strip()),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps (-1: no limit)." + _d("max_steps")),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this much training time." + _d("max_minutes")),
@@ -80,6 +85,8 @@ def train(
     mlflow: Optional[bool] = typer.Option(None, "--mlflow/--no-mlflow", help="Mirror the run to MLflow." + _d("mlflow")),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="Tracking URI (default: sqlite:///<run folder's parent>/mlflow.db)."),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment name." + _d("experiment")),
+    register_model: Optional[str] = typer.Option(None, "--register-model",
+                                                 help="Also register the logged MLflow model under this name."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show the progress bar." + _d("progress")),
 ) -> None:
     from dataclasses import replace
@@ -99,9 +106,10 @@ def train(
                          loss=loss, pos_weight=pos_weight, scheduler=scheduler, monitor=monitor, patience=patience,
                          val_every=val_every, freeze=freeze, unfreeze_last=unfreeze_last, grad_clip=grad_clip,
                          precision=precision, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                         strategy=strategy, num_workers=num_workers, seed=seed, max_steps=max_steps,
+                         strategy=strategy, num_workers=num_workers, verify_checksums=verify_checksums, seed=seed,
+                         max_steps=max_steps,
                          max_minutes=max_minutes, out=out, mlflow=mlflow, mlflow_uri=mlflow_uri,
-                         experiment=experiment, progress=progress)
+                         experiment=experiment, register_model=register_model, progress=progress)
     resolved = resolve_config(base, config, where="command line", **settings)  # checked before torch loads
     quiet_lightning()
     from chestxray.training.train import default_run_dir
@@ -125,7 +133,7 @@ def train(
              "--budget-minutes 10 --out runs/compare")
 @friendly
 def compare(
-    prepared: Path = typer.Argument(..., help="PREPARED folder."),
+    prepared: str = typer.Argument(..., help="PREPARED folder or URL."),
     models: str = typer.Option("cnn-small,resnet18,densenet121", "--models", help="Comma-separated names."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
     budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes", help="Training-time cap per model."),

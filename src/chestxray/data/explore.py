@@ -47,7 +47,8 @@ def _presence(catalog: Catalog) -> pd.DataFrame:
     """Per image 0/1 columns for every label plus the normal row (all labels 0)."""
     matrix = catalog.label_matrix
     frame = pd.DataFrame(matrix, columns=list(catalog.labels), index=catalog.table.index)
-    frame[normal_name(catalog)] = (matrix.sum(1) == 0).astype(np.uint8)
+    if normal_name(catalog) not in frame:  # a multi-class catalog's normal class is already a column
+        frame[normal_name(catalog)] = (matrix.sum(1) == 0).astype(np.uint8)
     return frame
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import struct
 import warnings
 import zlib
 from pathlib import Path
@@ -263,9 +262,9 @@ def _load_pillow(path: Path, target: int | None, max_pixels: int | None) -> tupl
                         "replace it with a PNG, JPEG or DICOM file") from None
     except Image.DecompressionBombError as exc:
         raise DataError(f"{path}: image too large to decode safely ({exc}); remove it") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError,
-            ZeroDivisionError, MemoryError) as exc:
-        msg = " ".join(str(exc).split()) or type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - codecs raise many types (OSError, SyntaxError, struct.error, …)
+        msg = _brief(exc) if not isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)) else \
+            " ".join(str(exc).split())[:200] or type(exc).__name__
         kind = "truncated image data" if "truncat" in msg.lower() else "corrupt image data"
         raise DataError(f"{path}: {kind} ({msg}); re-copy or re-export the file") from None
 
@@ -337,6 +336,24 @@ def _pil_to_gray(im: Image.Image) -> np.ndarray:
 
 
 def _load_dicom(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A DICOM file → uint8 gray; every failure, whatever pydicom or a codec raises, is a one-line DataError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns per odd value; the outcome is an image or a DataError
+        try:
+            return _read_dicom(path, max_pixels)
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - elements are parsed lazily: a damaged file fails anywhere, any type
+            raise DataError(f"{path}: corrupt DICOM data ({_brief(exc)}); re-export the file") from None
+
+
+def _brief(exc: BaseException) -> str:
+    """'Type: message' on one line, at most ~200 characters (messages may quote raw bytes)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}{'…' if len(text) > 200 else ''}"
+
+
+def _read_dicom(path: Path, max_pixels: int | None) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
 

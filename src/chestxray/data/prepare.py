@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from chestxray.data.shards import (
     write_shard,
 )
 from chestxray.errors import ConfigError, DataError
-from chestxray.files import atomic_open, write_csv, write_json
+from chestxray.files import KILL_ENV, atomic_open, kill_point, write_csv, write_json  # noqa: F401 (KILL_ENV: tests)
 from chestxray.locks import folder_lock
 
 log = logging.getLogger(__name__)
@@ -56,8 +55,6 @@ TRAIN_ORDER_SEED = 0
 CHUNK = 16  # images per worker task: big enough to hide inter-process overhead, small for a smooth progress bar
 _SHARD_RE = re.compile(r"^(train|val|test)-\d{6}\.tar$")
 Progress = Callable[[int, int], None]  # (images just finished, total images to process this run)
-KILL_ENV = "CHESTXRAY_TEST_KILL_AT"  # test-only: see _kill_point
-_hits: dict[str, int] = {}
 
 
 @dataclass
@@ -238,27 +235,17 @@ def _run(todo: list[_Shard], out: Path, size: int, resize: str, labels: list[str
 
     def next_chunk() -> list[Decoded]:
         chunk = drain(pool, tasks, window, (lambda n: progress(n, total)) if progress else None)
-        _kill_point("decode")
+        kill_point("decode")
         return chunk
 
     try:
         for shard in todo:
             state["done"][shard.name] = _write(out, shard, next_chunk, size, labels)
-            _kill_point("shard-done")
+            kill_point("shard-done")
             write_json(out / STATE, state)
     finally:
         pool.close()
     return pool.crashed
-
-
-def _kill_point(point: str) -> None:
-    """Test-only: SIGKILL this process the N-th time it reaches `point` when $CHESTXRAY_TEST_KILL_AT is 'point:N'
-    (tests/data/test_prepare_robust.py shows a re-run then matches an uninterrupted one); unset in real use."""
-    want = os.environ.get(KILL_ENV)
-    if want and want.partition(":")[0] == point:
-        _hits[point] = _hits.get(point, 0) + 1
-        if str(_hits[point]) == (want.partition(":")[2] or "1"):
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _write(out: Path, shard: _Shard, next_chunk: Callable[[], list[Decoded]], size: int,
@@ -280,7 +267,7 @@ def _write(out: Path, shard: _Shard, next_chunk: Callable[[], list[Decoded]], si
                     continue
                 good.append(i)
                 if len(good) == 2:
-                    _kill_point("shard-write")
+                    kill_point("shard-write")
                 pixels = np.frombuffer(data, np.uint8).reshape(size, size)
                 yield ShardSample(sample_key(int(positions[i])), pixels, image_ids[i], patient_ids[i],
                                   label_values[i].tolist())
@@ -322,7 +309,7 @@ def _finish(out: Path, plan: list[_Shard], state: dict[str, Any], catalog: Catal
     with atomic_open(out / MANIFEST, "w", encoding="utf-8") as fh:
         fh.write(json.dumps(manifest, indent=2, default=str) + "\n")
         fh.flush()
-        _kill_point("manifest")
+        kill_point("manifest")
     return manifest, {s: v["count"] for s, v in splits.items()}, quarantine
 
 

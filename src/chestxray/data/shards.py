@@ -17,6 +17,7 @@ import os
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,22 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(info, io.BytesIO(data))
 
 
-def open_stream(url: str | Path):
-    """Binary stream of a local path or any WebDataset/gopen URL (pipe:cmd, s3://, https://, file:)."""
+HTTP_TIMEOUT_S = 60  # per connection attempt and per read of a remote shard
+
+
+def is_remote(url: str | Path) -> bool:
+    """True for a URL (http(s)://, s3://, pipe:… and other WebDataset/fsspec schemes), False for a local path."""
     text = str(url)
-    if "://" in text or text.startswith("pipe:"):
+    return "://" in text or text.startswith("pipe:")
+
+
+def open_stream(url: str | Path):
+    """Binary stream of a local path, an http(s):// URL (read here, with errors that name the URL) or any other
+    WebDataset/gopen URL (s3:// through fsspec or the aws CLI, pipe:cmd, gs://, file:)."""
+    text = str(url)
+    if text.startswith(("http://", "https://")):
+        return _open_http(text)
+    if is_remote(text):
         import webdataset
 
         return webdataset.gopen(text, "rb")
@@ -84,6 +97,40 @@ def open_stream(url: str | Path):
         return open(text, "rb")
     except OSError as exc:
         raise DataError(f"{text}: cannot open shard ({exc.strerror or exc}); re-run 'chestxray prepare'") from None
+
+
+def _open_http(url: str, method: str = "GET"):
+    """A streaming HTTP response; an HTTP error or an unreachable server is a DataError naming the URL."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, method=method, headers={"User-Agent": "chestxray"})
+    try:
+        return urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        raise DataError(f"{url}: HTTP {exc.code} {exc.reason}; check the URL and that the server holds this "
+                        "file") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise DataError(f"{url}: cannot reach the server ({reason}); check the network and the URL") from None
+
+
+def shard_size(url: str | Path) -> int | None:
+    """Bytes of a local shard (stat) or of an http(s) one (HEAD, Content-Length); None where a scheme cannot say.
+    A missing shard raises FileNotFoundError; an unreachable server raises DataError."""
+    text = str(url)
+    if text.startswith(("http://", "https://")):
+        try:
+            with _open_http(text, "HEAD") as response:
+                length = response.headers.get("Content-Length")
+        except DataError as exc:
+            if "HTTP 404" in str(exc):
+                raise FileNotFoundError(text) from None
+            raise
+        return int(length) if length is not None else None
+    if is_remote(text):
+        return None
+    return os.stat(text).st_size
 
 
 def iter_shard(url: str | Path, size: int, keep: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
@@ -94,33 +141,37 @@ def iter_shard(url: str | Path, size: int, keep: np.ndarray | None = None) -> It
     if stop == 0:
         return
     position, meta = 0, None
-    with open_stream(url) as stream:
-        for name, read in _tar_members(stream, str(url)):
-            key, _, ext = name.rpartition("/")[2].partition(".")
-            wanted = keep is None or (position < len(keep) and keep[position])
-            if ext == META_EXT:
-                meta = (key, read() if wanted else None)
-                continue
-            if ext != IMAGE_EXT:
-                continue
-            if meta is None or meta[0] != key:
-                raise DataError(f"{url}: sample {key} has pixels but no {META_EXT} record; re-run prepare")
-            if wanted:
-                data = read()
-                if len(data) != size * size:
-                    raise DataError(f"{url}: sample {key} holds {len(data)} bytes, expected {size}×{size}; "
-                                    "the shard does not match manifest.json (re-run prepare)")
-                info = json.loads(meta[1])
-                yield {"key": key, "image": np.frombuffer(data, np.uint8).reshape(size, size),
-                       "image_id": info["image_id"], "patient_id": info["patient_id"],
-                       "labels": np.asarray(info["labels"], dtype=np.uint8)}
-            position += 1
-            meta = None
-            if stop is not None and position >= stop:
-                return
-    if stop is not None and position < stop:
-        raise DataError(f"{url}: broken shard (it ends after {position} sample(s), the manifest lists more); "
-                        "re-run 'chestxray prepare'")
+    try:
+        with open_stream(url) as stream:
+            for name, read in _tar_members(stream, str(url)):
+                key, _, ext = name.rpartition("/")[2].partition(".")
+                wanted = keep is None or (position < len(keep) and keep[position])
+                if ext == META_EXT:
+                    meta = (key, read() if wanted else None)
+                    continue
+                if ext != IMAGE_EXT:
+                    continue
+                if meta is None or meta[0] != key:
+                    raise DataError(f"{url}: sample {key} has pixels but no {META_EXT} record; re-run prepare")
+                if wanted:
+                    data = read()
+                    if len(data) != size * size:
+                        raise DataError(f"{url}: sample {key} holds {len(data)} bytes, expected {size}×{size}; "
+                                        "the shard does not match manifest.json (re-run prepare)")
+                    info = json.loads(meta[1])
+                    yield {"key": key, "image": np.frombuffer(data, np.uint8).reshape(size, size),
+                           "image_id": info["image_id"], "patient_id": info["patient_id"],
+                           "labels": np.asarray(info["labels"], dtype=np.uint8)}
+                position += 1
+                meta = None
+                if stop is not None and position >= stop:
+                    return
+        if stop is not None and position < stop:
+            raise DataError(f"{url}: broken shard (it ends after {position} sample(s), the manifest lists more); "
+                            "re-run 'chestxray prepare'")
+    except (OSError, HTTPException) as exc:  # a dropped connection or a failing disk while streaming
+        raise DataError(f"{url}: reading the shard failed ({exc or type(exc).__name__}); check the network or "
+                        "disk and run again") from None
 
 
 def _tar_members(stream, where: str) -> Iterator[tuple[str, Callable[[], bytes]]]:
@@ -190,6 +241,8 @@ def read_manifest(prepared: str | Path) -> dict[str, Any]:
         with open_stream(path) as fh:
             manifest = json.loads(fh.read().decode("utf-8"))
     except DataError:
+        if is_remote(text):  # the opener's message names the URL and what went wrong (404, unreachable …)
+            raise
         raise DataError(f"{prepared}: no {MANIFEST}; create it with "
                         f"'chestxray prepare CATALOG --out {prepared}'") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

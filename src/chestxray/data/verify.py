@@ -1,5 +1,5 @@
 """Check a PREPARED folder against its manifest: every shard present with its recorded size (cheap: one stat per
-shard) and, on request, its recorded sha256 (reads every byte). Train and evaluate run the size check before
+shard, or one HEAD request per shard of an http(s):// PREPARED) and, on request, its recorded sha256 (reads every byte). Train and evaluate run the size check before
 anything else (through ChestXrayDataModule); `chestxray verify PREPARED [--checksums]` runs either on demand.
 """
 
@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chestxray.data.shards import MANIFEST, open_stream, read_manifest
+from chestxray.data.shards import MANIFEST, open_stream, read_manifest, shard_size
 from chestxray.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -32,10 +31,6 @@ class VerifyResult:
         what = "sizes and sha256 checksums" if self.checksums else "sizes"
         return (f"{self.prepared}: {self.shards} shard(s), {self.bytes / 1e6:.1f} MB: {what} match "
                 f"{MANIFEST}")
-
-
-def _is_url(prepared: str) -> bool:
-    return "://" in prepared or prepared.startswith("pipe:")
 
 
 def _sha256(url: str) -> str:
@@ -61,16 +56,15 @@ def shard_problems(prepared: str | Path, manifest: dict[str, Any], checksums: bo
             url = f"{base}/{name}"
             result.shards += 1
             result.bytes += int(size)
-            if not _is_url(base):
-                try:
-                    actual = os.stat(url).st_size
-                except OSError:
-                    result.problems.append(f"{url}: shard missing")
-                    continue
-                if actual != size:
-                    result.problems.append(f"{url}: shard is {actual:,} bytes, {MANIFEST} records {size:,} "
-                                           f"({'truncated' if actual < size else 'altered'})")
-                    continue
+            try:
+                actual = shard_size(url)  # local: stat; http(s): HEAD; other schemes: unknown (None)
+            except OSError:
+                result.problems.append(f"{url}: shard missing")
+                continue
+            if actual is not None and actual != size:
+                result.problems.append(f"{url}: shard is {actual:,} bytes, {MANIFEST} records {size:,} "
+                                       f"({'truncated' if actual < size else 'altered'})")
+                continue
             if checksums and _sha256(url) != digest:
                 result.problems.append(f"{url}: shard checksum differs from {MANIFEST} (altered or damaged); "
                                        "delete it, then")

@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from chestxray.data.tasks import is_multiclass
 from chestxray.deploy.uploads import Limits, UploadError, decode_upload, keep_upload
 from chestxray.inference.predict import as_bundle, normalize_for_model, predict_probs
 
@@ -33,6 +34,9 @@ PAGE = Path(__file__).with_name("page.html")
 CALIBRATION_NOTE = ("Not calibrated for your site: the thresholds were chosen on this model's own validation data "
                     "({method}). Check them on labelled images from your site before relying on any decision. "
                     "Research use only, not a medical device.")
+MULTICLASS_NOTE = ("Not calibrated for your site: the predicted class is simply the most probable one (argmax; "
+                   "thresholds do not apply) under a model trained on other data. Check it on labelled images from "
+                   "your site before relying on it. Research use only, not a medical device.")
 _FILE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary",
@@ -79,13 +83,17 @@ class ModelService:
         with self.lock:
             probs = predict_probs(self.bundle.net, inputs, "none", self.card.get("task"))[0].tolist()
         thresholds = self.card.get("thresholds") or {}
+        multiclass = is_multiclass(self.card.get("task"))
+        predicted = self.labels[int(np.argmax(probs))] if multiclass else None  # multi-class: argmax, no thresholds
         findings = [{"name": n, "probability": round(p, 6), "threshold": thresholds.get(n),
-                     "positive": None if n not in thresholds else p >= thresholds[n]}
+                     "positive": (n == predicted) if multiclass else None if n not in thresholds else p >= thresholds[n]}
                     for n, p in zip(self.labels, probs)]
+        note = MULTICLASS_NOTE if multiclass else CALIBRATION_NOTE.format(
+            method=self.card.get("threshold_method") or "no thresholds stored")
         return {"file": name, "model": self.card["architecture"], "task": self.card.get("task", "multilabel"),
                 "image": {"width": int(gray.shape[1]), "height": int(gray.shape[0]), "preview": _preview(gray)},
-                "findings": findings, "thresholds_stored": bool(thresholds),
-                "note": CALIBRATION_NOTE.format(method=self.card.get("threshold_method") or "no thresholds stored")}
+                "findings": findings, "thresholds_stored": bool(thresholds), "note": note,
+                **({"predicted_class": predicted} if multiclass else {})}
 
     def explain(self, data: bytes, name: str, finding: str) -> bytes:
         """A Grad-CAM overlay PNG of one finding on the model's input image."""

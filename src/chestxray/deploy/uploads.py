@@ -122,7 +122,7 @@ def decode_upload(data: bytes, name: str, size: int, resize: str, limits: Limits
     check_upload(data, name, limits)
     with in_memory_path(data) as path:
         try:
-            gray = load_gray(path)
+            gray = load_gray(path, max_pixels=limits.max_pixels)  # the decoders' own guard too
         except DataError as exc:
             raise UploadError(422, str(exc).replace(str(path), name)) from None
     return gray, fit_square(gray, size, resize)

@@ -8,10 +8,11 @@ training_history.csv from RUN/history.csv, per epoch) and the PNG plots named in
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from chestxray.evaluation import plots
 from chestxray.evaluation.metrics import Summary, summarize, undefined_reason
 from chestxray.evaluation.multiclass import MulticlassMetrics, multiclass_summary
 from chestxray.evaluation.thresholds import parse_method, thresholds_from_frame
-from chestxray.files import atomic_path, write_csv, write_json
+from chestxray.files import atomic_folder, atomic_path, remove_leftovers, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +101,16 @@ def evaluate_predictions(
     seed: int = 0,
     extra: dict[str, Any] | None = None,
     task: str = "multilabel",
+    before_commit: Callable[[EvalResult], None] | None = None,
 ) -> EvalResult:
     """Choose thresholds on `val`, apply them to `scored` (the evaluated split) and write every output to out_dir.
 
     Only validation labels reach the threshold choice; the evaluated split's labels are used for metrics only.
     A multiclass task has no thresholds: the decision is the argmax class, and metrics add accuracy, balanced
     accuracy and the K x K confusion matrix (metrics.json 'multiclass', confusion.png).
+    out_dir is written as a whole (chestxray.files.atomic_folder): a killed evaluation leaves the previous folder
+    or none, never a mix. `before_commit` runs on the finished result (still in the temporary folder) before it
+    replaces out_dir.
     """
     labels = list(labels)
     method = parse_method(threshold_method)
@@ -124,8 +129,22 @@ def evaluate_predictions(
         summary, mc = multiclass_summary(y_true, y_score, labels, patients, n_boot=n_boot, seed=seed)
     else:
         summary = summarize(y_true, y_score, labels, patients, thresholds, n_boot=n_boot, seed=seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(out_dir) as out:
+        result = _write_outputs(out, val, scored, labels, summary, mc, thresholds, method, split, task, tta,
+                                history, extra)
+        if before_commit is not None:
+            before_commit(result)
+    final = Path(out_dir)
+    return dataclasses.replace(result, eval_dir=final,
+                               plots={k: final / p.relative_to(out) for k, p in result.plots.items()})
+
+
+def _write_outputs(out: Path, val: pd.DataFrame, scored: pd.DataFrame, labels: list[str], summary: Summary,
+                   mc: MulticlassMetrics | None, thresholds: dict[str, float], method: str, split: str, task: str,
+                   tta: str, history: str | Path | None, extra: dict[str, Any] | None) -> EvalResult:
+    """Every table, metrics.json and plot of an evaluation into the (empty) folder `out`."""
+    y_true = scored[labels].to_numpy()
+    y_score = scored[[f"p_{x}" for x in labels]].to_numpy()
     write_csv(out / "predictions.csv", scored)
     write_csv(out / "val_predictions.csv", val)
     for j, name in enumerate(labels):
@@ -179,7 +198,8 @@ def evaluate_run(
     from chestxray.data.shards import read_manifest
     from chestxray.evaluation.thresholds import store_thresholds
     from chestxray.inference.predict import TTA_MODES, fingerprint_note, predict_split
-    from chestxray.models.bundle import load_bundle, update_card
+    from chestxray.locks import folder_lock
+    from chestxray.models.bundle import CARD, load_bundle, update_card
 
     method = parse_method(threshold_method)  # fail fast on bad options, before loading anything
     if tta not in TTA_MODES:
@@ -202,19 +222,36 @@ def evaluate_run(
              "prepared_fingerprint": manifest.get("fingerprint"),
              "same_data_as_training": None if not trained else trained == manifest.get("fingerprint")}
     task = str(bundle.card.get("task") or "multilabel")
-    result = evaluate_predictions(val, scored, labels, run / EVAL_DIR, split, method, tta, run / "metrics.csv",
-                                  n_boot, seed, extra, task=task)
+
+    def finish(result: EvalResult) -> None:  # inside the new eval folder, before it replaces the old one
+        if (run / "history.csv").exists():
+            _copy(run / "history.csv", result.eval_dir / "training_history.csv")
+        headline = {r.name: r.auroc.value for r in result.summary.rows}
+        metrics = {"split": split, "tta": tta, "macro_auroc": result.macro_auroc, "auroc": headline}
+        if result.multiclass is not None:  # no thresholds: the card says the decision rule instead
+            update_card(bundle.path, thresholds=None, threshold_method=DECISION_RULE,
+                        metrics={**metrics, "accuracy": result.multiclass.accuracy.value,
+                                 "balanced_accuracy": result.multiclass.balanced_accuracy.value})
+        else:  # one card write: thresholds and the metrics they came with
+            store_thresholds(bundle.path, result.thresholds, method, tta, metrics=metrics)
+
+    with folder_lock(run, "evaluate"):
+        remove_leftovers(bundle.path / CARD)  # a card update cut short by a kill left its temporary file
+        result = evaluate_predictions(val, scored, labels, run / EVAL_DIR, split, method, tta, run / "metrics.csv",
+                                      n_boot, seed, extra, task=task, before_commit=finish)
     result.notes.extend([note] if note else [])
-    if (run / "history.csv").exists():
-        _copy(run / "history.csv", result.eval_dir / "training_history.csv")
-    headline = {r.name: r.auroc.value for r in result.summary.rows}
-    metrics = {"split": split, "tta": tta, "macro_auroc": result.macro_auroc, "auroc": headline}
-    if result.multiclass is not None:  # no thresholds: the card says the decision rule instead
-        update_card(bundle.path, thresholds=None, threshold_method=DECISION_RULE,
-                    metrics={**metrics, "accuracy": result.multiclass.accuracy.value,
-                             "balanced_accuracy": result.multiclass.balanced_accuracy.value})
-    else:
-        store_thresholds(bundle.path, result.thresholds, method, tta)
-        update_card(bundle.path, metrics=metrics)
     log.info("evaluated %s on %s: macro AUROC %s", run, split, result.macro_auroc)
+    _to_mlflow(run, result)
     return result
+
+
+def _to_mlflow(run: Path, result: EvalResult) -> None:
+    """Mirror the evaluation into the run's MLflow run; a store that cannot be reached costs a warning, not the files."""
+    from chestxray.evaluation.tracking import log_evaluation
+
+    try:
+        log_evaluation(run, result)
+    except Exception as exc:  # noqa: BLE001 - RUN/eval is written; MLflow is a mirror of it
+        note = f"could not log the evaluation to MLflow ({type(exc).__name__}: {exc}); RUN/eval/ holds all of it"
+        log.warning(note)
+        result.notes.append(note)

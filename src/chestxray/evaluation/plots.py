@@ -95,7 +95,7 @@ def plot_history(history: pd.DataFrame, out: str | Path) -> Path:
                 ax_loss.plot(best["step"], at.iloc[0], "*", ms=16, color="tab:red", label="best AUROC step")
     else:
         ax_auc.text(0.5, 0.5, "no validation AUROC logged", ha="center", va="center", transform=ax_auc.transAxes)
-    ax_loss.set(title="Loss", xlabel="step", ylabel="BCE loss")
+    ax_loss.set(title="Loss", xlabel="step", ylabel="loss (BCE; cross-entropy for multi-class)")
     ax_auc.set(title="Validation AUROC (macro)", xlabel="step", ylabel="AUROC")
     for ax in (ax_loss, ax_auc):
         ax.grid(alpha=0.3)
@@ -184,7 +184,7 @@ def plot_confusion_grid(summary: Summary, out: str | Path) -> Path:
 
 def plot_auroc_bars(summary: Summary, out: str | Path) -> Path:
     """AUROC per finding (and macro, normal) with 95% bootstrap CI bars; n/a findings are listed, not drawn."""
-    rows = [r for r in summary.rows if r.kind in ("finding", "macro", "normal")]
+    rows = [r for r in summary.rows if r.kind in ("finding", "macro", "weighted", "normal")]
     shown = [r for r in rows if r.auroc.value is not None]
     missing = [r.name for r in rows if r.auroc.value is None]
     fig = Figure(figsize=(8, 0.32 * max(len(shown), 1) + 1.4), layout="constrained")

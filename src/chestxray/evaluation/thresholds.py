@@ -102,15 +102,18 @@ def thresholds_from_frame(
 
 
 def store_thresholds(
-    bundle_dir: str | Path, thresholds: dict[str, float], method: str | ThresholdMethod, tta: str = "none"
+    bundle_dir: str | Path, thresholds: dict[str, float], method: str | ThresholdMethod, tta: str = "none",
+    **fields: Any,
 ) -> dict[str, Any]:
     """Write thresholds, threshold_method ('<method> on val') and threshold_tta (the test-time augmentation the
-    validation scores were made with) into the bundle card; returns the new card."""
+    validation scores were made with), plus any other card `fields`, into the bundle card in one atomic write;
+    returns the new card."""
     return update_card(
         bundle_dir,
         thresholds={k: float(v) for k, v in thresholds.items()},
         threshold_method=f"{parse_method(method)} on val",
         threshold_tta=tta,
+        **fields,
     )
 
 

@@ -46,8 +46,11 @@ def record(row: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
     probs = {n: float(row[f"p_{n}"]) for n in labels} if ok else None
     decided = ok and bool(labels) and f"pred_{labels[0]}" in row
     positive = [n for n in labels if row[f"pred_{n}"] == 1] if decided else None
-    return {"path": row["path"], "image_id": row["image_id"], "status": row["status"],
-            "reason": row["reason"] or None, "probabilities": probs, "positive": positive}
+    out = {"path": row["path"], "image_id": row["image_id"], "status": row["status"],
+           "reason": row["reason"] or None, "probabilities": probs, "positive": positive}
+    if "predicted_class" in row:  # multi-class: the argmax class (thresholds do not apply)
+        out["predicted_class"] = row["predicted_class"] or None
+    return out
 
 
 class RowWriter:

@@ -22,7 +22,8 @@ import chestxray
 from chestxray.data.shards import read_manifest
 from chestxray.errors import DataError, ModelError
 from chestxray.evaluation.evaluate import EVAL_DIR, PLOTS
-from chestxray.files import write_text
+from chestxray.files import remove_leftovers, write_text
+from chestxray.locks import folder_lock
 from chestxray.models.bundle import read_card
 from chestxray.report.multiclass import multiclass_context
 
@@ -255,7 +256,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         config_text=config_path.read_text(encoding="utf-8") if config_path.exists() else "",
     )
     target = Path(out) if out is not None else run / REPORT
-    write_text(target, html)
+    with folder_lock(run, "report"):  # one writer: a killed report's temporary file is then safe to remove
+        remove_leftovers(target)
+        write_text(target, html)
     log.info("wrote %s (%d plots, %d explanations)", target, sum(v is not None for v in plots.values()), len(explanations))
     return target
 

@@ -62,6 +62,7 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # e.g. "ddp"
     num_workers: int = 2
+    verify_checksums: bool = False  # before training, also compare every shard's sha256 with the manifest (sizes always)
     seed: int = 0
     max_steps: int = -1  # -1: no step limit
     max_minutes: float = 0.0  # 0: no time limit (otherwise training stops after this budget)
@@ -69,6 +70,7 @@ class TrainConfig:
     mlflow: bool = True
     mlflow_uri: str = ""  # "" → sqlite:///<run folder's parent>/mlflow.db (e.g. runs/mlflow.db); or a server URL
     experiment: str = "chestxray"
+    register_model: str = ""  # also register the logged MLflow pyfunc model under this name ("" → not registered)
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,18 +80,24 @@ class TrainConfig:
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrainConfig)}
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Settings from a YAML mapping (keys may use - or _); unknown keys raise ConfigError with the closest name."""
+def read_settings_file(path: str | Path, option: str = "--config") -> dict[str, Any]:
+    """A YAML mapping of setting: value with keys normalised (- → _); a missing file, bad YAML or a non-mapping
+    raise ConfigError naming the file and the option it came from."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file; check the --config path")
+        raise ConfigError(f"{path}: no such file; check the {option} path")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of setting: value, got {type(data).__name__}")
-    return _check_keys({str(k).replace("-", "_"): v for k, v in data.items()}, str(path))
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Settings from a YAML mapping (keys may use - or _); unknown keys raise ConfigError with the closest name."""
+    return _check_keys(read_settings_file(path), str(path))
 
 
 def _check_keys(settings: dict[str, Any], where: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from chestxray.errors import ConfigError, TrainingInterrupted
-from chestxray.files import write_json, write_text
+from chestxray.files import atomic_path, write_json, write_text
 from chestxray.locks import folder_lock
 from chestxray.training.callbacks import (
     AtomicCheckpointIO,
@@ -115,10 +115,11 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
                           f"Either continue it with --resume {run_dir}, pick another --out, or delete {run_dir}")
 
 
-def _tracking_uri(config: TrainConfig, run_dir: Path) -> str:
+def _tracking_uri(config: TrainConfig, run_dir: Path | None = None) -> str:
     """The tracking URI a run uses: config.mlflow_uri, else the SQLite store mlflow.db beside the run folder
     (runs/mlflow.db for runs/<name>; artifacts in runs/artifacts), never a ./mlruns in whatever folder you are in."""
-    return config.mlflow_uri or f"sqlite:///{run_dir.resolve().parent / 'mlflow.db'}"
+    folder = run_dir if run_dir is not None else Path(config.out or "runs/run")
+    return config.mlflow_uri or f"sqlite:///{folder.resolve().parent / 'mlflow.db'}"
 
 
 @contextlib.contextmanager
@@ -138,7 +139,7 @@ def _allow_file_store(uri: str) -> Iterator[None]:
         os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
 
 
-def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None):
+def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None, task: str = "multilabel"):
     from lightning.pytorch.loggers import MLFlowLogger
 
     uri = _tracking_uri(config, run_dir)
@@ -147,7 +148,7 @@ def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None):
         artifacts = (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
     return MLFlowLogger(experiment_name=config.experiment, run_name=run_dir.name, tracking_uri=uri, run_id=run_id,
                         artifact_location=artifacts,
-                        tags={"run_dir": str(run_dir.resolve()), "model": config.model})
+                        tags={"run_dir": str(run_dir.resolve()), "model": config.model, "task": task})
 
 
 def _best_state(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -165,9 +166,10 @@ def _steps_per_epoch(data: Any, world_size: int) -> int:
 
 def _data_fields(config: TrainConfig, data: Any, data_cfg: dict[str, Any]) -> dict[str, Any]:
     """What the run was trained on and how inputs are fed: shared by RUN/run.json and the bundle card."""
-    from chestxray.data.shards import preprocessing
+    from chestxray.data.shards import is_remote, preprocessing
 
-    return {"labels": list(data.labels), "task": data.task, "prepared": str(Path(config.prepared).resolve()),
+    prepared = config.prepared if is_remote(config.prepared) else str(Path(config.prepared).resolve())
+    return {"labels": list(data.labels), "task": data.task, "prepared": prepared,
             "data_fingerprint": data.manifest.get("fingerprint"), "image_size": data.image_size,
             "resize": data.manifest.get("resize", "pad"), "preprocessing": preprocessing(data.manifest),
             "in_chans": config.in_chans, "normalization": data_cfg["normalization"]}
@@ -205,7 +207,33 @@ def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: d
         for name in ("metrics.csv", "history.csv", CONFIG_FILE):
             client.log_artifact(run_id, str(run_dir / name))
         client.log_artifacts(run_id, str(bundle_dir), "bundle")
+        log_pyfunc(_tracking_uri(config), run_id, run_dir, bundle_dir, config.register_model)
     return bundle_dir
+
+
+def log_pyfunc(uri: str, run_id: str, run_dir: Path, bundle_dir: Path, register_as: str = "") -> Any:
+    """Log the bundle as an MLflow pyfunc model in the run (input example: RUN/input_example.png, a gray square)."""
+    import mlflow
+    import numpy as np
+    from PIL import Image
+
+    from chestxray.models.pyfunc import log_bundle_model
+
+    size = int(json.loads((bundle_dir / "card.json").read_text(encoding="utf-8"))["image_size"])
+    example = run_dir / "input_example.png"
+    with atomic_path(example) as tmp:
+        Image.fromarray(np.full((size, size), 128, np.uint8)).save(tmp, format="PNG")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = log_bundle_model(bundle_dir, example, register_as or None)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    run_file = run_dir / RUN_FILE
+    if run_file.exists():  # where `mlflow.pyfunc.load_model` finds it
+        write_json(run_file, {**json.loads(run_file.read_text(encoding="utf-8")), "mlflow_model_uri": info.model_uri})
+    return info
 
 
 def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] | None = None) -> TrainResult:
@@ -268,7 +296,8 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     data_cfg = model_data_config(config.model, config.in_chans)
     data = ChestXrayDataModule(config.prepared, batch_size=config.batch_size, num_workers=config.num_workers,
                                augment=config.augment, in_chans=config.in_chans,
-                               normalization=str(data_cfg["normalization"]), seed=config.seed)
+                               normalization=str(data_cfg["normalization"]), seed=config.seed,
+                               verify="checksums" if config.verify_checksums else "sizes")
     net = build_model(config.model, len(data.labels), in_chans=config.in_chans, pretrained=config.pretrained,
                       weights=config.weights)
     if config.channels_last:
@@ -284,7 +313,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     loggers: list[Any] = [CSVLogger(run_dir, name="logs")]
     mlflow_logger = None
     if config.mlflow:
-        mlflow_logger = _mlflow_logger(config, run_dir, run_info.get("mlflow_run_id") if resume else None)
+        mlflow_logger = _mlflow_logger(config, run_dir, run_info.get("mlflow_run_id") if resume else None, data.task)
         loggers.append(mlflow_logger)
     mode = "max" if config.monitor == "val_auroc" else "min"
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode=mode,

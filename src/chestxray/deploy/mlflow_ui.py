@@ -1,0 +1,91 @@
+"""The MLflow side of deployment: register a bundle as an MLflow model, and run the real MLflow UI on a store.
+
+`chestxray ui` runs `mlflow server` (the full `mlflow` package: pip install 'chestxray[ui]') on the project's
+store — ./mlruns by default, or the SQLite/file store a run names — bound to loopback unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from chestxray.errors import ConfigError, ModelError
+from chestxray.evaluation.tracking import mlflow_target
+
+log = logging.getLogger(__name__)
+
+
+def store_uri(store: str | Path | None) -> str:
+    """A tracking URI from a URI, a .db file, an mlruns folder or a run folder; default: runs/mlflow.db (train's
+    default store for runs/NAME) when it exists, else ./mlruns."""
+    if store is None:
+        default = Path.cwd() / "runs" / "mlflow.db"
+        return f"sqlite:///{default}" if default.is_file() else f"file:{Path.cwd() / 'mlruns'}"
+    text = str(store)
+    if "://" in text or text.startswith("file:"):
+        return text
+    path = Path(text).resolve()
+    if path.is_dir() and mlflow_target(path):
+        return mlflow_target(path)[0]
+    if path.suffix == ".db":
+        if not path.exists():
+            raise ConfigError(f"{path}: no such MLflow SQLite store; train with --mlflow-uri sqlite:///{path} first")
+        return f"sqlite:///{path}"
+    if path.is_dir():
+        return f"file:{path}"
+    raise ConfigError(f"{store}: not an MLflow store (a URI, a .db file, an mlruns folder or a run folder)")
+
+
+def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The `mlflow server` command line for a store (artifacts of a SQLite store live beside it)."""
+    if shutil.which("mlflow") is None and not Path(sys.executable).with_name("mlflow").exists():
+        raise ConfigError("the MLflow UI needs the full mlflow package (mlflow-skinny has no server): "
+                          "pip install 'chestxray[ui]'")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--workers", "1"]
+    if uri.startswith("sqlite:///"):
+        cmd += ["--default-artifact-root", (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()]
+    return cmd
+
+
+def run_ui(store: str | Path | None = None, host: str = "127.0.0.1", port: int = 5000) -> int:
+    """Run the MLflow server in the foreground until interrupted; its exit code."""
+    uri = store_uri(store)
+    env = {**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"} if uri.startswith("file:") else None
+    log.info("mlflow server on %s:%d for %s", host, port, uri)
+    try:
+        return subprocess.call(ui_command(uri, host, port), env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+def register_bundle(source: str | Path, name: str, uri: str | None = None) -> Any:
+    """Log a run's bundle as an MLflow pyfunc model in its MLflow run and register it as `name`; the ModelInfo.
+
+    A bare bundle folder (no run) is logged into a new run of experiment 'chestxray-exports' on `uri`.
+    """
+    import mlflow
+
+    from chestxray.training.train import _allow_file_store, log_pyfunc
+
+    path = Path(source)
+    run_dir = path.parent if path.name == "bundle" else path
+    bundle = run_dir / "bundle" if (run_dir / "bundle" / "card.json").exists() else path
+    if not (bundle / "card.json").exists():
+        raise ModelError(f"{source}: not a bundle or run folder (no card.json)")
+    target = mlflow_target(run_dir)
+    if target is None:
+        target_uri = uri or f"file:{Path.cwd() / 'mlruns'}"
+        with _allow_file_store(target_uri):
+            client = mlflow.tracking.MlflowClient(tracking_uri=target_uri)
+            experiment = client.get_experiment_by_name("chestxray-exports")
+            exp_id = experiment.experiment_id if experiment else client.create_experiment("chestxray-exports")
+            run_id = client.create_run(exp_id, run_name=bundle.parent.name).info.run_id
+            return log_pyfunc(target_uri, run_id, bundle.parent, bundle, name)
+    with _allow_file_store(target[0]):
+        return log_pyfunc(target[0], target[1], run_dir, bundle, name)

@@ -1,0 +1,140 @@
+"""The study report: one self-contained HTML page (inline CSS, base64 PNGs) with the group table, overlaid ROC
+curves of the selected runs, overlaid training curves (loss, validation AUROC, accuracy per epoch), the paired
+comparisons in plain words, and links to every run's own report (written beside each run if missing)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
+from sklearn.metrics import roc_curve
+
+import chestxray
+from chestxray.errors import DataError
+from chestxray.files import write_text
+
+log = logging.getLogger(__name__)
+
+REPORT = "study.html"
+
+
+def _png(fig: Any) -> str:
+    """A matplotlib figure as a base64 data URI (and closed)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _roc_points(run_dir: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """ROC of a run's test predictions: the finding for a binary task, all findings pooled (micro) otherwise."""
+    import json
+
+    meta = json.loads((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    labels = list(meta["labels"])
+    pred = pd.read_csv(run_dir / "eval" / "predictions.csv")
+    y = pred[labels].to_numpy().ravel("F")
+    s = pred[[f"p_{x}" for x in labels]].to_numpy().ravel("F")
+    fpr, tpr, _ = roc_curve(y, s)
+    return fpr, tpr, labels[0] if len(labels) == 1 else "micro (all findings pooled)"
+
+
+def roc_figure(chosen: pd.DataFrame) -> str:
+    """Overlaid test ROC curves of the selected run of each group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    what = ""
+    for group, row in chosen.iterrows():
+        fpr, tpr, what = _roc_points(Path(row["run_dir"]))
+        ax.plot(fpr, tpr, lw=1.6, label=f"{group} ({row['run']}): AUROC {row['test_auroc']:.3f}")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"test ROC, {what}")
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)
+
+
+def curves_figure(chosen: pd.DataFrame) -> str:
+    """Overlaid training curves of the selected runs: loss (train solid, val dashed), val AUROC, accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for k, (group, row) in enumerate(chosen.iterrows()):
+        h = pd.read_csv(Path(row["run_dir"]) / "history.csv")
+        color = f"C{k % 10}"
+        axes[0].plot(h["epoch"], h["train_loss"], c=color, label=f"{group} train")
+        axes[0].plot(h["epoch"], h["val_loss"], c=color, ls="--", label=f"{group} val")
+        axes[1].plot(h["epoch"], h["val_auroc"], c=color, marker="o", ms=3, label=group)
+        if "train_accuracy" in h:
+            axes[2].plot(h["epoch"], h["train_accuracy"], c=color, label=f"{group} train")
+            axes[2].plot(h["epoch"], h["val_accuracy"], c=color, ls="--", label=f"{group} val")
+    for ax, title in zip(axes, ("loss", "validation AUROC", "accuracy (at 0.5; mean over labels)")):
+        ax.set(xlabel="epoch", title=title)
+        ax.legend(fontsize=6)
+    return _png(fig)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    if isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer() and digits == 0):
+        return f"{int(value):,}"
+    return f"{value:.{digits}f}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def write_study_report(out: str | Path, runs: pd.DataFrame, groups: pd.DataFrame, chosen: pd.DataFrame,
+                       comparisons: pd.DataFrame, select: str) -> Path:
+    """Write DIR/study.html from the study's tables (and each run's report.html when missing)."""
+    from chestxray.report.run_report import write_report
+
+    out = Path(out)
+    if runs.empty:
+        raise DataError(f"{out}: the study has no finished runs to report")
+    for run_dir in runs["run_dir"]:
+        if not (Path(run_dir) / "report.html").is_file():
+            write_report(run_dir)
+    group_rows = [{
+        "group": g["group"], "runs": int(g["runs"]),
+        "val": f"{_fmt(g['val_auroc_mean'])} ± {_fmt(g['val_auroc_sd'])}",
+        "test": f"{_fmt(g['test_auroc_mean'])} ± {_fmt(g['test_auroc_sd'])}",
+        "selected": g["selected_run"], "selected_test": _fmt(g["selected_test_auroc"]),
+        "ci": f"[{_fmt(g['selected_test_low'])}, {_fmt(g['selected_test_high'])}]",
+        "sens": _fmt(g["sensitivity"]), "spec": _fmt(g["specificity"]), "fn": _fmt(g["fn"], 0),
+        "fp": _fmt(g["fp"], 0), "seconds": _fmt(g["train_seconds_mean"], 1), "params": _fmt(g["parameters"], 0),
+        "ips": _fmt(g["images_per_s_mean"], 1),
+    } for g in groups.to_dict("records")]
+    run_rows = [{"run": r["run"], "group": r["group"], "seed": r["seed"], "val_auroc": _fmt(r["val_auroc"]),
+                 "val_loss": _fmt(r["val_loss"]), "test_auroc": _fmt(r["test_auroc"]),
+                 "selected": r["run"] in set(chosen["run"]),
+                 "link": Path(r["run_dir"]).relative_to(out.resolve()).as_posix() + "/report.html"
+                 if Path(r["run_dir"]).resolve().is_relative_to(out.resolve()) else
+                 Path(r["run_dir"]).resolve().as_uri() + "/report.html"}
+                for r in runs.to_dict("records")]
+    env = Environment(loader=PackageLoader("chestxray.report", "templates"), autoescape=select_autoescape(["j2"]))
+    html = env.get_template("study.html.j2").render(
+        title=f"Study {out.resolve().name}", version=chestxray.__version__,
+        generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        select=select, groups=group_rows, runs=run_rows,
+        comparisons=comparisons.to_dict("records") if not comparisons.empty else [],
+        method=comparisons["method"].iloc[0] if not comparisons.empty else "",
+        roc=roc_figure(chosen), curves=curves_figure(chosen),
+    )
+    target = out / REPORT
+    write_text(target, html)
+    log.info("wrote %s", target)
+    return target

@@ -1,0 +1,341 @@
+"""A study: every combination of a grid of training settings, over seeds, as normal run folders, each evaluated on
+the test split with thresholds from validation; a table per group (a combination without the seed), one run per
+group selected on VALIDATION only, and paired comparisons of the selected runs on the test split.
+
+Layout of DIR: study.json (grid, selection rule, MLflow parent run), runs/<name>/ (normal run folders, each with
+eval/ and study_row.json once finished), study_runs.csv, study_groups.csv, study_comparisons.csv, study.html.
+A re-run skips runs whose study_row.json exists and resumes a run that stopped after a checkpoint, so a killed
+study continues where it stopped. Recipes (scratch, frozen, finetune) are named presets of training settings.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from chestxray.data.labels import closest
+from chestxray.errors import ConfigError
+from chestxray.files import write_csv, write_json
+from chestxray.training.config import FIELDS, TrainConfig, read_settings_file, resolve_config
+
+log = logging.getLogger(__name__)
+
+RECIPES: dict[str, dict[str, Any]] = {  # the pneumonia study's three ways to train
+    "scratch": {"pretrained": None, "freeze": "none"},
+    "frozen": {"pretrained": "imagenet", "freeze": "backbone"},
+    "finetune": {"pretrained": "imagenet", "freeze": "none"},
+}
+ALIASES = {"models": "model", "seeds": "seed", "recipes": "recipe"}
+SELECT = ("val_auroc", "val_loss")
+MAX_RUNS = 200
+DONE = "study_row.json"
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One combination: its name (folder), group (the combination without the seed) and training config."""
+
+    name: str
+    group: str
+    seed: int
+    settings: dict[str, Any]
+    config: TrainConfig
+
+
+@dataclass
+class Study:
+    """A validated grid expanded into runs, with where it lives and how one run per group is selected."""
+
+    out: Path
+    grid: dict[str, list[Any]]
+    runs: list[StudyRun]
+    select: str = "val_auroc"
+    n_boot: int = 1000
+    results: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def read_grid(path: str | Path) -> dict[str, Any]:
+    """A grid from YAML: setting -> value or list of values (keys may use -)."""
+    return read_settings_file(path, "--grid")
+
+
+def normalise_grid(raw: dict[str, Any], where: str = "grid") -> dict[str, list[Any]]:
+    """Aliases resolved (models -> model ...), scalars made one-element lists; unknown names, empty lists and
+    unknown recipes raise ConfigError naming the closest valid name."""
+    valid = [*FIELDS, "recipe", *ALIASES]
+    grid: dict[str, list[Any]] = {}
+    for key, value in raw.items():
+        if key not in valid:
+            raise ConfigError(f"{where}: unknown setting {key!r}{closest(key, valid)}; valid: models, recipes, "
+                              f"seeds or any train setting ({', '.join(FIELDS)})")
+        name = ALIASES.get(key, key)
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise ConfigError(f"{where}: {key!r} is an empty list; give at least one value or leave it out")
+        if name in ("prepared", "out"):
+            raise ConfigError(f"{where}: {key!r} is set by the study (PREPARED argument, --out), not by the grid")
+        grid[name] = values
+    for recipe in grid.get("recipe", []):
+        if recipe not in RECIPES:
+            raise ConfigError(f"{where}: unknown recipe {recipe!r}{closest(str(recipe), list(RECIPES))}; "
+                              f"recipes: {', '.join(RECIPES)}")
+    grid.setdefault("seed", [0])
+    return grid
+
+
+def _check_recipe(recipe: str, model: str) -> None:
+    """A recipe that needs pretrained weights must get a model that has them (in the local cache)."""
+    if not RECIPES[recipe].get("pretrained"):
+        return
+    from chestxray.models.registry import get_spec
+    from chestxray.models.weights import imagenet_weights_path
+
+    if get_spec(model).imagenet is None:
+        raise ConfigError(f"recipe {recipe!r} needs pretrained weights, but model {model!r} has none (it can only be "
+                          f"trained from scratch); use recipe 'scratch' for it or a model with ImageNet weights")
+    path = imagenet_weights_path(model)
+    if not path.is_file():
+        raise ConfigError(f"recipe {recipe!r} needs the ImageNet weights of {model!r}, which are not in the local "
+                          f"cache ({path}); put them there or use recipe 'scratch'")
+
+
+def _slug(value: Any) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in str(value))
+
+
+def expand(prepared: str | Path, grid: dict[str, list[Any]], out: str | Path, base: dict[str, Any] | None = None,
+           yes: bool = False, select: str = "val_auroc", n_boot: int = 1000) -> Study:
+    """Every combination of the grid as a validated run (names, groups, configs) before anything trains."""
+    if select not in SELECT:
+        raise ConfigError(f"--select {select!r} is not one of {list(SELECT)}{closest(select, list(SELECT))}")
+    keys = list(grid)
+    combos = list(itertools.product(*(grid[k] for k in keys)))
+    if len(combos) > MAX_RUNS and not yes:
+        raise ConfigError(f"the grid makes {len(combos)} runs (more than {MAX_RUNS}); check it, or pass --yes to "
+                          "train them all")
+    varied = [k for k in keys if len(grid[k]) > 1 and k != "seed"]
+    runs, out = [], Path(out)
+    for combo in combos:
+        settings = dict(zip(keys, combo))
+        seed = int(settings["seed"])
+        recipe = settings.get("recipe")
+        train_settings = {k: v for k, v in settings.items() if k != "recipe"}
+        if recipe is not None:
+            _check_recipe(recipe, str(settings.get("model", (base or {}).get("model", TrainConfig.model))))
+            train_settings = {**RECIPES[recipe], **train_settings}
+        group_keys = varied or [k for k in keys if k != "seed"][:1]
+        group = ",".join(f"{k}={settings[k]}" for k in group_keys) or "all"
+        name = "_".join(_slug(settings[k]) for k in group_keys) + f"_seed{seed}" if group_keys else f"seed{seed}"
+        config = resolve_config(base or {}, {**train_settings, "prepared": str(prepared),
+                                             "out": str(out / "runs" / name)}, where="study grid")
+        runs.append(StudyRun(name, group, seed, settings, config))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError("two grid combinations map to the same run name; give distinct values")
+    return Study(out, grid, runs, select, n_boot)
+
+
+def run_one(run: StudyRun, n_boot: int = 1000) -> dict[str, Any]:
+    """Train (or resume) one run, evaluate it on test with thresholds from val, write and return its row."""
+    from chestxray.evaluation.evaluate import evaluate_run
+    from chestxray.training.train import train
+
+    folder = Path(run.config.out)
+    if (folder / DONE).is_file():
+        return json.loads((folder / DONE).read_text(encoding="utf-8"))
+    resume = (folder / "checkpoints" / "last.ckpt").is_file() and not (folder / "bundle").is_dir()
+    if not (folder / "bundle").is_dir():  # a run trained before the study stopped is only evaluated
+        log.info("study: training %s%s", run.name, " (resuming)" if resume else "")
+        train(run.config, resume=resume)
+    evaluation = evaluate_run(folder, split="test", n_boot=n_boot, seed=run.seed)
+    row = run_row(run, folder, evaluation.summary)
+    write_json(folder / DONE, row)
+    return row
+
+
+def run_row(run: StudyRun, folder: Path, summary: Any) -> dict[str, Any]:
+    """One row of study_runs.csv: validation numbers, training time (validation excluded) and images/s from
+    history.csv, parameters from the bundle, test numbers from the evaluation."""
+    from chestxray.models.bundle import load_bundle
+
+    history = pd.read_csv(folder / "history.csv")
+    seconds = history["train_seconds"].sum()
+    images_per_s = history["train_images"].sum() / seconds if seconds > 0 else None
+    parameters = sum(p.numel() for p in load_bundle(folder / "bundle").net.parameters())
+    head = summary.rows[0] if len(summary.rows) == 1 else summary.row("macro")
+    counts_row = summary.rows[0] if len(summary.rows) == 1 else summary.row("micro")
+    c = counts_row.counts
+    return {
+        "run": run.name, "group": run.group, "seed": run.seed,
+        **{f"setting_{k}": v for k, v in run.settings.items()},
+        "val_auroc": _num(history["val_auroc"].max()), "val_loss": _num(history["val_loss"].min()),
+        "test_auroc": head.auroc.value, "test_auroc_low": head.auroc.low, "test_auroc_high": head.auroc.high,
+        "sensitivity": c.sensitivity if c else None, "specificity": c.specificity if c else None,
+        "fn": c.fn if c else None, "fp": c.fp if c else None,
+        "train_seconds": _num(seconds), "parameters": parameters, "images_per_s": _num(images_per_s),
+        "epochs": int(history["epoch"].max()) + 1 if len(history) else 0, "run_dir": str(folder),
+    }
+
+
+def _num(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def select_runs(runs: pd.DataFrame, rule: str = "val_auroc") -> pd.DataFrame:
+    """One run per group chosen on validation only: highest val_auroc or lowest val_loss (ties: lowest seed)."""
+    if rule not in SELECT:
+        raise ConfigError(f"selection rule {rule!r} is not one of {list(SELECT)}")
+    ascending = rule == "val_loss"
+    ordered = runs.sort_values([rule, "seed"], ascending=[ascending, True], na_position="last", kind="stable")
+    return ordered.groupby("group", sort=False).head(1).set_index("group").loc[list(dict.fromkeys(runs["group"]))]
+
+
+def group_table(runs: pd.DataFrame, rule: str = "val_auroc") -> pd.DataFrame:
+    """Per group: mean ± sd over seeds (val/test AUROC, time, images/s), the selected run with its test CI and
+    operating point (sensitivity/specificity/FN/FP at the validation-chosen thresholds)."""
+    chosen = select_runs(runs, rule)
+    rows = []
+    for group, part in runs.groupby("group", sort=False):
+        pick = chosen.loc[group]
+        rows.append({
+            "group": group, "runs": len(part),
+            "val_auroc_mean": part["val_auroc"].mean(), "val_auroc_sd": part["val_auroc"].std(ddof=1),
+            "test_auroc_mean": part["test_auroc"].mean(), "test_auroc_sd": part["test_auroc"].std(ddof=1),
+            "selected_run": pick["run"], "selected_by": rule, "selected_val": pick[rule],
+            "selected_test_auroc": pick["test_auroc"], "selected_test_low": pick["test_auroc_low"],
+            "selected_test_high": pick["test_auroc_high"], "sensitivity": pick["sensitivity"],
+            "specificity": pick["specificity"], "fn": pick["fn"], "fp": pick["fp"],
+            "train_seconds_mean": part["train_seconds"].mean(), "parameters": pick["parameters"],
+            "images_per_s_mean": part["images_per_s"].mean(),
+        })
+    return pd.DataFrame(rows)
+
+
+def compare_groups(chosen: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
+    """Paired test-split comparisons of the selected runs: every pair for up to 6 groups, else each vs the first."""
+    from chestxray.evaluation.compare_runs import compare_runs
+
+    groups = list(chosen.index)
+    pairs = list(itertools.combinations(groups, 2)) if len(groups) <= 6 else [(groups[0], g) for g in groups[1:]]
+    rows = []
+    for a, b in pairs:
+        cmp = compare_runs(chosen.loc[a, "run_dir"], chosen.loc[b, "run_dir"], n_boot=n_boot, names=(a, b))
+        head = cmp.table[cmp.table["finding"] == ("macro" if len(cmp.table) > 1 else cmp.table["finding"].iloc[0])]
+        r = head.iloc[0]
+        rows.append({"a": a, "b": b, "run_a": chosen.loc[a, "run"], "run_b": chosen.loc[b, "run"],
+                     "diff": r["diff"], "low": r["low"], "high": r["high"], "p": r["p"], "test": r["test"],
+                     "findings_p_holm_below_0.05": int((cmp.table["p_holm"] < 0.05).sum()),
+                     "sentence": cmp.headline(), "method": cmp.method})
+    return pd.DataFrame(rows)
+
+
+def run_study(study: Study, max_parallel: int = 1, only: int | None = None,
+              on_run: Callable[[dict[str, Any]], None] | None = None) -> Study:
+    """Train and evaluate every run not finished yet (in up to max_parallel processes), then write the tables.
+
+    only=i trains run i alone (one SLURM array task) and writes no tables.
+    """
+    study.out.mkdir(parents=True, exist_ok=True)
+    parent = _mlflow_parent(study)
+    write_json(study.out / "study.json", {"grid": study.grid, "select": study.select, "runs": len(study.runs),
+                                          "run_names": [r.name for r in study.runs], "mlflow_parent_run_id": parent})
+    todo = study.runs if only is None else [study.runs[_index(only, len(study.runs))]]
+    pending = [r for r in todo if not (Path(r.config.out) / DONE).is_file()]
+    log.info("study %s: %d runs, %d to do", study.out, len(study.runs), len(pending))
+    rows = []
+    if max_parallel > 1 and len(pending) > 1:
+        import multiprocessing
+
+        with ProcessPoolExecutor(max_parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for row in pool.map(run_one, pending, [study.n_boot] * len(pending)):
+                rows.append(row)
+                if on_run:
+                    on_run(row)
+    else:
+        for run in pending:
+            rows.append(run_one(run, study.n_boot))
+            if on_run:
+                on_run(rows[-1])
+    _mlflow_children(study, parent)
+    if only is not None:
+        return study
+    study.results = pd.DataFrame([run_one(r, study.n_boot) for r in study.runs])  # finished: read back, no training
+    write_csv(study.out / "study_runs.csv", study.results)
+    groups = group_table(study.results, study.select)
+    write_csv(study.out / "study_groups.csv", groups)
+    chosen = select_runs(study.results, study.select)
+    comparisons = compare_groups(chosen, study.n_boot) if len(chosen) > 1 else pd.DataFrame()
+    write_csv(study.out / "study_comparisons.csv", comparisons)
+    from chestxray.report.study_report import write_study_report
+
+    write_study_report(study.out, study.results, groups, chosen, comparisons, study.select)
+    return study
+
+
+def _index(only: int, n: int) -> int:
+    if not 0 <= only < n:
+        raise ConfigError(f"--only {only}: the study has runs 0..{n - 1}")
+    return only
+
+
+def _mlflow_parent(study: Study) -> str | None:
+    """The study's MLflow parent run (created once, its id kept in study.json); None when MLflow is off."""
+    config = study.runs[0].config
+    if not config.mlflow:
+        return None
+    known = study.out / "study.json"
+    if known.is_file():
+        previous = json.loads(known.read_text(encoding="utf-8")).get("mlflow_parent_run_id")
+        if previous:
+            return previous
+    from mlflow.tracking import MlflowClient
+
+    from chestxray.training.train import _tracking_uri
+
+    client = MlflowClient(_tracking_uri(config))
+    exp = client.get_experiment_by_name(config.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(config.experiment)
+    run = client.create_run(exp_id, run_name=f"study {study.out.name}",
+                            tags={"chestxray.study": str(study.out.resolve())})
+    client.log_param(run.info.run_id, "select", study.select)
+    client.log_dict(run.info.run_id, {k: [str(v) for v in vs] for k, vs in study.grid.items()}, "grid.json")
+    return run.info.run_id
+
+
+def _mlflow_children(study: Study, parent: str | None) -> None:
+    """Nest each finished run's MLflow run under the study's parent run (MLflow's mlflow.parentRunId tag)."""
+    if parent is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    from chestxray.training.train import _tracking_uri
+
+    client = MlflowClient(_tracking_uri(study.runs[0].config))
+    for run in study.runs:
+        info = Path(run.config.out) / "run.json"
+        if info.is_file():
+            child = json.loads(info.read_text(encoding="utf-8")).get("mlflow_run_id")
+            if child:
+                client.set_tag(child, "mlflow.parentRunId", parent)
+
+
+def with_base(prepared: str | Path, grid: dict[str, list[Any]], base: dict[str, Any]) -> dict[str, Any]:
+    """Settings shared by every run (flags given once), checked like the grid's."""
+    unknown = [k for k in base if k not in FIELDS]
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}{closest(unknown[0], list(FIELDS))}")
+    return {k: v for k, v in base.items() if k not in grid}
+

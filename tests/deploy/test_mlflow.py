@@ -1,0 +1,101 @@
+"""MLflow: a short train + evaluate into a SQLite store leaves the test metrics with CI bounds, the plots and a
+pyfunc model that predicts what `chestxray predict` does; the bundle registers by name; `chestxray ui` starts the
+real MLflow server, which returns the run's metrics over REST and whose UI page loads in Chromium."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from chestxray.cli import app
+from chestxray.inference.predict import predict_images
+from tests.deploy.conftest import free_port, running
+from tests.report.test_run_report import _browser
+
+
+@pytest.fixture(scope="module")
+def store(trained_run: Path) -> tuple[str, str, dict]:
+    info = json.loads((trained_run / "run.json").read_text())
+    return info["mlflow_tracking_uri"], info["mlflow_run_id"], info
+
+
+@pytest.fixture(scope="module")
+def samples(shared_data: Path) -> list[str]:
+    return [str(p) for p in sorted((shared_data / "nih-chestxray14" / "images").glob("*.png"))[:4]]
+
+
+def test_store_holds_test_metrics_with_ci_plots_and_model(store, trained_run: Path) -> None:
+    uri, run_id, info = store
+    assert uri.startswith("sqlite:///")
+    client = MlflowClient(tracking_uri=uri)
+    metrics = client.get_run(run_id).data.metrics
+    assert 0 <= metrics["test_auroc/macro"] <= 1
+    assert metrics["test_auroc_ci_low/macro"] <= metrics["test_auroc/macro"] <= metrics["test_auroc_ci_high/macro"]
+    assert "test_auroc/normal" in metrics and "test_sensitivity/Effusion" in metrics
+    card = json.loads((trained_run / "bundle" / "card.json").read_text())
+    assert metrics["threshold/Effusion"] == pytest.approx(card["thresholds"]["Effusion"])
+    eval_files = {Path(a.path).name for a in client.list_artifacts(run_id, "eval")}
+    assert {"roc_curves.png", "confusion.png", "calibration.png", "auroc_ci.png"} <= eval_files
+    assert info["mlflow_model_uri"].startswith("models:/")
+
+
+def test_pyfunc_predicts_like_chestxray_predict(store, trained_run: Path, samples: list[str]) -> None:
+    uri, _, info = store
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pyfunc.load_model(info["mlflow_model_uri"])
+        by_path = model.predict(pd.DataFrame({"path": samples}))
+        assert model.metadata.metadata["labels"][4] == "Effusion"
+        assert model.metadata.get_input_schema().input_names() == ["path"]
+    finally:
+        mlflow.set_tracking_uri("")
+    ref = predict_images(trained_run, samples)
+    cols = [c for c in ref.columns if c.startswith("p_")]
+    assert list(by_path.columns) == cols
+    assert np.abs(by_path.to_numpy() - ref[cols].to_numpy()).max() < 1e-6
+    from chestxray.inference.stream import load_pixels
+
+    pixels = np.stack([load_pixels(Path(p), json.loads((trained_run / "bundle/card.json").read_text()))
+                       for p in samples])
+    by_array = model.unwrap_python_model().predict(None, pixels)
+    assert np.abs(by_array.to_numpy() - ref[cols].to_numpy()).max() < 1e-6
+
+
+def test_export_registers_the_bundle(store, trained_run: Path) -> None:
+    uri, _, _ = store
+    result = CliRunner().invoke(app, ["export", str(trained_run), "--mlflow-register", "cxr-test"])
+    assert result.exit_code == 0, result.output
+    assert "registered models:/" in result.output and "'cxr-test' (version 1)" in result.output
+    versions = MlflowClient(tracking_uri=uri).search_model_versions("name='cxr-test'")
+    assert [str(v.version) for v in versions] == ["1"]
+
+
+def test_chestxray_ui_serves_the_run(store, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    uri, run_id, _ = store
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with running(["chestxray", "ui", "--store", uri, "--port", str(port)], f"{base}/health", tmp_path / "ui.log",
+                 timeout=180):
+        got = requests.get(f"{base}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=30).json()
+        metrics = {m["key"]: m["value"] for m in got["run"]["data"]["metrics"]}
+        assert "test_auroc/macro" in metrics and "test_auroc_ci_low/Effusion" in metrics
+        experiment = got["run"]["info"]["experiment_id"]
+        driver = _browser(1280, 900)
+        try:
+            driver.get(f"{base}/#/experiments/{experiment}/runs/{run_id}")
+            WebDriverWait(driver, 90).until(lambda d: "run" in d.find_element(By.TAG_NAME, "body").text.lower()
+                                            and "test_auroc" in d.page_source)
+            assert "MLflow" in driver.title
+        finally:
+            driver.quit()
