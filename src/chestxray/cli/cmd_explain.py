@@ -71,9 +71,11 @@ def explain(
     tally = scored["outcome"].replace("", None).dropna().value_counts() if len(scored) else []
     kinds = f" ({', '.join(f'{v} {k}' for k, v in tally.items())})" if len(tally) else ""
     if len(summary):
-        grid = Table(title=f"localisation ({method})")
+        grid = Table(title=f"localisation ({method}); hit = pointing game, box = box share of the image")
+        heads = {"n_empty": "empty", "pointing_hit": "hit", "energy_in_box": "energy", "box_fraction": "box"}
         for col in summary.columns:
-            grid.add_column(col, justify="left" if col == "label" else "right")
+            grid.add_column(heads.get(col, col.replace("iou_top", "IoU top ")), no_wrap=True,
+                            justify="left" if col == "label" else "right")
         for row in summary.itertuples(index=False):
             grid.add_row(*(v if isinstance(v, str) else "n/a" if v != v else f"{v:.3g}" for v in row))
         console.print(grid)
