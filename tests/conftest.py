@@ -35,6 +35,13 @@ def synthetic_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "prepared"
 
 
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing reaches the internet: downloads are off unless a test turns them on against its loopback server."""
+    monkeypatch.setenv("CHESTXRAY_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 STUDY_FAST = ["--set", "epochs=1", "--set", "batch_size=32", "--set", "num_workers=0", "--set", "lr=3e-3",
               "--set", "augment=none", "--n-boot", "40", "--no-mlflow"]
 STUDY_ARGV = ["--models", "cnn-tiny,cnn-small", "--seeds", "0,1", *STUDY_FAST]

@@ -99,3 +99,20 @@ def test_chestxray_ui_serves_the_run(store, tmp_path: Path) -> None:
             assert "MLflow" in driver.title
         finally:
             driver.quit()
+
+
+def test_ui_store_resolution(store, trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chestxray.deploy.mlflow_ui import store_uri, ui_command
+    from chestxray.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="no MLflow store here"):
+        store_uri(None)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "mlflow.db").write_bytes(b"")
+    assert store_uri(None) == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert store_uri(trained_run) == store[0]  # a run folder names its own store
+    with pytest.raises(ConfigError, match="no such MLflow SQLite store"):
+        store_uri(tmp_path / "other.db")
+    cmd = ui_command(store[0], port=5123)
+    assert cmd[1:4] == ["-m", "mlflow", "server"] and "127.0.0.1" in cmd and "--default-artifact-root" in cmd

@@ -66,6 +66,8 @@ def test_page_in_chromium_upload_table_overlay_and_error(server: str, sample: Pa
             assert shown[f["name"]].find_elements(By.TAG_NAME, "td")[1].text == f"{f['probability']:.3f}"
             assert ("positive" in shown[f["name"]].get_attribute("class")) == bool(f["positive"])
         assert "Not calibrated for your site" in driver.find_element(By.ID, "calibration").text
+        assert driver.execute_script("const p = document.getElementById('findings-pane');"
+                                     "return p.scrollWidth <= p.clientWidth;")  # every column visible
         assert driver.execute_script("return document.getElementById('preview').naturalWidth") > 0
         assert driver.find_element(By.ID, "error").text == ""
         broken = tmp_path / "broken.png"

@@ -29,7 +29,42 @@ def test_freeze_backbone_trains_only_head(unfreeze_last: int) -> None:
     assert frozen and not changed & set(frozen)  # weights and BatchNorm statistics untouched
     assert "head.4.weight" in changed and "head.1.weight" in changed
     last_block = {k for k in before if k.startswith("features.2.") and "num_batches" not in k}
-    assert (last_block <= changed) if unfreeze_last else not (last_block & changed)
+    statistics = {k for k in last_block if "running_" in k}
+    # thawed: conv and BatchNorm affine weights train, BatchNorm statistics stay as stored
+    assert (last_block - statistics <= changed) if unfreeze_last else not (last_block & changed)
+    assert statistics and not statistics & changed
+
+
+class _Record(torch.nn.Module):
+    """Forward hook target: keeps the last output of a module and whether it ran in train mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outputs: list[tuple[bool, torch.Tensor]] = []
+
+    def __call__(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self.outputs.append((module.training, output.detach().clone()))
+
+
+@pytest.mark.parametrize("unfreeze_last", [0, 1])
+def test_frozen_backbone_computes_the_same_features_in_train_and_eval_mode(unfreeze_last: int) -> None:
+    """Lightning puts the model in train mode each epoch and after validation; frozen BatchNorm must not follow."""
+    labels = torch.from_numpy(np.random.default_rng(2).integers(0, 2, (8, 2)).astype(np.float32))
+    data = batches(8, labels, batch=8)  # one fixed batch, every step
+    module = ChestXrayModule(build_model("cnn-small", 2), ["a", "b"], lr=1e-2, scheduler="plateau")
+    frozen_part = module.net.features[1]  # frozen in both cases (features.2 is thawed with unfreeze_last=1)
+    record = _Record()
+    frozen_part.register_forward_hook(record)
+    trainer = quiet_trainer(max_epochs=3, callbacks=[FreezeBackbone("cnn-small", unfreeze_last)],
+                            num_sanity_val_steps=0, limit_val_batches=1)  # validation between the epochs
+    trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=None), val_dataloaders=DataLoader(data, batch_size=None))
+    trained = [out for training, out in record.outputs if training]
+    assert len(trained) == 3  # one per training step: the module ran in train mode, its BatchNorm did not
+    module.net.eval()
+    with torch.no_grad():
+        evaluated = module.net.features[:2](data[0]["image"])
+    for out in trained:
+        torch.testing.assert_close(out, evaluated, rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------ config

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from chestxray.errors import DataError
-from chestxray.workflows.demo import DemoSettings, run_demo
+from chestxray.workflows.demo import DemoSettings, RecipeOutcome, RecipeRun, run_demo
 
 
 def test_demo_without_samples_says_how_to_point_at_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -18,7 +19,8 @@ def test_demo_without_samples_says_how_to_point_at_data(tmp_path: Path, monkeypa
 
 
 def test_synthetic_demo_runs_every_stage_and_is_labelled(tmp_path: Path) -> None:
-    settings = DemoSettings(size=32, model="cnn-tiny", epochs=2, lr=3e-3, n_boot=50, mlflow=False, workers=0)
+    settings = DemoSettings(size=32, model="cnn-tiny", epochs=2, lr=3e-3, n_boot=50, mlflow=False, workers=0,
+                            recipes=())
     seen: list[str] = []
     (outcome,) = run_demo(tmp_path / "out", synthetic=True, settings=settings, on_task=lambda n, d: seen.append(d))
     assert outcome.synthetic and "SYNTHETIC" in seen[0]
@@ -33,3 +35,26 @@ def test_synthetic_demo_runs_every_stage_and_is_labelled(tmp_path: Path) -> None
     # the drawn findings are strong: even two tiny epochs must beat chance on the test split
     assert outcome.auroc is not None and outcome.auroc > 0.6
     assert outcome.auroc_low <= outcome.auroc <= outcome.auroc_high
+
+
+def test_recipes_side_by_side_winner_on_validation(tmp_path: Path) -> None:
+    """Scratch vs frozen ImageNet Lite0 (offline weights) on the synthetic task: both trained, evaluated, and the
+    reported run is the one with the best VALIDATION AUROC."""
+    recipes = (RecipeRun("scratch", "cnn-tiny", 3e-3, 1), RecipeRun("frozen", "efficientnet-lite0", 3e-3, 1))
+    settings = DemoSettings(size=32, n_boot=50, mlflow=False, workers=0, recipes=recipes)
+    (outcome,) = run_demo(tmp_path / "out", synthetic=True, settings=settings)
+    assert [(r.recipe, r.model) for r in outcome.recipes] == [("scratch", "cnn-tiny"), ("frozen", "efficientnet-lite0")]
+    best = max(outcome.recipes, key=lambda r: r.val_auroc)
+    assert outcome.chosen == best.recipe and outcome.run_dir == best.run_dir and outcome.auroc == best.auroc
+    assert (outcome.run_dir / "report.html").exists()
+    frozen = yaml.safe_load((outcome.recipes[1].run_dir / "config.yaml").read_text())
+    assert (frozen["pretrained"], frozen["freeze"], frozen["unfreeze_last"]) == ("imagenet", "backbone", 0)
+    for r in outcome.recipes:
+        assert r.val_low <= r.val_auroc <= r.val_high and r.train_seconds > 0
+
+
+def test_chance_level_is_flagged() -> None:
+    def outcome(low: float | None) -> RecipeOutcome:
+        return RecipeOutcome("scratch", "cnn-small", Path("."), 0.55, low, 0.6, 0.5, 0.4, 0.6)
+
+    assert outcome(0.51).above_chance and not outcome(0.49).above_chance and not outcome(None).above_chance

@@ -115,3 +115,25 @@ def test_empty_list_in_a_grid_file(tmp_path: Path, synthetic_prepared: Path) -> 
     spec = st.expand(synthetic_prepared, st.normalise_grid(st.read_grid(tmp_path / "grid.yaml")), tmp_path / "o")
     assert len(spec.runs) == 6 and {r.group for r in spec.runs} == {"augment=minimal", "augment=advanced"}
     assert all(r.config.epochs == 2 for r in spec.runs)
+
+
+def test_mlflow_parent_run_with_a_child_per_run(synthetic_prepared: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from chestxray.training.train import _allow_file_store
+
+    uri = (tmp_path / "mlruns").as_uri()
+    argv = ["study", str(synthetic_prepared), "--models", "cnn-tiny", "--out", str(tmp_path / "s"),
+            "--set", "max_steps=2", "--set", "batch_size=32", "--set", "num_workers=0", "--set", f"mlflow_uri={uri}",
+            "--n-boot", "20"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    parent = json.loads((tmp_path / "s" / "study.json").read_text())["mlflow_parent_run_id"]
+    with _allow_file_store(uri):
+        client = MlflowClient(uri)
+        for name in ("cnn-tiny_seed0",):
+            child = json.loads((tmp_path / "s" / "runs" / name / "run.json").read_text())["mlflow_run_id"]
+            assert client.get_run(child).data.tags["mlflow.parentRunId"] == parent
+        assert client.get_run(parent).data.params["select"] == "val_auroc"
+    assert CliRunner().invoke(app, argv).exit_code == 0  # a re-run keeps the same parent
+    assert json.loads((tmp_path / "s" / "study.json").read_text())["mlflow_parent_run_id"] == parent

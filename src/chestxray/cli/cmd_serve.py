@@ -39,8 +39,8 @@ def serve(
     run_server(bundle, host=host, port=port, limits=limits, keep_uploads=keep_uploads)
 
 
-@app.command(help="Start the MLflow UI (the real `mlflow server`) on the project's store: ./mlruns, or the store "
-             "a run folder names, a .db file or any tracking URI. Needs the full mlflow: pip install 'chestxray[ui]'."
+@app.command(help="Start the MLflow UI (the real `mlflow server`) on the project's store: runs/mlflow.db or "
+             "./mlruns, or the store a run folder names, a .db file or any tracking URI. Needs the full mlflow: pip install 'chestxray[ui]'."
              "\n\nExample: chestxray ui --store demo-output/mlflow.db --port 5000")
 @friendly
 def ui(

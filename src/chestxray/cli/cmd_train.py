@@ -34,6 +34,8 @@ def _settings(**flags: object) -> dict[str, object]:
              "Example: chestxray train runs/prepared --model densenet121 --pretrained imagenet --epochs 8 "
              "--batch-size 16 --lr 1e-4 --augment advanced --out runs/dn121\n\n"
              "Example (continue a stopped run): chestxray train --resume runs/dn121\n\n"
+             "Example (fine-tune offline ImageNet weights, backbone at lr/10): chestxray train runs/prepared "
+             "--model efficientnet-lite0 --recipe finetune --out runs/lite0\n\n"
              "Example (2 nodes × 4 GPUs under SLURM): srun chestxray train runs/prepared --devices 4 --num-nodes 2 "
              "--strategy ddp")
 @friendly
@@ -42,9 +44,16 @@ def train(
                                              "http(s)://… or s3://… (shards are streamed)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of settings (flags override it)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the stopped run RUN from its last.ckpt."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Architecture (see 'chestxray models')." + _d("model")),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="'imagenet': torchvision weights from the "
-                                             "local torch hub cache ($TORCH_HOME/hub/checkpoints)." + _d("pretrained")),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Architecture (see 'chestxray models'), or "
+                                        "any timm model as timm/<name>." + _d("model")),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="scratch | frozen (ImageNet backbone frozen, new "
+                                         "head) | finetune (last 2 stages + head, backbone at lr × 0.1); flags "
+                                         "override its settings."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="'imagenet': the model's ImageNet weights, "
+                                             "downloaded once into $TORCH_HOME/hub/checkpoints (or timm's hub cache; "
+                                             "efficientnet-lite0 needs no network)." + _d("pretrained")),
+    offline: Optional[bool] = typer.Option(None, "--offline", envvar="CHESTXRAY_OFFLINE",
+                                           help="Never download weights; read the local caches only." + _d("offline")),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Start from a local state dict "
                                            "(.pth/.pt/.ckpt/.safetensors)."),
     in_chans: Optional[int] = typer.Option(None, "--in-chans", help="1 (grayscale) or 3 (replicated)." + _d("in_chans")),
@@ -67,6 +76,8 @@ def train(
     freeze: Optional[str] = typer.Option(None, "--freeze", help="none | backbone (only the head trains)." + _d("freeze")),
     unfreeze_last: Optional[int] = typer.Option(None, "--unfreeze-last", help="With --freeze backbone: also "
                                                 "fine-tune the last N backbone blocks." + _d("unfreeze_last")),
+    backbone_lr_scale: Optional[float] = typer.Option(None, "--backbone-lr-scale", help="Backbone learning rate "
+                                                      "= --lr × this (the head uses --lr)." + _d("backbone_lr_scale")),
     grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Max gradient norm (0: off)." + _d("grad_clip")),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto | 32-true | 16-mixed | bf16-mixed." + _d("precision")),
     accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto | cpu | gpu." + _d("accelerator")),
@@ -101,7 +112,8 @@ def train(
             raise ConfigError(f"cannot resume {resume}: no {CONFIG_FILE} there (not a run folder written by "
                               "'chestxray train'); check the path")
         out = resume
-    settings = _settings(prepared=prepared, model=model, pretrained=pretrained, weights=weights, in_chans=in_chans,
+    settings = _settings(prepared=prepared, model=model, pretrained=pretrained, offline=offline, weights=weights,
+                         in_chans=in_chans, backbone_lr_scale=backbone_lr_scale,
                          epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, augment=augment,
                          loss=loss, pos_weight=pos_weight, scheduler=scheduler, monitor=monitor, patience=patience,
                          val_every=val_every, freeze=freeze, unfreeze_last=unfreeze_last, grad_clip=grad_clip,
@@ -110,7 +122,9 @@ def train(
                          max_steps=max_steps,
                          max_minutes=max_minutes, out=out, mlflow=mlflow, mlflow_uri=mlflow_uri,
                          experiment=experiment, register_model=register_model, progress=progress)
-    resolved = resolve_config(base, config, where="command line", **settings)  # checked before torch loads
+    from chestxray.training.recipes import recipe_settings
+
+    resolved = resolve_config(base, recipe_settings(recipe), config, where="command line", **settings)  # before torch
     quiet_lightning()
     from chestxray.training.train import default_run_dir
     from chestxray.training.train import train as run_training
@@ -168,7 +182,7 @@ def compare(
     console.print(f"compared {len(table)} model(s) → {out / 'comparison.csv'}", highlight=False)
 
 
-@app.command("models", help="List the registered architectures with their input settings.\n\n"
+@app.command("models", help="List the registered architectures with their input settings, and how to use any timm model.\n\n"
              "Example: chestxray models")
 @friendly
 def models_list() -> None:
@@ -176,6 +190,10 @@ def models_list() -> None:
 
     for name in list_models():
         spec = get_spec(name)
-        weights = "imagenet" if spec.imagenet else "-"
-        console.print(f"{name:16s} {spec.image_size:4d} px  pretrained: {weights:8s}  {spec.description}",
+        weights = "imagenet" if spec.has_imagenet else "-"
+        console.print(f"{name:18s} {spec.image_size:4d} px  pretrained: {weights:8s}  {spec.description}",
                       highlight=False, soft_wrap=True)
+    console.print("Any timm architecture works as timm/<name> (e.g. --model timm/convnext_tiny --pretrained imagenet; "
+                  "names: python -c 'import timm; print(timm.list_models(pretrained=True))'). Recipes: --recipe "
+                  "scratch | frozen | finetune. Cached weights: chestxray weights list.", highlight=False,
+                  soft_wrap=True)

@@ -8,7 +8,7 @@ nothing touches global RNGs. Normalisation is a separate explicit step (see norm
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,51 @@ import torch
 import chestxray.data.imaging  # noqa: F401 - sets OpenCV to single-threaded, fork-safe use (see chestxray.data.imaging)
 from chestxray.errors import ConfigError
 
-NORMALIZATIONS: tuple[str, ...] = ("gray", "imagenet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# one-channel ImageNet statistics (mean of the three channels), used when an imagenet-normalised model has in_chans=1
-IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD = 0.449, 0.226
+# Named input statistics (per RGB channel, on the [0, 1] pixel scale). 'gray' is x / 127.5 - 1, i.e. mean = std =
+# 0.5: what EfficientNet-Lite / Inception-style weights expect, and the default of models trained from scratch.
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "gray": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
+Normalization = str | Mapping[str, Sequence[float]]  # a name above, or {"mean": [r, g, b], "std": [r, g, b]}
+
+
+def input_stats(normalization: Normalization, in_chans: int = 1) -> tuple[list[float], list[float]]:
+    """(mean, std) per input channel on the [0, 1] pixel scale for a named or explicit normalisation.
+
+    With in_chans=1 the three RGB values are averaged: a 1-channel stem holds the sum of the RGB kernels, so a grey
+    image normalised with the averaged statistics gives the RGB net's first-layer output on the replicated image
+    normalised the same way (ImageNet grey: mean 0.449, std 0.226).
+    """
+    if in_chans not in (1, 3):
+        raise ConfigError(f"in_chans must be 1 or 3, got {in_chans}")
+    if isinstance(normalization, str):
+        if normalization not in NORMALIZATIONS:
+            raise ConfigError(f"unknown normalization {normalization!r}; expected one of {list(NORMALIZATIONS)} "
+                              "or {'mean': [r, g, b], 'std': [r, g, b]}")
+        mean, std = NORMALIZATIONS[normalization]
+    else:
+        try:
+            mean, std = tuple(float(v) for v in normalization["mean"]), tuple(float(v) for v in normalization["std"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"normalization {normalization!r}: expected a name {list(NORMALIZATIONS)} or "
+                              "{'mean': [r, g, b], 'std': [r, g, b]}") from None
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ConfigError(f"normalization {dict(normalization)!r}: need 3 means and 3 positive stds")
+    if in_chans == 3:
+        return list(mean), list(std)
+    return [round(sum(mean) / 3, 6)], [round(sum(std) / 3, 6)]
+
+
+def normalization_name(mean: Sequence[float], std: Sequence[float]) -> Normalization:
+    """The name of these RGB statistics when they are a named normalisation, else {'mean': ..., 'std': ...}."""
+    for name, (m, s) in NORMALIZATIONS.items():
+        if all(abs(a - b) < 1e-4 for a, b in zip((*mean, *std), (*m, *s), strict=True)):
+            return name
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
 
 _POLICIES: dict[str, Callable[[int], list[Any]]] = {}
 
@@ -83,27 +123,20 @@ def build_augment(policy: str = "none", size: int = 256, seed: int = 0):
     return A.Compose(_POLICIES[policy](size), seed=seed)
 
 
-def normalize(images: torch.Tensor, in_chans: int = 1, normalization: str = "gray",
+def normalize(images: torch.Tensor, in_chans: int = 1, normalization: Normalization = "gray",
               out: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 images (B, 1, H, W) or (1, H, W) → float32 model input with `in_chans` channels.
+    """uint8 images (B, 1, H, W) or (1, H, W) → float32 model input with `in_chans` channels: (x / 255 − mean) / std.
 
-    'gray': x / 127.5 - 1 (range [-1, 1]), replicated when in_chans=3; 'imagenet': x / 255 then ImageNet
-    mean/std per channel for in_chans=3 (the gray value replicated), or their channel average for in_chans=1.
+    `normalization` names the statistics the model's weights expect ('gray': x / 127.5 − 1, i.e. mean = std = 0.5;
+    'imagenet': ImageNet mean/std) or gives them ({'mean': [r, g, b], 'std': [r, g, b]}); with in_chans=3 the gray
+    value is replicated and each channel gets its own statistics, with in_chans=1 their average (see input_stats).
     `out` (float32, the result's shape, e.g. pinned memory) receives the result when given.
     """
-    if normalization not in NORMALIZATIONS:
-        raise ConfigError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
-    if in_chans not in (1, 3):
-        raise ConfigError(f"in_chans must be 1 or 3, got {in_chans}")
+    mean, std = input_stats(normalization, in_chans)
     if images.ndim not in (3, 4) or images.shape[-3] != 1:
         raise ConfigError(f"normalize expects uint8 (B, 1, H, W) or (1, H, W), got {tuple(images.shape)}")
-    if normalization == "gray":
-        scale, shift = [1.0 / 127.5] * in_chans, [-1.0] * in_chans
-    elif in_chans == 3:
-        scale = [1.0 / (255.0 * s) for s in IMAGENET_STD]
-        shift = [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
-    else:
-        scale, shift = [1.0 / (255.0 * IMAGENET_GRAY_STD)], [-IMAGENET_GRAY_MEAN / IMAGENET_GRAY_STD]
+    scale = [1.0 / (255.0 * s) for s in std]
+    shift = [-m / s for m, s in zip(mean, std, strict=True)]
     shape = (*images.shape[:-3], in_chans, *images.shape[-2:])
     if out is not None and (tuple(out.shape) != shape or out.dtype != torch.float32):
         raise ConfigError(f"normalize: out must be float32 {shape}, got {out.dtype} {tuple(out.shape)}")

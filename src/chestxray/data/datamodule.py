@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from chestxray.data.augment import build_augment, normalize
+from chestxray.data.augment import Normalization, build_augment, normalize
 from chestxray.data.shards import iter_shard, read_manifest, shard_urls
 from chestxray.data.tasks import is_multiclass
 from chestxray.data.verify import verify_prepared
@@ -91,7 +91,7 @@ class ShardBatches(IterableDataset):
 
     def __init__(self, prepared: str | Path, split: str, manifest: dict[str, Any], batch_size: int, *,
                  train: bool = False, world_size: int = 1, rank: int = 0, seed: int = 0, augment: str = "none",
-                 in_chans: int = 1, normalization: str = "gray", shuffle_buffer: int | None = None) -> None:
+                 in_chans: int = 1, normalization: Normalization = "gray", shuffle_buffer: int | None = None) -> None:
         self.urls = shard_urls(prepared, split, manifest)
         self.counts = [int(c) for c in manifest["splits"][split]["shard_counts"]]
         self.size = int(manifest["image_size"])
@@ -221,7 +221,7 @@ class ChestXrayDataModule(L.LightningDataModule):
     verify: check every shard's size ('sizes', cheap), also its sha256 ('checksums') or nothing ('none') first."""
 
     def __init__(self, prepared: str | Path, batch_size: int = 32, num_workers: int = 2, augment: str = "none",
-                 in_chans: int = 1, normalization: str = "gray", seed: int = 0, *, world_size: int | None = None,
+                 in_chans: int = 1, normalization: Normalization = "gray", seed: int = 0, *, world_size: int | None = None,
                  rank: int | None = None, shuffle_buffer: int | None = None, pin_memory: bool | None = None,
                  persistent_workers: bool = True, verify: str = "sizes") -> None:
         super().__init__()

@@ -1,7 +1,7 @@
 """The MLflow side of deployment: register a bundle as an MLflow model, and run the real MLflow UI on a store.
 
 `chestxray ui` runs `mlflow server` (the full `mlflow` package: pip install 'chestxray[ui]') on the project's
-store — ./mlruns by default, or the SQLite/file store a run names — bound to loopback unless told otherwise.
+store — runs/mlflow.db or ./mlruns by default, or the SQLite/file store a run names — bound to loopback unless told otherwise.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ log = logging.getLogger(__name__)
 
 
 def store_uri(store: str | Path | None) -> str:
-    """A tracking URI from a URI, a .db file, an mlruns folder or a run folder; default: runs/mlflow.db (train's
-    default store for runs/NAME) when it exists, else ./mlruns."""
+    """A tracking URI from a URI, a .db file, an mlruns folder or a run folder; default runs/mlflow.db, else ./mlruns."""
     if store is None:
-        default = Path.cwd() / "runs" / "mlflow.db"
-        return f"sqlite:///{default}" if default.is_file() else f"file:{Path.cwd() / 'mlruns'}"
+        for candidate in (Path("runs") / "mlflow.db", Path("mlruns")):
+            if candidate.exists():
+                return store_uri(candidate)
+        raise ConfigError("no MLflow store here (looked for runs/mlflow.db and ./mlruns); pass --store with the "
+                          "store's URI, its .db file, an mlruns folder or a run folder")
     text = str(store)
     if "://" in text or text.startswith("file:"):
         return text

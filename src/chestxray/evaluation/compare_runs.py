@@ -45,9 +45,9 @@ class Comparison:
         ci = f" [{r['low']:+.3f}, {r['high']:+.3f}]" if pd.notna(r["low"]) else ""
         where = "" if finding == "macro" or len(self.table) <= 2 else f" ({finding})"
         if pd.notna(r["p"]):
-            test = f", p = {format_p(r['p'])} (DeLong)"
+            test = f", {p_text(r['p'])} (DeLong)"
             if pd.notna(r["p_holm"]) and len(self.table) > 2:
-                test += f", Holm-adjusted p = {format_p(r['p_holm'])}"
+                test += f", Holm-adjusted {p_text(r['p_holm'])}"
         else:
             test = f" ({r['test']})"
         return f"{self.name_a} vs {self.name_b}{where}: {r['diff']:+.3f} AUROC{ci}{test}"
@@ -68,6 +68,12 @@ class Comparison:
 def format_p(p: float) -> str:
     """p-values as people read them: two significant digits, '< 0.001' below that."""
     return "< 0.001" if p < 0.001 else f"{p:.2g}"
+
+
+def p_text(p: float) -> str:
+    """'p = 0.02' or 'p < 0.001'."""
+    text = format_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 def compare_predictions(

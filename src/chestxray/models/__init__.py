@@ -7,10 +7,12 @@ model as safetensors + a JSON card (labels, preprocessing, thresholds) that late
 """
 
 from chestxray.models import architectures  # noqa: F401  (registers the built-in architectures)
+from chestxray.models import timm_zoo  # noqa: F401  (registers timm/<name> and efficientnet-lite0, lazily)
 from chestxray.models.factory import build_model
 from chestxray.models.registry import (
     ModelSpec,
     backbone_blocks,
+    backbone_parameter_names,
     count_parameters,
     get_spec,
     head_module,
@@ -19,5 +21,5 @@ from chestxray.models.registry import (
     register_model,
 )
 
-__all__ = ["ModelSpec", "backbone_blocks", "build_model", "count_parameters", "get_spec", "head_module",
+__all__ = ["ModelSpec", "backbone_blocks", "backbone_parameter_names", "build_model", "count_parameters", "get_spec", "head_module",
            "list_models", "model_data_config", "register_model"]

@@ -50,13 +50,14 @@ _CNN_BLOCKS = (("features.0",), ("features.1",), ("features.2",))
 
 
 @register_model("cnn-small", image_size=64, stem="features.0.0", head="head.4", blocks=_CNN_BLOCKS,
-                gradcam="features.2.0", description="3 conv blocks + MLP head (~0.1 M parameters), for 64 px")
+                gradcam="features.2.0", normalization="gray",
+                description="3 conv blocks + MLP head (~0.1 M parameters), for 64 px")
 def _cnn_small(num_labels: int, in_chans: int) -> nn.Module:
     return SmallCNN(num_labels, in_chans)
 
 
 @register_model("cnn-tiny", image_size=32, stem="features.0.0", head="head.4", blocks=_CNN_BLOCKS,
-                gradcam="features.2.0", description="a 8-channel cnn-small for tests and smoke runs")
+                gradcam="features.2.0", normalization="gray", description="a 8-channel cnn-small for tests and smoke runs")
 def _cnn_tiny(num_labels: int, in_chans: int) -> nn.Module:
     return SmallCNN(num_labels, in_chans, width=8, dropout=0.0)
 
@@ -78,6 +79,15 @@ def _resnet50(num_labels: int, in_chans: int) -> nn.Module:
     from torchvision.models import resnet50
 
     return _adapt(resnet50(weights=None), "conv1", "fc", num_labels, in_chans)
+
+
+@register_model("resnet152", image_size=224, stem="conv1", head="fc", blocks=_RESNET_BLOCKS,
+                imagenet="ResNet152_Weights.DEFAULT",
+                description="torchvision ResNet-152 (58 M parameters), the pneumonia study's backbone family")
+def _resnet152(num_labels: int, in_chans: int) -> nn.Module:
+    from torchvision.models import resnet152
+
+    return _adapt(resnet152(weights=None), "conv1", "fc", num_labels, in_chans)
 
 
 _DENSENET_BLOCKS = (("features.conv0", "features.norm0"),

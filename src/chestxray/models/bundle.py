@@ -1,8 +1,9 @@
 """Model bundles: weights in safetensors plus a JSON card; loading never unpickles anything.
 
 card.json fields: format, architecture, num_labels, in_chans, image_size, resize ('pad'|'crop'),
-normalization ('gray'|'imagenet'), labels, task, thresholds ({label: float} or null), threshold_method,
-data_fingerprint, metrics, seed, versions, created.
+normalization ('gray'|'imagenet' or {"mean": [r, g, b], "std": [r, g, b]}: what the weights expect), input_mean and
+input_std (the values applied per input channel), pretrained, labels, task, thresholds ({label: float} or null),
+threshold_method, data_fingerprint, metrics, seed, versions, created.
 """
 
 from __future__ import annotations

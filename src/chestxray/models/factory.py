@@ -7,13 +7,8 @@ from pathlib import Path
 from torch import nn
 
 from chestxray.errors import ModelError
-from chestxray.models.registry import PRETRAINED_CHOICES, get_spec, normalization_for
-from chestxray.models.weights import (
-    _read_imagenet,
-    imagenet_weights_path,
-    load_weights_into,
-    read_state_dict,
-)
+from chestxray.models.registry import PRETRAINED_CHOICES, check_in_chans, get_spec
+from chestxray.models.weights import imagenet_state, load_weights_into, read_state_dict
 
 
 def build_model(
@@ -22,14 +17,17 @@ def build_model(
     in_chans: int = 1,
     pretrained: str | None = None,
     weights: str | Path | None = None,
+    offline: bool | None = None,
 ) -> nn.Module:
     """Build a registered architecture returning logits (B, num_labels) for images (B, in_chans, H, W).
 
-    pretrained='imagenet' loads torchvision weights from $TORCH_HOME/hub/checkpoints; `weights` is a local state
-    dict (.pth/.pt/.ckpt via torch.load(weights_only=True), or .safetensors). Heads of another size are skipped.
+    pretrained='imagenet' loads the spec's ImageNet weights (torchvision files through the $TORCH_HOME/hub cache,
+    downloaded unless offline; timm hub weights; the offline EfficientNet-Lite0 package); `weights` is a local
+    state dict (.pth/.pt/.ckpt via torch.load(weights_only=True), or .safetensors). Heads of another size are
+    replaced by a new one; a 1-channel stem gets the sum of the RGB kernels (see load_weights_into).
     """
     spec = get_spec(name)
-    normalization_for(in_chans)
+    check_in_chans(in_chans)
     if num_labels < 1:
         raise ModelError(f"num_labels must be at least 1, got {num_labels}")
     if pretrained is not None and pretrained not in PRETRAINED_CHOICES:
@@ -39,8 +37,8 @@ def build_model(
     net = spec.builder(num_labels, in_chans)
     net.gradcam_layer = spec.gradcam or spec.blocks[-1][-1]  # where Grad-CAM reads (a name: a module would be saved twice)
     if pretrained == "imagenet":
-        path = imagenet_weights_path(name)
-        load_weights_into(net, spec, _read_imagenet(spec, path), source=str(path))
+        state, source = imagenet_state(name, offline=offline)
+        load_weights_into(net, spec, state, source=source)
     elif weights is not None:
         load_weights_into(net, spec, read_state_dict(weights), source=str(weights))
     return net

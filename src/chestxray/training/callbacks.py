@@ -13,7 +13,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import BaseFinetuning, Callback, RichProgressBar
+from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from chestxray.files import atomic_path, write_csv
@@ -24,20 +24,42 @@ HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_auroc", "trai
                    "train_images", "train_seconds"]
 
 
-class FreezeBackbone(BaseFinetuning):
-    """Freeze the backbone (BatchNorm statistics included) except its last `unfreeze_last` blocks; the head trains."""
+class FreezeBackbone(Callback):
+    """Freeze the backbone except its last `unfreeze_last` blocks; the head (and thawed blocks) train.
+
+    Frozen weights get requires_grad=False. Every BatchNorm layer of the backbone — frozen or thawed — is held in
+    eval mode before each training batch (Lightning puts the whole model back in train mode at each epoch and after
+    each validation), so it normalises with its stored running statistics and never updates them: a frozen backbone
+    computes exactly the features that evaluation, predict and explain see. In thawed blocks BatchNorm's affine
+    weight and bias still train; only its statistics stay fixed (the usual fine-tuning practice with small batches,
+    as in Keras' transfer-learning guide and torchvision's detection models).
+    """
 
     def __init__(self, model_name: str, unfreeze_last: int = 0) -> None:
         super().__init__()
         self.model_name, self.unfreeze_last = model_name, int(unfreeze_last)
+        self._norms: list[torch.nn.Module] = []
 
-    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         blocks = backbone_blocks(pl_module.net, self.model_name)
         keep = len(blocks) - min(self.unfreeze_last, len(blocks))
-        self.freeze([m for block in blocks[:keep] for m in block], train_bn=False)
+        for module in (m for block in blocks[:keep] for m in block):
+            for param in module.parameters():
+                param.requires_grad = False
+        self._norms = [m for block in blocks for top in block for m in top.modules()
+                       if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
-    def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: torch.optim.Optimizer) -> None:
-        """Nothing unfreezes during training: the split is fixed for the whole run."""
+    def hold_statistics(self) -> None:
+        """Put the backbone's BatchNorm layers in eval mode (stored statistics, no updates)."""
+        for norm in self._norms:
+            norm.eval()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.hold_statistics()
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self.hold_statistics()
 
 
 class RngState(Callback):
@@ -83,8 +105,8 @@ def _value(metrics: dict[str, Any], key: str) -> float:
 
 
 def _lr(trainer: L.Trainer) -> float:
-    """The first optimizer's current learning rate (NaN before optimizers exist)."""
-    return float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else math.nan
+    """The head's current learning rate (the last param group; NaN before optimizers exist)."""
+    return float(trainer.optimizers[0].param_groups[-1]["lr"]) if trainer.optimizers else math.nan
 
 
 class MetricsHistory(Callback):

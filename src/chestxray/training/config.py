@@ -36,7 +36,7 @@ class TrainConfig:
 
     prepared: str = ""
     model: str = "densenet121"
-    pretrained: str | None = None  # None or "imagenet" (from the local torch hub cache)
+    pretrained: str | None = None  # None or "imagenet" (downloaded into / read from the torch hub cache)
     weights: str | None = None  # a local state dict (.pth/.pt/.ckpt/.safetensors)
     in_chans: int = 1
     epochs: int = 10
@@ -54,6 +54,8 @@ class TrainConfig:
     val_every: int = 0  # 0: validate each epoch; N: every N training steps
     freeze: str = "none"  # "backbone": only the head trains
     unfreeze_last: int = 0  # with freeze=backbone: also train the last N backbone blocks
+    backbone_lr_scale: float = 1.0  # backbone parameters train at lr × this (the head at lr), e.g. 0.1 to fine-tune
+    offline: bool = False  # never download weights (also CHESTXRAY_OFFLINE=1); read the caches only
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
     precision: str = "auto"  # auto: bf16-mixed (16-mixed) on GPU, bf16-mixed on CPUs with native bf16, else 32-true
     channels_last: bool = True
@@ -172,16 +174,18 @@ def validate_config(config: TrainConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not one of {list(valid)}"
                               f"{closest(str(value), [str(v) for v in valid])}")
 
-    if config.model not in BUILTIN_MODELS and "chestxray.models" not in sys.modules:
+    builtin = config.model in BUILTIN_MODELS
+    if not builtin and not config.model.startswith("timm/") and "chestxray.models" not in sys.modules:
         raise ModelError(f"unknown model {config.model!r}{closest(config.model, list(BUILTIN_MODELS))}; choose one "
                          f"of: {', '.join(sorted(BUILTIN_MODELS))}")
-    if config.model not in BUILTIN_MODELS:
-        from chestxray.models.registry import get_spec
+    if not builtin or config.pretrained is not None:  # timm/<name>, a caller's model or weights: the registry (torch)
+        from chestxray.models.registry import PRETRAINED_CHOICES, get_spec
 
-        get_spec(config.model)  # a model registered by the caller; an unknown name raises ModelError
-    if config.pretrained not in (None, "imagenet"):  # other weights need the registry's list
-        from chestxray.models.registry import PRETRAINED_CHOICES
-
+        spec = get_spec(config.model)  # a model registered by the caller; an unknown name raises ModelError
+        if config.pretrained and not spec.has_imagenet:
+            raise ModelError(f"model {config.model!r} has no ImageNet weights; train it from scratch (leave out "
+                             "--pretrained) or pass --weights FILE")
+    if config.pretrained is not None:
         one_of("pretrained", config.pretrained, PRETRAINED_CHOICES)
     if config.pretrained and config.weights:
         raise ConfigError("give either --pretrained or --weights, not both")
@@ -206,6 +210,8 @@ def validate_config(config: TrainConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if not (config.lr > 0 and math.isfinite(config.lr)):
         raise ConfigError(f"--lr must be a positive number, got {config.lr}")
+    if not (config.backbone_lr_scale > 0 and math.isfinite(config.backbone_lr_scale)):
+        raise ConfigError(f"--backbone-lr-scale must be a positive number, got {config.backbone_lr_scale}")
     non_negative = {"weight_decay": config.weight_decay, "focal_gamma": config.focal_gamma,
                     "patience": config.patience, "val_every": config.val_every, "unfreeze_last": config.unfreeze_last,
                     "grad_clip": config.grad_clip, "num_workers": config.num_workers, "max_minutes": config.max_minutes}

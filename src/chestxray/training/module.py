@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Collection
 from typing import Any
 
 import lightning as L
@@ -89,10 +90,12 @@ class ChestXrayModule(L.LightningModule):
                  loss: str = "bce", focal_gamma: float = 2.0, pos_weight: list[float] | None = None,
                  scheduler: str = "cosine", warmup_fraction: float = 0.05, monitor: str = "val_auroc",
                  patience: int = 5, channels_last: bool = False, total_steps: int = 1000,
-                 task: str = "multilabel") -> None:
+                 task: str = "multilabel", backbone_lr_scale: float = 1.0,
+                 backbone_params: Collection[str] = ()) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net"], logger=False)  # loggers get the TrainConfig instead
+        self.save_hyperparameters(ignore=["net", "backbone_params"], logger=False)  # loggers get the TrainConfig
         self.net = net
+        self.backbone_params = frozenset(backbone_params)
         self.labels = list(labels)
         self.register_buffer("pos_weight", torch.tensor(pos_weight, dtype=torch.float32) if pos_weight else None)
         n = len(self.labels)
@@ -169,9 +172,17 @@ class ChestXrayModule(L.LightningModule):
         for metric in (self.val_auroc, self.val_counts, self.val_loss):
             metric.reset()
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters: the backbone's at lr × backbone_lr_scale, the rest (head) at lr; empty groups left out."""
+        lr, scale = self.hparams.lr, self.hparams.backbone_lr_scale
+        trainable = [(k, p) for k, p in self.net.named_parameters() if p.requires_grad]
+        backbone = [p for k, p in trainable if k in self.backbone_params]
+        head = [p for k, p in trainable if k not in self.backbone_params]
+        groups = [{"params": backbone, "lr": lr * scale, "name": "backbone"}, {"params": head, "lr": lr, "name": "head"}]
+        return [g for g in groups if g["params"]]
+
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.scheduler == "plateau":
             mode = "max" if self.hparams.monitor == "val_auroc" else "min"
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5,

@@ -172,7 +172,8 @@ def _data_fields(config: TrainConfig, data: Any, data_cfg: dict[str, Any]) -> di
     return {"labels": list(data.labels), "task": data.task, "prepared": prepared,
             "data_fingerprint": data.manifest.get("fingerprint"), "image_size": data.image_size,
             "resize": data.manifest.get("resize", "pad"), "preprocessing": preprocessing(data.manifest),
-            "in_chans": config.in_chans, "normalization": data_cfg["normalization"]}
+            "in_chans": config.in_chans, "normalization": data_cfg["normalization"],
+            "input_mean": data_cfg["input_mean"], "input_std": data_cfg["input_std"], "pretrained": config.pretrained}
 
 
 def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any], run_info: dict[str, Any],
@@ -207,7 +208,7 @@ def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: d
         for name in ("metrics.csv", "history.csv", CONFIG_FILE):
             client.log_artifact(run_id, str(run_dir / name))
         client.log_artifacts(run_id, str(bundle_dir), "bundle")
-        log_pyfunc(_tracking_uri(config), run_id, run_dir, bundle_dir, config.register_model)
+        log_pyfunc(mlflow_logger._tracking_uri, run_id, run_dir, bundle_dir, config.register_model)
     return bundle_dir
 
 
@@ -290,16 +291,16 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     from lightning.pytorch.loggers import CSVLogger
 
     from chestxray.data.datamodule import ChestXrayDataModule
-    from chestxray.models import build_model, count_parameters, model_data_config
+    from chestxray.models import backbone_parameter_names, build_model, count_parameters, model_data_config
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     data_cfg = model_data_config(config.model, config.in_chans)
     data = ChestXrayDataModule(config.prepared, batch_size=config.batch_size, num_workers=config.num_workers,
                                augment=config.augment, in_chans=config.in_chans,
-                               normalization=str(data_cfg["normalization"]), seed=config.seed,
+                               normalization=data_cfg["normalization"], seed=config.seed,
                                verify="checksums" if config.verify_checksums else "sizes")
     net = build_model(config.model, len(data.labels), in_chans=config.in_chans, pretrained=config.pretrained,
-                      weights=config.weights)
+                      weights=config.weights, offline=config.offline or None)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
     choice = choose_precision(config.precision, config.accelerator)
@@ -344,7 +345,8 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                              pos_weight=data.pos_weight().tolist() if config.pos_weight else None,
                              scheduler=config.scheduler, warmup_fraction=config.warmup_fraction,
                              monitor=config.monitor, patience=config.patience, channels_last=config.channels_last,
-                             total_steps=total_steps, task=data.task)
+                             total_steps=total_steps, task=data.task, backbone_lr_scale=config.backbone_lr_scale,
+                             backbone_params=backbone_parameter_names(net, config.model))
     if trainer.is_global_zero:
         _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"]}, run_info,
                          mlflow_logger)

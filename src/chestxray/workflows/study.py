@@ -303,15 +303,17 @@ def _mlflow_parent(study: Study) -> str | None:
             return previous
     from mlflow.tracking import MlflowClient
 
-    from chestxray.training.train import _tracking_uri
+    from chestxray.training.train import _allow_file_store, _tracking_uri
 
-    client = MlflowClient(_tracking_uri(config))
-    exp = client.get_experiment_by_name(config.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(config.experiment)
-    run = client.create_run(exp_id, run_name=f"study {study.out.name}",
-                            tags={"chestxray.study": str(study.out.resolve())})
-    client.log_param(run.info.run_id, "select", study.select)
-    client.log_dict(run.info.run_id, {k: [str(v) for v in vs] for k, vs in study.grid.items()}, "grid.json")
+    uri = _tracking_uri(config)
+    with _allow_file_store(uri):
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(config.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(config.experiment)
+        run = client.create_run(exp_id, run_name=f"study {study.out.name}",
+                                tags={"chestxray.study": str(study.out.resolve())})
+        client.log_param(run.info.run_id, "select", study.select)
+        client.log_dict(run.info.run_id, {k: [str(v) for v in vs] for k, vs in study.grid.items()}, "grid.json")
     return run.info.run_id
 
 
@@ -321,15 +323,17 @@ def _mlflow_children(study: Study, parent: str | None) -> None:
         return
     from mlflow.tracking import MlflowClient
 
-    from chestxray.training.train import _tracking_uri
+    from chestxray.training.train import _allow_file_store, _tracking_uri
 
-    client = MlflowClient(_tracking_uri(study.runs[0].config))
-    for run in study.runs:
-        info = Path(run.config.out) / "run.json"
-        if info.is_file():
-            child = json.loads(info.read_text(encoding="utf-8")).get("mlflow_run_id")
-            if child:
-                client.set_tag(child, "mlflow.parentRunId", parent)
+    uri = _tracking_uri(study.runs[0].config)
+    with _allow_file_store(uri):
+        client = MlflowClient(uri)
+        for run in study.runs:
+            info = Path(run.config.out) / "run.json"
+            if info.is_file():
+                child = json.loads(info.read_text(encoding="utf-8")).get("mlflow_run_id")
+                if child:
+                    client.set_tag(child, "mlflow.parentRunId", parent)
 
 
 def with_base(prepared: str | Path, grid: dict[str, list[Any]], base: dict[str, Any]) -> dict[str, Any]:
