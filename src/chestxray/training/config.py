@@ -26,7 +26,8 @@ PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed")
 # The built-in model and augmentation names, so a config is checked before torch is imported (the registries need
 # it). tests/training/test_config.py keeps them equal to the registries; a name registered by a library user is
 # checked against the registry itself (already imported by whoever registered it).
-BUILTIN_MODELS = ("cnn-small", "cnn-tiny", "densenet121", "efficientnet_b0", "resnet18", "resnet50")
+BUILTIN_MODELS = ("cnn-small", "cnn-tiny", "densenet121", "efficientnet-lite0", "efficientnet_b0", "resnet152", "resnet18",
+                  "resnet50")
 BUILTIN_POLICIES = ("none", "minimal", "advanced")
 
 
