@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench browser nginx clean
+.PHONY: demo test bench browser nginx postgres clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ browser:
 	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null || \
 	     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null); }
 
+# The tune tests start a real PostgreSQL server (Debian's package; run as the postgres user), installed when missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { (apt-get update -qq || sudo apt-get update -qq) && \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null || \
+	     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null); }
+
 # The remote-data test serves a prepared folder with a real nginx (Debian's package), installed when missing.
 nginx:
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || \
@@ -28,7 +35,7 @@ nginx:
 	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null || \
 	     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null); }
 
-test: $(STAMP) browser nginx
+test: $(STAMP) browser nginx postgres
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from torch import nn
@@ -18,6 +19,7 @@ def build_model(
     pretrained: str | None = None,
     weights: str | Path | None = None,
     offline: bool | None = None,
+    dropout: float | None = None,
 ) -> nn.Module:
     """Build a registered architecture returning logits (B, num_labels) for images (B, in_chans, H, W).
 
@@ -25,6 +27,7 @@ def build_model(
     downloaded unless offline; timm hub weights; the offline EfficientNet-Lite0 package); `weights` is a local
     state dict (.pth/.pt/.ckpt via torch.load(weights_only=True), or .safetensors). Heads of another size are
     replaced by a new one; a 1-channel stem gets the sum of the RGB kernels (see load_weights_into).
+    dropout (None: the architecture's own) sets the rate of every nn.Dropout; a model without one is an error.
     """
     spec = get_spec(name)
     check_in_chans(in_chans)
@@ -41,4 +44,22 @@ def build_model(
         load_weights_into(net, spec, state, source=source)
     elif weights is not None:
         load_weights_into(net, spec, read_state_dict(weights), source=str(weights))
+    if dropout is not None:
+        set_dropout(net, name, dropout)
     return net
+
+
+def set_dropout(net: nn.Module, name: str, rate: float) -> None:
+    """Set p of every nn.Dropout in `net` (model `name`); ModelError when it has none."""
+    layers = [m for m in net.modules() if isinstance(m, nn.Dropout)]
+    if not layers:
+        raise ModelError(f"model {name!r} has no dropout layer; leave dropout out of its settings")
+    for layer in layers:
+        layer.p = rate
+
+
+@functools.lru_cache(maxsize=None)
+def has_dropout(name: str) -> bool:
+    """Whether the registered architecture `name` has an nn.Dropout whose rate `dropout` can set."""
+    net = get_spec(name).builder(1, 1)
+    return any(isinstance(m, nn.Dropout) for m in net.modules())

@@ -45,6 +45,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-4
     augment: str = "minimal"
+    dropout: float | None = None  # None: the model's own; else the rate of every nn.Dropout in the model
     loss: str = "bce"
     focal_gamma: float = 2.0
     pos_weight: bool = False  # weight positives by negatives/positives of the train split
@@ -219,6 +220,13 @@ def validate_config(config: TrainConfig) -> None:
     for name, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {value}")
+    if config.dropout is not None and not 0 <= config.dropout < 1:
+        raise ConfigError(f"--dropout must be in [0, 1), got {config.dropout}")
+    if config.dropout is not None:
+        from chestxray.models.factory import has_dropout  # torch, only when --dropout is given
+
+        if not has_dropout(config.model):
+            raise ConfigError(f"--dropout: model {config.model!r} has no dropout layer; leave dropout out")
     if not 0 <= config.warmup_fraction < 1:
         raise ConfigError(f"--warmup-fraction must be in [0, 1), got {config.warmup_fraction}")
     if config.unfreeze_last and config.freeze != "backbone":

@@ -139,15 +139,19 @@ def _allow_file_store(uri: str) -> Iterator[None]:
         os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
 
 
+def artifact_location(uri: str) -> str | None:
+    """Artifact folder of a new MLflow experiment: beside a SQLite store (MLflow would use ./mlruns), else default."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
+    return None
+
+
 def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None, task: str = "multilabel"):
     from lightning.pytorch.loggers import MLFlowLogger
 
     uri = _tracking_uri(config, run_dir)
-    artifacts = None
-    if uri.startswith("sqlite:///"):  # MLflow would put artifacts under ./mlruns of the working folder
-        artifacts = (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
     return MLFlowLogger(experiment_name=config.experiment, run_name=run_dir.name, tracking_uri=uri, run_id=run_id,
-                        artifact_location=artifacts,
+                        artifact_location=artifact_location(uri),
                         tags={"run_dir": str(run_dir.resolve()), "model": config.model, "task": task})
 
 
@@ -300,7 +304,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                                normalization=data_cfg["normalization"], seed=config.seed,
                                verify="checksums" if config.verify_checksums else "sizes")
     net = build_model(config.model, len(data.labels), in_chans=config.in_chans, pretrained=config.pretrained,
-                      weights=config.weights, offline=config.offline or None)
+                      weights=config.weights, offline=config.offline or None, dropout=config.dropout)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
     choice = choose_precision(config.precision, config.accelerator)

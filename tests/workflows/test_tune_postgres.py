@@ -1,0 +1,94 @@
+"""A real PostgreSQL server (Debian's package) as the study storage: two worker processes, then a third continues.
+
+The server is started here on loopback, on a free port, in a temporary data folder removed afterwards, as the
+`postgres` user (PostgreSQL refuses to run as root). If it cannot start, the test fails with the reason.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+REPO = Path(__file__).resolve().parents[2]
+SPACE_YAML = "params:\n  lr: {low: 1.0e-4, high: 5.0e-2, log: true}\npruner: {name: none}\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", "postgres", "--", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """postgresql://postgres@127.0.0.1:PORT/optuna on a server this fixture starts and removes."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[3]))
+    if not bins:
+        pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): run `make postgres` "
+                    "or `apt-get install postgresql`")
+    bin_dir = Path(bins[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="chestxray-pg-", dir="/tmp"))  # outside pytest's root-only tmp folder
+    shutil.chown(root, "postgres", "postgres")
+    data, port = root / "data", _free_port()
+    try:
+        steps = [
+            [str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
+            [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "-o",
+             f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+            [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "optuna"],
+        ]
+        for step in steps:
+            done = _as_postgres(*step)
+            if done.returncode != 0:
+                log = (root / "server.log").read_text(errors="replace")[-2000:] if (root / "server.log").exists() \
+                    else ""
+                pytest.fail(f"PostgreSQL did not start: {' '.join(step[:1])} exited {done.returncode}: "
+                            f"{done.stderr.strip()[-2000:]} {log}")
+        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        if (data / "postmaster.pid").exists():
+            _as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _tune(prepared: Path, out: Path, url: str, trials: int, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "chestxray", "tune", str(prepared), "--space", str(out.parent / "space.yaml"),
+               "--config", str(out.parent / "base.yaml"),
+               "--model", "cnn-tiny", "--epochs", "1", "--trials", str(trials), "--out", str(out), "--no-mlflow",
+               "--storage", url, "--study-name", "pg-study", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    return subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_postgres_study_two_workers_then_a_third(postgres_url: str, synthetic_prepared: Path,
+                                                 tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    (tmp_path / "space.yaml").write_text(SPACE_YAML, encoding="utf-8")
+    (tmp_path / "base.yaml").write_text("precision: 32-true\nnum_workers: 0\nbatch_size: 64\n", encoding="utf-8")
+    first = _tune(synthetic_prepared, out, postgres_url, 2, "--workers", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    third = _tune(synthetic_prepared, out, postgres_url, 3)  # a third process continues the same study
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert not (out / "study.db").exists()  # the study lives in PostgreSQL only
+    study = optuna.load_study(study_name="pg-study", storage=postgres_url)
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == list(range(len(numbers)))
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 3
+    assert "study pg-study: 3 complete" in third.stdout
+    assert (out / "best.yaml").is_file() and (out / "tune_report.html").is_file()
