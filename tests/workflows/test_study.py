@@ -51,6 +51,9 @@ def test_four_run_folders_one_table_and_a_report(done: Path) -> None:
         assert g["parameters"] > 0 and g["images_per_s_mean"] > 0 and g["fn"] >= 0
     cmp = pd.read_csv(done / "study_comparisons.csv")
     assert len(cmp) == 1 and cmp["sentence"].iloc[0].startswith("model=cnn-tiny vs model=cnn-small: ")
+    per_finding = pd.read_csv(done / "study_comparisons_findings.csv")
+    assert per_finding["finding"].iloc[-1] == "macro" and (per_finding["test"].iloc[:-1].isin(
+        ["DeLong", "AUROC undefined (one class only)"])).all() and (per_finding["a"] == "model=cnn-tiny").all()
     history = pd.read_csv(Path(runs["run_dir"].iloc[0]) / "history.csv")
     assert {"train_accuracy", "val_accuracy"} <= set(history.columns)
     assert (done / "study.html").is_file()

@@ -3,7 +3,8 @@ the test split with thresholds from validation; a table per group (a combination
 group selected on VALIDATION only, and paired comparisons of the selected runs on the test split.
 
 Layout of DIR: study.json (grid, selection rule, MLflow parent run), runs/<name>/ (normal run folders, each with
-eval/ and study_row.json once finished), study_runs.csv, study_groups.csv, study_comparisons.csv, study.html.
+eval/ and study_row.json once finished), study_runs.csv, study_groups.csv, study_comparisons.csv (one row per
+pair of groups), study_comparisons_findings.csv (every finding of every pair), study.html.
 A re-run skips runs whose study_row.json exists and resumes a run that stopped after a checkpoint, so a killed
 study continues where it stopped. Recipes (scratch, frozen, finetune) are named presets of training settings.
 """
@@ -224,22 +225,24 @@ def group_table(runs: pd.DataFrame, rule: str = "val_auroc") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare_groups(chosen: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
-    """Paired test-split comparisons of the selected runs: every pair for up to 6 groups, else each vs the first."""
+def compare_groups(chosen: pd.DataFrame, n_boot: int = 1000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Paired test-split comparisons of the selected runs (every pair for up to 6 groups, else each vs the first):
+    one headline row per pair, and every finding's row (DeLong, Holm, bootstrap CI) per pair."""
     from chestxray.evaluation.compare_runs import compare_runs
 
     groups = list(chosen.index)
     pairs = list(itertools.combinations(groups, 2)) if len(groups) <= 6 else [(groups[0], g) for g in groups[1:]]
-    rows = []
+    rows, details = [], []
     for a, b in pairs:
         cmp = compare_runs(chosen.loc[a, "run_dir"], chosen.loc[b, "run_dir"], n_boot=n_boot, names=(a, b))
+        details.append(cmp.table.assign(a=a, b=b))
         head = cmp.table[cmp.table["finding"] == ("macro" if len(cmp.table) > 1 else cmp.table["finding"].iloc[0])]
         r = head.iloc[0]
         rows.append({"a": a, "b": b, "run_a": chosen.loc[a, "run"], "run_b": chosen.loc[b, "run"],
                      "diff": r["diff"], "low": r["low"], "high": r["high"], "p": r["p"], "test": r["test"],
                      "findings_p_holm_below_0.05": int((cmp.table["p_holm"] < 0.05).sum()),
                      "sentence": cmp.headline(), "method": cmp.method})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), pd.concat(details, ignore_index=True) if details else pd.DataFrame()
 
 
 def run_study(study: Study, max_parallel: int = 1, only: int | None = None,
@@ -277,8 +280,9 @@ def run_study(study: Study, max_parallel: int = 1, only: int | None = None,
     groups = group_table(study.results, study.select)
     write_csv(study.out / "study_groups.csv", groups)
     chosen = select_runs(study.results, study.select)
-    comparisons = compare_groups(chosen, study.n_boot) if len(chosen) > 1 else pd.DataFrame()
+    comparisons, per_finding = compare_groups(chosen, study.n_boot) if len(chosen) > 1 else (pd.DataFrame(),) * 2
     write_csv(study.out / "study_comparisons.csv", comparisons)
+    write_csv(study.out / "study_comparisons_findings.csv", per_finding)
     from chestxray.report.study_report import write_study_report
 
     write_study_report(study.out, study.results, groups, chosen, comparisons, study.select)
