@@ -116,7 +116,7 @@ def time_bootstrap(run: Path) -> dict[str, float]:
 
 def one_scale(table: pd.DataFrame, fraction: float, work: Path) -> list[dict[str, object]]:
     rows = table.iloc[: round(len(table) * fraction)]
-    root = work / f"scale{int(round(fraction * 100)):03d}"
+    root = work / f"scale{round(fraction * 100):03d}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     csv = root / "Data_Entry_2017_v2020.csv"

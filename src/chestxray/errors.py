@@ -15,3 +15,7 @@ class ConfigError(ChestXrayError):
 
 class ModelError(ChestXrayError):
     """A model name, weights file or bundle cannot be used."""
+
+
+class TrainingInterrupted(ChestXrayError):
+    """Training was stopped by the user (Ctrl-C); the message says what was saved and how to continue."""

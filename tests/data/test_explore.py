@@ -8,11 +8,14 @@ import pandas as pd
 import pytest
 
 import chestxray.data.augment
+import chestxray.data.explore
 from chestxray.data.explore import (
+    allocate,
     cooccurrence,
     explore,
     explore_catalog,
     finding_counts,
+    sample_grid,
 )
 from chestxray.data.sources import read_nih, write_catalog
 from chestxray.data.split import assign_splits
@@ -33,10 +36,14 @@ def test_counts_and_cooccurrence(catalog) -> None:
     assert counts.loc["No Finding", "images"] == (matrix.sum(1) == 0).sum()
     per_split = counts["images_train"] + counts["images_val"] + counts["images_test"]
     assert (per_split == counts["images"]).all()
-    assert counts["share_with_normal"].sum() == pytest.approx(1.0, abs=1e-3)
-    assert counts["share_without_normal"].drop("No Finding").sum() == pytest.approx(1.0, abs=1e-3)
+    # prevalence is per image (and per patient), not a share of label mentions
+    assert counts.loc["No Finding", "prevalence_images"] == pytest.approx((matrix.sum(1) == 0).mean(), abs=1e-4)
+    assert counts.loc["Nodule", "prevalence_images"] == pytest.approx(matrix[:, catalog.labels.index("Nodule")].mean(),
+                                                                      abs=1e-4)
     nodule_patients = catalog.table.loc[catalog.table["Nodule"] == 1, "patient_id"].nunique()
     assert counts.loc["Nodule", "patients"] == nodule_patients
+    assert counts.loc["Nodule", "prevalence_patients"] == pytest.approx(
+        nodule_patients / catalog.table["patient_id"].nunique(), abs=1e-4)
     co = cooccurrence(catalog)
     assert (co.to_numpy().diagonal() == matrix.sum(0)).all() and (co == co.T).all().all()
 
@@ -45,12 +52,12 @@ def test_explore_writes_files_and_skips_missing_images(catalog, tmp_path: Path) 
     broken = catalog.table.copy()
     broken.loc[broken.index[:3], "path"] = str(tmp_path / "gone.png")
     damaged = type(catalog)(broken, catalog.labels, catalog.task, catalog.source, catalog.info)
-    result = explore_catalog(damaged, tmp_path / "out", n_samples=10, seed=0)
+    result = explore_catalog(damaged, tmp_path / "out", n_samples=30, seed=0)  # every image drawn: 3 cannot be
     names = {p.name for p in result.files}
-    assert {"findings.csv", "cooccurrence.csv", "findings.png", "cooccurrence.png", "age.csv", "sex.csv",
+    assert {"findings.csv", "cooccurrence.csv", "shortcuts.csv", "findings.png", "cooccurrence.png", "age.csv", "sex.csv",
             "view.csv", "age.png", "samples.png"} <= names
     assert all(p.stat().st_size > 0 for p in result.files)
-    assert result.samples_skipped == 3 and result.samples_shown == 10
+    assert result.samples_skipped == 3 and result.samples_shown == 27
     written = pd.read_csv(tmp_path / "out" / "findings.csv", index_col=0)
     assert written.loc["Nodule", "images"] == result.findings.loc["Nodule", "images"]
 
@@ -79,3 +86,43 @@ def test_explore_prepared_folder_calls_augment_grid(catalog, tmp_path: Path, mon
         explore(prepared, tmp_path / "out4")
     with pytest.raises(DataError, match="no such catalog folder"):
         explore(tmp_path / "nowhere", tmp_path / "out3")
+
+
+def test_sample_grid_is_stratified_and_seeded(tmp_path: Path, monkeypatch) -> None:
+    """A 26 %-normal binary set gives about 4 NORMAL tiles of 16 (not the first n of a sorted draw); seeds differ."""
+    assert allocate(pd.Series({"PNEUMONIA": 74, "NORMAL": 26}), 16).to_dict() == {"PNEUMONIA": 12, "NORMAL": 4}
+    assert allocate(pd.Series({"a": 98, "b": 1, "c": 1}), 4).to_dict() == {"a": 2, "b": 1, "c": 1}
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    for cls, count in (("NORMAL", 13), ("PNEUMONIA", 37)):
+        (root / cls).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(np.full((8, 8), i, np.uint8)).save(root / cls / f"person{i}_{cls}_{i}.png")
+    from chestxray.data.sources.folders import read_folder
+
+    binary = read_folder(root)
+    titles: list[list[str]] = []
+    monkeypatch.setattr(chestxray.data.explore, "_mosaic", lambda shown, path: titles.append([t for _, t in shown]) or path)
+    assert sample_grid(binary, tmp_path / "a.png", n=16, seed=0)[1:] == (16, 0)
+    sample_grid(binary, tmp_path / "b.png", n=16, seed=1)
+    assert titles[0].count("NORMAL") == 4 and titles[0].count("PNEUMONIA") == 12
+    assert titles[0] != titles[1]
+    # a binary task draws class counts per split (with the counts printed), not a one-cell co-occurrence
+    texts: list[str] = []
+    monkeypatch.setattr(chestxray.data.explore, "_save", lambda fig, path: texts.extend(
+        t.get_text() for ax in fig.axes for t in ax.texts + [c for b in ax.containers for c in []]) or path)
+    names = {p.name for p in explore_catalog(binary, tmp_path / "out", n_samples=0).files}
+    assert "classes.png" in names and "cooccurrence.png" not in names
+
+
+def test_cooccurrence_plot_prints_counts(catalog, tmp_path: Path, monkeypatch) -> None:
+    figures = []
+    monkeypatch.setattr(chestxray.data.explore, "_save", lambda fig, path: figures.append((path.name, fig)) or path)
+    explore_catalog(catalog, tmp_path, n_samples=0)
+    fig = dict(figures)["cooccurrence.png"]
+    co = cooccurrence(catalog)
+    printed = [t.get_text() for t in fig.axes[0].texts]
+    assert len(printed) == co.size and printed == [str(v) for v in co.to_numpy().ravel()]
+    assert fig.axes[1].get_ylabel().startswith("images")  # the colour bar says what it measures

@@ -233,6 +233,12 @@ def test_csv_table_errors(tmp_path: Path) -> None:
     table.write_text("img,pid,f\na.png,1,Nodule\nb.png,2,Mass\n")
     catalog = read_csv_table(table, "img", "pid", findings_col="f")
     assert catalog.labels == ("Mass", "Nodule") and catalog.info["missing_images"] == ["b.png"]
+    # the wrong column as paths: the hint names --path-col, not a metadata-only mode this command does not have
+    table.write_text("img,pid,f\na.png,1,Nodule\nb.png,2,Mass\n")
+    with pytest.raises(DataError, match=r"none of the 2 rows has an image file .*--path-col 'pid' values are read "
+                                        r"relative to .*check --path-col and --images-root") as err:
+        read_csv_table(table, "pid", "img", findings_col="f")
+    assert "metadata" not in str(err.value)
 
 
 def test_empty_patient_ids_are_an_error_or_an_explicit_reported_choice(tmp_path: Path) -> None:

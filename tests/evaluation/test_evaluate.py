@@ -32,7 +32,7 @@ def _make_run(root: Path, prepared: Path, state: dict[str, torch.Tensor]) -> Pat
     net.load_state_dict(state)
     run = root
     save_bundle(run / "bundle", net, {
-        "architecture": "cnn-tiny", "num_labels": 14, "in_chans": 1, "image_size": 32, "resize": "pad",
+        "architecture": "cnn-tiny", "num_labels": 14, "in_chans": 1, "image_size": 32, "resize": "crop",
         "normalization": "gray", "labels": list(NIH14), "task": "multilabel", "prepared": str(prepared),
         "thresholds": None, "seed": 0,
     })
@@ -166,15 +166,15 @@ def test_evaluate_checks_preprocessing_and_names_other_data(runs: tuple[Path, Pa
     manifest = read_manifest(prepared)
     update_card(run / "bundle", thresholds=None, data_fingerprint=manifest["fingerprint"],
                 preprocessing=preprocessing(manifest))
-    assert preprocessing(manifest) == {"image_size": 32, "resize": "pad", "interpolation": manifest["settings"][
+    assert preprocessing(manifest) == {"image_size": 32, "resize": "crop", "interpolation": manifest["settings"][
         "interpolation"], "storage": "raw uint8 .gray"}
     src = run_a.parent / "synth"
     catalog = assign_splits(read_nih(src / "labels.csv", src / "images"), ratios=(0.5, 0.25, 0.25), seed=0)
-    prepare_dataset(catalog, tmp_path / "cropped", size=32, resize="crop", workers=0)
+    prepare_dataset(catalog, tmp_path / "padded", size=32, resize="pad", workers=0)
 
-    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "5", "--prepared", str(tmp_path / "cropped")])
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "5", "--prepared", str(tmp_path / "padded")])
     assert result.exit_code == 1
-    assert "prepared with --resize crop" in result.output and "trained on --resize pad" in result.output
+    assert "prepared with --resize pad" in result.output and "trained on --resize crop" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 3
     assert read_card(run / "bundle")["thresholds"] is None and not (run / "eval").exists()
 

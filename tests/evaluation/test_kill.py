@@ -77,7 +77,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pixels = rng.integers(0, 120, (24, 24), dtype=np.uint8) + (100 if cls == "PNEUMONIA" else 0)
         Image.fromarray(pixels.astype(np.uint8)).save(root / "source" / cls / f"person{i}_{i}.png")
     catalog = assign_splits(read_folder(root / "source"), ratios=(0.5, 0.25, 0.25), seed=0)
-    prepare_dataset(catalog, root / "prepared", size=32, workers=0)
+    prepare_dataset(catalog, root / "prepared", size=32, resize="pad", workers=0)
     torch.manual_seed(0)
     run = root / "run"
     save_bundle(run / "bundle", build_model("cnn-tiny", num_labels=1), {

@@ -1,4 +1,4 @@
-"""Attribution: Grad-CAM layer choice, Integrated Gradients completeness, overlays, every registered model."""
+"""Attribution: Grad-CAM layer choice, Integrated Gradients completeness, every registered model."""
 
 from __future__ import annotations
 
@@ -12,12 +12,8 @@ from chestxray.explain.attribution import (
     find_gradcam_layer,
     grad_cam,
     integrated_gradients,
-    render_overlay,
 )
-from chestxray.explain.localize import (
-    Box,
-)
-from tests.explain.helpers import SIZE, BrightNet, blob
+from tests.explain.helpers import SIZE, BrightNet
 
 # ---------- boxes ----------
 
@@ -54,17 +50,6 @@ def test_integrated_gradients_shape_and_completeness() -> None:
     assert attr.sum(dim=(1, 2, 3)) == pytest.approx((gap + delta).tolist(), abs=1e-4)
     heat = attribute(net, inputs, 1, "ig", baseline, n_steps=8)
     assert heat.shape == (3, SIZE, SIZE) and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
-
-
-def test_render_overlay() -> None:
-    gray = np.full((SIZE, SIZE), 100, dtype=np.uint8)
-    picture = render_overlay(gray, blob((8, 24)), "Mass p=0.90", [Box(4, 20, 8, 8)], display=64)
-    assert picture.mode == "RGB" and picture.size == (64, 64 + 18)
-    arr = np.asarray(picture)
-    hot, cold = arr[18 + 48, 16], arr[18 + 8, 56]  # (row, col) at the blob vs far away, display scale 2
-    assert hot[0] > hot[2] and cold[2] > cold[0]
-    with pytest.raises(ValueError, match="same shape"):
-        render_overlay(gray, np.zeros((4, 4)), "x")
 
 
 # ---------- explain_images and the CLI ----------

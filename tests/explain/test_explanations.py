@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -128,13 +129,18 @@ def test_explain_images_gradcam_scores_and_overlays(
         assert r.scores["pointing_hit"] == 1.0 and r.scores["energy_in_box"] > 3 * r.scores["box_fraction"]
     assert results[2].scores == {}  # no box: explained for its top-scoring label, not scored
     table = pd.read_csv(out / "scores.csv")
-    assert list(table.columns) == ["image_id", "path", "label", "probability", "method", "overlay", "empty_map",
-                                   "pointing_hit", "iou_top20", "energy_in_box", "box_fraction"]
+    assert list(table.columns) == ["image_id", "path", "split", "label", "probability", "threshold", "truth", "outcome",
+                                   "method", "overlay", "empty_map", "pointing_hit", "iou_top20", "energy_in_box",
+                                   "box_fraction"]
     assert len(table) == 3 and table["pointing_hit"].tolist()[:2] == [1.0, 1.0] and np.isnan(table["pointing_hit"][2])
     for name in table["overlay"]:
         with Image.open(name) as im:
             assert im.format == "PNG" and im.mode == "RGB" and im.size[0] >= SIZE
-    assert sorted(p.name for p in out.iterdir()) == sorted([*(Path(n).name for n in table["overlay"]), "scores.csv"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(Path(n).name for n in table["overlay"]), "scores.csv",
+                                                            "settings.json"])
+    # a second run into the same folder replaces the first: no stale overlays mixed in
+    explain_images(_bundle(trained_net[0], tmp_path), paths[:1], "gradcam", label="Mass", out_dir=out)
+    assert len(list(out.glob("*.png"))) == 1 and len(pd.read_csv(out / "scores.csv")) == 1
 
 
 def test_explain_images_ig_and_label_choice(tmp_path: Path, trained_net: tuple[torch.nn.Module, torch.Generator]) -> None:
@@ -165,7 +171,7 @@ def synth_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     prepare_dataset(root / "catalog", root / "prepared", size=SIZE, workers=1)
     torch.manual_seed(0)
     card = {"architecture": "cnn-tiny", "num_labels": len(catalog.labels), "in_chans": 1, "image_size": SIZE,
-            "resize": "pad", "normalization": "gray", "labels": list(catalog.labels), "task": "multilabel",
+            "resize": "crop", "normalization": "gray", "labels": list(catalog.labels), "task": "multilabel",
             "prepared": str(root / "prepared")}
     assert set(FINDINGS) <= set(catalog.labels)
     save_bundle(root / "run" / "bundle", build_model("cnn-tiny", len(catalog.labels)), card)
@@ -184,29 +190,71 @@ def test_cli_explain_writes_overlays_and_scores(synth_run: tuple[Path, Path]) ->
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "pointing-game hit rate" in result.output and "ALL" in result.output and "boxed map(s) empty" in result.output
-    table = pd.read_csv(run / "explain" / "scores.csv")
+    folder = run / "explain" / "files-gradcam-boxes"  # each run in its own folder, named by its settings
+    table = pd.read_csv(folder / "scores.csv")
     expected = boxes[boxes["Image Index"].isin(images)][["Image Index", "Finding Label"]].drop_duplicates()
     assert sorted(zip(table["image_id"], table["label"])) == sorted(map(tuple, expected.to_numpy()))
     scored = table[table["empty_map"] == 0]
     assert scored["pointing_hit"].between(0, 1).all() and scored["energy_in_box"].between(0, 1).all()
     assert table.loc[table["empty_map"] == 1, "pointing_hit"].isna().all()
-    assert all(Path(p).exists() and Path(p).parent == run / "explain" for p in table["overlay"])
+    assert all(Path(p).exists() and Path(p).parent == folder for p in table["overlay"])
+    assert json.loads((folder / "settings.json").read_text())["method"] == "gradcam"
 
     split = CliRunner().invoke(app, ["explain", str(run), "--split", "train", "--n", "2", "--method", "ig",
                                      "--steps", "4", "--boxes", str(synth / "boxes.csv"), "--out", str(run / "ig")])
     assert split.exit_code == 0, split.output
     ig = pd.read_csv(run / "ig" / "scores.csv")
-    assert ig["image_id"].nunique() == 2 and set(ig["method"]) == {"ig"} and ig["pointing_hit"].notna().all()
+    assert ig["image_id"].nunique() == 2 and set(ig["method"]) == {"ig"} and set(ig["split"]) == {"train"}
+    assert json.loads((run / "ig" / "settings.json").read_text())["selection"] == "images with expert boxes"
 
     top = CliRunner().invoke(app, ["explain", str(run / "bundle"), "--split", "train", "--n", "3"])
     assert top.exit_code == 0, top.output
-    picked = pd.read_csv(run / "explain" / "scores.csv")  # a bundle's default output: next to it, RUN/explain
+    picked = pd.read_csv(run / "explain" / "train-gradcam" / "scores.csv")  # a bundle's default: RUN/explain/…
+    assert len(picked) == 3 and "pointing_hit" not in picked.columns and "no boxes to score" in top.output
+    # no thresholds stored: decisions at 0.5, outcomes taken in turn (TP, FP, FN)
     labels = pd.read_csv(synth / "labels.csv").set_index("Image Index")["Finding Labels"]
-    assert len(picked) == 3 and (labels[picked["image_id"]] != "No Finding").all()
-    assert "pointing_hit" not in picked.columns and "no boxes to score" in top.output
+    truth = [lab in labels[i].split("|") for i, lab in zip(picked["image_id"], picked["label"])]
+    decided = (picked["probability"] >= 0.5).tolist()
+    outcomes = [("T" if t == d else "F") + ("P" if d else "N") for t, d in zip(truth, decided)]
+    assert picked["truth"].astype(bool).tolist() == truth and outcomes == picked["outcome"].tolist()
 
     bad = CliRunner().invoke(app, ["explain", str(synth), str(synth / "images" / images[0])])
     assert bad.exit_code == 1 and "neither a run folder" in bad.output
+
+
+def test_balanced_selection_and_boxed_split_errors(synth_run: tuple[Path, Path]) -> None:
+    from chestxray.explain.explanations import select_split_targets
+    from chestxray.models.bundle import load_bundle
+
+    run, synth = synth_run
+    bundle = load_bundle(run / "bundle")
+    labels = list(bundle.labels)
+    rows = [{"image_id": f"img{i}", **{lab: 0 for lab in labels}, **{f"p_{lab}": 0.1 for lab in labels}} for i in range(6)]
+    scores = pd.DataFrame(rows)
+    first = labels[0]
+    scores.loc[[0, 1], first] = 1  # two positives: one found (p 0.9), one missed (p 0.2)
+    scores.loc[0, f"p_{first}"], scores.loc[1, f"p_{first}"] = 0.9, 0.2
+    scores.loc[2, f"p_{first}"], scores.loc[3, f"p_{first}"] = 0.8, 0.95  # two false positives, 0.95 first
+    table = pd.read_csv(synth / "labels.csv")
+    from chestxray.data.catalog import load_catalog
+    from chestxray.data.shards import read_manifest
+
+    catalog = load_catalog(read_manifest(bundle.card["prepared"])["catalog"]).table
+    train = catalog[catalog["split"] == "train"]
+    scores["image_id"] = train["image_id"].head(6).tolist()
+    picked = select_split_targets(bundle, "train", n=4, scores=scores)
+    ids = scores["image_id"].tolist()
+    by_path = {Path(p).name: i for i, p in zip(train["image_id"], train["path"])}
+    assert [(by_path[p.name], lab) for p, lab in picked] == [(ids[0], first), (ids[3], first), (ids[1], first),
+                                                             (ids[2], first)]  # TP, FP, FN, then FP again
+    with pytest.raises(ConfigError, match="outcomes"):
+        select_split_targets(bundle, "train", scores=scores, outcomes=("XX",))
+    boxed = pd.DataFrame({"image_id": [Path(p).name for p in train["path"].head(1)], "label": [first]})
+    where = catalog.loc[catalog["path"] == train["path"].iloc[0], "split"].iloc[0]
+    with pytest.raises(ConfigError, match=rf"no image of split 'test' has an expert box; boxed images per split: "
+                                          rf"{where} 1; try --split {where}"):
+        select_split_targets(bundle, "test", boxes=boxed)
+    assert len(table)
 
 
 def test_prepare_input_matches_prepare_and_reads_dicom_size(shared_data: Path, tmp_path: Path) -> None:

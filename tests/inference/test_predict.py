@@ -32,7 +32,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.Data
     prepare_dataset(catalog, root / "prepared", size=32, workers=0)
     torch.manual_seed(0)
     bundle = save_bundle(root / "bundle", build_model("cnn-tiny", num_labels=14), {
-        "architecture": "cnn-tiny", "num_labels": 14, "in_chans": 1, "image_size": 32, "resize": "pad",
+        "architecture": "cnn-tiny", "num_labels": 14, "in_chans": 1, "image_size": 32, "resize": "crop",
         "normalization": "gray", "labels": list(NIH14), "task": "multilabel", "prepared": str(root / "prepared"),
     })
     update_card(bundle, thresholds={name: 0.5 for name in NIH14}, threshold_method="youden on val")

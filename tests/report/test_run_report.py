@@ -4,6 +4,7 @@ horizontal scrolling, on a laptop-sized window and on a narrow one."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -47,9 +48,21 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                   "val_auroc": np.where(steps % 50 == 40, 0.6 + steps / 500, np.nan), "lr": 1e-3}
                  ).to_csv(run / "metrics.csv", index=False)
     (run / "config.yaml").write_text("model: densenet121\nprepared: " + "/a/very/long/path" * 12 + "\nlr: 0.0003\n")
-    (run / "explain").mkdir()
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(run / "explain" / f"gradcam_{i}.png")
+    for name, split, method, n in (("val-ig", "val", "ig", 2), ("test-gradcam", "test", "gradcam", 4)):
+        folder = run / "explain" / name  # two explain runs: only the newer one may be shown
+        folder.mkdir(parents=True)
+        rows = []
+        for i, outcome in zip(range(n), ("TP", "TP", "FP", "FN")):
+            overlay = folder / f"0000000{i}_000_Mass_{method}.png"
+            Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(overlay)
+            rows.append({"image_id": f"0000000{i}_000.png", "path": "x", "split": split, "label": "Mass",
+                         "probability": 0.9 - 0.1 * i, "threshold": 0.5, "truth": int(outcome in ("TP", "FN")),
+                         "outcome": outcome, "method": method, "overlay": str(overlay), "empty_map": 0.0,
+                         "pointing_hit": 1.0, "iou_top20": 0.25, "energy_in_box": 0.5, "box_fraction": 0.1})
+        pd.DataFrame(rows).to_csv(folder / "scores.csv", index=False)
+        (folder / "settings.json").write_text(json.dumps({"method": method, "split": split,
+                                                          "selection": "balanced by outcome: TP, FP, FN"}))
+        os.utime(folder / "scores.csv", (1e9 + n, 1e9 + n))
     prepared = root / "prepared"
     prepared.mkdir()
     splits = {s: {"count": c, "shards": [], "positives": rng.integers(0, c // 4, 14).tolist()}
@@ -68,7 +81,12 @@ def test_report_is_self_contained(run: Path) -> None:
     html = path.read_text()
     assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", html)  # nothing fetched from anywhere
     assert "<link" not in html and "<script" not in html
-    assert html.count('src="data:image/png;base64,') == len(PLOTS) + 3
+    assert html.count('src="data:image/png;base64,') == len(PLOTS) + 4
+    # one explain run (the newest), its ids intact, split, method, outcome and scores in each caption
+    assert "val split" not in html and "· ig" not in html and "run explain/test-gradcam" in html
+    assert "00000001_000.png · test split · Mass · p=0.80, threshold 0.50 · TP · gradcam · pointing 1.00" in html
+    captions = re.findall(r'<figcaption>([^<]*· gradcam[^<]*)</figcaption>', html)
+    assert [c.split(" · ")[4] for c in captions] == ["TP", "FP", "FN", "TP"]  # balanced: taken in turn by outcome
     for key in PLOTS:
         assert f'id="plot-{key}"' in html
     assert 'id="metrics-table"' in html and 'id="data-table"' in html
@@ -126,7 +144,7 @@ def test_report_renders_in_headless_chromium(run: Path, width: int, tmp_path: Pa
         assert box["left"] >= 0 and box["right"] <= viewport + 0.5
 
         images = driver.find_elements(By.CSS_SELECTOR, "figure.plot img, .explain-item img")
-        assert len(images) == len(PLOTS) + 3
+        assert len(images) == len(PLOTS) + 4
         ids = {f.get_attribute("id") for f in driver.find_elements(By.CSS_SELECTOR, "figure.plot")}
         assert ids == {f"plot-{key}" for key in PLOTS}
         for img in images:

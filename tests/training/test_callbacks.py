@@ -68,3 +68,52 @@ def test_frozen_backbone_computes_the_same_features_in_train_and_eval_mode(unfre
 
 
 # ------------------------------------------------------------------ config
+
+
+# ------------------------------------------------------------------ progress bar and checkpoint sharing
+
+
+def test_progress_bar_counts_epochs_from_one_and_hides_sanity_metrics(tmp_path) -> None:
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from chestxray.training.callbacks import EpochProgressBar
+
+    labels = torch.from_numpy(np.random.default_rng(1).integers(0, 2, (8, 2)).astype(np.float32))
+    module = ChestXrayModule(build_model("cnn-tiny", 2), ["a", "b"], lr=1e-2, scheduler="plateau")
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    bar = EpochProgressBar()
+    seen, raw = [], []
+
+    class Probe(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            seen.append((bar._get_train_description(trainer.current_epoch).strip(), bar.get_metrics(trainer, pl_module)))
+            raw.append(RichProgressBar.get_metrics(bar, trainer, pl_module))  # what Lightning's bar would show
+
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=CSVLogger(tmp_path), callbacks=[bar, Probe()],
+                        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=1,
+                        log_every_n_steps=1)
+    data = DataLoader(batches(8, labels), batch_size=None)
+    trainer.fit(module, train_dataloaders=data, val_dataloaders=data)
+    descriptions = [d for d, _ in seen]
+    assert descriptions[0] == "Epoch 1/2" and descriptions[-1] == "Epoch 2/2"
+    assert all("v_num" not in m for _, m in seen) and "v_num" in raw[0]
+    first_epoch = [m for d, m in seen if d == "Epoch 1/2"]
+    assert all(not any(k.startswith("val_") for k in m) for m in first_epoch)  # the sanity check is not a result
+    assert any(k.startswith("val_") for k in seen[-1][1])  # after a real validation its metrics show
+
+
+def test_last_checkpoint_shares_the_best_file_when_they_are_the_same_step(tmp_path) -> None:
+    import os
+
+    from chestxray.training.train import share_last_with_best
+
+    last, best = tmp_path / "last.ckpt", tmp_path / "best.ckpt"
+    torch.save({"global_step": 7, "w": torch.ones(3)}, best)
+    torch.save({"global_step": 5, "w": torch.zeros(3)}, last)
+    assert not share_last_with_best(last, best) and not os.path.samefile(last, best)  # different steps: both kept
+    torch.save({"global_step": 7, "w": torch.ones(3)}, last)
+    assert share_last_with_best(last, best) and os.path.samefile(last, best)
+    assert torch.load(last, weights_only=True)["global_step"] == 7 and not share_last_with_best(last, best)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]

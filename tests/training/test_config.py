@@ -28,6 +28,40 @@ def test_config_layers_and_validation(tmp_path: Path, synthetic_prepared: Path) 
         resolve_config(tmp_path / "typo.yaml", prepared=str(synthetic_prepared))
 
 
+def test_yaml_errors_name_the_file_and_a_run_config_is_a_recipe(tmp_path: Path, synthetic_prepared: Path) -> None:
+    (tmp_path / "cfg.yaml").write_text("epochs: many\n")
+    with pytest.raises(ConfigError, match=r"cfg\.yaml: setting 'epochs' = 'many' is not a valid int"):
+        resolve_config(tmp_path / "cfg.yaml", prepared=str(synthetic_prepared))
+    # RUN/config.yaml given as --config: its stored out: is that run's folder; a new run gets its own
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"model: cnn-tiny\nepochs: 3\nout: {run}\nprepared: {synthetic_prepared}\n")
+    config = resolve_config(run / "config.yaml")
+    assert (config.model, config.epochs, config.out) == ("cnn-tiny", 3, "")
+    assert resolve_config(run / "config.yaml", out=str(tmp_path / "r2")).out == str(tmp_path / "r2")
+    (tmp_path / "other.yaml").write_text(f"out: {run}\nprepared: {synthetic_prepared}\n")  # a recipe naming a folder
+    assert resolve_config(tmp_path / "other.yaml").out == str(run)
+
+
+def test_builtin_names_match_the_registries() -> None:
+    """The names checked before torch loads are exactly the registered ones (add new models/policies there too)."""
+    from chestxray.data.augment import list_policies
+    from chestxray.models import list_models
+    from chestxray.training.config import BUILTIN_MODELS, BUILTIN_POLICIES
+
+    assert sorted(BUILTIN_MODELS) == list_models() and sorted(BUILTIN_POLICIES) == sorted(list_policies())
+
+
+def test_train_help_shows_every_default_and_what_minimal_does() -> None:
+    from chestxray.cli import app
+
+    text = " ".join(CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output.split())
+    for flag, default in (("--epochs", 10), ("--batch-size", 32), ("--lr", "0.0001"), ("--augment", "minimal"),
+                          ("--model", "densenet121"), ("--patience", 5), ("--seed", 0), ("--num-workers", 2)):
+        assert f"(default: {default})" in text.split(f"│ {flag} ", 1)[1].split("│ --", 1)[0], flag
+    assert "mirrors the laterality markers" in text
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "densenet12"], "did you mean 'densenet121'"),
     (["--lr", "-1"], "--lr must be a positive number"),

@@ -46,7 +46,7 @@ def test_synthetic_two_epochs_learn_and_fill_run_folder(tmp_path: Path, syntheti
     auto = choose_precision("auto", "auto")
     assert (card["precision"], card["precision_reason"]) == (auto.precision, auto.reason)
     assert json.loads((run / "run.json").read_text())["precision_reason"] == auto.reason
-    assert card["preprocessing"]["resize"] == manifest["resize"] == "pad"
+    assert card["preprocessing"]["resize"] == manifest["resize"] == "crop"
     assert card["preprocessing"]["interpolation"] == manifest["settings"]["interpolation"]
     with pytest.raises(ConfigError, match="will not be overwritten.*--resume .*another --out.*delete"):
         train(config)
@@ -68,14 +68,20 @@ def test_cli_train_yaml_flags_and_mlflow(tmp_path: Path, synthetic_prepared: Pat
     assert (saved["model"], saved["epochs"], saved["max_steps"], saved["seed"], saved["loss"]) == \
         ("cnn-tiny", 1, 30, 3, "focal")
     run_info = json.loads((tmp_path / "runs/r1/run.json").read_text())
-    store = tmp_path / "mlruns"
-    run_dirs = [p for p in store.glob("*/*") if (p / "meta.yaml").is_file() and p.name == run_info["mlflow_run_id"]]
-    assert len(run_dirs) == 1
-    mlrun = run_dirs[0]
-    assert (mlrun / "params" / "lr").read_text() == "0.0001"
-    assert (mlrun / "metrics" / "train_loss_step").is_file() and (mlrun / "metrics" / "val_auroc").is_file()
+    # the default store is the SQLite file beside the run folder, not a ./mlruns in the working folder
+    uri = run_info["mlflow_tracking_uri"]
+    assert uri == f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}" and not (tmp_path / "mlruns").exists()
+    from urllib.parse import urlparse
+
+    from mlflow.tracking import MlflowClient
+
+    mlrun = MlflowClient(uri).get_run(run_info["mlflow_run_id"])
+    assert mlrun.data.params["lr"] == "0.0001"
+    assert "train_loss_step" in mlrun.data.metrics and "val_auroc" in mlrun.data.metrics
+    artifacts = Path(urlparse(mlrun.info.artifact_uri).path)
+    assert artifacts.is_relative_to((tmp_path / "runs").resolve())
     for artifact in ("config.yaml", "metrics.csv", "history.csv", "bundle/card.json", "bundle/model.safetensors"):
-        assert (mlrun / "artifacts" / artifact).is_file(), artifact
+        assert (artifacts / artifact).is_file(), artifact
     assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ  # the file-store opt-in lasts only while training runs
 
 
@@ -120,3 +126,31 @@ def test_failed_start_folder_is_reused_and_a_second_writer_is_refused(tmp_path: 
     assert "reusing this folder: the run there stopped before its first checkpoint" in caplog.text
     with pytest.raises(ConfigError, match="will not be overwritten"):
         train(config)
+
+
+def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path: Path, synthetic_prepared: Path) -> None:
+    import signal
+
+    import lightning as L
+
+    from chestxray.errors import TrainingInterrupted
+
+    class CtrlC(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 1:
+                raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    config = resolve_config(prepared=str(synthetic_prepared), model="cnn-tiny", epochs=2, batch_size=64,
+                            num_workers=0, mlflow=False, progress=False, out=str(run))
+    with pytest.raises(TrainingInterrupted, match=rf"interrupted during epoch 2; .*last.ckpt holds the state after "
+                                                  rf"epoch 1 .*continue with: chestxray train --resume {run}"):
+        train(config, callbacks=[CtrlC()])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
+    assert not (run / "bundle").exists()
+    result = train(config, resume=True)
+    assert result.bundle_dir is not None and len(pd.read_csv(run / "history.csv")) == 2
+    # resuming a finished run would train nothing: it says so, and how to extend it
+    with pytest.raises(ConfigError, match=r"already finished .*after epoch 2.*nothing to train.*larger --epochs or "
+                                          r"--max-steps"):
+        train(config, resume=True)

@@ -28,7 +28,7 @@ def test_synthetic_demo_runs_every_stage_and_is_labelled(tmp_path: Path) -> None
     for path in ("config.yaml", "metrics.csv", "bundle/card.json", "bundle/model.safetensors", "eval/metrics.json",
                  "eval/predictions.csv", "report.html"):
         assert (run / path).exists(), path
-    assert list((run / "explain").glob("*.png")), "Grad-CAM overlays for the report"
+    assert list((run / "explain" / "test-gradcam").glob("*.png")), "Grad-CAM overlays (TP, FP, FN) for the report"
     card = json.loads((run / "bundle" / "card.json").read_text())
     assert card["thresholds"] and "val" in card["threshold_method"]
     assert sum(outcome.counts.values()) == 400 and set(outcome.counts) == {"train", "val", "test"}

@@ -37,7 +37,7 @@ def _as_postgres(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """postgresql://postgres@127.0.0.1:PORT/optuna on a server this fixture starts and removes."""
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[3]))
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[4]))
     if not bins:
         pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): run `make postgres` "
                     "or `apt-get install postgresql`")

@@ -166,41 +166,52 @@ def catalog_csv(
     _finish(catalog, out, split_ratios, seed)
 
 
-@app.command(help="Explore a catalog: images and patients per finding and split, class balance with and without "
-             "No Finding, co-occurrence, age/sex/view summaries and a grid of sample images (CSV + PNG in --out). "
-             "Given a PREPARED folder and --augment POLICY, also writes a grid of augmented samples."
-             "\n\nExample: chestxray explore runs/catalog --out runs/explore")
+@app.command(help="Explore a catalog: images and patients per finding and split, prevalence per image and per "
+             "patient, co-occurrence counts (class counts for a binary task), age/sex/view summaries, a shortcut "
+             "check (how well width, height, aspect ratio, file size, brightness, contrast, bit depth and view alone "
+             "predict each label; warns when far from AUROC 0.5) and a stratified random grid of sample images "
+             "(CSV + PNG in --out). Given a PREPARED folder and --augment POLICY, also writes a grid of augmented "
+             "samples.\n\nExample: chestxray explore runs/catalog --out runs/explore")
 @friendly
 def explore(
     path: Path = typer.Argument(..., help="Catalog folder (or a prepared folder with manifest.json)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for CSV and PNG files."),
     augment: Optional[str] = typer.Option(None, "--augment", help="Augmentation policy to preview (prepared folder)."),
     samples: int = typer.Option(16, "--samples", help="Images in the sample grid."),
-    seed: int = typer.Option(0, "--seed", help="Seed for picking the samples."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the sample grid and the shortcut check."),
 ) -> None:
-    import pandas as pd
     from rich.table import Table
 
     from chestxray.data.explore import explore as run_explore
+    from chestxray.data.shortcuts import shortcut_warnings
 
     result = run_explore(path, out, augment=augment, n_samples=samples, seed=seed)
     if not result.findings.empty:
-        table = Table(title=f"{path}: images (patients) per finding")
+        table = Table(title=f"images (patients) per finding; prevalence per image / patient")
         splits = [c[len("images_"):] for c in result.findings.columns if c.startswith("images_")]
-        for name in ["finding", "all", *splits, "share", "share w/o normal"]:
-            table.add_column(name, justify="left" if name == "finding" else "right", no_wrap=name == "finding")
+        for name in ["finding", "all", *splits, "% img", "% pat"]:
+            table.add_column(name, justify="left" if name == "finding" else "right", no_wrap=True)
         for finding, row in result.findings.iterrows():
             cells = [f"{int(row['images'])} ({int(row['patients'])})"]
             cells += [f"{int(row[f'images_{s}'])} ({int(row[f'patients_{s}'])})" for s in splits]
-            share = row["share_without_normal"]
-            without = "" if pd.isna(share) else f"{share:.1%}"
-            table.add_row(str(finding), *cells, f"{row['share_with_normal']:.1%}", without)
+            table.add_row(str(finding), *cells, f"{row['prevalence_images']:.1%}", f"{row['prevalence_patients']:.1%}")
         console.print(table)
+    if not result.shortcuts.empty:
+        strongest = result.shortcuts.assign(d=(result.shortcuts["auroc"] - 0.5).abs()).sort_values("d").groupby(
+            "label", sort=False).tail(1).set_index("label")
+        warnings = shortcut_warnings(result.shortcuts)
+        flagged = sorted(set(result.shortcuts.loc[result.shortcuts["flagged"], "label"]))
+        console.print(f"shortcut check ({len(result.shortcuts)} label-feature AUROCs in {out / 'shortcuts.csv'}): "
+                      f"{len(flagged)} of {len(strongest)} label(s) predictable from acquisition features alone"
+                      + (f" ({', '.join(flagged)})" if flagged else "; strongest feature per label within noise of 0.5"),
+                      highlight=False, soft_wrap=True)
+        for line in warnings:
+            err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
     if result.augment_grid is not None:
         console.print(f"augmentation grid: {result.augment_grid}", highlight=False)
     skipped = f" ({result.samples_skipped} unreadable skipped)" if result.samples_skipped else ""
-    console.print(f"explore {out}: {len(result.files)} files written; {result.samples_shown} sample images{skipped}",
-                  highlight=False, soft_wrap=True)
+    console.print(f"explore {out}: {len(result.files)} files written; {result.samples_shown} sample images "
+                  f"(stratified by finding, seed {seed}){skipped}", highlight=False, soft_wrap=True)
 
 
 @app.command(help="Write a SYNTHETIC chest-X-ray-like dataset in NIH layout (labels.csv, images/*.png, boxes.csv, "

@@ -11,28 +11,39 @@ from chestxray.cli import app
 from chestxray.cli.common import console, err_console, fmt, friendly
 
 
-def _metrics_table(result: Any) -> Any:
-    """A rich table of the summary: AUROC with CI, AUPRC, threshold metrics and FN/FP counts."""
+def _short_ci(low: float | None, high: float | None) -> str:
+    """A compact interval: '.522–.676' (leading zeros dropped so the table fits 80 columns)."""
+    if low is None or high is None:
+        return ""
+    return f"{low:.3f}–{high:.3f}".replace("0.", ".")
+
+
+def _metrics_table(result: Any) -> tuple[Any, list[str]]:
+    """A rich table of the summary that fits 80 columns (names never wrapped: short column heads, CI as .lo–.hi,
+    notes below the table), and those notes."""
+    from rich import box
     from rich.table import Table
 
     multiclass = result.multiclass is not None
     title = (f"{result.split} split — classes one-vs-rest; decision = argmax (thresholds do not apply)" if multiclass
              else f"{result.split} split — thresholds: {result.threshold_method}")
-    table = Table(title=title, header_style="bold")
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+                  collapse_padding=True)
     first = "class" if multiclass else "finding"
-    for col in (first, "pos", "AUROC [95% CI]", "AUPRC", "thr", "sens", "spec", "FN", "FP", "note"):
-        table.add_column(col, justify="left" if col in (first, "note") else "right", overflow="fold")
+    for col in (first, "pos", "AUROC", "95% CI", "AUPRC", "thr", "sens", "spec", "FN", "FP"):
+        table.add_column(col, justify="left" if col == first else "right", no_wrap=True)
+    notes = []
     for r in result.summary.rows:
-        iv = r.auroc
-        auc = "n/a" if iv.value is None else f"{iv.value:.3f}" + (f" [{iv.low:.3f}, {iv.high:.3f}]" if iv.low is not None else "")
-        c = r.counts
+        iv, c = r.auroc, r.counts
         table.add_row(
-            r.name, str(r.positives), auc, fmt(r.auprc.value), "—" if r.threshold is None else f"{r.threshold:.2f}",
-            fmt(c.sensitivity) if c else "—", fmt(c.specificity) if c else "—",
-            str(c.fn) if c else "—", str(c.fp) if c else "—", r.note,
+            r.name + ("*" if r.note else ""), str(r.positives), fmt(iv.value), _short_ci(iv.low, iv.high), fmt(r.auprc.value),
+            "—" if r.threshold is None else f"{r.threshold:.2f}", fmt(c.sensitivity) if c else "—",
+            fmt(c.specificity) if c else "—", str(c.fn) if c else "—", str(c.fp) if c else "—",
             style=None if r.kind == "finding" else "bold",
         )
-    return table
+        if r.note:
+            notes.append(f"* {r.name}: {r.note}")
+    return table, notes
 
 
 def _ci(iv: Any) -> str:
@@ -74,7 +85,10 @@ def evaluate(
     with console.status(f"evaluating {run} on {split} ..."):
         result = evaluate_run(run, split=split, tta=tta, threshold_method=threshold_method, batch_size=batch_size,
                               n_boot=n_boot, seed=seed, prepared=prepared)
-    console.print(_metrics_table(result))
+    table, notes = _metrics_table(result)
+    console.print(table)
+    for note in notes:
+        console.print(note, highlight=False)
     mc = result.multiclass
     if mc is not None:
         console.print(_confusion_table(mc))

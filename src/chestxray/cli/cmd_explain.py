@@ -11,57 +11,80 @@ from chestxray.cli.common import console, friendly
 
 
 @app.command(help="Write heatmap overlays (Grad-CAM or Integrated Gradients) and scores.csv for images, and score them "
-             "against expert boxes when --boxes is given (pointing game, top-20% IoU, energy in box).\n\n"
-             "Output goes to RUN/explain (or next to a bundle) unless --out is given.\n\n"
-             "Example: chestxray explain runs/r1 --split test --n 8 --boxes BBox_List_2017.csv.gz --method gradcam")
+             "against expert boxes when --boxes is given (pointing game, top-20% IoU, energy in box; a map with no "
+             "signal is 'n/a (empty map)', never a hit).\n\n"
+             "Each run writes into its own folder, RUN/explain/<split>-<method>[-<label>][-boxes] (or --out), with "
+             "settings.json; 'chestxray report' shows the latest. With --split, images are chosen by outcome at the "
+             "stored thresholds (--outcomes, default TP,FP,FN: the model's hits and its mistakes), or with --boxes "
+             "those that have expert boxes.\n\n"
+             "Example: chestxray explain runs/r1 --split test --n 6 --method gradcam")
 @friendly
 def explain(
     target: Path = typer.Argument(..., help="A run folder (uses RUN/bundle) or a model bundle folder."),
     images: list[Path] = typer.Argument(None, help="Image files to explain (or use --split)."),
     method: str = typer.Option("gradcam", "--method", "-m", help="gradcam or ig (Integrated Gradients)."),
-    label: str = typer.Option(None, "--label", "-l", help="Label to explain (default: boxed findings, else top score)."),
+    label: str = typer.Option(None, "--label", "-l", help="Label to explain (default: boxed findings, else the "
+                              "selected or top-scoring label)."),
     boxes: Path = typer.Option(None, "--boxes", help="NIH BBox_List_2017.csv(.gz) or a synthetic boxes.csv."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default RUN/explain)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default RUN/explain/<split>-<method>…)."),
     split: str = typer.Option(None, "--split", help="Explain images of this prepared split instead of IMAGES."),
-    n: int = typer.Option(8, "--n", help="With --split: how many images."),
+    n: int = typer.Option(8, "--n", help="With --split: how many image-label pairs."),
+    outcomes: str = typer.Option("TP,FP,FN", "--outcomes", help="With --split (no --boxes): outcomes to show, in "
+                                 "turn, at the stored thresholds; any of TP,FP,FN,TN."),
     steps: int = typer.Option(16, "--steps", help="Integrated Gradients steps."),
 ) -> None:
     from rich.table import Table
 
-    from chestxray.errors import ConfigError
+    from chestxray.errors import ConfigError, DataError
+    from chestxray.explain.targets import explain_target
+
+    if not images and not split:
+        raise ConfigError("no images to explain: give IMAGES or --split NAME")
+    bundle_dir, default_out = explain_target(target)  # checked before torch loads
+    missing = [str(p) for p in images or [] if not p.is_file()]
+    if missing:
+        raise DataError(f"no such image file(s): {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
+    if boxes is not None and not boxes.is_file():
+        raise DataError(f"{boxes}: boxes file not found; pass the NIH BBox_List_2017.csv(.gz) or a synthetic boxes.csv")
+
     from chestxray.explain.explanations import (
+        explain_folder,
         explain_images,
-        explain_target,
+        explain_split,
         scores_table,
-        select_split_images,
         summarize_scores,
     )
     from chestxray.explain.localize import read_boxes
     from chestxray.models.bundle import load_bundle
 
-    bundle_dir, default_out = explain_target(target)
     bundle = load_bundle(bundle_dir)
     table = read_boxes(boxes) if boxes else None
     if split:
-        images = select_split_images(bundle, split, n, table)
-    if not images:
-        raise ConfigError("no images to explain: give IMAGES or --split NAME (with --boxes: none of the split has a box)")
-    out_dir = out or default_out
-    results = explain_images(bundle, images, method, label, out_dir, table, n_steps=steps)
-    summary = summarize_scores(scores_table(results))
+        wanted = tuple(o.strip().upper() for o in outcomes.split(",") if o.strip())
+        results, out_dir = explain_split(bundle, split, n, method, default_out, table, wanted, label=label,
+                                         n_steps=steps, out_dir=out)
+    else:
+        out_dir = out or explain_folder(default_out, None, method, label, table is not None)
+        results = explain_images(bundle, images, method, label, out_dir, table, n_steps=steps)
+    scored = scores_table(results)
+    summary = summarize_scores(scored)
+    tally = scored["outcome"].replace("", None).dropna().value_counts() if len(scored) else []
+    kinds = f" ({', '.join(f'{v} {k}' for k, v in tally.items())})" if len(tally) else ""
     if len(summary):
-        grid = Table(title=f"localisation ({method})")
+        grid = Table(title=f"localisation ({method}); hit = pointing game, box = box share of the image")
+        heads = {"n_empty": "empty", "pointing_hit": "hit", "energy_in_box": "energy", "box_fraction": "box"}
         for col in summary.columns:
-            grid.add_column(col, justify="left" if col == "label" else "right")
+            grid.add_column(heads.get(col, col.replace("iou_top", "IoU top ")), no_wrap=True,
+                            justify="left" if col == "label" else "right")
         for row in summary.itertuples(index=False):
             grid.add_row(*(v if isinstance(v, str) else "n/a" if v != v else f"{v:.3g}" for v in row))
         console.print(grid)
         overall = summary.set_index("label").loc["ALL"]
         n_maps, n_empty, hit = int(overall["n"]), int(overall["n_empty"]), overall["pointing_hit"]
         rate = "n/a (every map empty)" if n_empty == n_maps else f"{hit:.2f} over {n_maps - n_empty} map(s)"
-        console.print(f"explained {len(results)} image-label pair(s); pointing-game hit rate {rate}; "
+        console.print(f"explained {len(results)} image-label pair(s){kinds}; pointing-game hit rate {rate}; "
                       f"{n_empty} of {n_maps} boxed map(s) empty (no signal, scored n/a); overlays and scores.csv "
                       f"in {out_dir}", highlight=False, soft_wrap=True)
     else:
-        console.print(f"explained {len(results)} image-label pair(s) (no boxes to score); overlays and scores.csv "
+        console.print(f"explained {len(results)} image-label pair(s){kinds} (no boxes to score); overlays and scores.csv "
                       f"in {out_dir}", highlight=False, soft_wrap=True)

@@ -18,8 +18,9 @@ def prepare(
     catalog: Path = typer.Argument(..., help="Catalog folder (from 'chestxray catalog')."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder PREPARED."),
     size: int = typer.Option(256, "--size", help="Square image size in pixels."),
-    resize: str = typer.Option("pad", "--resize",
-                               help="pad: keep the whole image, black borders; crop: centre square."),
+    resize: str = typer.Option("crop", "--resize",
+                               help="crop: centre square (no borders); pad: whole image on black bars, whose size "
+                                    "encodes the aspect ratio, a shortcut a model can learn (see explore's check)."),
     workers: int = typer.Option(0, "--workers", "-j", help="Decoding processes (0 = all CPU cores)."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Images per shard file."),
     max_pixels: int = typer.Option(100_000_000, "--max-pixels",

@@ -8,7 +8,17 @@ from typing import Optional
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, friendly, quiet_lightning
+from chestxray.cli.common import console, err_console, friendly, quiet_lightning
+from chestxray.training.config import TrainConfig
+
+_DEFAULTS = TrainConfig()
+
+
+def _d(name: str) -> str:
+    """' (default: X)' for a TrainConfig field (flags default to None so a YAML value is not overridden)."""
+    value = getattr(_DEFAULTS, name)
+    shown = {"": "none", None: "none"}.get(value, value) if not isinstance(value, bool) else str(value).lower()
+    return f" (default: {shown})"
 
 
 def _settings(**flags: object) -> dict[str, object]:
@@ -17,7 +27,9 @@ def _settings(**flags: object) -> dict[str, object]:
 
 
 @app.command(help="Train a classifier on a PREPARED folder into a run folder (config.yaml, checkpoints/, "
-             "metrics.csv, history.csv, bundle/), mirrored to MLflow (./mlruns unless --mlflow-uri / --no-mlflow). "
+             "metrics.csv, history.csv, bundle/), mirrored to MLflow: by default the SQLite store mlflow.db beside the "
+             "run folder (runs/mlflow.db for runs/NAME; view it with 'mlflow ui --backend-store-uri "
+             "sqlite:///runs/mlflow.db'), or --mlflow-uri, or --no-mlflow. "
              "Settings: defaults ← --config YAML ← flags.\n\n"
              "Example: chestxray train runs/prepared --model densenet121 --pretrained imagenet --epochs 8 "
              "--batch-size 16 --lr 1e-4 --augment advanced --out runs/dn121\n\n"
@@ -33,65 +45,65 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of settings (flags override it)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the stopped run RUN from its last.ckpt."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Architecture (see 'chestxray models'), or "
-                                        "any timm model as timm/<name>."),
+                                        "any timm model as timm/<name>." + _d("model")),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="scratch | frozen (ImageNet backbone frozen, new "
                                          "head) | finetune (last 2 stages + head, backbone at lr × 0.1); flags "
                                          "override its settings."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="'imagenet': the model's ImageNet weights, "
                                              "downloaded once into $TORCH_HOME/hub/checkpoints (or timm's hub cache; "
-                                             "efficientnet-lite0 needs no network)."),
+                                             "efficientnet-lite0 needs no network)." + _d("pretrained")),
     offline: Optional[bool] = typer.Option(None, "--offline", envvar="CHESTXRAY_OFFLINE",
-                                           help="Never download weights; read the local caches only."),
+                                           help="Never download weights; read the local caches only." + _d("offline")),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Start from a local state dict "
                                            "(.pth/.pt/.ckpt/.safetensors)."),
-    in_chans: Optional[int] = typer.Option(None, "--in-chans", help="1 (grayscale, default) or 3 (replicated)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW)."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
-    augment: Optional[str] = typer.Option(None, "--augment", help="none | minimal | advanced."),
+    in_chans: Optional[int] = typer.Option(None, "--in-chans", help="1 (grayscale) or 3 (replicated)." + _d("in_chans")),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help=_d("epochs").strip()),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=_d("batch_size").strip()),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW)." + _d("lr")),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help=_d("weight_decay").strip()),
+    augment: Optional[str] = typer.Option(None, "--augment", help="none | minimal (random horizontal flip: it mirrors the "
+                                          "laterality markers and puts the heart on the right) | advanced (flip, "
+                                          "affine, crop, perspective, brightness/contrast)." + _d("augment")),
     loss: Optional[str] = typer.Option(None, "--loss", help="bce | focal (a multiclass catalog always uses softmax "
-                                       "cross-entropy, focal-scaled with focal)."),
+                                       "cross-entropy, focal-scaled with focal)." + _d("loss")),
     pos_weight: Optional[bool] = typer.Option(None, "--pos-weight/--no-pos-weight",
                                               help="Weight positives by the train split's neg/pos ratio "
-                                              "(multiclass: class weights N/(K*n_class) in the cross-entropy)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="cosine (warm-up then cosine) | plateau."),
-    monitor: Optional[str] = typer.Option(None, "--monitor", help="val_auroc | val_loss (best ckpt, early stop)."),
-    patience: Optional[int] = typer.Option(None, "--patience", help="Early-stopping patience (0: off)."),
-    val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps (0: each epoch)."),
-    freeze: Optional[str] = typer.Option(None, "--freeze", help="none | backbone (only the head trains)."),
+                                              "(multiclass: class weights N/(K*n_class) in the cross-entropy)." + _d("pos_weight")),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="cosine (warm-up then cosine) | plateau." + _d("scheduler")),
+    monitor: Optional[str] = typer.Option(None, "--monitor", help="val_auroc | val_loss (best ckpt, early stop)." + _d("monitor")),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Early-stopping patience (0: off)." + _d("patience")),
+    val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps (0: each epoch)." + _d("val_every")),
+    freeze: Optional[str] = typer.Option(None, "--freeze", help="none | backbone (only the head trains)." + _d("freeze")),
     unfreeze_last: Optional[int] = typer.Option(None, "--unfreeze-last", help="With --freeze backbone: also "
-                                                "fine-tune the last N backbone blocks."),
+                                                "fine-tune the last N backbone blocks." + _d("unfreeze_last")),
     backbone_lr_scale: Optional[float] = typer.Option(None, "--backbone-lr-scale", help="Backbone learning rate "
-                                                      "= --lr × this (the head uses --lr)."),
-    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Max gradient norm (0: off)."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto | 32-true | 16-mixed | bf16-mixed."),
-    accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto | cpu | gpu."),
-    devices: Optional[str] = typer.Option(None, "--devices", help="Devices per node (number or 'auto')."),
-    num_nodes: Optional[int] = typer.Option(None, "--num-nodes"),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="auto | ddp | ..."),
-    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Data loader processes per device."),
+                                                      "= --lr × this (the head uses --lr)." + _d("backbone_lr_scale")),
+    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Max gradient norm (0: off)." + _d("grad_clip")),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto | 32-true | 16-mixed | bf16-mixed." + _d("precision")),
+    accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto | cpu | gpu." + _d("accelerator")),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Devices per node (number or 'auto')." + _d("devices")),
+    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help=_d("num_nodes").strip()),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="auto | ddp | ..." + _d("strategy")),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Data loader processes per device." + _d("num_workers")),
     verify_checksums: Optional[bool] = typer.Option(None, "--verify-checksums/--no-verify-checksums",
                                                     help="Before training, compare every "
-                                                    "shard's sha256 with manifest.json (sizes are always checked)."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps (-1: no limit)."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this much training time."),
+                                                    "shard's sha256 with manifest.json (sizes are always checked)."
+                                                    + _d("verify_checksums")),
+    seed: Optional[int] = typer.Option(None, "--seed", help=_d("seed").strip()),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps (-1: no limit)." + _d("max_steps")),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this much training time." + _d("max_minutes")),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<model>-<time>)."),
-    mlflow: Optional[bool] = typer.Option(None, "--mlflow/--no-mlflow", help="Mirror the run to MLflow."),
-    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="Tracking URI (default file:./mlruns)."),
-    experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment name."),
+    mlflow: Optional[bool] = typer.Option(None, "--mlflow/--no-mlflow", help="Mirror the run to MLflow." + _d("mlflow")),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="Tracking URI (default: sqlite:///<run folder's parent>/mlflow.db)."),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment name." + _d("experiment")),
     register_model: Optional[str] = typer.Option(None, "--register-model",
                                                  help="Also register the logged MLflow model under this name."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show the progress bar." + _d("progress")),
 ) -> None:
-    from chestxray.errors import ConfigError
-    from chestxray.training.config import resolve_config
-    from chestxray.training.train import CONFIG_FILE
-    from chestxray.training.recipes import recipe_settings
-    from chestxray.training.train import train as run_training
+    from dataclasses import replace
 
-    quiet_lightning()
+    from chestxray.errors import ConfigError, TrainingInterrupted
+    from chestxray.training.config import CONFIG_FILE, resolve_config
 
     base = None
     if resume is not None:
@@ -110,8 +122,19 @@ def train(
                          max_steps=max_steps,
                          max_minutes=max_minutes, out=out, mlflow=mlflow, mlflow_uri=mlflow_uri,
                          experiment=experiment, register_model=register_model, progress=progress)
-    resolved = resolve_config(base, recipe_settings(recipe), config, where="command line", **settings)
-    result = run_training(resolved, resume=resume is not None)
+    from chestxray.training.recipes import recipe_settings
+
+    resolved = resolve_config(base, recipe_settings(recipe), config, where="command line", **settings)  # before torch
+    quiet_lightning()
+    from chestxray.training.train import default_run_dir
+    from chestxray.training.train import train as run_training
+
+    resolved = replace(resolved, out=resolved.out or str(default_run_dir(resolved)))
+    try:
+        result = run_training(resolved, resume=resume is not None)
+    except TrainingInterrupted as exc:
+        err_console.print(f"[yellow]interrupted:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     if result.bundle_dir is not None:
         console.print(f"trained {resolved.model}: best val AUROC {result.best_val_auroc:.4f} after {result.epochs} "
                       f"epoch(s), {result.seconds:.0f} s, {result.images_per_s:.0f} images/s → run {result.run_dir} "
@@ -140,14 +163,14 @@ def compare(
     from rich.table import Table
 
     from chestxray.training.config import resolve_config
-    from chestxray.workflows.compare import compare_models
-
-    quiet_lightning()
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     base = resolve_config(config, where="command line", **_settings(
         prepared=prepared, model=names[0] if names else None, epochs=epochs, batch_size=batch_size, lr=lr,
         seed=seed, num_workers=num_workers, mlflow=mlflow, progress=progress))
+    quiet_lightning()
+    from chestxray.workflows.compare import compare_models
+
     table = compare_models(base, names, out, budget_minutes=budget_minutes)
     view = Table(title=f"{prepared} — same data, seed {base.seed}, {base.epochs} epoch(s)")
     for column in ("model", "val AUROC", "seconds", "parameters", "images/s"):

@@ -1,5 +1,10 @@
-"""Exploration of a catalog: counts per finding and split, class balance, co-occurrence, metadata summaries and a
-grid of sample images, written as CSV + PNG (matplotlib's Figure API, no pyplot state, no display needed)."""
+"""Exploration of a catalog: counts and prevalence per finding and split, co-occurrence, metadata summaries, a
+shortcut check (chestxray.data.shortcuts) and a stratified grid of sample images, written as CSV + PNG
+(matplotlib's Figure API, no pyplot state, no display needed).
+
+Prevalence is per image (share of images carrying the finding) and per patient (share of patients with at least one
+such image); in a multi-label task they do not sum to 1, and "No Finding" is the share of all-zero images.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ class ExploreResult:
     samples_shown: int = 0
     samples_skipped: int = 0
     augment_grid: Path | None = None
+    shortcuts: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def normal_name(catalog: Catalog) -> str:
@@ -47,9 +53,9 @@ def _presence(catalog: Catalog) -> pd.DataFrame:
 
 
 def finding_counts(catalog: Catalog) -> pd.DataFrame:
-    """Images and patients per finding (rows: labels + the normal row), overall and per split, with class shares.
+    """Images and patients per finding (rows: labels + the normal row), overall and per split, with prevalence.
 
-    share_with_normal: share of all label occurrences incl. No Finding; share_without_normal: among findings only.
+    prevalence_images: share of images with the finding; prevalence_patients: share of patients with it in any image.
     """
     presence = _presence(catalog)
     patients = catalog.table["patient_id"].astype(str)
@@ -62,10 +68,8 @@ def finding_counts(catalog: Catalog) -> pd.DataFrame:
         if rows.any():
             out[f"images_{name}"] = presence[rows].sum(axis=0)
             out[f"patients_{name}"] = presence[rows].groupby(patients.to_numpy()[rows]).max().sum(axis=0)
-    out["share_with_normal"] = (out["images"] / out["images"].sum()).round(4)
-    findings_total = out["images"].drop(normal_name(catalog)).sum()
-    out["share_without_normal"] = (out["images"] / findings_total if findings_total else 0.0).round(4)
-    out.loc[normal_name(catalog), "share_without_normal"] = np.nan
+    out["prevalence_images"] = (out["images"] / max(1, len(presence))).round(4)
+    out["prevalence_patients"] = (out["patients"] / max(1, patients.nunique())).round(4)
     out.index.name = "finding"
     return out
 
@@ -109,35 +113,60 @@ def _save(fig, path: Path) -> Path:
 
 
 def _plot_counts(findings: pd.DataFrame, path: Path) -> Path:
-    """Bar charts: images per finding, and class shares with and without No Finding."""
+    """Bar charts: images per finding, and prevalence per image and per patient (counts printed on the bars)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(13, max(3.0, 0.35 * len(findings))))
     axes = fig.subplots(1, 3)
-    fig.subplots_adjust(left=0.12, right=0.98, wspace=0.55, top=0.92, bottom=0.08)
+    fig.subplots_adjust(left=0.12, right=0.97, wspace=0.55, top=0.92, bottom=0.08)
     order = findings.sort_values("images").index
-    axes[0].barh(order, findings.loc[order, "images"], color="tab:blue")
+    bars = axes[0].barh(order, findings.loc[order, "images"], color="tab:blue")
+    axes[0].bar_label(bars, fontsize=7, padding=2)
     axes[0].set_title("images per finding")
-    axes[1].barh(order, findings.loc[order, "share_with_normal"], color="tab:gray")
-    axes[1].set_title("share incl. No Finding")
-    without = findings[findings["share_without_normal"].notna()].sort_values("images")
-    axes[2].barh(without.index, without["share_without_normal"], color="tab:orange")
-    axes[2].set_title("share of findings (excl. No Finding)")
+    for ax, col, title, colour in ((axes[1], "prevalence_images", "prevalence per image", "tab:gray"),
+                                   (axes[2], "prevalence_patients", "prevalence per patient", "tab:orange")):
+        bars = ax.barh(order, findings.loc[order, col], color=colour)
+        ax.bar_label(bars, labels=[f"{v:.1%}" for v in findings.loc[order, col]], fontsize=7, padding=2)
+        ax.set_xlim(0, min(1.0, float(findings[col].max()) * 1.25 + 0.02))
+        ax.set_title(title)
     return _save(fig, path)
 
 
 def _plot_cooccurrence(co: pd.DataFrame, path: Path) -> Path:
-    """Heatmap of the co-occurrence counts (log scale so rare pairs are visible)."""
+    """Heatmap of the co-occurrence counts, each cell's count printed, colour on a labelled log scale."""
+    from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
 
-    size = max(4.0, 0.5 * len(co))
+    values = co.to_numpy()
+    size = max(4.0, 0.55 * len(co))
     fig = Figure(figsize=(size + 2, size + 1.5))
     ax = fig.add_axes((0.22, 0.22, 0.62, 0.7))
-    im = ax.imshow(np.log1p(co.to_numpy()), cmap="viridis")
+    im = ax.imshow(np.where(values > 0, values, np.nan), cmap="viridis", norm=LogNorm(vmin=1, vmax=max(1, values.max())))
+    for (i, j), count in np.ndenumerate(values):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=6 if len(co) > 8 else 8,
+                color="black" if count > values.max() ** 0.5 else "white" if count else "gray")
     ax.set_xticks(range(len(co)), co.columns, rotation=90)
     ax.set_yticks(range(len(co)), co.index)
-    ax.set_title("co-occurrence (log1p images)")
-    fig.colorbar(im, ax=ax)
+    ax.set_title("images with both findings (diagonal: images per finding)")
+    fig.colorbar(im, ax=ax, label="images (log scale; empty = 0)")
+    return _save(fig, path)
+
+
+def _plot_classes(findings: pd.DataFrame, path: Path) -> Path:
+    """Binary task: images per class and split as grouped bars with counts (a co-occurrence plot would be one cell)."""
+    from matplotlib.figure import Figure
+
+    splits = [s for s in SPLITS if f"images_{s}" in findings]
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_axes((0.1, 0.15, 0.85, 0.75))
+    width = 0.8 / max(1, len(findings))
+    for k, (name, row) in enumerate(findings.iterrows()):
+        bars = ax.bar(np.arange(len(splits)) + k * width, [row[f"images_{s}"] for s in splits], width, label=str(name))
+        ax.bar_label(bars, fontsize=8, padding=2)
+    ax.set_xticks(np.arange(len(splits)) + width * (len(findings) - 1) / 2, splits)
+    ax.set_ylabel("images")
+    ax.set_title("images per class and split")
+    ax.legend()
     return _save(fig, path)
 
 
@@ -156,8 +185,35 @@ def _plot_age(catalog: Catalog, ages: pd.Series, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _strata(catalog: Catalog, table: pd.DataFrame) -> pd.Series:
+    """Each image's stratum for the sample grid: its rarest finding, or the normal class when it has none."""
+    counts = table[list(catalog.labels)].sum(axis=0)
+    rarest_first = [name for name in counts.sort_values(kind="stable").index]
+    matrix = table[rarest_first].to_numpy(dtype=bool)
+    first = np.where(matrix.any(axis=1), matrix.argmax(axis=1), -1)
+    return pd.Series([rarest_first[i] if i >= 0 else normal_name(catalog) for i in first], index=table.index)
+
+
+def allocate(sizes: pd.Series, n: int) -> pd.Series:
+    """Proportional allocation of n draws over strata (largest remainder), at least one per stratum while n allows."""
+    sizes = sizes[sizes > 0]
+    n = min(n, int(sizes.sum()))
+    share = sizes / sizes.sum() * n
+    take = np.floor(share).astype(int)
+    if n >= len(sizes):
+        take = take.clip(lower=1)
+    while take.sum() > n:  # the minimum of one pushed us over: trim the largest
+        take[take.idxmax()] -= 1
+    remainder = (share - take).sort_values(ascending=False, kind="stable")
+    for name in remainder.index[: n - int(take.sum())]:
+        take[name] += 1
+    return take.clip(upper=sizes)
+
+
 def sample_grid(catalog: Catalog, path: Path, n: int = 16, seed: int = 0) -> tuple[Path | None, int, int]:
-    """Grid of up to n seeded random images titled with their findings; unreadable ones are skipped.
+    """Grid of up to n seeded random images, stratified by finding (rarest finding, else normal) in proportion to its
+    images (each stratum at least one while n allows), titled with their findings; unreadable ones are replaced
+    from the same stratum when it has more, and counted.
 
     Returns (path or None when nothing could be shown, images shown, images skipped)."""
     from chestxray.data.imaging import load_gray
@@ -166,23 +222,29 @@ def sample_grid(catalog: Catalog, path: Path, n: int = 16, seed: int = 0) -> tup
     if table.empty:
         return None, 0, 0
     rng = np.random.default_rng(seed)
-    rows = table.iloc[np.sort(rng.choice(len(table), size=min(len(table), 3 * n), replace=False))]
+    strata = _strata(catalog, table)
     shown: list[tuple[np.ndarray, str]] = []
     skipped = 0
-    for _, row in rows.iterrows():
-        if len(shown) == n:
-            break
-        try:
-            image = load_gray(str(row["path"]))
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped and counted, never fatal here
-            log.warning("sample grid: skipping %s (%s)", row["path"], exc)
-            skipped += 1
-            continue
-        names = [name for name in catalog.labels if int(row[name]) == 1]
-        shown.append((image, ", ".join(names) or normal_name(catalog)))
+    for name, want in allocate(strata.value_counts(), n).items():
+        members = strata.index[(strata == name).to_numpy()]
+        got = 0
+        for index in rng.permutation(members):
+            if got == want:
+                break
+            row = table.loc[index]
+            try:
+                image = load_gray(str(row["path"]))
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped and counted, never fatal here
+                log.warning("sample grid: skipping %s (%s)", row["path"], exc)
+                skipped += 1
+                continue
+            names = [label for label in catalog.labels if int(row[label]) == 1]
+            shown.append((image, ", ".join(names) or normal_name(catalog)))
+            got += 1
     if not shown:
         return None, 0, skipped
-    return _mosaic(shown, path), len(shown), skipped
+    order = rng.permutation(len(shown))  # mix the strata across the grid
+    return _mosaic([shown[i] for i in order], path), len(shown), skipped
 
 
 def _mosaic(shown: list[tuple[np.ndarray, str]], path: Path, tile: int = 160) -> Path:
@@ -215,15 +277,23 @@ def _mosaic(shown: list[tuple[np.ndarray, str]], path: Path, tile: int = 160) ->
 
 
 def explore_catalog(catalog: Catalog | str | Path, out_dir: str | Path, n_samples: int = 16, seed: int = 0) -> ExploreResult:
-    """Write findings.csv, cooccurrence.csv, metadata CSVs, counts/co-occurrence/age PNGs and samples.png."""
+    """Write findings.csv, cooccurrence.csv, shortcuts.csv, metadata CSVs, counts/co-occurrence (or, binary, classes)/age
+    PNGs and samples.png; the shortcut table is kept in the result (shortcut_warnings words it)."""
+    from chestxray.data.shortcuts import shortcut_check, shortcut_warnings
+
     if not isinstance(catalog, Catalog):
         catalog = load_catalog(catalog)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     findings = finding_counts(catalog)
     co = cooccurrence(catalog)
+    shortcuts = shortcut_check(catalog, seed=seed)
     files = [write_csv(out / "findings.csv", findings, index=True), write_csv(out / "cooccurrence.csv", co, index=True),
-             _plot_counts(findings, out / "findings.png"), _plot_cooccurrence(co, out / "cooccurrence.png")]
+             write_csv(out / "shortcuts.csv", shortcuts), _plot_counts(findings, out / "findings.png"),
+             _plot_classes(findings, out / "classes.png") if len(catalog.labels) == 1
+             else _plot_cooccurrence(co, out / "cooccurrence.png")]
+    for line in shortcut_warnings(shortcuts):
+        log.info("%s", line)
     for name, frame in metadata_summary(catalog).items():
         files.append(write_csv(out / f"{name}.csv", frame, index=True))
     ages = _ages(catalog)
@@ -232,7 +302,7 @@ def explore_catalog(catalog: Catalog | str | Path, out_dir: str | Path, n_sample
     grid, shown, skipped = sample_grid(catalog, out / "samples.png", n=n_samples, seed=seed)
     if grid is not None:
         files.append(grid)
-    return ExploreResult(out, findings, files, shown, skipped)
+    return ExploreResult(out, findings, files, shown, skipped, shortcuts=shortcuts)
 
 
 def explore(path: str | Path, out_dir: str | Path, augment: str | None = None, n_samples: int = 16,

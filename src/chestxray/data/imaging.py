@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # process can deadlock its forked children, so OpenCV runs single-threaded (the usual PyTorch + OpenCV advice).
 cv2.setNumThreads(0)
 
-RESIZE_MODES: tuple[str, ...] = ("pad", "crop")
+RESIZE_MODES: tuple[str, ...] = ("crop", "pad")
 DEFAULT_MAX_PIXELS = 100_000_000  # far above any real radiograph (a 4,300 × 4,300 detector is 18.5 MP)
 # JPEG draft decoding (≥ 2 × target) then fit_square vs. a full decode then fit_square, in grey levels, at 32 px and
 # above (bench/bench_draft.py on the 1,269 Kaggle JPEGs: mean 0.45 at 32 px, 0.24 at 64 px, 0 at 256 px; worst file
@@ -92,11 +92,13 @@ def check_pixels(path: str | Path, shape: tuple[int, ...], max_pixels: int | Non
                         "raise the limit with --max-pixels if it is genuine")
 
 
-def fit_square(img: np.ndarray, size: int, mode: str = "pad", source_shape: tuple[int, int] | None = None
+def fit_square(img: np.ndarray, size: int, mode: str = "crop", source_shape: tuple[int, int] | None = None
                ) -> np.ndarray:
-    """Resize a uint8 (H, W) image to (size, size): 'pad' keeps the whole image, scaling the long side to
-    `size` and centring it on black; 'crop' scales the short side to `size` and keeps the centre square.
+    """Resize a uint8 (H, W) image to (size, size): 'crop' (default) scales the short side to `size` and keeps the
+    centre square; 'pad' keeps the whole image, scaling the long side to `size` and centring it on black.
 
+    Crop is the default because pad's black bars encode the image's aspect ratio, an acquisition trait that can
+    predict the label by itself (Kaggle pneumonia images are wider) and that a model then learns instead of the lungs.
     `source_shape`: the full-resolution (H, W) when `img` is a reduced decode of it (JPEG draft); the geometry
     (letterbox size and offsets, crop window) is then computed from it, so it is identical to a full decode's.
     """
@@ -105,13 +107,12 @@ def fit_square(img: np.ndarray, size: int, mode: str = "pad", source_shape: tupl
     if img.ndim != 2 or img.dtype != np.uint8:
         raise DataError(f"fit_square expects a uint8 (H, W) image, got {img.dtype} {img.shape}")
     h, w = source_shape or img.shape
-    sy, sx = img.shape[0] / h, img.shape[1] / w  # 1.0 unless img is a reduced decode
-    if mode == "crop":
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        rows = slice(round(top * sy), max(round((top + side) * sy), round(top * sy) + 1))
-        cols = slice(round(left * sx), max(round((left + side) * sx), round(left * sx) + 1))
-        return _resize(img[rows, cols], size, size)
+    if mode == "crop":  # scale the short side to `size`, then take the centre at output resolution: the same
+        # output geometry from a full or a reduced decode (cropping first would round the window in reduced pixels)
+        scale = size / min(h, w)
+        new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        return np.ascontiguousarray(_resize(img, new_h, new_w)[top:top + size, left:left + size])
     scale = size / max(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
     resized = _resize(img, new_h, new_w)
@@ -123,7 +124,7 @@ def fit_square(img: np.ndarray, size: int, mode: str = "pad", source_shape: tupl
     return out
 
 
-def load_square(path: str | Path, size: int, mode: str = "pad", max_pixels: int | None = DEFAULT_MAX_PIXELS
+def load_square(path: str | Path, size: int, mode: str = "crop", max_pixels: int | None = DEFAULT_MAX_PIXELS
                 ) -> np.ndarray:
     """Decode and resize a file to uint8 (size, size): exactly what prepare stores and predict must feed."""
     img, shape = _decode(Path(path), size, max_pixels)

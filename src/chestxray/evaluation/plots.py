@@ -128,17 +128,29 @@ def plot_roc_grid(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str]
     return _save(fig, out)
 
 
+def pr_steps(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) to draw with drawstyle 'steps-pre': recall ascending from 0, the first step at the precision
+    of the highest threshold — where the data starts — without scikit-learn's appended (recall 0, precision 1) point.
+
+    Precision[i] holds on (recall[i-1], recall[i]], so the area under the drawn steps is the average precision.
+    """
+    precision, recall, _ = precision_recall_curve(y_true, y_score)
+    precision, recall = precision[:-1][::-1], recall[:-1][::-1]  # drop the artificial end point; ascending recall
+    return np.r_[0.0, recall], np.r_[precision[0], precision]
+
+
 def plot_pr_grid(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str], out: str | Path,
                  thresholds: dict[str, float] | None = None) -> Path:
-    """One precision-recall panel per finding, with the prevalence (chance) line and the operating point."""
+    """One precision-recall panel per finding (pr_steps: starting where the data does), with the prevalence (chance)
+    line and the operating point."""
     t, s = check_arrays(y_true, y_score)
     fig, axes = _grid(len(labels))
     for j, (ax, name) in enumerate(zip(axes, labels)):
         if t[:, j].sum() == 0:
             _na(ax, name, f"no positives among {len(t)} images")
             continue
-        precision, recall, _ = precision_recall_curve(t[:, j], s[:, j])
-        ax.step(recall, precision, where="post", lw=1.4, color="tab:purple")
+        recall, precision = pr_steps(t[:, j], s[:, j])
+        ax.plot(recall, precision, drawstyle="steps-pre", lw=1.4, color="tab:purple")
         ax.axhline(t[:, j].mean(), ls="--", lw=0.8, color="grey")
         if thresholds and name in thresholds:
             c = threshold_counts(t[:, j], s[:, j], thresholds[name])
@@ -196,24 +208,33 @@ def plot_auroc_bars(summary: Summary, out: str | Path) -> Path:
 
 
 def plot_calibration(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str], out: str | Path,
-                     n_bins: int = 10) -> Path:
-    """Reliability diagram (all findings pooled, bold; each finding faint) and the histogram of probabilities."""
+                     n_bins: int = 10, min_count: int = 10, max_lines: int = 6) -> Path:
+    """Reliability diagram and the histogram of probabilities.
+
+    Bold: all findings pooled, each point annotated with its bin's count. With up to `max_lines` findings each has
+    its own labelled line (name and ECE), drawn only through bins holding at least `min_count` images, so a bin of one
+    image does not jump to 0 or 1; with more findings only the pooled curve is drawn (per-finding ECE is in metrics).
+    """
     t, s = check_arrays(y_true, y_score)
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_rel, ax_hist = fig.subplots(1, 2)
     ax_rel.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfect")
-    if len(labels) > 1:
-        for j in range(len(labels)):
+    if 1 < len(labels) <= max_lines:
+        for j, name in enumerate(labels):
             b = calibration_bins(t[:, j], s[:, j], n_bins)
-            ok = b.counts > 0
-            ax_rel.plot(b.mean_prob[ok], b.frac_pos[ok], lw=0.6, alpha=0.35, color="tab:blue")
+            ok = b.counts >= min_count
+            ax_rel.plot(b.mean_prob[ok], b.frac_pos[ok], ".-", lw=1, alpha=0.7, label=f"{name} (ECE {b.ece:.3f})")
     pooled = calibration_bins(t.ravel(), s.ravel(), n_bins)
     ok = pooled.counts > 0
     ax_rel.plot(pooled.mean_prob[ok], pooled.frac_pos[ok], "o-", lw=2, color="tab:red",
                 label=f"{'all findings pooled' if len(labels) > 1 else labels[0]} (ECE {pooled.ece:.3f})")
+    for x, y, n in zip(pooled.mean_prob[ok], pooled.frac_pos[ok], pooled.counts[ok]):
+        ax_rel.annotate(f"n={int(n)}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=6, color="tab:red")
+    note = f" (per-finding lines: bins with >= {min_count} images)" if 1 < len(labels) <= max_lines else ""
     ax_rel.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability", ylabel="observed positive rate",
-               title="Reliability", aspect="equal")
-    ax_rel.legend(fontsize=8, loc="upper left")
+               title=f"Reliability{note}", aspect="equal")
+    ax_rel.title.set_fontsize(9)
+    ax_rel.legend(fontsize=7, loc="upper left")
     ax_rel.grid(alpha=0.3)
     ax_hist.hist(s.ravel(), bins=pooled.edges, color="tab:gray")
     ax_hist.set(xlabel="predicted probability", ylabel="image-finding pairs", title="Predicted probabilities")

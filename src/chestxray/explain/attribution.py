@@ -1,4 +1,4 @@
-"""Attribution maps: Grad-CAM and Integrated Gradients heatmaps (Captum) and PNG overlays, for any model.
+"""Attribution maps: Grad-CAM and Integrated Gradients heatmaps (Captum), for any model (overlays: explain.overlay).
 
 Heatmaps are the positive evidence for one label's logit, upsampled to the model's input size and scaled to
 [0, 1] per image. Grad-CAM uses the model's `gradcam_layer` hint when it has one, else its last nn.Conv2d;
@@ -8,17 +8,13 @@ Integrated Gradients starts from a black image (uint8 zeros, normalised like the
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from chestxray.data.labels import closest
 from chestxray.errors import ConfigError, ModelError
-from chestxray.explain.localize import Box
-from chestxray.files import atomic_path
+from chestxray.explain.overlay import render_overlay, save_png  # noqa: F401 - kept importable from here
 
 log = logging.getLogger(__name__)
 METHODS = ("gradcam", "ig")
@@ -89,34 +85,3 @@ def attribute(
         log.debug("IG completeness error %s", delta.abs().max().item())
         return to_heatmaps(attr)
     raise ConfigError(f"explain method {method!r} is not one of {list(METHODS)}{closest(method, METHODS)}")
-
-
-def render_overlay(
-    gray: np.ndarray, heatmap: np.ndarray, title: str, boxes: Sequence[Box] = (), alpha: float = 0.45, display: int = 320
-) -> Image.Image:
-    """RGB picture: the uint8 (H, W) X-ray, the [0, 1] heatmap blended in jet colours, expert boxes in white, a title strip."""
-    from matplotlib import colormaps
-
-    if gray.shape != heatmap.shape:
-        raise ValueError(f"image {gray.shape} and heatmap {heatmap.shape} must have the same shape")
-    base = np.repeat(gray[..., None].astype(np.float32) / 255.0, 3, axis=2)
-    colour = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3]
-    blend = (1 - alpha) * base + alpha * colour
-    picture = Image.fromarray((blend * 255).round().astype(np.uint8), "RGB")
-    scale = max(1.0, display / max(gray.shape))
-    side = (round(gray.shape[1] * scale), round(gray.shape[0] * scale))
-    picture = picture.resize(side, Image.Resampling.BILINEAR)
-    draw = ImageDraw.Draw(picture)
-    for b in boxes:
-        draw.rectangle([b.x * scale, b.y * scale, (b.x + b.w) * scale, (b.y + b.h) * scale], outline=(255, 255, 255), width=2)
-    canvas = Image.new("RGB", (side[0], side[1] + 18), (0, 0, 0))
-    canvas.paste(picture, (0, 18))
-    ImageDraw.Draw(canvas).text((4, 3), title, fill=(255, 255, 255))
-    return canvas
-
-
-def save_png(image: Image.Image, path: str | Path) -> Path:
-    """Write a PIL image as PNG atomically."""
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-    return Path(path)

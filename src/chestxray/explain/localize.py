@@ -92,10 +92,10 @@ def boxes_for(boxes: pd.DataFrame, image_id: str, label: str | None = None) -> p
     return rows
 
 
-def fit_square_box(box: Box, image_w: int, image_h: int, size: int, mode: str = "pad") -> Box:
+def fit_square_box(box: Box, image_w: int, image_h: int, size: int, mode: str = "crop") -> Box:
     """Map a box in an image of image_w x image_h onto fit_square(img, size, mode): centred letterbox or centre crop."""
     if mode not in ("pad", "crop"):
-        raise ConfigError(f"resize mode {mode!r} is not one of 'pad', 'crop'")
+        raise ConfigError(f"resize mode {mode!r} is not one of 'crop', 'pad'")
     scale = size / (max(image_w, image_h) if mode == "pad" else min(image_w, image_h))
     off_x = (size - image_w * scale) / 2.0
     off_y = (size - image_h * scale) / 2.0
@@ -103,7 +103,7 @@ def fit_square_box(box: Box, image_w: int, image_h: int, size: int, mode: str = 
 
 
 def scale_box(
-    box: Box, frame: tuple[float, float] | None, image_size: tuple[int, int], size: int, mode: str = "pad"
+    box: Box, frame: tuple[float, float] | None, image_size: tuple[int, int], size: int, mode: str = "crop"
 ) -> Box:
     """Box from its frame (w, h; None = the image's pixels) into the prepared size x size image of an image_size (w, h) file."""
     image_w, image_h = image_size
@@ -113,7 +113,7 @@ def scale_box(
     return fit_square_box(box, image_w, image_h, size, mode)
 
 
-def rows_to_boxes(rows: pd.DataFrame, image_size: tuple[int, int], size: int, mode: str = "pad") -> list[Box]:
+def rows_to_boxes(rows: pd.DataFrame, image_size: tuple[int, int], size: int, mode: str = "crop") -> list[Box]:
     """Boxes of a boxes table's rows, mapped into the prepared size x size image."""
     out = []
     for r in rows.itertuples(index=False):

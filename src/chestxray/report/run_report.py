@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 import chestxray
@@ -122,8 +123,60 @@ def _find_prepared(run: Path, metrics: dict[str, Any]) -> str | None:
         return None
 
 
+def latest_explain_run(run: Path) -> Path | None:
+    """The explain run folder (RUN/explain/<name>, or RUN/explain itself) whose scores.csv is the newest, if any."""
+    root = run / "explain"
+    found = [p.parent for p in (root / "scores.csv", *root.glob("*/scores.csv")) if p.is_file()]
+    return max(found, key=lambda d: (d / "scores.csv").stat().st_mtime, default=None)
+
+
+def _caption(row: pd.Series) -> str:
+    """Overlay caption from a scores.csv row: id, split, finding, probability, threshold, outcome, method, scores."""
+    parts = [str(row["image_id"]), *([f"{row['split']} split"] if _text(row.get("split")) else []), str(row["label"]),
+             f"p={row['probability']:.2f}"]
+    if pd.notna(row.get("threshold")):
+        parts[-1] += f", threshold {row['threshold']:.2f}"
+    if _text(row.get("outcome")):
+        parts.append(str(row["outcome"]))
+    parts.append(str(row["method"]))
+    if row.get("empty_map") == 1:
+        parts.append("empty map (n/a)")
+    elif pd.notna(row.get("pointing_hit")):
+        iou = next((c for c in row.index if str(c).startswith("iou_top")), None)
+        parts.append(f"pointing {row['pointing_hit']:.2f}, {iou.replace('iou_top', 'IoU top ')}% {row[iou]:.2f}, "
+                     f"energy in box {row['energy_in_box']:.2f}" if iou else f"pointing {row['pointing_hit']:.2f}")
+    return " · ".join(parts)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _explanations(run: Path) -> tuple[list[dict[str, str]], str]:
+    """Overlays of the latest explain run only (up to MAX_EXPLANATIONS, taken in turn by outcome) and a line saying
+    which run, split, method and selection they come from."""
+    folder = latest_explain_run(run)
+    if folder is None:
+        return [], ""
+    table = pd.read_csv(folder / "scores.csv", dtype={"image_id": str, "split": str, "outcome": str})
+    table = table[[(folder / Path(str(p)).name).is_file() for p in table["overlay"]]] if len(table) else table
+    if table.empty:
+        return [], ""
+    table = table.fillna({"outcome": "", "split": ""})
+    table["turn"] = table.groupby("outcome").cumcount()
+    table = table.sort_values("turn", kind="stable").head(MAX_EXPLANATIONS)
+    items = [{"src": _data_uri(folder / Path(str(r["overlay"])).name), "caption": _caption(r)} for _, r in table.iterrows()]
+    settings_path = folder / "settings.json"
+    settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
+    facts = [f"run {folder.relative_to(run)}", f"method {settings.get('method') or table['method'].iloc[0]}"]
+    facts += [f"{k} {settings[k]}" for k in ("split", "selection", "created") if settings.get(k)]
+    tally = table["outcome"].replace("", None).dropna().value_counts()
+    shown = f"{len(items)} shown" + (f" ({', '.join(f'{v} {k}' for k, v in tally.items())})" if len(tally) else "")
+    return items, "Explain " + "; ".join(facts) + f"; {shown}. Earlier explain runs are not mixed in."
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write RUN/report.html (or `out`) from RUN/eval, RUN/config.yaml, the prepared manifest and RUN/explain/*.png."""
+    """Write RUN/report.html (or `out`) from RUN/eval, RUN/config.yaml, the prepared manifest and the latest explain run."""
     run = Path(run_dir)
     eval_dir = run / EVAL_DIR
     metrics_path = eval_dir / "metrics.json"
@@ -140,9 +193,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for key, name in PLOTS.items():
         path = eval_dir / name
         plots[key] = {"src": _data_uri(path), "caption": captions[key]} if path.exists() else None
-    explain_dir = run / "explain"
-    explain_files = sorted(explain_dir.glob("*.png"))[:MAX_EXPLANATIONS] if explain_dir.is_dir() else []
-    explanations = [{"src": _data_uri(p), "caption": p.stem.replace("_", " ")} for p in explain_files]
+    explanations, explain_info = _explanations(run)
 
     prepared = _find_prepared(run, metrics)
     data_table, data_missing, manifest = None, "", {}
@@ -201,6 +252,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         header_titles=HEADER_TITLES,
         metrics_rows=_metric_rows(rows),
         explanations=explanations,
+        explain_info=explain_info,
         config_text=config_path.read_text(encoding="utf-8") if config_path.exists() else "",
     )
     target = Path(out) if out is not None else run / REPORT

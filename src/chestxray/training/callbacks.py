@@ -1,4 +1,5 @@
-"""Training policy as Lightning callbacks: backbone freezing, RNG state in checkpoints, the run's metric tables."""
+"""Training policy as Lightning callbacks: backbone freezing, RNG state in checkpoints, the run's metric tables, and
+a progress bar that speaks in human epochs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from chestxray.files import atomic_path, write_csv
@@ -192,3 +193,29 @@ class MetricsHistory(Callback):
         """Write metrics.csv and history.csv into the run folder (atomically)."""
         write_csv(self.run_dir / "metrics.csv", pd.DataFrame(self.rows, columns=METRIC_COLUMNS))
         write_csv(self.run_dir / "history.csv", pd.DataFrame(self.history, columns=HISTORY_COLUMNS))
+
+
+class EpochProgressBar(RichProgressBar):
+    """Lightning's rich bar, counting epochs from 1 ("Epoch 1/2", not "Epoch 0/1"), without Lightning's logger
+    version (v_num) and without validation metrics until a real validation has run (the sanity check's 0.500
+    AUROC on one batch is not a result)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._validated = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._validated = self._validated or not trainer.sanity_checking
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        total = self.trainer.max_epochs
+        text = f"Epoch {current_epoch + 1}" + (f"/{total}" if total is not None and total > 0 else "")
+        return f"{text:{len(self.validation_description)}}" if len(self.validation_description) > len(text) else text
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        if not self._validated:
+            items = {k: v for k, v in items.items() if not k.startswith("val_")}
+        return items

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,18 @@ import yaml
 from chestxray.data.labels import closest
 from chestxray.errors import ConfigError, DataError, ModelError
 
+CONFIG_FILE = "config.yaml"  # the resolved config in every run folder
 LOSSES = ("bce", "focal")
 SCHEDULERS = ("cosine", "plateau")
 MONITORS = ("val_auroc", "val_loss")
 FREEZE = ("none", "backbone")
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed")
+# The built-in model and augmentation names, so a config is checked before torch is imported (the registries need
+# it). tests/training/test_config.py keeps them equal to the registries; a name registered by a library user is
+# checked against the registry itself (already imported by whoever registered it).
+BUILTIN_MODELS = ("cnn-small", "cnn-tiny", "densenet121", "efficientnet-lite0", "efficientnet_b0", "resnet152", "resnet18",
+                  "resnet50")
+BUILTIN_POLICIES = ("none", "minimal", "advanced")
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # 0: no time limit (otherwise training stops after this budget)
     out: str = ""  # run folder; "" → runs/<model>-<UTC time>
     mlflow: bool = True
-    mlflow_uri: str = ""  # "" → file:<cwd>/mlruns (MLflow's folder store; sqlite:///PATH.db for a database)
+    mlflow_uri: str = ""  # "" → sqlite:///<run folder's parent>/mlflow.db (e.g. runs/mlflow.db); or a server URL
     experiment: str = "chestxray"
     register_model: str = ""  # also register the logged MLflow pyfunc model under this name ("" → not registered)
     progress: bool = True
@@ -138,31 +146,47 @@ def resolve_config(*layers: dict[str, Any] | str | Path | None, where: str = "se
     The result is validated (validate_config) before it is returned.
     """
     merged: dict[str, Any] = {}
+    source: dict[str, str] = {}  # where each value came from, so an error names the YAML file or the flags
     for layer in layers:
         if layer is None:
             continue
-        merged.update(read_yaml(layer) if isinstance(layer, (str, Path)) else _check_keys(dict(layer), where))
-    merged.update(_check_keys({k: v for k, v in settings.items() if v is not None}, where))
-    config = TrainConfig(**{k: _coerce(k, v, where) for k, v in merged.items()})
+        values = read_yaml(layer) if isinstance(layer, (str, Path)) else _check_keys(dict(layer), where)
+        if isinstance(layer, (str, Path)) and _is_run_config(Path(layer), values):
+            values.pop("out")  # a run's own config.yaml reused as a recipe: a new run, not the stored folder
+        merged.update(values)
+        source.update(dict.fromkeys(values, str(layer) if isinstance(layer, (str, Path)) else where))
+    flags = _check_keys({k: v for k, v in settings.items() if v is not None}, where)
+    merged.update(flags)
+    source.update(dict.fromkeys(flags, where))
+    config = TrainConfig(**{k: _coerce(k, v, source[k]) for k, v in merged.items()})
     validate_config(config)
     return config
 
 
+def _is_run_config(path: Path, values: dict[str, Any]) -> bool:
+    """True for RUN/config.yaml whose stored out: is that RUN folder (given as --config, its out: is not reused)."""
+    out = values.get("out")
+    return bool(out) and path.name == CONFIG_FILE and Path(str(out)).resolve() == path.resolve().parent
+
+
 def validate_config(config: TrainConfig) -> None:
     """Cheap checks of every setting (names, ranges, the PREPARED folder); raises Config/Data/ModelError."""
-    from chestxray.data.augment import list_policies
-    from chestxray.models.factory import has_dropout
-    from chestxray.models.registry import PRETRAINED_CHOICES, get_spec
-
     def one_of(name: str, value: Any, valid: tuple | list) -> None:
         if value not in valid:
             raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not one of {list(valid)}"
                               f"{closest(str(value), [str(v) for v in valid])}")
 
-    spec = get_spec(config.model)  # an unknown name raises ModelError listing the valid ones
-    if config.pretrained and not spec.has_imagenet:
-        raise ModelError(f"model {config.model!r} has no ImageNet weights; train it from scratch (leave out "
-                         "--pretrained) or pass --weights FILE")
+    builtin = config.model in BUILTIN_MODELS
+    if not builtin and not config.model.startswith("timm/") and "chestxray.models" not in sys.modules:
+        raise ModelError(f"unknown model {config.model!r}{closest(config.model, list(BUILTIN_MODELS))}; choose one "
+                         f"of: {', '.join(sorted(BUILTIN_MODELS))}")
+    if not builtin or config.pretrained is not None:  # timm/<name>, a caller's model or weights: the registry (torch)
+        from chestxray.models.registry import PRETRAINED_CHOICES, get_spec
+
+        spec = get_spec(config.model)  # a model registered by the caller; an unknown name raises ModelError
+        if config.pretrained and not spec.has_imagenet:
+            raise ModelError(f"model {config.model!r} has no ImageNet weights; train it from scratch (leave out "
+                             "--pretrained) or pass --weights FILE")
     if config.pretrained is not None:
         one_of("pretrained", config.pretrained, PRETRAINED_CHOICES)
     if config.pretrained and config.weights:
@@ -171,7 +195,12 @@ def validate_config(config: TrainConfig) -> None:
         raise ModelError(f"--weights {config.weights}: no such file; check the path, or leave --weights out "
                          "to train from random weights")
     one_of("in_chans", config.in_chans, (1, 3))
-    one_of("augment", config.augment, list_policies())
+    if config.augment not in BUILTIN_POLICIES and "chestxray.data.augment" in sys.modules:
+        from chestxray.data.augment import list_policies
+
+        one_of("augment", config.augment, list_policies())
+    else:
+        one_of("augment", config.augment, BUILTIN_POLICIES)
     one_of("loss", config.loss, LOSSES)
     one_of("scheduler", config.scheduler, SCHEDULERS)
     one_of("monitor", config.monitor, MONITORS)
@@ -193,8 +222,11 @@ def validate_config(config: TrainConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {value}")
     if config.dropout is not None and not 0 <= config.dropout < 1:
         raise ConfigError(f"--dropout must be in [0, 1), got {config.dropout}")
-    if config.dropout is not None and not has_dropout(config.model):
-        raise ConfigError(f"--dropout: model {config.model!r} has no dropout layer; leave dropout out")
+    if config.dropout is not None:
+        from chestxray.models.factory import has_dropout  # torch, only when --dropout is given
+
+        if not has_dropout(config.model):
+            raise ConfigError(f"--dropout: model {config.model!r} has no dropout layer; leave dropout out")
     if not 0 <= config.warmup_fraction < 1:
         raise ConfigError(f"--warmup-fraction must be in [0, 1), got {config.warmup_fraction}")
     if config.unfreeze_last and config.freeze != "backbone":
@@ -203,10 +235,14 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError(f"--max-steps must be -1 (no limit) or positive, got {config.max_steps}")
     if not config.prepared:
         raise DataError("no PREPARED folder given; create one with 'chestxray prepare CATALOG --out PREPARED'")
-    if "://" not in config.prepared and not (Path(config.prepared) / "manifest.json").is_file():
-        what = "does not exist" if not Path(config.prepared).exists() else "has no manifest.json"
-        raise DataError(f"PREPARED folder {config.prepared} {what}; create it with "
-                        f"'chestxray prepare CATALOG --out {config.prepared}'")
+    folder = Path(config.prepared)
+    if "://" not in config.prepared and (folder / "catalog.csv").is_file() and not (folder / "manifest.json").is_file():
+        raise DataError(f"{config.prepared} is a catalog, not a PREPARED folder; prepare it first: 'chestxray prepare "
+                        f"{config.prepared} --out {folder.parent / (folder.name + '-prepared')}', then train on that")
+    if "://" not in config.prepared and not (folder / "manifest.json").is_file():
+        what = "does not exist" if not folder.exists() else "has no manifest.json"
+        raise DataError(f"PREPARED folder {config.prepared} {what}; create one with "
+                        "'chestxray prepare CATALOG --out PREPARED' and pass that folder")
 
 
 def config_yaml(config: TrainConfig) -> str:

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -25,21 +26,21 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from chestxray.errors import ConfigError
+from chestxray.errors import ConfigError, TrainingInterrupted
 from chestxray.files import atomic_path, write_json, write_text
 from chestxray.locks import folder_lock
 from chestxray.training.callbacks import (
     AtomicCheckpointIO,
+    EpochProgressBar,
     FreezeBackbone,
     MetricsHistory,
     RngState,
 )
-from chestxray.training.config import TrainConfig, config_yaml, validate_config
+from chestxray.training.config import CONFIG_FILE, TrainConfig, config_yaml, validate_config
 from chestxray.training.precision import choose_precision
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
 
 
@@ -75,6 +76,25 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.model}-{stamp}"
 
 
+def _check_finished(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse to "resume" a run that already finished (bundle written) under the same stopping settings: it would
+    train nothing. Saying so beats reporting epochs that were not trained; a larger --epochs/--max-steps continues."""
+    if not (run_dir / "bundle").exists() or not (run_dir / CONFIG_FILE).is_file():
+        return
+    from chestxray.training.config import read_yaml
+
+    stored = read_yaml(run_dir / CONFIG_FILE)
+    limits = ("epochs", "max_steps", "max_minutes")
+    if any(stored.get(k) != getattr(config, k) for k in limits):
+        return
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)
+    raise ConfigError(f"cannot resume {run_dir}: it already finished (bundle/ written; last checkpoint after epoch "
+                      f"{int(ckpt.get('epoch', 0)) + 1}, step {int(ckpt.get('global_step', 0))}; limits epochs "
+                      f"{config.epochs}, max_steps {config.max_steps}, max_minutes {config.max_minutes:g}), so there "
+                      f"is nothing to train. To train further add a larger --epochs or --max-steps (-1: no limit) "
+                      f"to --resume {run_dir}; to use it as it is: chestxray evaluate {run_dir}")
+
+
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
     """Refuse to overwrite a run; a folder whose run failed before its first checkpoint is reused (and says so)."""
     config_path = run_dir / CONFIG_FILE
@@ -95,9 +115,11 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
                           f"Either continue it with --resume {run_dir}, pick another --out, or delete {run_dir}")
 
 
-def _tracking_uri(config: TrainConfig) -> str:
-    """The tracking URI a run uses: config.mlflow_uri, else the folder store file:<cwd>/mlruns."""
-    return config.mlflow_uri or f"file:{Path.cwd() / 'mlruns'}"
+def _tracking_uri(config: TrainConfig, run_dir: Path | None = None) -> str:
+    """The tracking URI a run uses: config.mlflow_uri, else the SQLite store mlflow.db beside the run folder
+    (runs/mlflow.db for runs/<name>; artifacts in runs/artifacts), never a ./mlruns in whatever folder you are in."""
+    folder = run_dir if run_dir is not None else Path(config.out or "runs/run")
+    return config.mlflow_uri or f"sqlite:///{folder.resolve().parent / 'mlflow.db'}"
 
 
 @contextlib.contextmanager
@@ -127,7 +149,7 @@ def artifact_location(uri: str) -> str | None:
 def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None, task: str = "multilabel"):
     from lightning.pytorch.loggers import MLFlowLogger
 
-    uri = _tracking_uri(config)
+    uri = _tracking_uri(config, run_dir)
     return MLFlowLogger(experiment_name=config.experiment, run_name=run_dir.name, tracking_uri=uri, run_id=run_id,
                         artifact_location=artifact_location(uri),
                         tags={"run_dir": str(run_dir.resolve()), "model": config.model, "task": task})
@@ -166,7 +188,7 @@ def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any],
     if mlflow_logger is not None:
         mlflow_logger.log_hyperparams(config.to_dict())
         run_info["mlflow_run_id"] = mlflow_logger.run_id
-        run_info["mlflow_tracking_uri"] = mlflow_logger._tracking_uri  # the store this run's logger writes to
+        run_info["mlflow_tracking_uri"] = _tracking_uri(config, run_dir)
         mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(run_dir / CONFIG_FILE))
     write_json(run_dir / RUN_FILE, run_info)
 
@@ -233,8 +255,39 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
     with folder_lock(run_dir, "train") if zero else contextlib.nullcontext():  # one writer per run folder
         if zero:  # ranks started later by Lightning's launcher find rank zero's config.yaml
             _check_run_dir(run_dir, resume)
-        with _allow_file_store(_tracking_uri(config) if config.mlflow else ""):
+            if resume:
+                _check_finished(run_dir, config)
+        with _allow_file_store(_tracking_uri(config, run_dir) if config.mlflow else ""):
             return _fit(config, run_dir, resume, callbacks)
+
+
+def share_last_with_best(last: Path, best: Path | None) -> bool:
+    """After training: when last.ckpt and best.ckpt hold the same step, make last a hard link to best (one copy on
+    disk, both names still work for --resume and the bundle). Returns whether it did."""
+    if best is None or not (last.is_file() and best.is_file()) or os.path.samefile(last, best):
+        return False
+    steps = [torch.load(p, map_location="cpu", weights_only=True, mmap=True).get("global_step") for p in (last, best)]
+    if steps[0] != steps[1]:
+        return False
+    tmp = last.with_name(last.name + ".link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(best, tmp)
+    except OSError:  # a filesystem without hard links keeps both copies
+        return False
+    os.replace(tmp, last)
+    return True
+
+
+def _interrupted(run_dir: Path, last: Path, trainer: L.Trainer) -> str:
+    """What an interrupted run saved and the command that continues it."""
+    if last.is_file():
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        return (f"training interrupted during epoch {trainer.current_epoch + 1}; {last} holds the state after epoch "
+                f"{int(ckpt.get('epoch', 0)) + 1} (step {int(ckpt.get('global_step', 0))}), metrics.csv the steps so "
+                f"far; continue with: chestxray train --resume {run_dir}")
+    return (f"training interrupted during epoch {trainer.current_epoch + 1}, before the first checkpoint: nothing to "
+            f"resume; run the same command again (the folder {run_dir} is reused)")
 
 
 def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callback] | None) -> TrainResult:
@@ -273,6 +326,8 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                                  enable_version_counter=False)
     history = MetricsHistory(run_dir)
     all_callbacks: list[Callback] = [history, RngState(), checkpoint, *(callbacks or [])]
+    if config.progress:
+        all_callbacks.append(EpochProgressBar())
     if config.patience:
         all_callbacks.append(EarlyStopping(monitor=config.monitor, mode=mode, patience=config.patience, strict=False))
     if config.freeze == "backbone":
@@ -302,7 +357,13 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
 
     start = time.perf_counter()
     last = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
+    except SystemExit:  # Lightning turns Ctrl-C into a graceful shutdown and sys.exit(1)
+        if not trainer.interrupted:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning left Ctrl-C ignored
+        raise TrainingInterrupted(_interrupted(run_dir, last, trainer)) from None
     seconds = time.perf_counter() - start
 
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
@@ -314,6 +375,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     bundle_dir = None
     if trainer.is_global_zero:
         history.write()
+        share_last_with_best(last, best_path)
         state_source = best_path if best_path and best_path.is_file() else last if last.is_file() else None
         bundle_dir = _write_run_end(config, run_dir, net, fields, state_source, best_val, mlflow_logger)
     return TrainResult(run_dir=run_dir, bundle_dir=bundle_dir, best_val_auroc=best_val, best_checkpoint=best_path,

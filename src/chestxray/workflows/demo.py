@@ -233,17 +233,15 @@ def _val_auroc(eval_dir: Path, labels: list[str], settings: DemoSettings):
 
 
 def _explain(run_dir: Path, eval_dir: Path, n: int = 4) -> None:
-    """Grad-CAM overlays of the top-scoring test positives for the report (illustrations, not metrics)."""
+    """Grad-CAM overlays of test true positives, false positives and false negatives for the report (illustrations)."""
     import pandas as pd
 
-    from chestxray.explain.explanations import explain_images, select_split_images
+    from chestxray.explain.explanations import explain_split
     from chestxray.models.bundle import load_bundle
 
     bundle = load_bundle(run_dir / "bundle")
     scores = pd.read_csv(eval_dir / "predictions.csv", dtype={"image_id": str, "patient_id": str})
-    images = select_split_images(bundle, split="test", n=n, scores=scores)
-    if images:
-        explain_images(bundle, images, method="gradcam", out_dir=run_dir / "explain")
+    explain_split(bundle, "test", n=n, method="gradcam", out_root=run_dir / "explain", scores=scores)
 
 
 def run_demo(out_dir: str | Path = "demo-output", data_root: str | Path | None = None, synthetic: bool = False,

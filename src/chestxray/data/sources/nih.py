@@ -80,7 +80,8 @@ def read_nih(csv: str | Path, images: str | Path | None = None, *, views: list[s
         table["path"] = ""
     else:
         index = index_images(images)
-        table, kept, missing = attach_paths(table, table["image_id"].map(index), where)
+        table, kept, missing = attach_paths(table, table["image_id"].map(index), where,
+                                             "check --images, or catalog without images: --metadata-only")
         frame, matrix = frame.loc[kept].reset_index(drop=True), matrix[kept]
     meta = {dst: frame[src] for src, dst in METADATA.items() if src in frame.columns}
     if "age" in meta:

@@ -172,8 +172,10 @@ def index_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSION
     return found
 
 
-def attach_paths(table: pd.DataFrame, paths: pd.Series, where: str) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
-    """Set table['path'] (NaN = no image file) and drop the rows without an image, logging how many.
+def attach_paths(table: pd.DataFrame, paths: pd.Series, where: str, hint: str = "check the image folder"
+                 ) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    """Set table['path'] (NaN = no image file) and drop the rows without an image, logging how many; `hint` is the
+    advice when no row has one (what the calling source can do about it).
 
     Returns the kept rows, the boolean mask of kept rows (to filter aligned arrays) and the missing image ids."""
     keep = paths.notna().to_numpy()
@@ -182,8 +184,7 @@ def attach_paths(table: pd.DataFrame, paths: pd.Series, where: str) -> tuple[pd.
     if not keep.all():
         ids = table.loc[~keep, "image_id"].astype(str).tolist()
         if not keep.any():
-            raise DataError(f"{where}: none of the {len(ids)} rows has an image file (e.g. {ids[:3]}); "
-                            "check the image folder, or use metadata-only mode")
+            raise DataError(f"{where}: none of the {len(ids)} rows has an image file (e.g. {ids[:3]}); {hint}")
         log.warning("%s: %d of %d rows have no image file, e.g. %s; they are left out (listed in %s)",
                     where, len(ids), len(table), ids[:5], MISSING_CSV)
         table = table.loc[keep].reset_index(drop=True)
@@ -283,7 +284,8 @@ def read_csv_table(table: str | Path, path_col: str, patient_col: str, *, label_
         if not root.is_dir():
             raise DataError(f"{root}: no such image folder; check --images-root")
         paths = pd.Series([p if os.path.isfile(p) else None for p in absolute], dtype=object)
-        base, keep, missing = attach_paths(base, paths, where)
+        base, keep, missing = attach_paths(base, paths, where, f"the --path-col {path_col!r} values are read "
+                                           f"relative to {root}: check --path-col and --images-root")
         matrix, frame = matrix[keep], frame.loc[keep].reset_index(drop=True)
     else:
         base["path"], missing = absolute, []
