@@ -52,6 +52,7 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 _LAZY: dict[str, Callable[[], ModelSpec]] = {}  # name -> spec factory (imports its library on first use)
 _PREFIXES: dict[str, Callable[[str], ModelSpec]] = {}  # "timm/" -> resolver(name after the prefix)
+_RESOLVED: dict[str, ModelSpec] = {}  # specs resolved through a prefix, cached (not listed by list_models)
 
 
 def register_model(
@@ -106,10 +107,12 @@ def get_spec(name: str) -> ModelSpec:
     if name in _LAZY:
         _REGISTRY[name] = replace(_LAZY.pop(name)(), name=name)
         return _REGISTRY[name]
+    if name in _RESOLVED:
+        return _RESOLVED[name]
     for prefix, resolver in _PREFIXES.items():
-        if name.startswith(prefix):
-            _REGISTRY[name] = replace(resolver(name[len(prefix):]), name=name)
-            return _REGISTRY[name]
+        if name.startswith(prefix):  # cached apart from _REGISTRY so list_models() stays the registered names
+            _RESOLVED[name] = replace(resolver(name[len(prefix):]), name=name)
+            return _RESOLVED[name]
     hint = " (or any timm architecture as timm/<name>)" if _PREFIXES else ""
     raise ModelError(
         f"unknown model {name!r}{closest(name, list_models())}; choose one of: {', '.join(list_models())}{hint}"
