@@ -37,6 +37,7 @@ def demo(
 ) -> None:
     from dataclasses import replace
 
+    from rich import box
     from rich.table import Table
 
     from chestxray.workflows.demo import DEFAULT_RECIPES, DemoSettings, RecipeRun, run_demo
@@ -57,16 +58,17 @@ def demo(
     for o in outcomes:
         if len(o.recipes) > 1:
             console.print(_recipe_table(o))
-    table = Table(title="test split: AUROC (macro over findings), 95% CI by patient bootstrap")
-    for column in ("task", "train/val/test", "labels", "recipe (model)", "val AUROC", "test AUROC", "95% CI", "s"):
-        table.add_column(column, overflow="fold")
+    table = Table(title="test split: AUROC (macro over findings), 95% CI by patient bootstrap", box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False)
+    for column in ("task", "images\ntrain/val/test", "recipe\n(model)", "val\nAUROC", "test AUROC\n95% CI", "s"):
+        table.add_column(column, no_wrap=True)
     for o in outcomes:
         counts = "/".join(str(o.counts.get(s, 0)) for s in ("train", "val", "test"))
-        name = f"{o.name} [red](SYNTHETIC)[/]" if o.synthetic else o.name
+        name = f"{o.name}\n{len(o.labels)} label(s)" + ("\n[red]SYNTHETIC[/]" if o.synthetic else "")
         chosen = next(r for r in o.recipes if r.recipe == o.chosen)
-        val = fmt(chosen.val_auroc) + ("" if o.above_chance else " [red](not clearly above chance)[/]")
-        table.add_row(name, counts, str(len(o.labels)), f"{o.chosen} ({chosen.model})", val, fmt(o.auroc),
-                      f"{fmt(o.auroc_low)}–{fmt(o.auroc_high)}", f"{o.seconds:.0f}")
+        val = fmt(chosen.val_auroc) + ("" if o.above_chance else "\n[red]≈ chance[/]")
+        table.add_row(name, counts, f"{o.chosen}\n({chosen.model})", val,
+                      f"{fmt(o.auroc)}\n{fmt(o.auroc_low)}–{fmt(o.auroc_high)}", f"{o.seconds:.0f}")
     console.print(table)
     for o in outcomes:
         if not o.above_chance:
@@ -83,18 +85,19 @@ def demo(
 
 def _recipe_table(outcome: "DemoOutcome") -> "Table":
     """The recipes side by side on one task: validation (which chooses) and test figures, training time."""
+    from rich import box
     from rich.table import Table
 
     table = Table(title=f"{outcome.name}: three recipes, same data and seed; the winner is chosen on VALIDATION AUROC;"
-                  " operating point at the validation-chosen threshold")
-    for column in ("recipe", "model", "val AUROC (95% CI)", "test AUROC (95% CI)", "sens", "spec", "FN", "FP",
-                   "train s"):
-        table.add_column(column, overflow="fold")
+                  " operating point at the validation-chosen threshold; s = training seconds", box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False)
+    for column in ("recipe\nmodel", "val AUROC\n95% CI", "test AUROC\n95% CI", "sens", "spec", "FN", "FP", "s"):
+        table.add_column(column, no_wrap=True)
     for r in outcome.recipes:
         mark = " ✓" if r.recipe == outcome.chosen else ""
         op = r.extra or {}
-        table.add_row(r.recipe + mark, r.model, f"{fmt(r.val_auroc)} ({fmt(r.val_low)}–{fmt(r.val_high)})",
-                      f"{fmt(r.auroc)} ({fmt(r.auroc_low)}–{fmt(r.auroc_high)})", fmt(op.get("sensitivity")),
+        table.add_row(f"{r.recipe}{mark}\n{r.model}", f"{fmt(r.val_auroc)}\n{fmt(r.val_low)}–{fmt(r.val_high)}",
+                      f"{fmt(r.auroc)}\n{fmt(r.auroc_low)}–{fmt(r.auroc_high)}", fmt(op.get("sensitivity")),
                       fmt(op.get("specificity")), fmt(op.get("false negatives")), fmt(op.get("false positives")),
                       f"{r.train_seconds:.0f}")
     return table

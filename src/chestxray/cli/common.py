@@ -45,11 +45,17 @@ _QUIET_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)",
     r"Your `IterableDataset` has `__len__` defined",  # ours is exact per rank and worker (chestxray.data.datamodule)
     r"No positive samples in targets",  # per-label AUROC without positives: chestxray leaves such labels out
+    r"Type hint used in the model's predict function",  # MLflow on our pyfunc wrapper, which sets a signature
+    r"Failed to infer signature from type hint",  # idem: the logged model carries an explicit signature
 )
+# MLflow/Lightning log lines that say nothing to a chestxray user (the pyfunc wrapper is ours, saved by MLflow as usual).
+_QUIET_MESSAGES = ("causes it to be serialized using CloudPickle", "not found. Creating it.")
 
 
 def _quiet_third_party(record: logging.LogRecord) -> bool:
     """Drop INFO chatter of Lightning/MLflow (they set their own levels at import); keep their warnings."""
+    if record.name.startswith(("mlflow", "lightning")) and any(m in record.getMessage() for m in _QUIET_MESSAGES):
+        return False
     return record.levelno >= logging.WARNING or not record.name.startswith(("lightning", "mlflow", "alembic"))
 
 
@@ -70,6 +76,7 @@ def setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if verbose <= 0:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by MLflow when it is imported
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         for handler in logging.getLogger().handlers:
             handler.addFilter(_quiet_third_party)
         for pattern in _QUIET_WARNINGS:
