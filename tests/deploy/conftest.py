@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def running(args: list[str], url: str, log: Path, timeout: float = 120.0) -> Ite
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     cmd = args if args[0] != "chestxray" else [sys.executable, "-m", "chestxray", *args[1:]]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -62,10 +63,12 @@ def running(args: list[str], url: str, log: Path, timeout: float = 120.0) -> Ite
                 pytest.fail(f"{' '.join(cmd)} did not answer {url} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.3)
         yield proc
-    finally:
+    finally:  # stop the server and everything it started (its own process group), even if it left children
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -5,6 +5,7 @@ real MLflow server, which returns the run's metrics over REST and whose UI page 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import mlflow
@@ -99,6 +100,20 @@ def test_chestxray_ui_serves_the_run(store, tmp_path: Path) -> None:
             assert "MLflow" in driver.title
         finally:
             driver.quit()
+    assert not _processes_of(uri), "MLflow server processes outlived `chestxray ui` after it was terminated"
+
+
+def _processes_of(uri: str, wait: float = 10.0) -> list[int]:
+    """Pids of live processes whose command line names `uri`, after giving stopping ones `wait` seconds."""
+    import psutil
+
+    deadline = time.monotonic() + wait
+    while True:
+        pids = [p.pid for p in psutil.process_iter(["cmdline", "status"])
+                if uri in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE]
+        if not pids or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.5)
 
 
 def test_ui_store_resolution(store, trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

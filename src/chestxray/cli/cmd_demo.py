@@ -40,7 +40,12 @@ def demo(
     from rich import box
     from rich.table import Table
 
-    from chestxray.workflows.demo import DEFAULT_RECIPES, DemoSettings, RecipeRun, run_demo
+    from chestxray.workflows.demo import (
+        DEFAULT_RECIPES,
+        DemoSettings,
+        RecipeRun,
+        run_demo,
+    )
 
     quiet_lightning()
 

@@ -6,9 +6,11 @@ store — runs/mlflow.db or ./mlruns by default, or the SQLite/file store a run 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -60,10 +62,35 @@ def run_ui(store: str | Path | None = None, host: str = "127.0.0.1", port: int =
     uri = store_uri(store)
     env = {**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"} if uri.startswith("file:") else None
     log.info("mlflow server on %s:%d for %s", host, port, uri)
+    # MLflow's server starts workers of its own: run it as a process group and stop the whole group on Ctrl-C or
+    # SIGTERM, so that no worker outlives this command.
+    server = subprocess.Popen(ui_command(uri, host, port), env=env, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return subprocess.call(ui_command(uri, host, port), env=env)
+        return server.wait()
     except KeyboardInterrupt:
+        _stop_group(server)
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM ends `chestxray ui` the way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def _stop_group(server: subprocess.Popen) -> None:
+    """Terminate the server's process group, then kill what is left after 20 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
 
 
 def register_bundle(source: str | Path, name: str, uri: str | None = None) -> Any:
