@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,22 @@ def test_thresholds_ignore_test_labels(runs: tuple[Path, Path]) -> None:
     assert np.allclose(pa[[f"p_{x}" for x in NIH14]], pb[[f"p_{x}" for x in NIH14]])  # same images, same scores
     assert not pa[list(NIH14)].equals(pb[list(NIH14)])  # ... but shuffled truth
     assert a.summary.to_frame()["auroc"].fillna(-1).tolist() != b.summary.to_frame()["auroc"].fillna(-1).tolist()
+
+
+def test_verify_checksums_names_an_altered_shard_before_evaluating(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """A shard altered in place keeps its size: only --verify-checksums finds it, and nothing is written."""
+    run_a, _ = runs
+    prepared = tmp_path / "prepared"
+    shutil.copytree(run_a.parent / "prepared", prepared)
+    shard = sorted(prepared.rglob("*.tar"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    before = sorted(p.name for p in run_a.iterdir())
+    result = CliRunner().invoke(app, ["evaluate", str(run_a), "--prepared", str(prepared), "--verify-checksums"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert shard.name in result.output and "chestxray prepare" in result.output
+    assert sorted(p.name for p in run_a.iterdir()) == before
 
 
 def test_evaluate_rejects_a_folder_without_bundle(tmp_path: Path) -> None:

@@ -79,12 +79,16 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     prepared: str = typer.Option(None, "--prepared", help="Prepared data, a folder or an http(s)://, s3:// URL "
                                  "(default: the one in the bundle card)."),
+    verify_checksums: bool = typer.Option(False, "--verify-checksums",
+                                          help="Before evaluating, compare every shard's sha256 with the manifest "
+                                          "(shard sizes are always checked)."),
 ) -> None:
     from chestxray.evaluation.evaluate import evaluate_run
 
     with console.status(f"evaluating {run} on {split} ..."):
         result = evaluate_run(run, split=split, tta=tta, threshold_method=threshold_method, batch_size=batch_size,
-                              n_boot=n_boot, seed=seed, prepared=prepared)
+                              n_boot=n_boot, seed=seed, prepared=prepared,
+                              verify_checksums=verify_checksums)
     table, notes = _metrics_table(result)
     console.print(table)
     for note in notes:

@@ -27,7 +27,13 @@ from chestxray.evaluation import plots
 from chestxray.evaluation.metrics import Summary, summarize, undefined_reason
 from chestxray.evaluation.multiclass import MulticlassMetrics, multiclass_summary
 from chestxray.evaluation.thresholds import parse_method, thresholds_from_frame
-from chestxray.files import atomic_folder, atomic_path, remove_leftovers, write_csv, write_json
+from chestxray.files import (
+    atomic_folder,
+    atomic_path,
+    remove_leftovers,
+    write_csv,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +196,12 @@ def evaluate_run(
     prepared: str | Path | None = None,
     num_workers: int = 0,
     device: str | None = None,
+    verify_checksums: bool = False,
 ) -> EvalResult:
     """Predict val and `split` with RUN/bundle, choose thresholds on val, store them in the card, write RUN/eval/.
 
-    `prepared` defaults to the folder recorded in the bundle card.
+    `prepared` defaults to the folder recorded in the bundle card. Shard sizes are always checked first;
+    `verify_checksums` also compares every shard's sha256 with the manifest.
     """
     from chestxray.data.shards import read_manifest
     from chestxray.evaluation.thresholds import store_thresholds
@@ -210,7 +218,7 @@ def evaluate_run(
     bundle = load_bundle(run / "bundle")
     labels = list(bundle.labels)
     kwargs = dict(batch_size=batch_size, tta=tta, num_workers=num_workers, device=device)
-    val = predict_split(bundle, prepared, "val", **kwargs)
+    val = predict_split(bundle, prepared, "val", verify="checksums" if verify_checksums else "sizes", **kwargs)
     scored = val if split == "val" else predict_split(bundle, prepared, split, **kwargs)
     source = str(prepared or bundle.card.get("prepared"))
     manifest = read_manifest(source)

@@ -19,10 +19,16 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from chestxray.data.tasks import is_multiclass, probabilities
+from chestxray.data.tasks import probabilities
 from chestxray.errors import ConfigError, ModelError
-from chestxray.inference.stream import PREDICTED_CLASS, predicted_classes  # noqa: F401 (public here too)
-from chestxray.inference.stream import ROW_COLUMNS, Scorer, iter_predictions, threshold_tta
+from chestxray.inference.stream import (  # noqa: F401 (public here too)
+    PREDICTED_CLASS,
+    ROW_COLUMNS,
+    Scorer,
+    iter_predictions,
+    predicted_classes,
+    threshold_tta,
+)
 from chestxray.models.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
@@ -140,8 +146,9 @@ def predict_split(
     tta: str = "none",
     num_workers: int = 0,
     device: str | torch.device | None = None,
+    verify: str = "sizes",
 ) -> pd.DataFrame:
-    """Scores for every image of a prepared split, in stored order.
+    """Scores for every image of a prepared split, in stored order (shards checked first: see ChestXrayDataModule).
 
     Returns one row per image: image_id, patient_id, the true 0/1 label per label, and p_<label>.
     `prepared` defaults to the folder recorded in the bundle card.
@@ -155,7 +162,7 @@ def predict_split(
         raise ConfigError(f"{model.path}: the card records no prepared dataset; pass the PREPARED folder explicitly")
     dm = ChestXrayDataModule(
         prepared, batch_size=batch_size, num_workers=num_workers,
-        in_chans=int(model.card["in_chans"]), normalization=model.card["normalization"],
+        in_chans=int(model.card["in_chans"]), normalization=model.card["normalization"], verify=verify,
     )
     _check_prepared(model, dm.manifest, str(prepared))
     dev = resolve_device(device)
