@@ -200,6 +200,11 @@ def test_connection_dropped_mid_shard_is_named_with_the_way_out(faulty, syntheti
                                       "--num-workers", "0", "--no-mlflow", "--no-progress", "--out",
                                       str(tmp_path / "run")])
     assert result.exit_code == 1 and dropped in _one_line(result.output), result.output
+    server.cut = {"manifest.json"}  # read whole (not in blocks): the same line
+    whole = (synthetic_prepared / "manifest.json").stat().st_size
+    result = CliRunner().invoke(app, ["verify", url])
+    assert result.exit_code == 1 and (f"{url}/manifest.json: the connection dropped after {whole // 2:,} of "
+                                      f"{whole:,} bytes; retry") in _one_line(result.output), result.output
     server.cut.clear()
     assert [i for i, _ in _epoch(url, "val", False)] == [i for i, _ in _epoch(synthetic_prepared, "val", False)]
 

@@ -9,7 +9,7 @@ and every read waits at most CHESTXRAY_HTTP_TIMEOUT seconds (default 60) for the
 from __future__ import annotations
 
 import os
-from http.client import HTTPException, HTTPResponse
+from http.client import HTTPException, HTTPResponse, IncompleteRead
 from typing import Any
 
 from chestxray.errors import ConfigError, DataError
@@ -57,6 +57,8 @@ class HttpBody:
             data = self.response.read() if n is None or n < 0 else self.response.read(n)
         except TimeoutError:
             raise _timed_out(self.url, self.timeout, f"after {self._progress()}") from None
+        except IncompleteRead as exc:  # read() of the whole body: http.client checks the length itself
+            data = exc.partial
         except (OSError, HTTPException) as exc:
             raise DataError(f"{self.url}: the connection failed after {self._progress()} ({type(exc).__name__}: "
                             f"{exc}); retry, or check the server and the network") from None
