@@ -2,14 +2,22 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The demo needs the package and the MLflow UI extra; the tests add the dev tools on top. --no-compile: Python
+# compiles only the modules it imports, on first use, instead of every file of torch & co at install (minutes here).
+PIP := $(BIN)/python -m pip install -q --no-compile
 STAMP := $(VENV)/.installed-stamp
+DEV_STAMP := $(VENV)/.dev-stamp
 
 .PHONY: demo test bench browser nginx postgres clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(PIP) -e '.[ui]'
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(PIP) -e '.[dev]'
+	touch $(DEV_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/chestxray demo
@@ -35,7 +43,7 @@ nginx:
 	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null || \
 	     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null); }
 
-test: $(STAMP) browser nginx postgres
+test: $(DEV_STAMP) browser nginx postgres
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

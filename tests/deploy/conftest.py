@@ -42,15 +42,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(args: list[str], url: str, log: Path, timeout: float = 120.0) -> Iterator[subprocess.Popen]:
+def running(args: list[str], url: str, log: Path, timeout: float = 120.0, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> Iterator[subprocess.Popen]:
     """Start `python -m chestxray ARGS` (or another command), wait until `url` answers, stop it at the end.
 
+    `env` adds to (or overrides) this process's environment; `cwd` is the server's working directory.
     A server that does not come up fails the test with its log: never skipped.
     """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+           **(env or {})}
     cmd = args if args[0] != "chestxray" else [sys.executable, "-m", "chestxray", *args[1:]]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                cwd=cwd)
     try:
         deadline = time.monotonic() + timeout
         while True:

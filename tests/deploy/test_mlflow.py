@@ -49,25 +49,32 @@ def test_store_holds_test_metrics_with_ci_plots_and_model(store, trained_run: Pa
 
 
 def test_pyfunc_predicts_like_chestxray_predict(store, trained_run: Path, samples: list[str]) -> None:
+    """The ordinary load_model(...).predict runs on paths (DataFrame or array) and on pixel arrays of any layout."""
+    from chestxray.data.imaging import load_gray
+    from chestxray.errors import DataError
+
     uri, _, info = store
+    ref = predict_images(trained_run, samples)
+    cols = [c for c in ref.columns if c.startswith("p_")]
+    full = np.stack([load_gray(p) for p in samples])  # (N, H, W) uint8 at the files' own size
     mlflow.set_tracking_uri(uri)
     try:
         model = mlflow.pyfunc.load_model(info["mlflow_model_uri"])
-        by_path = model.predict(pd.DataFrame({"path": samples}))
         assert model.metadata.metadata["labels"][4] == "Effusion"
-        assert model.metadata.get_input_schema().input_names() == ["path"]
+        assert model.metadata.get_input_schema().is_tensor_spec() and model.metadata.get_output_schema()
+        inputs = {"DataFrame path": pd.DataFrame({"path": samples}), "path array": np.asarray(samples),
+                  "uint8 N×H×W": full, "float 0-1 N×H×W×1": full[..., None] / 255.0,
+                  "RGB N×H×W×3": np.repeat(full[..., None], 3, axis=-1)}
+        for what, data in inputs.items():
+            got = model.predict(data)
+            assert list(got.columns) == cols, what
+            assert np.abs(got.to_numpy() - ref[cols].to_numpy()).max() < 1e-6, what
+        one = model.predict(full[0].astype(np.float32))  # (H, W) in [0, 255]
+        assert np.abs(one.to_numpy() - ref[cols].to_numpy()[:1]).max() < 1e-6
+        with pytest.raises(DataError, match=r"pixel arrays must be .* got uint8 \(2, 4, 4, 2\)"):
+            model.predict(np.zeros((2, 4, 4, 2), np.uint8))
     finally:
         mlflow.set_tracking_uri("")
-    ref = predict_images(trained_run, samples)
-    cols = [c for c in ref.columns if c.startswith("p_")]
-    assert list(by_path.columns) == cols
-    assert np.abs(by_path.to_numpy() - ref[cols].to_numpy()).max() < 1e-6
-    from chestxray.inference.stream import load_pixels
-
-    pixels = np.stack([load_pixels(Path(p), json.loads((trained_run / "bundle/card.json").read_text()))
-                       for p in samples])
-    by_array = model.unwrap_python_model().predict(None, pixels)
-    assert np.abs(by_array.to_numpy() - ref[cols].to_numpy()).max() < 1e-6
 
 
 def test_export_registers_the_bundle(store, trained_run: Path) -> None:

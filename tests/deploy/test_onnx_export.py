@@ -90,3 +90,19 @@ def test_cli_export_then_predict_without_torch(samples, tmp_path: Path) -> None:
     a, b = pd.read_csv(out), pd.read_csv(ref)
     assert np.abs(a[cols].to_numpy() - b[cols].to_numpy()).max() < 1e-4
     assert (a[[f"pred_{x}" for x in LABELS]].to_numpy() == b[[f"pred_{x}" for x in LABELS]].to_numpy()).all()
+
+
+def test_cli_export_dynamo_matches_pytorch(samples, tmp_path: Path) -> None:
+    """`export --dynamo` (the torch.export-based exporter): a free batch axis and PyTorch's probabilities."""
+    bundle = _bundle(tmp_path, "cnn-tiny", 32)
+    model = tmp_path / "dynamo.onnx"
+    result = CliRunner().invoke(app, ["export", str(bundle), "--onnx", str(model), "--dynamo"])
+    assert result.exit_code == 0 and f"opset {OPSET}" in result.output, result.output
+    proto = onnx.load(str(model))
+    assert json.loads({p.key: p.value for p in proto.metadata_props}[CARD_KEY])["labels"] == LABELS
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    card = json.loads(Path(bundle, "card.json").read_text())
+    pixels = np.stack([load_pixels(p, card) for p in samples])
+    ours, ref = onnx_scorer(model), torch_scorer(bundle)
+    assert np.abs(ours.score(pixels) - ref.score(pixels)).max() < 1e-4
+    assert np.abs(ours.score(pixels[:1]) - ref.score(pixels[:1])).max() < 1e-4

@@ -123,3 +123,54 @@ def test_upload_limits_and_keep_uploads_in_process(trained_run: Path, sample: Pa
         png = client.post("/explain", params={"finding": "Effusion"}, files={"file": sample.open("rb")})
         assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     assert [p.read_bytes() for p in kept.iterdir()] == [sample.read_bytes()] * 2
+
+
+@pytest.fixture(scope="module")
+def big_sample(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real sample re-saved as an uncompressed 1,536 px PNG: over 1 MB, where multipart parsers spool to disk."""
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("big") / "big.png"
+    with Image.open(sample) as im:
+        im.resize((1536, 1536)).save(path, compress_level=0)
+    assert path.stat().st_size > 2_000_000
+    return path
+
+
+def _files_under(*folders: Path) -> list[Path]:
+    return sorted(p for folder in folders for p in folder.rglob("*"))
+
+
+def _upload_both(base: str, image: Path) -> None:
+    r = requests.post(f"{base}/predict", files={"file": image.open("rb")}, timeout=120)
+    assert r.status_code == 200 and len(r.json()["findings"]) == 14, r.text
+    r = requests.post(f"{base}/explain", params={"finding": "Effusion"}, files={"file": image.open("rb")}, timeout=120)
+    assert r.status_code == 200 and r.content.startswith(b"\x89PNG"), r.text
+
+
+def test_real_server_stores_no_upload_and_warns_off_loopback(trained_run: Path, sample: Path, big_sample: Path,
+                                                             tmp_path: Path) -> None:
+    """`serve --host 0.0.0.0` warns there is no authentication; uploads leave no file in TMPDIR or the working
+    directory; with --keep-uploads DIR each upload appears there and nowhere else."""
+    tmp, cwd, kept = tmp_path / "tmpdir", tmp_path / "cwd", tmp_path / "kept"
+    tmp.mkdir()
+    cwd.mkdir()
+    env = {"TMPDIR": str(tmp), "TEMP": str(tmp), "TMP": str(tmp)}
+    port = free_port()
+    log = tmp_path / "open.log"
+    with running(["chestxray", "serve", str(trained_run), "--host", "0.0.0.0", "--port", str(port)],
+                 f"http://127.0.0.1:{port}/health", log, env=env, cwd=cwd):
+        for image in (sample, big_sample):
+            _upload_both(f"http://127.0.0.1:{port}", image)
+        assert _files_under(tmp, cwd) == []
+    text = " ".join(log.read_text().split())
+    assert text.count(f"listening on 0.0.0.0:{port} with NO authentication") == 1, text  # said once, plainly
+    assert "uploads are not stored" in text
+    assert _files_under(tmp, cwd) == []
+    port = free_port()
+    with running(["chestxray", "serve", str(trained_run), "--port", str(port), "--keep-uploads", str(kept)],
+                 f"http://127.0.0.1:{port}/health", tmp_path / "kept.log", env=env, cwd=cwd):
+        _upload_both(f"http://127.0.0.1:{port}", sample)
+    assert sorted(p.read_bytes() for p in kept.iterdir()) == [sample.read_bytes()] * 2
+    assert _files_under(tmp, cwd) == []
+    assert "NO authentication" not in (tmp_path / "kept.log").read_text()  # loopback: no warning

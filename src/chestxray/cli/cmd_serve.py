@@ -34,10 +34,6 @@ def serve(
     from chestxray.deploy.serve import serve as run_server
     from chestxray.deploy.uploads import Limits
 
-    if not is_loopback(host):
-        err_console.print(f"[bold yellow]warning:[/] listening on {host}:{port} with NO authentication: anyone who "
-                          "can reach it can send images and read the model card. Put it behind an "
-                          "authenticating proxy, or use the default --host 127.0.0.1.", highlight=False)
     limits = Limits(max_bytes=int(max_upload_mb * 1e6), max_pixels=int(max_megapixels * 1e6))
     err_console.print(f"serving {bundle} on http://{'localhost' if is_loopback(host) else host}:{port}/ "
                       "(Ctrl+C stops)" + (f"; keeping uploads in {keep_uploads}" if keep_uploads else

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from chestxray.data.remote import open_http
 from chestxray.errors import DataError
 from chestxray.files import atomic_path
 
@@ -74,9 +75,6 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(info, io.BytesIO(data))
 
 
-HTTP_TIMEOUT_S = 60  # per connection attempt and per read of a remote shard
-
-
 def is_remote(url: str | Path) -> bool:
     """True for a URL (http(s)://, s3://, pipe:… and other WebDataset/fsspec schemes), False for a local path."""
     text = str(url)
@@ -84,11 +82,12 @@ def is_remote(url: str | Path) -> bool:
 
 
 def open_stream(url: str | Path):
-    """Binary stream of a local path, an http(s):// URL (read here, with errors that name the URL) or any other
-    WebDataset/gopen URL (s3:// through fsspec or the aws CLI, pipe:cmd, gs://, file:)."""
+    """Binary stream of a local path, an http(s):// URL (chestxray.data.remote: a drop, a stall or an HTTP error
+    is a DataError naming the URL) or any other WebDataset/gopen URL (s3:// through fsspec or the aws CLI,
+    pipe:cmd, gs://, file:)."""
     text = str(url)
     if text.startswith(("http://", "https://")):
-        return _open_http(text)
+        return open_http(text)
     if is_remote(text):
         import webdataset
 
@@ -99,29 +98,13 @@ def open_stream(url: str | Path):
         raise DataError(f"{text}: cannot open shard ({exc.strerror or exc}); re-run 'chestxray prepare'") from None
 
 
-def _open_http(url: str, method: str = "GET"):
-    """A streaming HTTP response; an HTTP error or an unreachable server is a DataError naming the URL."""
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url, method=method, headers={"User-Agent": "chestxray"})
-    try:
-        return urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S)
-    except urllib.error.HTTPError as exc:
-        raise DataError(f"{url}: HTTP {exc.code} {exc.reason}; check the URL and that the server holds this "
-                        "file") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise DataError(f"{url}: cannot reach the server ({reason}); check the network and the URL") from None
-
-
 def shard_size(url: str | Path) -> int | None:
     """Bytes of a local shard (stat) or of an http(s) one (HEAD, Content-Length); None where a scheme cannot say.
     A missing shard raises FileNotFoundError; an unreachable server raises DataError."""
     text = str(url)
     if text.startswith(("http://", "https://")):
         try:
-            with _open_http(text, "HEAD") as response:
+            with open_http(text, "HEAD") as response:
                 length = response.headers.get("Content-Length")
         except DataError as exc:
             if "HTTP 404" in str(exc):

@@ -196,7 +196,8 @@ def serve(bundle: Any, host: str = "127.0.0.1", port: int = 8000, limits: Limits
     import uvicorn
 
     if not is_loopback(host):
-        log.warning("serving on %s:%d without authentication: anyone who can reach this address can send images "
-                    "and read the model card; put it behind an authenticating proxy", host, port)
+        log.warning("listening on %s:%d with NO authentication: anyone who can reach it can send images and read "
+                    "the model card; put it behind an authenticating proxy, or use the default --host 127.0.0.1",
+                    host, port)
     uvicorn.run(create_app(bundle, limits, keep_uploads), host=host, port=port, log_level=log_level,
                 access_log=False)
