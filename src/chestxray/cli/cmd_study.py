@@ -61,7 +61,8 @@ def study(
     prepared: Path = typer.Argument(..., help="PREPARED folder (from chestxray prepare)."),
     out: Path = typer.Option(..., "--out", "-o", help="Study folder (runs/, tables, study.html)."),
     grid: Path = typer.Option(None, "--grid", help="YAML: setting -> value or list (models, recipes, seeds, any "
-                              "train setting)."),
+                              "train setting); 'combinations:' pairs settings, e.g. recipe with model (format: "
+                              "docs/studies/pneumonia.yaml)."),
     models: str = typer.Option(None, "--models", help="Comma-separated models, e.g. cnn-small,resnet18."),
     recipes: str = typer.Option(None, "--recipes", help="Comma-separated recipes: scratch, frozen, finetune."),
     augment: str = typer.Option(None, "--augment", help="Comma-separated augmentation policies."),

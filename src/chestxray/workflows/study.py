@@ -6,7 +6,13 @@ Layout of DIR: study.json (grid, selection rule, MLflow parent run), runs/<name>
 eval/ and study_row.json once finished), study_runs.csv, study_groups.csv, study_comparisons.csv (one row per
 pair of groups), study_comparisons_findings.csv (every finding of every pair), study.html.
 A re-run skips runs whose study_row.json exists and resumes a run that stopped after a checkpoint, so a killed
-study continues where it stopped. Recipes (scratch, frozen, finetune) are named presets of training settings.
+study continues where it stopped. Recipes (scratch, frozen, finetune) are chestxray.training.recipes' presets, the
+same settings `train --recipe` applies (defaults ← recipe ← the run's grid settings).
+
+A grid is a cross product of its lists; `combinations:` (a list of settings dicts) pairs settings instead, each
+combination crossed with the other lists (e.g. seeds):
+    combinations: [{recipe: scratch, model: cnn-small}, {recipe: finetune, model: efficientnet-lite0}]
+    seeds: [0, 1, 2]
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import itertools
 import json
 import logging
 import math
+import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -27,14 +35,11 @@ from chestxray.data.labels import closest
 from chestxray.errors import ConfigError
 from chestxray.files import write_csv, write_json
 from chestxray.training.config import FIELDS, TrainConfig, read_settings_file, resolve_config
+from chestxray.training.recipes import RECIPES, recipe_settings
 
 log = logging.getLogger(__name__)
 
-RECIPES: dict[str, dict[str, Any]] = {  # the pneumonia study's three ways to train
-    "scratch": {"pretrained": None, "freeze": "none"},
-    "frozen": {"pretrained": "imagenet", "freeze": "backbone"},
-    "finetune": {"pretrained": "imagenet", "freeze": "none"},
-}
+COMBINATIONS = "combinations"
 ALIASES = {"models": "model", "seeds": "seed", "recipes": "recipe"}
 SELECT = ("val_auroc", "val_loss")
 MAX_RUNS = 200
@@ -70,22 +75,21 @@ def read_grid(path: str | Path) -> dict[str, Any]:
 
 
 def normalise_grid(raw: dict[str, Any], where: str = "grid") -> dict[str, list[Any]]:
-    """Aliases resolved (models -> model ...), scalars made one-element lists; unknown names, empty lists and
-    unknown recipes raise ConfigError naming the closest valid name."""
-    valid = [*FIELDS, "recipe", *ALIASES]
+    """Aliases resolved (models -> model ...), scalars made one-element lists, `combinations` checked entry by entry;
+    unknown names, empty lists and unknown recipes raise ConfigError naming the closest valid name."""
     grid: dict[str, list[Any]] = {}
     for key, value in raw.items():
-        if key not in valid:
-            raise ConfigError(f"{where}: unknown setting {key!r}{closest(key, valid)}; valid: models, recipes, "
-                              f"seeds or any train setting ({', '.join(FIELDS)})")
-        name = ALIASES.get(key, key)
+        if key == COMBINATIONS:
+            continue
+        name = _setting_name(key, where)
         values = value if isinstance(value, list) else [value]
         if not values:
             raise ConfigError(f"{where}: {key!r} is an empty list; give at least one value or leave it out")
-        if name in ("prepared", "out"):
-            raise ConfigError(f"{where}: {key!r} is set by the study (PREPARED argument, --out), not by the grid")
         grid[name] = values
-    for recipe in grid.get("recipe", []):
+    if COMBINATIONS in raw:
+        grid[COMBINATIONS] = _combinations(raw[COMBINATIONS], set(grid), where)
+    recipes = [*grid.get("recipe", []), *(c["recipe"] for c in grid.get(COMBINATIONS, []) if "recipe" in c)]
+    for recipe in recipes:
         if recipe not in RECIPES:
             raise ConfigError(f"{where}: unknown recipe {recipe!r}{closest(str(recipe), list(RECIPES))}; "
                               f"recipes: {', '.join(RECIPES)}")
@@ -93,24 +97,85 @@ def normalise_grid(raw: dict[str, Any], where: str = "grid") -> dict[str, list[A
     return grid
 
 
+def _setting_name(key: str, where: str) -> str:
+    """A grid key as a setting name (aliases resolved); unknown or study-owned names raise ConfigError."""
+    valid = [*FIELDS, "recipe", *ALIASES, COMBINATIONS]
+    if key not in valid:
+        raise ConfigError(f"{where}: unknown setting {key!r}{closest(key, valid)}; valid: models, recipes, "
+                          f"seeds, combinations or any train setting ({', '.join(FIELDS)})")
+    if key in ("prepared", "out"):
+        raise ConfigError(f"{where}: {key!r} is set by the study (PREPARED argument, --out), not by the grid")
+    return ALIASES.get(key, key)
+
+
+def _combinations(value: Any, listed: set[str], where: str) -> list[dict[str, Any]]:
+    """`combinations:` as a non-empty list of distinct settings dicts, one value per setting, no seed and no
+    setting that the grid also lists (a combination is crossed with those lists)."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: 'combinations' must be a non-empty list of settings, e.g. "
+                          "[{recipe: scratch, model: cnn-small}, {recipe: frozen, model: efficientnet-lite0}]")
+    combos: list[dict[str, Any]] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not item:
+            raise ConfigError(f"{where}: combinations[{i}] is {item!r}; each combination is a non-empty mapping "
+                              "setting: value, e.g. {recipe: frozen, model: efficientnet-lite0}")
+        combo: dict[str, Any] = {}
+        for key, v in item.items():
+            name = _setting_name(str(key).replace("-", "_"), f"{where}: combinations[{i}]")
+            if name == COMBINATIONS or name == "seed":
+                raise ConfigError(f"{where}: combinations[{i}] sets {key!r}; give seeds once, beside "
+                                  "'combinations' (every combination is trained with every seed)")
+            if isinstance(v, (list, dict)):
+                raise ConfigError(f"{where}: combinations[{i}].{key} is {v!r}; a combination gives one value per "
+                                  "setting (list values beside 'combinations' to cross them)")
+            if name in listed:
+                raise ConfigError(f"{where}: {key!r} is both a list of the grid and in combinations[{i}]; put it "
+                                  "in one place")
+            combo[name] = v
+        if combo in combos:
+            raise ConfigError(f"{where}: combinations[{i}] repeats combinations[{combos.index(combo)}]")
+        combos.append(combo)
+    return combos
+
+
 def _check_recipe(recipe: str, model: str) -> None:
-    """A recipe that needs pretrained weights must get a model that has them (in the local cache)."""
+    """A recipe that needs pretrained weights must get a model that has them (a downloadable file: in the cache)."""
     if not RECIPES[recipe].get("pretrained"):
         return
     from chestxray.models.registry import get_spec
     from chestxray.models.weights import imagenet_weights_path
 
-    if get_spec(model).imagenet is None:
+    spec = get_spec(model)
+    if not spec.has_imagenet:
         raise ConfigError(f"recipe {recipe!r} needs pretrained weights, but model {model!r} has none (it can only be "
                           f"trained from scratch); use recipe 'scratch' for it or a model with ImageNet weights")
+    if spec.imagenet_loader is not None:  # weights from a package or timm's hub: the loader reports what is missing
+        return
     path = imagenet_weights_path(model)
     if not path.is_file():
         raise ConfigError(f"recipe {recipe!r} needs the ImageNet weights of {model!r}, which are not in the local "
-                          f"cache ({path}); put them there or use recipe 'scratch'")
+                          f"cache ({path}); fetch them with `chestxray weights fetch {model}` or use recipe 'scratch'")
 
 
 def _slug(value: Any) -> str:
     return "".join(c if c.isalnum() or c in "-." else "-" for c in str(value))
+
+
+def grid_settings(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every run's settings: each combination (or none) crossed with the product of the grid's lists."""
+    keys = [k for k in grid if k != COMBINATIONS]
+    product = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    return [{**combo, **rest} for combo in grid.get(COMBINATIONS, [{}]) for rest in product]
+
+
+def _group_keys(grid: dict[str, list[Any]]) -> list[str]:
+    """The settings that tell groups apart: those varying across combinations, then lists of more than one value
+    (the seed never); with nothing varying, the first setting."""
+    combos = grid.get(COMBINATIONS, [])
+    combo_keys = list(dict.fromkeys(k for c in combos for k in c))
+    varied = [k for k in combo_keys if len({repr(c.get(k)) for c in combos}) > 1]
+    varied += [k for k in grid if k not in (COMBINATIONS, "seed") and len(grid[k]) > 1]
+    return varied or [k for k in [*combo_keys, *grid] if k not in (COMBINATIONS, "seed")][:1]
 
 
 def expand(prepared: str | Path, grid: dict[str, list[Any]], out: str | Path, base: dict[str, Any] | None = None,
@@ -118,26 +183,23 @@ def expand(prepared: str | Path, grid: dict[str, list[Any]], out: str | Path, ba
     """Every combination of the grid as a validated run (names, groups, configs) before anything trains."""
     if select not in SELECT:
         raise ConfigError(f"--select {select!r} is not one of {list(SELECT)}{closest(select, list(SELECT))}")
-    keys = list(grid)
-    combos = list(itertools.product(*(grid[k] for k in keys)))
+    combos = grid_settings(grid)
     if len(combos) > MAX_RUNS and not yes:
         raise ConfigError(f"the grid makes {len(combos)} runs (more than {MAX_RUNS}); check it, or pass --yes to "
                           "train them all")
-    varied = [k for k in keys if len(grid[k]) > 1 and k != "seed"]
+    group_keys = _group_keys(grid)
     runs, out = [], Path(out)
-    for combo in combos:
-        settings = dict(zip(keys, combo))
+    for settings in combos:
         seed = int(settings["seed"])
         recipe = settings.get("recipe")
         train_settings = {k: v for k, v in settings.items() if k != "recipe"}
         if recipe is not None:
             _check_recipe(recipe, str(settings.get("model", (base or {}).get("model", TrainConfig.model))))
-            train_settings = {**RECIPES[recipe], **train_settings}
-        group_keys = varied or [k for k in keys if k != "seed"][:1]
-        group = ",".join(f"{k}={settings[k]}" for k in group_keys) or "all"
-        name = "_".join(_slug(settings[k]) for k in group_keys) + f"_seed{seed}" if group_keys else f"seed{seed}"
-        config = resolve_config(base or {}, {**train_settings, "prepared": str(prepared),
-                                             "out": str(out / "runs" / name)}, where="study grid")
+        shown = [k for k in group_keys if k in settings]
+        group = ",".join(f"{k}={settings[k]}" for k in shown) or "all"
+        name = "_".join(_slug(settings[k]) for k in shown) + f"_seed{seed}" if shown else f"seed{seed}"
+        config = resolve_config(base or {}, recipe_settings(recipe), {**train_settings, "prepared": str(prepared),
+                                "out": str(out / "runs" / name)}, where="study grid")
         runs.append(StudyRun(name, group, seed, settings, config))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
@@ -154,11 +216,12 @@ def run_one(run: StudyRun, n_boot: int = 1000) -> dict[str, Any]:
     if (folder / DONE).is_file():
         return json.loads((folder / DONE).read_text(encoding="utf-8"))
     resume = (folder / "checkpoints" / "last.ckpt").is_file() and not (folder / "bundle").is_dir()
+    started = time.time()
     if not (folder / "bundle").is_dir():  # a run trained before the study stopped is only evaluated
         log.info("study: training %s%s", run.name, " (resuming)" if resume else "")
         train(run.config, resume=resume)
     evaluation = evaluate_run(folder, split="test", n_boot=n_boot, seed=run.seed)
-    row = run_row(run, folder, evaluation.summary)
+    row = {**run_row(run, folder, evaluation.summary), "started_at": started, "finished_at": time.time()}
     write_json(folder / DONE, row)
     return row
 
@@ -245,11 +308,19 @@ def compare_groups(chosen: pd.DataFrame, n_boot: int = 1000) -> tuple[pd.DataFra
     return pd.DataFrame(rows), pd.concat(details, ignore_index=True) if details else pd.DataFrame()
 
 
+def _limit_threads(threads: int) -> None:
+    """A parallel worker's torch threads, so that max_parallel runs share the cores instead of oversubscribing."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def run_study(study: Study, max_parallel: int = 1, only: int | None = None,
-              on_run: Callable[[dict[str, Any]], None] | None = None) -> Study:
+              on_run: Callable[[dict[str, Any]], None] | None = None, threads: int | None = None) -> Study:
     """Train and evaluate every run not finished yet (in up to max_parallel processes), then write the tables.
 
-    only=i trains run i alone (one SLURM array task) and writes no tables.
+    only=i trains run i alone (one SLURM array task) and writes no tables. Each parallel worker uses `threads` torch
+    threads (default: the CPU cores divided among the workers).
     """
     study.out.mkdir(parents=True, exist_ok=True)
     parent = _mlflow_parent(study)
@@ -262,7 +333,9 @@ def run_study(study: Study, max_parallel: int = 1, only: int | None = None,
     if max_parallel > 1 and len(pending) > 1:
         import multiprocessing
 
-        with ProcessPoolExecutor(max_parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        per_run = threads or max(1, (os.cpu_count() or 1) // max_parallel)
+        with ProcessPoolExecutor(max_parallel, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_limit_threads, initargs=(per_run,)) as pool:
             for row in pool.map(run_one, pending, [study.n_boot] * len(pending)):
                 rows.append(row)
                 if on_run:
