@@ -113,3 +113,55 @@ def test_small_timm_model_trains_by_stage_explains_and_round_trips(tmp_path: Pat
     inputs = normalize(torch.full((1, 1, 32, 32), 128, dtype=torch.uint8), 1, card["normalization"])
     cam = grad_cam(bundle.net, inputs, target=0)
     assert cam.shape == (1, 1, 32, 32) and torch.isfinite(cam).all()
+
+
+# ---------- vision transformers: freezing by parameter, Grad-CAM on tokens, the bundle ----------
+
+VIT = "timm/test_vit"  # timm's 306 k-parameter ViT (6 blocks, patch 16, a class token), built for any input size
+
+
+def test_vit_stages_hold_every_parameter_outside_the_head() -> None:
+    from chestxray.models import backbone_parameter_names, block_parameters
+
+    spec = get_spec(VIT)
+    assert spec.blocks[0][:1] == ("patch_embed.proj",) and {"cls_token", "pos_embed"} <= set(spec.blocks[0])
+    assert spec.blocks[-1][0].startswith("blocks.5.") and spec.blocks[-1][-1] == "norm"  # final norm: last stage
+    assert (spec.head, spec.gradcam, spec.gradcam_layout) == ("head", "blocks.5.norm1", "tokens")
+    net = build_model(VIT, num_labels=2)
+    names = {k for k, _ in net.named_parameters()}
+    assert backbone_parameter_names(net, VIT) == names - {"head.weight", "head.bias"}
+    groups = block_parameters(net, VIT)
+    assert sum(len(g) for g in groups) == len(names) - 2  # each parameter in exactly one stage
+    first = {id(p) for p in groups[0]}
+    assert {id(net.cls_token), id(net.pos_embed), id(net.patch_embed.proj.weight)} <= first
+
+
+def test_vit_trains_frozen_with_last_block_thawed_explains_and_round_trips(tmp_path: Path,
+                                                                         synthetic_prepared: Path) -> None:
+    """--freeze backbone --unfreeze-last 1 on a ViT: cls_token, pos_embed and every block but the last stay put."""
+    from chestxray.explain.attribution import grad_cam
+    from chestxray.models.bundle import load_bundle
+    from chestxray.training.config import resolve_config
+    from chestxray.training.train import train
+
+    config = resolve_config(prepared=str(synthetic_prepared), model=VIT, epochs=1, batch_size=64, lr=3e-3,
+                            freeze="backbone", unfreeze_last=1, augment="none", num_workers=0, mlflow=False,
+                            progress=False, out=str(tmp_path / "run"))
+    snap = _Snapshot()
+    result = train(config, callbacks=[snap])
+    changed = {k for k in snap.before if not torch.equal(snap.before[k], snap.after[k])}
+    last = get_spec(VIT).blocks[-1]
+    thawed = {k for k in snap.before if any(k == m or k.startswith(f"{m}.") for m in last)}
+    assert {"head.weight", "head.bias"} <= changed and thawed <= changed and "norm.weight" in thawed
+    assert changed - thawed == {"head.weight", "head.bias"}  # cls_token, pos_embed, patch_embed, blocks 0-4 unchanged
+    card = json.loads((result.run_dir / "bundle" / "card.json").read_text())
+    data_cfg = model_data_config(VIT)
+    assert card["architecture"] == VIT and card["image_size"] == 32
+    assert (card["input_mean"], card["input_std"]) == (data_cfg["input_mean"], data_cfg["input_std"])
+    bundle = load_bundle(result.run_dir)
+    best = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    for key, value in bundle.net.state_dict().items():
+        assert torch.equal(value, best[f"net.{key}"]), key
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 1, 64, 96), dtype=np.uint8))
+    cam = grad_cam(bundle.net, normalize(image, 1, card["normalization"]), target=0)
+    assert cam.shape == (1, 1, 64, 96) and torch.isfinite(cam).all() and cam.max() > cam.min()

@@ -1,8 +1,10 @@
 """Attribution maps: Grad-CAM and Integrated Gradients heatmaps (Captum), for any model (overlays: explain.overlay).
 
 Heatmaps are the positive evidence for one label's logit, upsampled to the model's input size and scaled to
-[0, 1] per image. Grad-CAM uses the model's `gradcam_layer` hint when it has one, else its last nn.Conv2d;
-Integrated Gradients starts from a black image (uint8 zeros, normalised like the input).
+[0, 1] per image. Grad-CAM uses the model's `gradcam_layer` hint when it has one, else its last nn.Conv2d, and
+reads it in the layout of its `gradcam_layout` hint (transformer tokens and channels-last stages are laid out as
+(B, C, h, w) first: explain.layouts); Integrated Gradients starts from a black image (uint8 zeros, normalised like the
+input).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 
 from chestxray.data.labels import closest
 from chestxray.errors import ConfigError, ModelError
+from chestxray.explain.layouts import spatial_probe
 from chestxray.explain.overlay import render_overlay, save_png  # noqa: F401 - kept importable from here
 
 log = logging.getLogger(__name__)
@@ -44,12 +47,18 @@ def _no_inplace(net: torch.nn.Module) -> None:
 
 
 def grad_cam(net: torch.nn.Module, inputs: torch.Tensor, target: int, layer: torch.nn.Module | None = None) -> torch.Tensor:
-    """Grad-CAM (B, 1, H, W) of logit `target` for inputs (B, C, H, W), ReLU'd and bilinearly upsampled to H x W."""
+    """Grad-CAM (B, 1, H, W) of logit `target` for inputs (B, C, H, W), ReLU'd and bilinearly upsampled to H x W.
+
+    The layer's output is read as laid out by the net's `gradcam_layout` ('nchw' by default, 'nhwc', 'tokens');
+    an output not in that layout is a ModelError suggesting Integrated Gradients.
+    """
     from captum.attr import LayerAttribution, LayerGradCam
 
     _no_inplace(net)
-    cam = LayerGradCam(net, layer if layer is not None else find_gradcam_layer(net))
-    attr = cam.attribute(inputs, target=target, relu_attributions=True)
+    layer = layer if layer is not None else find_gradcam_layer(net)
+    layout = getattr(net, "gradcam_layout", "nchw")
+    with spatial_probe(net, layer, layout, (inputs.shape[-2], inputs.shape[-1])) as probe:
+        attr = LayerGradCam(net, probe).attribute(inputs, target=target, relu_attributions=True)
     return LayerAttribution.interpolate(attr, tuple(inputs.shape[-2:]), interpolate_mode="bilinear").detach()
 
 

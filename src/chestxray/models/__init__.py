@@ -13,6 +13,7 @@ from chestxray.models.registry import (
     ModelSpec,
     backbone_blocks,
     backbone_parameter_names,
+    block_parameters,
     count_parameters,
     get_spec,
     head_module,
@@ -21,5 +22,6 @@ from chestxray.models.registry import (
     register_model,
 )
 
-__all__ = ["ModelSpec", "backbone_blocks", "backbone_parameter_names", "build_model", "count_parameters", "get_spec", "head_module",
+__all__ = ["ModelSpec", "backbone_blocks", "backbone_parameter_names", "block_parameters",
+           "build_model", "count_parameters", "get_spec", "head_module",
            "list_models", "model_data_config", "register_model"]

@@ -39,6 +39,7 @@ def build_model(
         raise ModelError("give either --pretrained or --weights, not both")
     net = spec.builder(num_labels, in_chans)
     net.gradcam_layer = spec.gradcam or spec.blocks[-1][-1]  # where Grad-CAM reads (a name: a module would be saved twice)
+    net.gradcam_layout = spec.gradcam_layout  # how it lays out its output (tokens, channels last: explain.layouts)
     if pretrained == "imagenet":
         state, source = imagenet_state(name, offline=offline)
         load_weights_into(net, spec, state, source=source)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -21,6 +21,9 @@ from chestxray.errors import ModelError
 log = logging.getLogger(__name__)
 
 PRETRAINED_CHOICES: tuple[str, ...] = ("imagenet",)
+# how the Grad-CAM layer lays out its output: feature maps (B, C, H, W), channels last (B, H, W, C, e.g. Swin), or
+# tokens (B, prefix + h*w, C, a ViT): explain turns the last two into (B, C, h, w) before the CAM
+GradcamLayout = Literal["nchw", "nhwc", "tokens"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,9 @@ class ModelSpec:
     image_size: int  # the size it was designed for (prepared data may use another)
     stem: str  # qualified name of the first conv (its weight is adapted between 1 and 3 channels)
     head: str  # qualified name of the final Linear (replaced for num_labels)
-    blocks: tuple[tuple[str, ...], ...]  # backbone stages, input to output, for --unfreeze-last N
+    # backbone stages, input to output, for --unfreeze-last N: each a tuple of names of modules, or of parameters
+    # held directly by a module (a ViT's cls_token, pos_embed); every parameter outside the head is in one
+    blocks: tuple[tuple[str, ...], ...]
     imagenet: str | None = None  # torchvision weights enum, e.g. "ResNet18_Weights.DEFAULT"
     description: str = ""
     gradcam: str = ""  # the layer Grad-CAM reads ("" → the last backbone block)
@@ -42,6 +47,7 @@ class ModelSpec:
     imagenet_loader: Callable[[bool], dict[str, Any]] | None = None
     weights_url: str = ""  # a published weights file (torch hub naming: <name>-<sha256 prefix>.pth)
     imagenet_source: str = ""  # where --pretrained imagenet comes from, in words ("" → torchvision / weights_url)
+    gradcam_layout: GradcamLayout = "nchw"  # the layout of the Grad-CAM layer's output
 
     @property
     def has_imagenet(self) -> bool:
@@ -149,12 +155,24 @@ def head_module(net: nn.Module, name: str) -> nn.Module:
     return net.get_submodule(get_spec(name).head)
 
 
+def _owns(entry: str, param: str) -> bool:
+    """Whether block entry `entry` (a module or parameter name) holds parameter `param`."""
+    return param == entry or param.startswith(f"{entry}.")
+
+
 def backbone_blocks(net: nn.Module, name: str) -> list[list[nn.Module]]:
-    """The backbone stages of a built model, input to output (each a list of modules)."""
-    return [[net.get_submodule(m) for m in block] for block in get_spec(name).blocks]
+    """The modules of each backbone stage of a built model, input to output (parameter entries left out)."""
+    modules = dict(net.named_modules())
+    return [[modules[m] for m in block if m in modules] for block in get_spec(name).blocks]
+
+
+def block_parameters(net: nn.Module, name: str) -> list[list[nn.Parameter]]:
+    """The parameters of each backbone stage of a built model, input to output (what freezing acts on)."""
+    named = list(net.named_parameters())
+    return [[p for k, p in named if any(_owns(m, k) for m in block)] for block in get_spec(name).blocks]
 
 
 def backbone_parameter_names(net: nn.Module, name: str) -> set[str]:
     """Qualified names of the parameters inside the backbone stages (the rest is the head)."""
-    prefixes = tuple(f"{m}." for block in get_spec(name).blocks for m in block)
-    return {k for k, _ in net.named_parameters() if k.startswith(prefixes)}
+    entries = [m for block in get_spec(name).blocks for m in block]
+    return {k for k, _ in net.named_parameters() if any(_owns(m, k) for m in entries)}

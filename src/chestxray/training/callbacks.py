@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from chestxray.files import atomic_path, write_csv
-from chestxray.models import backbone_blocks
+from chestxray.models import backbone_blocks, block_parameters
 
 METRIC_COLUMNS = ["step", "epoch", "train_loss", "val_loss", "val_auroc", "lr"]
 HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_auroc", "train_accuracy", "val_accuracy", "lr",
@@ -27,12 +27,14 @@ HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_auroc", "trai
 class FreezeBackbone(Callback):
     """Freeze the backbone except its last `unfreeze_last` blocks; the head (and thawed blocks) train.
 
-    Frozen weights get requires_grad=False. Every BatchNorm layer of the backbone — frozen or thawed — is held in
-    eval mode before each training batch (Lightning puts the whole model back in train mode at each epoch and after
-    each validation), so it normalises with its stored running statistics and never updates them: a frozen backbone
-    computes exactly the features that evaluation, predict and explain see. In thawed blocks BatchNorm's affine
-    weight and bias still train; only its statistics stay fixed (the usual fine-tuning practice with small batches,
-    as in Keras' transfer-learning guide and torchvision's detection models).
+    Frozen weights get requires_grad=False: every parameter of the frozen stages, including those held directly by
+    a module rather than a layer inside it (a ViT's cls_token and pos_embed, in its first stage). Every BatchNorm
+    layer of the backbone — frozen or thawed — is held in eval mode before each training batch (Lightning puts the
+    whole model back in train mode at each epoch and after each validation), so it normalises with its stored running
+    statistics and never updates them: a frozen backbone computes exactly the features that evaluation, predict and
+    explain see. In thawed blocks BatchNorm's affine weight and bias still train; only its statistics stay fixed (the
+    usual fine-tuning practice with small batches, as in Keras' transfer-learning guide and torchvision's detection
+    models). LayerNorm (transformers) has no statistics: freezing it is enough.
     """
 
     def __init__(self, model_name: str, unfreeze_last: int = 0) -> None:
@@ -41,11 +43,11 @@ class FreezeBackbone(Callback):
         self._norms: list[torch.nn.Module] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        groups = block_parameters(pl_module.net, self.model_name)
+        keep = len(groups) - min(self.unfreeze_last, len(groups))
+        for param in (p for group in groups[:keep] for p in group):
+            param.requires_grad = False
         blocks = backbone_blocks(pl_module.net, self.model_name)
-        keep = len(blocks) - min(self.unfreeze_last, len(blocks))
-        for module in (m for block in blocks[:keep] for m in block):
-            for param in module.parameters():
-                param.requires_grad = False
         self._norms = [m for block in blocks for top in block for m in top.modules()
                        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
