@@ -13,7 +13,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from chestxray.files import atomic_path, write_csv
@@ -93,23 +93,37 @@ class RngState(Callback):
             torch.cuda.set_rng_state_all(s["cuda"])
 
 
-class StopCheckpoint(Callback):
-    """Save last.ckpt at the batch where --max-steps stops training mid-epoch (Lightning's checkpoint callback saves
-    only after validation, so the steps since the last epoch would be lost). The checkpoint is taken inside the
-    epoch, so a run extended with a larger --max-steps or --epochs finishes that same epoch (the data module skips
-    the batches already trained) instead of counting it done. Place it after MetricsHistory."""
+class LastCheckpoint(ModelCheckpoint):
+    """checkpoints/last.ckpt: the latest state, at the end of every epoch (or validation, with --val-every).
 
-    def __init__(self, last: str | Path) -> None:
-        self.last = Path(last)
+    Lightning's own save_last writes it only when the best checkpoint was saved at the same step, so after an epoch
+    that did not improve it would hold an older state. Where --max-steps stops training inside an epoch, it is saved
+    at that batch instead, as an epoch under way (not at the epoch's end, which would count the epoch as done): a run
+    extended with a larger --max-steps or --epochs then finishes that same epoch (the data module skips the batches
+    already trained). Lightning runs checkpoint callbacks after the others, so the rows of that batch are in it.
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, auto_insert_metric_name=False,
+                         enable_version_counter=False)
+        self.last = Path(dirpath) / "last.ckpt"
+
+    @staticmethod
+    def _cut_short(trainer: L.Trainer) -> bool:
+        """True once --max-steps is reached before the current epoch's last batch."""
+        limit = trainer.max_steps
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return limit is not None and 0 < limit <= trainer.global_step and done < trainer.num_training_batches
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        limit = trainer.max_steps
-        if limit is None or limit < 0 or trainer.global_step < limit:
-            return
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # the epoch ends here: validation saves it
-            return
-        trainer.save_checkpoint(self.last)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._cut_short(trainer):
+            trainer.save_checkpoint(self.last)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._cut_short(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -34,9 +34,9 @@ from chestxray.training.callbacks import (
     AtomicCheckpointIO,
     EpochProgressBar,
     FreezeBackbone,
+    LastCheckpoint,
     MetricsHistory,
     RngState,
-    StopCheckpoint,
 )
 from chestxray.training.config import CONFIG_FILE, TrainConfig, config_yaml, validate_config
 from chestxray.training.precision import choose_precision
@@ -317,18 +317,10 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode=mode,
                                  save_top_k=1, save_last=False, auto_insert_metric_name=False,
                                  enable_version_counter=False)
-    # last.ckpt after every validation: Lightning's save_last writes it only when the best one was saved too, so
-    # after an epoch that did not improve it would hold an older state. Listed after `checkpoint`, so it carries
-    # that callback's updated best score. Not at a train epoch's end (when validation exists): an epoch cut short by
-    # --max-steps would be stored as done (StopCheckpoint stores it as under way).
-    has_val = bool(data.manifest["splits"].get("val", {}).get("count"))
-    latest = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                             auto_insert_metric_name=False, enable_version_counter=False,
-                             save_on_train_epoch_end=False if has_val else None)
     history = MetricsHistory(run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
-    all_callbacks: list[Callback] = [history, StopCheckpoint(last), RngState(), checkpoint, latest,
-                                     *(callbacks or [])]
+    # listed after `checkpoint`, so last.ckpt carries that callback's updated best score
+    all_callbacks: list[Callback] = [history, RngState(), checkpoint, LastCheckpoint(last.parent), *(callbacks or [])]
     if config.progress:
         all_callbacks.append(EpochProgressBar())
     if config.patience:
