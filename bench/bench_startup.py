@@ -4,7 +4,9 @@ Each case is a fresh process (what a user waits for), run --repeat times; the be
 Baseline: the same interpreter starting and doing nothing (`python -c pass`), measured the same way, so the ratio
 says how much chestxray adds to Python's own start-up. Cases: `chestxray --help`, `chestxray train --help`, a usage
 error (`chestxray train` with an unknown option), and value errors that must be caught before torch, Lightning or
-MLflow load (`train --model nope`, `train --lr -1`, `train` on a missing PREPARED folder, `explain` on a missing run).
+MLflow load (`train --model nope`, `train --lr -1`, `train` on a missing PREPARED folder, and for every other heavy
+command — explain, evaluate, predict, export, serve, study, tune, prepare, verify, weights, ui, demo — a missing path
+or a bad value).
 Target: every case answers in under 1 s. Writes bench/results/startup-<hostname>.csv.
 
 Run: .venv/bin/python bench/bench_startup.py [--repeat 5]
@@ -40,6 +42,19 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], int]]:
         "train --lr -1": ([*CLI, "train", missing, "--lr", "-1", "--no-mlflow"], 1),
         "train on a missing folder": ([*CLI, "train", missing, "--no-mlflow"], 1),
         "explain a missing run": ([*CLI, "explain", missing, "--split", "test"], 1),
+        "evaluate a missing run": ([*CLI, "evaluate", missing], 1),
+        "evaluate --tta flip": ([*CLI, "evaluate", missing, "--tta", "flip"], 1),
+        "predict with a missing model": ([*CLI, "predict", missing, "x.png"], 1),
+        "predict --format xml": ([*CLI, "predict", missing, "x.png", "--format", "xml"], 1),
+        "export a missing bundle": ([*CLI, "export", missing, "--onnx", "m.onnx"], 1),
+        "serve a missing bundle": ([*CLI, "serve", missing], 1),
+        "study on a missing folder": ([*CLI, "study", missing, "--out", missing], 1),
+        "tune on a missing folder": ([*CLI, "tune", missing], 1),
+        "prepare a missing catalog": ([*CLI, "prepare", missing, "--out", missing], 1),
+        "verify a missing folder": ([*CLI, "verify", missing], 1),
+        "weights fetch nope": ([*CLI, "weights", "fetch", "nope"], 1),
+        "ui with a missing store": ([*CLI, "ui", "--store", missing], 1),
+        "demo --model nope": ([*CLI, "demo", "--model", "nope"], 1),
     }
 
 

@@ -104,16 +104,19 @@ def test_progress_bar_counts_epochs_from_one_and_hides_sanity_metrics(tmp_path) 
     assert any(k.startswith("val_") for k in seen[-1][1])  # after a real validation its metrics show
 
 
-def test_last_checkpoint_shares_the_best_file_when_they_are_the_same_step(tmp_path) -> None:
+def test_after_training_only_last_stays_or_a_hard_link_to_the_same_step(tmp_path) -> None:
     import os
 
-    from chestxray.training.train import share_last_with_best
+    from chestxray.training.resume import keep_only_last
 
     last, best = tmp_path / "last.ckpt", tmp_path / "best.ckpt"
     torch.save({"global_step": 7, "w": torch.ones(3)}, best)
-    torch.save({"global_step": 5, "w": torch.zeros(3)}, last)
-    assert not share_last_with_best(last, best) and not os.path.samefile(last, best)  # different steps: both kept
     torch.save({"global_step": 7, "w": torch.ones(3)}, last)
-    assert share_last_with_best(last, best) and os.path.samefile(last, best)
-    assert torch.load(last, weights_only=True)["global_step"] == 7 and not share_last_with_best(last, best)
+    assert keep_only_last(last, best) == "linked" and os.path.samefile(last, best)  # same step: one file, two names
+    assert torch.load(last, weights_only=True)["global_step"] == 7 and keep_only_last(last, best) == "linked"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
+    best.unlink()
+    torch.save({"global_step": 5, "w": torch.ones(3)}, best)  # best earlier than last: the bundle holds it
+    assert keep_only_last(last, best) == "removed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert keep_only_last(last, best) == "kept" and keep_only_last(last, None) == "kept"

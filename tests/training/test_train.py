@@ -151,6 +151,6 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path: Path, synthetic_
     result = train(config, resume=True)
     assert result.bundle_dir is not None and len(pd.read_csv(run / "history.csv")) == 2
     # resuming a finished run would train nothing: it says so, and how to extend it
-    with pytest.raises(ConfigError, match=r"already finished .*after epoch 2.*nothing to train.*larger --epochs or "
-                                          r"--max-steps"):
+    with pytest.raises(ConfigError, match=r"already finished \(--epochs 2 reached after 2 whole epoch\(s\).*nothing to "
+                                          r"train.*--resume .* --epochs 3 or more"):
         train(config, resume=True)

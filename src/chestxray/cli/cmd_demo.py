@@ -37,6 +37,16 @@ def demo(
 ) -> None:
     from dataclasses import replace
 
+    from chestxray.cli import checks
+
+    if data is not None and not data.is_dir():
+        from chestxray.errors import DataError
+
+        raise DataError(f"--data {data}: no sample collections there (no such folder); pass the shared data folder, "
+                        "or leave --data out to use $CHESTXRAY_DATA or ../shared/data")
+    checks.model_name(model)
+    checks.at_least("--size", size, 16)
+    checks.at_least("--epochs", epochs, 1)
     from rich import box
     from rich.table import Table
 

@@ -83,6 +83,14 @@ def evaluate(
                                           help="Before evaluating, compare every shard's sha256 with the manifest "
                                           "(shard sizes are always checked)."),
 ) -> None:
+    from chestxray.cli import checks
+
+    checks.tta(tta)
+    checks.threshold_method(threshold_method)
+    checks.at_least("--batch-size", batch_size, 1)
+    checks.run_folder(run)
+    if prepared is not None:
+        checks.prepared_folder(prepared)
     from chestxray.evaluation.evaluate import evaluate_run
 
     with console.status(f"evaluating {run} on {split} ..."):
@@ -112,6 +120,9 @@ def report(
     run: Path = typer.Argument(..., help="Run folder with eval/ (from 'chestxray evaluate')."),
     out: Path = typer.Option(None, "--out", "-o", help="HTML file to write (default RUN/report.html)."),
 ) -> None:
+    from chestxray.cli import checks
+
+    checks.not_data_folder(run, "run folder")
     from chestxray.report.run_report import write_report
 
     path = write_report(run, out)

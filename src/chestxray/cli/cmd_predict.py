@@ -84,14 +84,19 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size", help="Images decoded and scored at once."),
     workers: int = typer.Option(4, "--workers", help="Threads decoding files."),
 ) -> None:
+    from chestxray.cli import checks
+
+    checks.one_of("--format", fmt, TABLE_FORMATS)
+    checks.tta(tta)
+    checks.at_least("--batch-size", batch_size, 1)
+    checks.at_least("--workers", workers, 1)
+    checks.model_source(model, onnx=True)
     from chestxray.data.tasks import is_multiclass
-    from chestxray.errors import ConfigError, DataError
+    from chestxray.errors import DataError
     from chestxray.inference.inputs import expand_inputs
     from chestxray.inference.outputs import RowWriter, Tally, add_decisions
     from chestxray.inference.stream import iter_predictions, open_scorer, problem_rows
 
-    if fmt not in TABLE_FORMATS:
-        raise ConfigError(f"unknown --format {fmt!r}; expected one of {TABLE_FORMATS}")
     scorer = open_scorer(model, tta=tta)
     labels, thresholds = scorer.labels, scorer.thresholds
     found = expand_inputs(inputs)
@@ -179,10 +184,12 @@ def export(
                                         help="Log the bundle as an MLflow pyfunc model and register it as NAME."),
     mlflow_uri: str = typer.Option(None, "--mlflow-uri", help="Store for a bundle outside a run (default ./mlruns)."),
 ) -> None:
+    from chestxray.cli import checks
     from chestxray.errors import ConfigError
 
     if onnx is None and not mlflow_register:
         raise ConfigError("nothing to export; pass --onnx FILE.onnx and/or --mlflow-register NAME")
+    checks.model_source(bundle)
     if onnx is not None:
         from chestxray.deploy.onnx_export import export_onnx
 

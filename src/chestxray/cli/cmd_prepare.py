@@ -27,6 +27,13 @@ def prepare(
                                    help="Quarantine images with more pixels than this (read from the file header "
                                         "before decoding: a decompression-bomb guard)."),
 ) -> None:
+    from chestxray.cli import checks
+
+    checks.one_of("--resize", resize, checks.RESIZE_MODES)
+    checks.at_least("--size", size, 1)
+    checks.at_least("--shard-size", shard_size, 1)
+    checks.at_least("--workers", workers, 0)
+    checks.catalog_folder(catalog, out)
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

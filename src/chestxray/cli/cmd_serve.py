@@ -24,6 +24,12 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest upload accepted, in MB."),
     max_megapixels: float = typer.Option(40.0, "--max-megapixels", help="Largest image accepted (width x height)."),
 ) -> None:
+    from chestxray.cli import checks
+
+    checks.model_source(bundle)
+    checks.at_least("--port", port, 1, 65535)
+    checks.at_least("--max-upload-mb", max_upload_mb, 0.001)
+    checks.at_least("--max-megapixels", max_megapixels, 0.001)
     from chestxray.deploy.serve import is_loopback
     from chestxray.deploy.serve import serve as run_server
     from chestxray.deploy.uploads import Limits
@@ -44,6 +50,10 @@ def ui(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(5000, "--port", help="TCP port."),
 ) -> None:
+    from chestxray.cli import checks
+
+    checks.at_least("--port", port, 1, 65535)
+    checks.mlflow_store(store)
     from chestxray.deploy.mlflow_ui import run_ui, store_uri
 
     err_console.print(f"MLflow UI for {store_uri(store)} on http://{host}:{port}/ (Ctrl+C stops)", highlight=False,

@@ -79,8 +79,13 @@ def study(
     yes: bool = typer.Option(False, "--yes", help=f"Allow a grid of more than {200} runs."),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log runs to MLflow under one parent run."),
 ) -> None:
+    from chestxray.cli import checks
     from chestxray.cli.common import quiet_lightning
     from chestxray.errors import ConfigError
+
+    checks.prepared_folder(prepared)
+    for name in _list(models) or []:
+        checks.model_name(name, "--models")
     from chestxray.workflows.study import expand, normalise_grid, read_grid, run_study
 
     raw = read_grid(grid) if grid is not None else {}

@@ -52,6 +52,12 @@ def tune(
 ) -> None:
     from rich.table import Table
 
+    from chestxray.cli import checks
+
+    checks.one_of("--sampler", sampler, checks.SAMPLERS)
+    checks.one_of("--pruner", pruner, checks.PRUNERS)
+    checks.model_name(model)
+    checks.prepared_folder(prepared)
     from chestxray.training.config import resolve_config
     from chestxray.workflows.search_space import PRUNERS, SAMPLERS, read_space
     from chestxray.workflows.tune import TuneSettings, parse_duration

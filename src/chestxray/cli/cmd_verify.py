@@ -17,6 +17,9 @@ def verify(
     prepared: str = typer.Argument(..., help="PREPARED folder (from 'chestxray prepare')."),
     checksums: bool = typer.Option(False, "--checksums", help="Also compare every shard's sha256 (reads all bytes)."),
 ) -> None:
+    from chestxray.cli import checks
+
+    checks.prepared_folder(prepared)
     from chestxray.data.verify import verify_prepared
 
     console.print(verify_prepared(prepared, checksums=checksums).summary(), highlight=False, soft_wrap=True)

@@ -27,6 +27,9 @@ def fetch(
                                          help="Base URL serving the published file names (replaces the host)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a download progress bar."),
 ) -> None:
+    from chestxray.cli import checks
+
+    checks.model_name(name, "NAME")
     from chestxray.models.weights import fetch_weights
 
     console.print(f"{name}: ImageNet weights ready ({fetch_weights(name, mirror=mirror, progress=progress)})",

@@ -195,13 +195,16 @@ class _EpochLoader(DataLoader):
     and normalises each uint8 batch here in the main process: workers then ship 1 byte per pixel instead of
     4 × in_chans (inter-process transfer of float batches cost more than all the other loading work)."""
 
-    def __init__(self, dataset: ShardBatches, epoch_of: Callable[[], int], **kwargs: Any) -> None:
+    def __init__(self, dataset: ShardBatches, epoch_of: Callable[[], int], skip_of: Callable[[], int] = lambda: 0,
+                 **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=None, **kwargs)
-        self._epoch_of = epoch_of
+        self._epoch_of, self._skip_of = epoch_of, skip_of
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.dataset.epoch = self._epoch_of()
-        return self._normalised(super().__iter__())
+        # a run resumed mid-epoch: the epoch's first batches were trained before the stop; reading and dropping
+        # them (rather than replanning) yields exactly the batches, augmentations included, an unbroken run sees
+        return self._normalised(itertools.islice(super().__iter__(), self._skip_of(), None))
 
     def _normalised(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         ds = self.dataset
@@ -269,6 +272,15 @@ class ChestXrayDataModule(L.LightningDataModule):
         self._epochs_started += 1
         return self._epochs_started - 1
 
+    def _resumed_batches(self) -> int:
+        """Batches of the current epoch that a run resumed mid-epoch has already trained (else 0): restored by
+        Lightning before the first iterator is created, and only while its fit loop is restarting an unfinished
+        epoch."""
+        fit_loop = getattr(self.trainer, "fit_loop", None) if self.trainer is not None else None
+        if fit_loop is None or not fit_loop.restarting:
+            return 0
+        return int(fit_loop.epoch_loop.batch_progress.current.processed)
+
     def _loader(self, split: str, train: bool, batch_size: int | None = None) -> DataLoader:
         if split not in self.manifest["splits"] or not self.manifest["splits"][split]["count"]:
             raise DataError(f"{self.prepared}: split {split!r} has no images (have "
@@ -280,7 +292,8 @@ class ChestXrayDataModule(L.LightningDataModule):
                                normalization=self.normalization, shuffle_buffer=self.shuffle_buffer)
         epoch_of = self._epoch if train else (lambda: 0)
         # An own generator: creating an iterator must not draw from the global torch RNG (keeps resumed runs exact).
-        return _EpochLoader(dataset, epoch_of, num_workers=self.num_workers, pin_memory=self.pin_memory,
+        return _EpochLoader(dataset, epoch_of, self._resumed_batches if train else (lambda: 0),
+                            num_workers=self.num_workers, pin_memory=self.pin_memory,
                             persistent_workers=self.persistent_workers and self.num_workers > 0,
                             generator=torch.Generator().manual_seed(self.seed))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,43 +17,14 @@ import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from chestxray.errors import ConfigError
+from chestxray.evaluation.methods import METHODS, ThresholdMethod, parse_method  # noqa: F401 (re-exported)
 from chestxray.evaluation.metrics import check_arrays, undefined_reason
 from chestxray.inference.outputs import add_decisions
 from chestxray.models.bundle import update_card
 
 log = logging.getLogger(__name__)
 
-METHODS = ("youden", "f1", "sensitivity:<target>")
 FALLBACK = 0.5  # used for a label whose validation split has no positives or no negatives
-
-
-@dataclass(frozen=True)
-class ThresholdMethod:
-    """A parsed method name: kind in {"youden", "f1", "sensitivity"} and, for sensitivity, its target in (0, 1]."""
-
-    kind: str
-    target: float | None = None
-
-    def __str__(self) -> str:
-        return f"sensitivity:{self.target:g}" if self.kind == "sensitivity" else self.kind
-
-
-def parse_method(text: str | ThresholdMethod) -> ThresholdMethod:
-    """Parse 'youden', 'f1' or 'sensitivity:0.9' (ConfigError with the valid forms otherwise)."""
-    if isinstance(text, ThresholdMethod):
-        return text
-    name = text.strip().lower()
-    if name in ("youden", "f1"):
-        return ThresholdMethod(name)
-    if name.startswith("sensitivity:"):
-        try:
-            target = float(name.split(":", 1)[1])
-        except ValueError:
-            target = -1.0
-        if 0 < target <= 1:
-            return ThresholdMethod("sensitivity", target)
-        raise ConfigError(f"threshold method {text!r}: the target sensitivity must be a number in (0, 1], e.g. sensitivity:0.9")
-    raise ConfigError(f"unknown threshold method {text!r}; use one of {', '.join(METHODS)} (e.g. sensitivity:0.9)")
 
 
 def choose_threshold(y_true: Any, y_score: Any, method: str | ThresholdMethod = "youden") -> float:

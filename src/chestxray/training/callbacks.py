@@ -93,6 +93,25 @@ class RngState(Callback):
             torch.cuda.set_rng_state_all(s["cuda"])
 
 
+class StopCheckpoint(Callback):
+    """Save last.ckpt at the batch where --max-steps stops training mid-epoch (Lightning's checkpoint callback saves
+    only after validation, so the steps since the last epoch would be lost). The checkpoint is taken inside the
+    epoch, so a run extended with a larger --max-steps or --epochs finishes that same epoch (the data module skips
+    the batches already trained) instead of counting it done. Place it after MetricsHistory."""
+
+    def __init__(self, last: str | Path) -> None:
+        self.last = Path(last)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        limit = trainer.max_steps
+        if limit is None or limit < 0 or trainer.global_step < limit:
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # the epoch ends here: validation saves it
+            return
+        trainer.save_checkpoint(self.last)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write checkpoints through a temporary file and a rename, so a killed run never leaves a half checkpoint."""
 
@@ -133,16 +152,36 @@ class MetricsHistory(Callback):
         self._val_start = 0.0
         self.train_images = 0
         self.train_seconds = 0.0
+        self._batches_epoch = 0  # the epoch of the batches counted so far
+        self._resumed_epoch: int | None = None  # set when a checkpoint taken mid-epoch is loaded
+        self._resumed_seconds = 0.0
 
     def state_dict(self) -> dict[str, Any]:
+        # "partial": the epoch under way (a checkpoint taken mid-epoch, e.g. at a --max-steps stop), so a resumed run
+        # closes that epoch with all of its batches and the history gets one row for it, not two halves
+        partial = {"epoch": self._batches_epoch, "losses": list(self._epoch_losses), "images": self._epoch_images,
+                   "correct": self._epoch_correct,
+                   "seconds": time.perf_counter() - self._epoch_start - self._val_seconds if self._epoch_images else 0.0}
         return {"rows": self.rows, "history": self.history, "train_images": self.train_images,
-                "train_seconds": self.train_seconds}
+                "train_seconds": self.train_seconds, "partial": partial}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows, self.history = list(state_dict["rows"]), list(state_dict["history"])
         self.train_images, self.train_seconds = int(state_dict["train_images"]), float(state_dict["train_seconds"])
+        partial = state_dict.get("partial") or {}
+        if partial.get("images"):  # Lightning goes on inside that epoch without calling on_train_epoch_start
+            self._epoch_losses, self._epoch_images = list(partial["losses"]), int(partial["images"])
+            self._epoch_correct, self._resumed_seconds = float(partial["correct"]), float(partial["seconds"])
+            self._resumed_epoch = int(partial["epoch"])
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start, self._val_seconds = time.perf_counter() - self._resumed_seconds, 0.0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self._resumed_epoch:  # continuing the epoch a mid-epoch checkpoint left open
+            self._resumed_epoch = None
+            return
+        self._resumed_epoch = None
         self._epoch_losses, self._epoch_images, self._epoch_correct = [], 0, 0.0
         self._epoch_start, self._val_seconds = time.perf_counter(), 0.0
 
@@ -154,6 +193,7 @@ class MetricsHistory(Callback):
         if isinstance(outputs, dict) and "accuracy" in outputs:
             self._epoch_correct += float(outputs["accuracy"]) * n
         self._epoch_images += n
+        self._batches_epoch = trainer.current_epoch
         self.rows.append({"step": trainer.global_step, "epoch": trainer.current_epoch, "train_loss": loss,
                           "val_loss": math.nan, "val_auroc": math.nan, "lr": _lr(trainer)})
 

@@ -81,7 +81,8 @@ class ChestXrayModule(L.LightningModule):
     softmax cross-entropy (pos_weight = class weights), val macro one-vs-rest AUROC and val_accuracy.
 
     total_steps sets the cosine schedule's length (train() computes it from the data plan, so the train loader is
-    never built before a resumed run has restored its epoch). val_auroc is the mean over labels that have both
+    never built before a resumed run has restored its epoch); warmup_steps (None: warmup_fraction × total_steps) is
+    given by train() when it extends a run, which keeps the warm-up the run started with. val_auroc is the mean over labels that have both
     classes in the validation set (others are left out, so a label without positives never gives NaN);
     torchmetrics gathers predictions from every rank.
     """
@@ -91,7 +92,7 @@ class ChestXrayModule(L.LightningModule):
                  scheduler: str = "cosine", warmup_fraction: float = 0.05, monitor: str = "val_auroc",
                  patience: int = 5, channels_last: bool = False, total_steps: int = 1000,
                  task: str = "multilabel", backbone_lr_scale: float = 1.0,
-                 backbone_params: Collection[str] = ()) -> None:
+                 backbone_params: Collection[str] = (), warmup_steps: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "backbone_params"], logger=False)  # loggers get the TrainConfig
         self.net = net
@@ -190,6 +191,25 @@ class ChestXrayModule(L.LightningModule):
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": self.hparams.monitor,
                                                              "interval": "epoch", "strict": False}}
         total = max(1, int(self.hparams.total_steps))
-        warmup = int(self.hparams.warmup_fraction * total)
+        warmup = self.warmup_steps()
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def warmup_steps(self) -> int:
+        """Warm-up length of the cosine schedule: the given warmup_steps, else warmup_fraction × total_steps."""
+        if self.hparams.warmup_steps is not None:
+            return int(self.hparams.warmup_steps)
+        return int(self.hparams.warmup_fraction * max(1, int(self.hparams.total_steps)))
+
+    def on_train_start(self) -> None:
+        """Set each step-wise schedule's LR for the step it stands at. A fresh run changes nothing; a resumed run's
+        optimizer comes back with the LR it last used, which for an extended run (a longer schedule) is not the new
+        schedule's value at that step (at the end of a cosine it is 0, so the first resumed step would not learn)."""
+        for config in self.trainer.lr_scheduler_configs:
+            schedule = config.scheduler
+            if isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+                lrs = [base * factor(schedule.last_epoch) for base, factor in
+                       zip(schedule.base_lrs, schedule.lr_lambdas, strict=True)]
+                for group, lr in zip(schedule.optimizer.param_groups, lrs, strict=True):
+                    group["lr"] = lr
+                schedule._last_lr = lrs

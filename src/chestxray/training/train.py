@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,9 +36,11 @@ from chestxray.training.callbacks import (
     FreezeBackbone,
     MetricsHistory,
     RngState,
+    StopCheckpoint,
 )
 from chestxray.training.config import CONFIG_FILE, TrainConfig, config_yaml, validate_config
 from chestxray.training.precision import choose_precision
+from chestxray.training.resume import check_extendable, keep_only_last, read_progress
 
 log = logging.getLogger(__name__)
 
@@ -74,25 +77,6 @@ def default_run_dir(config: TrainConfig) -> Path:
     """runs/<model>-<UTC timestamp> under the current folder."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{config.model}-{stamp}"
-
-
-def _check_finished(run_dir: Path, config: TrainConfig) -> None:
-    """Refuse to "resume" a run that already finished (bundle written) under the same stopping settings: it would
-    train nothing. Saying so beats reporting epochs that were not trained; a larger --epochs/--max-steps continues."""
-    if not (run_dir / "bundle").exists() or not (run_dir / CONFIG_FILE).is_file():
-        return
-    from chestxray.training.config import read_yaml
-
-    stored = read_yaml(run_dir / CONFIG_FILE)
-    limits = ("epochs", "max_steps", "max_minutes")
-    if any(stored.get(k) != getattr(config, k) for k in limits):
-        return
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)
-    raise ConfigError(f"cannot resume {run_dir}: it already finished (bundle/ written; last checkpoint after epoch "
-                      f"{int(ckpt.get('epoch', 0)) + 1}, step {int(ckpt.get('global_step', 0))}; limits epochs "
-                      f"{config.epochs}, max_steps {config.max_steps}, max_minutes {config.max_minutes:g}), so there "
-                      f"is nothing to train. To train further add a larger --epochs or --max-steps (-1: no limit) "
-                      f"to --resume {run_dir}; to use it as it is: chestxray evaluate {run_dir}")
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -155,9 +139,25 @@ def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None, task:
                         tags={"run_dir": str(run_dir.resolve()), "model": config.model, "task": task})
 
 
-def _best_state(checkpoint: Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+def _best_state(source: Path) -> dict[str, torch.Tensor]:
+    """The net's weights from a Lightning checkpoint, or from a bundle's model.safetensors."""
+    if source.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(source)
+    ckpt = torch.load(source, map_location="cpu", weights_only=True)
     return {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+
+
+def _state_source(run_dir: Path, best: Path | None, last: Path) -> Path | None:
+    """Where the bundle's weights come from: best.ckpt; when an extended run did not beat the best of its earlier
+    part, whose best.ckpt was dropped once the bundle held it, the bundle itself; else last.ckpt."""
+    if best is not None and best.is_file():
+        return best
+    kept = run_dir / "bundle" / "model.safetensors"
+    if best is not None and kept.is_file():
+        return kept
+    return last if last.is_file() else None
 
 
 def _steps_per_epoch(data: Any, world_size: int) -> int:
@@ -186,11 +186,22 @@ def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any],
     write_text(run_dir / CONFIG_FILE, config_yaml(config))
     run_info.update(fields)
     if mlflow_logger is not None:
-        mlflow_logger.log_hyperparams(config.to_dict())
+        _log_params(mlflow_logger, config)
         run_info["mlflow_run_id"] = mlflow_logger.run_id
         run_info["mlflow_tracking_uri"] = _tracking_uri(config, run_dir)
         mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(run_dir / CONFIG_FILE))
     write_json(run_dir / RUN_FILE, run_info)
+
+
+def _log_params(mlflow_logger: Any, config: TrainConfig) -> None:
+    """The config as MLflow params. MLflow never changes a logged param, so when a resumed run was given other
+    settings (an extension's --epochs/--max-steps) the new values go to tags resumed_with.<name> instead."""
+    params = {k: str(v) for k, v in config.to_dict().items()}
+    logged = mlflow_logger.experiment.get_run(mlflow_logger.run_id).data.params
+    mlflow_logger.log_hyperparams({k: v for k, v in params.items() if k not in logged})
+    for key, value in params.items():
+        if key in logged and logged[key] != value:
+            mlflow_logger.experiment.set_tag(mlflow_logger.run_id, f"resumed_with.{key}", value)
 
 
 def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: dict[str, Any],
@@ -256,27 +267,9 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
         if zero:  # ranks started later by Lightning's launcher find rank zero's config.yaml
             _check_run_dir(run_dir, resume)
             if resume:
-                _check_finished(run_dir, config)
+                check_extendable(run_dir, config)
         with _allow_file_store(_tracking_uri(config, run_dir) if config.mlflow else ""):
             return _fit(config, run_dir, resume, callbacks)
-
-
-def share_last_with_best(last: Path, best: Path | None) -> bool:
-    """After training: when last.ckpt and best.ckpt hold the same step, make last a hard link to best (one copy on
-    disk, both names still work for --resume and the bundle). Returns whether it did."""
-    if best is None or not (last.is_file() and best.is_file()) or os.path.samefile(last, best):
-        return False
-    steps = [torch.load(p, map_location="cpu", weights_only=True, mmap=True).get("global_step") for p in (last, best)]
-    if steps[0] != steps[1]:
-        return False
-    tmp = last.with_name(last.name + ".link")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(best, tmp)
-    except OSError:  # a filesystem without hard links keeps both copies
-        return False
-    os.replace(tmp, last)
-    return True
 
 
 def _interrupted(run_dir: Path, last: Path, trainer: L.Trainer) -> str:
@@ -322,10 +315,20 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
         loggers.append(mlflow_logger)
     mode = "max" if config.monitor == "val_auroc" else "min"
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode=mode,
-                                 save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                                 save_top_k=1, save_last=False, auto_insert_metric_name=False,
                                  enable_version_counter=False)
+    # last.ckpt after every validation: Lightning's save_last writes it only when the best one was saved too, so
+    # after an epoch that did not improve it would hold an older state. Listed after `checkpoint`, so it carries
+    # that callback's updated best score. Not at a train epoch's end (when validation exists): an epoch cut short by
+    # --max-steps would be stored as done (StopCheckpoint stores it as under way).
+    has_val = bool(data.manifest["splits"].get("val", {}).get("count"))
+    latest = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                             auto_insert_metric_name=False, enable_version_counter=False,
+                             save_on_train_epoch_end=False if has_val else None)
     history = MetricsHistory(run_dir)
-    all_callbacks: list[Callback] = [history, RngState(), checkpoint, *(callbacks or [])]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    all_callbacks: list[Callback] = [history, StopCheckpoint(last), RngState(), checkpoint, latest,
+                                     *(callbacks or [])]
     if config.progress:
         all_callbacks.append(EpochProgressBar())
     if config.patience:
@@ -350,15 +353,17 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                              scheduler=config.scheduler, warmup_fraction=config.warmup_fraction,
                              monitor=config.monitor, patience=config.patience, channels_last=config.channels_last,
                              total_steps=total_steps, task=data.task, backbone_lr_scale=config.backbone_lr_scale,
-                             backbone_params=backbone_parameter_names(net, config.model))
+                             backbone_params=backbone_parameter_names(net, config.model),
+                             warmup_steps=read_progress(last).warmup_steps if resume else None)
     if trainer.is_global_zero:
         _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"]}, run_info,
                          mlflow_logger)
 
     start = time.perf_counter()
-    last = run_dir / "checkpoints" / "last.ckpt"
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
+        with warnings.catch_warnings():  # the data module skips the batches a mid-epoch checkpoint already trained
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+            trainer.fit(module, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
     except SystemExit:  # Lightning turns Ctrl-C into a graceful shutdown and sys.exit(1)
         if not trainer.interrupted:
             raise
@@ -375,9 +380,11 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     bundle_dir = None
     if trainer.is_global_zero:
         history.write()
-        share_last_with_best(last, best_path)
-        state_source = best_path if best_path and best_path.is_file() else last if last.is_file() else None
-        bundle_dir = _write_run_end(config, run_dir, net, fields, state_source, best_val, mlflow_logger)
+        bundle_dir = _write_run_end(config, run_dir, net, fields, _state_source(run_dir, best_path, last), best_val,
+                                    mlflow_logger)
+        keep_only_last(last, best_path)  # the bundle now holds the best weights
+    if best_path is not None and not best_path.is_file():
+        best_path = None
     return TrainResult(run_dir=run_dir, bundle_dir=bundle_dir, best_val_auroc=best_val, best_checkpoint=best_path,
                        last_checkpoint=last if last.is_file() else None, epochs=trainer.current_epoch,
                        steps=trainer.global_step, seconds=seconds, train_images=history.train_images,

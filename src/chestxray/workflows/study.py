@@ -236,18 +236,33 @@ def run_row(run: StudyRun, folder: Path, summary: Any) -> dict[str, Any]:
     images_per_s = history["train_images"].sum() / seconds if seconds > 0 else None
     parameters = sum(p.numel() for p in load_bundle(folder / "bundle").net.parameters())
     head = summary.rows[0] if len(summary.rows) == 1 else summary.row("macro")
-    counts_row = summary.rows[0] if len(summary.rows) == 1 else summary.row("micro")
-    c = counts_row.counts
     return {
         "run": run.name, "group": run.group, "seed": run.seed,
         **{f"setting_{k}": v for k, v in run.settings.items()},
         "val_auroc": _num(history["val_auroc"].max()), "val_loss": _num(history["val_loss"].min()),
         "test_auroc": head.auroc.value, "test_auroc_low": head.auroc.low, "test_auroc_high": head.auroc.high,
-        "sensitivity": c.sensitivity if c else None, "specificity": c.specificity if c else None,
-        "fn": c.fn if c else None, "fp": c.fp if c else None,
+        **operating_point(summary),
         "train_seconds": _num(seconds), "parameters": parameters, "images_per_s": _num(images_per_s),
         "epochs": int(history["epoch"].max()) + 1 if len(history) else 0, "run_dir": str(folder),
     }
+
+
+def operating_point(summary: Any) -> dict[str, Any]:
+    """Sensitivity, specificity, FN and FP at the validation-chosen thresholds: the binary row, the micro row of a
+    multi-label task, or for a multi-class task (no micro row) the mean sensitivity/specificity over the classes'
+    one-vs-rest argmax counts and their summed FN/FP (each misclassified image is one FN and one FP)."""
+    names = [r.name for r in summary.rows]
+    if len(summary.rows) == 1 or "micro" in names:
+        c = (summary.rows[0] if len(summary.rows) == 1 else summary.row("micro")).counts
+        return {"sensitivity": c.sensitivity if c else None, "specificity": c.specificity if c else None,
+                "fn": c.fn if c else None, "fp": c.fp if c else None}
+    counts = [r.counts for r in summary.rows if r.kind == "finding" and r.counts is not None]
+    if not counts:
+        return {"sensitivity": None, "specificity": None, "fn": None, "fp": None}
+    sens = [c.sensitivity for c in counts if c.sensitivity is not None]
+    spec = [c.specificity for c in counts if c.specificity is not None]
+    return {"sensitivity": sum(sens) / len(sens) if sens else None, "specificity": sum(spec) / len(spec) if spec
+            else None, "fn": sum(c.fn for c in counts), "fp": sum(c.fp for c in counts)}
 
 
 def _num(value: Any) -> float | None:

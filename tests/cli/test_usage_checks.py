@@ -1,0 +1,115 @@
+"""Every heavy command refuses bad arguments (missing paths, the wrong kind of folder, unknown names and values) with
+one line and exit 1 before torch, Lightning or MLflow is imported (timing: bench/bench_startup.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.cli.test_startup import HEAVY
+
+
+def usage_folders(tmp: Path) -> dict[str, str]:
+    """Folders of each kind a user may pass by mistake: MISSING, a CATALOG, a PREPARED folder, a RUN (bundle card
+    only, enough for the checks) and an image file."""
+    catalog, prepared, run = tmp / "catalog", tmp / "prepared", tmp / "run"
+    for folder in (catalog, prepared, run / "bundle"):
+        folder.mkdir(parents=True, exist_ok=True)
+    (catalog / "catalog.csv").write_text("image_id,path,patient_id,split\n")
+    (prepared / "manifest.json").write_text("{}")
+    (run / "bundle" / "card.json").write_text("{}")
+    (tmp / "x.png").write_bytes(b"")
+    return {"MISSING": str(tmp / "nowhere"), "CATALOG": str(catalog), "PREPARED": str(prepared), "RUN": str(run),
+            "IMAGE": str(tmp / "x.png")}
+
+
+# argv (with the folder names above) -> what the one line must say
+CASES: dict[str, list[tuple[list[str], str]]] = {
+    "evaluate": [(["evaluate", "MISSING"], "no such run folder"),
+                 (["evaluate", "CATALOG"], "is a catalog, not a run folder"),
+                 (["evaluate", "PREPARED"], "is a PREPARED folder, not a run folder"),
+                 (["evaluate", "RUN", "--tta", "flip"], "unknown test-time augmentation 'flip'"),
+                 (["evaluate", "RUN", "--threshold-method", "best"], "unknown threshold method 'best'"),
+                 (["evaluate", "RUN", "--prepared", "MISSING"], "PREPARED folder"),
+                 (["evaluate", "RUN", "--batch-size", "0"], "--batch-size must be at least 1")],
+    "report": [(["report", "CATALOG"], "is a catalog, not a run folder"),
+               (["report", "MISSING"], "no such run folder")],
+    "predict": [(["predict", "MISSING", "IMAGE"], "no such model"),
+                (["predict", "CATALOG", "IMAGE"], "is a catalog, not a model"),
+                (["predict", "RUN", "IMAGE", "--format", "xml"], "--format 'xml' is not one of"),
+                (["predict", "RUN", "IMAGE", "--tta", "flip"], "unknown test-time augmentation 'flip'"),
+                (["predict", "RUN", "IMAGE", "--batch-size", "0"], "--batch-size must be")],
+    "export": [(["export", "MISSING", "--onnx", "m.onnx"], "no such model"),
+               (["export", "PREPARED", "--onnx", "m.onnx"], "is a PREPARED folder, not a model"),
+               (["export", "RUN"], "nothing to export")],
+    "serve": [(["serve", "MISSING"], "no such model"),
+              (["serve", "CATALOG"], "is a catalog, not a model"),
+              (["serve", "RUN", "--port", "70000"], "--port must be")],
+    "study": [(["study", "MISSING", "--out", "MISSING"], "does not exist"),
+              (["study", "CATALOG", "--out", "MISSING"], "is a catalog, not a PREPARED folder"),
+              (["study", "PREPARED", "--out", "MISSING", "--models", "nope"], "unknown model 'nope'")],
+    "tune": [(["tune", "MISSING"], "does not exist"),
+             (["tune", "CATALOG"], "is a catalog, not a PREPARED folder"),
+             (["tune", "PREPARED", "--model", "nope"], "unknown model 'nope'"),
+             (["tune", "PREPARED", "--sampler", "grid"], "--sampler 'grid' is not one of")],
+    "prepare": [(["prepare", "MISSING", "--out", "MISSING"], "no such catalog folder"),
+                (["prepare", "PREPARED", "--out", "MISSING"], "is a PREPARED folder, not a catalog"),
+                (["prepare", "CATALOG", "--out", "CATALOG"], "would write into the catalog"),
+                (["prepare", "CATALOG", "--out", "MISSING", "--resize", "stretch"], "--resize 'stretch' is not one of"),
+                (["prepare", "CATALOG", "--out", "MISSING", "--size", "0"], "--size must be")],
+    "verify": [(["verify", "MISSING"], "does not exist"),
+               (["verify", "CATALOG"], "is a catalog, not a PREPARED folder")],
+    "weights": [(["weights", "fetch", "nope"], "unknown model 'nope'")],
+    "ui": [(["ui", "--store", "MISSING"], "no MLflow store"),
+           (["ui", "--port", "0"], "--port must be")],
+    "demo": [(["demo", "--data", "MISSING"], "no sample collections"),
+             (["demo", "--model", "nope"], "unknown model 'nope'"),
+             (["demo", "--size", "4"], "--size must be")],
+}
+
+PROBE = """
+import json, sys
+from typer.testing import CliRunner
+from chestxray.cli import app
+heavy, cases, names = {heavy!r}, json.loads(sys.argv[1]), json.loads(sys.argv[2])
+results = []
+for argv, message in cases:
+    argv = [names.get(a, a) for a in argv]
+    r = CliRunner().invoke(app, argv)
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    results.append({{"argv": argv, "code": r.exit_code, "lines": lines, "ok": message in " ".join(lines),
+                    "heavy": [m for m in heavy if m in sys.modules]}})
+print("RESULTS:" + json.dumps(results))
+"""
+
+
+def run_cases(cases: list[tuple[list[str], str]], names: dict[str, str], cwd: Path) -> list[dict]:
+    """Run the cases in one fresh interpreter (in order), noting after each which heavy modules are loaded."""
+    done = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), json.dumps(cases), json.dumps(names)],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.rsplit("RESULTS:", 1)[1])
+
+
+def test_usage_errors_of_every_heavy_command_come_before_torch(tmp_path: Path) -> None:
+    names = usage_folders(tmp_path)
+    cases = [case for per_command in CASES.values() for case in per_command]
+    problems = []
+    for result, (_, message) in zip(run_cases(cases, names, tmp_path), cases, strict=True):
+        if result["code"] != 1 or not result["ok"] or len(result["lines"]) != 1 or result["heavy"]:
+            problems.append(f"{result['argv']}: exit {result['code']}, loaded {result['heavy']}, expected "
+                            f"{message!r} in one line, got {result['lines'][:4]}")
+            break  # once torch is loaded, later cases prove nothing
+    assert not problems, "\n".join(problems)
+
+
+def test_the_lists_checked_before_torch_are_the_library_s() -> None:
+    from chestxray.cli import checks
+    from chestxray.data.imaging import RESIZE_MODES
+    from chestxray.inference.predict import TTA_MODES
+    from chestxray.workflows.search_space import PRUNERS, SAMPLERS
+
+    assert tuple(checks.TTA_MODES) == tuple(TTA_MODES) and tuple(checks.RESIZE_MODES) == tuple(RESIZE_MODES)
+    assert tuple(checks.SAMPLERS) == tuple(SAMPLERS) and tuple(checks.PRUNERS) == tuple(PRUNERS)
