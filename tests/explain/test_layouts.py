@@ -35,13 +35,30 @@ class TokenNet(torch.nn.Module):
         return tokens.sum(dim=(1, 2))[:, None]
 
 
+class ChannelsLastNet(torch.nn.Module):
+    """A Swin's shape: a stage whose output is (B, H, W, C), pooled into one logit."""
+
+    gradcam_layer = "stage"
+    gradcam_layout = "nhwc"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Conv2d(1, 3, PATCH, stride=PATCH, bias=False)
+        torch.nn.init.constant_(self.proj.weight, 1.0 / PATCH**2)
+        self.stage = torch.nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stage(self.proj(x).permute(0, 2, 3, 1)).mean(dim=(1, 2)).sum(dim=1, keepdim=True)
+
+
 @pytest.mark.parametrize("cell", [(0, 4), (2, 1), (3, 5)])
-def test_token_cam_peaks_on_the_patch_that_drives_the_logit(cell: tuple[int, int]) -> None:
+@pytest.mark.parametrize("model", [TokenNet, ChannelsLastNet])
+def test_cam_peaks_on_the_patch_that_drives_the_logit(model: type[torch.nn.Module], cell: tuple[int, int]) -> None:
     """A bright patch at (row, col) of a 4 x 6 grid: the map (input-sized, 32 x 48) peaks on that patch alone."""
     image = torch.zeros(1, 1, 4 * PATCH, 6 * PATCH)
     r, c = cell
     image[..., r * PATCH:(r + 1) * PATCH, c * PATCH:(c + 1) * PATCH] = 1.0
-    cam = grad_cam(TokenNet(), image, target=0)[0, 0]
+    cam = grad_cam(model(), image, target=0)[0, 0]
     assert cam.shape == (4 * PATCH, 6 * PATCH) and torch.isfinite(cam).all()
     cells = cam.reshape(4, PATCH, 6, PATCH).mean(dim=(1, 3))
     assert divmod(int(cells.argmax()), 6) == cell
