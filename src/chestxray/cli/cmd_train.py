@@ -137,7 +137,7 @@ def train(
         raise typer.Exit(130) from None
     if result.bundle_dir is not None:
         console.print(f"trained {resolved.model}: best val AUROC {result.best_val_auroc:.4f} after {result.epochs} "
-                      f"epoch(s), {result.seconds:.0f} s, {result.images_per_s:.0f} images/s → run {result.run_dir} "
+                      f"epoch(s) ({result.steps} steps), {result.seconds:.0f} s, {result.images_per_s:.0f} images/s → run {result.run_dir} "
                       f"(bundle {result.bundle_dir})", highlight=False, soft_wrap=True)
 
 
