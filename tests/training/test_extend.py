@@ -86,6 +86,8 @@ def test_extending_continues_the_schedule_keeps_one_checkpoint_and_the_best_bund
     assert _files(run) == ["last.ckpt"] and result.best_checkpoint is None  # best (epoch 1) is in the bundle
     assert _bundle_equals(run, weights.at[0]) and not _bundle_equals(run, weights.at[1])
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 14
+    card = json.loads((run / "bundle" / "card.json").read_text())
+    assert card["weights_from"] == "best.ckpt (epoch 1, step 7)"  # says where from, not a path that is gone
 
     probe = FirstLr()
     train(replace(first, epochs=3), resume=True, callbacks=[weights, probe])  # no better epoch: the bundle stays
@@ -94,6 +96,7 @@ def test_extending_continues_the_schedule_keeps_one_checkpoint_and_the_best_bund
     assert step == 14 and lr == pytest.approx(3e-3 * warmup_cosine(14, 2, 21), rel=1e-9)
     assert lr > 0.1 * 3e-3 and lr != pytest.approx(3e-3 * warmup_cosine(14, 4, 21))  # not 0, not back in warm-up
     assert _files(run) == ["last.ckpt"] and _bundle_equals(run, weights.at[0])
+    assert json.loads((run / "bundle" / "card.json").read_text())["weights_from"].startswith("the earlier bundle")
 
     result = train(replace(first, epochs=4), resume=True, callbacks=[weights])  # a better last epoch
     assert _bundle_equals(run, weights.at[3]) and math.isclose(result.best_val_auroc, 0.95, rel_tol=1e-6)

@@ -139,14 +139,16 @@ def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None, task:
                         tags={"run_dir": str(run_dir.resolve()), "model": config.model, "task": task})
 
 
-def _best_state(source: Path) -> dict[str, torch.Tensor]:
-    """The net's weights from a Lightning checkpoint, or from a bundle's model.safetensors."""
+def _best_state(source: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The net's weights from a Lightning checkpoint or a bundle's model.safetensors, and where they came from in
+    words for the card (the checkpoint file itself is removed once the bundle holds its weights)."""
     if source.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(source)
+        return load_file(source), "the earlier bundle (no later epoch beat it)"
     ckpt = torch.load(source, map_location="cpu", weights_only=True)
-    return {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    origin = f"{source.name} (epoch {int(ckpt.get('epoch', 0)) + 1}, step {int(ckpt.get('global_step', 0))})"
+    return {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}, origin
 
 
 def _state_source(run_dir: Path, best: Path | None, last: Path) -> Path | None:
@@ -209,12 +211,14 @@ def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: d
     """Rank zero, after training: RUN/bundle from the best checkpoint, and the run's files as MLflow artifacts."""
     from chestxray.models.bundle import save_bundle
 
+    origin = None
     if state_source is not None:
-        net.load_state_dict(_best_state(state_source))
+        state, origin = _best_state(state_source)
+        net.load_state_dict(state)
     card = {"architecture": config.model, "num_labels": len(fields["labels"]), **fields,
             "thresholds": None, "threshold_method": None, "seed": config.seed,
             "metrics": {"val_auroc": best_val}, "run": str(run_dir.resolve()),
-            "checkpoint": str(state_source) if state_source else None}
+            "weights_from": origin}
     bundle_dir = save_bundle(run_dir / "bundle", net.cpu(), card)
     if mlflow_logger is not None:
         client, run_id = mlflow_logger.experiment, mlflow_logger.run_id
