@@ -2,7 +2,7 @@
 of the right kind (a run, a model bundle, a catalog, a PREPARED folder) and values from fixed lists. A bad argument
 is refused in well under a second, with one line naming it and what to do (bench/bench_startup.py times it).
 
-The lists below repeat names the heavy modules own (they cannot be imported here without torch or scikit-learn);
+The lists below repeat names heavy modules own (they cannot be imported here without torch or scikit-learn);
 tests/cli/test_usage_checks.py keeps them equal."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 from chestxray.data.labels import closest
 from chestxray.errors import ConfigError, DataError, ModelError
+from chestxray.inference.tta import TTA_MODES, check_tta  # noqa: F401 (TTA_MODES: the usage test reads it here)
 from chestxray.training.config import BUILTIN_MODELS
 
-TTA_MODES = ("none", "hflip", "crop")  # chestxray.inference.predict.TTA_MODES
 RESIZE_MODES = ("crop", "pad")  # chestxray.data.imaging.RESIZE_MODES
 SAMPLERS = ("tpe", "random")  # chestxray.workflows.search_space.SAMPLERS
 PRUNERS = ("median", "hyperband", "none")  # chestxray.workflows.search_space.PRUNERS
@@ -35,8 +35,8 @@ def at_least(flag: str, value: float | None, low: float, high: float | None = No
 
 def tta(mode: str | None) -> None:
     """A test-time augmentation mode (None: not given)."""
-    if mode is not None and mode not in TTA_MODES:
-        raise ConfigError(f"unknown test-time augmentation {mode!r}; expected one of {TTA_MODES}")
+    if mode is not None:
+        check_tta(mode)
 
 
 def model_name(name: str | None, flag: str = "--model") -> None:

@@ -59,7 +59,7 @@ def tune(
     checks.model_name(model)
     checks.prepared_folder(prepared)
     from chestxray.training.config import resolve_config
-    from chestxray.workflows.search_space import PRUNERS, SAMPLERS, read_space
+    from chestxray.workflows.search_space import read_space
     from chestxray.workflows.tune import TuneSettings, parse_duration
     from chestxray.workflows.tune import tune as run_tune
 
@@ -67,8 +67,6 @@ def tune(
     settings = {k: v for k, v in dict(prepared=str(prepared), model=model, epochs=epochs, mlflow=mlflow,
                                       mlflow_uri=mlflow_uri).items() if v is not None}
     base = resolve_config(config, where="command line", **settings)
-    _choice("--sampler", sampler, SAMPLERS)
-    _choice("--pruner", pruner, PRUNERS)
     tune_settings = TuneSettings(base=base, space=read_space(space, base), out=str(out), trials=trials,
                                  storage=storage or "", study_name=study_name or "", workers=workers,
                                  timeout=parse_duration(timeout), sampler=sampler, pruner=pruner, heartbeat=heartbeat)
@@ -86,11 +84,3 @@ def tune(
     console.print(f"study {result.study_name}: {result.complete} complete, {result.pruned} pruned, "
                   f"{result.failed} failed in {result.seconds:.0f} s; {best}; report {result.report}",
                   highlight=False, soft_wrap=True)
-
-
-def _choice(flag: str, value: str | None, valid: tuple[str, ...]) -> None:
-    from chestxray.data.labels import closest
-    from chestxray.errors import ConfigError
-
-    if value is not None and value not in valid:
-        raise ConfigError(f"{flag} {value!r} is not one of {list(valid)}{closest(value, valid)}")

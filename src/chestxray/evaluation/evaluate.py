@@ -22,7 +22,7 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 from chestxray.data.tasks import DECISION_RULE, is_multiclass
-from chestxray.errors import ConfigError, DataError
+from chestxray.errors import DataError
 from chestxray.evaluation import plots
 from chestxray.evaluation.metrics import Summary, summarize, undefined_reason
 from chestxray.evaluation.multiclass import MulticlassMetrics, multiclass_summary
@@ -205,13 +205,13 @@ def evaluate_run(
     """
     from chestxray.data.shards import read_manifest
     from chestxray.evaluation.thresholds import store_thresholds
-    from chestxray.inference.predict import TTA_MODES, fingerprint_note, predict_split
+    from chestxray.inference.predict import fingerprint_note, predict_split
+    from chestxray.inference.tta import check_tta
     from chestxray.locks import folder_lock
     from chestxray.models.bundle import CARD, load_bundle, update_card
 
     method = parse_method(threshold_method)  # fail fast on bad options, before loading anything
-    if tta not in TTA_MODES:
-        raise ConfigError(f"unknown test-time augmentation {tta!r}; expected one of {TTA_MODES}")
+    check_tta(tta)
     run = Path(run_dir)
     if not (run / "bundle").is_dir():
         raise DataError(f"{run}: no bundle/ folder; is this a training run folder (chestxray train ... writes one)?")

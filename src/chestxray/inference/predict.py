@@ -29,11 +29,11 @@ from chestxray.inference.stream import (  # noqa: F401 (public here too)
     predicted_classes,
     threshold_tta,
 )
+from chestxray.inference.tta import TTA_MODES, check_tta  # noqa: F401 (TTA_MODES public here too)
 from chestxray.models.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
 
-TTA_MODES = ("none", "hflip", "crop")
 CROP_FRACTION = 0.875  # "crop" TTA: side of the four corner crops and the centre crop, relative to the image
 
 
@@ -68,11 +68,6 @@ def normalize_for_model(images: torch.Tensor, card: dict[str, Any]) -> torch.Ten
     return normalize(images, int(card["in_chans"]), card["normalization"])
 
 
-def _check_tta(tta: str) -> None:
-    if tta not in TTA_MODES:
-        raise ConfigError(f"unknown test-time augmentation {tta!r}; expected one of {TTA_MODES}")
-
-
 def _views(images: torch.Tensor, tta: str) -> list[torch.Tensor]:
     """The input views whose probabilities are averaged: the image, its mirror ('hflip'), or five crops + the image."""
     if tta == "hflip":
@@ -94,7 +89,7 @@ def predict_probs(net: torch.nn.Module, images: torch.Tensor, tta: str = "none",
                   task: str | None = None) -> torch.Tensor:
     """Probabilities (B, L) for normalised images (B, C, H, W), averaged over the TTA views: sigmoid per label, or
     softmax over the classes when task is 'multiclass' (read it from the bundle card)."""
-    _check_tta(tta)
+    check_tta(tta)
     probs = [probabilities(net(view).float(), task) for view in _views(images, tta)]
     return torch.stack(probs).mean(0)
 
@@ -155,7 +150,7 @@ def predict_split(
     """
     from chestxray.data.datamodule import ChestXrayDataModule
 
-    _check_tta(tta)
+    check_tta(tta)
     model = as_bundle(bundle)
     prepared = prepared or model.card.get("prepared")
     if not prepared:
@@ -197,7 +192,7 @@ def torch_scorer(
     tta None: the mode the stored thresholds were chosen with; another mode than theirs is refused."""
     model = as_bundle(bundle)
     tta = threshold_tta(model.card, tta)
-    _check_tta(tta)
+    check_tta(tta)
     card, dev = model.card, resolve_device(device)
     net = model.net.to(dev).eval()
 
