@@ -54,12 +54,12 @@ def test_rgb_uses_luminance(tmp_path):
 
 def test_palette_with_alpha_uses_palette_brightness():
     """A PA image's channel 0 holds palette indices; the gray value must come from the palette colours."""
-    from chestxray.data.imaging import _pil_to_gray
+    from chestxray.data.imaging import pil_to_gray
 
     im = Image.new("P", (4, 4), 0)
     im.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)  # index 1 is white
     im.putpixel((0, 0), 1)
-    out = _pil_to_gray(im.convert("PA"))
+    out = pil_to_gray(im.convert("PA"))
     assert out[0, 0] == 255 and out[1, 1] == 0
 
 

@@ -252,7 +252,7 @@ def _load_pillow(path: Path, target: int | None, max_pixels: int | None) -> tupl
                 if orientation in (5, 6, 7, 8):
                     width, height = height, width
                 out = im if orientation in (1, None) else ImageOps.exif_transpose(im)
-                return _pil_to_gray(out), (height, width)
+                return pil_to_gray(out), (height, width)
     except DataError:
         raise
     except UnidentifiedImageError:
@@ -315,7 +315,7 @@ def _jpeg_shape(path: Path) -> tuple[int, int] | None:
     return None
 
 
-def _pil_to_gray(im: Image.Image) -> np.ndarray:
+def pil_to_gray(im: Image.Image) -> np.ndarray:
     """Pillow image of any mode → uint8 (H, W) following the module rules."""
     mode = im.mode
     if mode == "L":

@@ -55,15 +55,17 @@ def _as_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
-    """(H, W) or (H, W, C) → uint8 (H, W) gray, colour converted as the file decoders do (Pillow's 'L')."""
+    """(H, W) or (H, W, C) → uint8 (H, W) gray, colour converted by the file decoders' own rule."""
     from PIL import Image
+
+    from chestxray.data.imaging import pil_to_gray
 
     image = _as_uint8(np.asarray(image))
     if image.ndim == 2:
         return image
     if image.shape[-1] == 1:
         return image[..., 0]
-    return np.asarray(Image.fromarray(np.ascontiguousarray(image[..., :3]), "RGB").convert("L"))
+    return pil_to_gray(Image.fromarray(np.ascontiguousarray(image), "RGB" if image.shape[-1] == 3 else "RGBA"))
 
 
 def array_images(pixels: np.ndarray) -> list[np.ndarray]:
