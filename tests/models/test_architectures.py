@@ -24,11 +24,14 @@ def test_every_model_runs_forward_and_backward(name: str, in_chans: int) -> None
     size = 32 if name in BIG or name == "resnet18" else 64
     net = build_model(name, num_labels=3, in_chans=in_chans)
     images = torch.randn(2, in_chans, size, size)
+    head = net.get_submodule(get_spec(name).head)
+    assert not net(images).any()  # a new head starts silent: zero weights and bias
+    with torch.no_grad():
+        head.weight.normal_()  # so the backbone gets a gradient below
     logits = net(images)
     assert logits.shape == (2, 3)
     logits.square().mean().backward()
     stem = net.get_submodule(get_spec(name).stem)
-    head = net.get_submodule(get_spec(name).head)
     assert stem.weight.shape[1] == in_chans
     assert stem.weight.grad is not None and stem.weight.grad.abs().sum() > 0
     assert head.weight.grad is not None and head.out_features == 3

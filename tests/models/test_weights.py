@@ -12,7 +12,15 @@ from chestxray.errors import ModelError
 from chestxray.models import (
     build_model,
 )
+from chestxray.models.stem import fold_rgb_kernel
 from chestxray.models.weights import imagenet_weights_path
+
+IMAGENET_RGB = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _folded(rgb_kernel: torch.Tensor) -> torch.Tensor:
+    """The 1-channel stem kernel the exact fold gives for ImageNet statistics (grey: their averages)."""
+    return fold_rgb_kernel(rgb_kernel, *IMAGENET_RGB, 0.449, 0.226)[0]
 
 
 def _torchvision_resnet18_state() -> dict[str, torch.Tensor]:
@@ -24,11 +32,14 @@ def _torchvision_resnet18_state() -> dict[str, torch.Tensor]:
 
 
 def _check_loaded(net: torch.nn.Module, state: dict[str, torch.Tensor], in_chans: int) -> None:
-    expected_stem = state["conv1.weight"].sum(dim=1, keepdim=True) if in_chans == 1 else state["conv1.weight"]
+    expected_stem = _folded(state["conv1.weight"]) if in_chans == 1 else state["conv1.weight"]
     assert torch.equal(net.conv1.weight, expected_stem)
     assert torch.equal(net.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
     assert torch.equal(net.bn1.running_var, state["bn1.running_var"])
+    # the 1-channel fold moves the mean offset into the BatchNorm after the stem (ResNet's conv1 has no bias)
+    assert torch.equal(net.bn1.running_mean, state["bn1.running_mean"]) == (in_chans == 3)
     assert net.fc.weight.shape == (2, 512)  # new head for 2 labels
+    assert not net.fc.weight.any() and not net.fc.bias.any()  # new heads start silent
 
 
 def test_imagenet_from_local_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,7 +74,7 @@ def test_densenet_legacy_keys_are_mapped(tmp_path: Path) -> None:
     assert legacy.keys() != state.keys()
     torch.save(legacy, tmp_path / "densenet121-a639ec97.pth")
     net = build_model("densenet121", num_labels=2, weights=tmp_path / "densenet121-a639ec97.pth")
-    assert torch.equal(net.features.conv0.weight, state["features.conv0.weight"].sum(1, keepdim=True))
+    assert torch.equal(net.features.conv0.weight, _folded(state["features.conv0.weight"]))
 
 
 def test_mismatched_weights_are_refused(tmp_path: Path) -> None:

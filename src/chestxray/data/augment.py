@@ -32,9 +32,9 @@ Normalization = str | Mapping[str, Sequence[float]]  # a name above, or {"mean":
 def input_stats(normalization: Normalization, in_chans: int = 1) -> tuple[list[float], list[float]]:
     """(mean, std) per input channel on the [0, 1] pixel scale for a named or explicit normalisation.
 
-    With in_chans=1 the three RGB values are averaged: a 1-channel stem holds the sum of the RGB kernels, so a grey
-    image normalised with the averaged statistics gives the RGB net's first-layer output on the replicated image
-    normalised the same way (ImageNet grey: mean 0.449, std 0.226).
+    With in_chans=1 the three RGB values are averaged (ImageNet grey: mean 0.449, std 0.226); a pretrained 1-channel
+    stem is folded for exactly these values (chestxray.models.stem), so the grey image normalised with them gives
+    the RGB net's first-layer output on the replicated image normalised per channel.
     """
     if in_chans not in (1, 3):
         raise ConfigError(f"in_chans must be 1 or 3, got {in_chans}")

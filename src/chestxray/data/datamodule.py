@@ -218,6 +218,16 @@ class _EpochLoader(DataLoader):
             yield batch
 
 
+def prior_log_odds(positives: list[float], count: int, task: str | None = None) -> torch.Tensor:
+    """(L,) log(pos / neg) per label, counts clamped to [1, count - 1]; multiclass: log of each class's share.
+
+    The constant logits that minimise the unweighted loss on these labels (BCE, or softmax cross-entropy)."""
+    pos = torch.tensor(positives, dtype=torch.float64).clamp(1.0, max(1.0, count - 1.0))
+    if is_multiclass(task):
+        return (pos / pos.sum()).log().float()
+    return (pos / (count - pos).clamp(min=1.0)).log().float()
+
+
 class ChestXrayDataModule(L.LightningDataModule):
     """Loaders over a PREPARED folder. Batches: image float32 (B, C, H, W) normalised, labels float32 (B, L),
     image_id list[str], patient_id list[str]. World size and rank come from the attached trainer, else the args.
@@ -256,6 +266,13 @@ class ChestXrayDataModule(L.LightningDataModule):
         if is_multiclass(self.task):
             return train["count"] / (len(pos) * pos.clamp(min=1.0))
         return (train["count"] - pos) / pos.clamp(min=1.0)
+
+    def log_prior(self) -> torch.Tensor:
+        """(L,) the train split's prior log-odds per label (see prior_log_odds): where a new head starts."""
+        train = self.manifest["splits"].get("train")
+        if not train or not train["count"]:
+            raise DataError(f"{self.prepared}: no training images; the head's starting bias needs a train split")
+        return prior_log_odds(train["positives"], train["count"], self.task)
 
     def _ranks(self) -> tuple[int, int]:
         trainer = self.trainer

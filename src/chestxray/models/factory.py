@@ -1,10 +1,24 @@
-"""build_model: one entry point that builds a registered architecture and loads its weights."""
+"""build_model: one entry point that builds a registered architecture and loads its weights.
+
+Every new head starts silent: its weights are zero and its bias is zero or the caller's (training passes the
+log-odds of the training prevalence), so each logit starts at the same value for every image, whatever the backbone.
+Why: architectures initialise their classifier for ImageNet's 1,000 classes, not for one new output. timm's
+Google-style init draws each weight from U(±1/sqrt(fan_out)); with one output that is U(±1) over EfficientNet-Lite0's
+1,280 pooled features, so a fresh head gave logits of 3 to 7 on noise and the frozen recipe started at a BCE loss
+of 17 (chance: 0.69), spending its epochs undoing the init (docs/transfer.md has the measurements). Zero, not a
+small normal: a linear head on fixed features is a convex problem, so random weights buy nothing but a random
+start (std 0.01 over 1,280 features already gives |logit| ~ 0.4); with zero weights the first loss is exactly the
+loss of the constant prediction, and a fine-tuned backbone gets no gradient until the head has begun to learn
+(what linear-probe-then-fine-tune does on purpose, Kumar et al. 2022).
+"""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from chestxray.errors import ModelError
@@ -20,13 +34,15 @@ def build_model(
     weights: str | Path | None = None,
     offline: bool | None = None,
     dropout: float | None = None,
+    head_bias: Sequence[float] | None = None,
 ) -> nn.Module:
     """Build a registered architecture returning logits (B, num_labels) for images (B, in_chans, H, W).
 
     pretrained='imagenet' loads the spec's ImageNet weights (torchvision files through the $TORCH_HOME/hub cache,
     downloaded unless offline; timm hub weights; the offline EfficientNet-Lite0 package); `weights` is a local
     state dict (.pth/.pt/.ckpt via torch.load(weights_only=True), or .safetensors). Heads of another size are
-    replaced by a new one; a 1-channel stem gets the sum of the RGB kernels (see load_weights_into).
+    replaced by a new one; a 1-channel stem gets the RGB kernels folded exactly (see load_weights_into).
+    A head not loaded from weights starts with zero weights and bias `head_bias` (None: zeros), see init_head.
     dropout (None: the architecture's own) sets the rate of every nn.Dropout; a model without one is an error.
     """
     spec = get_spec(name)
@@ -38,6 +54,7 @@ def build_model(
     if pretrained is not None and weights is not None:
         raise ModelError("give either --pretrained or --weights, not both")
     net = spec.builder(num_labels, in_chans)
+    init_head(net, spec.head, head_bias)  # loaded weights with a head of this size overwrite it below
     net.gradcam_layer = spec.gradcam or spec.blocks[-1][-1]  # where Grad-CAM reads (a name: a module would be saved twice)
     net.gradcam_layout = spec.gradcam_layout  # how it lays out its output (tokens, channels last: explain.layouts)
     if pretrained == "imagenet":
@@ -48,6 +65,25 @@ def build_model(
     if dropout is not None:
         set_dropout(net, name, dropout)
     return net
+
+
+def init_head(net: nn.Module, head: str, bias: Sequence[float] | None = None) -> None:
+    """Zero the weights of head layer `head` (a Linear or 1×1 conv) and set its bias to `bias` (None: zeros), so
+    every logit starts at its bias for every image; a bias of the wrong length is a ModelError."""
+    layer = net.get_submodule(head)
+    weight, current = getattr(layer, "weight", None), getattr(layer, "bias", None)
+    if not isinstance(weight, torch.Tensor):
+        raise ModelError(f"head {head!r} of {type(net).__name__} has no weight to initialise; the spec names "
+                         "the wrong head layer")
+    with torch.no_grad():
+        weight.zero_()
+        if isinstance(current, torch.Tensor):
+            values = torch.zeros_like(current) if bias is None else torch.as_tensor(bias, dtype=current.dtype)
+            if values.shape != current.shape:
+                raise ModelError(f"head bias of {len(values)} value(s) for a head with {current.numel()} outputs")
+            current.copy_(values)
+        elif bias is not None and any(float(b) != 0.0 for b in bias):
+            raise ModelError(f"head {head!r} has no bias, so it cannot start at the given log-odds")
 
 
 def set_dropout(net: nn.Module, name: str, rate: float) -> None:

@@ -136,7 +136,7 @@ def model_data_config(name: str, in_chans: int = 1) -> dict[str, Any]:
 
     The normalisation follows the weights (the spec's: ImageNet statistics for torchvision and timm ImageNet
     weights, mean = std = 0.5 for EfficientNet-Lite, 'gray' for the small CNNs); input_mean/std are the values
-    applied per input channel (1-channel: the RGB averages, matching the summed stem).
+    applied per input channel (1-channel: the RGB averages, which the folded stem expects: chestxray.models.stem).
     """
     spec = get_spec(name)
     check_in_chans(in_chans)

@@ -21,8 +21,10 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from chestxray.data.augment import input_stats
 from chestxray.errors import ModelError
 from chestxray.models.registry import ModelSpec, get_spec
+from chestxray.models.stem import fold_offset_key, fold_rgb_kernel, spread_gray_kernel
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +149,13 @@ _DENSENET_OLD_KEY = re.compile(  # torchvision's 2017 DenseNet files spell 'norm
 
 
 def load_weights_into(net: nn.Module, spec: ModelSpec, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load `state` into `net`: stem kernels summed (3→1) or spread (1→3), a head of another size skipped.
+    """Load `state` into `net`: an RGB stem folded into 1 channel (or a grey one spread to 3), a head of another
+    size skipped (the net keeps its new head).
 
-    Summed, not averaged: a grey image replicated into RGB gives every pretrained layer after the stem exactly the
-    activations it saw in training when the 1-channel stem holds the sum of the RGB kernels and the input is
-    normalised with the channel-averaged statistics (chestxray.data.augment.input_stats); the mean would scale the
-    first layer's output by 1/3 and put the next BatchNorm far off its running statistics (timm sums as well).
+    The fold is exact for the spec's input statistics (chestxray.models.stem): each RGB kernel scaled by s / s_c
+    and summed, the mean offset moved into the stem's bias or the running mean of the BatchNorm after it, so a grey
+    image normalised with the channel-averaged statistics gives every layer after the stem the activations the RGB
+    net gives on the replicated image (up to the colour of the stem's zero padding).
 
     Any other missing, unexpected or mis-shaped key raises ModelError naming the keys.
     """
@@ -160,14 +163,10 @@ def load_weights_into(net: nn.Module, spec: ModelSpec, state: dict[str, torch.Te
     own = net.state_dict()
     stem_key = f"{spec.stem}.weight"
     if stem_key in state and stem_key in own and state[stem_key].shape != own[stem_key].shape:
-        w = state[stem_key]
-        if w.shape[1] == 3 and own[stem_key].shape[1] == 1:
-            state[stem_key] = w.sum(dim=1, keepdim=True)
-        elif w.shape[1] == 1 and own[stem_key].shape[1] == 3:
-            state[stem_key] = w.repeat(1, 3, 1, 1) / 3.0
+        state = _adapt_stem(net, spec, state, own[stem_key].shape[1])
     head_keys = [k for k in own if k.startswith(f"{spec.head}.")]
     if any(k in state and state[k].shape != own[k].shape for k in head_keys):
-        log.info("%s: head has another number of outputs; keeping a new randomly initialised head", source)
+        log.info("%s: head has another number of outputs; keeping the new zero-initialised head", source)
         state = {k: v for k, v in state.items() if k not in head_keys}
         expected_missing = set(head_keys)
     else:
@@ -185,6 +184,29 @@ def load_weights_into(net: nn.Module, spec: ModelSpec, state: dict[str, torch.Te
             f"pass weights saved from the same architecture ({spec.name})"
         )
     net.load_state_dict(state, strict=False)
+
+
+def _adapt_stem(net: nn.Module, spec: ModelSpec, state: dict[str, torch.Tensor], in_chans: int
+                ) -> dict[str, torch.Tensor]:
+    """`state` with its stem kernels folded 3 → 1 (plus the offset) or spread 1 → 3 (see chestxray.models.stem)."""
+    key = f"{spec.stem}.weight"
+    weight = state[key]
+    mean, std = input_stats(spec.normalization, 3)
+    (gray_mean,), (gray_std,) = input_stats(spec.normalization, 1)
+    state = dict(state)
+    if weight.shape[1] == 3 and in_chans == 1:
+        state[key], offset = fold_rgb_kernel(weight, mean, std, gray_mean, gray_std)
+        target = fold_offset_key(net, spec.stem, state, in_chans)
+        if target is not None:
+            name, sign = target
+            state[name] = state[name] + sign * offset.to(state[name].dtype)
+        elif float(offset.abs().max()) > 0:
+            log.warning("%s: %s's stem has no bias and no BatchNorm right after it; the 1-channel stem keeps the "
+                        "scaled kernels but not the mean offset (max %.3g)", spec.name, spec.stem,
+                        float(offset.abs().max()))
+    elif weight.shape[1] == 1 and in_chans == 3:
+        state[key] = spread_gray_kernel(weight, std, gray_std)
+    return state
 
 
 def fetch_weights(name: str, mirror: str | None = None, progress: bool = True) -> str:

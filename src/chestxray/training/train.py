@@ -300,8 +300,12 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                                augment=config.augment, in_chans=config.in_chans,
                                normalization=data_cfg["normalization"], seed=config.seed,
                                verify="checksums" if config.verify_checksums else "sizes")
+    # a new head starts at the constant that minimises the loss: the training log-odds, or 0 when pos_weight
+    # balances the classes (then p = 0.5 is the weighted loss's minimum); see chestxray.models.factory
+    head_bias = None if config.pos_weight else data.log_prior().tolist()
     net = build_model(config.model, len(data.labels), in_chans=config.in_chans, pretrained=config.pretrained,
-                      weights=config.weights, offline=config.offline or None, dropout=config.dropout)
+                      weights=config.weights, offline=config.offline or None, dropout=config.dropout,
+                      head_bias=head_bias)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
     choice = choose_precision(config.precision, config.accelerator)
