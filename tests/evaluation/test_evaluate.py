@@ -23,6 +23,7 @@ from chestxray.evaluation.evaluate import PLOTS, evaluate_run
 from chestxray.evaluation.thresholds import thresholds_from_frame
 from chestxray.models import build_model
 from chestxray.models.bundle import read_card, save_bundle
+from tests.helpers import scoring_model
 
 N_BOOT = 40
 
@@ -63,7 +64,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     table.loc[test, labels] = table.loc[test, labels].to_numpy()[rng.permutation(int(test.sum()))]
     prepare_dataset(dataclasses.replace(catalog, table=table), root / "prepared_shuffled", size=32, workers=0)
     torch.manual_seed(0)
-    state = build_model("cnn-tiny", num_labels=14).state_dict()
+    state = scoring_model("cnn-tiny", num_labels=14).state_dict()
     run_a = _make_run(root / "run_a", root / "prepared", state)
     run_b = _make_run(root / "run_b", root / "prepared_shuffled", state)
     return run_a, run_b

@@ -25,6 +25,7 @@ from chestxray.explain.localize import (
 )
 from chestxray.models.bundle import Bundle
 from tests.explain.helpers import SIZE, BrightNet
+from tests.helpers import scoring_model
 
 # ---------- boxes ----------
 
@@ -161,7 +162,6 @@ def synth_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from chestxray.data.sources import read_nih
     from chestxray.data.split import assign_splits
     from chestxray.data.synth import FINDINGS, make_synthetic
-    from chestxray.models import build_model
     from chestxray.models.bundle import save_bundle
 
     root = tmp_path_factory.mktemp("explain_cli")
@@ -174,7 +174,7 @@ def synth_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             "resize": "crop", "normalization": "gray", "labels": list(catalog.labels), "task": "multilabel",
             "prepared": str(root / "prepared")}
     assert set(FINDINGS) <= set(catalog.labels)
-    save_bundle(root / "run" / "bundle", build_model("cnn-tiny", len(catalog.labels)), card)
+    save_bundle(root / "run" / "bundle", scoring_model("cnn-tiny", len(catalog.labels)), card)
     return root / "run", synth
 
 

@@ -79,6 +79,7 @@ def _probe_model(monkeypatch: pytest.MonkeyPatch) -> tuple[str, dict[str, torch.
     body = buffer.getvalue()
     file_name = f"probe-{hashlib.sha256(body).hexdigest()[:8]}.pth"
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the registration ends with the test
+    monkeypatch.setattr(registry, "_LAZY", dict(registry._LAZY))  # a lazy entry resolved meanwhile is not lost
     registry.register_model("download-probe", image_size=32, stem="features.0.0", head="head.4", blocks=_CNN_BLOCKS,
                             normalization="gray", weights_url=f"https://weights.example.org/models/{file_name}")(
         lambda n, c: SmallCNN(n, c, width=8, dropout=0.0))
@@ -95,6 +96,7 @@ def test_download_progress_cache_and_no_second_download(server: WeightsServer, m
     cached = tmp_path / "torch" / "hub" / "checkpoints" / file_name
     assert cached.read_bytes() == body
     assert torch.equal(net.features[1][0].weight, state["features.1.0.weight"])
+    # equal channel statistics ('gray'): the exact fold is the plain sum of the RGB kernels
     assert torch.equal(net.features[0][0].weight, state["features.0.0.weight"].sum(1, keepdim=True))
     build_model("download-probe", num_labels=2, pretrained="imagenet")
     result = CliRunner().invoke(app, ["weights", "fetch", "download-probe", "--no-progress"])

@@ -28,7 +28,7 @@ class HeadAtStart(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         head = pl_module.net.get_submodule(self.head)
-        self.bias, self.weight_norm = head.bias.detach().clone(), float(head.weight.norm())
+        self.bias, self.weight_norm = head.bias.detach().clone(), float(head.weight.detach().norm())
 
 
 def test_prior_log_odds() -> None:
@@ -51,8 +51,10 @@ def kaggle32(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return out
 
 
+@pytest.mark.slow  # ~1 min of CPU: 3 epochs of EfficientNet-Lite0 over 1,000 real images
 def test_frozen_lite0_starts_at_chance_and_learns_at_the_default_lr(kaggle32: Path, tmp_path: Path) -> None:
-    """Before the zero head, this recipe started at a BCE of 17 and reached val AUROC 0.77 in 3 epochs (64 px)."""
+    """Before the silent head this recipe started at a BCE of 17 and reached val AUROC 0.77 in 3 epochs (64 px); now
+    it starts at the prevalence's entropy (~0.56) and reaches 0.94 at 32 px (bf16-mixed on the development VM)."""
     import json
 
     config = resolve_config(recipe_settings("frozen"), prepared=str(kaggle32), model="efficientnet-lite0", epochs=3,

@@ -58,4 +58,5 @@ def test_bf16_cpu_run_matches_fp32_auroc(tmp_path: Path, synthetic_prepared: Pat
         assert run_info["precision"] == card["precision"] == prec
         assert card["precision_reason"] == "set explicitly (--precision)"
     fp32, bf16 = results["32-true"].best_val_auroc, results["bf16-mixed"].best_val_auroc
-    assert fp32 > 0.9 and bf16 >= fp32 - 0.02, (fp32, bf16)
+    # learned (seed 0; cnn-small with a silent head at the prior: 0.84-0.94 over seeds 0-2), and bf16 as well as fp32
+    assert fp32 > 0.8 and bf16 >= fp32 - 0.02, (fp32, bf16)

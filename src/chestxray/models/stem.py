@@ -36,12 +36,10 @@ def fold_rgb_kernel(weight: torch.Tensor, mean: Sequence[float], std: Sequence[f
     """RGB kernels (O, 3, kh, kw) → (grey kernels (O, 1, kh, kw), offset (O,) to add to the stem's output).
 
     mean/std are the RGB input statistics, gray_mean/gray_std those the 1-channel input is normalised with."""
-    w = weight.double()
     m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
-    folded = (w * (gray_std / s)).sum(dim=1, keepdim=True)
-    offset = (w * ((gray_mean - m) / s)).sum(dim=(1, 2, 3))
-    return folded.to(weight.dtype), offset.to(weight.dtype)
+    scale, shift = (gray_std / s).to(weight.dtype), ((gray_mean - m) / s).to(weight.dtype)
+    return (weight * scale).sum(dim=1, keepdim=True), (weight * shift).sum(dim=(1, 2, 3))  # equal stats: the sum
 
 
 def spread_gray_kernel(weight: torch.Tensor, std: Sequence[float], gray_std: float) -> torch.Tensor:
