@@ -100,7 +100,9 @@ def test_cli_evaluate_writes_every_output(runs: tuple[Path, Path]) -> None:
     card = read_card(run / "bundle")
     assert card["threshold_method"] == "youden on val" and card["threshold_tta"] == "hflip"  # thresholds keep their TTA
     assert card["thresholds"] == thresholds_from_frame(pd.read_csv(out / "val_predictions.csv"), NIH14, "youden")
-    assert card["metrics"]["split"] == "test"
+    evaluation, training = card["metrics"]["evaluation"], card["metrics"]["training"]
+    assert evaluation["split"] == "test" and evaluation["tta"] == "hflip" and evaluation["date"]
+    assert training["split"] == "val" and 0 <= training["val_auroc"] <= 1  # training's figure survives evaluate
 
 
 def test_thresholds_ignore_test_labels(runs: tuple[Path, Path]) -> None:
