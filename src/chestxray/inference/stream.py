@@ -123,14 +123,22 @@ def problem_rows(problems: Sequence[tuple[str, str]], labels: Sequence[str]) -> 
     return pd.concat([frame, pd.DataFrame(np.nan, index=frame.index, columns=[f"p_{x}" for x in labels])], axis=1)
 
 
-def open_scorer(model: str | Path, tta: str | None = None, device: str | None = None) -> Scorer:
+def open_scorer(model: str | Path, tta: str | None = None, device: str | None = None,
+                site: str | None = None) -> Scorer:
     """A Scorer for a bundle folder, a run folder or an exported .onnx file (the latter needs no torch).
 
-    tta None: the mode the stored thresholds were chosen with (see threshold_tta)."""
+    tta None: the mode the stored thresholds were chosen with (see threshold_tta). site: the name (or folder) of a
+    site profile stored beside the model (chestxray.inference.site): its probabilities and thresholds instead."""
     if Path(model).suffix.lower() == ".onnx":
         from chestxray.inference.onnx_model import onnx_scorer
 
-        return onnx_scorer(model, tta=tta)
-    from chestxray.inference.predict import torch_scorer
+        scorer = onnx_scorer(model, tta=tta)
+    else:
+        from chestxray.inference.predict import torch_scorer
 
-    return torch_scorer(model, tta=tta, device=device)
+        scorer = torch_scorer(model, tta=tta, device=device)
+    if site is None:
+        return scorer
+    from chestxray.inference.site import load_site, site_scorer
+
+    return site_scorer(scorer, load_site(model, site, scorer.card))
