@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +26,10 @@ NORMAL_NAMES: frozenset[str] = frozenset({"no finding", "normal", "no_finding", 
 MISSING_CSV = "missing_images.csv"
 MISSING_PATIENT = ("error", "own", "drop")  # what to do with rows whose patient id is empty
 _SEPARATORS = (",", ";", "\t", "|")
-META_COLUMNS: tuple[str, ...] = ("age", "sex", "view")
+# Metadata a CSV source keeps when it has these columns (any capitalisation): who the patient is and how/where the
+# image was taken, for subgroup audits (chestxray audit); --keep-cols adds any other column.
+META_COLUMNS: tuple[str, ...] = ("age", "sex", "view", "location", "site", "source", "manufacturer", "race",
+                                 "ethnicity")
 
 
 def read_table(path: str | Path, keep: set[str] | None = None, text: set[str] | None = None) -> pd.DataFrame:
@@ -193,7 +197,14 @@ def attach_paths(table: pd.DataFrame, paths: pd.Series, where: str, hint: str = 
 
 def make_catalog(table: pd.DataFrame, matrix: np.ndarray, labels: tuple[str, ...], task: str, source: str,
                  info: dict, meta: dict[str, pd.Series], missing: list[str] | None = None) -> Catalog:
-    """Assemble the catalog table in contract column order; missing images go into info['missing_images']."""
+    """Assemble the catalog table in contract column order; missing images go into info['missing_images'].
+
+    DICOM rows get sex, age, view and manufacturer from their headers where the source gave none
+    (chestxray.data.sources.dicom_meta)."""
+    from chestxray.data.sources.dicom_meta import merge_dicom_attributes
+
+    if "path" in table:
+        meta = merge_dicom_attributes(meta, table["path"])
     out = pd.DataFrame({name: table[name].reset_index(drop=True) if name in table else pd.Series([""] * len(table))
                         for name in ("image_id", "path", "patient_id", "split")})
     for name in out.columns:
@@ -227,10 +238,17 @@ def to_age(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values.astype(str).str.strip().str.rstrip("Yy"), errors="coerce")
 
 
-def _metadata(frame: pd.DataFrame) -> dict[str, pd.Series]:
-    """Pick age/sex/view columns (any capitalisation) with age as a number."""
+def _metadata(frame: pd.DataFrame, keep_cols: Sequence[str] = (), where: str = "") -> dict[str, pd.Series]:
+    """Pick the META_COLUMNS (any capitalisation, age as a number) and the `keep_cols` named by the user (verbatim
+    names; a missing one is a DataError naming the columns there are)."""
     lower = {c.lower(): c for c in frame.columns}
     meta = {name: frame[lower[name]] for name in META_COLUMNS if name in lower}
+    require_columns(frame, list(keep_cols), where, "--keep-cols names columns of the table")
+    taken = {"image_id", "path", "patient_id", "split"}
+    clash = [c for c in keep_cols if c in taken]
+    if clash:
+        raise DataError(f"{where}: --keep-cols {clash} would replace a catalog column ({sorted(taken)}); leave them out")
+    meta.update({c: frame[c] for c in keep_cols if c.lower() not in meta})
     if "age" in meta:
         meta["age"] = to_age(meta["age"])
     return meta
@@ -240,7 +258,7 @@ def read_csv_table(table: str | Path, path_col: str, patient_col: str, *, label_
                    findings_col: str | None = None, sep: str = "|", images_root: str | Path | None = None,
                    labels: tuple[str, ...] | None = None, check_images: bool = True, task: str = "auto",
                    merges: dict[str, str] | None = None, views: list[str] | None = None,
-                   missing_patient: str = "error") -> Catalog:
+                   missing_patient: str = "error", keep_cols: Sequence[str] = ()) -> Catalog:
     """Catalog any collection described by a CSV: one row an image, labels as 0/1 columns or a findings column.
 
     Image paths are relative to `images_root` (default: the CSV's folder) unless absolute. Rows whose image
@@ -248,6 +266,7 @@ def read_csv_table(table: str | Path, path_col: str, patient_col: str, *, label_
     names (old -> new); views keeps rows whose view column is one of them. task 'multiclass' makes each row's one
     finding (after merging; 'No Finding' is a class too) its class; rows with none or several are left out.
     Path and patient columns are read as text; an empty patient id follows `missing_patient` (patient_column).
+    Columns named in META_COLUMNS (age, sex, view, location, site, ...) are kept, and so is each of `keep_cols`.
     """
     where = str(table)
     if (label_cols is None) == (findings_col is None):
@@ -258,8 +277,9 @@ def read_csv_table(table: str | Path, path_col: str, patient_col: str, *, label_
     info: dict = {"csv": str(Path(table).resolve())}
     if views:
         frame = filter_views(frame, views, where, info)
-    require_columns(frame, [path_col, patient_col, *(label_cols or []), *([findings_col] if findings_col else [])],
-                    where, "pass the right --path-col/--patient-col/--label-cols/--findings-col")
+    require_columns(frame, [path_col, patient_col, *(label_cols or []), *([findings_col] if findings_col else []),
+                            *keep_cols], where, "pass the right --path-col/--patient-col/--label-cols/--findings-col"
+                    "/--keep-cols")
     frame = frame.reset_index(drop=True)
     if frame[path_col].isna().any():
         rows = [int(i) + 2 for i in frame.index[frame[path_col].isna()][:5]]
@@ -291,7 +311,7 @@ def read_csv_table(table: str | Path, path_col: str, patient_col: str, *, label_
         base["path"], missing = absolute, []
     task = _csv_task(task, labels, matrix, where)
     info["images_root"] = str(root.resolve())
-    return make_catalog(base, matrix, labels, task, "csv", info, _metadata(frame), missing)
+    return make_catalog(base, matrix, labels, task, "csv", info, _metadata(frame, keep_cols, where), missing)
 
 
 def _label_columns(frame: pd.DataFrame, columns: list[str], where: str) -> np.ndarray:
