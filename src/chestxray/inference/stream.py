@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from chestxray.data.tasks import is_multiclass
-from chestxray.errors import ConfigError, DataError
+from chestxray.errors import ConfigError, DataError, printable
 from chestxray.inference.inputs import check_input_file
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,10 @@ def iter_predictions(scorer: Scorer, paths: Sequence[Path], batch_size: int = 32
         for start in range(0, len(paths), batch_size):
             chunk = [Path(p) for p in paths[start:start + batch_size]]
             decoded = list(pool.map(lambda p: _decode(p, card), chunk))
-            frame = pd.DataFrame({
-                "path": [str(p) for p in chunk], "image_id": [p.stem for p in chunk],
+            frame = pd.DataFrame({  # names that are not UTF-8 are shown with \xNN escapes (a UTF-8 writer's crash)
+                "path": [printable(p) for p in chunk], "image_id": [printable(p.stem) for p in chunk],
                 "status": ["ok" if px is not None else "quarantined" for px, _ in decoded],
-                "reason": [reason for _, reason in decoded],
+                "reason": [printable(reason) for _, reason in decoded],
             })
             scores = np.full((len(chunk), len(columns)), np.nan)
             ok = frame["status"].to_numpy() == "ok"
