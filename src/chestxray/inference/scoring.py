@@ -127,12 +127,14 @@ def score_pixels(pixels: np.ndarray, backend: Backend, tta: str = "none") -> np.
 @dataclass(frozen=True)
 class Scorer:
     """A model ready to score: its card (labels, image_size, resize, thresholds …), a backend, the TTA it applies
-    and where it came from. Build it with make_scorer so the TTA matches the stored thresholds."""
+    and where it came from. Build it with make_scorer so the TTA matches the stored thresholds. `calibrate`: a map
+    of the averaged probabilities (N, L) → (N, L) applied last, e.g. a site profile (chestxray.inference.site)."""
 
     card: dict[str, Any]
     backend: Backend
     source: str
     tta: str = "none"
+    calibrate: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         check_backend_tta(self.backend, self.tta, self.source)
@@ -147,7 +149,8 @@ class Scorer:
 
     def score(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities float64 (B, L) for uint8 model inputs (B, S, S) (load_pixels / array_pixels / shards)."""
-        return score_pixels(pixels, self.backend, self.tta)
+        probs = score_pixels(pixels, self.backend, self.tta)
+        return probs if self.calibrate is None else self.calibrate(probs)
 
     def score_files(self, paths: list[str | Path]) -> np.ndarray:
         """Probabilities (N, L) for image files (DataError on the first unusable one; see iter_predictions for
