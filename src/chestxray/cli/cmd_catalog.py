@@ -38,6 +38,7 @@ def _ratios(text: str) -> tuple[float, ...]:
 def _finish(catalog, out: Path, ratios: tuple[float, ...], seed: int) -> None:
     """Split by patient, save (with missing_images.csv when rows lack an image) and print the summary line."""
     from chestxray.data.sources import write_catalog
+    from chestxray.data.identity import normalisation_notes
     from chestxray.data.split import assign_splits
 
     catalog = assign_splits(catalog, ratios, seed)
@@ -50,7 +51,8 @@ def _finish(catalog, out: Path, ratios: tuple[float, ...], seed: int) -> None:
     per_split = " / ".join(f"{s} {split['images'][s]}" for s in ("train", "val", "test"))
     console.print(f"catalog {out}: {len(catalog.table)} images, {catalog.table['patient_id'].nunique()} patients, "
                   f"{len(catalog.labels)} label(s) ({catalog.task}); images {per_split}; "
-                  f"{len(missing)} missing{_missing_patients(catalog.info)}", highlight=False, soft_wrap=True)
+                  f"{len(missing)} missing{_missing_patients(catalog.info)}{normalisation_notes(catalog.info)}",
+                  highlight=False, soft_wrap=True)
 
 
 def _missing_patients(info: dict) -> str:
