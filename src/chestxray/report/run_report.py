@@ -140,7 +140,9 @@ def _caption(row: pd.Series) -> str:
     if _text(row.get("outcome")):
         parts.append(str(row["outcome"]))
     parts.append(str(row["method"]))
-    if row.get("empty_map") == 1:
+    if row.get("box_cut") == 1:
+        parts.append("box cut away by the crop (n/a)")
+    elif row.get("empty_map") == 1:
         parts.append("empty map (n/a)")
     elif pd.notna(row.get("pointing_hit")):
         iou = next((c for c in row.index if str(c).startswith("iou_top")), None)
