@@ -1,6 +1,7 @@
 """Uploaded images for the web app: checked by content (not by name), limited in size and pixels, decoded in memory.
 
-An upload is decoded by exactly the code `predict` uses on files (chestxray.data.imaging.load_square): the bytes
+An upload's model input is decoded by exactly the code `predict` uses on files (chestxray.data.imaging.load_square,
+with its JPEG draft decode, as `prepare` stored the training images); the picture shown back is a full decode. The bytes
 go to an anonymous in-memory file (Linux memfd) that the decoder opens by its /proc path, so nothing touches the
 disk; elsewhere a temporary file is used and removed at once. Every refusal is an UploadError with the HTTP
 status to send and a reason a person can act on.
@@ -116,16 +117,18 @@ def in_memory_path(data: bytes, suffix: str = "") -> Iterator[Path]:
 
 
 def decode_upload(data: bytes, name: str, size: int, resize: str, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
-    """(full uint8 gray image, uint8 (size, size) model input) of a checked upload, decoded as predict decodes files."""
-    from chestxray.data.imaging import fit_square, load_gray
+    """(full uint8 gray image, uint8 (size, size) model input) of a checked upload; the model input is load_square's,
+    as predict decodes files and prepare stored the training images (JPEG draft decode)."""
+    from chestxray.data.imaging import load_gray, load_square
 
     check_upload(data, name, limits)
     with in_memory_path(data) as path:
         try:
             gray = load_gray(path, max_pixels=limits.max_pixels)  # the decoders' own guard too
+            square = load_square(path, size, resize, max_pixels=limits.max_pixels)
         except DataError as exc:
             raise UploadError(422, str(exc).replace(str(path), name)) from None
-    return gray, fit_square(gray, size, resize)
+    return gray, square
 
 
 def keep_upload(data: bytes, name: str, folder: Path, stamp: str) -> Path:
