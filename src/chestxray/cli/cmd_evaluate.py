@@ -82,6 +82,8 @@ def evaluate(
     verify_checksums: bool = typer.Option(False, "--verify-checksums",
                                           help="Before evaluating, compare every shard's sha256 with the manifest "
                                           "(shard sizes are always checked)."),
+    ood: bool = typer.Option(True, "--ood/--no-ood", help="Also fit the out-of-distribution reference (train and val "
+                             "features) that predict and serve use to mark inputs unlike the training images."),
 ) -> None:
     from chestxray.cli import checks
 
@@ -96,7 +98,7 @@ def evaluate(
     with console.status(f"evaluating {run} on {split} ..."):
         result = evaluate_run(run, split=split, tta=tta, threshold_method=threshold_method, batch_size=batch_size,
                               n_boot=n_boot, seed=seed, prepared=prepared,
-                              verify_checksums=verify_checksums)
+                              verify_checksums=verify_checksums, ood=ood)
     table, notes = _metrics_table(result)
     console.print(table)
     for note in notes:

@@ -29,6 +29,7 @@ from chestxray.inference.stream import (  # noqa: F401 (public here too)
     predicted_classes,
     threshold_tta,
 )
+from chestxray.inference.ood import TTA_VIEWS, feature_tap, load_reference, mean_over_views
 from chestxray.inference.tta import TTA_MODES, check_tta  # noqa: F401 (TTA_MODES public here too)
 from chestxray.models.bundle import Bundle, load_bundle
 
@@ -200,7 +201,17 @@ def torch_scorer(
         inputs = normalize_for_model(torch.from_numpy(pixels).unsqueeze(1), card).to(dev)
         return predict_probs(net, inputs, tta, card.get("task")).cpu().numpy()
 
-    return Scorer(card=card, score=score, source=str(model.path), tta=tta)
+    reference = load_reference(model.path)
+    if reference is None:
+        return Scorer(card=card, score=score, source=str(model.path), tta=tta)
+
+    def score_ood(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with feature_tap(net, card["architecture"]) as store:
+            probs = score(pixels)
+        return probs, reference.scores(mean_over_views(store, TTA_VIEWS[tta]))
+
+    return Scorer(card=card, score=score, source=str(model.path), tta=tta, score_ood=score_ood,
+                  false_alarm=reference.false_alarm)
 
 
 def predict_images(

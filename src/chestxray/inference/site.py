@@ -200,8 +200,14 @@ def site_scorer(scorer: Any, profile: SiteProfile) -> Any:
         raise ConfigError(f"site profile {profile.name!r} was fitted on scores made with --tta {profile.tta}; score "
                           f"with --tta {profile.tta} (or leave --tta out), or run 'chestxray calibrate' again")
     check_site(profile, scorer.card, scorer.source)
+    score_ood = None
+    if scorer.score_ood is not None:
+        def score_ood(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            probs, typical = scorer.score_ood(pixels)
+            return profile.apply(probs), typical
+
     return Scorer(card=site_card(scorer.card, profile), score=lambda pixels: profile.apply(scorer.score(pixels)),
-                  source=scorer.source, tta=scorer.tta)
+                  source=scorer.source, tta=scorer.tta, score_ood=score_ood, false_alarm=scorer.false_alarm)
 
 
 def site_card(card: dict[str, Any], profile: SiteProfile) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from chestxray.inference.inputs import check_input_file
 log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ["path", "image_id", "status", "reason"]
+IN_DISTRIBUTION, UNUSUAL = "in_distribution", "unusual"  # columns added when the model has an OOD reference
 PREDICTED_CLASS = "predicted_class"  # multiclass: the argmax class of each image
 
 
@@ -35,6 +36,9 @@ class Scorer:
     score: Callable[[np.ndarray], np.ndarray]
     source: str
     tta: str = "none"
+    # pixels -> (probabilities, in-distribution scores) in one pass, when the model has an OOD reference
+    score_ood: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    false_alarm: float | None = None  # an input scoring below it is marked unusual (chestxray.inference.ood)
 
     @property
     def labels(self) -> list[str]:
@@ -97,13 +101,21 @@ def iter_predictions(scorer: Scorer, paths: Sequence[Path], batch_size: int = 32
                 "reason": [printable(reason) for _, reason in decoded],
             })
             scores = np.full((len(chunk), len(columns)), np.nan)
+            typical = np.full(len(chunk), np.nan)
             ok = frame["status"].to_numpy() == "ok"
             if ok.any():
-                scores[ok] = scorer.score(np.stack([px for px, _ in decoded if px is not None]))
+                pixels = np.stack([px for px, _ in decoded if px is not None])
+                if scorer.score_ood is not None:
+                    scores[ok], typical[ok] = scorer.score_ood(pixels)
+                else:
+                    scores[ok] = scorer.score(pixels)
             for path, (px, reason) in zip(chunk, decoded):
                 if px is None:
                     log.info("quarantined %s: %s", path, reason)
             frame = pd.concat([frame, pd.DataFrame(scores, columns=columns)], axis=1)
+            if scorer.score_ood is not None:
+                frame[IN_DISTRIBUTION] = typical
+                frame[UNUSUAL] = pd.Series(typical < scorer.false_alarm).astype("Int8").where(~np.isnan(typical))
             if is_multiclass(card.get("task")):
                 frame[PREDICTED_CLASS] = predicted_classes(scores, scorer.labels)
             yield frame
