@@ -68,7 +68,8 @@ def test_task_is_recorded_from_catalog_to_bundle(chain: dict) -> None:
     card = json.loads((root / "run" / "bundle" / "card.json").read_text())
     assert manifest["task"] == run["task"] == card["task"] == "multiclass"
     assert card["thresholds"] is None and card["threshold_method"].startswith("argmax")
-    assert {"accuracy", "balanced_accuracy"} <= set(card["metrics"])
+    assert {"accuracy", "balanced_accuracy"} <= set(card["metrics"]["evaluation"])
+    assert card["threshold_tta"] == card["metrics"]["evaluation"]["tta"]  # the TTA the argmax rule was measured with
     logged = pd.concat([pd.read_csv(p) for p in (root / "run" / "logs").rglob("metrics.csv")])
     assert logged["val_accuracy"].dropna().between(0, 1).all() and logged["val_auroc"].notna().any()
 

@@ -196,9 +196,9 @@ class _EpochLoader(DataLoader):
     4 × in_chans (inter-process transfer of float batches cost more than all the other loading work)."""
 
     def __init__(self, dataset: ShardBatches, epoch_of: Callable[[], int], skip_of: Callable[[], int] = lambda: 0,
-                 **kwargs: Any) -> None:
+                 normalise: bool = True, **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=None, **kwargs)
-        self._epoch_of, self._skip_of = epoch_of, skip_of
+        self._epoch_of, self._skip_of, self._normalise = epoch_of, skip_of, normalise
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.dataset.epoch = self._epoch_of()
@@ -211,6 +211,9 @@ class _EpochLoader(DataLoader):
         for batch in batches:
             if _ERROR in batch:
                 raise batch[_ERROR]
+            if not self._normalise:  # uint8 pixels as stored, for the scoring path (chestxray.inference.scoring)
+                yield batch
+                continue
             pixels = batch["image"]
             out = torch.empty((pixels.shape[0], ds.in_chans, *pixels.shape[2:]), dtype=torch.float32,
                               pin_memory=self.pin_memory and torch.cuda.is_available())
@@ -281,7 +284,7 @@ class ChestXrayDataModule(L.LightningDataModule):
             return 0
         return int(fit_loop.epoch_loop.batch_progress.current.processed)
 
-    def _loader(self, split: str, train: bool, batch_size: int | None = None) -> DataLoader:
+    def _loader(self, split: str, train: bool, batch_size: int | None = None, pixels: bool = False) -> DataLoader:
         if split not in self.manifest["splits"] or not self.manifest["splits"][split]["count"]:
             raise DataError(f"{self.prepared}: split {split!r} has no images (have "
                             f"{ {k: v['count'] for k, v in self.manifest['splits'].items()} })")
@@ -292,7 +295,7 @@ class ChestXrayDataModule(L.LightningDataModule):
                                normalization=self.normalization, shuffle_buffer=self.shuffle_buffer)
         epoch_of = self._epoch if train else (lambda: 0)
         # An own generator: creating an iterator must not draw from the global torch RNG (keeps resumed runs exact).
-        return _EpochLoader(dataset, epoch_of, self._resumed_batches if train else (lambda: 0),
+        return _EpochLoader(dataset, epoch_of, self._resumed_batches if train else (lambda: 0), not pixels,
                             num_workers=self.num_workers, pin_memory=self.pin_memory,
                             persistent_workers=self.persistent_workers and self.num_workers > 0,
                             generator=torch.Generator().manual_seed(self.seed))
@@ -306,6 +309,7 @@ class ChestXrayDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
 
-    def split_dataloader(self, split: str, batch_size: int | None = None) -> DataLoader:
-        """Any split in stored order, no augmentation (for evaluation and prediction)."""
-        return self._loader(split, train=False, batch_size=batch_size)
+    def split_dataloader(self, split: str, batch_size: int | None = None, pixels: bool = False) -> DataLoader:
+        """Any split in stored order, no augmentation (for evaluation and prediction); `pixels`: images stay uint8
+        (B, 1, S, S) as stored, for a caller that normalises them itself (the scoring path)."""
+        return self._loader(split, train=False, batch_size=batch_size, pixels=pixels)

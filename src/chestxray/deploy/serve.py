@@ -32,7 +32,7 @@ from starlette.requests import ClientDisconnect
 from chestxray.data.tasks import is_multiclass
 from chestxray.deploy.security import SecurityMiddleware, WebPolicy, page_csp
 from chestxray.deploy.uploads import Limits, UploadError, decode_upload, keep_upload
-from chestxray.inference.predict import as_bundle, normalize_for_model, predict_probs
+from chestxray.inference.predict import as_bundle, normalize_for_model, torch_scorer
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ class ModelService:
         self.bundle = as_bundle(bundle)
         self.card = self.bundle.card
         self.labels = list(self.bundle.labels)
+        self.scorer = torch_scorer(self.bundle, device="cpu")  # the one scoring path, with the stored TTA
         self.limits, self.keep_uploads = limits, keep_uploads
         self.lock = threading.Lock()
         self.decodes = threading.BoundedSemaphore(limits.max_decodes)  # decoding memory is bounded, not per request
@@ -122,9 +123,8 @@ class ModelService:
     def predict(self, data: bytes, name: str) -> dict[str, Any]:
         """Probabilities per finding, the stored thresholds and decisions, and a preview of the decoded image."""
         gray, square = self._decode(data, name)
-        inputs = normalize_for_model(torch.from_numpy(square)[None, None], self.card)
         with self.lock:
-            probs = predict_probs(self.bundle.net, inputs, "none", self.card.get("task"))[0].tolist()
+            probs = self.scorer.score(square[None])[0].tolist()
         thresholds = self.card.get("thresholds") or {}
         multiclass = is_multiclass(self.card.get("task"))
         predicted = self.labels[int(np.argmax(probs))] if multiclass else None  # multi-class: argmax, no thresholds
@@ -148,7 +148,7 @@ class ModelService:
         inputs = normalize_for_model(torch.from_numpy(square)[None, None], self.card)
         target = self.labels.index(finding)
         with self.lock, torch.enable_grad():
-            prob = predict_probs(self.bundle.net, inputs, "none", self.card.get("task"))[0, target].item()
+            prob = float(self.scorer.score(square[None])[0, target])
             heat = attribute(self.bundle.net, inputs.clone().requires_grad_(True), target, "gradcam")[0]
         picture = render_overlay(square, heat, f"{finding} p={prob:.2f} (Grad-CAM)")
         buffer = io.BytesIO()

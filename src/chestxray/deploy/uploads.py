@@ -1,6 +1,7 @@
 """Uploaded images for the web app: checked by content (not by name), limited in size and pixels, decoded in memory.
 
-An upload is decoded by exactly the code `predict` uses on files (chestxray.data.imaging.load_square): the bytes
+An upload's model input is decoded by exactly the code `predict` uses on files (chestxray.data.imaging.load_square,
+with its JPEG draft decode, as `prepare` stored the training images); the picture shown back is a full decode. The bytes
 go to an anonymous in-memory file (Linux memfd) that the decoder opens by its /proc path, so nothing touches the
 disk; elsewhere a temporary file is used and removed at once. Every refusal is an UploadError with the HTTP
 status to send and a reason a person can act on.

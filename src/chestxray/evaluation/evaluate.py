@@ -208,7 +208,7 @@ def evaluate_run(
     from chestxray.inference.predict import fingerprint_note, predict_split
     from chestxray.inference.tta import check_tta
     from chestxray.locks import folder_lock
-    from chestxray.models.bundle import CARD, load_bundle, update_card
+    from chestxray.models.bundle import CARD, load_bundle, read_card, update_card
 
     method = parse_method(threshold_method)  # fail fast on bad options, before loading anything
     check_tta(tta)
@@ -235,12 +235,16 @@ def evaluate_run(
         if (run / "history.csv").exists():
             _copy(run / "history.csv", result.eval_dir / "training_history.csv")
         headline = {r.name: r.auroc.value for r in result.summary.rows}
-        metrics = {"split": split, "tta": tta, "macro_auroc": result.macro_auroc, "auroc": headline}
-        if result.multiclass is not None:  # no thresholds: the card says the decision rule instead
-            update_card(bundle.path, thresholds=None, threshold_method=DECISION_RULE,
-                        metrics={**metrics, "accuracy": result.multiclass.accuracy.value,
-                                 "balanced_accuracy": result.multiclass.balanced_accuracy.value})
-        else:  # one card write: thresholds and the metrics they came with
+        evaluation = {"split": split, "tta": tta, "macro_auroc": result.macro_auroc, "auroc": headline,
+                      "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        if result.multiclass is not None:
+            evaluation.update(accuracy=result.multiclass.accuracy.value,
+                              balanced_accuracy=result.multiclass.balanced_accuracy.value)
+        metrics = {**read_card(bundle.path).get("metrics", {}), "evaluation": evaluation}  # training's stays
+        if result.multiclass is not None:  # no thresholds: the card says the decision rule and the TTA scored with
+            update_card(bundle.path, thresholds=None, threshold_method=DECISION_RULE, threshold_tta=tta,
+                        metrics=metrics)
+        else:  # one card write: thresholds, their TTA and the metrics they came with
             store_thresholds(bundle.path, result.thresholds, method, tta, metrics=metrics)
 
     with folder_lock(run, "evaluate"):

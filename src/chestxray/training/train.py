@@ -215,10 +215,11 @@ def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: d
     if state_source is not None:
         state, origin = _best_state(state_source)
         net.load_state_dict(state)
+    trained = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     card = {"architecture": config.model, "num_labels": len(fields["labels"]), **fields,
             "thresholds": None, "threshold_method": None, "seed": config.seed,
-            "metrics": {"val_auroc": best_val}, "run": str(run_dir.resolve()),
-            "weights_from": origin}
+            "metrics": {"training": {"split": "val", "val_auroc": best_val, "date": trained}},
+            "run": str(run_dir.resolve()), "weights_from": origin}
     bundle_dir = save_bundle(run_dir / "bundle", net.cpu(), card)
     if mlflow_logger is not None:
         client, run_id = mlflow_logger.experiment, mlflow_logger.run_id
