@@ -120,10 +120,10 @@ def predict_split(
     tta: str | None = None,
     num_workers: int = 0,
     device: str | torch.device | None = None,
-    verify: str = "sizes",
+    verify: str = "auto",
 ) -> pd.DataFrame:
-    """Scores for every image of a prepared split, in stored order (shards checked first: see ChestXrayDataModule),
-    through the one scoring path on the stored pixels.
+    """Scores for every image of a prepared split, in stored order (the split's shards checked first, `verify` as in
+    ChestXrayDataModule), through the one scoring path on the stored pixels.
 
     Returns one row per image: image_id, patient_id, the true 0/1 label per label, and p_<label>.
     `prepared` defaults to the folder recorded in the bundle card. `tta` None: the card's stored mode; evaluate
@@ -140,6 +140,7 @@ def predict_split(
     dm = ChestXrayDataModule(
         prepared, batch_size=batch_size, num_workers=num_workers,
         in_chans=int(model.card["in_chans"]), normalization=model.card["normalization"], verify=verify,
+        verify_splits=(split,),
     )
     _check_prepared(model, dm.manifest, str(prepared))
     scorer = Scorer(card=model.card, backend=torch_backend(model.net, model.card, device), source=str(model.path),

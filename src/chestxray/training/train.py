@@ -300,7 +300,8 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     data = ChestXrayDataModule(config.prepared, batch_size=config.batch_size, num_workers=config.num_workers,
                                augment=config.augment, in_chans=config.in_chans,
                                normalization=data_cfg["normalization"], seed=config.seed,
-                               verify="checksums" if config.verify_checksums else "sizes")
+                               verify={True: "checksums", False: "sizes", None: "auto"}[config.verify_checksums],
+                               verify_splits=("train", "val"))
     net = build_model(config.model, len(data.labels), in_chans=config.in_chans, pretrained=config.pretrained,
                       weights=config.weights, offline=config.offline or None, dropout=config.dropout)
     if config.channels_last:
