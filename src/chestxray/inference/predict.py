@@ -28,6 +28,7 @@ from chestxray.inference.stream import (  # noqa: F401 (public here too)
     predicted_classes,
 )
 from chestxray.inference.tta import TTA_MODES, check_tta  # noqa: F401 (TTA_MODES public here too)
+from chestxray.locks import reading
 from chestxray.models.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
@@ -137,23 +138,24 @@ def predict_split(
     prepared = prepared or model.card.get("prepared")
     if not prepared:
         raise ConfigError(f"{model.path}: the card records no prepared dataset; pass the PREPARED folder explicitly")
-    dm = ChestXrayDataModule(
-        prepared, batch_size=batch_size, num_workers=num_workers,
-        in_chans=int(model.card["in_chans"]), normalization=model.card["normalization"], verify=verify,
-        verify_splits=(split,),
-    )
-    _check_prepared(model, dm.manifest, str(prepared))
-    scorer = Scorer(card=model.card, backend=torch_backend(model.net, model.card, device), source=str(model.path),
-                    tta=tta)
-    ids: list[str] = []
-    patients: list[str] = []
-    truth: list[np.ndarray] = []
-    scores: list[np.ndarray] = []
-    for batch in dm.split_dataloader(split, pixels=True):  # uint8 (B, 1, S, S) as prepare stored them
-        scores.append(scorer.score(batch["image"][:, 0].numpy()))
-        truth.append(batch["labels"].numpy())
-        ids.extend(batch["image_id"])
-        patients.extend(batch["patient_id"])
+    with reading(prepared, "predict"):  # prepare cannot rewrite these shards meanwhile (a shared lock)
+        dm = ChestXrayDataModule(
+            prepared, batch_size=batch_size, num_workers=num_workers,
+            in_chans=int(model.card["in_chans"]), normalization=model.card["normalization"], verify=verify,
+            verify_splits=(split,),
+        )
+        _check_prepared(model, dm.manifest, str(prepared))
+        scorer = Scorer(card=model.card, backend=torch_backend(model.net, model.card, device), source=str(model.path),
+                        tta=tta)
+        ids: list[str] = []
+        patients: list[str] = []
+        truth: list[np.ndarray] = []
+        scores: list[np.ndarray] = []
+        for batch in dm.split_dataloader(split, pixels=True):  # uint8 (B, 1, S, S) as prepare stored them
+            scores.append(scorer.score(batch["image"][:, 0].numpy()))
+            truth.append(batch["labels"].numpy())
+            ids.extend(batch["image_id"])
+            patients.extend(batch["patient_id"])
     labels = list(model.labels)
     log.info("predicted %d %s images of %s with tta=%s", len(ids), split, prepared, tta)
     return _frame(ids, patients, labels, np.concatenate(truth), np.concatenate(scores))

@@ -29,7 +29,7 @@ from torch import nn
 
 from chestxray.errors import ConfigError, TrainingInterrupted
 from chestxray.files import atomic_path, write_json, write_text
-from chestxray.locks import folder_lock
+from chestxray.locks import folder_lock, reading
 from chestxray.training.callbacks import (
     AtomicCheckpointIO,
     EpochProgressBar,
@@ -273,7 +273,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
             _check_run_dir(run_dir, resume)
             if resume:
                 check_extendable(run_dir, config)
-        with _allow_file_store(_tracking_uri(config, run_dir) if config.mlflow else ""):
+        with reading(config.prepared, "train"), \
+                _allow_file_store(_tracking_uri(config, run_dir) if config.mlflow else ""):
             return _fit(config, run_dir, resume, callbacks)
 
 
