@@ -196,3 +196,19 @@ def mean_over_views(store: dict[str, list[np.ndarray]], views: int) -> dict[str,
         out[name] = (np.concatenate([np.mean(arrays[i:i + views], axis=0) for i in range(0, len(arrays), views)])
                      if arrays else np.zeros((0, 0)))
     return out
+
+
+@dataclass
+class OodProbe:
+    """A bundle's network and OOD reference: tap() records features while the Scorer runs its usual forwards,
+    scores() turns them into in-distribution scores."""
+
+    net: Any
+    architecture: str
+    reference: OodReference
+
+    def tap(self) -> Any:
+        return feature_tap(self.net, self.architecture)
+
+    def scores(self, store: dict[str, list[np.ndarray]], tta: str) -> np.ndarray:
+        return self.reference.scores(mean_over_views(store, TTA_VIEWS[tta]))
