@@ -70,7 +70,7 @@ def _missing_patients(info: dict) -> str:
                      "--metadata-only --out runs/nih-meta")
 @friendly
 def catalog_nih(
-    csv: Path = typer.Option(..., "--csv", help="NIH label table (Data_Entry_2017[_v2020].csv[.gz])."),
+    csv: Path = typer.Option(..., "--csv", help="NIH label table (Data_Entry_2017\\[_v2020].csv\\[.gz])."),
     out: Path = typer.Option(..., "--out", "-o", help="Output catalog folder."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder holding the PNGs (searched recursively)."),
     metadata_only: bool = typer.Option(False, "--metadata-only", help="No images: empty paths, for splits/statistics."),

@@ -91,6 +91,7 @@ def evaluate(
     checks.run_folder(run)
     if prepared is not None:
         checks.prepared_folder(prepared)
+        checks.prepared_fits_run(prepared, run)  # wrong size or labels: refused before torch loads
     from chestxray.evaluation.evaluate import evaluate_run
 
     with console.status(f"evaluating {run} on {split} ..."):

@@ -45,11 +45,9 @@ _QUIET_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)",
     r"Your `IterableDataset` has `__len__` defined",  # ours is exact per rank and worker (chestxray.data.datamodule)
     r"No positive samples in targets",  # per-label AUROC without positives: chestxray leaves such labels out
-    r"Type hint used in the model's predict function",  # MLflow on our pyfunc wrapper, which sets a signature
-    r"Failed to infer signature from type hint",  # idem: the logged model carries an explicit signature
 )
 # MLflow/Lightning log lines that say nothing to a chestxray user (the pyfunc wrapper is ours, saved by MLflow as usual).
-_QUIET_MESSAGES = ("causes it to be serialized using CloudPickle", "not found. Creating it.")
+_QUIET_MESSAGES = ("not found. Creating it.",)  # MLflow's notices on our pyfunc model: chestxray.models.pyfunc
 
 
 def _quiet_third_party(record: logging.LogRecord) -> bool:
