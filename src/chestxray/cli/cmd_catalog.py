@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, err_console, friendly
+from chestxray.cli.common import console, err_console, friendly, print_table
 from chestxray.errors import ConfigError
 
 catalog_app = typer.Typer(help="Build a catalog (one row an image: path, patient, labels, split) from a collection."
@@ -195,7 +195,7 @@ def explore(
             cells = [f"{int(row['images'])} ({int(row['patients'])})"]
             cells += [f"{int(row[f'images_{s}'])} ({int(row[f'patients_{s}'])})" for s in splits]
             table.add_row(str(finding), *cells, f"{row['prevalence_images']:.1%}", f"{row['prevalence_patients']:.1%}")
-        console.print(table)
+        print_table(table)
     if not result.shortcuts.empty:
         strongest = result.shortcuts.assign(d=(result.shortcuts["auroc"] - 0.5).abs()).sort_values("d").groupby(
             "label", sort=False).tail(1).set_index("label")

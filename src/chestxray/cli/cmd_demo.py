@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, fmt, friendly, quiet_lightning
+from chestxray.cli.common import console, fmt, friendly, print_table, quiet_lightning
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -72,7 +72,7 @@ def demo(
     outcomes = run_demo(out, data_root=data, synthetic=synthetic, settings=settings, on_task=announce)
     for o in outcomes:
         if len(o.recipes) > 1:
-            console.print(_recipe_table(o))
+            print_table(_recipe_table(o))
     table = Table(title="test split: AUROC (macro over findings), 95% CI by patient bootstrap", box=box.SIMPLE_HEAD,
                   show_edge=False, pad_edge=False)
     for column in ("task", "images\ntrain/val/test", "recipe\n(model)", "val\nAUROC", "test AUROC\n95% CI", "s"):
@@ -84,7 +84,7 @@ def demo(
         val = fmt(chosen.val_auroc) + ("" if o.above_chance else "\n[red]≈ chance[/]")
         table.add_row(name, counts, f"{o.chosen}\n({chosen.model})", val,
                       f"{fmt(o.auroc)}\n{fmt(o.auroc_low)}–{fmt(o.auroc_high)}", f"{o.seconds:.0f}")
-    console.print(table)
+    print_table(table)
     for o in outcomes:
         if not o.above_chance:
             console.print(f"[red]{o.name}: the chosen model has NOT clearly learned: its validation AUROC's 95% CI "
@@ -95,6 +95,13 @@ def demo(
             console.print(f"{o.name} at the validation-chosen threshold: " + ", ".join(values), soft_wrap=True)
     for o in outcomes:
         console.print(f"report ({o.name}): {o.report}", soft_wrap=True)
+    for precision, reason in sorted({(r.precision, r.precision_reason) for o in outcomes for r in o.recipes}):
+        console.print(f"precision: {precision or 'unknown'} ({reason or 'not recorded'}); figures from bf16 and fp32 "
+                      "training differ slightly (the README's are bf16-mixed)", highlight=False, soft_wrap=True)
+    reused = [r for o in outcomes for r in o.recipes if r.reused]
+    if reused:
+        console.print(f"reused {len(reused)} finished run(s) of an earlier demo with the same settings and data "
+                      f"(training seconds are theirs); delete {out} to train again", highlight=False, soft_wrap=True)
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s", soft_wrap=True)
 
 

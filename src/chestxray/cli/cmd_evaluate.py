@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, err_console, fmt, friendly
+from chestxray.cli.common import console, err_console, fmt, friendly, print_table
 
 
 def _short_ci(low: float | None, high: float | None) -> str:
@@ -99,12 +99,12 @@ def evaluate(
                               n_boot=n_boot, seed=seed, prepared=prepared,
                               verify_checksums=verify_checksums)
     table, notes = _metrics_table(result)
-    console.print(table)
+    print_table(table)
     for note in notes:
         console.print(note, highlight=False)
     mc = result.multiclass
     if mc is not None:
-        console.print(_confusion_table(mc))
+        print_table(_confusion_table(mc))
         console.print(f"multi-class: predicted class = argmax, thresholds do not apply; accuracy {_ci(mc.accuracy)}, "
                       f"balanced accuracy {_ci(mc.balanced_accuracy)}", highlight=False, soft_wrap=True)
     for note in result.notes:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, err_console, friendly, quiet_lightning
+from chestxray.cli.common import console, err_console, friendly, print_table, quiet_lightning
 from chestxray.training.config import TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -157,8 +157,10 @@ def train(
                       f"(bundle {result.bundle_dir})", highlight=False, soft_wrap=True)
 
 
-@app.command(help="Train several models on the same PREPARED data with the same seed and print one table "
-             "(val AUROC, time, parameters, images/s); also written to OUT/comparison.csv.\n\n"
+@app.command(help="Quick screen before a study: train several models on the same PREPARED data with one seed and "
+             "print one table (val AUROC, time, parameters, images/s; also OUT/comparison.csv). Validation only: no "
+             "test split, no intervals or tests. To compare methods, use 'chestxray study' (seeds, test evaluation, "
+             "paired tests); to compare two runs you have, 'chestxray compare-runs'.\n\n"
              "Example: chestxray compare runs/prepared --models cnn-small,resnet18,densenet121 --epochs 2 "
              "--budget-minutes 10 --out runs/compare")
 @friendly
@@ -194,7 +196,7 @@ def compare(
     for row in table.itertuples():
         auroc = "n/a" if row.val_auroc is None or row.val_auroc != row.val_auroc else f"{row.val_auroc:.4f}"
         view.add_row(row.model, auroc, f"{row.seconds:.1f}", f"{row.parameters:,}", f"{row.images_per_s:.1f}")
-    console.print(view)
+    print_table(view)
     console.print(f"compared {len(table)} model(s) → {out / 'comparison.csv'}", highlight=False)
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, fmt, friendly, quiet_lightning
+from chestxray.cli.common import console, fmt, friendly, print_table, quiet_lightning
 
 
 @app.command(help="Search training settings with Optuna (TPE by default) on a PREPARED folder: each trial is a "
@@ -79,7 +79,7 @@ def tune(
         view.add_column("value", justify="right")
         for name, value in result.best_params.items():
             view.add_row(name, fmt(value, 6) if isinstance(value, float) else str(value))
-        console.print(view)
+        print_table(view)
     best = f"best val AUROC {fmt(result.best_value, 4)} (trial {result.best_number}) → {result.best_yaml}" \
         if result.best_yaml else "no trial completed yet"
     console.print(f"study {result.study_name}: {result.complete} complete, {result.pruned} pruned, "

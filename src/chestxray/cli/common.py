@@ -79,3 +79,29 @@ def setup_logging(verbose: int) -> None:
             handler.addFilter(_quiet_third_party)
         for pattern in _QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
+
+
+def _plain(cell: Any) -> str:
+    """A table cell as one line of text (multi-line heads and cells joined with spaces)."""
+    return " ".join(str(getattr(cell, "plain", cell)).split())
+
+
+def print_table(table: Any, out: Console | None = None) -> None:
+    """Print a rich table whole: as a table when its natural width fits the console (80 columns in a pipe or a log
+    file), else as one block per row ("head: value" lines), so a name or a figure is never cut short."""
+    from rich.measure import Measurement
+
+    out = out or console
+    for column in table.columns:  # a cell that still meets its column's limit folds onto the next line, never "…"
+        column.overflow = "fold"
+    if Measurement.get(out, out.options.update(max_width=10_000), table).maximum <= out.width:
+        out.print(table)
+        return
+    if table.title:
+        out.print(_plain(table.title), highlight=False, soft_wrap=True)
+    heads = [_plain(column.header) for column in table.columns]
+    for cells in zip(*(column.cells for column in table.columns), strict=True):
+        first, *rest = [_plain(c) for c in cells]
+        out.print(f"{heads[0]}: {first}", highlight=False, soft_wrap=True)
+        for head, value in zip(heads[1:], rest, strict=True):
+            out.print(f"  {head}: {value}", highlight=False, soft_wrap=True)
