@@ -147,7 +147,7 @@ def catalog_csv(
     images_root: Optional[Path] = typer.Option(None, "--images-root", help="Folder the paths are relative to."),
     task: str = typer.Option("auto", "--task", help=TASK_HELP),
     merge: Optional[list[str]] = typer.Option(None, "--merge", help="Merge finding names: NEW=old1,old2 "
-                                              "(repeatable), e.g. 'Bacterial=Streptococcus,Klebsiella'."),
+                                              "(repeatable), e.g. Viral=SARS,MERS."),
     views: Optional[str] = typer.Option(None, "--views", help="Keep only rows whose 'view' column is one of "
                                         "these, e.g. PA,AP."),
     ratios: str = typer.Option("0.7,0.1,0.2", "--ratios", help=SPLIT_HELP),

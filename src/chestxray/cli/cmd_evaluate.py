@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,9 @@ def evaluate(
         checks.prepared_fits_run(prepared, run)  # wrong size or labels: refused before torch loads
     from chestxray.evaluation.evaluate import evaluate_run
 
-    with console.status(f"evaluating {run} on {split} ..."):
+    if not console.is_terminal:  # a log file or a pipe: say what is under way (a spinner would print nothing)
+        console.print(f"evaluating {run} on {split} ...", highlight=False, soft_wrap=True)
+    with console.status(f"evaluating {run} on {split} ...") if console.is_terminal else contextlib.nullcontext():
         result = evaluate_run(run, split=split, tta=tta, threshold_method=threshold_method, batch_size=batch_size,
                               n_boot=n_boot, seed=seed, prepared=prepared,
                               verify_checksums=verify_checksums)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -221,7 +222,9 @@ def _train_recipe(run: RecipeRun, prepared: Path, folder: Path, task: str, setti
     A run an earlier demo finished with the same settings and data is reused, as `study` does; one it left half
     trained is resumed from its checkpoint; any other content of the folder is trained afresh."""
     import json
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
+
+    import yaml
 
     from chestxray.evaluation.evaluate import evaluate_run
     from chestxray.files import write_json
@@ -233,17 +236,19 @@ def _train_recipe(run: RecipeRun, prepared: Path, folder: Path, task: str, setti
     config = TrainConfig(
         prepared=str(prepared), model=run.model, epochs=run.epochs, batch_size=settings.batch_size, lr=run.lr,
         augment=settings.augment, seed=settings.seed, out=str(run_dir), mlflow=settings.mlflow, mlflow_uri=mlflow_uri,
-        experiment=f"demo-{task}", num_workers=0, progress=False,
+        experiment=f"demo-{task}", num_workers=0, progress=not sys.stdout.isatty(),  # epoch lines in a log or pipe
         pos_weight=multilabel,  # rare findings: weight positives by neg/pos, as CheXNet's weighted BCE
         **(recipe_settings(run.recipe) or {}),
     )
     manifest = json.loads((prepared / "manifest.json").read_text(encoding="utf-8"))
-    key = {"config": config_yaml(config), "data": manifest.get("fingerprint"), "n_boot": settings.n_boot}
+    key = {"config": config_yaml(replace(config, progress=False)), "data": manifest.get("fingerprint"),
+           "n_boot": settings.n_boot}
     reused = _reusable(run_dir, key)
     if reused is not None:
         log.info("%s: reusing the finished run %s (same settings and data)", task, run_dir)
         return reused
-    same = (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text(encoding="utf-8") == key["config"]
+    same = (run_dir / "config.yaml").is_file() and yaml.safe_load(
+        (run_dir / "config.yaml").read_text(encoding="utf-8")) | {"progress": False} == yaml.safe_load(key["config"])
     resume = same and (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "bundle").is_dir()
     if not resume:
         shutil.rmtree(run_dir, ignore_errors=True)  # another demo's run, or one that never checkpointed
