@@ -87,8 +87,16 @@ def test_postgres_study_two_workers_then_a_third(postgres_url: str, synthetic_pr
     assert third.returncode == 0, third.stderr[-3000:]
     assert not (out / "study.db").exists()  # the study lives in PostgreSQL only
     study = optuna.load_study(study_name="pg-study", storage=postgres_url)
-    numbers = [t.number for t in study.trials]
-    assert sorted(numbers) == list(range(len(numbers)))
-    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 3
+    assert [t.number for t in study.trials] == [0, 1, 2]  # no trial beyond the count, none failed
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
     assert "study pg-study: 3 complete" in third.stdout
     assert (out / "best.yaml").is_file() and (out / "tune_report.html").is_file()
+
+
+def test_postgres_claim_under_a_forced_race(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The advisory-lock claim: four workers forced to race for three trials create exactly three."""
+    from tests.workflows.test_tune_claim import TARGET, forced_race
+
+    trials = forced_race(postgres_url, monkeypatch, study_name="pg-race")
+    assert [t.number for t in trials] == list(range(TARGET))
+    assert all(t.state == TrialState.COMPLETE for t in trials)

@@ -118,6 +118,13 @@ def model_source(path: Path, onnx: bool = False) -> None:
                      + (" nor an .onnx file" if onnx else ""))
 
 
+def site_data(path: Path) -> None:
+    """A site's images for 'calibrate': a catalog folder or a PREPARED folder."""
+    if _kind(path) not in ("catalog", "prepared"):
+        raise DataError(f"{path}: not a catalog (catalog.csv) nor a PREPARED folder (manifest.json); build the site's "
+                        "catalog with 'chestxray catalog folder|csv ... --out SITE' and pass that")
+
+
 def prepared_folder(prepared: str | Path) -> None:
     """A PREPARED folder (manifest.json), or a URL (checked when it is read)."""
     text = str(prepared)

@@ -91,6 +91,8 @@ def predict(
                             "stored thresholds were chosen with; another one is refused)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images decoded and scored at once."),
     workers: int = typer.Option(4, "--workers", help="Threads decoding files."),
+    site: str = typer.Option(None, "--site", help="Site profile made by 'chestxray calibrate' (a name under "
+                             "RUN/sites/, or its folder): the site's probabilities and thresholds."),
 ) -> None:
     from chestxray.cli import checks
 
@@ -105,7 +107,7 @@ def predict(
     from chestxray.inference.outputs import RowWriter, Tally, add_decisions
     from chestxray.inference.stream import iter_predictions, open_scorer, problem_rows
 
-    scorer = open_scorer(model, tta=tta)
+    scorer = open_scorer(model, tta=tta, site=site)
     labels, thresholds = scorer.labels, scorer.thresholds
     found = expand_inputs(inputs)
     multiclass = is_multiclass(scorer.card.get("task"))
@@ -130,7 +132,8 @@ def predict(
     if stdout is not None:
         stdout.close()
     if rows:
-        title = f"{scorer.card['architecture']} ({Path(scorer.source).name}): probabilities" + (
+        where = f", site {scorer.card['site']}" if scorer.card.get("site") else ""
+        title = f"{scorer.card['architecture']} ({Path(scorer.source).name}{where}): probabilities" + (
             f"; red + = positive at the stored threshold (tta {scorer.tta})" if thresholds else
             "; red < = predicted class (argmax; thresholds do not apply)" if multiclass else "")
         table, legend = _table(rows, labels, thresholds)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from chestxray.data.tasks import is_multiclass
-from chestxray.errors import ConfigError, DataError
+from chestxray.errors import ConfigError, DataError, printable
 from chestxray.inference.inputs import check_input_file
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,10 @@ def iter_predictions(scorer: Scorer, paths: Sequence[Path], batch_size: int = 32
         for start in range(0, len(paths), batch_size):
             chunk = [Path(p) for p in paths[start:start + batch_size]]
             decoded = list(pool.map(lambda p: _decode(p, card), chunk))
-            frame = pd.DataFrame({
-                "path": [str(p) for p in chunk], "image_id": [p.stem for p in chunk],
+            frame = pd.DataFrame({  # names that are not UTF-8 are shown with \xNN escapes (a UTF-8 writer's crash)
+                "path": [printable(p) for p in chunk], "image_id": [printable(p.stem) for p in chunk],
                 "status": ["ok" if px is not None else "quarantined" for px, _ in decoded],
-                "reason": [reason for _, reason in decoded],
+                "reason": [printable(reason) for _, reason in decoded],
             })
             scores = np.full((len(chunk), len(columns)), np.nan)
             ok = frame["status"].to_numpy() == "ok"
@@ -123,14 +123,22 @@ def problem_rows(problems: Sequence[tuple[str, str]], labels: Sequence[str]) -> 
     return pd.concat([frame, pd.DataFrame(np.nan, index=frame.index, columns=[f"p_{x}" for x in labels])], axis=1)
 
 
-def open_scorer(model: str | Path, tta: str | None = None, device: str | None = None) -> Scorer:
+def open_scorer(model: str | Path, tta: str | None = None, device: str | None = None,
+                site: str | None = None) -> Scorer:
     """A Scorer for a bundle folder, a run folder or an exported .onnx file (the latter needs no torch).
 
-    tta None: the mode the stored thresholds were chosen with (see threshold_tta)."""
+    tta None: the mode the stored thresholds were chosen with (see threshold_tta). site: the name (or folder) of a
+    site profile stored beside the model (chestxray.inference.site): its probabilities and thresholds instead."""
     if Path(model).suffix.lower() == ".onnx":
         from chestxray.inference.onnx_model import onnx_scorer
 
-        return onnx_scorer(model, tta=tta)
-    from chestxray.inference.predict import torch_scorer
+        scorer = onnx_scorer(model, tta=tta)
+    else:
+        from chestxray.inference.predict import torch_scorer
 
-    return torch_scorer(model, tta=tta, device=device)
+        scorer = torch_scorer(model, tta=tta, device=device)
+    if site is None:
+        return scorer
+    from chestxray.inference.site import load_site, site_scorer
+
+    return site_scorer(scorer, load_site(model, site, scorer.card))
