@@ -102,9 +102,12 @@ def test_cli_page_lists_every_command() -> None:
 
     from chestxray.cli import app
 
+    from chestxray.cli import ORDER
+
     page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     listed = re.findall(r"^\| `([a-z-]+)", page, flags=re.M)
-    assert sorted(listed) == sorted(get_group(app).commands)
+    assert sorted(ORDER) == sorted(get_group(app).commands), "give every command its place in cli.COMMANDS"
+    assert listed == ORDER, "docs/cli.md lists the commands in the order of chestxray --help"
 
 
 def test_python_examples_in_docs_import_only_public_names() -> None:

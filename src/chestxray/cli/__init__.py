@@ -26,6 +26,7 @@ COMMANDS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ("evaluate", "Thresholds on validation; metrics with patient-bootstrap CIs on a split (RUN/eval/)."),
         ("explain", "Grad-CAM / Integrated Gradients overlays, scored against expert boxes with --boxes."),
         ("report", "One self-contained HTML report of a run (RUN/report.html)."),
+        ("calibrate", "A site profile for a new hospital: recalibrated probabilities and thresholds, bundle unchanged."),
         ("predict", "Probabilities and decisions for new images, folders, globs and lists."),
         ("export", "An ONNX file, or an MLflow registered model, from a bundle."),
         ("serve", "A web page and JSON API for one model."),
