@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -40,12 +39,6 @@ def friendly(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-# Third-party notices that say nothing actionable to a chestxray user; shown again with -v.
-_QUIET_WARNINGS = (
-    r".*isinstance\(treespec, LeafSpec\)",
-    r"Your `IterableDataset` has `__len__` defined",  # ours is exact per rank and worker (chestxray.data.datamodule)
-    r"No positive samples in targets",  # per-label AUROC without positives: chestxray leaves such labels out
-)
 # MLflow/Lightning log lines that say nothing to a chestxray user (the pyfunc wrapper is ours, saved by MLflow as usual).
 _QUIET_MESSAGES = ("not found. Creating it.",)  # MLflow's notices on our pyfunc model: chestxray.models.pyfunc
 
@@ -77,8 +70,6 @@ def setup_logging(verbose: int) -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         for handler in logging.getLogger().handlers:
             handler.addFilter(_quiet_third_party)
-        for pattern in _QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=pattern)
 
 
 def _plain(cell: Any) -> str:

@@ -361,6 +361,11 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
             # a short epoch has fewer batches than the step-logging interval; metrics.csv logs every step anyway
             warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the "
                                     "logging interval")
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # torch, on Lightning
+            # our IterableDataset's length is exact per rank and worker (chestxray.data.datamodule)
+            warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+            # a label without positives in a validation batch: chestxray leaves such labels out of the AUROC
+            warnings.filterwarnings("ignore", message="No positive samples in targets")
             trainer.fit(module, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
     except SystemExit:  # Lightning turns Ctrl-C into a graceful shutdown and sys.exit(1)
         if not trainer.interrupted:
