@@ -141,8 +141,10 @@ def demo_tasks(data_root: Path | None, synthetic: bool, work: Path, seed: int
         def synth_catalog():
             from chestxray.data.synth import make_synthetic
 
-            folder = make_synthetic(work / "synthetic-data", n=400, size=64, seed=seed)
-            return _catalog_nih(Path(folder), seed)
+            folder = work / f"synthetic-data-seed{seed}"
+            if not (folder / "labels.csv").is_file():  # made once: a re-run finds the same files and reuses runs
+                folder = Path(make_synthetic(folder, n=400, size=64, seed=seed))
+            return _catalog_nih(folder, seed)
 
         return [("synthetic", "SYNTHETIC images (not real X-rays): drawn findings, NIH layout", synth_catalog, True)]
     if data_root is None:
