@@ -62,6 +62,7 @@ class DemoSettings:
     n_boot: int = 1000
     mlflow: bool = True
     recipes: tuple[RecipeRun, ...] = DEFAULT_RECIPES
+    precision: str = "auto"  # as train's --precision: auto picks bf16-mixed on CPUs with native bf16, else fp32
 
     def runs(self) -> list[RecipeRun]:
         """The recipe runs of the comparison task."""
@@ -238,7 +239,7 @@ def _train_recipe(run: RecipeRun, prepared: Path, folder: Path, task: str, setti
     config = TrainConfig(
         prepared=str(prepared), model=run.model, epochs=run.epochs, batch_size=settings.batch_size, lr=run.lr,
         augment=settings.augment, seed=settings.seed, out=str(run_dir), mlflow=settings.mlflow, mlflow_uri=mlflow_uri,
-        experiment=f"demo-{task}", num_workers=0, progress=not sys.stdout.isatty(),  # epoch lines in a log or pipe
+        experiment=f"demo-{task}", num_workers=0, progress=not sys.stdout.isatty(), precision=settings.precision,  # epoch lines in a log or pipe
         pos_weight=multilabel,  # rare findings: weight positives by neg/pos, as CheXNet's weighted BCE
         **(recipe_settings(run.recipe) or {}),
     )
