@@ -68,7 +68,8 @@ def test_task_is_recorded_from_catalog_to_bundle(chain: dict) -> None:
     card = json.loads((root / "run" / "bundle" / "card.json").read_text())
     assert manifest["task"] == run["task"] == card["task"] == "multiclass"
     assert card["thresholds"] is None and card["threshold_method"].startswith("argmax")
-    assert {"accuracy", "balanced_accuracy"} <= set(card["metrics"])
+    assert {"accuracy", "balanced_accuracy"} <= set(card["metrics"]["evaluation"])
+    assert card["threshold_tta"] == card["metrics"]["evaluation"]["tta"]  # the TTA the argmax rule was measured with
     logged = pd.concat([pd.read_csv(p) for p in (root / "run" / "logs").rglob("metrics.csv")])
     assert logged["val_accuracy"].dropna().between(0, 1).all() and logged["val_auroc"].notna().any()
 
@@ -115,7 +116,7 @@ def test_web_app_answers_with_the_argmax_class(chain: dict, shared_data: Path) -
     from chestxray.deploy.serve import create_app
 
     image = sorted((shared_data / "kaggle-chest-xray-pneumonia" / "NORMAL").glob("*.jpeg"))[0]
-    with TestClient(create_app(chain["root"] / "run")) as client:
+    with TestClient(create_app(chain["root"] / "run"), base_url="http://localhost") as client:
         body = client.post("/predict", files={"file": image.open("rb")}).json()
     probs = {f["name"]: f["probability"] for f in body["findings"]}
     assert body["task"] == "multiclass" and body["predicted_class"] == max(probs, key=probs.get)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import typer
 
@@ -80,9 +80,10 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     prepared: str = typer.Option(None, "--prepared", help="Prepared data, a folder or an http(s)://, s3:// URL "
                                  "(default: the one in the bundle card)."),
-    verify_checksums: bool = typer.Option(False, "--verify-checksums",
-                                          help="Before evaluating, compare every shard's sha256 with the manifest "
-                                          "(shard sizes are always checked)."),
+    verify_checksums: Optional[bool] = typer.Option(None, "--verify-checksums/--no-verify-checksums",
+                                                    help="Before evaluating, compare the sha256 of every shard read "
+                                                    "with the manifest (default: for a local folder, not for a URL; "
+                                                    "shard sizes are always checked)."),
 ) -> None:
     from chestxray.cli import checks
 

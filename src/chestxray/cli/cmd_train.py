@@ -97,9 +97,9 @@ def train(
     strategy: Optional[str] = typer.Option(None, "--strategy", help="auto | ddp | ..." + _d("strategy")),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Data loader processes per device." + _d("num_workers")),
     verify_checksums: Optional[bool] = typer.Option(None, "--verify-checksums/--no-verify-checksums",
-                                                    help="Before training, compare every "
-                                                    "shard's sha256 with manifest.json (sizes are always checked)."
-                                                    + _d("verify_checksums")),
+                                                    help="Before training, compare the sha256 of the train and val "
+                                                    "shards with manifest.json (default: for a local folder, not "
+                                                    "for a URL; sizes are always checked)."),
     seed: Optional[int] = typer.Option(None, "--seed", help=_d("seed").strip()),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps (-1: no limit)." + _d("max_steps")),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this much training time." + _d("max_minutes")),

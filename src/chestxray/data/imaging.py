@@ -62,6 +62,13 @@ def load_gray(path: str | Path, target: int | None = None, max_pixels: int | Non
     return _decode(Path(path), target, max_pixels)[0]
 
 
+def load_gray_reduced(path: str | Path, target: int, max_pixels: int | None = DEFAULT_MAX_PIXELS
+                      ) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 pixels, full-resolution (H, W)): load_gray with the draft hint `target`, and the shape that
+    fit_square(…, source_shape=) needs to give exactly what load_square gives (the server decodes uploads so)."""
+    return _decode(Path(path), target, max_pixels)
+
+
 def _decode(path: Path, target: int | None, max_pixels: int | None) -> tuple[np.ndarray, tuple[int, int]]:
     """(pixels, full-resolution (H, W) after orientation): pixels may be smaller than (H, W) in JPEG draft mode."""
     check_readable(path)
@@ -145,6 +152,11 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     """Stretch any numeric array to uint8 by its own min/max (constant input → zeros); uint8 passes through."""
     if arr.dtype == np.uint8:
         return arr
+    if arr.dtype.kind == "u" and arr.dtype.itemsize <= 2 and arr.size > 65536:  # 16-bit: a lookup table, the same
+        lo, hi = int(arr.min()), int(arr.max())  # float32 arithmetic per level, without float copies of the image
+        if hi <= lo:
+            return np.zeros(arr.shape, dtype=np.uint8)
+        return _stretch(np.arange(hi + 1, dtype=np.float32), float(lo), float(hi))[arr]
     arr = arr.astype(np.float32, copy=False)
     finite = np.isfinite(arr)
     if not finite.all():
@@ -152,7 +164,12 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:
         return np.zeros(arr.shape, dtype=np.uint8)
-    return np.clip((arr - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+    return _stretch(arr, lo, hi)
+
+
+def _stretch(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """float32 values mapped linearly from [lo, hi] to uint8 0..255, rounded half up."""
+    return np.clip((values - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
 
 
 def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:

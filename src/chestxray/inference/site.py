@@ -21,7 +21,7 @@ import datetime as _dt
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -194,14 +194,11 @@ def load_site(model: str | Path, site: str, card: dict[str, Any]) -> SiteProfile
 def site_scorer(scorer: Any, profile: SiteProfile) -> Any:
     """A Scorer giving the site's probabilities and thresholds: the bundle's scores (same TTA as the profile was
     fitted on, else ConfigError) passed through the profile's maps."""
-    from chestxray.inference.stream import Scorer
-
     if scorer.tta != profile.tta:
         raise ConfigError(f"site profile {profile.name!r} was fitted on scores made with --tta {profile.tta}; score "
                           f"with --tta {profile.tta} (or leave --tta out), or run 'chestxray calibrate' again")
     check_site(profile, scorer.card, scorer.source)
-    return Scorer(card=site_card(scorer.card, profile), score=lambda pixels: profile.apply(scorer.score(pixels)),
-                  source=scorer.source, tta=scorer.tta)
+    return replace(scorer, card=site_card(scorer.card, profile), calibrate=profile.apply)
 
 
 def site_card(card: dict[str, Any], profile: SiteProfile) -> dict[str, Any]:

@@ -1,16 +1,16 @@
 """Scoring image files in batches with bounded memory, for a PyTorch bundle or an ONNX export alike.
 
-A Scorer turns decoded uint8 pixels (B, S, S) into probabilities (B, labels). This module decodes files in
-threads, one batch at a time, and yields one small frame per batch, so 50,000 files never sit in memory at once.
-It imports no torch: an ONNX model runs without it (chestxray.inference.onnx_model).
+A Scorer (chestxray.inference.scoring, the one scoring path) turns uint8 pixels (B, S, S) into probabilities
+(B, labels). This module decodes files (scoring.load_pixels) in threads, one batch at a time, and yields one
+small frame per batch, so 50,000 files never sit in memory at once. It imports no torch: an ONNX model runs
+without it (chestxray.inference.onnx_model).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,57 +19,12 @@ import pandas as pd
 
 from chestxray.data.tasks import is_multiclass
 from chestxray.errors import ConfigError, DataError, printable
-from chestxray.inference.inputs import check_input_file
+from chestxray.inference.scoring import Scorer, load_pixels, threshold_tta  # noqa: F401 (public here too)
 
 log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ["path", "image_id", "status", "reason"]
 PREDICTED_CLASS = "predicted_class"  # multiclass: the argmax class of each image
-
-
-@dataclass
-class Scorer:
-    """A model ready to score: its card (labels, image_size, resize …), a batch function and where it came from."""
-
-    card: dict[str, Any]
-    score: Callable[[np.ndarray], np.ndarray]
-    source: str
-    tta: str = "none"
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.card["labels"])
-
-    @property
-    def thresholds(self) -> dict[str, float] | None:
-        return self.card.get("thresholds")
-
-
-def threshold_tta(card: dict[str, Any], requested: str | None = None) -> str:
-    """The test-time augmentation to score with when the card's thresholds will be applied.
-
-    Thresholds fit the scores they were chosen on (card threshold_tta, written by evaluate): with stored
-    thresholds, no request means the stored mode and a different request is refused (ConfigError).
-    Without thresholds, the request (default 'none').
-    """
-    if not card.get("thresholds"):
-        return requested or "none"
-    stored = card.get("threshold_tta", "none")
-    if requested is not None and requested != stored:
-        raise ConfigError(
-            f"the model's thresholds were chosen on validation scores made with --tta {stored}; scoring with "
-            f"--tta {requested} would apply them to differently distributed scores. Use --tta {stored} (or leave "
-            f"--tta out), or re-choose them: chestxray evaluate RUN --tta {requested}"
-        )
-    return stored
-
-
-def load_pixels(path: Path, card: dict[str, Any]) -> np.ndarray:
-    """One input file → uint8 (S, S) as the card's model expects (the same decode and resize prepare uses)."""
-    from chestxray.data.imaging import load_square
-
-    check_input_file(path)
-    return load_square(path, int(card["image_size"]), card.get("resize", "pad"))
 
 
 def _decode(path: Path, card: dict[str, Any]) -> tuple[np.ndarray | None, str]:

@@ -30,7 +30,7 @@ from torch import nn
 
 from chestxray.errors import ConfigError, TrainingInterrupted
 from chestxray.files import atomic_path, write_json, write_text
-from chestxray.locks import folder_lock
+from chestxray.locks import folder_lock, reading
 from chestxray.training.callbacks import (
     AtomicCheckpointIO,
     EpochLines,
@@ -210,10 +210,11 @@ def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: d
     if state_source is not None:
         state, origin = _best_state(state_source)
         net.load_state_dict(state)
+    trained = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     card = {"architecture": config.model, "num_labels": len(fields["labels"]), **fields,
             "thresholds": None, "threshold_method": None, "seed": config.seed,
-            "metrics": {"val_auroc": best_val}, "run": str(run_dir.resolve()),
-            "weights_from": origin}
+            "metrics": {"training": {"split": "val", "val_auroc": best_val, "date": trained}},
+            "run": str(run_dir.resolve()), "weights_from": origin}
     bundle_dir = save_bundle(run_dir / "bundle", net.cpu(), card)
     if mlflow_logger is not None:
         client, run_id = mlflow_logger.experiment, mlflow_logger.run_id
@@ -267,7 +268,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
             _check_run_dir(run_dir, resume)
             if resume:
                 check_extendable(run_dir, config)
-        with _allow_file_store(_tracking_uri(config, run_dir) if config.mlflow else ""):
+        with reading(config.prepared, "train"), \
+                _allow_file_store(_tracking_uri(config, run_dir) if config.mlflow else ""):
             return _fit(config, run_dir, resume, callbacks)
 
 
@@ -294,7 +296,8 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     data = ChestXrayDataModule(config.prepared, batch_size=config.batch_size, num_workers=config.num_workers,
                                augment=config.augment, in_chans=config.in_chans,
                                normalization=data_cfg["normalization"], seed=config.seed,
-                               verify="checksums" if config.verify_checksums else "sizes")
+                               verify={True: "checksums", False: "sizes", None: "auto"}[config.verify_checksums],
+                               verify_splits=("train", "val"))
     net = build_model(config.model, len(data.labels), in_chans=config.in_chans, pretrained=config.pretrained,
                       weights=config.weights, offline=config.offline or None, dropout=config.dropout)
     if config.channels_last:
