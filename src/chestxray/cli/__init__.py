@@ -24,6 +24,7 @@ COMMANDS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ("verify", "Check a prepared folder's shards against its manifest (sizes, --checksums)."),
         ("train", "Train a model on a prepared folder into a run folder (checkpoints, history, bundle)."),
         ("evaluate", "Thresholds on validation; metrics with patient-bootstrap CIs on a split (RUN/eval/)."),
+        ("audit", "Subgroups (sex, age, view, site …) and shortcut checks of an evaluated run, as a reviewer would."),
         ("explain", "Grad-CAM / Integrated Gradients overlays, scored against expert boxes with --boxes."),
         ("report", "One self-contained HTML report of a run (RUN/report.html)."),
         ("calibrate", "A site profile for a new hospital: recalibrated probabilities and thresholds, bundle unchanged."),
