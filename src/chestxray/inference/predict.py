@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 
 from chestxray.data.tasks import probabilities
-from chestxray.errors import ConfigError, ModelError
+from chestxray.errors import ConfigError
+from chestxray.inference.compat import check_prepared_fits
 from chestxray.inference.ood import OodProbe, load_reference
 from chestxray.inference.scoring import Backend, Scorer, make_scorer, threshold_tta
 from chestxray.inference.stream import (  # noqa: F401 (public here too)
@@ -77,33 +78,8 @@ def torch_backend(net: torch.nn.Module, card: dict[str, Any], device: str | torc
 
 
 def _check_prepared(bundle: Bundle, manifest: dict[str, Any], prepared: str) -> None:
-    """The prepared data must carry the bundle's labels and be made as the card says (size, resize mode and the
-    other preprocessing settings), or the scores — and thresholds chosen from them — would mean nothing."""
-    from chestxray.data.shards import preprocessing
-
-    card = bundle.card
-    if list(manifest["labels"]) != list(bundle.labels):
-        raise ModelError(
-            f"{prepared}: labels {list(manifest['labels'])} differ from the bundle's {list(bundle.labels)} "
-            f"({bundle.path}); evaluate on data prepared for this model"
-        )
-    if int(manifest["image_size"]) != int(card["image_size"]):
-        raise ModelError(
-            f"{prepared}: images are {manifest['image_size']} px but the bundle {bundle.path} expects "
-            f"{card['image_size']} px; prepare the data with --size {card['image_size']}"
-        )
-    data_resize, model_resize = manifest.get("resize", "pad"), card.get("resize", "pad")
-    if data_resize != model_resize:
-        raise ModelError(
-            f"{prepared}: images were prepared with --resize {data_resize} but the bundle {bundle.path} was trained "
-            f"on --resize {model_resize}; prepare the data with --resize {model_resize} --size {card['image_size']}"
-        )
-    made, expected = preprocessing(manifest), card.get("preprocessing") or {}
-    differ = {k: (made.get(k), v) for k, v in expected.items() if k in made and made[k] != v}
-    if differ:
-        detail = "; ".join(f"{k}: data {a!r}, model {b!r}" for k, (a, b) in differ.items())
-        raise ModelError(f"{prepared}: prepared differently from the bundle's training data ({detail}); "
-                         "prepare the data again with this chestxray version and the bundle's settings")
+    """The prepared data must carry the bundle's labels and be made as the card says (inference.compat)."""
+    check_prepared_fits({**bundle.card, "labels": list(bundle.labels)}, manifest, prepared, bundle.path)
 
 
 def fingerprint_note(bundle: Bundle, manifest: dict[str, Any], prepared: str) -> str | None:
