@@ -59,7 +59,7 @@ def serve(
 
 
 @app.command(help="Start the MLflow UI (the real `mlflow server`) on the project's store: runs/mlflow.db or "
-             "./mlruns, or the store a run folder names, a .db file or any tracking URI. Needs the full mlflow: pip install 'chestxray[ui]'."
+             "./mlruns, or the store a run folder names, a .db file or any tracking URI. Needs the full mlflow: pip install 'chestxray\\[ui]'."
              "\n\nExample: chestxray ui --store demo-output/mlflow.db --port 5000")
 @friendly
 def ui(

@@ -17,7 +17,9 @@ DataFrame as an array of its values, without reshaping; a column signature would
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +102,14 @@ def _paths(model_input: Any) -> list[str] | None:
 
 
 class BundlePyfunc(PythonModel):
-    """mlflow.pyfunc wrapper around a chestxray bundle."""
+    """mlflow.pyfunc wrapper around a chestxray bundle.
+
+    The logged model carries an explicit signature (see `signature`), so MLflow's checks of predict's type hints are
+    off: `_skip_type_hint_validation` is MLflow's own switch for classes that opt out (it warns at import otherwise,
+    with raw colour codes), and `model_input` has no hint, from which MLflow would try (and fail, with a warning) to
+    infer a second signature when the model is logged. Neither notice is one a user could act on."""
+
+    _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
         from chestxray.models.bundle import load_bundle
@@ -124,7 +133,7 @@ class BundlePyfunc(PythonModel):
             images = array_images(model_input)
         return np.stack([fit_square(image, size, resize) for image in images])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ANN001
         import torch
 
         from chestxray.data.augment import normalize
@@ -147,6 +156,31 @@ def signature(labels: list[str]) -> Any:
                           outputs=Schema([ColSpec("double", f"p_{x}") for x in labels]))
 
 
+class _DropMessages(logging.Filter):
+    """Drops log records whose message contains one of the given parts."""
+
+    def __init__(self, *parts: str) -> None:
+        super().__init__()
+        self.parts = parts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(part in record.getMessage() for part in self.parts)
+
+
+@contextlib.contextmanager
+def _quiet_model_logging() -> Iterator[None]:
+    """While our wrapper is logged, hide MLflow's CloudPickle notice, which no user can act on (the wrapper is our
+    own class, and the weights travel as a safetensors bundle beside it). Scoped to this call and this message:
+    anything else MLflow says, here or elsewhere, still shows."""
+    quiet = _DropMessages("serialized using CloudPickle")
+    logger = logging.getLogger("mlflow.pyfunc")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def log_bundle_model(bundle_dir: str | Path, example: str | Path, register_as: str | None = None) -> Any:
     """Log the bundle as a pyfunc model into the active MLflow run (signature, input example, card metadata).
 
@@ -162,9 +196,10 @@ def log_bundle_model(bundle_dir: str | Path, example: str | Path, register_as: s
                                           "image_size", "resize", "in_chans", "normalization")}
     import chestxray
 
-    return mlflow.pyfunc.log_model(
-        name=MODEL_NAME, python_model=BundlePyfunc(), artifacts={ARTIFACT: str(bundle_dir)},
-        signature=signature(list(card["labels"])), input_example=np.array([str(example)], dtype=object),
-        metadata={**metadata, "input": INPUT_NOTE}, registered_model_name=register_as or None,
-        pip_requirements=[f"chestxray=={chestxray.__version__}"],
-    )
+    with _quiet_model_logging():
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME, python_model=BundlePyfunc(), artifacts={ARTIFACT: str(bundle_dir)},
+            signature=signature(list(card["labels"])), input_example=np.array([str(example)], dtype=object),
+            metadata={**metadata, "input": INPUT_NOTE}, registered_model_name=register_as or None,
+            pip_requirements=[f"chestxray=={chestxray.__version__}"],
+        )
