@@ -59,7 +59,7 @@ def score_onnx(run: Path, paths: list[str]) -> np.ndarray:
 def _pyfunc(run: Path):
     try:
         from chestxray.deploy.pyfunc import BundlePyfunc
-    except ImportError:
+    except ImportError:  # before the scoring path: the wrapper lived in models
         from chestxray.models.pyfunc import BundlePyfunc
     model = BundlePyfunc()
     model.load_context(SimpleNamespace(artifacts={"bundle": str(run / "bundle")}, model_config={}))
