@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, fmt, friendly, quiet_lightning
+from chestxray.cli.common import console, fmt, friendly, print_table, quiet_lightning
 
 
 @app.command(help="Search training settings with Optuna (TPE by default) on a PREPARED folder: each trial is a "
@@ -17,7 +17,7 @@ from chestxray.cli.common import console, fmt, friendly, quiet_lightning
              "read. At the end OUT/best.yaml holds the best trial's config (chestxray train --config OUT/best.yaml "
              "trains it again) and OUT/tune_report.html the report. Running the same command again continues the "
              "study. Fixed settings come from --config; the search space from --space (YAML; without it the "
-             "default space in the README).\n\n"
+             "default space in docs/tuning.md).\n\n"
              "Example: chestxray tune runs/prepared --config base.yaml --space space.yaml --trials 40 "
              "--timeout 2h --out runs/tune1\n\n"
              "Example (4 processes on this machine): chestxray tune runs/prepared --trials 40 --workers 4 "
@@ -48,7 +48,8 @@ def tune(
     heartbeat: int = typer.Option(60, "--heartbeat", help="Seconds between a running trial's heartbeats; a trial "
                                   "silent for twice that is failed (its process died)."),
     mlflow: Optional[bool] = typer.Option(None, "--mlflow/--no-mlflow", help="Mirror trials to MLflow."),
-    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="Tracking URI (default file:./mlruns)."),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="Tracking URI (default: the "
+                                      "SQLite store mlflow.db, as for train; browse it with 'chestxray ui')."),
 ) -> None:
     from rich.table import Table
 
@@ -78,7 +79,7 @@ def tune(
         view.add_column("value", justify="right")
         for name, value in result.best_params.items():
             view.add_row(name, fmt(value, 6) if isinstance(value, float) else str(value))
-        console.print(view)
+        print_table(view)
     best = f"best val AUROC {fmt(result.best_value, 4)} (trial {result.best_number}) → {result.best_yaml}" \
         if result.best_yaml else "no trial completed yet"
     console.print(f"study {result.study_name}: {result.complete} complete, {result.pruned} pruned, "

@@ -196,12 +196,12 @@ def evaluate_run(
     prepared: str | Path | None = None,
     num_workers: int = 0,
     device: str | None = None,
-    verify_checksums: bool = False,
+    verify_checksums: bool | None = None,
 ) -> EvalResult:
     """Predict val and `split` with RUN/bundle, choose thresholds on val, store them in the card, write RUN/eval/.
 
-    `prepared` defaults to the folder recorded in the bundle card. Shard sizes are always checked first;
-    `verify_checksums` also compares every shard's sha256 with the manifest.
+    `prepared` defaults to the folder recorded in the bundle card. The shards of both splits are checked first:
+    sizes always, sha256 when `verify_checksums` (None: for a local folder, not for a URL).
     """
     from chestxray.data.shards import read_manifest
     from chestxray.evaluation.thresholds import store_thresholds
@@ -217,8 +217,9 @@ def evaluate_run(
         raise DataError(f"{run}: no bundle/ folder; is this a training run folder (chestxray train ... writes one)?")
     bundle = load_bundle(run / "bundle")
     labels = list(bundle.labels)
-    kwargs = dict(batch_size=batch_size, tta=tta, num_workers=num_workers, device=device)
-    val = predict_split(bundle, prepared, "val", verify="checksums" if verify_checksums else "sizes", **kwargs)
+    verify = {True: "checksums", False: "sizes", None: "auto"}[verify_checksums]
+    kwargs = dict(batch_size=batch_size, tta=tta, num_workers=num_workers, device=device, verify=verify)
+    val = predict_split(bundle, prepared, "val", **kwargs)
     scored = val if split == "val" else predict_split(bundle, prepared, split, **kwargs)
     source = str(prepared or bundle.card.get("prepared"))
     manifest = read_manifest(source)

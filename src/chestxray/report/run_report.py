@@ -25,6 +25,7 @@ from chestxray.evaluation.evaluate import EVAL_DIR, PLOTS
 from chestxray.files import remove_leftovers, write_text
 from chestxray.locks import folder_lock
 from chestxray.models.bundle import read_card
+from chestxray.report.audit_report import render_audit_section, run_audit_dir
 from chestxray.report.multiclass import multiclass_context
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         path = eval_dir / name
         plots[key] = {"src": _data_uri(path), "caption": captions[key]} if path.exists() else None
     explanations, explain_info = _explanations(run)
+    audit_html = render_audit_section(run_audit_dir(run), run)
 
     prepared = _find_prepared(run, metrics)
     data_table, data_missing, manifest = None, "", {}
@@ -255,6 +257,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         metrics_rows=_metric_rows(rows),
         explanations=explanations,
         explain_info=explain_info,
+        audit_html=audit_html,
         config_text=config_path.read_text(encoding="utf-8") if config_path.exists() else "",
     )
     target = Path(out) if out is not None else run / REPORT
