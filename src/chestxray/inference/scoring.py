@@ -113,8 +113,9 @@ def check_backend_tta(backend: Backend, tta: str, source: str = "") -> None:
     """Refuse an unknown TTA mode, and 'crop' on a backend that takes whole grey levels only (ConfigError)."""
     check_tta(tta)
     if backend.whole_levels and tta == "crop":
-        raise ConfigError(f"{source or 'the model'}: a {backend.name} model with uint8 input supports --tta none or "
-                          "hflip, not 'crop' (its views are interpolated); use the bundle for crop")
+        raise ConfigError(f"{source or 'the model'}: this {backend.name} model takes whole grey levels (uint8 "
+                          "input), and --tta crop feeds it interpolated views; use --tta none or hflip, or the bundle "
+                          "for crop")
 
 
 def score_pixels(pixels: np.ndarray, backend: Backend, tta: str = "none") -> np.ndarray:
