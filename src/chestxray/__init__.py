@@ -2,7 +2,9 @@
 
 The main entry points are importable from here (loaded on first use, so `import chestxray` stays fast):
 read_nih / read_folder / read_csv_table → assign_splits → save_catalog → prepare_dataset → TrainConfig + train
-→ evaluate_run → explain_images → write_report; load_bundle + predict_images for new images; run_demo for all.
+→ evaluate_run → explain_images → write_report; load_bundle + predict_images for new images (open_scorer: the
+one scoring path, for a bundle or an .onnx file); read_grid + expand + run_study and compare_runs for studies;
+read_space + TuneSettings + tune for a search; run_demo for all.
 """
 
 from __future__ import annotations
@@ -28,15 +30,26 @@ _EXPORTS: dict[str, str] = {
     "build_model": "chestxray.models",
     "list_models": "chestxray.models",
     "TrainConfig": "chestxray.training.config",
+    "resolve_config": "chestxray.training.config",
     "train": "chestxray.training.train",
     "Bundle": "chestxray.models.bundle",
     "load_bundle": "chestxray.models.bundle",
     "save_bundle": "chestxray.models.bundle",
     "predict_images": "chestxray.inference.predict",
     "predict_split": "chestxray.inference.predict",
+    "open_scorer": "chestxray.inference.stream",
+    "Scorer": "chestxray.inference.scoring",
     "evaluate_run": "chestxray.evaluation.evaluate",
     "explain_images": "chestxray.explain.explanations",
     "write_report": "chestxray.report.run_report",
+    "compare_runs": "chestxray.evaluation.compare_runs",
+    "read_grid": "chestxray.workflows.study",
+    "normalise_grid": "chestxray.workflows.study",
+    "expand": "chestxray.workflows.study",
+    "run_study": "chestxray.workflows.study",
+    "read_space": "chestxray.workflows.search_space",
+    "TuneSettings": "chestxray.workflows.tune",
+    "tune": "chestxray.workflows.tune",
     "run_demo": "chestxray.workflows.demo",
     "ChestXrayError": "chestxray.errors",
     "DataError": "chestxray.errors",

@@ -19,3 +19,22 @@ class ModelError(ChestXrayError):
 
 class TrainingInterrupted(ChestXrayError):
     """Training was stopped by the user (Ctrl-C); the message says what was saved and how to continue."""
+
+
+def clip(value: object, limit: int = 80) -> str:
+    """A value as text for a message, cut to about `limit` characters (with the full length said): a 50 MB table
+    cell must not become a 50 MB error line."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else f"{text[:limit]}…({len(text):,} characters)"
+
+
+def quote(value: object, limit: int = 80) -> str:
+    """repr() of a value for a message, cut like `clip`."""
+    text = value if isinstance(value, str) else str(value)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"…({len(text):,} characters)"
+
+
+def printable(text: object) -> str:
+    """Text safe to print and to write as UTF-8: bytes of a file name that are not UTF-8 (which Python carries as
+    surrogate escapes, and which crash any UTF-8 writer) become \\xNN escapes."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

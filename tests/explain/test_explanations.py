@@ -32,14 +32,18 @@ from tests.helpers import scoring_model
 
 def test_summarize_scores() -> None:
     table = pd.DataFrame(
-        {"label": ["Mass", "Mass", "Nodule", "Nodule"], "pointing_hit": [1.0, 0.0, 1.0, np.nan],
-         "iou_top20": [0.5, 0.1, 0.3, np.nan], "energy_in_box": [0.8, 0.2, 0.6, np.nan], "box_fraction": [0.1] * 4}
+        {"label": ["Mass", "Mass", "Mass", "Nodule", "Nodule"], "empty_map": [0.0, 0.0, 0.0, 0.0, 1.0],
+         "box_cut": [0.0, 0.0, 1.0, 0.0, 0.0], "pointing_hit": [1.0, 0.0, np.nan, 1.0, np.nan],
+         "iou_top20": [0.5, 0.1, np.nan, 0.3, np.nan], "energy_in_box": [0.8, 0.2, np.nan, 0.6, np.nan],
+         "box_fraction": [0.1, 0.1, 0.0, 0.1, 0.1]}
     )
     summary = summarize_scores(table).set_index("label")
-    assert summary.loc["Mass", "pointing_hit"] == 0.5 and summary.loc["Mass", "n"] == 2
+    # Mass's third box was cut away by the crop: counted as boxed and cut, left out of the hit rate (never a miss)
+    assert summary.loc["Mass", "pointing_hit"] == 0.5 and summary.loc["Mass", "n"] == 3
+    assert summary.loc["Mass", "n_cut"] == 1 and summary.loc["Mass", "n_scored"] == 2
     # Nodule's second map is empty: counted as boxed and empty, left out of the hit rate (never a hit)
     assert summary.loc["Nodule", "n"] == 2 and summary.loc["Nodule", "n_empty"] == 1
-    assert summary.loc["ALL", "n"] == 4 and summary.loc["ALL", "n_empty"] == 1
+    assert summary.loc["ALL", ["n", "n_empty", "n_cut", "n_scored"]].tolist() == [5, 1, 1, 3]
     assert summary.loc["ALL", "pointing_hit"] == pytest.approx(2 / 3)
 
 
@@ -131,8 +135,8 @@ def test_explain_images_gradcam_scores_and_overlays(
     assert results[2].scores == {}  # no box: explained for its top-scoring label, not scored
     table = pd.read_csv(out / "scores.csv")
     assert list(table.columns) == ["image_id", "path", "split", "label", "probability", "threshold", "truth", "outcome",
-                                   "method", "overlay", "empty_map", "pointing_hit", "iou_top20", "energy_in_box",
-                                   "box_fraction"]
+                                   "method", "overlay", "empty_map", "box_cut", "pointing_hit", "iou_top20",
+                                   "energy_in_box", "box_fraction"]
     assert len(table) == 3 and table["pointing_hit"].tolist()[:2] == [1.0, 1.0] and np.isnan(table["pointing_hit"][2])
     for name in table["overlay"]:
         with Image.open(name) as im:
@@ -271,3 +275,67 @@ def test_prepare_input_matches_prepare_and_reads_dicom_size(shared_data: Path, t
     dicom = next((shared_data / "cxr-dicom-samples").glob("1.2.*.dcm"))
     gray, _, file_size = prepare_input(dicom, card)
     assert gray.shape == (SIZE, SIZE) and file_size == (1024, 1024)
+
+
+def test_a_box_cut_away_by_the_crop_is_not_a_miss(tmp_path: Path,
+                                                  trained_net: tuple[torch.nn.Module, torch.Generator]) -> None:
+    """48x40 images centre-cropped to 40x40 lose 4 columns each side: a box there is n/a (box_cut), not a 0."""
+    paths, _ = _write_images(tmp_path / "images")
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("Image Index,Finding Label,x,y,w,h\nimg_0.png,Mass,6,10,8,8\nimg_1.png,Mass,0,10,3,8\n")
+    bundle = _bundle(trained_net[0], tmp_path)
+    bundle.card["resize"] = "crop"
+    results = explain_images(bundle, paths[:2], out_dir=tmp_path / "out", boxes=boxes)
+    kept, cut = (r.scores for r in results)
+    assert kept["box_cut"] == 0.0 and 0 <= kept["pointing_hit"] <= 1
+    assert cut["box_cut"] == 1.0 and cut["box_fraction"] == 0.0
+    assert all(np.isnan(cut[k]) for k in ("pointing_hit", "iou_top20", "energy_in_box"))
+    summary = summarize_scores(pd.read_csv(tmp_path / "out" / "scores.csv")).set_index("label")
+    assert summary.loc["ALL", ["n", "n_cut", "n_scored"]].tolist() == [2, 1, 1]
+    assert summary.loc["ALL", "pointing_hit"] == kept["pointing_hit"]
+
+
+class _Uncertain(torch.nn.Sequential):
+    """Three classes, logits (0.3, 0, -0.3) whatever the image: softmax (0.44, 0.32, 0.24), no class at 0.5."""
+
+    def __init__(self) -> None:
+        super().__init__(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                         torch.nn.Linear(2, 3))
+        with torch.no_grad():
+            self[3].weight.zero_()
+            self[3].bias.copy_(torch.tensor([0.3, 0.0, -0.3]))
+
+
+def test_multiclass_captions_and_selection_use_the_argmax(tmp_path: Path, synth_run: tuple[Path, Path]) -> None:
+    """With exclusive classes the decision is the argmax class even under 0.5 (never p >= 0.5 per class)."""
+    from chestxray.data.catalog import load_catalog
+    from chestxray.data.shards import read_manifest
+    from chestxray.explain.explanations import select_split_targets
+
+    classes = ["NORMAL", "BACTERIA", "VIRUS"]
+    run, _ = synth_run
+    prepared = json.loads((run / "bundle" / "card.json").read_text())["prepared"]
+    card = {"architecture": "test", "num_labels": 3, "in_chans": 1, "image_size": SIZE, "resize": "pad",
+            "normalization": "gray", "labels": classes, "task": "multiclass", "thresholds": None,
+            "prepared": prepared}
+    bundle = Bundle(net=_Uncertain().eval(), card=card, path=tmp_path)
+    paths, _ = _write_images(tmp_path / "images")
+    truth = pd.DataFrame({"NORMAL": [1, 0], "BACTERIA": [0, 1], "VIRUS": [0, 0]}, index=["img_0.png", "img_1.png"])
+    results = explain_images(bundle, paths[:2], label="NORMAL", out_dir=tmp_path / "out", truth=truth)
+    assert [r.probability for r in results] == pytest.approx([0.4368, 0.4368], abs=1e-4)  # argmax, under 0.5
+    assert [r.caption.outcome for r in results] == ["TP", "FP"]  # p >= 0.5 would have said FN and TN
+    assert "argmax class NORMAL -> positive" in results[0].caption.lines()[-1]
+    table = pd.read_csv(tmp_path / "out" / "scores.csv")
+    assert table["outcome"].tolist() == ["TP", "FP"] and table["threshold"].isna().all()
+
+    train = load_catalog(read_manifest(prepared)["catalog"]).table.query("split == 'train'").head(3)
+    probs = np.array([[0.40, 0.35, 0.25], [0.30, 0.45, 0.25], [0.20, 0.30, 0.50]])  # only one class reaches 0.5
+    scores = pd.DataFrame({"image_id": train["image_id"].tolist(), "NORMAL": [1, 1, 0], "BACTERIA": [0, 0, 0],
+                           "VIRUS": [0, 0, 1], **{f"p_{c}": probs[:, j] for j, c in enumerate(classes)}})
+    picked = select_split_targets(bundle, "train", n=3, scores=scores)
+    names = dict(zip(train["path"].map(lambda p: Path(p).name), train["image_id"]))
+    got = [(names[p.name], lab) for p, lab in picked]
+    ids = scores["image_id"].tolist()
+    # TP: image 0 NORMAL (argmax 0.40), image 2 VIRUS (0.50); FP: image 1 BACTERIA (argmax, truth NORMAL);
+    # FN: image 1 NORMAL (true, not the argmax)
+    assert got == [(ids[2], "VIRUS"), (ids[1], "BACTERIA"), (ids[1], "NORMAL")]

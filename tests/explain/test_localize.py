@@ -99,8 +99,9 @@ def test_scores_on_hand_made_heatmaps() -> None:
         pointing_hit(np.zeros((4, 4)), np.zeros((5, 5), dtype=bool))
 
 
-def test_empty_maps_are_not_hits_and_ties_are_shared() -> None:
-    """A map without signal (all zero, or flat) scores n/a on every measure; tied maxima give the expected hit."""
+def test_empty_maps_and_cut_boxes_are_not_hits_and_ties_are_shared() -> None:
+    """A map without signal (all zero, or flat) or a box the crop cut away scores n/a on every measure; tied maxima
+    give the expected hit."""
     mask = box_mask([Box(8, 8, 8, 8)], (SIZE, SIZE))
     for flat in (np.zeros((SIZE, SIZE)), np.full((SIZE, SIZE), 0.7), np.full((SIZE, SIZE), np.nan)):
         assert is_empty_map(flat)
@@ -108,6 +109,13 @@ def test_empty_maps_are_not_hits_and_ties_are_shared() -> None:
         assert scores["empty_map"] == 1.0
         assert all(np.isnan(scores[k]) for k in ("pointing_hit", "iou_top20", "energy_in_box"))
     assert not is_empty_map(blob((12, 12))) and localization_scores(blob((12, 12)), mask)["empty_map"] == 0.0
+    # a box the centre crop cut away covers no pixel of the input: n/a and flagged, never a miss (0)
+    gone = box_mask([fit_square_box(Box(0, 10, 4, 8), 48, 32, SIZE, "crop")], (SIZE, SIZE))
+    assert not gone.any()
+    cut = localization_scores(blob((12, 12)), gone)
+    assert cut["box_cut"] == 1.0 and cut["empty_map"] == 0.0 and cut["box_fraction"] == 0.0
+    assert all(np.isnan(cut[k]) for k in ("pointing_hit", "iou_top20", "energy_in_box"))
+    assert localization_scores(blob((12, 12)), mask)["box_cut"] == 0.0
     # a plateau of 4 tied maxima, one inside the box: a quarter of a hit (random tie-break in expectation), not 1.0
     plateau = np.zeros((SIZE, SIZE))
     plateau[[10, 2, 2, 30], [10, 2, 30, 2]] = 1.0

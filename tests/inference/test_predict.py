@@ -18,7 +18,8 @@ from chestxray.data.sources.nih import read_nih
 from chestxray.data.split import assign_splits
 from chestxray.data.synth import make_synthetic
 from chestxray.errors import ConfigError, ModelError
-from chestxray.inference.predict import predict_images, predict_probs, predict_split
+from chestxray.inference.predict import predict_images, predict_split, torch_backend
+from chestxray.inference.scoring import score_pixels
 from tests.helpers import scoring_model
 from chestxray.models.bundle import load_bundle, save_bundle, update_card
 
@@ -53,15 +54,17 @@ def test_files_and_prepared_shards_give_the_same_scores(setup) -> None:
 
 
 def test_tta_averages_the_views(setup) -> None:
-    net = load_bundle(setup[0]).net
-    x = torch.randn(3, 1, 32, 32)
+    model = load_bundle(setup[0])
+    backend = torch_backend(model.net, model.card, "cpu")
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    x = torch.from_numpy(pixels).float()[:, None] / 127.5 - 1  # the card's 'gray' normalisation
     with torch.inference_mode():
-        plain, mirrored = torch.sigmoid(net(x)), torch.sigmoid(net(torch.flip(x, dims=[-1])))
-    assert torch.allclose(predict_probs(net, x, "hflip"), (plain + mirrored) / 2, atol=1e-6)
-    crop = predict_probs(net, x, "crop")
-    assert crop.shape == (3, 14) and not torch.allclose(crop, plain)
+        plain, mirrored = torch.sigmoid(model.net(x)), torch.sigmoid(model.net(torch.flip(x, dims=[-1])))
+    assert np.allclose(score_pixels(pixels, backend, "hflip"), ((plain + mirrored) / 2).numpy(), atol=1e-6)
+    crop = score_pixels(pixels, backend, "crop")
+    assert crop.shape == (3, 14) and not np.allclose(crop, plain.numpy())
     with pytest.raises(ConfigError, match="unknown test-time augmentation 'rot90'"):
-        predict_probs(net, x, "rot90")
+        score_pixels(pixels, backend, "rot90")
 
 
 def test_bad_files_are_quarantined_with_the_reason(setup, tmp_path: Path) -> None:
@@ -128,12 +131,12 @@ def test_cli_predict_applies_the_thresholds_tta_and_refuses_another(setup, tmp_p
 
 
 def test_single_file_path_refuses_a_decompression_bomb_from_its_header(tmp_path):
-    """predict (and any serve-style caller of load_model_input) gets the same pixel limit as prepare."""
+    """predict (and any serve-style caller of load_pixels) gets the same pixel limit as prepare."""
     from chestxray.data.synth import write_png_bomb
     from chestxray.errors import DataError
-    from chestxray.inference.predict import load_model_input
+    from chestxray.inference.scoring import load_pixels
 
     bomb = write_png_bomb(tmp_path / "upload.png", 20_000, 10_000)
     with pytest.raises(DataError, match=r"upload.png: image too large: 20000 × 10000 px = 200 megapixels, above the "
                                         r"limit of 100 megapixels"):
-        load_model_input(bomb, {"image_size": 32, "resize": "pad"})
+        load_pixels(bomb, {"image_size": 32, "resize": "pad"})

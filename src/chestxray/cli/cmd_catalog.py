@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, err_console, friendly
+from chestxray.cli.common import console, err_console, friendly, print_table
 from chestxray.errors import ConfigError
 
 catalog_app = typer.Typer(help="Build a catalog (one row an image: path, patient, labels, split) from a collection."
@@ -38,6 +38,7 @@ def _ratios(text: str) -> tuple[float, ...]:
 def _finish(catalog, out: Path, ratios: tuple[float, ...], seed: int) -> None:
     """Split by patient, save (with missing_images.csv when rows lack an image) and print the summary line."""
     from chestxray.data.sources import write_catalog
+    from chestxray.data.identity import normalisation_notes
     from chestxray.data.split import assign_splits
 
     catalog = assign_splits(catalog, ratios, seed)
@@ -50,7 +51,8 @@ def _finish(catalog, out: Path, ratios: tuple[float, ...], seed: int) -> None:
     per_split = " / ".join(f"{s} {split['images'][s]}" for s in ("train", "val", "test"))
     console.print(f"catalog {out}: {len(catalog.table)} images, {catalog.table['patient_id'].nunique()} patients, "
                   f"{len(catalog.labels)} label(s) ({catalog.task}); images {per_split}; "
-                  f"{len(missing)} missing{_missing_patients(catalog.info)}", highlight=False, soft_wrap=True)
+                  f"{len(missing)} missing{_missing_patients(catalog.info)}{normalisation_notes(catalog.info)}",
+                  highlight=False, soft_wrap=True)
 
 
 def _missing_patients(info: dict) -> str:
@@ -70,7 +72,7 @@ def _missing_patients(info: dict) -> str:
                      "--metadata-only --out runs/nih-meta")
 @friendly
 def catalog_nih(
-    csv: Path = typer.Option(..., "--csv", help="NIH label table (Data_Entry_2017[_v2020].csv[.gz])."),
+    csv: Path = typer.Option(..., "--csv", help="NIH label table (Data_Entry_2017\\[_v2020].csv\\[.gz])."),
     out: Path = typer.Option(..., "--out", "-o", help="Output catalog folder."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder holding the PNGs (searched recursively)."),
     metadata_only: bool = typer.Option(False, "--metadata-only", help="No images: empty paths, for splits/statistics."),
@@ -129,7 +131,9 @@ def catalog_folder(
 @catalog_app.command("csv", help="Catalog any collection described by a CSV: one row an image, labels as 0/1 "
                      "columns (--label-cols) or a findings column (--findings-col, each character of --sep separates "
                      "names; 'No Finding'/'normal' = none). Paths are relative to --images-root (default: the CSV's "
-                     "folder). Columns named age/sex/view are kept."
+                     "folder). Columns named age, sex, view, location, site, source, manufacturer, race or ethnicity are kept "
+                     "(--keep-cols adds others); DICOM images also get sex, age, view and manufacturer from their "
+                     "headers."
                      "\n\nExample: chestxray catalog csv covid/metadata.csv --path-col image_file --patient-col "
                      "patientid --findings-col finding --sep ',/' --out runs/catalog"
                      "\n\nExample (multi-class): chestxray catalog csv covid/metadata.csv --path-col image_file "
@@ -147,12 +151,14 @@ def catalog_csv(
     images_root: Optional[Path] = typer.Option(None, "--images-root", help="Folder the paths are relative to."),
     task: str = typer.Option("auto", "--task", help=TASK_HELP),
     merge: Optional[list[str]] = typer.Option(None, "--merge", help="Merge finding names: NEW=old1,old2 "
-                                              "(repeatable), e.g. 'Bacterial=Streptococcus,Klebsiella'."),
+                                              "(repeatable), e.g. Viral=SARS,MERS."),
     views: Optional[str] = typer.Option(None, "--views", help="Keep only rows whose 'view' column is one of "
                                         "these, e.g. PA,AP."),
     ratios: str = typer.Option("0.7,0.1,0.2", "--ratios", help=SPLIT_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed for the split."),
     missing_patient: str = typer.Option("error", "--missing-patient", help=MISSING_PATIENT_HELP),
+    keep_cols: Optional[str] = typer.Option(None, "--keep-cols", help="Other columns to keep in the catalog "
+                                            "verbatim (e.g. for 'chestxray audit --by'), comma-separated."),
 ) -> None:
     from chestxray.data.sources import read_csv_table
     from chestxray.data.tasks import check_task, parse_merges
@@ -162,7 +168,8 @@ def catalog_csv(
     cols = [c.strip() for c in label_cols.split(",") if c.strip()] if label_cols else None
     catalog = read_csv_table(table, path_col, patient_col, label_cols=cols, findings_col=findings_col, sep=sep,
                              images_root=images_root, task=check_task(task), merges=merges,
-                             views=views.split(",") if views else None, missing_patient=missing_patient)
+                             views=views.split(",") if views else None, missing_patient=missing_patient,
+                             keep_cols=[c.strip() for c in keep_cols.split(",") if c.strip()] if keep_cols else ())
     _finish(catalog, out, split_ratios, seed)
 
 
@@ -195,7 +202,7 @@ def explore(
             cells = [f"{int(row['images'])} ({int(row['patients'])})"]
             cells += [f"{int(row[f'images_{s}'])} ({int(row[f'patients_{s}'])})" for s in splits]
             table.add_row(str(finding), *cells, f"{row['prevalence_images']:.1%}", f"{row['prevalence_patients']:.1%}")
-        console.print(table)
+        print_table(table)
     if not result.shortcuts.empty:
         strongest = result.shortcuts.assign(d=(result.shortcuts["auroc"] - 0.5).abs()).sort_values("d").groupby(
             "label", sort=False).tail(1).set_index("label")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, friendly
+from chestxray.cli.common import console, friendly, print_table
 
 
 @app.command(help="Write heatmap overlays (Grad-CAM or Integrated Gradients) and scores.csv for images, and score them "
@@ -72,18 +72,21 @@ def explain(
     kinds = f" ({', '.join(f'{v} {k}' for k, v in tally.items())})" if len(tally) else ""
     if len(summary):
         grid = Table(title=f"localisation ({method}); hit = pointing game, box = box share of the image")
-        heads = {"n_empty": "empty", "pointing_hit": "hit", "energy_in_box": "energy", "box_fraction": "box"}
+        heads = {"n_empty": "empty", "n_cut": "cut", "n_scored": "scored", "pointing_hit": "hit",
+                 "energy_in_box": "energy", "box_fraction": "box"}
         for col in summary.columns:
             grid.add_column(heads.get(col, col.replace("iou_top", "IoU top ")), no_wrap=True,
                             justify="left" if col == "label" else "right")
         for row in summary.itertuples(index=False):
             grid.add_row(*(v if isinstance(v, str) else "n/a" if v != v else f"{v:.3g}" for v in row))
-        console.print(grid)
+        print_table(grid)
         overall = summary.set_index("label").loc["ALL"]
-        n_maps, n_empty, hit = int(overall["n"]), int(overall["n_empty"]), overall["pointing_hit"]
-        rate = "n/a (every map empty)" if n_empty == n_maps else f"{hit:.2f} over {n_maps - n_empty} map(s)"
+        n_maps, n_empty, n_cut = int(overall["n"]), int(overall["n_empty"]), int(overall["n_cut"])
+        n_scored, hit = int(overall["n_scored"]), overall["pointing_hit"]
+        rate = "n/a (no map could be scored)" if not n_scored else f"{hit:.2f} over {n_scored} map(s)"
         console.print(f"explained {len(results)} image-label pair(s){kinds}; pointing-game hit rate {rate}; "
-                      f"{n_empty} of {n_maps} boxed map(s) empty (no signal, scored n/a); overlays and scores.csv "
+                      f"{n_empty} of {n_maps} boxed map(s) empty (no signal, scored n/a); {n_cut} box(es) cut away "
+                      f"by the centre crop (scored n/a); overlays and scores.csv "
                       f"in {out_dir}", highlight=False, soft_wrap=True)
     else:
         console.print(f"explained {len(results)} image-label pair(s){kinds} (no boxes to score); overlays and scores.csv "

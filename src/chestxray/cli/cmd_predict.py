@@ -59,12 +59,22 @@ def _table(rows: list[dict[str, Any]], labels: list[str], thresholds: dict[str, 
     return table, legend
 
 
-def _summary(tally: Any, out: Path | None, thresholds: bool) -> str:
+def _summary(tally: Any, out: Path | None, thresholds: bool, hint: str = "") -> str:
     text = f"{tally.scored} image(s) scored, {tally.quarantined} quarantined"
+    if tally.n_unusual:
+        text += f", {tally.n_unusual} unusual (unlike the training images)"
     if thresholds:
         hits = ", ".join(f"{n} {c}" for n, c in tally.positives.items() if c) or "none"
         text += f"; positives per finding: {hits}"
-    return text + (f"; wrote {out}" if out else "")
+    return text + (f"; wrote {out}" if out else "") + (f"; {hint}" if hint else "")
+
+
+def _no_thresholds_hint(model: Path) -> str:
+    """Why there are no decisions, and the command that makes them (evaluate chooses thresholds on validation)."""
+    run = model.parent if model.name == "bundle" and (model.parent / "config.yaml").is_file() else model
+    target = str(run) if (run / "config.yaml").is_file() else "RUN (the run folder that trained this model)"
+    return (f"no positive/negative decisions: the model has no thresholds yet; 'chestxray evaluate {target}' "
+            "chooses them on the validation split and stores them in the bundle")
 
 
 @app.command(help="Probabilities per finding for image files (PNG, JPEG, DICOM), folders (recursively), glob "
@@ -83,6 +93,8 @@ def predict(
                             "stored thresholds were chosen with; another one is refused)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images decoded and scored at once."),
     workers: int = typer.Option(4, "--workers", help="Threads decoding files."),
+    site: str = typer.Option(None, "--site", help="Site profile made by 'chestxray calibrate' (a name under "
+                             "RUN/sites/, or its folder): the site's probabilities and thresholds."),
 ) -> None:
     from chestxray.cli import checks
 
@@ -97,13 +109,13 @@ def predict(
     from chestxray.inference.outputs import RowWriter, Tally, add_decisions
     from chestxray.inference.stream import iter_predictions, open_scorer, problem_rows
 
-    scorer = open_scorer(model, tta=tta)
+    scorer = open_scorer(model, tta=tta, site=site)
     labels, thresholds = scorer.labels, scorer.thresholds
     found = expand_inputs(inputs)
     multiclass = is_multiclass(scorer.card.get("task"))
-    if not thresholds and not multiclass:
-        err_console.print("[yellow]warning:[/] the model has no thresholds yet (run 'chestxray evaluate RUN'); "
-                          "showing probabilities only", highlight=False)
+    hint = _no_thresholds_hint(model) if not thresholds and not multiclass else ""
+    if hint:
+        err_console.print(f"[yellow]note:[/] {hint}; showing probabilities only", highlight=False, soft_wrap=True)
     tally, rows = Tally(labels), []
     stdout = RowWriter(sys.stdout, fmt, labels) if fmt != "table" else None
     with _file_rows(out, labels) as to_file, _progress(len(found.paths)) as advance:
@@ -122,12 +134,17 @@ def predict(
     if stdout is not None:
         stdout.close()
     if rows:
-        title = f"{scorer.card['architecture']} ({Path(scorer.source).name}): probabilities" + (
+        where = f", site {scorer.card['site']}" if scorer.card.get("site") else ""
+        title = f"{scorer.card['architecture']} ({Path(scorer.source).name}{where}): probabilities" + (
             f"; red + = positive at the stored threshold (tta {scorer.tta})" if thresholds else
             "; red < = predicted class (argmax; thresholds do not apply)" if multiclass else "")
         table, legend = _table(rows, labels, thresholds)
         for text in (title, table, *legend):
             console.print(text, highlight=False, soft_wrap=isinstance(text, str) and text.startswith("#"))
+    for text in tally.unusual:
+        err_console.print(f"[yellow]unusual input:[/] {text}: unlike the training images (a photo, another body "
+                          "part or view, an inverted image?); its probabilities mean little", highlight=False,
+                          soft_wrap=True)
     for reason in tally.reasons:
         err_console.print(f"[yellow]quarantined:[/] {reason}", highlight=False, soft_wrap=True)
     if tally.quarantined > len(tally.reasons):
@@ -136,7 +153,7 @@ def predict(
                           highlight=False)
     if tally.scored == 0:
         raise DataError(f"none of the {tally.quarantined} input file(s) could be read; see the reasons above")
-    (console if fmt == "table" else err_console).print(_summary(tally, out, bool(thresholds)), highlight=False,
+    (console if fmt == "table" else err_console).print(_summary(tally, out, bool(thresholds), hint), highlight=False,
                                                        soft_wrap=True)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from chestxray.data.identity import PATIENT_RULE, normalize_patient_ids
 from chestxray.data.tasks import check_one_hot, is_multiclass
 from chestxray.errors import DataError
 from chestxray.files import write_csv, write_json
@@ -80,6 +81,14 @@ def validate_catalog(catalog: Catalog, where: str = "catalog") -> None:
             f"{where}: {len(leaked)} patient(s) appear in more than one split, e.g. {list(leaked.index[:5])}; "
             "splits must be by patient (rebuild the split)"
         )
+    same = normalize_patient_ids(assigned["patient_id"])[0]  # '1' and '01' (a catalog written before the rule)
+    per_person = assigned.groupby(same.to_numpy())["split"].nunique()
+    leaked = per_person[per_person > 1]
+    if len(leaked):
+        spellings = sorted(set(assigned["patient_id"][same == leaked.index[0]]))[:4]
+        raise DataError(f"{where}: {len(leaked)} patient(s) written in several ways lie in more than one split, e.g. "
+                        f"{spellings} ({PATIENT_RULE}); rebuild the catalog with 'chestxray catalog', which writes "
+                        "one spelling per patient")
 
 
 def save_catalog(catalog: Catalog, out_dir: str | Path) -> Path:

@@ -38,6 +38,7 @@ from chestxray.data.verify import verify_prepared
 from chestxray.errors import ChestXrayError, DataError
 
 
+VERIFY_MODES = ("auto", "checksums", "sizes", "none")
 _ERROR = "chestxray_error"  # key of the item a loader worker sends instead of a batch when it fails
 
 
@@ -94,7 +95,7 @@ class ShardBatches(IterableDataset):
                  in_chans: int = 1, normalization: Normalization = "gray", shuffle_buffer: int | None = None) -> None:
         self.urls = shard_urls(prepared, split, manifest)
         self.counts = [int(c) for c in manifest["splits"][split]["shard_counts"]]
-        self.size = int(manifest["image_size"])
+        self.size, self.n_labels = int(manifest["image_size"]), len(manifest["labels"])
         self.batch_size, self.train, self.seed = int(batch_size), train, int(seed)
         # shared with the loader workers (also persistent ones, which keep their copy of this object)
         self._epoch = mp.get_context().RawValue("q", 0)
@@ -162,7 +163,7 @@ class ShardBatches(IterableDataset):
                 if lo < offset + count and hi > offset:
                     keep[max(lo - offset, 0):min(hi - offset, count)] = True
             if keep.any():
-                yield from iter_shard(self.urls[index], self.size, keep)
+                yield from iter_shard(self.urls[index], self.size, keep, self.n_labels)
             offset += count
             if offset >= end:
                 break
@@ -196,9 +197,9 @@ class _EpochLoader(DataLoader):
     4 × in_chans (inter-process transfer of float batches cost more than all the other loading work)."""
 
     def __init__(self, dataset: ShardBatches, epoch_of: Callable[[], int], skip_of: Callable[[], int] = lambda: 0,
-                 **kwargs: Any) -> None:
+                 normalise: bool = True, **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=None, **kwargs)
-        self._epoch_of, self._skip_of = epoch_of, skip_of
+        self._epoch_of, self._skip_of, self._normalise = epoch_of, skip_of, normalise
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.dataset.epoch = self._epoch_of()
@@ -211,6 +212,9 @@ class _EpochLoader(DataLoader):
         for batch in batches:
             if _ERROR in batch:
                 raise batch[_ERROR]
+            if not self._normalise:  # uint8 pixels as stored, for the scoring path (chestxray.inference.scoring)
+                yield batch
+                continue
             pixels = batch["image"]
             out = torch.empty((pixels.shape[0], ds.in_chans, *pixels.shape[2:]), dtype=torch.float32,
                               pin_memory=self.pin_memory and torch.cuda.is_available())
@@ -231,19 +235,23 @@ def prior_log_odds(positives: list[float], count: int, task: str | None = None) 
 class ChestXrayDataModule(L.LightningDataModule):
     """Loaders over a PREPARED folder. Batches: image float32 (B, C, H, W) normalised, labels float32 (B, L),
     image_id list[str], patient_id list[str]. World size and rank come from the attached trainer, else the args.
-    verify: check every shard's size ('sizes', cheap), also its sha256 ('checksums') or nothing ('none') first."""
+    verify: first check every shard's size and the sha256 of the shards of `verify_splits` (None: all) ('checksums'),
+    sizes only ('sizes'), 'auto' (checksums for a local folder, sizes for a URL: chestxray.data.verify) or nothing
+    ('none')."""
 
     def __init__(self, prepared: str | Path, batch_size: int = 32, num_workers: int = 2, augment: str = "none",
                  in_chans: int = 1, normalization: Normalization = "gray", seed: int = 0, *, world_size: int | None = None,
                  rank: int | None = None, shuffle_buffer: int | None = None, pin_memory: bool | None = None,
-                 persistent_workers: bool = True, verify: str = "sizes") -> None:
+                 persistent_workers: bool = True, verify: str = "auto",
+                 verify_splits: tuple[str, ...] | None = None) -> None:
         super().__init__()
         self.prepared = str(prepared)
         self.manifest = read_manifest(prepared)
-        if verify not in ("sizes", "checksums", "none"):
-            raise DataError(f"verify={verify!r}: expected 'sizes', 'checksums' or 'none'")
+        if verify not in VERIFY_MODES:
+            raise DataError(f"verify={verify!r}: expected one of {VERIFY_MODES}")
         if verify != "none":  # a damaged shard is named now, before any training or evaluation starts
-            verify_prepared(prepared, checksums=verify == "checksums", manifest=self.manifest)
+            checksums = {"checksums": True, "sizes": False, "auto": None}[verify]
+            verify_prepared(prepared, checksums=checksums, manifest=self.manifest, splits=verify_splits)
         self.labels: tuple[str, ...] = tuple(self.manifest["labels"])
         self.task: str = self.manifest.get("task", "multilabel")
         self.image_size = int(self.manifest["image_size"])
@@ -298,7 +306,7 @@ class ChestXrayDataModule(L.LightningDataModule):
             return 0
         return int(fit_loop.epoch_loop.batch_progress.current.processed)
 
-    def _loader(self, split: str, train: bool, batch_size: int | None = None) -> DataLoader:
+    def _loader(self, split: str, train: bool, batch_size: int | None = None, pixels: bool = False) -> DataLoader:
         if split not in self.manifest["splits"] or not self.manifest["splits"][split]["count"]:
             raise DataError(f"{self.prepared}: split {split!r} has no images (have "
                             f"{ {k: v['count'] for k, v in self.manifest['splits'].items()} })")
@@ -309,7 +317,7 @@ class ChestXrayDataModule(L.LightningDataModule):
                                normalization=self.normalization, shuffle_buffer=self.shuffle_buffer)
         epoch_of = self._epoch if train else (lambda: 0)
         # An own generator: creating an iterator must not draw from the global torch RNG (keeps resumed runs exact).
-        return _EpochLoader(dataset, epoch_of, self._resumed_batches if train else (lambda: 0),
+        return _EpochLoader(dataset, epoch_of, self._resumed_batches if train else (lambda: 0), not pixels,
                             num_workers=self.num_workers, pin_memory=self.pin_memory,
                             persistent_workers=self.persistent_workers and self.num_workers > 0,
                             generator=torch.Generator().manual_seed(self.seed))
@@ -323,6 +331,7 @@ class ChestXrayDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
 
-    def split_dataloader(self, split: str, batch_size: int | None = None) -> DataLoader:
-        """Any split in stored order, no augmentation (for evaluation and prediction)."""
-        return self._loader(split, train=False, batch_size=batch_size)
+    def split_dataloader(self, split: str, batch_size: int | None = None, pixels: bool = False) -> DataLoader:
+        """Any split in stored order, no augmentation (for evaluation and prediction); `pixels`: images stay uint8
+        (B, 1, S, S) as stored, for a caller that normalises them itself (the scoring path)."""
+        return self._loader(split, train=False, batch_size=batch_size, pixels=pixels)

@@ -27,14 +27,26 @@ METHOD = "stratified-rarest-first"
 CODES = {name: i for i, name in enumerate(SPLITS)}
 
 
+TEST_ONLY = (0.0, 0.0, 1.0)  # a catalog for external validation: every image is test
+
+
 def check_ratios(ratios: tuple[float, ...] | list[float]) -> tuple[float, float, float]:
-    """Validate train/val/test ratios (three non-negative numbers, train > 0) and normalise them to sum to 1."""
+    """Validate train/val/test ratios and normalise them to sum to 1: three non-negative numbers, all three > 0
+    for a catalog to train on (val picks checkpoints, early stopping and thresholds; test measures), or 0,0,1 for
+    a test-only catalog (external validation of a trained model)."""
     values = tuple(float(r) for r in ratios)
-    if len(values) != 3 or any(r < 0 for r in values) or values[0] <= 0 or not np.isfinite(values).all():
-        raise ConfigError(f"split ratios must be three non-negative numbers train,val,test with train > 0 (got {ratios})")
+    if len(values) != 3 or any(r < 0 for r in values) or not np.isfinite(values).all():
+        raise ConfigError(f"split ratios must be three non-negative numbers train,val,test (got {ratios})")
     total = sum(values)
     if abs(total - 1.0) > 0.01:
         raise ConfigError(f"split ratios {ratios} sum to {total:g}; they must sum to 1 (e.g. 0.7,0.1,0.2)")
+    if values[0] == 0 and values[1] == 0:
+        return TEST_ONLY
+    if min(values) <= 0:
+        empty = [name for name, r in zip(("train", "val", "test"), values) if r <= 0]
+        raise ConfigError(f"split ratios {ratios} leave {' and '.join(empty)} empty: a catalog to train on needs all "
+                          "three (val picks checkpoints and thresholds, test measures), e.g. 0.7,0.1,0.2; a test-only "
+                          "catalog for external validation is 0,0,1")
     return (values[0] / total, values[1] / total, values[2] / total)
 
 
@@ -172,7 +184,10 @@ def assign_splits(catalog: Catalog, ratios: tuple[float, ...] = (0.7, 0.1, 0.2),
     where = catalog.source or "catalog"
     info_split: dict = {"seed": int(seed), "ratios": list(ratios), "method": METHOD}
     raw = table["split"]
-    if keep_source and not raw.isin(["", None]).all():
+    if ratios == TEST_ONLY:  # external validation: every image is test, whatever split the source had
+        split_codes = np.full(len(table), CODES["test"], dtype=np.int8)
+        info_split["method"] = "test only (ratios 0,0,1: external validation)"
+    elif keep_source and not raw.isin(["", None]).all():
         split_codes = _source_codes(raw.fillna("").astype(str), patients, codes, n_patients, where)
         if not (split_codes == 1).any() and ratios[1] > 0:
             train = np.flatnonzero(split_codes == 0)

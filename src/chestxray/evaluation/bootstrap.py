@@ -41,28 +41,29 @@ def patient_strata(properties: np.ndarray) -> np.ndarray:
     every member of at least one stratum; resampling strata at fixed size then keeps each property present.
 
     Greedy from the rarest property: covered if a stratum already has only such patients; else its unassigned
-    patients form a new stratum; else one of its patients moves from a stratum of two or more into its own.
+    patients form a new stratum; else (all of them already sit in mixed strata) one of them moves out of its
+    stratum into its own. Neither step uncovers an earlier property: a stratum that lost a member keeps only
+    patients it had (still pure for what it covered) and, being mixed, had at least two. Patients left unassigned
+    form one last stratum. Ids are 0..S-1 in order of creation, every stratum non-empty; no randomness.
     """
-    n_pat, n_prop = properties.shape
+    properties = np.asarray(properties, dtype=bool)
+    n_pat = properties.shape[0]
     stratum = np.full(n_pat, -1, dtype=np.int64)
     n_strata = 0
     for k in np.argsort(properties.sum(0), kind="stable"):
         have = properties[:, k]
         if not have.any():
             continue
-        assigned = stratum[stratum >= 0]
-        if assigned.size:
-            members_total = np.bincount(assigned, minlength=n_strata)
-            members_with = np.bincount(stratum[have & (stratum >= 0)], minlength=n_strata)
-            if ((members_with == members_total) & (members_total > 0)).any():
-                continue
-        free = have & (stratum < 0)
+        placed = stratum >= 0
+        members_total = np.bincount(stratum[placed], minlength=n_strata)
+        members_with = np.bincount(stratum[have & placed], minlength=n_strata)
+        if ((members_with == members_total) & (members_total > 0)).any():
+            continue
+        free = have & ~placed
         if free.any():
             stratum[free] = n_strata
-        else:
-            sizes = np.bincount(stratum, minlength=n_strata)
-            movable = np.flatnonzero(have & (sizes[stratum] >= 2))
-            stratum[movable[0]] = n_strata
+        else:  # every such patient sits in a stratum that also holds others (else it would be pure): move one
+            stratum[np.flatnonzero(have)[0]] = n_strata
         n_strata += 1
     stratum[stratum < 0] = n_strata
     return np.unique(stratum, return_inverse=True)[1].astype(np.int64)

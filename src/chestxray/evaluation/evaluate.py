@@ -196,19 +196,22 @@ def evaluate_run(
     prepared: str | Path | None = None,
     num_workers: int = 0,
     device: str | None = None,
-    verify_checksums: bool = False,
+    verify_checksums: bool | None = None,
+    ood: bool = True,
 ) -> EvalResult:
     """Predict val and `split` with RUN/bundle, choose thresholds on val, store them in the card, write RUN/eval/.
 
-    `prepared` defaults to the folder recorded in the bundle card. Shard sizes are always checked first;
-    `verify_checksums` also compares every shard's sha256 with the manifest.
+    `prepared` defaults to the folder recorded in the bundle card. The shards of both splits are checked first:
+    sizes always, sha256 when `verify_checksums` (None: for a local folder, not for a URL). `ood` also fits the
+    bundle's out-of-distribution reference on the train and val splits (chestxray.evaluation.ood_fit:
+    ood.safetensors + ood.json beside the weights), which predict and serve read.
     """
     from chestxray.data.shards import read_manifest
     from chestxray.evaluation.thresholds import store_thresholds
     from chestxray.inference.predict import fingerprint_note, predict_split
     from chestxray.inference.tta import check_tta
     from chestxray.locks import folder_lock
-    from chestxray.models.bundle import CARD, load_bundle, update_card
+    from chestxray.models.bundle import CARD, load_bundle, read_card, update_card
 
     method = parse_method(threshold_method)  # fail fast on bad options, before loading anything
     check_tta(tta)
@@ -217,8 +220,9 @@ def evaluate_run(
         raise DataError(f"{run}: no bundle/ folder; is this a training run folder (chestxray train ... writes one)?")
     bundle = load_bundle(run / "bundle")
     labels = list(bundle.labels)
-    kwargs = dict(batch_size=batch_size, tta=tta, num_workers=num_workers, device=device)
-    val = predict_split(bundle, prepared, "val", verify="checksums" if verify_checksums else "sizes", **kwargs)
+    verify = {True: "checksums", False: "sizes", None: "auto"}[verify_checksums]
+    kwargs = dict(batch_size=batch_size, tta=tta, num_workers=num_workers, device=device, verify=verify)
+    val = predict_split(bundle, prepared, "val", **kwargs)
     scored = val if split == "val" else predict_split(bundle, prepared, split, **kwargs)
     source = str(prepared or bundle.card.get("prepared"))
     manifest = read_manifest(source)
@@ -235,18 +239,26 @@ def evaluate_run(
         if (run / "history.csv").exists():
             _copy(run / "history.csv", result.eval_dir / "training_history.csv")
         headline = {r.name: r.auroc.value for r in result.summary.rows}
-        metrics = {"split": split, "tta": tta, "macro_auroc": result.macro_auroc, "auroc": headline}
-        if result.multiclass is not None:  # no thresholds: the card says the decision rule instead
-            update_card(bundle.path, thresholds=None, threshold_method=DECISION_RULE,
-                        metrics={**metrics, "accuracy": result.multiclass.accuracy.value,
-                                 "balanced_accuracy": result.multiclass.balanced_accuracy.value})
-        else:  # one card write: thresholds and the metrics they came with
+        evaluation = {"split": split, "tta": tta, "macro_auroc": result.macro_auroc, "auroc": headline,
+                      "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        if result.multiclass is not None:
+            evaluation.update(accuracy=result.multiclass.accuracy.value,
+                              balanced_accuracy=result.multiclass.balanced_accuracy.value)
+        metrics = {**read_card(bundle.path).get("metrics", {}), "evaluation": evaluation}  # training's stays
+        if result.multiclass is not None:  # no thresholds: the card says the decision rule and the TTA scored with
+            update_card(bundle.path, thresholds=None, threshold_method=DECISION_RULE, threshold_tta=tta,
+                        metrics=metrics)
+        else:  # one card write: thresholds, their TTA and the metrics they came with
             store_thresholds(bundle.path, result.thresholds, method, tta, metrics=metrics)
 
     with folder_lock(run, "evaluate"):
         remove_leftovers(bundle.path / CARD)  # a card update cut short by a kill left its temporary file
         result = evaluate_predictions(val, scored, labels, run / EVAL_DIR, split, method, tta, run / "metrics.csv",
                                       n_boot, seed, extra, task=task, before_commit=finish)
+        if ood:
+            from chestxray.evaluation.ood_fit import fit_ood
+
+            fit_ood(bundle, prepared, tta=tta, batch_size=batch_size)
     result.notes.extend([note] if note else [])
     log.info("evaluated %s on %s: macro AUROC %s", run, split, result.macro_auroc)
     _to_mlflow(run, result)

@@ -183,8 +183,9 @@ def plot_confusion_grid(summary: Summary, out: str | Path) -> Path:
 
 
 def plot_auroc_bars(summary: Summary, out: str | Path) -> Path:
-    """AUROC per finding (and macro, normal) with 95% bootstrap CI bars; n/a findings are listed, not drawn."""
-    rows = [r for r in summary.rows if r.kind in ("finding", "macro", "weighted", "normal")]
+    """AUROC per finding (and macro, macro_eligible, normal) with 95% bootstrap CI bars (none where the minimum-
+    sample rule withholds the interval); n/a findings are listed, not drawn."""
+    rows = [r for r in summary.rows if r.kind in ("finding", "macro", "macro_eligible", "weighted", "normal")]
     shown = [r for r in rows if r.auroc.value is not None]
     missing = [r.name for r in rows if r.auroc.value is None]
     fig = Figure(figsize=(8, 0.32 * max(len(shown), 1) + 1.4), layout="constrained")
@@ -208,7 +209,7 @@ def plot_auroc_bars(summary: Summary, out: str | Path) -> Path:
 
 
 def plot_calibration(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str], out: str | Path,
-                     n_bins: int = 10, min_count: int = 10, max_lines: int = 6) -> Path:
+                     n_bins: int = 10, min_count: int = 10, max_lines: int = 6, title: str = "Reliability") -> Path:
     """Reliability diagram and the histogram of probabilities.
 
     Bold: all findings pooled, each point annotated with its bin's count. With up to `max_lines` findings each has
@@ -232,7 +233,7 @@ def plot_calibration(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[s
         ax_rel.annotate(f"n={int(n)}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=6, color="tab:red")
     note = f" (per-finding lines: bins with >= {min_count} images)" if 1 < len(labels) <= max_lines else ""
     ax_rel.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability", ylabel="observed positive rate",
-               title=f"Reliability{note}", aspect="equal")
+               title=f"{title}{note}", aspect="equal")
     ax_rel.title.set_fontsize(9)
     ax_rel.legend(fontsize=7, loc="upper left")
     ax_rel.grid(alpha=0.3)

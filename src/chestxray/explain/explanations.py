@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from chestxray.data.labels import closest
-from chestxray.data.tasks import probabilities
+from chestxray.data.tasks import is_multiclass
 from chestxray.errors import ConfigError, DataError, ModelError
 from chestxray.explain.attribution import METHODS, attribute
 from chestxray.explain.localize import (
@@ -37,12 +37,13 @@ from chestxray.explain.targets import explain_target  # noqa: F401 - part of thi
 from chestxray.files import write_csv, write_text
 from chestxray.inference.predict import (
     as_bundle,
-    load_model_input,
     normalize_for_model,
     predict_split,
     resolve_device,
     score_columns,
+    torch_scorer,
 )
+from chestxray.inference.scoring import load_pixels
 from chestxray.models.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ SETTINGS = "settings.json"
 
 def prepare_input(path: Path, card: dict) -> tuple[np.ndarray, torch.Tensor, tuple[int, int]]:
     """Load an image file as the bundle's model sees it: (gray uint8 (S, S), float input (1, C, S, S), file size (w, h))."""
-    gray = load_model_input(path, card)  # the same decode + resize as prepare and predict_images
+    gray = load_pixels(path, card)  # the one scoring path's decode + resize (as prepare and predict)
     inputs = normalize_for_model(torch.from_numpy(gray)[None, None], card)
     return gray, inputs, _file_size(path)
 
@@ -130,7 +131,9 @@ def explain_images(
         raise ConfigError(f"label {label!r} is not one of the model's labels {labels}{closest(label, labels)}")
     table = read_boxes(boxes) if isinstance(boxes, (str, Path)) else boxes
     thresholds = model.card.get("thresholds") or {}
+    multiclass = is_multiclass(model.card.get("task"))
     device = resolve_device()
+    scorer = torch_scorer(model, device=device)  # captions score as evaluate did: the stored TTA
     net = model.net.to(device).eval()
     size = int(model.card["image_size"])
     mode = model.card.get("resize", "pad")
@@ -142,8 +145,7 @@ def explain_images(
         path, wanted = (Path(item[0]), item[1]) if isinstance(item, tuple) else (Path(item), None)
         gray, inputs, file_size = prepare_input(path, model.card)
         inputs = inputs.to(device)
-        with torch.no_grad():
-            probs = probabilities(net(inputs).float(), model.card.get("task"))[0].cpu().numpy()
+        probs = scorer.score(gray[None])[0]
         rows = boxes_for(table, path.name) if table is not None else None
         boxed = [n for n in dict.fromkeys(rows["label"]) if n in labels] if rows is not None else []
         for name in [label or wanted] if (label or wanted) else boxed or [labels[int(probs.argmax())]]:
@@ -152,16 +154,18 @@ def explain_images(
             found = rows_to_boxes(rows[rows["label"] == name], file_size, size, mode) if rows is not None else []
             scores = localization_scores(heatmap, box_mask(found, heatmap.shape), top_percent) if found else {}
             known = truth is not None and path.name in truth.index and name in truth.columns
-            caption = Caption(name, float(probs[target]), method, thresholds.get(name, 0.5),
-                              int(truth.loc[path.name, name]) if known else None, path.name, split)
+            caption = Caption(name, float(probs[target]), method, None if multiclass else thresholds.get(name, 0.5),
+                              int(truth.loc[path.name, name]) if known else None, path.name, split,
+                              predicted=labels[int(probs.argmax())] if multiclass else None)
             overlay = save_png(render_overlay(gray, heatmap, caption, found), out / f"{path.stem}_{name}_{method}.png")
             results.append(ExplainResult(path, path.name, name, float(probs[target]), method, heatmap, overlay, scores,
                                          caption))
     write_csv(out / "scores.csv", scores_table(results))
     record = {"method": method, "split": split or None, "label": label, "n_steps": n_steps if method == "ig" else None,
               "top_percent": top_percent, "boxes": str(boxes) if isinstance(boxes, (str, Path)) else None,
-              "bundle": str(model.path), "thresholds": "from the bundle card" if thresholds else "none stored (run "
-              "evaluate first): decisions at 0.5", "images": len({r.image_id for r in results}), "pairs": len(results),
+              "bundle": str(model.path), "tta": scorer.tta,
+              "thresholds": "none: the argmax class (multiclass)" if multiclass else "from the bundle card" if
+              thresholds else "none stored (run evaluate first): decisions at 0.5", "images": len({r.image_id for r in results}), "pairs": len(results),
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(settings or {})}
     write_text(out / SETTINGS, json.dumps(record, indent=2) + "\n")
     log.info("explained %d image(s) with %s into %s", len(results), method, out)
@@ -190,23 +194,31 @@ def scores_table(results: Sequence[ExplainResult]) -> pd.DataFrame:
 
 
 def summarize_scores(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean localisation scores per label and over all boxed rows ('ALL'): n boxed maps, n_empty of them empty.
+    """Mean localisation scores per label and over all boxed rows ('ALL'): n boxed maps, n_empty of them empty,
+    n_cut whose box the crop cut away, n_scored left (the rows the means are over).
 
-    Empty maps (no signal) score NaN and are left out of the means: they are reported as a count, never as hits.
+    Empty maps (no signal) and cut-away boxes score NaN and are left out of the means: they are reported as counts,
+    never as hits or misses.
     """
     score_cols = [c for c in table.columns if c in ("pointing_hit", "energy_in_box", "box_fraction") or c.startswith("iou_top")]
+    counts = ["n", "n_empty", "n_cut", "n_scored"]
     if "box_fraction" not in score_cols:
-        return pd.DataFrame(columns=["label", "n", "n_empty"])
+        return pd.DataFrame(columns=["label", *counts])
     boxed = table.dropna(subset=["box_fraction"])
     if boxed.empty:
-        return pd.DataFrame(columns=["label", "n", "n_empty", *score_cols])
+        return pd.DataFrame(columns=["label", *counts, *score_cols])
     empty = boxed["empty_map"].fillna(0).astype(bool) if "empty_map" in boxed else boxed["pointing_hit"].isna()
-    boxed = boxed.assign(_empty=empty.astype(int))
-    per_label = boxed.groupby("label")[score_cols].mean()
-    per_label.insert(0, "n_empty", boxed.groupby("label")["_empty"].sum())
-    per_label.insert(0, "n", boxed.groupby("label").size())
-    overall = pd.DataFrame([[len(boxed), int(boxed["_empty"].sum()), *boxed[score_cols].mean().tolist()]],
-                           columns=["n", "n_empty", *score_cols], index=["ALL"])
+    cut = boxed["box_cut"].fillna(0).astype(bool) if "box_cut" in boxed else pd.Series(False, index=boxed.index)
+    boxed = boxed.assign(_empty=empty.astype(int), _cut=cut.astype(int),
+                         _scored=boxed["pointing_hit"].notna().astype(int))
+    groups = boxed.groupby("label")
+    per_label = groups[score_cols].mean()
+    for i, (name, column) in enumerate((("n", None), ("n_empty", "_empty"), ("n_cut", "_cut"),
+                                        ("n_scored", "_scored"))):
+        per_label.insert(i, name, groups.size() if column is None else groups[column].sum())
+    totals = [len(boxed), *(int(boxed[c].sum()) for c in ("_empty", "_cut", "_scored"))]
+    overall = pd.DataFrame([[*totals, *boxed[score_cols].mean().tolist()]], columns=[*counts, *score_cols],
+                           index=["ALL"])
     return pd.concat([per_label, overall]).rename_axis("label").reset_index()
 
 
@@ -239,9 +251,10 @@ def select_split_targets(bundle: Bundle, split: str = "test", n: int = 8, boxes:
 
     With boxes: the first n images that have an expert box (their boxed findings; ConfigError naming the splits that
     have boxed images when this one has none). Otherwise a balanced selection by outcome at the bundle's thresholds
-    (0.5 when none are stored): n split evenly over `outcomes`, taken in turn — the most confident true positives,
+    (0.5 when none are stored; the argmax class for a multiclass bundle): n split evenly over `outcomes`, taken in turn — the most confident true positives,
     the most confident false positives, the most missed false negatives, the most confident true negatives.
-    scores: predictions of that split already made (predict_split's columns, e.g. RUN/eval/predictions.csv).
+    scores: predictions of that split already made (predict_split's columns, e.g. RUN/eval/predictions.csv);
+    without them the split is scored through the one scoring path with the stored TTA.
     """
     unknown = [o for o in outcomes if o not in OUTCOMES]
     if unknown or not outcomes:
@@ -266,7 +279,10 @@ def select_split_targets(bundle: Bundle, split: str = "test", n: int = 8, boxes:
     thresholds = bundle.thresholds or {}
     truth = scores[labels].to_numpy(dtype=bool)
     prob = scores[score_columns(labels)].to_numpy(dtype=float)
-    decided = prob >= np.array([thresholds.get(name, 0.5) for name in labels])
+    if is_multiclass(bundle.card.get("task")):  # exclusive classes: the argmax decides (it may be under 0.5)
+        decided = np.arange(len(labels)) == prob.argmax(axis=1)[:, None]
+    else:
+        decided = prob >= np.array([thresholds.get(name, 0.5) for name in labels])
     # per outcome: candidate (image, label) pairs, most telling first (confidence for P, how missed for FN)
     key = {"TP": truth & decided, "FP": ~truth & decided, "FN": truth & ~decided, "TN": ~truth & ~decided}
     order = {"TP": -prob, "FP": -prob, "FN": prob, "TN": prob}

@@ -8,6 +8,8 @@ A map with no signal (flat: all zero, or every pixel equal, as Grad-CAM gives wh
 "empty": every score is NaN ("n/a (empty map)"), never a hit or a miss. When several pixels tie for the maximum,
 the pointing game scores the fraction of tied maxima inside the box: the expected hit of breaking the tie at random,
 so a plateau that straddles the box earns partial credit and no tie counts as a hit by itself.
+A box that covers no pixel of the model's input (the centre crop cut it away: expert boxes near the edge of a wide
+image) cannot be scored either: every score is NaN and the row is flagged box_cut ("n/a (box cut away)"), never a miss.
 """
 
 from __future__ import annotations
@@ -141,20 +143,21 @@ def is_empty_map(heatmap: np.ndarray) -> bool:
 
 
 def pointing_hit(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """Fraction of the heatmap's tied maxima inside the mask (1.0/0.0 for one peak); NaN for an empty map."""
+    """Fraction of the heatmap's tied maxima inside the mask (1.0/0.0 for one peak); NaN for an empty map or mask."""
     _check(heatmap, mask)
-    if is_empty_map(heatmap):
+    if is_empty_map(heatmap) or not mask.any():
         return float("nan")
     peak = heatmap == heatmap.max()
     return float((peak & mask).sum() / peak.sum())
 
 
 def topk_iou(heatmap: np.ndarray, mask: np.ndarray, top_percent: float = 20.0) -> float:
-    """IoU of the mask with the heatmap thresholded to its top `top_percent` % of pixels; NaN for an empty map."""
+    """IoU of the mask with the heatmap thresholded to its top `top_percent` % of pixels; NaN for an empty map or
+    mask."""
     _check(heatmap, mask)
     if not 0 < top_percent <= 100:
         raise ConfigError(f"top_percent must be in (0, 100], got {top_percent}")
-    if is_empty_map(heatmap):
+    if is_empty_map(heatmap) or not mask.any():
         return float("nan")
     k = max(1, int(round(heatmap.size * top_percent / 100.0)))
     order = np.argsort(heatmap.ravel(), kind="stable")[::-1][:k]
@@ -166,9 +169,9 @@ def topk_iou(heatmap: np.ndarray, mask: np.ndarray, top_percent: float = 20.0) -
 
 
 def energy_in_box(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """Fraction of the heatmap's positive mass inside the mask (NaN for an empty map)."""
+    """Fraction of the heatmap's positive mass inside the mask (NaN for an empty map or mask)."""
     _check(heatmap, mask)
-    if is_empty_map(heatmap):
+    if is_empty_map(heatmap) or not mask.any():
         return float("nan")
     positive = np.clip(heatmap, 0, None)
     total = positive.sum()
@@ -176,9 +179,11 @@ def energy_in_box(heatmap: np.ndarray, mask: np.ndarray) -> float:
 
 
 def localization_scores(heatmap: np.ndarray, mask: np.ndarray, top_percent: float = 20.0) -> dict[str, float]:
-    """Pointing-game hit, top-k% IoU, energy inside the box, the box's area fraction (the uniform-map baseline), empty flag."""
+    """Pointing-game hit, top-k% IoU, energy inside the box, the box's area fraction (the uniform-map baseline), and
+    two flags: empty_map (no signal) and box_cut (the box covers no pixel of the input); either makes the scores NaN."""
     return {
         "empty_map": float(is_empty_map(heatmap)),
+        "box_cut": float(not mask.any()),
         "pointing_hit": pointing_hit(heatmap, mask),
         f"iou_top{top_percent:g}": topk_iou(heatmap, mask, top_percent),
         "energy_in_box": energy_in_box(heatmap, mask),

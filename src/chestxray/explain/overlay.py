@@ -25,7 +25,10 @@ BAR = 14  # colour bar width in pixels
 
 @dataclass(frozen=True)
 class Caption:
-    """What a reader needs under an overlay; threshold and truth are optional (unknown = not shown)."""
+    """What a reader needs under an overlay; threshold and truth are optional (unknown = not shown).
+
+    `predicted`: a multi-class model's argmax class; it decides instead of a threshold (the finding is positive when
+    it is the predicted class, whatever its probability: with K classes the argmax may be well under 0.5)."""
 
     finding: str
     probability: float
@@ -34,21 +37,30 @@ class Caption:
     truth: int | None = None
     image_id: str = ""
     split: str = ""
+    predicted: str | None = None
+
+    @property
+    def positive(self) -> bool | None:
+        """The model's decision for this finding: argmax class (multi-class), p >= threshold, or None (unknown)."""
+        if self.predicted is not None:
+            return self.predicted == self.finding
+        return None if self.threshold is None else self.probability >= self.threshold
 
     @property
     def outcome(self) -> str:
-        """TP, FP, FN or TN when threshold and truth are known, else ''."""
-        if self.threshold is None or self.truth is None:
+        """TP, FP, FN or TN when the decision and the truth are known, else ''."""
+        if self.positive is None or self.truth is None:
             return ""
-        positive = self.probability >= self.threshold
-        return ("T" if positive == bool(self.truth) else "F") + ("P" if positive else "N")
+        return ("T" if self.positive == bool(self.truth) else "F") + ("P" if self.positive else "N")
 
     def lines(self) -> list[str]:
-        """Caption lines: the image (and split), then finding, probability, threshold, decision, outcome, method."""
+        """Caption lines: the image (and split), then finding, probability, decision rule, outcome, method."""
         head = " | ".join(x for x in (self.image_id, f"split: {self.split}" if self.split else "") if x)
         text = f"{self.finding}: p={self.probability:.2f}"
-        if self.threshold is not None:
-            decision = "positive" if self.probability >= self.threshold else "negative"
+        decision = "positive" if self.positive else "negative"
+        if self.predicted is not None:
+            text += f", argmax class {self.predicted} -> {decision}"
+        elif self.threshold is not None:
             text += f", threshold {self.threshold:.2f} -> {decision}"
         if self.outcome:
             text += f" ({self.outcome}, truth {'positive' if self.truth else 'negative'})"

@@ -1,22 +1,25 @@
-"""Run an exported ONNX model with onnxruntime: no torch at inference, the card read from the ONNX metadata."""
+"""Run an exported ONNX model with onnxruntime: no torch at inference, the card read from the ONNX metadata.
+
+onnx_backend plugs any onnxruntime session into the one scoring path (chestxray.inference.scoring)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from chestxray.errors import ConfigError, ModelError
-from chestxray.inference.stream import Scorer, threshold_tta
+from chestxray.errors import ModelError
+from chestxray.inference.scoring import Backend, Scorer, make_scorer
 
 CARD_KEY = "chestxray_card"  # written by chestxray.deploy.onnx_export
 
 
 def onnx_scorer(path: str | Path, tta: str | None = None) -> Scorer:
-    """A Scorer for a .onnx file exported by `chestxray export` (uint8 pixels in, probabilities out).
-
-    tta None: the mode the stored thresholds were chosen with; another mode than theirs is refused."""
+    """A Scorer for a .onnx file exported by `chestxray export` (uint8 pixels in, probabilities out), scoring
+    through the one path (chestxray.inference.scoring). tta None: the mode the stored thresholds were chosen with;
+    another mode than theirs is refused, and so is 'crop' on a uint8 graph."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -33,16 +36,18 @@ def onnx_scorer(path: str | Path, tta: str | None = None) -> Scorer:
     if CARD_KEY not in meta:
         raise ModelError(f"{path}: no chestxray card in the ONNX metadata; export the model with 'chestxray export'")
     card = json.loads(meta[CARD_KEY])
-    tta = threshold_tta(card, tta)
-    if tta not in ("none", "hflip"):
-        raise ConfigError(f"an ONNX model supports --tta none or hflip, not {tta!r}; use the bundle for {tta!r}")
-    name = session.get_inputs()[0].name
+    return make_scorer(card, onnx_backend(session), str(path), tta)
 
-    def score(pixels: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(pixels[:, None], dtype=np.uint8)
-        probs = session.run(None, {name: batch})[0]
-        if tta == "hflip":
-            probs = (probs + session.run(None, {name: np.ascontiguousarray(batch[..., ::-1])})[0]) / 2
-        return probs.astype(np.float64)
 
-    return Scorer(card=card, score=score, source=str(path), tta=tta)
+def onnx_backend(session: Any) -> Backend:
+    """The scoring Backend of an onnxruntime session whose graph takes grey levels (B, 1, S, S) and returns
+    probabilities (the card's normalisation and sigmoid inside, as chestxray.deploy.onnx_export writes it).
+
+    A uint8 input takes whole grey levels only (no 'crop' TTA); a float input takes any view."""
+    entry = session.get_inputs()[0]
+    dtype = np.uint8 if entry.type == "tensor(uint8)" else np.float32
+
+    def forward(views: np.ndarray) -> np.ndarray:
+        return session.run(None, {entry.name: np.ascontiguousarray(views, dtype=dtype)})[0]
+
+    return Backend("onnxruntime", forward, whole_levels=dtype == np.uint8)

@@ -1,40 +1,40 @@
-"""Model inference: per-label probabilities for a prepared split or for loose image files, on CPU or GPU.
+"""Model inference with PyTorch: per-label probabilities for a prepared split or for loose image files, CPU or GPU.
 
-Preprocessing is read from the bundle card (image_size, resize, in_chans, normalization), never remembered:
-files go through load_model_input (chestxray.data.imaging.load_square, the one decode+resize prepare uses) and
-normalize_for_model (chestxray.data.augment.normalize); chestxray.explain.explanations uses the same two. Outputs are sigmoid
-probabilities in columns p_<label> (softmax over the classes for a multiclass bundle, plus the argmax class in
-column `predicted_class` for image files).
+Scoring goes through the one path (chestxray.inference.scoring): files are decoded and resized by load_pixels
+(chestxray.data.imaging.load_square, the decode + resize prepare uses), shards hold those same pixels, and
+score_pixels applies the card's TTA around torch_backend (normalize_for_model, the network, sigmoid). Outputs are
+sigmoid probabilities in columns p_<label> (softmax over the classes for a multiclass bundle, plus the argmax class
+in column `predicted_class` for image files).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from chestxray.data.tasks import probabilities
-from chestxray.errors import ConfigError, ModelError
+from chestxray.errors import ConfigError
+from chestxray.inference.compat import check_prepared_fits
+from chestxray.inference.ood import OodProbe, load_reference
+from chestxray.inference.scoring import Backend, Scorer, make_scorer, threshold_tta
 from chestxray.inference.stream import (  # noqa: F401 (public here too)
     PREDICTED_CLASS,
     ROW_COLUMNS,
-    Scorer,
     iter_predictions,
     predicted_classes,
-    threshold_tta,
 )
 from chestxray.inference.tta import TTA_MODES, check_tta  # noqa: F401 (TTA_MODES public here too)
+from chestxray.locks import reading
 from chestxray.models.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
-
-CROP_FRACTION = 0.875  # "crop" TTA: side of the four corner crops and the centre crop, relative to the image
 
 
 def score_columns(labels: Sequence[str]) -> list[str]:
@@ -54,74 +54,32 @@ def as_bundle(bundle: Bundle | str | Path) -> Bundle:
     return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
 
 
-def load_model_input(path: str | Path, card: dict[str, Any]) -> np.ndarray:
-    """Decode and resize one file to uint8 (S, S) exactly as prepare stored the bundle's data (card image_size, resize)."""
-    from chestxray.data.imaging import load_square
-
-    return load_square(path, int(card["image_size"]), card.get("resize", "pad"))
-
-
 def normalize_for_model(images: torch.Tensor, card: dict[str, Any]) -> torch.Tensor:
-    """uint8 images (B, 1, H, W) or (1, H, W) → the bundle's float input (card in_chans, normalization)."""
+    """Grey levels (B, 1, H, W) or (1, H, W), uint8 or float in [0, 255] → the bundle's float input (card in_chans,
+    normalization)."""
     from chestxray.data.augment import normalize
 
     return normalize(images, int(card["in_chans"]), card["normalization"])
 
 
-def _views(images: torch.Tensor, tta: str) -> list[torch.Tensor]:
-    """The input views whose probabilities are averaged: the image, its mirror ('hflip'), or five crops + the image."""
-    if tta == "hflip":
-        return [images, torch.flip(images, dims=[-1])]
-    if tta == "crop":
-        h, w = images.shape[-2:]
-        ch, cw = max(1, round(h * CROP_FRACTION)), max(1, round(w * CROP_FRACTION))
-        tops_lefts = [(0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw), ((h - ch) // 2, (w - cw) // 2)]
-        crops = [
-            F.interpolate(images[..., t : t + ch, s : s + cw], size=(h, w), mode="bilinear", align_corners=False)
-            for t, s in tops_lefts
-        ]
-        return [images, *crops]
-    return [images]
+def torch_backend(net: torch.nn.Module, card: dict[str, Any], device: str | torch.device | None = None) -> Backend:
+    """The scoring Backend of a bundle's network: grey-level views (B, 1, S, S) → normalize_for_model → net →
+    sigmoid (softmax for a multiclass card), on `device` (default: the GPU when present)."""
+    dev = resolve_device(device)
+    net = net.to(dev).eval()
+    task = card.get("task")
 
+    @torch.inference_mode()
+    def forward(views: np.ndarray) -> np.ndarray:
+        inputs = normalize_for_model(torch.from_numpy(views), card).to(dev, non_blocking=True)
+        return probabilities(net(inputs).float(), task).cpu().numpy()
 
-@torch.inference_mode()
-def predict_probs(net: torch.nn.Module, images: torch.Tensor, tta: str = "none",
-                  task: str | None = None) -> torch.Tensor:
-    """Probabilities (B, L) for normalised images (B, C, H, W), averaged over the TTA views: sigmoid per label, or
-    softmax over the classes when task is 'multiclass' (read it from the bundle card)."""
-    check_tta(tta)
-    probs = [probabilities(net(view).float(), task) for view in _views(images, tta)]
-    return torch.stack(probs).mean(0)
+    return Backend("torch", forward)
 
 
 def _check_prepared(bundle: Bundle, manifest: dict[str, Any], prepared: str) -> None:
-    """The prepared data must carry the bundle's labels and be made as the card says (size, resize mode and the
-    other preprocessing settings), or the scores — and thresholds chosen from them — would mean nothing."""
-    from chestxray.data.shards import preprocessing
-
-    card = bundle.card
-    if list(manifest["labels"]) != list(bundle.labels):
-        raise ModelError(
-            f"{prepared}: labels {list(manifest['labels'])} differ from the bundle's {list(bundle.labels)} "
-            f"({bundle.path}); evaluate on data prepared for this model"
-        )
-    if int(manifest["image_size"]) != int(card["image_size"]):
-        raise ModelError(
-            f"{prepared}: images are {manifest['image_size']} px but the bundle {bundle.path} expects "
-            f"{card['image_size']} px; prepare the data with --size {card['image_size']}"
-        )
-    data_resize, model_resize = manifest.get("resize", "pad"), card.get("resize", "pad")
-    if data_resize != model_resize:
-        raise ModelError(
-            f"{prepared}: images were prepared with --resize {data_resize} but the bundle {bundle.path} was trained "
-            f"on --resize {model_resize}; prepare the data with --resize {model_resize} --size {card['image_size']}"
-        )
-    made, expected = preprocessing(manifest), card.get("preprocessing") or {}
-    differ = {k: (made.get(k), v) for k, v in expected.items() if k in made and made[k] != v}
-    if differ:
-        detail = "; ".join(f"{k}: data {a!r}, model {b!r}" for k, (a, b) in differ.items())
-        raise ModelError(f"{prepared}: prepared differently from the bundle's training data ({detail}); "
-                         "prepare the data again with this chestxray version and the bundle's settings")
+    """The prepared data must carry the bundle's labels and be made as the card says (inference.compat)."""
+    check_prepared_fits({**bundle.card, "labels": list(bundle.labels)}, manifest, prepared, bundle.path)
 
 
 def fingerprint_note(bundle: Bundle, manifest: dict[str, Any], prepared: str) -> str | None:
@@ -138,42 +96,46 @@ def predict_split(
     prepared: str | Path | None = None,
     split: str = "test",
     batch_size: int = 64,
-    tta: str = "none",
+    tta: str | None = None,
     num_workers: int = 0,
     device: str | torch.device | None = None,
-    verify: str = "sizes",
+    verify: str = "auto",
 ) -> pd.DataFrame:
-    """Scores for every image of a prepared split, in stored order (shards checked first: see ChestXrayDataModule).
+    """Scores for every image of a prepared split, in stored order (the split's shards checked first, `verify` as in
+    ChestXrayDataModule), through the one scoring path on the stored pixels.
 
     Returns one row per image: image_id, patient_id, the true 0/1 label per label, and p_<label>.
-    `prepared` defaults to the folder recorded in the bundle card.
+    `prepared` defaults to the folder recorded in the bundle card. `tta` None: the card's stored mode; evaluate
+    passes its own (it re-chooses the thresholds on these scores).
     """
     from chestxray.data.datamodule import ChestXrayDataModule
 
-    check_tta(tta)
     model = as_bundle(bundle)
+    tta = threshold_tta(model.card) if tta is None else tta
+    check_tta(tta)
     prepared = prepared or model.card.get("prepared")
     if not prepared:
         raise ConfigError(f"{model.path}: the card records no prepared dataset; pass the PREPARED folder explicitly")
-    dm = ChestXrayDataModule(
-        prepared, batch_size=batch_size, num_workers=num_workers,
-        in_chans=int(model.card["in_chans"]), normalization=model.card["normalization"], verify=verify,
-    )
-    _check_prepared(model, dm.manifest, str(prepared))
-    dev = resolve_device(device)
-    net = model.net.to(dev).eval()
-    ids: list[str] = []
-    patients: list[str] = []
-    truth: list[np.ndarray] = []
-    scores: list[np.ndarray] = []
-    for batch in dm.split_dataloader(split):
-        scores.append(predict_probs(net, batch["image"].to(dev, non_blocking=True), tta,
-                                    model.card.get("task")).cpu().numpy())
-        truth.append(batch["labels"].numpy())
-        ids.extend(batch["image_id"])
-        patients.extend(batch["patient_id"])
+    with reading(prepared, "predict"):  # prepare cannot rewrite these shards meanwhile (a shared lock)
+        dm = ChestXrayDataModule(
+            prepared, batch_size=batch_size, num_workers=num_workers,
+            in_chans=int(model.card["in_chans"]), normalization=model.card["normalization"], verify=verify,
+            verify_splits=(split,),
+        )
+        _check_prepared(model, dm.manifest, str(prepared))
+        scorer = Scorer(card=model.card, backend=torch_backend(model.net, model.card, device), source=str(model.path),
+                        tta=tta)
+        ids: list[str] = []
+        patients: list[str] = []
+        truth: list[np.ndarray] = []
+        scores: list[np.ndarray] = []
+        for batch in dm.split_dataloader(split, pixels=True):  # uint8 (B, 1, S, S) as prepare stored them
+            scores.append(scorer.score(batch["image"][:, 0].numpy()))
+            truth.append(batch["labels"].numpy())
+            ids.extend(batch["image_id"])
+            patients.extend(batch["patient_id"])
     labels = list(model.labels)
-    log.info("predicted %d %s images of %s with tta=%s on %s", len(ids), split, prepared, tta, dev)
+    log.info("predicted %d %s images of %s with tta=%s", len(ids), split, prepared, tta)
     return _frame(ids, patients, labels, np.concatenate(truth), np.concatenate(scores))
 
 
@@ -187,20 +149,15 @@ def _frame(ids: list[str], patients: list[str], labels: list[str], truth: np.nda
 def torch_scorer(
     bundle: Bundle | str | Path, tta: str | None = None, device: str | torch.device | None = None
 ) -> Scorer:
-    """A Scorer running a bundle's network on uint8 pixels (B, S, S): card normalisation, TTA, sigmoid.
-
-    tta None: the mode the stored thresholds were chosen with; another mode than theirs is refused."""
+    """A Scorer running a bundle's network (torch_backend) through the one scoring path: uint8 pixels (B, S, S) →
+    card normalisation, TTA, sigmoid. tta None: the mode the stored thresholds were chosen with; another mode than
+    theirs is refused."""
     model = as_bundle(bundle)
-    tta = threshold_tta(model.card, tta)
-    check_tta(tta)
-    card, dev = model.card, resolve_device(device)
-    net = model.net.to(dev).eval()
-
-    def score(pixels: np.ndarray) -> np.ndarray:
-        inputs = normalize_for_model(torch.from_numpy(pixels).unsqueeze(1), card).to(dev)
-        return predict_probs(net, inputs, tta, card.get("task")).cpu().numpy()
-
-    return Scorer(card=card, score=score, source=str(model.path), tta=tta)
+    scorer = make_scorer(model.card, torch_backend(model.net, model.card, device), str(model.path), tta)
+    reference = load_reference(model.path)  # ood.safetensors + ood.json beside the weights, fitted by evaluate
+    if reference is None:
+        return scorer
+    return replace(scorer, ood=OodProbe(model.net, model.card["architecture"], reference))
 
 
 def predict_images(

@@ -1,16 +1,16 @@
 """Scoring image files in batches with bounded memory, for a PyTorch bundle or an ONNX export alike.
 
-A Scorer turns decoded uint8 pixels (B, S, S) into probabilities (B, labels). This module decodes files in
-threads, one batch at a time, and yields one small frame per batch, so 50,000 files never sit in memory at once.
-It imports no torch: an ONNX model runs without it (chestxray.inference.onnx_model).
+A Scorer (chestxray.inference.scoring, the one scoring path) turns uint8 pixels (B, S, S) into probabilities
+(B, labels). This module decodes files (scoring.load_pixels) in threads, one batch at a time, and yields one
+small frame per batch, so 50,000 files never sit in memory at once. It imports no torch: an ONNX model runs
+without it (chestxray.inference.onnx_model).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,58 +18,15 @@ import numpy as np
 import pandas as pd
 
 from chestxray.data.tasks import is_multiclass
-from chestxray.errors import ConfigError, DataError
-from chestxray.inference.inputs import check_input_file
+from chestxray.errors import ConfigError, DataError, printable
+from chestxray.inference.ood import is_unusual
+from chestxray.inference.scoring import Scorer, load_pixels, threshold_tta  # noqa: F401 (public here too)
 
 log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ["path", "image_id", "status", "reason"]
 PREDICTED_CLASS = "predicted_class"  # multiclass: the argmax class of each image
-
-
-@dataclass
-class Scorer:
-    """A model ready to score: its card (labels, image_size, resize …), a batch function and where it came from."""
-
-    card: dict[str, Any]
-    score: Callable[[np.ndarray], np.ndarray]
-    source: str
-    tta: str = "none"
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.card["labels"])
-
-    @property
-    def thresholds(self) -> dict[str, float] | None:
-        return self.card.get("thresholds")
-
-
-def threshold_tta(card: dict[str, Any], requested: str | None = None) -> str:
-    """The test-time augmentation to score with when the card's thresholds will be applied.
-
-    Thresholds fit the scores they were chosen on (card threshold_tta, written by evaluate): with stored
-    thresholds, no request means the stored mode and a different request is refused (ConfigError).
-    Without thresholds, the request (default 'none').
-    """
-    if not card.get("thresholds"):
-        return requested or "none"
-    stored = card.get("threshold_tta", "none")
-    if requested is not None and requested != stored:
-        raise ConfigError(
-            f"the model's thresholds were chosen on validation scores made with --tta {stored}; scoring with "
-            f"--tta {requested} would apply them to differently distributed scores. Use --tta {stored} (or leave "
-            f"--tta out), or re-choose them: chestxray evaluate RUN --tta {requested}"
-        )
-    return stored
-
-
-def load_pixels(path: Path, card: dict[str, Any]) -> np.ndarray:
-    """One input file → uint8 (S, S) as the card's model expects (the same decode and resize prepare uses)."""
-    from chestxray.data.imaging import load_square
-
-    check_input_file(path)
-    return load_square(path, int(card["image_size"]), card.get("resize", "pad"))
+IN_DISTRIBUTION, UNUSUAL = "in_distribution", "unusual"  # columns added when the model has an OOD reference
 
 
 def _decode(path: Path, card: dict[str, Any]) -> tuple[np.ndarray | None, str]:
@@ -91,19 +48,25 @@ def iter_predictions(scorer: Scorer, paths: Sequence[Path], batch_size: int = 32
         for start in range(0, len(paths), batch_size):
             chunk = [Path(p) for p in paths[start:start + batch_size]]
             decoded = list(pool.map(lambda p: _decode(p, card), chunk))
-            frame = pd.DataFrame({
-                "path": [str(p) for p in chunk], "image_id": [p.stem for p in chunk],
+            frame = pd.DataFrame({  # names that are not UTF-8 are shown with \xNN escapes (a UTF-8 writer's crash)
+                "path": [printable(p) for p in chunk], "image_id": [printable(p.stem) for p in chunk],
                 "status": ["ok" if px is not None else "quarantined" for px, _ in decoded],
-                "reason": [reason for _, reason in decoded],
+                "reason": [printable(reason) for _, reason in decoded],
             })
             scores = np.full((len(chunk), len(columns)), np.nan)
+            typical = np.full(len(chunk), np.nan)
             ok = frame["status"].to_numpy() == "ok"
             if ok.any():
-                scores[ok] = scorer.score(np.stack([px for px, _ in decoded if px is not None]))
+                scores[ok], found = scorer.score_with_ood(np.stack([px for px, _ in decoded if px is not None]))
+                if found is not None:
+                    typical[ok] = found
             for path, (px, reason) in zip(chunk, decoded):
                 if px is None:
                     log.info("quarantined %s: %s", path, reason)
             frame = pd.concat([frame, pd.DataFrame(scores, columns=columns)], axis=1)
+            if scorer.ood is not None:  # how typical of the training images (chestxray.inference.ood)
+                frame[IN_DISTRIBUTION] = typical
+                frame[UNUSUAL] = pd.Series(is_unusual(typical, scorer.false_alarm)).astype("Int8").where(~np.isnan(typical))
             if is_multiclass(card.get("task")):
                 frame[PREDICTED_CLASS] = predicted_classes(scores, scorer.labels)
             yield frame
@@ -123,14 +86,22 @@ def problem_rows(problems: Sequence[tuple[str, str]], labels: Sequence[str]) -> 
     return pd.concat([frame, pd.DataFrame(np.nan, index=frame.index, columns=[f"p_{x}" for x in labels])], axis=1)
 
 
-def open_scorer(model: str | Path, tta: str | None = None, device: str | None = None) -> Scorer:
+def open_scorer(model: str | Path, tta: str | None = None, device: str | None = None,
+                site: str | None = None) -> Scorer:
     """A Scorer for a bundle folder, a run folder or an exported .onnx file (the latter needs no torch).
 
-    tta None: the mode the stored thresholds were chosen with (see threshold_tta)."""
+    tta None: the mode the stored thresholds were chosen with (see threshold_tta). site: the name (or folder) of a
+    site profile stored beside the model (chestxray.inference.site): its probabilities and thresholds instead."""
     if Path(model).suffix.lower() == ".onnx":
         from chestxray.inference.onnx_model import onnx_scorer
 
-        return onnx_scorer(model, tta=tta)
-    from chestxray.inference.predict import torch_scorer
+        scorer = onnx_scorer(model, tta=tta)
+    else:
+        from chestxray.inference.predict import torch_scorer
 
-    return torch_scorer(model, tta=tta, device=device)
+        scorer = torch_scorer(model, tta=tta, device=device)
+    if site is None:
+        return scorer
+    from chestxray.inference.site import load_site, site_scorer
+
+    return site_scorer(scorer, load_site(model, site, scorer.card))

@@ -3,7 +3,10 @@
 card.json fields: format, architecture, num_labels, in_chans, image_size, resize ('pad'|'crop'),
 normalization ('gray'|'imagenet' or {"mean": [r, g, b], "std": [r, g, b]}: what the weights expect), input_mean and
 input_std (the values applied per input channel), pretrained, labels, task, thresholds ({label: float} or null),
-threshold_method, data_fingerprint, metrics, seed, versions, created.
+threshold_method, threshold_tta (the test-time augmentation evaluate scored with: the one to score with), data_fingerprint,
+metrics ({"training": {"split": "val", "val_auroc", "date"}, "evaluation": {"split", "tta", "macro_auroc", "auroc",
+"date", …}}: train writes the first, evaluate the second and keeps the first), seed, versions, created.
+Cards written before that layout (a flat metrics object) are read into it (card_metrics).
 """
 
 from __future__ import annotations
@@ -91,7 +94,23 @@ def read_card(path: str | Path) -> dict[str, Any]:
     if not isinstance(labels, list) or len(labels) != card["num_labels"]:
         raise ModelError(f"{card_path}: num_labels {card['num_labels']!r} does not match the {len(labels)} label "
                          "name(s); the card is damaged, export the bundle again")
+    if "metrics" in card:
+        card["metrics"] = card_metrics(card["metrics"])
     return card
+
+
+def card_metrics(metrics: Any) -> dict[str, Any]:
+    """A card's metrics in the current layout {"training": {...}, "evaluation": {...}} (either may be absent).
+
+    Older cards held one flat object: train's {"val_auroc": …}, which becomes "training" (split val), or evaluate's
+    {"split": …, "macro_auroc": …}, which replaced it and becomes "evaluation"."""
+    if not isinstance(metrics, dict) or not metrics:
+        return {}
+    if "training" in metrics or "evaluation" in metrics:
+        return dict(metrics)
+    if "split" in metrics or "macro_auroc" in metrics:
+        return {"evaluation": dict(metrics)}
+    return {"training": {"split": "val", **metrics}}
 
 
 def update_card(path: str | Path, **fields: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from chestxray.evaluation.evaluate import EVAL_DIR, PLOTS
 from chestxray.files import remove_leftovers, write_text
 from chestxray.locks import folder_lock
 from chestxray.models.bundle import read_card
+from chestxray.report.audit_report import render_audit_section, run_audit_dir
 from chestxray.report.multiclass import multiclass_context
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,9 @@ def _caption(row: pd.Series) -> str:
     if _text(row.get("outcome")):
         parts.append(str(row["outcome"]))
     parts.append(str(row["method"]))
-    if row.get("empty_map") == 1:
+    if row.get("box_cut") == 1:
+        parts.append("box cut away by the crop (n/a)")
+    elif row.get("empty_map") == 1:
         parts.append("empty map (n/a)")
     elif pd.notna(row.get("pointing_hit")):
         iou = next((c for c in row.index if str(c).startswith("iou_top")), None)
@@ -194,6 +197,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         path = eval_dir / name
         plots[key] = {"src": _data_uri(path), "caption": captions[key]} if path.exists() else None
     explanations, explain_info = _explanations(run)
+    audit_html = render_audit_section(run_audit_dir(run), run)
 
     prepared = _find_prepared(run, metrics)
     data_table, data_missing, manifest = None, "", {}
@@ -238,8 +242,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         cards=cards,
         ci_text=f"{boot.get('ci', 0.95):.0%} percentile bootstrap, {boot.get('replicates', '?')} replicates "
                 f"resampling {boot.get('unit', 'patient')}s (seed {boot.get('seed', 0)})"
-                + (f"; {boot['scheme']}; macro: {boot['macro']}; {boot['too_few']} "
-                   f"(fewer than {boot['min_positive_patients']})" if "scheme" in boot else ""),
+                + (f"; {boot['scheme']}; macro: {boot['macro']}" if "scheme" in boot else "")
+                + (f"; {boot['rule']}" if "rule" in boot else ""),
         normal_score=metrics.get("normal_score", "1 - max(p)"),
         prepared=prepared,
         image_size=manifest.get("image_size"),
@@ -253,6 +257,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         metrics_rows=_metric_rows(rows),
         explanations=explanations,
         explain_info=explain_info,
+        audit_html=audit_html,
         config_text=config_path.read_text(encoding="utf-8") if config_path.exists() else "",
     )
     target = Path(out) if out is not None else run / REPORT

@@ -81,7 +81,7 @@ def _rows(trials: list[Any], best_number: int | None) -> tuple[list[str], list[d
         seconds = t.duration.total_seconds() if t.duration is not None else None
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
         value = t.value if t.value is not None else last
-        cells = {"trial": t.number, "state": t.state.name + (" (surplus)" if t.user_attrs.get("surplus") else ""),
+        cells = {"trial": t.number, "state": t.state.name,
                  "val AUROC": _cell(value), "epochs": t.user_attrs.get("epochs", ""),
                  "seconds": _cell(seconds), "run folder": Path(t.user_attrs.get("run_dir", "")).name}
         cells.update({name: _cell(t.params.get(name)) for name in names})

@@ -6,7 +6,8 @@ tune_report.html. The objective is the run's best validation AUROC (macro over f
 test split is never read. Re-running the same command continues the study: finished trials are kept, a trial whose
 process died is marked failed by Optuna's heartbeat (after `heartbeat` × 2 seconds) and not counted. Any number of
 processes may share one storage (`--workers N` here, or SLURM jobs against PostgreSQL): each starts a trial only
-while complete + pruned + running trials are fewer than the requested count.
+while complete + pruned + running trials are fewer than the requested count, counting and creating the trial under
+the study's claim lock (workflows/tune_claim.py), so the study never holds a trial beyond the count.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import math
 import multiprocessing
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -27,6 +29,7 @@ from chestxray.errors import ChestXrayError, ConfigError
 from chestxray.files import write_csv, write_text
 from chestxray.training.config import TrainConfig, resolve_config
 from chestxray.workflows.search_space import SearchSpace, make_pruner, make_sampler, suggest
+from chestxray.workflows.tune_claim import check_claimable, run_claimed_trial
 from chestxray.workflows.tune_storage import counts, fail_stale, open_storage, parent_run, redact, tag_run
 
 log = logging.getLogger(__name__)
@@ -80,10 +83,6 @@ class TuneResult:
     seconds: float
 
 
-class SurplusTrial(Exception):
-    """Raised inside a trial that another process's trial made unnecessary (it is recorded as failed)."""
-
-
 def parse_duration(text: str | float | int | None) -> float:
     """Seconds from '90', '90s', '30m', '2h' or '1d' (None or '' → 0, no limit)."""
     if text is None or text == "":
@@ -106,6 +105,7 @@ def check_settings(settings: TuneSettings) -> None:
         raise ConfigError(f"--timeout must not be negative, got {settings.timeout}")
     if not settings.storage:
         Path(settings.out).mkdir(parents=True, exist_ok=True)
+    check_claimable(settings.storage_url)
     open_storage(settings.storage_url, settings.heartbeat)
 
 
@@ -192,15 +192,14 @@ def run_worker(settings: TuneSettings, index: int, parent_id: str | None) -> int
     deadline = time.monotonic() + settings.timeout if settings.timeout else math.inf
     ran = 0
     while time.monotonic() < deadline:
-        fail_stale(study)
-        finished, running = counts(study)
+        finished, _ = counts(study)
         if finished >= settings.trials:
             break
-        if finished + running >= settings.trials:  # the rest is running elsewhere (or is a dead trial going stale)
+        if run_claimed_trial(study, settings.trials, settings.storage_url,
+                             lambda trial: _objective(trial, settings, parent_id)):
+            ran += 1
+        else:  # the rest is running elsewhere (or is a dead trial going stale): look again shortly
             time.sleep(min(5.0, settings.heartbeat))
-            continue
-        study.optimize(lambda trial: _objective(trial, settings, parent_id), n_trials=1, catch=(SurplusTrial,))
-        ran += 1
     return ran
 
 
@@ -211,10 +210,10 @@ def _objective(trial: Any, settings: TuneSettings, parent_id: str | None) -> flo
     from chestxray.training.train import train
     from chestxray.training.tuning import MlflowParent, OptunaPruning
 
-    _check_not_surplus(trial, settings.trials)
     params = suggest(trial, settings.space, settings.base)
     run_dir = Path(settings.out) / TRIALS_DIR / f"trial-{trial.number:04d}"
-    config = resolve_config(settings.base.to_dict(), params, {"out": str(run_dir), "progress": False},
+    progress = settings.base.progress and not sys.stdout.isatty()  # epoch lines in a log or a pipe, no bars
+    config = resolve_config(settings.base.to_dict(), params, {"out": str(run_dir), "progress": progress},
                             where=f"trial {trial.number}")
     if config.devices == "auto":
         config = replace(config, devices=1)
@@ -230,17 +229,6 @@ def _objective(trial: Any, settings: TuneSettings, parent_id: str | None) -> flo
         raise optuna.TrialPruned(f"pruned after validation {pruning.pruned_at} "
                                  f"(val AUROC {pruning.values[-1]:.4f})")
     return result.best_val_auroc
-
-
-def _check_not_surplus(trial: Any, target: int) -> None:
-    """Fail this trial if, counted by number, it is beyond the target among the study's live and finished ones."""
-    from optuna.trial import TrialState
-
-    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-    numbers = sorted(t.number for t in trial.study.get_trials(deepcopy=False, states=live))
-    if trial.number in numbers and numbers.index(trial.number) >= target:
-        trial.set_user_attr("surplus", True)
-        raise SurplusTrial(f"trial {trial.number} not needed: other processes started the remaining trials")
 
 
 def summarise(study: Any, settings: TuneSettings, parent_id: str | None, seconds: float) -> TuneResult:

@@ -8,14 +8,16 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
 from chestxray.data.catalog import Catalog
+from chestxray.data.identity import case_merges, refuse_same_files, report_case_merges
 from chestxray.data.sources.table import IMAGE_EXTENSIONS, make_catalog
 from chestxray.data.tasks import KAGGLE_SUBTYPE_REGEX, KAGGLE_SUBTYPES, MULTICLASS, class_order, one_hot
-from chestxray.errors import ConfigError, DataError
+from chestxray.errors import ConfigError, DataError, printable
 
 log = logging.getLogger(__name__)
 
@@ -50,28 +52,60 @@ def patient_ids(stems: pd.Series, patient_regex: str | None = None) -> pd.Series
     return result.where(~unmatched, stems).astype(str)
 
 
-def _scan(root: Path) -> tuple[pd.DataFrame, bool]:
-    """One os.walk: rows (rel, path, stem, split, cls) for every image, and whether split folders were used."""
-    top = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _utf8(name: str) -> bool:
+    """False for a name whose bytes are not UTF-8 (Python hands them over with surrogate escapes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _scan(root: Path) -> tuple[pd.DataFrame, bool, dict[str, list[str]]]:
+    """One os.walk that follows folder links (not loops): rows (rel, path, stem, split, cls) for every
+    image, whether split folders were used, and what was skipped with a word: folders that cannot be read and
+    names that are not UTF-8 (the catalog is UTF-8 text; such a name could not be written into it)."""
+    try:
+        top = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _utf8(p.name))
+    except OSError as exc:
+        raise DataError(f"{root}: cannot list the folder ({exc.strerror or exc}); check its permissions") from None
     split_layout = bool(top) and all(name.lower() in SPLIT_FOLDERS for name in top)
     depth = 3 if split_layout else 2
-    rows, skipped = [], 0
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    rows, outside = [], 0
+    skipped: dict[str, list[str]] = {"unreadable_folders": [], "names_not_utf8": []}
+    chains: dict[str, frozenset[str]] = {}  # real folders on the way down to each walked folder (loop check)
+
+    def unreadable(exc: OSError) -> None:
+        skipped["unreadable_folders"].append(f"{printable(str(exc.filename))} ({exc.strerror or exc})")
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable, followlinks=True):
+        real, above = os.path.realpath(folder), chains.get(os.path.dirname(folder), frozenset())
+        if real in above:
+            log.warning("%s: a folder link back to a folder above it (a loop); not followed", printable(folder))
+            dirs[:] = []
+            continue
+        chains[folder] = above | {real}
+        for name in [*dirs, *(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS))]:
+            if not _utf8(name) and not name.startswith("."):
+                skipped["names_not_utf8"].append(printable(os.path.join(folder, name)))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and _utf8(d))
         for name in sorted(files):
-            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS) or not _utf8(name):
                 continue
             path = os.path.join(folder, name)
             parts = Path(os.path.relpath(path, root)).parts
             if len(parts) < depth:
-                skipped += 1
+                outside += 1
                 continue
             split = SPLIT_FOLDERS[parts[0].lower()] if split_layout else ""
             rows.append((Path(*parts).as_posix(), os.path.abspath(path), Path(name).stem, split, parts[depth - 2]))
-    if skipped:
-        log.warning("%s: %d image(s) lie outside a class folder and are ignored", root, skipped)
-    return pd.DataFrame(rows, columns=["rel", "path", "stem", "split", "cls"]), split_layout
+    if outside:
+        log.warning("%s: %d image(s) lie outside a class folder and are ignored", root, outside)
+    for key, what in (("unreadable_folders", "folder(s) cannot be read and are skipped"),
+                      ("names_not_utf8", "name(s) are not UTF-8 and are left out (rename them)")):
+        if skipped[key]:
+            log.warning("%s: %d %s, e.g. %s", root, len(skipped[key]), what, "; ".join(skipped[key][:3]))
+    return pd.DataFrame(rows, columns=["rel", "path", "stem", "split", "cls"]), split_layout, skipped
 
 
 def read_folder(root: str | Path, *, patient_regex: str | None = None, keep_source_split: bool = True,
@@ -88,13 +122,17 @@ def read_folder(root: str | Path, *, patient_regex: str | None = None, keep_sour
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; expected ROOT/CLASS/* or ROOT/train|val|test/CLASS/* images")
-    files, split_layout = _scan(root)
+    files, split_layout, skipped = _scan(root)
     if files.empty:
         raise DataError(f"{root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} in "
                         "ROOT/CLASS/ or ROOT/train|val|test/CLASS/ folders)")
+    refuse_same_files(files["path"].tolist(), files["rel"].tolist(), str(root))
     folder_classes = sorted(files["cls"].unique())
     if kaggle_subtypes or class_regex:
         files["cls"] = _classes_from_names(files, class_regex, kaggle_subtypes)
+    spellings = Counter(files["cls"].tolist())
+    mapping = case_merges(spellings)
+    files["cls"] = files["cls"].map(lambda c: mapping.get(c, c))
     classes = list(class_order(set(files["cls"])))
     if len(classes) < 2:
         what = "class" if kaggle_subtypes or class_regex else "class folder"
@@ -116,7 +154,8 @@ def read_folder(root: str | Path, *, patient_regex: str | None = None, keep_sour
     info = {"root": str(root.resolve()), "classes": {str(k): int(v) for k, v in counts.items()},
             "normal_class": normal[0] if normal else None, "split_folders": split_layout,
             "folder_classes": folder_classes, "class_rule": _class_rule(class_regex, kaggle_subtypes),
-            "patient_rule": patient_regex or list(DEFAULT_PATIENT_RULES)}
+            "patient_rule": patient_regex or list(DEFAULT_PATIENT_RULES), "skipped": skipped,
+            "label_case_merged": report_case_merges(mapping, spellings, str(root), "class")}
     return make_catalog(table, matrix, labels, task, "folder", info, {})
 
 

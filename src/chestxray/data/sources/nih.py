@@ -11,6 +11,7 @@ import pandas as pd
 
 from chestxray.data.catalog import Catalog
 from chestxray.data.labels import NIH14
+from chestxray.data.identity import normalize_patient_ids
 from chestxray.data.sources.table import (
     attach_paths,
     check_unique,
@@ -52,9 +53,9 @@ def read_nih(csv: str | Path, images: str | Path | None = None, *, views: list[s
     patients, rows, missing_report = patient_column(frame[PATIENT_COL], frame[IMAGE_COL], where, PATIENT_COL,
                                                     missing_patient)
     frame = frame.assign(**{PATIENT_COL: patients})
-    matrix, labels = parse_findings(frame[FINDINGS_COL], where, FINDINGS_COL, sep="|", labels=NIH14)
     info: dict = {"csv": str(Path(csv).resolve()), "images": str(Path(images).resolve()) if images else None,
                   "metadata_only": images is None, "missing_patient": missing_report}
+    matrix, labels = parse_findings(frame[FINDINGS_COL], where, FINDINGS_COL, sep="|", labels=NIH14, info=info)
     keep = rows.copy()
     if views:
         wanted = [v.strip().upper() for v in views if v.strip()]
@@ -93,6 +94,7 @@ def _patient_subset(patients: pd.Series, keep: np.ndarray, n: int, seed: int) ->
     """Mask of rows from n patients drawn with a seeded generator from the sorted eligible patient ids."""
     if n < 1:
         raise ConfigError(f"--max-patients must be at least 1 (got {n})")
+    patients = normalize_patient_ids(patients)[0]  # the catalog's rule, so '01' and '1' are drawn together
     eligible = np.sort(patients[keep].unique())
     if n >= len(eligible):
         return np.ones(len(patients), dtype=bool)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,8 +16,16 @@ import pandas as pd
 
 from chestxray.data.catalog import Catalog, save_catalog
 from chestxray.data.labels import NIH14, canonical_label, closest
+from chestxray.data.identity import (
+    case_merges,
+    normalize_patient_ids,
+    refuse_case_twins,
+    refuse_same_files,
+    report_case_merges,
+    resolve_paths,
+)
 from chestxray.data.tasks import apply_merges, check_one_hot, classes_from_findings, class_order, is_multiclass, one_hot
-from chestxray.errors import ConfigError, DataError
+from chestxray.errors import ConfigError, DataError, printable, quote
 from chestxray.files import write_csv
 
 log = logging.getLogger(__name__)
@@ -25,7 +35,10 @@ NORMAL_NAMES: frozenset[str] = frozenset({"no finding", "normal", "no_finding", 
 MISSING_CSV = "missing_images.csv"
 MISSING_PATIENT = ("error", "own", "drop")  # what to do with rows whose patient id is empty
 _SEPARATORS = (",", ";", "\t", "|")
-META_COLUMNS: tuple[str, ...] = ("age", "sex", "view")
+# Metadata a CSV source keeps when it has these columns (any capitalisation): who the patient is and how/where the
+# image was taken, for subgroup audits (chestxray audit); --keep-cols adds any other column.
+META_COLUMNS: tuple[str, ...] = ("age", "sex", "view", "location", "site", "source", "manufacturer", "race",
+                                 "ethnicity")
 
 
 def read_table(path: str | Path, keep: set[str] | None = None, text: set[str] | None = None) -> pd.DataFrame:
@@ -41,6 +54,8 @@ def read_table(path: str | Path, keep: set[str] | None = None, text: set[str] | 
         raise DataError(f"{path}: is a folder, expected a CSV file")
     try:
         sep = _separator(path)
+        _refuse_repeated_columns(pd.read_csv(path, encoding="utf-8", nrows=1, sep=sep, header=None, dtype=str),
+                                 path)
         header = pd.read_csv(path, encoding="utf-8", nrows=0, sep=sep).columns
         names = {str(c).strip(): c for c in header}
         usecols = [c for c in header if str(c).strip() in keep] if keep and keep <= set(names) else None
@@ -56,6 +71,18 @@ def read_table(path: str | Path, keep: set[str] | None = None, text: set[str] | 
     if frame.empty:
         raise DataError(f"{path}: the table has a header but no rows")
     return frame
+
+
+def _refuse_repeated_columns(first_row: pd.DataFrame, path: Path) -> None:
+    """Refuse a header that names one column twice (pandas would rename the second 'X.1' and the reader use the
+    first silently)."""
+    names = [str(c).strip() for c in first_row.iloc[0].tolist()] if len(first_row) else []
+    repeated = sorted({n for n in names if names.count(n) > 1 and n != "nan"})
+    if repeated:
+        where = {n: [i + 1 for i, m in enumerate(names) if m == n] for n in repeated[:3]}
+        shown = ", ".join(f"{quote(n, 60)} (columns {cols})" for n, cols in where.items())
+        raise DataError(f"{path}: the header names the same column more than once: {shown}; rename or remove the "
+                        "extra column so each name is one column")
 
 
 def _separator(path: Path) -> str:
@@ -119,12 +146,14 @@ def check_unique(ids: pd.Series, where: str, column: str) -> None:
 
 
 def parse_findings(values: pd.Series, where: str, column: str, sep: str = "|",
-                   labels: tuple[str, ...] | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+                   labels: tuple[str, ...] | None = None, info: dict | None = None
+                   ) -> tuple[np.ndarray, tuple[str, ...]]:
     """Turn separated finding names into an (n, L) uint8 matrix, vectorised over the distinct strings.
 
-    Each character of `sep` separates findings; 'No Finding'/'normal' gives an all-zero row. With `labels`
-    given, a name outside it is a DataError naming it; without, the schema is the distinct names found (in NIH14
-    order when all are NIH findings, else sorted).
+    Each character of `sep` separates findings; 'No Finding'/'normal' gives an all-zero row. Names that differ only
+    by letter case are one finding (spelled as `labels` or NIH14 spell it, else as most rows do; recorded in
+    info['label_case_merged']). With `labels` given, a name outside it is a DataError naming it; without, the schema
+    is the distinct names found (in NIH14 order when all are NIH findings, else sorted).
     """
     codes, uniques = pd.factorize(values, sort=False)
     uniques = [str(u) for u in uniques]
@@ -136,6 +165,16 @@ def parse_findings(values: pd.Series, where: str, column: str, sep: str = "|",
     splitter = re.compile("[" + re.escape(sep) + "]")
     parsed = [[canonical_label(n) for n in splitter.split(u) if n.strip()] for u in uniques]
     parsed = [[n for n in names if n.lower() not in NORMAL_NAMES] for names in parsed]
+    rows_per_unique = np.bincount(codes, minlength=len(uniques))
+    counts = Counter()
+    for names, rows in zip(parsed, rows_per_unique):
+        counts.update(dict.fromkeys(names, int(rows)))
+    mapping = case_merges(counts, labels if labels is not None else NIH14)
+    if mapping:
+        parsed = [list(dict.fromkeys(mapping.get(n, n) for n in names)) for names in parsed]
+    merged = report_case_merges(mapping, counts, f"{where}: column {column!r}")
+    if info is not None:
+        info["label_case_merged"] = merged
     found = sorted({n for names in parsed for n in names})
     if labels is None:
         labels = tuple(n for n in NIH14 if n in found) if set(found) <= set(NIH14) else tuple(found)
@@ -159,7 +198,12 @@ def index_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSION
         raise DataError(f"{root}: no such image folder; check --images")
     found: dict[str, str] = {}
     duplicates = 0
-    for folder, dirs, files in os.walk(root):
+    unreadable: list[str] = []
+
+    def report(exc: OSError) -> None:
+        unreadable.append(f"{printable(str(exc.filename))} ({exc.strerror or exc})")
+
+    for folder, dirs, files in os.walk(root, onerror=report):
         dirs.sort()
         for name in sorted(files):
             if name.lower().endswith(extensions) and not name.startswith("."):
@@ -169,6 +213,9 @@ def index_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSION
                 found[name] = os.path.abspath(os.path.join(folder, name))
     if duplicates:
         log.warning("%s: %d image file name(s) occur in more than one folder; the first found is used", root, duplicates)
+    if unreadable:
+        log.warning("%s: %d folder(s) cannot be read and are skipped (their images count as missing), e.g. %s",
+                    root, len(unreadable), "; ".join(unreadable[:3]))
     return found
 
 
@@ -193,16 +240,24 @@ def attach_paths(table: pd.DataFrame, paths: pd.Series, where: str, hint: str = 
 
 def make_catalog(table: pd.DataFrame, matrix: np.ndarray, labels: tuple[str, ...], task: str, source: str,
                  info: dict, meta: dict[str, pd.Series], missing: list[str] | None = None) -> Catalog:
-    """Assemble the catalog table in contract column order; missing images go into info['missing_images']."""
+    """Assemble the catalog table in contract column order; missing images go into info['missing_images'].
+
+    DICOM rows get sex, age, view and manufacturer from their headers where the source gave none
+    (chestxray.data.sources.dicom_meta)."""
+    from chestxray.data.sources.dicom_meta import merge_dicom_attributes
+
+    if "path" in table:
+        meta = merge_dicom_attributes(meta, table["path"])
     out = pd.DataFrame({name: table[name].reset_index(drop=True) if name in table else pd.Series([""] * len(table))
                         for name in ("image_id", "path", "patient_id", "split")})
     for name in out.columns:
         if not pd.api.types.is_string_dtype(out[name]) or out[name].isna().any():
             out[name] = out[name].fillna("").astype(str)
+    info = dict(info)
+    out["patient_id"], info["patient_ids"] = normalize_patient_ids(out["patient_id"])
     labels_frame = pd.DataFrame(matrix.astype(np.uint8), columns=list(labels))
     extra = pd.DataFrame({k: v.to_numpy() for k, v in meta.items()})
     out = pd.concat([out, labels_frame, extra], axis=1)
-    info = dict(info)
     info["missing_images"] = list(missing or [])
     return Catalog(table=out, labels=labels, task=task, source=source, info=info)
 
@@ -227,10 +282,17 @@ def to_age(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values.astype(str).str.strip().str.rstrip("Yy"), errors="coerce")
 
 
-def _metadata(frame: pd.DataFrame) -> dict[str, pd.Series]:
-    """Pick age/sex/view columns (any capitalisation) with age as a number."""
+def _metadata(frame: pd.DataFrame, keep_cols: Sequence[str] = (), where: str = "") -> dict[str, pd.Series]:
+    """Pick the META_COLUMNS (any capitalisation, age as a number) and the `keep_cols` named by the user (verbatim
+    names; a missing one is a DataError naming the columns there are)."""
     lower = {c.lower(): c for c in frame.columns}
     meta = {name: frame[lower[name]] for name in META_COLUMNS if name in lower}
+    require_columns(frame, list(keep_cols), where, "--keep-cols names columns of the table")
+    taken = {"image_id", "path", "patient_id", "split"}
+    clash = [c for c in keep_cols if c in taken]
+    if clash:
+        raise DataError(f"{where}: --keep-cols {clash} would replace a catalog column ({sorted(taken)}); leave them out")
+    meta.update({c: frame[c] for c in keep_cols if c.lower() not in meta})
     if "age" in meta:
         meta["age"] = to_age(meta["age"])
     return meta
@@ -240,7 +302,7 @@ def read_csv_table(table: str | Path, path_col: str, patient_col: str, *, label_
                    findings_col: str | None = None, sep: str = "|", images_root: str | Path | None = None,
                    labels: tuple[str, ...] | None = None, check_images: bool = True, task: str = "auto",
                    merges: dict[str, str] | None = None, views: list[str] | None = None,
-                   missing_patient: str = "error") -> Catalog:
+                   missing_patient: str = "error", keep_cols: Sequence[str] = ()) -> Catalog:
     """Catalog any collection described by a CSV: one row an image, labels as 0/1 columns or a findings column.
 
     Image paths are relative to `images_root` (default: the CSV's folder) unless absolute. Rows whose image
@@ -248,6 +310,7 @@ def read_csv_table(table: str | Path, path_col: str, patient_col: str, *, label_
     names (old -> new); views keeps rows whose view column is one of them. task 'multiclass' makes each row's one
     finding (after merging; 'No Finding' is a class too) its class; rows with none or several are left out.
     Path and patient columns are read as text; an empty patient id follows `missing_patient` (patient_column).
+    Columns named in META_COLUMNS (age, sex, view, location, site, ...) are kept, and so is each of `keep_cols`.
     """
     where = str(table)
     if (label_cols is None) == (findings_col is None):
@@ -258,8 +321,9 @@ def read_csv_table(table: str | Path, path_col: str, patient_col: str, *, label_
     info: dict = {"csv": str(Path(table).resolve())}
     if views:
         frame = filter_views(frame, views, where, info)
-    require_columns(frame, [path_col, patient_col, *(label_cols or []), *([findings_col] if findings_col else [])],
-                    where, "pass the right --path-col/--patient-col/--label-cols/--findings-col")
+    require_columns(frame, [path_col, patient_col, *(label_cols or []), *([findings_col] if findings_col else []),
+                            *keep_cols], where, "pass the right --path-col/--patient-col/--label-cols/--findings-col"
+                    "/--keep-cols")
     frame = frame.reset_index(drop=True)
     if frame[path_col].isna().any():
         rows = [int(i) + 2 for i in frame.index[frame[path_col].isna()][:5]]
@@ -267,19 +331,22 @@ def read_csv_table(table: str | Path, path_col: str, patient_col: str, *, label_
     patients, keep, info["missing_patient"] = patient_column(frame[patient_col], frame[path_col], where, patient_col,
                                                              missing_patient)
     frame = frame.assign(**{patient_col: patients}).loc[keep].reset_index(drop=True)
-    check_unique(frame[path_col].astype(str), where, path_col)
+    root = Path(images_root) if images_root else Path(table).resolve().parent
+    image_ids, absolute = resolve_paths(frame[path_col].astype(str), root)
+    refuse_same_files(absolute, frame[path_col].astype(str).tolist(), f"{where}: column {path_col!r}",
+                      [int(i) + 2 for i in frame.index])
+    frame = frame.assign(_image_id=image_ids, _absolute=absolute)  # filtered with the rows below
     if findings_col and is_multiclass(task):
         frame, matrix, labels = _multiclass_findings(frame, findings_col, sep, merges or {}, labels, where, info)
     elif findings_col:
         values = apply_merges(frame[findings_col], sep, merges or {}, where, findings_col) if merges else frame[findings_col]
-        matrix, labels = parse_findings(values, where, findings_col, sep=sep, labels=labels)
+        matrix, labels = parse_findings(values, where, findings_col, sep=sep, labels=labels, info=info)
         info["merges"] = merges or {}
     else:
+        refuse_case_twins(list(label_cols or []), where, "label columns")
         matrix, labels = _label_columns(frame, list(label_cols or []), where), tuple(label_cols or [])
-    root = Path(images_root) if images_root else Path(table).resolve().parent
-    rel = frame[path_col].astype(str)
-    base = pd.DataFrame({"image_id": rel, "patient_id": frame[patient_col].astype(str), "split": ""})
-    absolute = [r if os.path.isabs(r) else os.path.abspath(root / r) for r in rel]
+    base = pd.DataFrame({"image_id": frame["_image_id"], "patient_id": frame[patient_col].astype(str), "split": ""})
+    absolute = frame["_absolute"].tolist()
     if check_images:
         if not root.is_dir():
             raise DataError(f"{root}: no such image folder; check --images-root")
@@ -291,7 +358,7 @@ def read_csv_table(table: str | Path, path_col: str, patient_col: str, *, label_
         base["path"], missing = absolute, []
     task = _csv_task(task, labels, matrix, where)
     info["images_root"] = str(root.resolve())
-    return make_catalog(base, matrix, labels, task, "csv", info, _metadata(frame), missing)
+    return make_catalog(base, matrix, labels, task, "csv", info, _metadata(frame, keep_cols, where), missing)
 
 
 def _label_columns(frame: pd.DataFrame, columns: list[str], where: str) -> np.ndarray:
@@ -340,6 +407,10 @@ def _multiclass_findings(frame: pd.DataFrame, column: str, sep: str, merges: dic
     if not keep.any():
         raise DataError(f"{where}: no row of {column!r} names exactly one class; check --sep and --merge")
     frame, per_row = frame.loc[keep].reset_index(drop=True), per_row[keep].reset_index(drop=True)
+    counts = Counter(per_row.tolist())
+    mapping = case_merges(counts, classes or ())
+    per_row = per_row.map(lambda c: mapping.get(c, c))
+    info["label_case_merged"] = report_case_merges(mapping, counts, f"{where}: column {column!r}", "class")
     found = class_order(set(per_row))
     if classes is not None:
         unknown = sorted(set(found) - set(classes))
