@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from chestxray.errors import ConfigError
-from chestxray.inference.stream import threshold_tta
 from chestxray.evaluation.thresholds import (
     FALLBACK,
     apply_thresholds,
@@ -15,7 +14,10 @@ from chestxray.evaluation.thresholds import (
     choose_thresholds,
     parse_method,
     store_thresholds,
+    thresholds_from_frame,
 )
+from chestxray.inference.outputs import decision_thresholds
+from chestxray.inference.stream import threshold_tta
 from chestxray.models import build_model
 from chestxray.models.bundle import read_card, save_bundle
 
@@ -73,16 +75,42 @@ def test_store_and_apply_thresholds(tmp_path) -> None:
     card = {"architecture": "cnn-tiny", "num_labels": 2, "in_chans": 1, "image_size": 32,
             "normalization": "gray", "labels": labels}
     folder = save_bundle(tmp_path / "bundle", build_model("cnn-tiny", num_labels=2), card)
-    store_thresholds(folder, {"a": 0.3, "b": 0.7}, "f1")
+    store_thresholds(folder, {"a": -0.5, "b": 25.0}, "f1")  # log-odds
     stored = read_card(folder)
-    assert stored["thresholds"] == {"a": 0.3, "b": 0.7}
+    assert stored["threshold_logits"] == {"a": -0.5, "b": 25.0}  # what decisions apply
+    assert stored["thresholds"] == pytest.approx({"a": 1 / (1 + np.exp(0.5)), "b": 1 - 1.4e-11}, abs=1e-12)
     assert stored["threshold_method"] == "f1 on val"
-    frame = pd.DataFrame({"p_a": [0.2, 0.3, np.nan], "p_b": [0.9, 0.1, np.nan]})
-    out = apply_thresholds(frame, labels, stored["thresholds"])
+    assert decision_thresholds(stored) == {"a": -0.5, "b": 25.0}
+    # logits of 20 and 30 are both p = 1.0 in float32; the log-odds threshold of 25 still tells them apart
+    frame = pd.DataFrame({"p_a": [0.2, 0.5, np.nan], "p_b": [1.0, 1.0, np.nan],
+                          "logit_a": [-1.0, 0.0, np.nan], "logit_b": [30.0, 20.0, np.nan]})
+    out = apply_thresholds(frame, labels, decision_thresholds(stored))
     assert out["pred_a"].tolist()[:2] == [0, 1] and out["pred_b"].tolist()[:2] == [1, 0]
     assert out["pred_a"].isna().iloc[2]  # an unreadable image gets no decision, not a 'negative'
     with pytest.raises(ConfigError, match="no threshold stored"):
         apply_thresholds(frame, labels, {"a": 0.5})
+
+
+def test_cards_and_frames_from_before_log_odds_still_decide_as_they_did() -> None:
+    """A card with probability thresholds only, a frame with p_ columns only: p >= t, through its log-odds."""
+    old_card = {"thresholds": {"a": 0.3}}
+    assert decision_thresholds(old_card)["a"] == pytest.approx(np.log(0.3 / 0.7))
+    frame = pd.DataFrame({"p_a": [0.2, 0.3, 0.9]})
+    assert apply_thresholds(frame, ["a"], decision_thresholds(old_card))["pred_a"].tolist() == [0, 1, 1]
+    assert decision_thresholds({"thresholds": None}) is None
+
+
+def test_thresholds_between_saturated_scores_are_meaningful() -> None:
+    """Validation logits 20–40 (all float32 probabilities exactly 1.0): the threshold falls between the classes."""
+    y = np.array([0, 0, 0, 1, 1, 1])
+    logits = np.array([20.0, 21.0, 22.0, 30.0, 35.0, 40.0])
+    assert (1 / (1 + np.exp(-logits.astype(np.float32)))).min() == np.float32(1.0)
+    t = choose_threshold(y, logits, "youden")
+    assert 22.0 < t <= 30.0
+    assert choose_threshold(y, logits, "sensitivity:1.0") == 30.0
+    frame = pd.DataFrame({"a": y, "p_a": np.ones(6), "logit_a": logits})
+    assert thresholds_from_frame(frame, ["a"]) == {"a": t}
+    assert apply_thresholds(frame, ["a"], {"a": t})["pred_a"].tolist() == y.tolist()
 
 
 def test_thresholds_carry_their_tta_and_a_mismatch_is_refused(tmp_path) -> None:

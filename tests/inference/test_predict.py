@@ -59,8 +59,11 @@ def test_tta_averages_the_views(setup) -> None:
     pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8)
     x = torch.from_numpy(pixels).float()[:, None] / 127.5 - 1  # the card's 'gray' normalisation
     with torch.inference_mode():
-        plain, mirrored = torch.sigmoid(model.net(x)), torch.sigmoid(model.net(torch.flip(x, dims=[-1])))
-    assert np.allclose(score_pixels(pixels, backend, "hflip"), ((plain + mirrored) / 2).numpy(), atol=1e-6)
+        plain, mirrored = model.net(x).double(), model.net(torch.flip(x, dims=[-1])).double()
+    # the views' logits are averaged (the TTA score stays a log-odds); the probability is its sigmoid
+    assert np.allclose(score_pixels(pixels, backend, "hflip"), torch.sigmoid((plain + mirrored) / 2).numpy(),
+                       atol=1e-6)
+    plain = torch.sigmoid(plain)
     crop = score_pixels(pixels, backend, "crop")
     assert crop.shape == (3, 14) and not np.allclose(crop, plain.numpy())
     with pytest.raises(ConfigError, match="unknown test-time augmentation 'rot90'"):

@@ -1,5 +1,6 @@
 """The one scoring path's parts: TTA views (checked against torch's own interpolation), the stored-TTA rule, the
-mean over views, the calibration step, whole-grey-level backends, and files vs arrays."""
+mean logit over views and the log-odds it gives (saturated scores keep their order), the calibration step,
+whole-grey-level backends, and files vs arrays."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from chestxray.inference.scoring import (
     array_pixels,
     load_pixels,
     make_scorer,
+    score_log_odds,
     score_pixels,
     threshold_tta,
     tta_views,
@@ -27,9 +29,11 @@ CARD = {"labels": ["a", "b"], "image_size": 32, "resize": "crop"}
 
 
 def _brightness(views: np.ndarray) -> np.ndarray:
-    """A real (if simple) backend: the left half's and the right half's mean grey level, as probabilities."""
+    """A real (if simple) backend: the left half's and the right half's mean grey level, as logits from -20 (black)
+    to +20 (white): saturated probabilities at both ends."""
     half = views.shape[-1] // 2
-    return np.stack([views[..., :half].mean((1, 2, 3)), views[..., half:].mean((1, 2, 3))], axis=1) / 255.0
+    means = np.stack([views[..., :half].mean((1, 2, 3)), views[..., half:].mean((1, 2, 3))], axis=1) / 255.0
+    return (means - 0.5) * 40.0
 
 
 @pytest.mark.parametrize("size", [32, 33, 64])
@@ -52,14 +56,36 @@ def test_views_match_torch_and_mirror_exactly(size: int) -> None:
         tta_views(pixels.astype(np.float32), "none")
 
 
-def test_probabilities_are_the_mean_over_views_then_the_calibration() -> None:
+def test_log_odds_are_the_mean_logit_over_views_then_the_calibration() -> None:
     pixels = np.zeros((2, 4, 4), dtype=np.uint8)
     pixels[:, :, :2] = 255  # left half white: the mirror swaps the halves
     backend = Backend("numpy", _brightness)
-    assert score_pixels(pixels, backend, "none").tolist() == [[1.0, 0.0]] * 2
+    assert score_log_odds(pixels, backend, "none").tolist() == [[20.0, -20.0]] * 2
+    np.testing.assert_allclose(score_pixels(pixels, backend, "none"), [[1 - 2.06e-9, 2.06e-9]] * 2, rtol=1e-3)
+    assert score_log_odds(pixels, backend, "hflip").tolist() == [[0.0, 0.0]] * 2  # the views' logits averaged
     assert score_pixels(pixels, backend, "hflip").tolist() == [[0.5, 0.5]] * 2
     calibrated = Scorer(CARD, backend, "test", "hflip", calibrate=lambda p: p ** 2)
     assert calibrated.score(pixels).tolist() == [[0.25, 0.25]] * 2
+    np.testing.assert_allclose(calibrated.score_log_odds(pixels), np.log(0.25 / 0.75), rtol=1e-12)
+
+
+def test_saturated_scores_keep_their_order() -> None:
+    """Grey levels that give logits of 18.4–20 are all p = 1.0 in float32; their log-odds still rank them."""
+    pixels = np.full((4, 4, 4), 255, dtype=np.uint8)
+    pixels[:, :, 2:] = np.array([245, 248, 251, 255], dtype=np.uint8)[:, None, None]
+    scores = score_log_odds(pixels, Backend("numpy", _brightness), "none")[:, 1]
+    assert (1 / (1 + np.exp(-scores.astype(np.float32)))).min() == np.float32(1.0)
+    assert np.all(np.diff(scores) > 0)
+
+
+def test_multiclass_backends_give_one_vs_rest_log_odds() -> None:
+    """A multi-class backend's softmax probability is the sigmoid of its class-against-the-rest log-odds."""
+    pixels = np.zeros((1, 4, 4), dtype=np.uint8)
+    pixels[:, :, :2] = 255
+    backend = Backend("numpy", _brightness, task="multiclass")
+    logits = _brightness(tta_views(pixels, "none")[0])
+    np.testing.assert_allclose(score_log_odds(pixels, backend), [[40.0, -40.0]])
+    np.testing.assert_allclose(score_pixels(pixels, backend), torch.from_numpy(logits).softmax(1).numpy())
 
 
 def test_stored_tta_rule() -> None:

@@ -32,7 +32,7 @@ class Record(L.Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if not trainer.sanity_checking:
-            self.val += [[i, p, y] for i, p, y in zip(batch["image_id"], outputs["probs"].tolist(),
+            self.val += [[i, p, y] for i, p, y in zip(batch["image_id"], outputs["log_odds"].tolist(),
                                                       outputs["labels"].tolist())]
 
     def on_fit_end(self, trainer, pl_module):
@@ -67,10 +67,10 @@ def test_two_process_ddp_splits_train_and_gathers_val(tmp_path: Path, synthetic_
     val_ids = [s["image_id"] for s in iter_split_samples(synthetic_prepared, "val")]
     rows = {image_id: (p, y) for r in ranks for image_id, p, y in r["val"]}
     assert sorted(rows) == sorted(val_ids)  # the metric saw the whole val split
-    probs = np.array([rows[i][0] for i in val_ids])
+    scores = np.array([rows[i][0] for i in val_ids])
     labels = np.array([rows[i][1] for i in val_ids])
     usable = [j for j in range(labels.shape[1]) if 0 < labels[:, j].sum() < len(labels)]
-    expected = np.mean([roc_auc_score(labels[:, j], probs[:, j]) for j in usable])
+    expected = np.mean([roc_auc_score(labels[:, j], scores[:, j]) for j in usable])
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert len(history) == 1
     assert abs(history["val_auroc"].iloc[0] - expected) < 1e-5

@@ -46,6 +46,36 @@ def test_val_auroc_skips_labels_without_both_classes() -> None:
     assert out[0]["val_accuracy"] == pytest.approx(expected_acc, abs=1e-6)
 
 
+class FixedLogits(torch.nn.Module):
+    """A 'net' whose logits are the first pixels of each image (so a test can feed any logits it wants)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.unused = torch.nn.Linear(1, 1)  # an optimiser needs a parameter
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1)[:, : self.n]
+
+
+@pytest.mark.parametrize("task", ["multilabel", "multiclass"])
+def test_val_auroc_ranks_saturated_scores(task: str) -> None:
+    """Logits above 20 (float32 sigmoid = 1.0 exactly) still rank: AUROC 1.0, not the 0.5 of tied probabilities."""
+    positive = torch.tensor([0, 1, 0, 1, 1, 0, 1, 0], dtype=torch.float32)
+    logits = torch.where(positive == 1, 30.0, 20.0) + torch.arange(8) * 0.01
+    if task == "multiclass":
+        images = torch.stack([logits, torch.zeros(8)], 1)  # class 0 against class 1: softmax saturates too
+        labels = torch.stack([positive, 1 - positive], 1)
+    else:
+        images, labels = logits[:, None], positive[:, None]
+    assert torch.sigmoid(logits).eq(1.0).all()  # what the old metric saw: all tied
+    batch = [{"image": images[:, :, None, None], "labels": labels, "image_id": [str(i) for i in range(8)],
+              "patient_id": [str(i) for i in range(8)]}]
+    module = ChestXrayModule(FixedLogits(labels.shape[1]), ["a", "b"][: labels.shape[1]], task=task)
+    out = quiet_trainer().validate(module, dataloaders=DataLoader(batch, batch_size=None), verbose=False)
+    assert out[0]["val_auroc"] == pytest.approx(1.0)
+
+
 def test_batch_accuracy_binary_multilabel_and_multiclass() -> None:
     logits = torch.tensor([[2.0, -1.0], [-0.5, 0.3], [0.0, -3.0]])  # sigmoid >= 0.5 exactly when logit >= 0
     labels = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])

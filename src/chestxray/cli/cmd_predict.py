@@ -121,7 +121,7 @@ def predict(
     with _file_rows(out, labels) as to_file, _progress(len(found.paths)) as advance:
         frames = iter_predictions(scorer, found.paths, batch_size=batch_size, workers=workers)
         for frame in _with_problems(frames, problem_rows(found.problems, labels)):
-            frame = add_decisions(frame, labels, thresholds) if thresholds else frame
+            frame = add_decisions(frame, labels, scorer.threshold_logits) if thresholds else frame
             if multiclass and "predicted_class" not in frame:  # unreadable inputs: same columns, no class
                 frame = frame.assign(predicted_class="")
             tally.add(frame)

@@ -41,6 +41,37 @@ def probabilities(logits: Any, task: str | None) -> Any:
     return logits.softmax(dim=1) if is_multiclass(task) else logits.sigmoid()
 
 
+def log_odds(logits: Any, task: str | None) -> np.ndarray:
+    """(N, L) float64 log-odds per label from a net's logits (N, L): the logits themselves (sigmoid outputs), or for a
+    multiclass task each class against the rest, log(p_k / (1 - p_k)) = z_k - logsumexp_{j != k} z_j.
+
+    The score every ranking (AUROC) and threshold uses: unlike a probability it never saturates (a float32 sigmoid
+    is exactly 1.0 above ~17, and tied scores make AUROC 0.5). sigmoid(log-odds) is the probability people read
+    (for multiclass, the softmax probability): see probability_of.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    if not is_multiclass(task):
+        return z
+    others = np.where(np.eye(z.shape[1], dtype=bool)[None], -np.inf, z[:, None, :])  # (N, K, K): all but class k
+    top = others.max(2)
+    return z - (top + np.log(np.exp(others - top[..., None]).sum(2)))
+
+
+def probability_of(log_odds_: Any) -> np.ndarray:
+    """float64 sigmoid of log-odds, without overflow (exactly 1.0 only above ~37 in float64)."""
+    x = np.asarray(log_odds_, dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # NaN (an unreadable image) stays NaN
+        return np.exp(-np.logaddexp(0.0, -x))
+
+
+def log_odds_of(probs: Any) -> np.ndarray:
+    """log(p / (1 - p)) of float64 probabilities (±inf at 0 and 1): for scores and thresholds stored as
+    probabilities before log-odds were kept (they rank like the saturated probabilities did)."""
+    p = np.asarray(probs, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(p) - np.log1p(-p)
+
+
 def class_order(classes: list[str] | set[str]) -> tuple[str, ...]:
     """Classes sorted by name with the normal class (NORMAL, No Finding, ...) first, as the reference class."""
     return tuple(sorted(classes, key=lambda c: (c.strip().lower() not in NORMAL_CLASS_NAMES, c)))

@@ -1,7 +1,9 @@
-"""Export a bundle to ONNX: uint8 pixels in, probabilities out, the card's preprocessing inside the graph.
+"""Export a bundle to ONNX: uint8 pixels in, probabilities and logits out, the card's preprocessing inside the graph.
 
 The graph takes the decoded, resized image as uint8 (batch, 1, S, S) — the same pixels prepare stores — applies
-the card's normalisation and the sigmoid itself, and has a dynamic batch axis. The whole card (labels,
+the card's normalisation and the sigmoid itself, and has a dynamic batch axis. Its second output is the raw
+logits, from which `chestxray predict model.onnx` takes the log-odds that the card's threshold_logits apply to
+(probabilities saturate at 1.0 in float32, logits do not). The whole card (labels,
 thresholds, image_size, resize, normalization) travels in the ONNX metadata under "chestxray_card", so
 `chestxray predict model.onnx …` needs onnxruntime only.
 """
@@ -24,14 +26,14 @@ from chestxray.models.bundle import Bundle
 log = logging.getLogger(__name__)
 
 OPSET = 18
-INPUT, OUTPUT = "pixels", "probabilities"
+INPUT, OUTPUT, LOGITS = "pixels", "probabilities", "logits"
 CARD_KEY = "chestxray_card"
 PREPROCESSING_KEY = "preprocessing"
 
 
 class _Deployed(torch.nn.Module):
-    """uint8 (B, 1, S, S) → probabilities (B, L), normalising as the card says (x * scale + shift), then sigmoid
-    (softmax for a multiclass card)."""
+    """uint8 (B, 1, S, S) → (probabilities (B, L), logits (B, L)), normalising as the card says (x * scale +
+    shift); probabilities by sigmoid (softmax for a multiclass card)."""
 
     def __init__(self, bundle: Bundle) -> None:
         super().__init__()
@@ -42,8 +44,9 @@ class _Deployed(torch.nn.Module):
         self.net = bundle.net.eval()
         self.task = bundle.card.get("task")
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return probabilities(self.net(pixels.float() * self.scale + self.shift), self.task)
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(pixels.float() * self.scale + self.shift).float()
+        return probabilities(logits, self.task), logits
 
 
 def preprocessing_text(card: dict) -> str:
@@ -67,7 +70,7 @@ def _to_proto(wrapper: torch.nn.Module, example: torch.Tensor, opset: int, dynam
 
     if dynamo:
         program = torch.onnx.export(
-            wrapper, (example,), dynamo=True, opset_version=opset, input_names=[INPUT], output_names=[OUTPUT],
+            wrapper, (example,), dynamo=True, opset_version=opset, input_names=[INPUT], output_names=[OUTPUT, LOGITS],
             dynamic_shapes={INPUT: {0: torch.export.Dim("batch", min=1, max=4096)}}, external_data=False,
             verbose=False)
         return program.model_proto
@@ -75,7 +78,8 @@ def _to_proto(wrapper: torch.nn.Module, example: torch.Tensor, opset: int, dynam
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its deprecation
         torch.onnx.export(wrapper, (example,), buffer, dynamo=False, opset_version=opset, input_names=[INPUT],
-                          output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+                          output_names=[OUTPUT, LOGITS],
+                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}, LOGITS: {0: "batch"}})
     return onnx.load_from_string(buffer.getvalue())
 
 

@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from chestxray.data.tasks import is_multiclass
+from chestxray.data.tasks import is_multiclass, probability_of
 from chestxray.deploy.security import SecurityMiddleware, WebPolicy, page_csp
 from chestxray.deploy.uploads import Limits, UploadError, decode_upload, keep_upload
 from chestxray.inference.ood import is_unusual
@@ -136,14 +136,15 @@ class ModelService:
         """Probabilities per finding, the stored thresholds and decisions, and a preview of the decoded image."""
         gray, square = self._decode(data, name)
         with self.lock:
-            scores, typical = self.scorer.score_with_ood(square[None])
-        probs = scores[0].tolist()
+            scores, typical = self.scorer.log_odds_with_ood(square[None])
+        odds, probs = scores[0], probability_of(scores[0]).tolist()
         thresholds = self.card.get("thresholds") or {}
+        decide = self.scorer.threshold_logits or {}  # log-odds, as every scoring path decides
         multiclass = is_multiclass(self.card.get("task"))
-        predicted = self.labels[int(np.argmax(probs))] if multiclass else None  # multi-class: argmax, no thresholds
+        predicted = self.labels[int(np.argmax(odds))] if multiclass else None  # multi-class: argmax, no thresholds
         findings = [{"name": n, "probability": round(p, 6), "threshold": thresholds.get(n),
-                     "positive": (n == predicted) if multiclass else None if n not in thresholds else p >= thresholds[n]}
-                    for n, p in zip(self.labels, probs)]
+                     "positive": (n == predicted) if multiclass else None if n not in decide else bool(z >= decide[n])}
+                    for n, p, z in zip(self.labels, probs, odds)]
         return {"file": name, "model": self.card["architecture"], "task": self.card.get("task", "multilabel"),
                 "image": {"width": int(gray.shape[1]), "height": int(gray.shape[0]), "preview": _preview(gray)},
                 "findings": findings, "thresholds_stored": bool(thresholds), "note": self.note(),

@@ -29,6 +29,7 @@ from chestxray.evaluation.statistics import (
     holm,
     paired_bootstrap,
 )
+from chestxray.inference.outputs import score_kind
 
 COLUMNS = ["finding", "positives", "positive_patients", "negative_patients", "auroc_a", "auroc_b", "diff", "low",
            "high", "p", "p_holm", "test"]
@@ -109,14 +110,17 @@ def compare_predictions(
     frame_a: pd.DataFrame, frame_b: pd.DataFrame, labels: Sequence[str], name_a: str = "a", name_b: str = "b",
     split: str = "test", n_boot: int = 1000, seed: int = 0, min_patients: int = MIN_PATIENTS,
 ) -> Comparison:
-    """Compare two prediction frames (image_id, patient_id, labels, p_<label>) of the same images."""
+    """Compare two prediction frames (image_id, patient_id, labels, logit_<label> or p_<label>) of the same images."""
     labels = list(labels)
-    need = ["image_id", "patient_id", *labels, *(f"p_{x}" for x in labels)]
+    # rank on log-odds (logit_ columns) when both frames have them: probabilities saturate at 1.0 and tie
+    kind = "logit" if score_kind(frame_a, labels) == score_kind(frame_b, labels) == "logit" else "p"
+    scores = [f"{kind}_{x}" for x in labels]
+    need = ["image_id", "patient_id", *labels, *scores]
     for name, frame in ((name_a, frame_a), (name_b, frame_b)):
         missing = [c for c in need if c not in frame.columns]
         if missing:
             raise DataError(f"{name}: predictions lack column(s) {missing}; re-run chestxray evaluate")
-    merged = frame_a[need].merge(frame_b[["image_id", *(f"p_{x}" for x in labels)]], on="image_id",
+    merged = frame_a[need].merge(frame_b[["image_id", *scores]], on="image_id",
                                  how="outer", suffixes=("_a", "_b"), indicator=True)
     if (merged["_merge"] != "both").any() or len(merged) != len(frame_a):
         only_a = int((merged["_merge"] == "left_only").sum())
@@ -124,8 +128,8 @@ def compare_predictions(
         raise DataError(f"{name_a} and {name_b} scored different images ({only_a} only in {name_a}, {only_b} only in "
                         f"{name_b}); evaluate both runs on the same prepared data and split")
     y = merged[labels].to_numpy().astype(np.uint8)
-    a = merged[[f"p_{x}_a" for x in labels]].to_numpy(np.float64)
-    b = merged[[f"p_{x}_b" for x in labels]].to_numpy(np.float64)
+    a = merged[[f"{c}_a" for c in scores]].to_numpy(np.float64)
+    b = merged[[f"{c}_b" for c in scores]].to_numpy(np.float64)
     patients = merged["patient_id"].astype(str).tolist()
     codes, n_pat = patient_codes(patients)
     boot = paired_bootstrap(y, a, b, patients, n_boot=n_boot, seed=seed)

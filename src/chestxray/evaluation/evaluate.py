@@ -1,7 +1,11 @@
 """Honest evaluation of a run: thresholds from the validation split, metrics with patient-bootstrap CIs on the
 evaluated split, and every table and plot written into RUN/eval/.
 
-RUN/eval/ holds predictions.csv, val_predictions.csv, roc/<finding>.csv (fpr, tpr, threshold), metrics.json,
+Every ranking (AUROC, AUPRC, ROC curves) and every threshold works on the log-odds columns logit_<label> (they never
+saturate; chestxray.data.tasks.log_odds); calibration and the thresholds shown to people use probabilities.
+
+RUN/eval/ holds predictions.csv, val_predictions.csv, roc/<finding>.csv (fpr, tpr, threshold as a probability,
+threshold_logit), metrics.json,
 summary.csv, copies of the training history (training_metrics.csv from RUN/metrics.csv, per step;
 training_history.csv from RUN/history.csv, per epoch) and the PNG plots named in PLOTS.
 """
@@ -21,12 +25,12 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from chestxray.data.tasks import DECISION_RULE, is_multiclass
+from chestxray.data.tasks import DECISION_RULE, is_multiclass, probability_of
 from chestxray.errors import DataError
 from chestxray.evaluation import plots
 from chestxray.evaluation.metrics import Summary, summarize, undefined_reason
 from chestxray.evaluation.multiclass import MulticlassMetrics, multiclass_summary
-from chestxray.evaluation.thresholds import parse_method, thresholds_from_frame
+from chestxray.evaluation.thresholds import as_probabilities, parse_method, thresholds_from_frame
 from chestxray.files import (
     atomic_folder,
     atomic_path,
@@ -34,6 +38,7 @@ from chestxray.files import (
     write_csv,
     write_json,
 )
+from chestxray.inference.outputs import log_odds_matrix
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +60,7 @@ class EvalResult:
     eval_dir: Path
     split: str
     labels: list[str]
-    thresholds: dict[str, float]
+    thresholds: dict[str, float]  # log-odds: what decisions compare (as_probabilities gives them for people)
     threshold_method: str
     tta: str
     summary: Summary
@@ -86,12 +91,20 @@ def _check_frame(frame: pd.DataFrame, labels: Sequence[str], what: str) -> None:
         raise DataError(f"{what} split has no images; it cannot be evaluated")
 
 
-def roc_table(y_true: np.ndarray, y_score: np.ndarray) -> pd.DataFrame:
-    """fpr, tpr, threshold of one finding's ROC curve (empty when it has no positives or no negatives)."""
+def roc_table(y_true: np.ndarray, y_log_odds: np.ndarray) -> pd.DataFrame:
+    """fpr, tpr, threshold (probability) and threshold_logit of one finding's ROC curve, from log-odds scores
+    (empty when it has no positives or no negatives)."""
     if undefined_reason(y_true) is not None:
-        return pd.DataFrame(columns=["fpr", "tpr", "threshold"])
-    fpr, tpr, thr = roc_curve(y_true, y_score)
-    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thr})
+        return pd.DataFrame(columns=["fpr", "tpr", "threshold", "threshold_logit"])
+    fpr, tpr, thr = roc_curve(y_true, y_log_odds)
+    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": probability_of(thr), "threshold_logit": thr})
+
+
+def _shown_as_probabilities(summary: Summary) -> Summary:
+    """The summary with each row's threshold (log-odds, as applied) written as a probability, for people."""
+    rows = [dataclasses.replace(r, threshold=None if r.threshold is None else float(probability_of(r.threshold)))
+            for r in summary.rows]
+    return dataclasses.replace(summary, rows=rows)
 
 
 def evaluate_predictions(
@@ -125,16 +138,17 @@ def evaluate_predictions(
     multi = is_multiclass(task)
     if split == "val" and not multi:
         log.warning("evaluating on the validation split, where the thresholds were chosen: metrics are optimistic")
-    thresholds = {} if multi else thresholds_from_frame(val, labels, method)
+    thresholds = {} if multi else thresholds_from_frame(val, labels, method)  # log-odds
     method = DECISION_RULE if multi else f"{method} on val"
     y_true = scored[labels].to_numpy()
-    y_score = scored[[f"p_{x}" for x in labels]].to_numpy()
+    y_score, y_prob = log_odds_matrix(scored, labels), probability_of(log_odds_matrix(scored, labels))
     patients = scored["patient_id"].astype(str).tolist()
     mc = None
     if multi:
-        summary, mc = multiclass_summary(y_true, y_score, labels, patients, n_boot=n_boot, seed=seed)
+        summary, mc = multiclass_summary(y_true, y_score, labels, patients, n_boot=n_boot, seed=seed, y_prob=y_prob)
     else:
-        summary = summarize(y_true, y_score, labels, patients, thresholds, n_boot=n_boot, seed=seed)
+        summary = summarize(y_true, y_score, labels, patients, thresholds, n_boot=n_boot, seed=seed, y_prob=y_prob)
+    summary = _shown_as_probabilities(summary)
     with atomic_folder(out_dir) as out:
         result = _write_outputs(out, val, scored, labels, summary, mc, thresholds, method, split, task, tta,
                                 history, extra)
@@ -150,7 +164,7 @@ def _write_outputs(out: Path, val: pd.DataFrame, scored: pd.DataFrame, labels: l
                    tta: str, history: str | Path | None, extra: dict[str, Any] | None) -> EvalResult:
     """Every table, metrics.json and plot of an evaluation into the (empty) folder `out`."""
     y_true = scored[labels].to_numpy()
-    y_score = scored[[f"p_{x}" for x in labels]].to_numpy()
+    y_score = log_odds_matrix(scored, labels)
     write_csv(out / "predictions.csv", scored)
     write_csv(out / "val_predictions.csv", val)
     for j, name in enumerate(labels):
@@ -161,7 +175,8 @@ def _write_outputs(out: Path, val: pd.DataFrame, scored: pd.DataFrame, labels: l
         "labels": labels,
         "task": task,
         "threshold_method": method,
-        "thresholds": thresholds,
+        "thresholds": as_probabilities(thresholds),
+        "threshold_logits": thresholds,
         "tta": tta,
         "n_val_images": len(val),
         "evaluated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -175,7 +190,7 @@ def _write_outputs(out: Path, val: pd.DataFrame, scored: pd.DataFrame, labels: l
         "confusion": (plots.plot_confusion_matrix(mc.confusion, labels, out / PLOTS["confusion"]) if mc
                       else plots.plot_confusion_grid(summary, out / PLOTS["confusion"])),
         "auroc": plots.plot_auroc_bars(summary, out / PLOTS["auroc"]),
-        "calibration": plots.plot_calibration(y_true, y_score, labels, out / PLOTS["calibration"]),
+        "calibration": plots.plot_calibration(y_true, probability_of(y_score), labels, out / PLOTS["calibration"]),
     }
     if history is not None and Path(history).exists():
         _copy(history, out / "training_metrics.csv")
@@ -246,8 +261,8 @@ def evaluate_run(
                               balanced_accuracy=result.multiclass.balanced_accuracy.value)
         metrics = {**read_card(bundle.path).get("metrics", {}), "evaluation": evaluation}  # training's stays
         if result.multiclass is not None:  # no thresholds: the card says the decision rule and the TTA scored with
-            update_card(bundle.path, thresholds=None, threshold_method=DECISION_RULE, threshold_tta=tta,
-                        metrics=metrics)
+            update_card(bundle.path, thresholds=None, threshold_logits=None, threshold_method=DECISION_RULE,
+                        threshold_tta=tta, metrics=metrics)
         else:  # one card write: thresholds, their TTA and the metrics they came with
             store_thresholds(bundle.path, result.thresholds, method, tta, metrics=metrics)
 

@@ -331,15 +331,19 @@ def summarize(
     seed: int = 0,
     n_bins: int = 10,
     min_patients: int = MIN_PATIENTS,
+    y_prob: Any = None,
 ) -> Summary:
     """Per-finding, macro, micro and (multi-label) normal metrics with patient-bootstrap CIs.
 
     AUROC/AUPRC get percentile intervals from `n_boot` replicates of a stratified patient resampling (seeded
     numpy Generator) in which every finding defined on the split stays defined; a task with fewer than
     `min_patients` positive or negative patients gets no interval (chestxray.evaluation.sample_rule). Threshold
-    metrics use `thresholds` (label -> probability; score >= t is positive).
+    metrics use `thresholds` (label -> threshold on the scores' scale; score >= t is positive). Scores only rank:
+    evaluate passes log-odds, which never tie where probabilities saturate, and their probabilities as `y_prob` for
+    calibration (None: the scores are probabilities).
     """
     t, s = check_arrays(y_true, y_score)
+    p = s if y_prob is None else check_arrays(y_true, y_prob)[1]  # probabilities, for calibration only
     labels = list(labels)
     if t.shape[1] != len(labels):
         raise DataError(f"{len(labels)} label names for arrays of shape {t.shape}; they must match")
@@ -387,7 +391,7 @@ def summarize(
                 negative_patients=sides[j][1],
                 threshold=thr,
                 counts=threshold_counts(t[:, j], s[:, j], thr) if thr is not None else None,
-                ece=expected_calibration_error(t[:, j], s[:, j], n_bins) if n else None,
+                ece=expected_calibration_error(t[:, j], p[:, j], n_bins) if n else None,
                 note=reason or "",
             )
         )
@@ -395,7 +399,7 @@ def summarize(
         findings = list(rows)
         rows.extend(macro_rows(findings, roc_reps[:, :n_lab], pr_reps[:, :n_lab], ci, n, short[:n_lab], min_patients))
         rows.append(_micro_row(t, s, findings, roc_reps[:, n_lab], pr_reps[:, n_lab], ci, n_bins, sides[n_lab],
-                               short[n_lab]))
+                               short[n_lab], p))
         rows.append(_normal_row(s, norm_t, norm_s, thresholds, labels, roc_reps[:, n_lab + 1], pr_reps[:, n_lab + 1],
                                 ci, sides[n_lab + 1], short[n_lab + 1]))
     return Summary(rows, n_images=n, n_patients=n_pat, n_boot=n_boot, ci=ci, seed=seed,
@@ -472,7 +476,7 @@ def _mean_row(
 
 def _micro_row(
     t: np.ndarray, s: np.ndarray, rows: list[FindingMetrics], roc_reps: np.ndarray, pr_reps: np.ndarray,
-    ci: float, n_bins: int, sides: tuple[int, int], short: str | None,
+    ci: float, n_bins: int, sides: tuple[int, int], short: str | None, p: np.ndarray | None = None,
 ) -> FindingMetrics:
     """All (image, finding) pairs pooled into one binary problem; counts pooled over thresholded findings."""
     flat_t, flat_s = t.ravel("F"), s.ravel("F")
@@ -488,7 +492,7 @@ def _micro_row(
         positive_patients=sides[0],
         negative_patients=sides[1],
         counts=counts_to_rates(*_pooled_counts(have)) if have else None,
-        ece=expected_calibration_error(flat_t, flat_s, n_bins),
+        ece=expected_calibration_error(flat_t, (s if p is None else p).ravel("F"), n_bins),  # p: probabilities
         note=f"all {t.shape[1]} findings pooled ({flat_t.size} image-finding pairs)",
     )
 

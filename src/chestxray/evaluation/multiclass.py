@@ -101,10 +101,12 @@ def multiclass_summary(
     ci: float = 0.95,
     seed: int = 0,
     chunk: int = 200,
+    y_prob: Any = None,
 ) -> tuple[Summary, MulticlassMetrics]:
     """Per-class one-vs-rest rows (with argmax confusion counts), macro and weighted rows, and the multi-class extras.
 
-    Weighted = per-class AUROC/AUPRC weighted by class support (scikit-learn's average='weighted').
+    Weighted = per-class AUROC/AUPRC weighted by class support (scikit-learn's average='weighted'). Scores rank and
+    give the argmax: one-vs-rest log-odds (evaluate) or probabilities; `y_prob` (None: the scores) is for calibration.
     """
     t, s = check_arrays(y_true, y_score)
     labels = list(labels)
@@ -113,7 +115,7 @@ def multiclass_summary(
         raise DataError(f"{k} class names for arrays of shape {t.shape}; a multi-class task needs K >= 2 matching")
     true = check_one_hot_truth(t)
     pred = s.argmax(1)
-    base = summarize(t, s, labels, patient_ids, None, n_boot=n_boot, ci=ci, seed=seed)
+    base = summarize(t, s, labels, patient_ids, None, n_boot=n_boot, ci=ci, seed=seed, y_prob=y_prob)
     conf = confusion_matrix(true, pred, k)
     n = len(true)
     rows: list[FindingMetrics] = []

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
+from chestxray.data.tasks import probability_of
 from chestxray.evaluation.metrics import (
     Summary,
     calibration_bins,
@@ -106,7 +107,8 @@ def plot_history(history: pd.DataFrame, out: str | Path) -> Path:
 
 def plot_roc_grid(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str], out: str | Path,
                   thresholds: dict[str, float] | None = None) -> Path:
-    """One ROC panel per finding with its AUROC and the operating point at the chosen threshold."""
+    """One ROC panel per finding with its AUROC and the operating point at the chosen threshold (scores and
+    thresholds in log-odds; the legend shows the threshold as a probability)."""
     t, s = check_arrays(y_true, y_score)
     fig, axes = _grid(len(labels))
     for j, (ax, name) in enumerate(zip(axes, labels)):
@@ -121,7 +123,7 @@ def plot_roc_grid(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str]
         if thresholds and name in thresholds:
             c = threshold_counts(t[:, j], s[:, j], thresholds[name])
             ax.plot(1 - (c.specificity or 0.0), c.sensitivity or 0.0, "o", color="tab:red", ms=6, clip_on=False,
-                    zorder=3, label=f"t={thresholds[name]:.2f}")
+                    zorder=3, label=f"p ≥ {float(probability_of(thresholds[name])):.2f}")
             ax.legend(fontsize=7, loc="lower right")
         ax.set_title(f"{name}\nAUROC {area:.3f}", fontsize=9)
         _unit_axes(ax, "1 - specificity", "sensitivity")

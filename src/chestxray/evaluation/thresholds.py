@@ -3,6 +3,11 @@
 Methods: "youden" (max sensitivity + specificity - 1, the default), "f1" (max F1) and
 "sensitivity:0.9" (the highest threshold whose sensitivity reaches 0.9, i.e. the best specificity
 at that sensitivity). A score >= threshold is called positive.
+
+Thresholds are chosen on log-odds (logit_<label> columns), never on probabilities: a float32 probability is exactly
+1.0 above a logit of ~17, so no threshold could separate such images. The card keeps both: `threshold_logits`, which
+every scoring path applies (chestxray.inference.outputs.add_decisions: log-odds >= threshold), and `thresholds`, the
+same values as probabilities for people.
 """
 
 from __future__ import annotations
@@ -16,19 +21,21 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from chestxray.data.tasks import probability_of
 from chestxray.errors import ConfigError
 from chestxray.evaluation.methods import METHODS, ThresholdMethod, parse_method  # noqa: F401 (re-exported)
 from chestxray.evaluation.metrics import check_arrays, undefined_reason
-from chestxray.inference.outputs import add_decisions
+from chestxray.inference.outputs import add_decisions, log_odds_matrix
 from chestxray.models.bundle import update_card
 
 log = logging.getLogger(__name__)
 
-FALLBACK = 0.5  # used for a label whose validation split has no positives or no negatives
+FALLBACK = 0.0  # log-odds (p = 0.5) for a label whose validation split has no positives or no negatives
 
 
 def choose_threshold(y_true: Any, y_score: Any, method: str | ThresholdMethod = "youden") -> float:
-    """One finding's threshold on validation scores; FALLBACK (0.5) when it lacks positives or negatives."""
+    """One finding's threshold on validation scores (log-odds); FALLBACK (0, i.e. p = 0.5) when it lacks positives
+    or negatives."""
     m = parse_method(method)
     t, s = check_arrays(y_true, y_score)
     t, s = t[:, 0], s[:, 0]
@@ -50,7 +57,8 @@ def choose_threshold(y_true: Any, y_score: Any, method: str | ThresholdMethod = 
 def choose_thresholds(
     y_true: Any, y_score: Any, labels: Sequence[str], method: str | ThresholdMethod = "youden"
 ) -> dict[str, float]:
-    """Thresholds per label from validation labels/scores (N, L); labels without both classes get 0.5 and a warning."""
+    """Thresholds per label from validation labels/scores (N, L) (log-odds); labels without both classes get the
+    FALLBACK (p = 0.5) and a warning."""
     m = parse_method(method)
     t, s = check_arrays(y_true, y_score)
     if t.shape[1] != len(labels):
@@ -59,7 +67,8 @@ def choose_thresholds(
     for j, name in enumerate(labels):
         reason = undefined_reason(t[:, j])
         if reason is not None:
-            log.warning("threshold for %s set to %.2f: validation split has %s", name, FALLBACK, reason)
+            log.warning("threshold for %s set to p = %.2f: validation split has %s", name,
+                        float(probability_of(FALLBACK)), reason)
         out[name] = choose_threshold(t[:, j], s[:, j], m)
     return out
 
@@ -67,26 +76,36 @@ def choose_thresholds(
 def thresholds_from_frame(
     frame: pd.DataFrame, labels: Sequence[str], method: str | ThresholdMethod = "youden"
 ) -> dict[str, float]:
-    """Thresholds from a predictions frame (true label columns and p_<label> score columns) of the validation split."""
-    return choose_thresholds(frame[list(labels)].to_numpy(), frame[[f"p_{x}" for x in labels]].to_numpy(), labels, method)
+    """Log-odds thresholds from a predictions frame of the validation split (true label columns and logit_<label>
+    scores; a frame from before log-odds were kept: the log-odds of its p_<label>)."""
+    return choose_thresholds(frame[list(labels)].to_numpy(), log_odds_matrix(frame, labels), labels, method)
+
+
+def as_probabilities(threshold_logits: dict[str, float]) -> dict[str, float]:
+    """The same thresholds as probabilities (float64 sigmoid), for people: what reports and the card's `thresholds`
+    show."""
+    return {k: float(probability_of(v)) for k, v in threshold_logits.items()}
 
 
 def store_thresholds(
-    bundle_dir: str | Path, thresholds: dict[str, float], method: str | ThresholdMethod, tta: str = "none",
+    bundle_dir: str | Path, threshold_logits: dict[str, float], method: str | ThresholdMethod, tta: str = "none",
     **fields: Any,
 ) -> dict[str, Any]:
-    """Write thresholds, threshold_method ('<method> on val') and threshold_tta (the test-time augmentation the
-    validation scores were made with), plus any other card `fields`, into the bundle card in one atomic write;
-    returns the new card."""
+    """Write threshold_logits (what decisions apply: log-odds >= it), thresholds (the same as probabilities, for
+    people), threshold_method ('<method> on val') and threshold_tta (the test-time augmentation the validation scores
+    were made with), plus any other card `fields`, into the bundle card in one atomic write; returns the new card."""
     return update_card(
         bundle_dir,
-        thresholds={k: float(v) for k, v in thresholds.items()},
+        threshold_logits={k: float(v) for k, v in threshold_logits.items()},
+        thresholds=as_probabilities(threshold_logits),
         threshold_method=f"{parse_method(method)} on val",
         threshold_tta=tta,
         **fields,
     )
 
 
-def apply_thresholds(frame: pd.DataFrame, labels: Sequence[str], thresholds: dict[str, float]) -> pd.DataFrame:
-    """Add a 0/1 column pred_<label> per label (p_<label> >= threshold) to a copy of a predictions frame."""
-    return add_decisions(frame, labels, thresholds)
+def apply_thresholds(frame: pd.DataFrame, labels: Sequence[str], threshold_logits: dict[str, float]
+                     ) -> pd.DataFrame:
+    """Add a 0/1 column pred_<label> per label (logit_<label> >= its log-odds threshold) to a copy of a predictions
+    frame."""
+    return add_decisions(frame, labels, threshold_logits)

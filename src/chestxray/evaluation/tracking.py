@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chestxray.data.tasks import probability_of
 from chestxray.training.train import _allow_file_store
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,8 @@ def evaluation_metrics(result: Any) -> dict[str, float]:
             put("specificity", who, r.counts.specificity)
             put("f1", who, r.counts.f1)
         put("ece", who, r.ece)
-    for name, value in (result.thresholds or {}).items():
-        out[_key(f"threshold/{name}")] = float(value)
+    for name, value in (result.thresholds or {}).items():  # log-odds; logged as probabilities, for people
+        out[_key(f"threshold/{name}")] = float(probability_of(value))
     return out
 
 

@@ -35,12 +35,12 @@ from chestxray.explain.localize import (
 from chestxray.explain.overlay import Caption, render_overlay, save_png
 from chestxray.explain.targets import explain_target  # noqa: F401 - part of this module's interface
 from chestxray.files import write_csv, write_text
+from chestxray.inference.outputs import decision_thresholds, log_odds_matrix
 from chestxray.inference.predict import (
     as_bundle,
     normalize_for_model,
     predict_split,
     resolve_device,
-    score_columns,
     torch_scorer,
 )
 from chestxray.inference.scoring import load_pixels
@@ -276,13 +276,13 @@ def select_split_targets(bundle: Bundle, split: str = "test", n: int = 8, boxes:
     labels = list(bundle.labels)
     if scores is None:
         scores = predict_split(bundle, bundle.card["prepared"], split)
-    thresholds = bundle.thresholds or {}
+    thresholds = decision_thresholds(bundle.card) or {}  # log-odds, as every scoring path decides
     truth = scores[labels].to_numpy(dtype=bool)
-    prob = scores[score_columns(labels)].to_numpy(dtype=float)
+    prob = log_odds_matrix(scores, labels)  # ranks like the probability, without its ties at 1.0
     if is_multiclass(bundle.card.get("task")):  # exclusive classes: the argmax decides (it may be under 0.5)
         decided = np.arange(len(labels)) == prob.argmax(axis=1)[:, None]
     else:
-        decided = prob >= np.array([thresholds.get(name, 0.5) for name in labels])
+        decided = prob >= np.array([thresholds.get(name, 0.0) for name in labels])
     # per outcome: candidate (image, label) pairs, most telling first (confidence for P, how missed for FN)
     key = {"TP": truth & decided, "FP": ~truth & decided, "FN": truth & ~decided, "TN": ~truth & ~decided}
     order = {"TP": -prob, "FP": -prob, "FN": prob, "TN": prob}

@@ -10,10 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from chestxray.data.tasks import log_odds_of
 from chestxray.errors import ModelError
 from chestxray.inference.scoring import Backend, Scorer, make_scorer
 
 CARD_KEY = "chestxray_card"  # written by chestxray.deploy.onnx_export
+LOGITS = "logits"  # the graph's second output (chestxray.deploy.onnx_export.LOGITS)
 
 
 def onnx_scorer(path: str | Path, tta: str | None = None) -> Scorer:
@@ -36,18 +38,23 @@ def onnx_scorer(path: str | Path, tta: str | None = None) -> Scorer:
     if CARD_KEY not in meta:
         raise ModelError(f"{path}: no chestxray card in the ONNX metadata; export the model with 'chestxray export'")
     card = json.loads(meta[CARD_KEY])
-    return make_scorer(card, onnx_backend(session), str(path), tta)
+    return make_scorer(card, onnx_backend(session, card.get("task")), str(path), tta)
 
 
-def onnx_backend(session: Any) -> Backend:
+def onnx_backend(session: Any, task: str | None = None) -> Backend:
     """The scoring Backend of an onnxruntime session whose graph takes grey levels (B, 1, S, S) and returns
-    probabilities (the card's normalisation and sigmoid inside, as chestxray.deploy.onnx_export writes it).
+    probabilities and logits (the card's normalisation inside, as chestxray.deploy.onnx_export writes it): the
+    logits output; an export without one gives the log-odds of its probabilities (tied where they saturate).
 
     A uint8 input takes whole grey levels only (no 'crop' TTA); a float input takes any view."""
     entry = session.get_inputs()[0]
     dtype = np.uint8 if entry.type == "tensor(uint8)" else np.float32
+    names = [o.name for o in session.get_outputs()]
+    output = LOGITS if LOGITS in names else names[0]
 
     def forward(views: np.ndarray) -> np.ndarray:
-        return session.run(None, {entry.name: np.ascontiguousarray(views, dtype=dtype)})[0]
+        values = session.run([output], {entry.name: np.ascontiguousarray(views, dtype=dtype)})[0]
+        return values if output == LOGITS else log_odds_of(values)
 
-    return Backend("onnxruntime", forward, whole_levels=dtype == np.uint8)
+    return Backend("onnxruntime", forward, whole_levels=dtype == np.uint8, task=task,
+                   gives="logits" if output == LOGITS else "log_odds")

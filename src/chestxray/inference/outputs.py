@@ -1,6 +1,6 @@
 """Prediction rows written as they come: CSV (flat), JSON (one array) or JSONL (one object a line).
 
-A writer takes one batch frame at a time (path, image_id, status, reason, p_<label>, pred_<label>), so a run over
+A writer takes one batch frame at a time (path, image_id, status, reason, p_<label>, logit_<label>, pred_<label>), so a run over
 50,000 files never holds its results in memory; files are written atomically (no half file on a crash).
 """
 
@@ -15,22 +15,55 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pandas as pd
 
+from chestxray.data.tasks import log_odds_of
 from chestxray.errors import ConfigError
 from chestxray.files import atomic_open
 
 FORMATS: tuple[str, ...] = ("csv", "json", "jsonl")
 
 
-def add_decisions(frame: pd.DataFrame, labels: Sequence[str], thresholds: dict[str, float]) -> pd.DataFrame:
-    """Add a 0/1 column pred_<label> per label (p_<label> >= threshold; empty where p is) to a copy of the frame."""
-    missing = [x for x in labels if x not in thresholds]
+def decision_thresholds(card: dict[str, Any]) -> dict[str, float] | None:
+    """The log-odds each label's score must reach to be called positive (None: no thresholds stored).
+
+    The card's `threshold_logits` (written by evaluate since log-odds are kept); a card written before holds only
+    `thresholds` as probabilities, whose log-odds decide the same way its old p >= threshold rule did.
+    """
+    if card.get("threshold_logits"):
+        return {k: float(v) for k, v in card["threshold_logits"].items()}
+    if card.get("thresholds"):
+        return {k: float(log_odds_of(v)) for k, v in card["thresholds"].items()}
+    return None
+
+
+def score_kind(frame: pd.DataFrame, labels: Sequence[str]) -> str:
+    """'logit' when the frame has a logit_<label> column for every label, else 'p' (frames written before log-odds
+    were kept): the prefix of the columns to rank and threshold on."""
+    return "logit" if all(f"logit_{x}" in frame.columns for x in labels) else "p"
+
+
+def log_odds_matrix(frame: pd.DataFrame, labels: Sequence[str]) -> np.ndarray:
+    """(N, L) float64 log-odds of a predictions frame: its logit_<label> columns, or the log-odds of p_<label> for a
+    frame written before they were kept (saturated probabilities then stay tied, as they were)."""
+    if score_kind(frame, labels) == "logit":
+        return frame[[f"logit_{x}" for x in labels]].to_numpy(np.float64)
+    return log_odds_of(frame[[f"p_{x}" for x in labels]].to_numpy(np.float64))
+
+
+def add_decisions(frame: pd.DataFrame, labels: Sequence[str], threshold_logits: dict[str, float]) -> pd.DataFrame:
+    """Add a 0/1 column pred_<label> per label (logit_<label> >= its log-odds threshold; empty where the score is)
+    to a copy of the frame. Every scoring path decides here, on log-odds, so decisions agree wherever they are made
+    (a float32 probability is exactly 1.0 above a logit of ~17 and could not tell such images apart)."""
+    missing = [x for x in labels if x not in threshold_logits]
     if missing:
         raise ConfigError(f"no threshold stored for {missing}; run `chestxray evaluate RUN` to choose them on val")
     out = frame.copy()
-    for name in labels:
-        out[f"pred_{name}"] = (out[f"p_{name}"] >= thresholds[name]).astype("Int8").where(out[f"p_{name}"].notna())
+    scores = log_odds_matrix(out, labels)
+    for j, name in enumerate(labels):
+        score = pd.Series(scores[:, j], index=out.index)
+        out[f"pred_{name}"] = (score >= threshold_logits[name]).astype("Int8").where(score.notna())
     return out
 
 

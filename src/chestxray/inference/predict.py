@@ -2,9 +2,10 @@
 
 Scoring goes through the one path (chestxray.inference.scoring): files are decoded and resized by load_pixels
 (chestxray.data.imaging.load_square, the decode + resize prepare uses), shards hold those same pixels, and
-score_pixels applies the card's TTA around torch_backend (normalize_for_model, the network, sigmoid). Outputs are
-sigmoid probabilities in columns p_<label> (softmax over the classes for a multiclass bundle, plus the argmax class
-in column `predicted_class` for image files).
+score_log_odds applies the card's TTA around torch_backend (normalize_for_model, the network). Outputs are log-odds
+in columns logit_<label> (what rankings and thresholds use) and their sigmoid probabilities in columns p_<label>
+(softmax over the classes for a multiclass bundle, plus the argmax class in column `predicted_class` for image
+files).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from chestxray.data.tasks import probabilities
+from chestxray.data.tasks import probability_of
 from chestxray.errors import ConfigError
 from chestxray.inference.compat import check_prepared_fits
 from chestxray.inference.ood import OodProbe, load_reference
@@ -40,6 +41,11 @@ log = logging.getLogger(__name__)
 def score_columns(labels: Sequence[str]) -> list[str]:
     """Names of the probability columns: p_<label>."""
     return [f"p_{name}" for name in labels]
+
+
+def log_odds_columns(labels: Sequence[str]) -> list[str]:
+    """Names of the log-odds columns: logit_<label>."""
+    return [f"logit_{name}" for name in labels]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -64,17 +70,16 @@ def normalize_for_model(images: torch.Tensor, card: dict[str, Any]) -> torch.Ten
 
 def torch_backend(net: torch.nn.Module, card: dict[str, Any], device: str | torch.device | None = None) -> Backend:
     """The scoring Backend of a bundle's network: grey-level views (B, 1, S, S) → normalize_for_model → net →
-    sigmoid (softmax for a multiclass card), on `device` (default: the GPU when present)."""
+    logits, on `device` (default: the GPU when present); the card's task says how they become log-odds."""
     dev = resolve_device(device)
     net = net.to(dev).eval()
-    task = card.get("task")
 
     @torch.inference_mode()
     def forward(views: np.ndarray) -> np.ndarray:
         inputs = normalize_for_model(torch.from_numpy(views), card).to(dev, non_blocking=True)
-        return probabilities(net(inputs).float(), task).cpu().numpy()
+        return net(inputs).float().cpu().numpy()
 
-    return Backend("torch", forward)
+    return Backend("torch", forward, task=card.get("task"))
 
 
 def _check_prepared(bundle: Bundle, manifest: dict[str, Any], prepared: str) -> None:
@@ -104,7 +109,7 @@ def predict_split(
     """Scores for every image of a prepared split, in stored order (the split's shards checked first, `verify` as in
     ChestXrayDataModule), through the one scoring path on the stored pixels.
 
-    Returns one row per image: image_id, patient_id, the true 0/1 label per label, and p_<label>.
+    Returns one row per image: image_id, patient_id, the true 0/1 label per label, p_<label> and logit_<label>.
     `prepared` defaults to the folder recorded in the bundle card. `tta` None: the card's stored mode; evaluate
     passes its own (it re-chooses the thresholds on these scores).
     """
@@ -130,7 +135,7 @@ def predict_split(
         truth: list[np.ndarray] = []
         scores: list[np.ndarray] = []
         for batch in dm.split_dataloader(split, pixels=True):  # uint8 (B, 1, S, S) as prepare stored them
-            scores.append(scorer.score(batch["image"][:, 0].numpy()))
+            scores.append(scorer.score_log_odds(batch["image"][:, 0].numpy()))
             truth.append(batch["labels"].numpy())
             ids.extend(batch["image_id"])
             patients.extend(batch["patient_id"])
@@ -140,9 +145,11 @@ def predict_split(
 
 
 def _frame(ids: list[str], patients: list[str], labels: list[str], truth: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+    """image_id, patient_id, the 0/1 labels, p_<label> and logit_<label> from log-odds `scores` (N, L)."""
     frame = pd.DataFrame({"image_id": ids, "patient_id": patients})
     frame[labels] = truth.astype(np.uint8)
-    frame[score_columns(labels)] = scores.astype(np.float64)
+    frame[score_columns(labels)] = probability_of(scores)
+    frame[log_odds_columns(labels)] = scores.astype(np.float64)
     return frame
 
 
@@ -150,7 +157,7 @@ def torch_scorer(
     bundle: Bundle | str | Path, tta: str | None = None, device: str | torch.device | None = None
 ) -> Scorer:
     """A Scorer running a bundle's network (torch_backend) through the one scoring path: uint8 pixels (B, S, S) →
-    card normalisation, TTA, sigmoid. tta None: the mode the stored thresholds were chosen with; another mode than
+    card normalisation, TTA, log-odds. tta None: the mode the stored thresholds were chosen with; another mode than
     theirs is refused."""
     model = as_bundle(bundle)
     scorer = make_scorer(model.card, torch_backend(model.net, model.card, device), str(model.path), tta)
@@ -170,11 +177,11 @@ def predict_images(
     """Scores for image files (PNG/JPEG/DICOM), preprocessed as the bundle card says.
 
     Returns one row per path, in order: path, image_id (file stem), status ('ok' or 'quarantined'),
-    reason (why a file could not be used, else ''), and p_<label> (empty for quarantined files); a multiclass bundle
+    reason (why a file could not be used, else ''), p_<label> and logit_<label> (empty for quarantined files); a multiclass bundle
     adds predicted_class (argmax; thresholds do not apply). Use chestxray.inference.stream.iter_predictions to stream many files batch by batch.
     """
     scorer = torch_scorer(bundle, tta=tta, device=device)
     frames = list(iter_predictions(scorer, [Path(p) for p in paths], batch_size=batch_size))
     if not frames:
-        return pd.DataFrame(columns=[*ROW_COLUMNS, *score_columns(scorer.labels)])
+        return pd.DataFrame(columns=[*ROW_COLUMNS, *score_columns(scorer.labels), *log_odds_columns(scorer.labels)])
     return pd.concat(frames, ignore_index=True)

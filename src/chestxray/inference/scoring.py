@@ -1,8 +1,13 @@
 """The one scoring path: every place that turns an image into a probability goes through this module.
 
-    file ──load_pixels──▶ uint8 (S, S) ─┐                     ┌─ backend: normalise (card), network,
-    array ─array_pixels─▶ uint8 (S, S) ─┼─▶ tta_views ─▶ views ┤  sigmoid / softmax ─▶ probabilities (B, L)
-    prepared shard ─────▶ uint8 (S, S) ─┘   (card TTA)        └─ mean over the views (score_pixels)
+    file ──load_pixels──▶ uint8 (S, S) ─┐                     ┌─ backend: normalise (card), network ─▶ logits
+    array ─array_pixels─▶ uint8 (S, S) ─┼─▶ tta_views ─▶ views ┤  mean over the views, log-odds (score_log_odds)
+    prepared shard ─────▶ uint8 (S, S) ─┘   (card TTA)        └─ sigmoid ─▶ probabilities (B, L) (score_pixels)
+
+Scores are log-odds first (chestxray.data.tasks.log_odds: the logit, or for a multi-class card each class against
+the rest): they rank and meet thresholds without the ties of a saturated float32 probability (exactly 1.0 above a
+logit of ~17); the probabilities people read are their float64 sigmoids (the softmax for a multi-class card).
+The TTA views' logits are averaged, so the average is still a log-odds.
 
 Files are decoded and resized by chestxray.data.imaging.load_square (JPEG draft decode, the card's size and resize
 mode), exactly as `prepare` stored the training data; arrays, already decoded, only go through fit_square. The
@@ -21,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from chestxray.data.tasks import log_odds, log_odds_of, probability_of
 from chestxray.errors import ConfigError
+from chestxray.inference.outputs import decision_thresholds
 from chestxray.inference.tta import check_tta
 
 CROP_FRACTION = 0.875  # "crop" TTA: side of the four corner crops and the centre crop, relative to the image
@@ -29,15 +36,18 @@ CROP_FRACTION = 0.875  # "crop" TTA: side of the four corner crops and the centr
 
 @dataclass(frozen=True)
 class Backend:
-    """A model's forward pass: float32 grey levels (B, 1, S, S) in [0, 255] → probabilities (B, L).
+    """A model's forward pass: float32 grey levels (B, 1, S, S) in [0, 255] → the network's logits (B, L).
 
-    The card's normalisation and the sigmoid (softmax for a multiclass card) happen inside. `whole_levels`: the
-    backend takes whole grey levels only (an ONNX export with a uint8 input), so the interpolated 'crop' views
-    cannot be fed to it."""
+    The card's normalisation happens inside; `task` (the card's) says how logits become log-odds. `whole_levels`:
+    the backend takes whole grey levels only (an ONNX export with a uint8 input), so the interpolated 'crop' views
+    cannot be fed to it. `gives` 'log_odds': forward already returns per-label log-odds (an ONNX export from before
+    its logits output, read through the log-odds of its probabilities)."""
 
     name: str
     forward: Callable[[np.ndarray], np.ndarray]
     whole_levels: bool = False
+    task: str | None = None
+    gives: str = "logits"
 
 
 def threshold_tta(card: dict[str, Any], requested: str | None = None) -> str:
@@ -118,11 +128,19 @@ def check_backend_tta(backend: Backend, tta: str, source: str = "") -> None:
                           "for crop")
 
 
-def score_pixels(pixels: np.ndarray, backend: Backend, tta: str = "none") -> np.ndarray:
-    """Probabilities float64 (B, L) for uint8 images (B, S, S): the backend's mean over the TTA views."""
+def score_log_odds(pixels: np.ndarray, backend: Backend, tta: str = "none") -> np.ndarray:
+    """Log-odds float64 (B, L) for uint8 images (B, S, S): the backend's logits averaged over the TTA views, then
+    per label (chestxray.data.tasks.log_odds)."""
     check_backend_tta(backend, tta)
     views = tta_views(pixels, tta)
-    return np.mean([np.asarray(backend.forward(view), dtype=np.float64) for view in views], axis=0)
+    mean = np.mean([np.asarray(backend.forward(view), dtype=np.float64) for view in views], axis=0)
+    return mean if backend.gives == "log_odds" else log_odds(mean, backend.task)
+
+
+def score_pixels(pixels: np.ndarray, backend: Backend, tta: str = "none") -> np.ndarray:
+    """Probabilities float64 (B, L) for uint8 images (B, S, S): the sigmoid of score_log_odds (for a multi-class
+    backend the softmax of the TTA-averaged logits)."""
+    return probability_of(score_log_odds(pixels, backend, tta))
 
 
 @dataclass(frozen=True)
@@ -154,21 +172,39 @@ class Scorer:
 
     @property
     def thresholds(self) -> dict[str, float] | None:
+        """The stored thresholds as probabilities, for people (decisions use threshold_logits)."""
         return self.card.get("thresholds")
+
+    @property
+    def threshold_logits(self) -> dict[str, float] | None:
+        """The log-odds each label must reach to be positive (chestxray.inference.outputs.decision_thresholds)."""
+        return decision_thresholds(self.card)
+
+    def score_log_odds(self, pixels: np.ndarray) -> np.ndarray:
+        """Log-odds float64 (B, L) for uint8 model inputs (B, S, S): what rankings and thresholds use. With a
+        calibration map, the log-odds of its probabilities."""
+        scores = score_log_odds(pixels, self.backend, self.tta)
+        return scores if self.calibrate is None else log_odds_of(self.calibrate(probability_of(scores)))
 
     def score(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities float64 (B, L) for uint8 model inputs (B, S, S) (load_pixels / array_pixels / shards)."""
         probs = score_pixels(pixels, self.backend, self.tta)
         return probs if self.calibrate is None else self.calibrate(probs)
 
+    def log_odds_with_ood(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Log-odds (B, L) and in-distribution scores (B,) from the same forward passes (None without an OOD
+        reference)."""
+        if self.ood is None:
+            return self.score_log_odds(pixels), None
+        with self.ood.tap() as store:
+            scores = self.score_log_odds(pixels)
+        return scores, self.ood.scores(store, self.tta)
+
     def score_with_ood(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities (B, L) and in-distribution scores (B,) from the same forward passes (None without an OOD
         reference)."""
-        if self.ood is None:
-            return self.score(pixels), None
-        with self.ood.tap() as store:
-            probs = self.score(pixels)
-        return probs, self.ood.scores(store, self.tta)
+        scores, typical = self.log_odds_with_ood(pixels)
+        return probability_of(scores), typical
 
     def score_files(self, paths: list[str | Path]) -> np.ndarray:
         """Probabilities (N, L) for image files (DataError on the first unusable one; see iter_predictions for

@@ -202,8 +202,9 @@ def site_scorer(scorer: Any, profile: SiteProfile) -> Any:
 
 
 def site_card(card: dict[str, Any], profile: SiteProfile) -> dict[str, Any]:
-    """A copy of the bundle card as the site sees it: the site's thresholds, method and name."""
+    """A copy of the bundle card as the site sees it: the site's thresholds, method and name (the bundle's log-odds
+    thresholds are dropped: decisions then use the log-odds of the site's probability thresholds)."""
     out = dict(card)
     out.update(thresholds=profile.thresholds, threshold_method=profile.threshold_method, threshold_tta=profile.tta,
-               site=profile.name, site_mode=profile.mode)
+               site=profile.name, site_mode=profile.mode, threshold_logits=None)
     return out

@@ -1,7 +1,7 @@
 """Scoring image files in batches with bounded memory, for a PyTorch bundle or an ONNX export alike.
 
-A Scorer (chestxray.inference.scoring, the one scoring path) turns uint8 pixels (B, S, S) into probabilities
-(B, labels). This module decodes files (scoring.load_pixels) in threads, one batch at a time, and yields one
+A Scorer (chestxray.inference.scoring, the one scoring path) turns uint8 pixels (B, S, S) into log-odds (B, labels);
+frames carry them (logit_<label>, what thresholds compare) and their probabilities (p_<label>, what people read). This module decodes files (scoring.load_pixels) in threads, one batch at a time, and yields one
 small frame per batch, so 50,000 files never sit in memory at once. It imports no torch: an ONNX model runs
 without it (chestxray.inference.onnx_model).
 """
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from chestxray.data.tasks import is_multiclass
+from chestxray.data.tasks import is_multiclass, probability_of
 from chestxray.errors import ConfigError, DataError, printable
 from chestxray.inference.ood import is_unusual
 from chestxray.inference.scoring import Scorer, load_pixels, threshold_tta  # noqa: F401 (public here too)
@@ -40,10 +40,12 @@ def _decode(path: Path, card: dict[str, Any]) -> tuple[np.ndarray | None, str]:
 
 def iter_predictions(scorer: Scorer, paths: Sequence[Path], batch_size: int = 32,
                      workers: int = 4) -> Iterator[pd.DataFrame]:
-    """One frame per batch of paths, in order: path, image_id, status ('ok'|'quarantined'), reason, p_<label>."""
+    """One frame per batch of paths, in order: path, image_id, status ('ok'|'quarantined'), reason, p_<label>,
+    logit_<label>."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     card, columns = scorer.card, [f"p_{name}" for name in scorer.labels]
+    logit_columns = [f"logit_{name}" for name in scorer.labels]
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = [Path(p) for p in paths[start:start + batch_size]]
@@ -57,13 +59,14 @@ def iter_predictions(scorer: Scorer, paths: Sequence[Path], batch_size: int = 32
             typical = np.full(len(chunk), np.nan)
             ok = frame["status"].to_numpy() == "ok"
             if ok.any():
-                scores[ok], found = scorer.score_with_ood(np.stack([px for px, _ in decoded if px is not None]))
+                scores[ok], found = scorer.log_odds_with_ood(np.stack([px for px, _ in decoded if px is not None]))
                 if found is not None:
                     typical[ok] = found
             for path, (px, reason) in zip(chunk, decoded):
                 if px is None:
                     log.info("quarantined %s: %s", path, reason)
-            frame = pd.concat([frame, pd.DataFrame(scores, columns=columns)], axis=1)
+            frame = pd.concat([frame, pd.DataFrame(probability_of(scores), columns=columns),
+                               pd.DataFrame(scores, columns=logit_columns)], axis=1)
             if scorer.ood is not None:  # how typical of the training images (chestxray.inference.ood)
                 frame[IN_DISTRIBUTION] = typical
                 frame[UNUSUAL] = pd.Series(is_unusual(typical, scorer.false_alarm)).astype("Int8").where(~np.isnan(typical))
@@ -73,7 +76,8 @@ def iter_predictions(scorer: Scorer, paths: Sequence[Path], batch_size: int = 32
 
 
 def predicted_classes(scores: np.ndarray, labels: Sequence[str]) -> list[str]:
-    """The argmax class name per row of (N, K) probabilities ('' for a row of NaN, e.g. a quarantined file)."""
+    """The argmax class name per row of (N, K) log-odds or probabilities ('' for a row of NaN, e.g. a quarantined
+    file)."""
     ok = ~np.isnan(scores).any(1)
     best = np.argmax(np.where(np.isnan(scores), -np.inf, scores), axis=1)
     return [labels[int(k)] if good else "" for k, good in zip(best, ok)]
@@ -83,7 +87,8 @@ def problem_rows(problems: Sequence[tuple[str, str]], labels: Sequence[str]) -> 
     """Quarantined rows for inputs that named no file (a pattern without matches, an empty folder)."""
     frame = pd.DataFrame({"path": [p for p, _ in problems], "image_id": [Path(p).stem for p, _ in problems],
                           "status": "quarantined", "reason": [r for _, r in problems]}, columns=ROW_COLUMNS)
-    return pd.concat([frame, pd.DataFrame(np.nan, index=frame.index, columns=[f"p_{x}" for x in labels])], axis=1)
+    columns = [*(f"p_{x}" for x in labels), *(f"logit_{x}" for x in labels)]
+    return pd.concat([frame, pd.DataFrame(np.nan, index=frame.index, columns=columns)], axis=1)
 
 
 def open_scorer(model: str | Path, tta: str | None = None, device: str | None = None,

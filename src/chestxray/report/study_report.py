@@ -19,6 +19,7 @@ from sklearn.metrics import roc_curve
 import chestxray
 from chestxray.errors import DataError
 from chestxray.files import write_text
+from chestxray.inference.outputs import log_odds_matrix
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def _roc_points(run_dir: Path) -> tuple[np.ndarray, np.ndarray, str]:
     labels = list(meta["labels"])
     pred = pd.read_csv(run_dir / "eval" / "predictions.csv")
     y = pred[labels].to_numpy().ravel("F")
-    s = pred[[f"p_{x}" for x in labels]].to_numpy().ravel("F")
+    s = log_odds_matrix(pred, labels).ravel("F")  # log-odds rank without the ties of saturated probabilities
     fpr, tpr, _ = roc_curve(y, s)
     return fpr, tpr, labels[0] if len(labels) == 1 else "micro (all findings pooled)"
 

@@ -1,6 +1,6 @@
 """The LightningModule: loss (BCE or focal, optional positive weights; softmax cross-entropy for a multiclass task),
 AdamW with warm-up + cosine or plateau, and validation AUROC over the labels that have both classes (one-vs-rest per
-class for multiclass, plus accuracy). It receives a built net; it never builds data."""
+class for multiclass, plus accuracy), ranked on log-odds. It receives a built net; it never builds data."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ from collections.abc import Collection
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from sklearn.metrics import roc_auc_score
 from torchmetrics import MeanMetric, Metric
-from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy, MulticlassAUROC, MultilabelAUROC
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.utilities import dim_zero_cat
 
-from chestxray.data.tasks import is_multiclass, probabilities
+from chestxray.data.tasks import is_multiclass, log_odds
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +63,37 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class LabelCounts(Metric):
-    """Positives per label and number of samples seen (summed across ranks)."""
+class ScoreBank(Metric):
+    """Every validation image's log-odds (N, L) and 0/1 labels (N, L), gathered from all ranks."""
 
-    def __init__(self, num_labels: int) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.add_state("positives", default=torch.zeros(num_labels), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
 
-    def update(self, labels: torch.Tensor) -> None:
-        self.positives += labels.sum(0).to(self.positives.dtype)
-        self.count += labels.shape[0]
+    def update(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        self.scores.append(scores.float())
+        self.labels.append(labels.float())
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.positives, self.count
+        if not self.scores:
+            return torch.zeros(0, 0), torch.zeros(0, 0)
+        return dim_zero_cat(self.scores), dim_zero_cat(self.labels)
+
+
+def label_aurocs(scores: torch.Tensor, labels: torch.Tensor) -> tuple[list[float], list[bool]]:
+    """AUROC per label of scores (N, L) against 0/1 labels (N, L), and whether each is defined (both classes).
+
+    Ranked by scikit-learn on the scores as given (float64): torchmetrics' AUROC turns scores outside [0, 1] into
+    float32 sigmoids, which tie at exactly 1.0 above a logit of ~17 and give AUROC 0.5.
+    """
+    s, y = scores.detach().double().cpu().numpy(), labels.detach().cpu().numpy()
+    out, usable = [], []
+    for j in range(y.shape[1] if y.ndim == 2 else 0):
+        ok = 0 < y[:, j].sum() < len(y)
+        out.append(float(roc_auc_score(y[:, j], s[:, j])) if ok else math.nan)
+        usable.append(bool(ok))
+    return out, usable
 
 
 class ChestXrayModule(L.LightningModule):
@@ -83,8 +103,8 @@ class ChestXrayModule(L.LightningModule):
     total_steps sets the cosine schedule's length (train() computes it from the data plan, so the train loader is
     never built before a resumed run has restored its epoch); warmup_steps (None: warmup_fraction × total_steps) is
     given by train() when it extends a run, which keeps the warm-up the run started with. val_auroc is the mean over labels that have both
-    classes in the validation set (others are left out, so a label without positives never gives NaN);
-    torchmetrics gathers predictions from every rank.
+    classes in the validation set (others are left out, so a label without positives never gives NaN), ranked on
+    the log-odds (chestxray.data.tasks.log_odds) that ScoreBank gathers from every rank.
     """
 
     def __init__(self, net: nn.Module, labels: list[str], lr: float = 1e-4, weight_decay: float = 1e-4,
@@ -102,11 +122,8 @@ class ChestXrayModule(L.LightningModule):
         n = len(self.labels)
         self.multiclass = is_multiclass(task)
         if self.multiclass:
-            self.val_auroc = MulticlassAUROC(num_classes=n, average="none")
             self.val_accuracy = MulticlassAccuracy(num_classes=n, average="micro")
-        else:
-            self.val_auroc = MultilabelAUROC(num_labels=n, average="none") if n > 1 else BinaryAUROC()
-        self.val_counts = LabelCounts(n)
+        self.val_scores = ScoreBank()  # log-odds and labels: AUROC ranks on log-odds, never on saturated sigmoids
         self.val_loss = MeanMetric()
         self.val_label_accuracy = MeanMetric()  # multilabel/binary: mean over labels at 0.5
 
@@ -135,30 +152,23 @@ class ChestXrayModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         labels = batch["labels"]
         logits = self(batch["image"]).float()
-        probs = probabilities(logits, self.hparams.task)
+        scores = torch.from_numpy(log_odds(logits.detach().cpu().numpy(), self.hparams.task)).to(logits.device)
         self.val_loss.update(self.compute_loss(logits, labels), weight=len(labels))
+        self.val_scores.update(scores, labels)
         if self.multiclass:
-            self.val_auroc.update(probs, labels.argmax(1))
-            self.val_accuracy.update(probs, labels.argmax(1))
-        elif isinstance(self.val_auroc, BinaryAUROC):
-            self.val_auroc.update(probs[:, 0], labels[:, 0].long())
+            self.val_accuracy.update(logits, labels.argmax(1))  # argmax of the logits
         else:
-            self.val_auroc.update(probs, labels.long())
-        if not self.multiclass:
             self.val_label_accuracy.update(batch_accuracy(logits, labels, self.hparams.task), weight=len(labels))
-        self.val_counts.update(labels)
-        return {"probs": probs.detach(), "labels": labels}
+        return {"log_odds": scores.detach(), "labels": labels}
 
     def on_validation_epoch_end(self) -> None:
-        per_label = self.val_auroc.compute().reshape(-1)
-        positives, count = self.val_counts.compute()
-        usable = ((positives > 0) & (positives < count)).reshape(-1)  # torchmetrics squeezes one label to 0-d
-        if bool(usable.any()):
-            auroc = per_label[usable].mean()
+        per_label, usable = label_aurocs(*self.val_scores.compute())
+        if any(usable):
+            auroc = torch.tensor(float(np.mean([a for a, ok in zip(per_label, usable) if ok])))
         else:
             if not (self._trainer is not None and self.trainer.sanity_checking):  # sanity check: a batch or two
                 log.warning("no label has both positives and negatives in the validation data; val_auroc set to 0.5")
-            auroc = torch.tensor(0.5, device=per_label.device)
+            auroc = torch.tensor(0.5)
         self.log("val_auroc", auroc, prog_bar=True)
         self.log("val_loss", self.val_loss.compute())
         if self.multiclass:
@@ -167,10 +177,10 @@ class ChestXrayModule(L.LightningModule):
         else:
             self.log("val_accuracy", self.val_label_accuracy.compute())
             self.val_label_accuracy.reset()
-        for name, value, ok in zip(self.labels, per_label.tolist(), usable.tolist(), strict=True):
+        for name, value, ok in zip(self.labels, per_label, usable, strict=False):
             if ok:
                 self.log(f"val_auroc_{name}", value)
-        for metric in (self.val_auroc, self.val_counts, self.val_loss):
+        for metric in (self.val_scores, self.val_loss):
             metric.reset()
 
     def param_groups(self) -> list[dict[str, Any]]:

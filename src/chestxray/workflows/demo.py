@@ -292,11 +292,14 @@ def _val_auroc(eval_dir: Path, labels: list[str], settings: DemoSettings):
     """Macro AUROC of the validation predictions evaluate wrote, with its patient-bootstrap 95 % CI."""
     import pandas as pd
 
+    from chestxray.data.tasks import probability_of
     from chestxray.evaluation.metrics import summarize
+    from chestxray.inference.outputs import log_odds_matrix
 
     val = pd.read_csv(eval_dir / "val_predictions.csv", dtype={"image_id": str, "patient_id": str})
-    summary = summarize(val[labels].to_numpy(), val[[f"p_{x}" for x in labels]].to_numpy(), labels,
-                        val["patient_id"].tolist(), n_boot=settings.n_boot, seed=settings.seed)
+    scores = log_odds_matrix(val, labels)
+    summary = summarize(val[labels].to_numpy(), scores, labels, val["patient_id"].tolist(), n_boot=settings.n_boot,
+                        seed=settings.seed, y_prob=probability_of(scores))
     return next((r for r in summary.rows if r.kind == "macro"), summary.rows[0]).auroc
 
 
