@@ -8,9 +8,10 @@ for each variant of the head's start:
 - arch: the architecture's own init (timm's Google-style U(±1/sqrt(fan_out)): ±1 per weight for one output),
   what every head got before issue 18;
 - zero: zero weights, bias 0;
-- prior: zero weights, bias at the training log-odds (what build_model + train do now);
-- normal: N(0, 0.01²) weights, bias at the training log-odds;
-- normal-zero: N(0, 0.01²) weights, bias 0.
+- prior: zero weights, bias at the training log-odds (what build_model + train give a head on pretrained features);
+- default: PyTorch's default U(±1/sqrt(fan_in)) weights, bias at the training log-odds (what they give a head from
+  scratch);
+- normal: N(0, 0.01²) weights, bias at the training log-odds; normal-zero: the same with bias 0.
 
 Each variant replaces chestxray.models.factory.init_head for its run only. Prints a table and writes
 bench/results/head_init-<host>.csv.
@@ -18,7 +19,7 @@ bench/results/head_init-<host>.csv.
 Run: nice -n 19 .venv/bin/python bench/bench_head_init.py [--data kaggle|nih|synthetic] [--size 64] [--epochs 3]
      [--lrs 3e-3,1e-4] [--model efficientnet-lite0 --recipe frozen] [--seeds 0,1,2] [--precision auto]
 (the scratch comparison in docs/transfer.md: --data synthetic --size 32 --model cnn-small --recipe scratch --epochs 2
- --lrs 3e-3 --seeds 0,1,2 --split-seed 0 --precision 32-true --batch-size 16 --augment none --variants arch,zero,prior,normal)
+ --lrs 3e-3 --seeds 0,1,2 --split-seed 0 --precision 32-true --batch-size 16 --augment none --variants arch,zero,prior,default,normal)
 """
 
 from __future__ import annotations
@@ -36,16 +37,17 @@ import chestxray.models.factory as factory
 from chestxray.files import write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
-VARIANTS = ("arch", "zero", "prior", "normal")  # also: normal-zero
+VARIANTS = ("arch", "zero", "prior", "normal")  # also: default, normal-zero
 
 
 def head_init(kind: str, chosen: Callable[..., None]) -> Callable[..., None]:
     """An init_head replacement for one variant (`chosen`: the library's own)."""
 
-    def init(net: torch.nn.Module, head: str, bias: Sequence[float] | None = None) -> None:
+    def init(net: torch.nn.Module, head: str, bias: Sequence[float] | None = None, zero: bool = True) -> None:
         if kind == "arch":
             return
-        chosen(net, head, None if kind in ("zero", "normal-zero") else bias)
+        keep_bias = kind in ("zero", "normal-zero")
+        chosen(net, head, None if keep_bias else bias, zero=kind != "default")
         if kind.startswith("normal"):
             torch.nn.init.normal_(net.get_submodule(head).weight, std=0.01)
 

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from chestxray.cli import app
 from chestxray.data.labels import NIH14
+from chestxray.models import build_model
 from chestxray.models.bundle import save_bundle
-from tests.helpers import scoring_model
 
 THRESHOLDS = {name: (0.0 if name == "Effusion" else 1.0) for name in NIH14}  # every image positive for Effusion
 
@@ -23,7 +23,7 @@ THRESHOLDS = {name: (0.0 if name == "Effusion" else 1.0) for name in NIH14}  # e
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    return save_bundle(tmp_path_factory.mktemp("predict-cli") / "bundle", scoring_model("cnn-tiny", num_labels=14), {
+    return save_bundle(tmp_path_factory.mktemp("predict-cli") / "bundle", build_model("cnn-tiny", num_labels=14), {
         "architecture": "cnn-tiny", "num_labels": 14, "in_chans": 1, "image_size": 32, "resize": "pad",
         "normalization": "gray", "labels": list(NIH14), "task": "multilabel", "thresholds": THRESHOLDS,
         "threshold_method": "youden on val"})
@@ -103,7 +103,7 @@ def _damaged(bundle: Path, tmp_path: Path, how: str) -> Path:
         card.write_text(card.read_text().replace('"cnn-tiny"', '"cnn-small"'))
     elif how == "other-label-count":
         fields = json.loads(card.read_text())
-        fields.update(num_labels=2, labels=["NORMAL", "PNEUMONIA"])
+        fields.update(num_labels=2, labels=["NORMAL", "PNEUMONIA"], thresholds=None)  # else refused first
         card.write_text(json.dumps(fields))
     elif how == "garbage-card":
         card.write_text("{ not json")

@@ -21,15 +21,15 @@ from chestxray.errors import ModelError
 from chestxray.inference.onnx_model import onnx_scorer
 from chestxray.inference.predict import torch_scorer
 from chestxray.inference.stream import load_pixels
+from chestxray.models import build_model
 from chestxray.models.bundle import save_bundle
-from tests.helpers import scoring_model
 
 LABELS = ["Atelectasis", "Effusion", "Pneumonia"]
 
 
 def _bundle(root: Path, arch: str, size: int, normalization: str = "gray", in_chans: int = 1) -> Path:
     torch.manual_seed(0)
-    return save_bundle(root / arch, scoring_model(arch, num_labels=len(LABELS), in_chans=in_chans), {
+    return save_bundle(root / arch, build_model(arch, num_labels=len(LABELS), in_chans=in_chans), {
         "architecture": arch, "num_labels": len(LABELS), "in_chans": in_chans, "image_size": size, "resize": "pad",
         "normalization": normalization, "labels": LABELS, "thresholds": {"Atelectasis": 0.5, "Effusion": 0.4,
                                                                          "Pneumonia": 0.6}})

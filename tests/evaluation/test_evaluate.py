@@ -23,7 +23,6 @@ from chestxray.evaluation.evaluate import PLOTS, evaluate_run
 from chestxray.evaluation.thresholds import thresholds_from_frame
 from chestxray.models import build_model
 from chestxray.models.bundle import read_card, save_bundle
-from tests.helpers import scoring_model
 
 N_BOOT = 40
 
@@ -64,7 +63,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     table.loc[test, labels] = table.loc[test, labels].to_numpy()[rng.permutation(int(test.sum()))]
     prepare_dataset(dataclasses.replace(catalog, table=table), root / "prepared_shuffled", size=32, workers=0)
     torch.manual_seed(0)
-    state = scoring_model("cnn-tiny", num_labels=14).state_dict()
+    state = build_model("cnn-tiny", num_labels=14).state_dict()
     run_a = _make_run(root / "run_a", root / "prepared", state)
     run_b = _make_run(root / "run_b", root / "prepared_shuffled", state)
     return run_a, run_b
@@ -192,25 +191,32 @@ def test_evaluate_checks_preprocessing_and_names_other_data(runs: tuple[Path, Pa
     catalog = assign_splits(read_nih(src / "labels.csv", src / "images"), ratios=(0.5, 0.25, 0.25), seed=0)
     prepare_dataset(catalog, tmp_path / "padded", size=32, resize="pad", workers=0)
 
-    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "5", "--prepared", str(tmp_path / "padded")])
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "10", "--prepared", str(tmp_path / "padded")])
     assert result.exit_code == 1
     assert "prepared with --resize pad" in result.output and "trained on --resize crop" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 3
     assert read_card(run / "bundle")["thresholds"] is None and not (run / "eval").exists()
 
     update_card(run / "bundle", preprocessing={**preprocessing(manifest), "interpolation": "nearest"})
-    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "5", "--prepared", str(prepared)])
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "10", "--prepared", str(prepared)])
     assert result.exit_code == 1 and "interpolation: data" in result.output and "'nearest'" in result.output
     assert read_card(run / "bundle")["thresholds"] is None
 
     update_card(run / "bundle", preprocessing=preprocessing(manifest))
-    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "5", "--prepared", str(prepared)])
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "10", "--prepared", str(prepared)])
     assert result.exit_code == 0, result.output
     assert "not the data" not in result.output
     assert json.loads((run / "eval" / "metrics.json").read_text())["same_data_as_training"] is True
-    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "5", "--prepared", str(shuffled)])
+    card = (run / "bundle" / "card.json").read_bytes()
+    before = (run / "eval" / "metrics.json").read_bytes()
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "10", "--prepared", str(shuffled)])
     assert result.exit_code == 0, result.output
-    assert f"{shuffled} is not the data" in " ".join(result.output.split())
-    metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    assert metrics["same_data_as_training"] is False
-    assert metrics["prepared_fingerprint"] == read_manifest(shuffled)["fingerprint"] != manifest["fingerprint"]
+    text = " ".join(result.output.split())
+    assert f"{shuffled} is not the data" in text and "evaluated as external data" in text
+    # issue 20: other data never re-chooses the run's thresholds nor rewrites its card or RUN/eval
+    assert (run / "bundle" / "card.json").read_bytes() == card
+    assert (run / "eval" / "metrics.json").read_bytes() == before
+    external = json.loads((run / "external" / "prepared_shuffled-test" / "metrics.json").read_text())
+    assert external["overlap"]["checked"] and external["overlap"]["identical_images"] == 0
+    with pytest.raises(Exception, match="would overwrite the bundle's thresholds"):
+        evaluate_run(run, prepared=shuffled, n_boot=10)

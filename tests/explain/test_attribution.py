@@ -57,10 +57,10 @@ def test_integrated_gradients_shape_and_completeness() -> None:
 
 @pytest.mark.parametrize("name", ["cnn-tiny", "resnet18"])
 def test_gradcam_and_ig_run_on_registered_models(name: str) -> None:
-    from tests.helpers import scoring_model
+    from chestxray.models import build_model
 
     torch.manual_seed(0)
-    net = scoring_model(name, num_labels=3).eval()
+    net = build_model(name, num_labels=3).eval()
     inputs = torch.rand(1, 1, SIZE, SIZE) * 2 - 1
     for method in ("gradcam", "ig"):
         heat = attribute(net, inputs, target=2, method=method, baselines=torch.full_like(inputs, -1.0), n_steps=4)

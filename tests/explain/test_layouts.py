@@ -10,7 +10,7 @@ from timm.layers import PatchEmbed
 from chestxray.errors import ModelError
 from chestxray.explain.attribution import grad_cam
 from chestxray.explain.layouts import spatial_probe
-from tests.helpers import scoring_model
+from chestxray.models import build_model
 
 PATCH = 8
 
@@ -68,7 +68,7 @@ def test_cam_peaks_on_the_patch_that_drives_the_logit(model: type[torch.nn.Modul
 
 def test_timm_vit_cam_is_laid_out_on_its_patch_grid() -> None:
     """timm's ViT at 64 x 96 (patch 16): the CAM reads a (B, 64, 4, 6) grid, and the map is input-sized."""
-    net = scoring_model("timm/test_vit", num_labels=2).eval()
+    net = build_model("timm/test_vit", num_labels=2).eval()
     image = torch.randn(2, 1, 64, 96, generator=torch.Generator().manual_seed(0))
     seen: list[tuple[int, ...]] = []
     with spatial_probe(net, net.get_submodule(net.gradcam_layer), "tokens", (64, 96)) as probe:

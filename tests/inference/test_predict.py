@@ -20,7 +20,7 @@ from chestxray.data.synth import make_synthetic
 from chestxray.errors import ConfigError, ModelError
 from chestxray.inference.predict import predict_images, predict_split, torch_backend
 from chestxray.inference.scoring import score_pixels
-from tests.helpers import scoring_model
+from chestxray.models import build_model
 from chestxray.models.bundle import load_bundle, save_bundle, update_card
 
 
@@ -32,7 +32,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.Data
     catalog = assign_splits(read_nih(src / "labels.csv", src / "images"), ratios=(0.4, 0.3, 0.3), seed=0)
     prepare_dataset(catalog, root / "prepared", size=32, workers=0)
     torch.manual_seed(0)
-    bundle = save_bundle(root / "bundle", scoring_model("cnn-tiny", num_labels=14), {
+    bundle = save_bundle(root / "bundle", build_model("cnn-tiny", num_labels=14), {
         "architecture": "cnn-tiny", "num_labels": 14, "in_chans": 1, "image_size": 32, "resize": "crop",
         "normalization": "gray", "labels": list(NIH14), "task": "multilabel", "prepared": str(root / "prepared"),
     })
@@ -110,7 +110,7 @@ def test_cli_predict_table_csv_and_exit_codes(setup, tmp_path: Path) -> None:
 
 def test_prepared_data_must_match_the_bundle(setup, tmp_path: Path) -> None:
     bundle, prepared, _ = setup
-    other = save_bundle(tmp_path / "b64", scoring_model("cnn-tiny", num_labels=14), {
+    other = save_bundle(tmp_path / "b64", build_model("cnn-tiny", num_labels=14), {
         "architecture": "cnn-tiny", "num_labels": 14, "in_chans": 1, "image_size": 64, "resize": "pad",
         "normalization": "gray", "labels": list(NIH14)})
     with pytest.raises(ModelError, match="prepare the data with --size 64"):

@@ -1,5 +1,6 @@
-"""New heads start silent: a freshly built pretrained model gives |logit| < 0.5 on real X-rays (registry, timm/<name>
-and multi-class heads alike), where the architectures' own initialisation did not."""
+"""New heads start near zero: a freshly built pretrained model gives |logit| < 0.5 on real X-rays (registry, timm/<name>
+and multi-class heads alike), where the architectures' own initialisation did not; from scratch, PyTorch's default
+init keeps the outputs small."""
 
 from __future__ import annotations
 
@@ -59,7 +60,9 @@ def test_pretrained_timm_model_starts_near_zero(tmp_path: Path, xrays: torch.Ten
     for num_labels in (1, 3):
         net = build_model("timm/tf_efficientnet_lite0", num_labels, weights=tmp_path / "lite0.safetensors")
         assert _logits(net, "timm/tf_efficientnet_lite0", xrays).abs().max() < 0.5
-    scratch = build_model("timm/resnet18", 2)  # a timm model from scratch: the same start
+    # from scratch: PyTorch's default U(±1/sqrt(fan_in)) instead of timm's U(±1/sqrt(fan_out)) (±1 for one output)
+    scratch = build_model("timm/resnet18", 1)
+    assert 0 < scratch.fc.weight.abs().max() <= 512 ** -0.5
     assert _logits(scratch, "timm/resnet18", xrays).abs().max() < 0.5
 
 
@@ -74,11 +77,12 @@ def test_head_bias_sets_the_starting_logits(xrays: torch.Tensor) -> None:
 
 def test_a_loaded_head_of_the_same_size_is_kept(tmp_path: Path) -> None:
     """Weights that carry a head of this size (a checkpoint, ImageNet's 1000 classes) keep it: only new heads are
-    zeroed."""
+    initialised."""
     torch.manual_seed(0)
     source = build_model("cnn-tiny", 3)
     with torch.no_grad():
         source.head[4].weight.normal_()
+        source.head[4].bias.normal_()
     save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
     loaded = build_model("cnn-tiny", 3, weights=tmp_path / "w.safetensors", head_bias=[9.0, 9.0, 9.0])
     assert torch.equal(loaded.head[4].weight, source.head[4].weight)

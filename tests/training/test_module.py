@@ -8,8 +8,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
+from chestxray.models import build_model
 from chestxray.training.module import ChestXrayModule, batch_accuracy, focal_loss, warmup_cosine
-from tests.helpers import scoring_model
 from tests.training.helpers import batches, quiet_trainer
 
 # ------------------------------------------------------------------ module wiring
@@ -33,7 +33,7 @@ def test_val_auroc_skips_labels_without_both_classes() -> None:
     labels = torch.zeros(24, 3)
     labels[:, 1] = torch.from_numpy(rng.integers(0, 2, 24).astype(np.float32))
     labels[:, 2] = 1.0  # no negatives
-    module = ChestXrayModule(scoring_model("cnn-tiny", 3), ["a", "b", "c"])
+    module = ChestXrayModule(build_model("cnn-tiny", 3), ["a", "b", "c"])
     out = quiet_trainer().validate(module, dataloaders=DataLoader(batches(24, labels), batch_size=None), verbose=False)
     module.eval()
     with torch.no_grad():
@@ -105,7 +105,7 @@ def test_softmax_loss_is_cross_entropy_weighted_and_focal() -> None:
 def test_multiclass_validation_reports_macro_ovr_auroc_and_accuracy() -> None:
     y = torch.from_numpy(np.random.default_rng(0).integers(0, 3, 30))
     labels = torch.eye(3)[y]
-    module = ChestXrayModule(scoring_model("cnn-tiny", 3), ["N", "B", "V"], task="multiclass")
+    module = ChestXrayModule(build_model("cnn-tiny", 3), ["N", "B", "V"], task="multiclass")
     out = quiet_trainer().validate(module, dataloaders=DataLoader(batches(30, labels), batch_size=None), verbose=False)
     module.eval()
     with torch.no_grad():
