@@ -36,9 +36,12 @@ def serve(
                                        "request (headers and upload); slower ones get 408."),
     max_connections: int = typer.Option(64, "--max-connections", help="Open connections served at once; beyond "
                                         "that new requests get 503."),
+    engine: str = typer.Option("auto", "--engine", help="What scores uploads: auto (the bundle's cached ONNX graph "
+                               "through onnxruntime, PyTorch where it cannot be exported), onnxruntime or torch."),
 ) -> None:
     from chestxray.cli import checks
 
+    checks.engine(engine)
     checks.model_source(bundle)
     checks.at_least("--port", port, 1, 65535)
     checks.at_least("--max-upload-mb", max_upload_mb, 0.001)
@@ -55,7 +58,7 @@ def serve(
                                           "; uploads are not stored"), highlight=False, soft_wrap=True)
     run_server(bundle, host=host, port=port, limits=limits, keep_uploads=keep_uploads,
                allowed_hosts=tuple(allowed_host), allowed_origins=tuple(allowed_origin), read_timeout=read_timeout,
-               max_connections=max_connections)
+               max_connections=max_connections, engine=engine)
 
 
 @app.command(help="Start the MLflow UI (the real `mlflow server`) on the project's store: runs/mlflow.db or "

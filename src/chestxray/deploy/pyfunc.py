@@ -107,11 +107,11 @@ class BundlePyfunc(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
-        from chestxray.inference.predict import torch_scorer
-        from chestxray.models.bundle import load_bundle
+        from chestxray.inference.engines import bundle_scorer
 
-        self.bundle = load_bundle(context.artifacts[ARTIFACT])
-        self.scorer = torch_scorer(self.bundle, device="cpu")  # the TTA the stored thresholds were chosen with
+        # the TTA the stored thresholds were chosen with, on the CPU through the bundle's ONNX graph (cached beside
+        # it when evaluate ran, so the artifact carries it; else exported now), PyTorch where it cannot be exported
+        self.scorer = bundle_scorer(context.artifacts[ARTIFACT], device="cpu")
 
     def _score(self, model_input: Any) -> np.ndarray:
         """Probabilities (N, L) for paths or pixel arrays, made as `chestxray predict` makes them."""
@@ -127,4 +127,4 @@ class BundlePyfunc(PythonModel):
         return self.scorer.score_arrays(images)
 
     def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ANN001
-        return pd.DataFrame(self._score(model_input), columns=[f"p_{x}" for x in self.bundle.labels])
+        return pd.DataFrame(self._score(model_input), columns=[f"p_{x}" for x in self.scorer.labels])

@@ -86,19 +86,21 @@ def problem_rows(problems: Sequence[tuple[str, str]], labels: Sequence[str]) -> 
 
 
 def open_scorer(model: str | Path, tta: str | None = None, device: str | None = None,
-                site: str | None = None) -> Scorer:
+                site: str | None = None, engine: str = "auto") -> Scorer:
     """A Scorer for a bundle folder, a run folder or an exported .onnx file (the latter needs no torch).
 
     tta None: the mode the stored thresholds were chosen with (see threshold_tta). site: the name (or folder) of a
-    site profile stored beside the model (chestxray.inference.site): its probabilities and thresholds instead."""
+    site profile stored beside the model (chestxray.inference.site): its probabilities and thresholds instead.
+    engine: what runs a bundle (chestxray.inference.engines: its cached ONNX graph on the CPU by default, so a
+    bundle whose graph is cached needs no torch either; PyTorch on a GPU)."""
     if Path(model).suffix.lower() == ".onnx":
         from chestxray.inference.onnx_model import onnx_scorer
 
         scorer = onnx_scorer(model, tta=tta)
     else:
-        from chestxray.inference.predict import torch_scorer
+        from chestxray.inference.engines import bundle_scorer
 
-        scorer = torch_scorer(model, tta=tta, device=device)
+        scorer = bundle_scorer(model, tta=tta, device=device, engine=engine)
     if site is None:
         return scorer
     from chestxray.inference.site import load_site, site_scorer
