@@ -84,6 +84,8 @@ def evaluate(
                                                     help="Before evaluating, compare the sha256 of every shard read "
                                                     "with the manifest (default: for a local folder, not for a URL; "
                                                     "shard sizes are always checked)."),
+    ood: bool = typer.Option(True, "--ood/--no-ood", help="Also fit the out-of-distribution reference (train and val "
+                             "features) that predict and serve use to mark inputs unlike the training images."),
 ) -> None:
     from chestxray.cli import checks
 
@@ -102,7 +104,7 @@ def evaluate(
     with console.status(f"evaluating {run} on {split} ...") if console.is_terminal else contextlib.nullcontext():
         result = evaluate_run(run, split=split, tta=tta, threshold_method=threshold_method, batch_size=batch_size,
                               n_boot=n_boot, seed=seed, prepared=prepared,
-                              verify_checksums=verify_checksums)
+                              verify_checksums=verify_checksums, ood=ood)
     table, notes = _metrics_table(result)
     print_table(table)
     for note in notes:

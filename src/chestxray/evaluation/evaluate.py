@@ -199,11 +199,14 @@ def evaluate_run(
     num_workers: int = 0,
     device: str | None = None,
     verify_checksums: bool | None = None,
+    ood: bool = True,
 ) -> EvalResult:
     """Predict val and `split` with RUN/bundle, choose thresholds on val, store them in the card, write RUN/eval/.
 
     `prepared` defaults to the folder recorded in the bundle card. The shards of both splits are checked first:
-    sizes always, sha256 when `verify_checksums` (None: for a local folder, not for a URL).
+    sizes always, sha256 when `verify_checksums` (None: for a local folder, not for a URL). `ood` also fits the
+    bundle's out-of-distribution reference on the train and val splits (chestxray.evaluation.ood_fit:
+    ood.safetensors + ood.json beside the weights), which predict and serve read.
     """
     from chestxray.data.shards import read_manifest
     from chestxray.evaluation.thresholds import store_thresholds
@@ -261,6 +264,10 @@ def evaluate_run(
             raise DiskFullError(disk_full_message(run, exc, f"nothing was changed: the card's thresholds and "
                                                   f"{run / EVAL_DIR} are as before this evaluation; free some space "
                                                   "and run evaluate again")) from None
+        if ood:
+            from chestxray.evaluation.ood_fit import fit_ood
+
+            fit_ood(bundle, prepared, tta=tta, batch_size=batch_size)
     result.notes.extend([note] if note else [])
     log.info("evaluated %s on %s: macro AUROC %s", run, split, result.macro_auroc)
     _to_mlflow(run, result)
