@@ -62,6 +62,11 @@ def demo(
     )
 
     quiet_lightning()
+    import logging
+
+    steps = logging.getLogger("chestxray.workflows.demo")  # its steps say what the minutes are spent on
+    if steps.getEffectiveLevel() > logging.INFO:
+        steps.setLevel(logging.INFO)
 
     start = time.perf_counter()
     if model is not None:
