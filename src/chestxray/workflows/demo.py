@@ -270,8 +270,9 @@ def _train_recipe(run: RecipeRun, prepared: Path, folder: Path, task: str, setti
         c = first.counts
         extra = {"threshold": round(first.threshold or 0.0, 3), "sensitivity": c.sensitivity,
                  "specificity": c.specificity, "false negatives": c.fn, "false positives": c.fp}
-    log.info("%s: recipe %s (%s) val AUROC %s, test AUROC %s", task, run.recipe, run.model, val.value,
-             macro.auroc.value)
+    log.info("%s: recipe %s (%s) val AUROC %s, test AUROC %s", task, run.recipe, run.model,
+             "n/a" if val.value is None else f"{val.value:.3f}",
+             "n/a" if macro.auroc.value is None else f"{macro.auroc.value:.3f}")
     info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     outcome = RecipeOutcome(recipe=run.recipe, model=run.model, run_dir=result.run_dir, val_auroc=val.value,
                             val_low=val.low, val_high=val.high, auroc=macro.auroc.value, auroc_low=macro.auroc.low,
