@@ -102,9 +102,12 @@ def test_cli_page_lists_every_command() -> None:
 
     from chestxray.cli import app
 
+    from chestxray.cli import ORDER
+
     page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     listed = re.findall(r"^\| `([a-z-]+)", page, flags=re.M)
-    assert sorted(listed) == sorted(get_group(app).commands)
+    assert sorted(ORDER) == sorted(get_group(app).commands), "give every command its place in cli.COMMANDS"
+    assert listed == ORDER, "docs/cli.md lists the commands in the order of chestxray --help"
 
 
 def test_python_examples_in_docs_import_only_public_names() -> None:
@@ -119,3 +122,49 @@ def test_python_examples_in_docs_import_only_public_names() -> None:
                     assert {a.name for a in node.names} <= set(chestxray.__all__), where
                 elif isinstance(node, ast.Import):
                     assert not any(a.name.startswith("chestxray.") for a in node.names), page
+
+
+def _command_lines(text: str) -> list[str]:
+    """`chestxray …` lines of the bash blocks, continuation lines joined and comments dropped."""
+    found = []
+    for block in _code_blocks(text, "bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #")[0].strip()
+            for part in line.split("&&"):
+                part = part.strip().removeprefix("nice ").strip()
+                if part.count('"') % 2:  # the end of a quoted shell string: sbatch --wrap "… && chestxray …"
+                    part = part.rstrip('"')
+                if part.startswith("chestxray "):
+                    found.append(part)
+    return found
+
+
+def test_documented_commands_parse_with_the_real_command_line() -> None:
+    """Every `chestxray …` line in the README's and the docs' bash blocks names real commands and options with valid
+    values (parsed by the command line itself, nothing run)."""
+    import shlex
+
+    import click
+    from typer.main import get_group
+
+    from chestxray.cli import app
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    lines = [(page, line) for page in pages for line in _command_lines(page.read_text(encoding="utf-8"))]
+    assert len(lines) > 20
+    problems = []
+    for page, line in lines:
+        try:
+            args, command, ctx = shlex.split(line)[1:], get_group(app), None
+            ctx = click.Context(command, info_name="chestxray")
+            while isinstance(command, click.Group) and args:
+                name = args.pop(0)
+                sub = command.get_command(ctx, name)
+                if sub is None:
+                    raise click.UsageError(f"no command {name!r}")
+                command, ctx = sub, click.Context(sub, info_name=name, parent=ctx)
+            command.make_context(command.name, args, parent=ctx.parent)
+        except (click.ClickException, ValueError) as exc:
+            message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+            problems.append(f"{page.name}: {line}\n    {message}")
+    assert not problems, "\n".join(problems)

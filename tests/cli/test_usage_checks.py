@@ -21,8 +21,19 @@ def usage_folders(tmp: Path) -> dict[str, str]:
     (prepared / "manifest.json").write_text("{}")
     (run / "bundle" / "card.json").write_text("{}")
     (tmp / "x.png").write_bytes(b"")
+    # a finished run (config + bundle) whose model expects 32 px NIH-style labels, and data that does not fit it
+    finished = tmp / "finished"
+    (finished / "bundle").mkdir(parents=True, exist_ok=True)
+    (finished / "config.yaml").write_text(f"prepared: {prepared}\nmodel: cnn-tiny\nout: {finished}\n")
+    (finished / "bundle" / "card.json").write_text(json.dumps({"labels": ["Effusion", "Nodule"], "image_size": 32,
+                                                               "resize": "crop"}))
+    for name, labels, size in (("prepared48", ["Effusion", "Nodule"], 48), ("prepared-other", ["PNEUMONIA"], 32)):
+        (tmp / name).mkdir(exist_ok=True)
+        (tmp / name / "manifest.json").write_text(json.dumps({"labels": labels, "image_size": size,
+                                                              "resize": "crop"}))
     return {"MISSING": str(tmp / "nowhere"), "CATALOG": str(catalog), "PREPARED": str(prepared), "RUN": str(run),
-            "IMAGE": str(tmp / "x.png")}
+            "IMAGE": str(tmp / "x.png"), "FINISHED": str(finished), "PREPARED48": str(tmp / "prepared48"),
+            "PREPARED_OTHER": str(tmp / "prepared-other")}
 
 
 # argv (with the folder names above) -> what the one line must say
@@ -33,7 +44,14 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
                  (["evaluate", "RUN", "--tta", "flip"], "unknown test-time augmentation 'flip'"),
                  (["evaluate", "RUN", "--threshold-method", "best"], "unknown threshold method 'best'"),
                  (["evaluate", "RUN", "--prepared", "MISSING"], "PREPARED folder"),
-                 (["evaluate", "RUN", "--batch-size", "0"], "--batch-size must be at least 1")],
+                 (["evaluate", "RUN", "--batch-size", "0"], "--batch-size must be at least 1"),
+                 (["evaluate", "FINISHED", "--prepared", "PREPARED48"], "images are 48 px but the bundle"),
+                 (["evaluate", "FINISHED", "--prepared", "PREPARED_OTHER"], "labels ['PNEUMONIA'] differ from the "
+                                                                            "bundle's ['Effusion', 'Nodule']")],
+    "train": [(["train", "PREPARED", "--model", "cnn-tiny", "--out", "FINISHED"], "holds an earlier run and will "
+                                                                                   "not be overwritten"),
+              (["train", "--resume", "FINISHED"], "no checkpoints/last.ckpt"),
+              (["train", "--resume", "FINISHED", "--progress", "false"], "switches such as --progress")],
     "report": [(["report", "CATALOG"], "is a catalog, not a run folder"),
                (["report", "MISSING"], "no such run folder")],
     "predict": [(["predict", "MISSING", "IMAGE"], "no such model"),

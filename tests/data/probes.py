@@ -36,6 +36,19 @@ def png(path: Path, value: int | None = None, size: tuple[int, int] = (32, 32), 
     return path
 
 
+def sealed_manifest(labels: list[str], counts: dict[str, int], positives: dict[str, list[int]] | None = None,
+                    image_size: int = 64, **fields: object) -> dict:
+    """A manifest that passes check_manifest without shards on disk (one notional shard per split), for tests that
+    only read its counts."""
+    from chestxray.data.manifest import seal
+
+    splits = {split: {"count": n, "shards": [f"{split}-000000.tar"], "shard_counts": [n], "shard_bytes": [512 * n],
+                      "shard_sha256": ["0" * 64], "positives": (positives or {}).get(split, [0] * len(labels))}
+              for split, n in counts.items()}
+    return seal({"format": "chestxray-prepared/1", "labels": list(labels), "task": "multilabel",
+                 "image_size": image_size, "resize": "pad", "splits": splits, **fields})
+
+
 # --- catalogs: one patient, one image, one label, however they are written ----------------------------------------
 
 def patient_spellings(root: Path) -> Path:
@@ -106,11 +119,13 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def png_short_stream(path: Path, rows: int = 100, kept: int = 10, width: int = 64) -> Path:
-    """A valid-looking 8-bit gray PNG of `rows` rows whose zlib stream ends cleanly after `kept` rows (CRCs right):
-    decoders fill the rest with zeros without a word."""
-    raw = b"".join(b"\x00" + bytes((np.arange(width) + r) % 256) for r in range(kept))
-    ihdr = struct.pack(">IIBBBBB", width, rows, 8, 0, 0, 0, 0)
+def png_short_stream(path: Path, rows: int = 100, kept: int = 10, width: int = 64, depth: int = 8) -> Path:
+    """A valid-looking gray PNG (8 or 16 bit) of `rows` rows whose zlib stream ends cleanly after `kept` rows (CRCs
+    right): Pillow fills the rest with zeros without a word."""
+    dtype = np.uint8 if depth == 8 else np.dtype(">u2")
+    raw = b"".join(b"\x00" + ((np.arange(width) * 7 + 3 * r) % 256 * (1 if depth == 8 else 200)).astype(dtype).tobytes()
+                   for r in range(kept))
+    ihdr = struct.pack(">IIBBBBB", width, rows, depth, 0, 0, 0, 0)
     data = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -153,5 +168,39 @@ def degenerate_images(root: Path) -> dict[str, Path]:
         "DICOM RescaleSlope=0": dicom(root / "slope0.dcm", gradient(), RescaleSlope=0, RescaleIntercept=0),
         "1x1 image": png(root / "one.png", size=(1, 1)),
         "1x5000 image": png(root / "line.png", size=(1, 5000)),
+        "40x400 image": png(root / "strip.png", size=(40, 400)),
+        "short zlib stream, 16 bit": png_short_stream(root / "short16.png", depth=16),
         "constant image": png(root / "constant.png", value=128, size=(64, 64)),
     }
+
+
+# --- prepared folders: same-size damage and manifests that lie ---------------------------------------------------
+
+def flip_label_bytes(shard: Path, samples: int = 3) -> int:
+    """Turn the first label of the first `samples` sample records of a shard from 0 to 1 or back, in place: the
+    shard keeps its size (the size check passes), only a checksum can tell. Returns how many bytes changed."""
+    data = bytearray(shard.read_bytes())
+    flipped, start = 0, 0
+    while flipped < samples:
+        at = data.find(b'"labels": [', start)
+        if at < 0:
+            break
+        digit = at + len(b'"labels": [')
+        data[digit] = ord("1") if data[digit] == ord("0") else ord("0")
+        flipped, start = flipped + 1, digit
+    shard.write_bytes(bytes(data))
+    return flipped
+
+
+def edit_manifest(folder: Path, change, reseal: bool = False) -> dict:
+    """Apply `change(manifest) -> manifest` to folder/manifest.json; with `reseal` the digest is recomputed (a tool
+    that rewrites the file properly but wrongly), else left stale (a hand edit). Returns what was written."""
+    import json
+
+    from chestxray.data.manifest import DIGEST, seal
+
+    manifest = change(json.loads((folder / "manifest.json").read_text()))
+    if reseal and isinstance(manifest, dict):
+        manifest = seal({k: v for k, v in manifest.items() if k != DIGEST})
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return manifest

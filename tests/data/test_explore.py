@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,7 @@ from chestxray.data.explore import (
     finding_counts,
     sample_grid,
 )
+from chestxray.data.manifest import seal
 from chestxray.data.sources import read_nih, write_catalog
 from chestxray.data.split import assign_splits
 from chestxray.data.synth import make_synthetic
@@ -66,7 +68,11 @@ def test_explore_prepared_folder_calls_augment_grid(catalog, tmp_path: Path, mon
     cat_dir = write_catalog(catalog, tmp_path / "cat")
     prepared = tmp_path / "prepared"
     prepared.mkdir()
-    (prepared / "manifest.json").write_text('{"format": "chestxray-prepared/1", "catalog": "%s"}' % cat_dir)
+    empty = {"count": 0, "shards": [], "shard_counts": [], "shard_bytes": [], "shard_sha256": [],
+             "positives": [0] * len(catalog.labels)}
+    manifest = seal({"format": "chestxray-prepared/1", "labels": list(catalog.labels), "image_size": 32,
+                     "splits": {"train": empty}, "catalog": str(cat_dir)})
+    (prepared / "manifest.json").write_text(json.dumps(manifest))
     calls = []
 
     def fake_grid(prepared_dir, out_dir, policy, n=16, seed=0):

@@ -275,3 +275,16 @@ def test_giant_images_are_refused_from_the_header(tmp_path, bomb):
     assert load_gray(small).shape == (100, 100)
     with pytest.raises(DataError, match="100 × 100 px = 0.01 megapixels, above the limit of 0.005 megapixels"):
         load_gray(small, max_pixels=5000)
+
+
+@pytest.mark.parametrize("lo, hi", [(0, 65535), (100, 4095), (7, 8), (3000, 3000)])
+def test_to_uint8_16bit_lookup_equals_the_float_stretch(lo: int, hi: int) -> None:
+    """16-bit images go through a lookup table (no float copy of the image): the same levels as the float formula."""
+    from chestxray.data.imaging import to_uint8
+
+    pixels = np.random.default_rng(lo).integers(lo, hi + 1, (300, 400)).astype(np.uint16)
+    values = pixels.astype(np.float32)
+    low, high = float(values.min()), float(values.max())
+    expected = np.zeros(pixels.shape, np.uint8) if high <= low else \
+        np.clip((values - low) * (255.0 / (high - low)) + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(to_uint8(pixels), expected)

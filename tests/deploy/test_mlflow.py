@@ -138,3 +138,23 @@ def test_ui_store_resolution(store, trained_run: Path, tmp_path: Path, monkeypat
         store_uri(tmp_path / "other.db")
     cmd = ui_command(store[0], port=5123)
     assert cmd[1:4] == ["-m", "mlflow", "server"] and "127.0.0.1" in cmd and "--default-artifact-root" in cmd
+
+
+def test_ui_killed_with_minus_9_leaves_no_mlflow_server(tmp_path: Path) -> None:
+    """kill -9 of `chestxray ui` alone (not its group): the kernel's parent-death signal reaches the guard, which
+    stops the whole `mlflow server` tree (uvicorn, job runner, huey consumers); the port is free again."""
+    import os
+    import signal
+    import socket
+
+    uri = f"sqlite:///{tmp_path / 'killed.db'}"
+    port = free_port()
+    with running(["chestxray", "ui", "--store", uri, "--port", str(port)], f"http://127.0.0.1:{port}/health",
+                 tmp_path / "ui.log", timeout=180) as proc:
+        tree = _processes_of(uri, wait=0)
+        assert len(tree) >= 3, tree  # the guard, mlflow's CLI and its server at least
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not _processes_of(uri, wait=40), "mlflow server outlived `chestxray ui` killed with -9"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # nobody holds the port any more

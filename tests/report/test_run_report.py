@@ -18,6 +18,7 @@ from chestxray.data.labels import NIH14
 from chestxray.errors import DataError
 from chestxray.evaluation.evaluate import PLOTS, evaluate_predictions
 from chestxray.report.run_report import write_report
+from tests.data import probes
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -65,11 +66,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.utime(folder / "scores.csv", (1e9 + n, 1e9 + n))
     prepared = root / "prepared"
     prepared.mkdir()
-    splits = {s: {"count": c, "shards": [], "positives": rng.integers(0, c // 4, 14).tolist()}
-              for s, c in (("train", 700), ("val", 100), ("test", 200))}
-    (prepared / "manifest.json").write_text(json.dumps({"format": "chestxray-prepared/1", "labels": list(NIH14),
-                                                        "task": "multilabel", "image_size": 64, "resize": "pad",
-                                                        "splits": splits}))
+    counts = {"train": 700, "val": 100, "test": 200}
+    positives = {s: rng.integers(0, c // 4, 14).tolist() for s, c in counts.items()}
+    (prepared / "manifest.json").write_text(json.dumps(probes.sealed_manifest(list(NIH14), counts, positives)))
     evaluate_predictions(_predictions(100, 40, rng), _predictions(200, 80, rng), NIH14, run / "eval",
                          history=run / "metrics.csv", n_boot=50, extra={"prepared": str(prepared)})
     return run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,18 @@ def test_synthetic_demo_runs_every_stage_and_is_labelled(tmp_path: Path) -> None
     # the drawn findings are strong: even two tiny epochs must beat chance on the test split
     assert outcome.auroc is not None and outcome.auroc > 0.6
     assert outcome.auroc_low <= outcome.auroc <= outcome.auroc_high
+    (recipe,) = outcome.recipes
+    assert recipe.precision in ("bf16-mixed", "32-true") and "auto" in recipe.precision_reason and not recipe.reused
+    # a second demo with the same settings and data reuses the finished run instead of training again
+    weights = run / "bundle" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    (again,) = run_demo(tmp_path / "out", synthetic=True, settings=settings)
+    assert again.recipes[0].reused and weights.stat().st_mtime_ns == before
+    assert (again.auroc, again.recipes[0].val_auroc, again.recipes[0].precision) == (
+        outcome.auroc, recipe.val_auroc, recipe.precision)
+    # other settings train afresh
+    (third,) = run_demo(tmp_path / "out", synthetic=True, settings=replace(settings, epochs=1))
+    assert not third.recipes[0].reused and weights.stat().st_mtime_ns != before
 
 
 def test_recipes_side_by_side_winner_on_validation(tmp_path: Path) -> None:
@@ -58,3 +71,23 @@ def test_chance_level_is_flagged() -> None:
         return RecipeOutcome("scratch", "cnn-small", Path("."), 0.55, low, 0.6, 0.5, 0.4, 0.6)
 
     assert outcome(0.51).above_chance and not outcome(0.49).above_chance and not outcome(None).above_chance
+
+
+def test_demo_command_prints_precision_and_reuse(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The command line says which precision trained the figures and when runs were reused, not retrained."""
+    from typer.testing import CliRunner
+
+    import chestxray.workflows.demo as demo
+    from chestxray.cli import app
+    from chestxray.workflows.demo import DemoOutcome
+
+    recipe = RecipeOutcome("scratch", "cnn-tiny", tmp_path, 0.9, 0.8, 0.95, 0.85, 0.8, 0.9, precision="32-true",
+                           precision_reason="auto: CPU without native bf16", reused=True)
+    done = DemoOutcome("synthetic", "d", tmp_path, tmp_path / "report.html", {"train": 1, "val": 1, "test": 1},
+                       ["Nodule"], 0.85, 0.8, 0.9, recipes=[recipe], chosen="scratch")
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: [done])
+    result = CliRunner().invoke(app, ["demo", "--synthetic", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "precision: 32-true (auto: CPU without native bf16)" in text
+    assert "reused 1 finished run(s) of an earlier demo" in text

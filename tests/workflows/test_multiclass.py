@@ -116,7 +116,7 @@ def test_web_app_answers_with_the_argmax_class(chain: dict, shared_data: Path) -
     from chestxray.deploy.serve import create_app
 
     image = sorted((shared_data / "kaggle-chest-xray-pneumonia" / "NORMAL").glob("*.jpeg"))[0]
-    with TestClient(create_app(chain["root"] / "run")) as client:
+    with TestClient(create_app(chain["root"] / "run"), base_url="http://localhost") as client:
         body = client.post("/predict", files={"file": image.open("rb")}).json()
     probs = {f["name"]: f["probability"] for f in body["findings"]}
     assert body["task"] == "multiclass" and body["predicted_class"] == max(probs, key=probs.get)

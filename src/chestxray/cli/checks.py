@@ -165,3 +165,18 @@ def mlflow_store(store: str | None) -> None:
     if "://" not in store and not store.startswith("file:") and not Path(store).exists():
         raise ConfigError(f"{store}: no MLflow store there (no such file or folder); pass the store's URI, its .db "
                           "file, an mlruns folder or a run folder")
+
+
+def prepared_fits_run(prepared: str | Path, run: Path) -> None:
+    """evaluate --prepared: a local PREPARED folder must hold the run's labels and be made as its bundle card says
+    (read from the two JSON files; a URL is checked when its manifest is fetched)."""
+    import json
+
+    from chestxray.inference.compat import check_prepared_fits
+
+    if "://" in str(prepared):
+        return
+    card = json.loads((run / "bundle" / "card.json").read_text(encoding="utf-8"))
+    manifest = json.loads((Path(prepared) / "manifest.json").read_text(encoding="utf-8"))
+    if "labels" in card and "image_size" in card and "labels" in manifest and "image_size" in manifest:
+        check_prepared_fits(card, manifest, prepared, run / "bundle")

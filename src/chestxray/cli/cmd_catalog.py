@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, err_console, friendly
+from chestxray.cli.common import console, err_console, friendly, print_table
 from chestxray.errors import ConfigError
 
 catalog_app = typer.Typer(help="Build a catalog (one row an image: path, patient, labels, split) from a collection."
@@ -72,7 +72,7 @@ def _missing_patients(info: dict) -> str:
                      "--metadata-only --out runs/nih-meta")
 @friendly
 def catalog_nih(
-    csv: Path = typer.Option(..., "--csv", help="NIH label table (Data_Entry_2017[_v2020].csv[.gz])."),
+    csv: Path = typer.Option(..., "--csv", help="NIH label table (Data_Entry_2017\\[_v2020].csv\\[.gz])."),
     out: Path = typer.Option(..., "--out", "-o", help="Output catalog folder."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder holding the PNGs (searched recursively)."),
     metadata_only: bool = typer.Option(False, "--metadata-only", help="No images: empty paths, for splits/statistics."),
@@ -151,7 +151,7 @@ def catalog_csv(
     images_root: Optional[Path] = typer.Option(None, "--images-root", help="Folder the paths are relative to."),
     task: str = typer.Option("auto", "--task", help=TASK_HELP),
     merge: Optional[list[str]] = typer.Option(None, "--merge", help="Merge finding names: NEW=old1,old2 "
-                                              "(repeatable), e.g. 'Bacterial=Streptococcus,Klebsiella'."),
+                                              "(repeatable), e.g. Viral=SARS,MERS."),
     views: Optional[str] = typer.Option(None, "--views", help="Keep only rows whose 'view' column is one of "
                                         "these, e.g. PA,AP."),
     ratios: str = typer.Option("0.7,0.1,0.2", "--ratios", help=SPLIT_HELP),
@@ -211,7 +211,7 @@ def explore(
             cells = [f"{int(row['images'])} ({int(row['patients'])})"]
             cells += [f"{int(row[f'images_{s}'])} ({int(row[f'patients_{s}'])})" for s in splits]
             table.add_row(str(finding), *cells, f"{row['prevalence_images']:.1%}", f"{row['prevalence_patients']:.1%}")
-        console.print(table)
+        print_table(table)
     if not result.shortcuts.empty:
         strongest = result.shortcuts.assign(d=(result.shortcuts["auroc"] - 0.5).abs()).sort_values("d").groupby(
             "label", sort=False).tail(1).set_index("label")

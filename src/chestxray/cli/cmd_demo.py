@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, fmt, friendly, quiet_lightning
+from chestxray.cli.common import console, fmt, friendly, print_table, quiet_lightning
+from chestxray.training.config import PRECISIONS
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -34,6 +35,8 @@ def demo(
     model: str = typer.Option(None, help="Train only this model from scratch instead of comparing the recipes."),
     seed: int = typer.Option(0, help="One seed for split, initialisation and data order."),
     mlflow: bool = typer.Option(True, help="Track the runs in MLflow (a local SQLite store under OUT/mlruns)."),
+    precision: str = typer.Option("auto", help="auto (bf16-mixed on a CPU or GPU with native bf16, else fp32) | "
+                                  "32-true | bf16-mixed | 16-mixed; the README's figures are bf16-mixed."),
 ) -> None:
     from dataclasses import replace
 
@@ -47,6 +50,7 @@ def demo(
     checks.model_name(model)
     checks.at_least("--size", size, 16)
     checks.at_least("--epochs", epochs, 1)
+    checks.one_of("--precision", precision, PRECISIONS)
     from rich import box
     from rich.table import Table
 
@@ -64,15 +68,18 @@ def demo(
         recipes: tuple[RecipeRun, ...] = (RecipeRun("scratch", model, DemoSettings.lr, epochs or DemoSettings.epochs),)
     else:
         recipes = tuple(replace(r, epochs=epochs) for r in DEFAULT_RECIPES) if epochs else DEFAULT_RECIPES
-    settings = DemoSettings(size=size, seed=seed, mlflow=mlflow, recipes=recipes)
+    settings = DemoSettings(size=size, seed=seed, mlflow=mlflow, recipes=recipes, precision=precision)
 
     def announce(name: str, description: str) -> None:
-        console.rule(f"[bold]{name}[/]: {description}")
+        if console.is_terminal and len(name) + len(description) + 8 <= console.width:
+            console.rule(f"[bold]{name}[/]: {description}")
+        else:  # a rule cuts a long title short ("(b…"); in a log the plain line is whole
+            console.print(f"== {name}: {description}", highlight=False, soft_wrap=True)
 
     outcomes = run_demo(out, data_root=data, synthetic=synthetic, settings=settings, on_task=announce)
     for o in outcomes:
         if len(o.recipes) > 1:
-            console.print(_recipe_table(o))
+            print_table(_recipe_table(o))
     table = Table(title="test split: AUROC (macro over findings), 95% CI by patient bootstrap", box=box.SIMPLE_HEAD,
                   show_edge=False, pad_edge=False)
     for column in ("task", "images\ntrain/val/test", "recipe\n(model)", "val\nAUROC", "test AUROC\n95% CI", "s"):
@@ -84,7 +91,7 @@ def demo(
         val = fmt(chosen.val_auroc) + ("" if o.above_chance else "\n[red]≈ chance[/]")
         table.add_row(name, counts, f"{o.chosen}\n({chosen.model})", val,
                       f"{fmt(o.auroc)}\n{fmt(o.auroc_low)}–{fmt(o.auroc_high)}", f"{o.seconds:.0f}")
-    console.print(table)
+    print_table(table)
     for o in outcomes:
         if not o.above_chance:
             console.print(f"[red]{o.name}: the chosen model has NOT clearly learned: its validation AUROC's 95% CI "
@@ -95,6 +102,13 @@ def demo(
             console.print(f"{o.name} at the validation-chosen threshold: " + ", ".join(values), soft_wrap=True)
     for o in outcomes:
         console.print(f"report ({o.name}): {o.report}", soft_wrap=True)
+    for precision, reason in sorted({(r.precision, r.precision_reason) for o in outcomes for r in o.recipes}):
+        console.print(f"precision: {precision or 'unknown'} ({reason or 'not recorded'}); figures from bf16 and fp32 "
+                      "training differ slightly (the README's are bf16-mixed)", highlight=False, soft_wrap=True)
+    reused = [r for o in outcomes for r in o.recipes if r.reused]
+    if reused:
+        console.print(f"reused {len(reused)} finished run(s) of an earlier demo with the same settings and data "
+                      f"(training seconds are theirs); delete {out} to train again", highlight=False, soft_wrap=True)
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s", soft_wrap=True)
 
 

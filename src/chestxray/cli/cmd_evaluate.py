@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, err_console, fmt, friendly
+from chestxray.cli.common import console, err_console, fmt, friendly, print_table
 
 
 def _short_ci(low: float | None, high: float | None) -> str:
@@ -79,9 +80,12 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     prepared: str = typer.Option(None, "--prepared", help="Prepared data, a folder or an http(s)://, s3:// URL "
                                  "(default: the one in the bundle card)."),
-    verify_checksums: bool = typer.Option(False, "--verify-checksums",
-                                          help="Before evaluating, compare every shard's sha256 with the manifest "
-                                          "(shard sizes are always checked)."),
+    verify_checksums: Optional[bool] = typer.Option(None, "--verify-checksums/--no-verify-checksums",
+                                                    help="Before evaluating, compare the sha256 of every shard read "
+                                                    "with the manifest (default: for a local folder, not for a URL; "
+                                                    "shard sizes are always checked)."),
+    ood: bool = typer.Option(True, "--ood/--no-ood", help="Also fit the out-of-distribution reference (train and val "
+                             "features) that predict and serve use to mark inputs unlike the training images."),
 ) -> None:
     from chestxray.cli import checks
 
@@ -91,19 +95,22 @@ def evaluate(
     checks.run_folder(run)
     if prepared is not None:
         checks.prepared_folder(prepared)
+        checks.prepared_fits_run(prepared, run)  # wrong size or labels: refused before torch loads
     from chestxray.evaluation.evaluate import evaluate_run
 
-    with console.status(f"evaluating {run} on {split} ..."):
+    if not console.is_terminal:  # a log file or a pipe: say what is under way (a spinner would print nothing)
+        console.print(f"evaluating {run} on {split} ...", highlight=False, soft_wrap=True)
+    with console.status(f"evaluating {run} on {split} ...") if console.is_terminal else contextlib.nullcontext():
         result = evaluate_run(run, split=split, tta=tta, threshold_method=threshold_method, batch_size=batch_size,
                               n_boot=n_boot, seed=seed, prepared=prepared,
-                              verify_checksums=verify_checksums)
+                              verify_checksums=verify_checksums, ood=ood)
     table, notes = _metrics_table(result)
-    console.print(table)
+    print_table(table)
     for note in notes:
         console.print(note, highlight=False)
     mc = result.multiclass
     if mc is not None:
-        console.print(_confusion_table(mc))
+        print_table(_confusion_table(mc))
         console.print(f"multi-class: predicted class = argmax, thresholds do not apply; accuracy {_ci(mc.accuracy)}, "
                       f"balanced accuracy {_ci(mc.balanced_accuracy)}", highlight=False, soft_wrap=True)
     for note in result.notes:

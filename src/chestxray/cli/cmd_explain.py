@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, friendly
+from chestxray.cli.common import console, friendly, print_table
 
 
 @app.command(help="Write heatmap overlays (Grad-CAM or Integrated Gradients) and scores.csv for images, and score them "
@@ -92,7 +92,7 @@ def explain(
                             justify="left" if col == "label" else "right")
         for row in summary.itertuples(index=False):
             grid.add_row(*(v if isinstance(v, str) else "n/a" if v != v else f"{v:.3g}" for v in row))
-        console.print(grid)
+        print_table(grid)
         overall = summary.set_index("label").loc["ALL"]
         n_maps, n_empty, n_cut = int(overall["n"]), int(overall["n_empty"]), int(overall["n_cut"])
         n_scored, hit = int(overall["n_scored"]), overall["pointing_hit"]

@@ -59,12 +59,22 @@ def _table(rows: list[dict[str, Any]], labels: list[str], thresholds: dict[str, 
     return table, legend
 
 
-def _summary(tally: Any, out: Path | None, thresholds: bool) -> str:
+def _summary(tally: Any, out: Path | None, thresholds: bool, hint: str = "") -> str:
     text = f"{tally.scored} image(s) scored, {tally.quarantined} quarantined"
+    if tally.n_unusual:
+        text += f", {tally.n_unusual} unusual (unlike the training images)"
     if thresholds:
         hits = ", ".join(f"{n} {c}" for n, c in tally.positives.items() if c) or "none"
         text += f"; positives per finding: {hits}"
-    return text + (f"; wrote {out}" if out else "")
+    return text + (f"; wrote {out}" if out else "") + (f"; {hint}" if hint else "")
+
+
+def _no_thresholds_hint(model: Path) -> str:
+    """Why there are no decisions, and the command that makes them (evaluate chooses thresholds on validation)."""
+    run = model.parent if model.name == "bundle" and (model.parent / "config.yaml").is_file() else model
+    target = str(run) if (run / "config.yaml").is_file() else "RUN (the run folder that trained this model)"
+    return (f"no positive/negative decisions: the model has no thresholds yet; 'chestxray evaluate {target}' "
+            "chooses them on the validation split and stores them in the bundle")
 
 
 @app.command(help="Probabilities per finding for image files (PNG, JPEG, DICOM), folders (recursively), glob "
@@ -103,9 +113,9 @@ def predict(
     labels, thresholds = scorer.labels, scorer.thresholds
     found = expand_inputs(inputs)
     multiclass = is_multiclass(scorer.card.get("task"))
-    if not thresholds and not multiclass:
-        err_console.print("[yellow]warning:[/] the model has no thresholds yet (run 'chestxray evaluate RUN'); "
-                          "showing probabilities only", highlight=False)
+    hint = _no_thresholds_hint(model) if not thresholds and not multiclass else ""
+    if hint:
+        err_console.print(f"[yellow]note:[/] {hint}; showing probabilities only", highlight=False, soft_wrap=True)
     tally, rows = Tally(labels), []
     stdout = RowWriter(sys.stdout, fmt, labels) if fmt != "table" else None
     with _file_rows(out, labels) as to_file, _progress(len(found.paths)) as advance:
@@ -131,6 +141,10 @@ def predict(
         table, legend = _table(rows, labels, thresholds)
         for text in (title, table, *legend):
             console.print(text, highlight=False, soft_wrap=isinstance(text, str) and text.startswith("#"))
+    for text in tally.unusual:
+        err_console.print(f"[yellow]unusual input:[/] {text}: unlike the training images (a photo, another body "
+                          "part or view, an inverted image?); its probabilities mean little", highlight=False,
+                          soft_wrap=True)
     for reason in tally.reasons:
         err_console.print(f"[yellow]quarantined:[/] {reason}", highlight=False, soft_wrap=True)
     if tally.quarantined > len(tally.reasons):
@@ -139,7 +153,7 @@ def predict(
                           highlight=False)
     if tally.scored == 0:
         raise DataError(f"none of the {tally.quarantined} input file(s) could be read; see the reasons above")
-    (console if fmt == "table" else err_console).print(_summary(tally, out, bool(thresholds)), highlight=False,
+    (console if fmt == "table" else err_console).print(_summary(tally, out, bool(thresholds), hint), highlight=False,
                                                        soft_wrap=True)
 
 

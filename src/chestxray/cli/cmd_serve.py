@@ -13,8 +13,12 @@ from chestxray.cli.common import err_console, friendly
 @app.command(help="Serve a model: a web page to drop a PNG/JPEG/DICOM and see every finding's probability against "
              "its threshold with a Grad-CAM overlay, and a JSON API (POST /predict, POST /explain, GET /model, "
              "GET /health; OpenAPI at /docs). Uploads stay in memory unless --keep-uploads is given. No "
-             "authentication: it listens on loopback unless --host says otherwise."
-             "\n\nExample: chestxray serve runs/densenet121 --port 8000")
+             "authentication: it listens on loopback unless --host says otherwise; requests whose Host is not a "
+             "name of the server, and cross-origin uploads, get 403 (docs/security.md says how to run it behind a "
+             "proxy)."
+             "\n\nExample: chestxray serve runs/densenet121 --port 8000"
+             "\n\nExample (behind a proxy at https://xray.example.org): chestxray serve runs/densenet121 "
+             "--allowed-host xray.example.org")
 @friendly
 def serve(
     bundle: Path = typer.Argument(..., help="Bundle folder or run folder (holding bundle/)."),
@@ -22,7 +26,16 @@ def serve(
     port: int = typer.Option(8000, "--port", help="TCP port."),
     keep_uploads: Path = typer.Option(None, "--keep-uploads", help="Store every upload in this folder."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest upload accepted, in MB."),
-    max_megapixels: float = typer.Option(40.0, "--max-megapixels", help="Largest image accepted (width x height)."),
+    max_megapixels: float = typer.Option(25.0, "--max-megapixels", help="Largest image accepted (width x height)."),
+    allowed_host: list[str] = typer.Option([], "--allowed-host", help="Another name clients use for this server "
+                                           "(repeatable; '*.example.org' patterns; loopback names and --host are "
+                                           "always allowed)."),
+    allowed_origin: list[str] = typer.Option([], "--allowed-origin", help="Another origin whose pages may send "
+                                             "uploads, e.g. https://portal.example.org (repeatable)."),
+    read_timeout: float = typer.Option(30.0, "--read-timeout", help="Seconds a client has to send one whole "
+                                       "request (headers and upload); slower ones get 408."),
+    max_connections: int = typer.Option(64, "--max-connections", help="Open connections served at once; beyond "
+                                        "that new requests get 503."),
 ) -> None:
     from chestxray.cli import checks
 
@@ -30,6 +43,8 @@ def serve(
     checks.at_least("--port", port, 1, 65535)
     checks.at_least("--max-upload-mb", max_upload_mb, 0.001)
     checks.at_least("--max-megapixels", max_megapixels, 0.001)
+    checks.at_least("--read-timeout", read_timeout, 1)
+    checks.at_least("--max-connections", max_connections, 1)
     from chestxray.deploy.serve import is_loopback
     from chestxray.deploy.serve import serve as run_server
     from chestxray.deploy.uploads import Limits
@@ -38,11 +53,13 @@ def serve(
     err_console.print(f"serving {bundle} on http://{'localhost' if is_loopback(host) else host}:{port}/ "
                       "(Ctrl+C stops)" + (f"; keeping uploads in {keep_uploads}" if keep_uploads else
                                           "; uploads are not stored"), highlight=False, soft_wrap=True)
-    run_server(bundle, host=host, port=port, limits=limits, keep_uploads=keep_uploads)
+    run_server(bundle, host=host, port=port, limits=limits, keep_uploads=keep_uploads,
+               allowed_hosts=tuple(allowed_host), allowed_origins=tuple(allowed_origin), read_timeout=read_timeout,
+               max_connections=max_connections)
 
 
 @app.command(help="Start the MLflow UI (the real `mlflow server`) on the project's store: runs/mlflow.db or "
-             "./mlruns, or the store a run folder names, a .db file or any tracking URI. Needs the full mlflow: pip install 'chestxray[ui]'."
+             "./mlruns, or the store a run folder names, a .db file or any tracking URI. Needs the full mlflow: pip install 'chestxray\\[ui]'."
              "\n\nExample: chestxray ui --store demo-output/mlflow.db --port 5000")
 @friendly
 def ui(

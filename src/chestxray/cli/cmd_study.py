@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from chestxray.cli import app
-from chestxray.cli.common import console, fmt, friendly
+from chestxray.cli.common import console, fmt, friendly, print_table
 
 
 @app.command("compare-runs", help="Paired comparison of two evaluated runs on the same split: AUROC difference per "
-             "finding with DeLong's test (Holm-corrected over findings) and a paired patient-bootstrap interval."
+             "finding with DeLong's test (Holm-corrected over findings) and a paired patient-bootstrap interval — "
+             "the comparison 'chestxray study' makes between its selected runs, for two runs you trained yourself."
              "\n\nExample: chestxray compare-runs runs/finetune runs/frozen --out finetune-vs-frozen.csv")
 @friendly
 def compare_runs_cmd(
@@ -36,7 +38,7 @@ def compare_runs_cmd(
         ph = format_p(r["p_holm"]) if r["p_holm"] == r["p_holm"] and r["p_holm"] is not None else "—"
         diff = f"{r['diff']:+.3f}" if r["diff"] == r["diff"] and r["diff"] is not None else "n/a"
         table.add_row(r["finding"], fmt(r["auroc_a"]), fmt(r["auroc_b"]), diff, ci, p, ph)
-    console.print(table)
+    print_table(table)
     console.print(result.headline(), highlight=False, soft_wrap=True)
     console.print(result.method, highlight=False, soft_wrap=True, style="dim")
     if out is not None:
@@ -52,9 +54,11 @@ def _list(text: str | None) -> list[str] | None:
 @app.command(help="Train every combination of a grid (models, recipes, augmentation, seeds, any train setting) as "
              "normal run folders, evaluate each on test with validation thresholds, select one run per group on "
              "validation only, compare the selected runs (DeLong + paired bootstrap) and write DIR/study.html. "
-             "Re-running skips finished runs and resumes stopped ones."
-             "\n\nExample: chestxray study data/prepared --models cnn-small,resnet18 --seeds 0,1,2 --set epochs=5 "
-             "--out runs/study1"
+             "Re-running skips finished runs and resumes stopped ones. The command for comparing methods: "
+             "'compare-runs' makes the same paired test for two runs of your own, 'compare' is a quick "
+             "validation-only screen."
+             "\n\nExample: chestxray study data/prepared --models cnn-small,resnet18 --seeds 0,1,2 --epochs 5 "
+             "--lr 1e-3,3e-4 --out runs/study1"
              "\n\nExample: chestxray study data/prepared --grid study.yaml --out runs/study1 --max-parallel 2")
 @friendly
 def study(
@@ -69,6 +73,17 @@ def study(
     seeds: str = typer.Option(None, "--seeds", help="Comma-separated seeds (default 0)."),
     sets: list[str] = typer.Option([], "--set", help="Any train setting as NAME=V1,V2 (repeatable), e.g. "
                                    "--set lr=1e-3,3e-4 --set epochs=5."),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML of settings shared by every run (as for train; "
+                                "the grid's values override it)."),
+    epochs: str = typer.Option(None, "--epochs", "-e", help="Epochs per run (a comma list makes it a grid axis; "
+                               "the same for the flags below)."),
+    batch_size: str = typer.Option(None, "--batch-size", "-b", help="Batch size."),
+    lr: str = typer.Option(None, "--lr", help="Peak learning rate, e.g. 1e-3 or 1e-3,3e-4."),
+    weight_decay: str = typer.Option(None, "--weight-decay", help="AdamW weight decay."),
+    patience: str = typer.Option(None, "--patience", help="Early-stopping patience (0: off)."),
+    precision: str = typer.Option(None, "--precision", help="auto | 32-true | 16-mixed | bf16-mixed."),
+    num_workers: str = typer.Option(None, "--num-workers", help="Data loader processes per run."),
+    max_minutes: str = typer.Option(None, "--max-minutes", help="Training-time cap per run."),
     select: str = typer.Option("val_auroc", "--select", help="Pick one run per group on validation: val_auroc "
                                "(highest) or val_loss (lowest)."),
     max_parallel: int = typer.Option(1, "--max-parallel", help="Runs trained at once (separate processes)."),
@@ -97,9 +112,20 @@ def study(
             raise ConfigError(f"--set {item!r}: expected NAME=V1,V2 (e.g. --set lr=1e-3,3e-4)")
         name, values = item.split("=", 1)
         raw[name.strip().replace("-", "_")] = _list(values)
+    flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "patience": patience,
+             "precision": precision, "num_workers": num_workers, "max_minutes": max_minutes}
+    for name, value in flags.items():
+        if value is not None:
+            if name in raw:
+                raise ConfigError(f"{name} is given twice (--{name.replace('_', '-')} and --set/--grid); keep one")
+            raw[name] = _list(value)
     where = str(grid) if grid is not None else "study flags"
-    spec = expand(prepared, normalise_grid(raw, where), out, base={"mlflow": mlflow, "progress": False},
-                  yes=yes, select=select, n_boot=n_boot)
+    from chestxray.training.config import read_settings_file
+
+    # runs report progress as one plain line per epoch in a log or a pipe; on a terminal the 'finished' lines suffice
+    base = {**(read_settings_file(config) if config is not None else {}), "mlflow": mlflow,
+            "progress": not sys.stdout.isatty()}
+    spec = expand(prepared, normalise_grid(raw, where), out, base=base, yes=yes, select=select, n_boot=n_boot)
     if list_runs:
         for i, run in enumerate(spec.runs):
             console.print(f"{i}\t{run.name}\t{run.group}", highlight=False, soft_wrap=True)
@@ -125,7 +151,7 @@ def study(
         table.add_row(g["group"], f"{fmt(g['val_auroc_mean'])} ± {fmt(g['val_auroc_sd'])}",
                       f"{fmt(g['test_auroc_mean'])} ± {fmt(g['test_auroc_sd'])}", g["selected_run"],
                       f"{fmt(g['selected_test_auroc'])} [{fmt(g['selected_test_low'])}, {fmt(g['selected_test_high'])}]")
-    console.print(table)
+    print_table(table)
     comparisons = done.out / "study_comparisons.csv"
     if comparisons.stat().st_size > 1:
         for sentence in pd.read_csv(comparisons)["sentence"]:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, err_console, friendly, quiet_lightning
+from chestxray.cli.common import console, err_console, friendly, print_table, quiet_lightning
 from chestxray.training.config import TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -26,10 +26,21 @@ def _settings(**flags: object) -> dict[str, object]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
 
 
+_SWITCH_WORDS = {"true", "false", "yes", "no", "on", "off", "0", "1"}
+
+
+def _not_a_switch_value(prepared: str | None) -> None:
+    """'train --resume RUN --progress false': switches take no value, so 'false' would land in PREPARED."""
+    if prepared is not None and prepared.lower() in _SWITCH_WORDS and not Path(prepared).exists():
+        from chestxray.errors import ConfigError
+
+        raise ConfigError(f"PREPARED {prepared!r} is not a folder: switches such as --progress and --mlflow take no "
+                          f"value; write --progress or --no-progress (--mlflow or --no-mlflow, …)")
+
+
 @app.command(help="Train a classifier on a PREPARED folder into a run folder (config.yaml, checkpoints/, "
              "metrics.csv, history.csv, bundle/), mirrored to MLflow: by default the SQLite store mlflow.db beside the "
-             "run folder (runs/mlflow.db for runs/NAME; view it with 'mlflow ui --backend-store-uri "
-             "sqlite:///runs/mlflow.db'), or --mlflow-uri, or --no-mlflow. "
+             "run folder (runs/mlflow.db for runs/NAME; browse it with 'chestxray ui'), or --mlflow-uri, or --no-mlflow. "
              "Settings: defaults ← --config YAML ← flags.\n\n"
              "Example: chestxray train runs/prepared --model densenet121 --pretrained imagenet --epochs 8 "
              "--batch-size 16 --lr 1e-4 --augment advanced --out runs/dn121\n\n"
@@ -86,9 +97,9 @@ def train(
     strategy: Optional[str] = typer.Option(None, "--strategy", help="auto | ddp | ..." + _d("strategy")),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Data loader processes per device." + _d("num_workers")),
     verify_checksums: Optional[bool] = typer.Option(None, "--verify-checksums/--no-verify-checksums",
-                                                    help="Before training, compare every "
-                                                    "shard's sha256 with manifest.json (sizes are always checked)."
-                                                    + _d("verify_checksums")),
+                                                    help="Before training, compare the sha256 of the train and val "
+                                                    "shards with manifest.json (default: for a local folder, not "
+                                                    "for a URL; sizes are always checked)."),
     seed: Optional[int] = typer.Option(None, "--seed", help=_d("seed").strip()),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps (-1: no limit)." + _d("max_steps")),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this much training time." + _d("max_minutes")),
@@ -105,6 +116,7 @@ def train(
     from chestxray.errors import ConfigError, TrainingInterrupted
     from chestxray.training.config import CONFIG_FILE, resolve_config
 
+    _not_a_switch_value(prepared)
     base = None
     if resume is not None:
         base = resume / CONFIG_FILE
@@ -125,6 +137,10 @@ def train(
     from chestxray.training.recipes import recipe_settings
 
     resolved = resolve_config(base, recipe_settings(recipe), config, where="command line", **settings)  # before torch
+    if resolved.out:
+        from chestxray.training.run_dir import refuse_run_dir
+
+        refuse_run_dir(resolved.out, resume=resume is not None)  # a finished run is refused before torch loads
     quiet_lightning()
     from chestxray.training.train import default_run_dir
     from chestxray.training.train import train as run_training
@@ -141,8 +157,10 @@ def train(
                       f"(bundle {result.bundle_dir})", highlight=False, soft_wrap=True)
 
 
-@app.command(help="Train several models on the same PREPARED data with the same seed and print one table "
-             "(val AUROC, time, parameters, images/s); also written to OUT/comparison.csv.\n\n"
+@app.command(help="Quick screen before a study: train several models on the same PREPARED data with one seed and "
+             "print one table (val AUROC, time, parameters, images/s; also OUT/comparison.csv). Validation only: no "
+             "test split, no intervals or tests. To compare methods, use 'chestxray study' (seeds, test evaluation, "
+             "paired tests); to compare two runs you have, 'chestxray compare-runs'.\n\n"
              "Example: chestxray compare runs/prepared --models cnn-small,resnet18,densenet121 --epochs 2 "
              "--budget-minutes 10 --out runs/compare")
 @friendly
@@ -178,7 +196,7 @@ def compare(
     for row in table.itertuples():
         auroc = "n/a" if row.val_auroc is None or row.val_auroc != row.val_auroc else f"{row.val_auroc:.4f}"
         view.add_row(row.model, auroc, f"{row.seconds:.1f}", f"{row.parameters:,}", f"{row.images_per_s:.1f}")
-    console.print(view)
+    print_table(view)
     console.print(f"compared {len(table)} model(s) → {out / 'comparison.csv'}", highlight=False)
 
 

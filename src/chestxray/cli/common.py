@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -40,16 +39,8 @@ def friendly(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-# Third-party notices that say nothing actionable to a chestxray user; shown again with -v.
-_QUIET_WARNINGS = (
-    r".*isinstance\(treespec, LeafSpec\)",
-    r"Your `IterableDataset` has `__len__` defined",  # ours is exact per rank and worker (chestxray.data.datamodule)
-    r"No positive samples in targets",  # per-label AUROC without positives: chestxray leaves such labels out
-    r"Type hint used in the model's predict function",  # MLflow on our pyfunc wrapper, which sets a signature
-    r"Failed to infer signature from type hint",  # idem: the logged model carries an explicit signature
-)
 # MLflow/Lightning log lines that say nothing to a chestxray user (the pyfunc wrapper is ours, saved by MLflow as usual).
-_QUIET_MESSAGES = ("causes it to be serialized using CloudPickle", "not found. Creating it.")
+_QUIET_MESSAGES = ("not found. Creating it.",)  # MLflow's notices on our pyfunc model: chestxray.models.pyfunc
 
 
 def _quiet_third_party(record: logging.LogRecord) -> bool:
@@ -79,5 +70,29 @@ def setup_logging(verbose: int) -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         for handler in logging.getLogger().handlers:
             handler.addFilter(_quiet_third_party)
-        for pattern in _QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=pattern)
+
+
+def _plain(cell: Any) -> str:
+    """A table cell as one line of text (multi-line heads and cells joined with spaces)."""
+    return " ".join(str(getattr(cell, "plain", cell)).split())
+
+
+def print_table(table: Any, out: Console | None = None) -> None:
+    """Print a rich table whole: as a table when its natural width fits the console (80 columns in a pipe or a log
+    file), else as one block per row ("head: value" lines), so a name or a figure is never cut short."""
+    from rich.measure import Measurement
+
+    out = out or console
+    for column in table.columns:  # a cell that still meets its column's limit folds onto the next line, never "…"
+        column.overflow = "fold"
+    if Measurement.get(out, out.options.update(max_width=10_000), table).maximum <= out.width:
+        out.print(table)
+        return
+    if table.title:
+        out.print(_plain(table.title), highlight=False, soft_wrap=True)
+    heads = [_plain(column.header) for column in table.columns]
+    for cells in zip(*(column.cells for column in table.columns), strict=True):
+        first, *rest = [_plain(c) for c in cells]
+        out.print(f"{heads[0]}: {first}", highlight=False, soft_wrap=True)
+        for head, value in zip(heads[1:], rest, strict=True):
+            out.print(f"  {head}: {value}", highlight=False, soft_wrap=True)

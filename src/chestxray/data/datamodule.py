@@ -38,6 +38,7 @@ from chestxray.data.verify import verify_prepared
 from chestxray.errors import ChestXrayError, DataError
 
 
+VERIFY_MODES = ("auto", "checksums", "sizes", "none")
 _ERROR = "chestxray_error"  # key of the item a loader worker sends instead of a batch when it fails
 
 
@@ -94,7 +95,7 @@ class ShardBatches(IterableDataset):
                  in_chans: int = 1, normalization: Normalization = "gray", shuffle_buffer: int | None = None) -> None:
         self.urls = shard_urls(prepared, split, manifest)
         self.counts = [int(c) for c in manifest["splits"][split]["shard_counts"]]
-        self.size = int(manifest["image_size"])
+        self.size, self.n_labels = int(manifest["image_size"]), len(manifest["labels"])
         self.batch_size, self.train, self.seed = int(batch_size), train, int(seed)
         # shared with the loader workers (also persistent ones, which keep their copy of this object)
         self._epoch = mp.get_context().RawValue("q", 0)
@@ -162,7 +163,7 @@ class ShardBatches(IterableDataset):
                 if lo < offset + count and hi > offset:
                     keep[max(lo - offset, 0):min(hi - offset, count)] = True
             if keep.any():
-                yield from iter_shard(self.urls[index], self.size, keep)
+                yield from iter_shard(self.urls[index], self.size, keep, self.n_labels)
             offset += count
             if offset >= end:
                 break
@@ -224,19 +225,23 @@ class _EpochLoader(DataLoader):
 class ChestXrayDataModule(L.LightningDataModule):
     """Loaders over a PREPARED folder. Batches: image float32 (B, C, H, W) normalised, labels float32 (B, L),
     image_id list[str], patient_id list[str]. World size and rank come from the attached trainer, else the args.
-    verify: check every shard's size ('sizes', cheap), also its sha256 ('checksums') or nothing ('none') first."""
+    verify: first check every shard's size and the sha256 of the shards of `verify_splits` (None: all) ('checksums'),
+    sizes only ('sizes'), 'auto' (checksums for a local folder, sizes for a URL: chestxray.data.verify) or nothing
+    ('none')."""
 
     def __init__(self, prepared: str | Path, batch_size: int = 32, num_workers: int = 2, augment: str = "none",
                  in_chans: int = 1, normalization: Normalization = "gray", seed: int = 0, *, world_size: int | None = None,
                  rank: int | None = None, shuffle_buffer: int | None = None, pin_memory: bool | None = None,
-                 persistent_workers: bool = True, verify: str = "sizes") -> None:
+                 persistent_workers: bool = True, verify: str = "auto",
+                 verify_splits: tuple[str, ...] | None = None) -> None:
         super().__init__()
         self.prepared = str(prepared)
         self.manifest = read_manifest(prepared)
-        if verify not in ("sizes", "checksums", "none"):
-            raise DataError(f"verify={verify!r}: expected 'sizes', 'checksums' or 'none'")
+        if verify not in VERIFY_MODES:
+            raise DataError(f"verify={verify!r}: expected one of {VERIFY_MODES}")
         if verify != "none":  # a damaged shard is named now, before any training or evaluation starts
-            verify_prepared(prepared, checksums=verify == "checksums", manifest=self.manifest)
+            checksums = {"checksums": True, "sizes": False, "auto": None}[verify]
+            verify_prepared(prepared, checksums=checksums, manifest=self.manifest, splits=verify_splits)
         self.labels: tuple[str, ...] = tuple(self.manifest["labels"])
         self.task: str = self.manifest.get("task", "multilabel")
         self.image_size = int(self.manifest["image_size"])

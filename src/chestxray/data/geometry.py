@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from chestxray.data.catalog import Catalog
-from chestxray.data.imaging import RESIZE_MODES, fit_square, load_gray_shape
+from chestxray.data.imaging import RESIZE_MODES, fit_square, load_gray_reduced
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def geometry_check(catalog: Catalog, size: int = 64, modes: Sequence[str] = RESI
     shapes, kept = [], []
     for index, path in table["path"].astype(str).items():
         try:
-            gray, shape = load_gray_shape(path, target=size)
+            gray, shape = load_gray_reduced(path, target=size)
         except Exception as exc:  # noqa: BLE001 - an unreadable file is left out of the check, never fatal
             log.debug("geometry check: skipping %s (%s)", path, exc)
             continue

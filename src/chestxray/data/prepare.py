@@ -34,6 +34,7 @@ import pandas as pd
 
 from chestxray.data.catalog import SPLITS, Catalog, load_catalog, validate_catalog
 from chestxray.data.imaging import DEFAULT_MAX_PIXELS, RESIZE_MODES
+from chestxray.data.manifest import check_manifest, seal
 from chestxray.data.pool import Decoded, DecodePool, drain
 from chestxray.data.shards import (
     FORMAT,
@@ -137,7 +138,7 @@ def _prepare(catalog: Catalog | str | Path, out: Path, size: int, resize: str, w
     _remove_temp_files(out)
 
     existing = _read_json(out / MANIFEST)
-    if existing and existing.get("fingerprint") == fingerprint and _shards_present(out, existing):
+    if existing and existing.get("fingerprint") == fingerprint and _sealed(existing) and _shards_present(out, existing):
         quarantine = _read_quarantine(out)
         counts = {s: v["count"] for s, v in existing["splits"].items()}
         if sum(counts.values()) == 0:
@@ -306,8 +307,9 @@ def _finish(out: Path, plan: list[_Shard], state: dict[str, Any], catalog: Catal
                 "resize": settings["resize"], "splits": splits, "fingerprint": fingerprint, "settings": settings,
                 "catalog": catalog_path or str(catalog.info.get("path", "")), "source": catalog.source,
                 "quarantined": len(quarantine), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    manifest = seal(manifest)
     with atomic_open(out / MANIFEST, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(manifest, indent=2, default=str) + "\n")
+        fh.write(json.dumps(manifest, indent=2) + "\n")
         fh.flush()
         kill_point("manifest")
     return manifest, {s: v["count"] for s, v in splits.items()}, quarantine
@@ -326,6 +328,15 @@ def _read_quarantine(out: Path) -> pd.DataFrame:
         return pd.read_csv(out / QUARANTINE, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.EmptyDataError):
         return pd.DataFrame(columns=["path", "image_id", "reason"])
+
+
+def _sealed(manifest: dict[str, Any]) -> bool:
+    """True when the manifest passes check_manifest (else its shards are re-checked and it is written again)."""
+    try:
+        check_manifest(manifest, MANIFEST)
+    except DataError:
+        return False
+    return True
 
 
 def _shards_present(out: Path, manifest: dict[str, Any]) -> bool:

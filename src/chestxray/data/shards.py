@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from chestxray.data.manifest import check_manifest
 from chestxray.data.remote import open_http
-from chestxray.errors import DataError
+from chestxray.errors import DataError, clip
 from chestxray.files import atomic_path
 
 FORMAT = "chestxray-prepared/1"
@@ -116,10 +117,12 @@ def shard_size(url: str | Path) -> int | None:
     return os.stat(text).st_size
 
 
-def iter_shard(url: str | Path, size: int, keep: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
+def iter_shard(url: str | Path, size: int, keep: np.ndarray | None = None, n_labels: int | None = None
+               ) -> Iterator[dict[str, Any]]:
     """Stream samples of one shard in order: dicts with key, image uint8 (size, size), image_id, patient_id,
     labels uint8 (L,). With `keep` (bool per sample position) only those are read, and reading stops after the
-    last kept one; local files are read with seeks, so skipped samples cost no I/O."""
+    last kept one; local files are read with seeks, so skipped samples cost no I/O. With `n_labels` a sample
+    holding another number of labels than the manifest names is a DataError (not a shape error in the loss)."""
     stop = None if keep is None else (int(np.flatnonzero(keep)[-1]) + 1 if keep.any() else 0)
     if stop == 0:
         return
@@ -141,7 +144,7 @@ def iter_shard(url: str | Path, size: int, keep: np.ndarray | None = None) -> It
                     if len(data) != size * size:
                         raise DataError(f"{url}: sample {key} holds {len(data)} bytes, expected {size}×{size}; "
                                         "the shard does not match manifest.json (re-run prepare)")
-                    info = json.loads(meta[1])
+                    info = _sample_record(meta[1], url, key, n_labels)
                     yield {"key": key, "image": np.frombuffer(data, np.uint8).reshape(size, size),
                            "image_id": info["image_id"], "patient_id": info["patient_id"],
                            "labels": np.asarray(info["labels"], dtype=np.uint8)}
@@ -155,6 +158,24 @@ def iter_shard(url: str | Path, size: int, keep: np.ndarray | None = None) -> It
     except (OSError, HTTPException) as exc:  # a dropped connection or a failing disk while streaming
         raise DataError(f"{url}: reading the shard failed ({exc or type(exc).__name__}); check the network or "
                         "disk and run again") from None
+
+
+def _sample_record(raw: bytes, url: str | Path, key: str, n_labels: int | None) -> dict[str, Any]:
+    """A sample's JSON record, checked: image_id, patient_id and 0/1 labels (as many as the manifest names)."""
+    try:
+        info = json.loads(raw)
+        labels = info["labels"]
+        ok = (isinstance(labels, list) and all(v in (0, 1) and not isinstance(v, float) for v in labels)
+              and isinstance(info["image_id"], str) and isinstance(info["patient_id"], str))
+    except (ValueError, TypeError, KeyError):
+        ok, labels = False, None
+    if not ok:
+        raise DataError(f"{url}: sample {key} has a damaged record (image_id, patient_id and 0/1 labels expected); "
+                        "re-run 'chestxray prepare'")
+    if n_labels is not None and len(labels) != n_labels:
+        raise DataError(f"{url}: sample {key} holds {len(labels)} label(s) but {MANIFEST} names {n_labels}; the "
+                        "shards and the manifest come from different prepare runs: re-run 'chestxray prepare'")
+    return info
 
 
 def _tar_members(stream, where: str) -> Iterator[tuple[str, Callable[[], bytes]]]:
@@ -229,10 +250,11 @@ def read_manifest(prepared: str | Path) -> dict[str, Any]:
         raise DataError(f"{prepared}: no {MANIFEST}; create it with "
                         f"'chestxray prepare CATALOG --out {prepared}'") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); re-run 'chestxray prepare'") from None
-    if manifest.get("format") != FORMAT:
-        raise DataError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}; re-run 'chestxray prepare'")
-    return manifest
+        raise DataError(f"{path}: not valid JSON ({clip(exc, 200)}); re-run 'chestxray prepare'") from None
+    if isinstance(manifest, dict) and manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: format {clip(manifest.get('format'), 60)!r}, expected {FORMAT!r}; re-run "
+                        "'chestxray prepare'")
+    return check_manifest(manifest, path)
 
 
 # Manifest settings that decide the pixels a model sees (shard size or training order do not).
@@ -260,4 +282,4 @@ def iter_split_samples(prepared: str | Path, split: str, manifest: dict[str, Any
     """All samples of one split in stored order (stable), streamed shard by shard."""
     manifest = manifest or read_manifest(prepared)
     for url in shard_urls(prepared, split, manifest):
-        yield from iter_shard(url, int(manifest["image_size"]))
+        yield from iter_shard(url, int(manifest["image_size"]), n_labels=len(manifest["labels"]))

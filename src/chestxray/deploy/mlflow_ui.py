@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from chestxray.deploy.guard import GRACE_S, start_guarded
 from chestxray.errors import ConfigError, ModelError
 from chestxray.evaluation.tracking import mlflow_target
 
@@ -62,9 +63,9 @@ def run_ui(store: str | Path | None = None, host: str = "127.0.0.1", port: int =
     uri = store_uri(store)
     env = {**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"} if uri.startswith("file:") else None
     log.info("mlflow server on %s:%d for %s", host, port, uri)
-    # MLflow's server starts workers of its own: run it as a process group and stop the whole group on Ctrl-C or
-    # SIGTERM, so that no worker outlives this command.
-    server = subprocess.Popen(ui_command(uri, host, port), env=env, start_new_session=True)
+    # MLflow's server starts a tree of workers: run it under the guard, a process group that is stopped as a whole
+    # on Ctrl-C or SIGTERM here, and by the kernel's parent-death signal if this process is killed (-9 included).
+    server = start_guarded(ui_command(uri, host, port), env)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return server.wait()
@@ -81,11 +82,11 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def _stop_group(server: subprocess.Popen) -> None:
-    """Terminate the server's process group, then kill what is left after 20 s."""
+    """Ask the guard to stop the server's process group, then kill what is left after its grace period."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGTERM)
+        os.kill(server.pid, signal.SIGTERM)
     try:
-        server.wait(timeout=20)
+        server.wait(timeout=GRACE_S + 5)
     except subprocess.TimeoutExpired:
         pass
     with contextlib.suppress(ProcessLookupError):

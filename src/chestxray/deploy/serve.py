@@ -2,9 +2,11 @@
 
 GET / is the page (one HTML file, no build step); POST /predict takes a multipart upload and returns every
 finding's probability against its stored threshold; POST /explain returns a Grad-CAM overlay PNG for one finding;
-GET /model gives the card, GET /health says the server is up; the OpenAPI schema is at /openapi.json and
-/docs. Uploads are checked by content, size and pixel count (chestxray.deploy.uploads) and kept in memory only,
-unless a --keep-uploads folder is given. The model runs under one lock: requests queue, nothing races.
+GET /model gives the card (without the paths and machine details it holds), GET /health says the server is up; the
+OpenAPI schema is at /openapi.json and /docs (Swagger UI served from the swagger-ui-bundle package, no CDN). Uploads
+are checked by content, size and pixel count (chestxray.deploy.uploads) and kept in memory only, unless a
+--keep-uploads folder is given. The model runs under one lock: requests queue, nothing races. Host and Origin checks
+and the security headers are chestxray.deploy.security's (see docs/security.md).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import base64
 import datetime as _dt
 import io
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,11 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from chestxray.data.tasks import is_multiclass
+from chestxray.deploy.security import SecurityMiddleware, WebPolicy, page_csp
 from chestxray.deploy.uploads import Limits, UploadError, decode_upload, keep_upload
 from chestxray.inference.predict import as_bundle, normalize_for_model, torch_scorer
 
@@ -39,12 +45,47 @@ MULTICLASS_NOTE = ("Not calibrated for your site: the predicted class is simply 
                    "your site before relying on it. Research use only, not a medical device.")
 _FILE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
-    "properties": {"file": {"type": "string", "format": "binary",
-                            "description": "PNG, JPEG or DICOM image (checked by content)"}}}}}}}
+    "properties": {"file": {"type": "string", "format": "binary", "minLength": 1,
+                            "description": "PNG, JPEG or DICOM image (checked by content)"}}},
+    "encoding": {"file": {"contentType": "image/png, image/jpeg, application/dicom"}}}}}}
 _ERRORS = {code: {"description": text, "content": {"application/json": {"schema": {
     "type": "object", "properties": {"detail": {"type": "string"}}}}}}
-    for code, text in ((400, "No file in the request"), (413, "Upload or image too large"),
-                       (415, "Not a PNG, JPEG or DICOM file"), (422, "Damaged image or unknown finding"))}
+    for code, text in ((400, "No file in the request"), (403, "Host or Origin not allowed (see docs/security.md)"),
+                       (413, "Upload or image too large"), (415, "Not a PNG, JPEG or DICOM file"),
+                       (422, "Damaged image, unknown finding or missing parameter"))}
+PRIVATE_CARD_FIELDS = ("prepared", "run", "precision_reason")  # host paths and the CPU's feature flags
+DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
+
+
+def public_card(card: dict[str, Any]) -> dict[str, Any]:
+    """The card as GET /model shows it to anyone: no filesystem path (anywhere in it), no CPU flags, and of the
+    versions only chestxray's (library patch levels help an attacker, not a user)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if not _is_path(v)}
+        if isinstance(value, list):
+            return [clean(v) for v in value if not _is_path(v)]
+        return value
+
+    public = {k: v for k, v in card.items() if k not in PRIVATE_CARD_FIELDS}
+    if isinstance(public.get("versions"), dict):
+        public["versions"] = {k: v for k, v in public["versions"].items() if k == "chestxray"}
+    return clean(public)
+
+
+def _is_path(value: Any) -> bool:
+    """An absolute filesystem path or file: URI (POSIX, Windows drive or UNC) in a string."""
+    return isinstance(value, str) and bool(re.match(r"^(/|~/|[A-Za-z]:[\\/]|\\\\|file:)", value))
+
+
+def _docs_assets() -> Path | None:
+    """Swagger UI's files from the swagger-ui-bundle package (served locally), or None when it is not installed."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    return Path(str(swagger_ui_path))
 
 
 def _preview(gray: np.ndarray, side: int = 512) -> str:
@@ -68,10 +109,12 @@ class ModelService:
         self.scorer = torch_scorer(self.bundle, device="cpu")  # the one scoring path, with the stored TTA
         self.limits, self.keep_uploads = limits, keep_uploads
         self.lock = threading.Lock()
+        self.decodes = threading.BoundedSemaphore(limits.max_decodes)  # decoding memory is bounded, not per request
 
     def _decode(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-        gray, square = decode_upload(data, name, int(self.card["image_size"]), self.card.get("resize", "pad"),
-                                     self.limits)
+        with self.decodes:
+            gray, square = decode_upload(data, name, int(self.card["image_size"]), self.card.get("resize", "pad"),
+                                         self.limits)
         if self.keep_uploads is not None:
             stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
             keep_upload(data, name, self.keep_uploads, stamp)
@@ -113,18 +156,50 @@ class ModelService:
         return buffer.getvalue()
 
 
-def create_app(bundle: Any, limits: Limits | None = None, keep_uploads: str | Path | None = None) -> FastAPI:
-    """The FastAPI app serving one bundle (folder, run folder or loaded Bundle)."""
+def create_app(bundle: Any, limits: Limits | None = None, keep_uploads: str | Path | None = None,
+               policy: WebPolicy | None = None) -> FastAPI:
+    """The FastAPI app serving one bundle (folder, run folder or loaded Bundle) under a WebPolicy (default: loopback
+    names only)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
     service = ModelService(bundle, limits or Limits(), Path(keep_uploads) if keep_uploads else None)
     app = FastAPI(title="chestxray", version=str(service.card.get("versions", {}).get("chestxray", "")),
                   description=f"Try the {service.card['architecture']} model: probabilities per finding and "
                               "Grad-CAM overlays for uploaded chest X-rays. " + CALIBRATION_NOTE.format(
-                                  method=service.card.get("threshold_method") or "no thresholds stored"))
+                                  method=service.card.get("threshold_method") or "no thresholds stored"),
+                  docs_url=None, redoc_url=None)
+    page_html = PAGE.read_text(encoding="utf-8")
+    assets = _docs_assets()
+    docs_html = get_swagger_ui_html(
+        openapi_url="/openapi.json", title="chestxray API", swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+        swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="/docs-assets/favicon-32x32.png",
+    ).body.decode() if assets is not None else None
+    policy = policy or WebPolicy()
+    csp = {"/": page_csp(page_html), **({"/docs": page_csp(docs_html, "'self' data:")} if docs_html else {})}
+    app.add_middleware(SecurityMiddleware, policy=WebPolicy(policy.hosts, policy.origins, {**csp, **policy.csp}))
 
     @app.exception_handler(UploadError)
     async def _refused(request: Request, exc: UploadError) -> JSONResponse:
         log.info("refused upload: %s", exc.reason)
         return JSONResponse({"detail": exc.reason}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """One line in 'detail' (a string, as every other refusal and the schema say), not FastAPI's list."""
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
+        return JSONResponse({"detail": "; ".join(problems)[:500] or "invalid request"}, status_code=422)
+
+    if docs_html is not None:
+        @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+        def docs() -> HTMLResponse:
+            return HTMLResponse(docs_html)
+
+        @app.get("/docs-assets/{name}", include_in_schema=False)
+        def docs_asset(name: str) -> Response:
+            if name not in DOCS_ASSETS:
+                return JSONResponse({"detail": "not found"}, status_code=404)
+            return FileResponse(assets / name, media_type=DOCS_ASSETS[name],
+                                headers={"cache-control": "public, max-age=86400"})
 
     async def read_upload(request: Request) -> tuple[bytes, str]:
         """The one uploaded file of a multipart body, read in memory with the byte limit enforced while reading."""
@@ -132,10 +207,13 @@ def create_app(bundle: Any, limits: Limits | None = None, keep_uploads: str | Pa
         if int(request.headers.get("content-length") or 0) > cap:
             raise UploadError(413, f"upload over the {service.limits.max_bytes / 1e6:.0f} MB limit")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > cap:
-                raise UploadError(413, f"upload over the {service.limits.max_bytes / 1e6:.0f} MB limit")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > cap:
+                    raise UploadError(413, f"upload over the {service.limits.max_bytes / 1e6:.0f} MB limit")
+        except ClientDisconnect:  # the client went away, or sent too slowly and was cut off: nobody reads an answer
+            raise UploadError(408, "the upload did not arrive in full") from None
         if "multipart/form-data" not in request.headers.get("content-type", ""):
             raise UploadError(400, "send the image as multipart/form-data with a field named 'file'")
 
@@ -156,7 +234,7 @@ def create_app(bundle: Any, limits: Limits | None = None, keep_uploads: str | Pa
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+        return HTMLResponse(page_html)
 
     @app.get("/health", summary="Liveness: the server answers and the model is loaded")
     def health() -> dict[str, Any]:
@@ -164,7 +242,7 @@ def create_app(bundle: Any, limits: Limits | None = None, keep_uploads: str | Pa
 
     @app.get("/model", summary="The model card: architecture, labels, thresholds, preprocessing, metrics")
     def model() -> dict[str, Any]:
-        return {k: v for k, v in service.card.items() if k != "prepared"}
+        return public_card(service.card)
 
     @app.post("/predict", summary="Probability per finding for one uploaded image", openapi_extra=_FILE_BODY,
               responses=_ERRORS)
@@ -191,13 +269,24 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(bundle: Any, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
-          keep_uploads: str | Path | None = None, log_level: str = "warning") -> None:
-    """Run the app with uvicorn until interrupted (one process)."""
+          keep_uploads: str | Path | None = None, log_level: str = "warning", allowed_hosts: tuple[str, ...] = (),
+          allowed_origins: tuple[str, ...] = (), read_timeout: float = 30.0, max_connections: int = 64) -> None:
+    """Run the app with uvicorn until interrupted (one process).
+
+    Requests must arrive within `read_timeout` seconds each (chestxray.deploy.http_limits); beyond
+    `max_connections` open connections new requests get 503 at once; the Host and Origin checks accept the loopback
+    names, `host` itself and `allowed_hosts` / `allowed_origins` (chestxray.deploy.security).
+    """
     import uvicorn
+
+    from chestxray.deploy.http_limits import deadline_protocol
+    from chestxray.deploy.security import allowed_hosts as hosts_for
 
     if not is_loopback(host):
         log.warning("listening on %s:%d with NO authentication: anyone who can reach it can send images and read "
                     "the model card; put it behind an authenticating proxy, or use the default --host 127.0.0.1",
                     host, port)
-    uvicorn.run(create_app(bundle, limits, keep_uploads), host=host, port=port, log_level=log_level,
-                access_log=False)
+    policy = WebPolicy(hosts_for(host, allowed_hosts), tuple(allowed_origins))
+    uvicorn.run(create_app(bundle, limits, keep_uploads, policy), host=host, port=port, log_level=log_level,
+                access_log=False, http=deadline_protocol(read_timeout), ws="none", limit_concurrency=max_connections,
+                timeout_keep_alive=5, server_header=False)

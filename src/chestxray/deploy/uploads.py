@@ -38,10 +38,16 @@ class UploadError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """What the server accepts: bytes per upload and pixels per image (width x height, read from the header)."""
+    """What the server accepts: bytes per upload, pixels per image (width x height, read from the header, before any
+    decoding) and images decoded at once (the others wait their turn).
+
+    25 MP is above any chest radiograph (a 4,300 x 4,300 detector is 18.5 MP) and below `prepare`'s 100 MP: a
+    16-bit 25 MP PNG costs about 0.15 GB to decode, so two at a time stay near 0.3 GB whatever the load.
+    """
 
     max_bytes: int = 20_000_000
-    max_pixels: int = 40_000_000
+    max_pixels: int = 25_000_000
+    max_decodes: int = 2
 
 
 def sniff(data: bytes) -> str | None:
@@ -117,18 +123,17 @@ def in_memory_path(data: bytes, suffix: str = "") -> Iterator[Path]:
 
 
 def decode_upload(data: bytes, name: str, size: int, resize: str, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
-    """(full uint8 gray image, uint8 (size, size) model input) of a checked upload; the model input is load_square's,
-    as predict decodes files and prepare stored the training images (JPEG draft decode)."""
-    from chestxray.data.imaging import load_gray, load_square
+    """(uint8 gray image, uint8 (size, size) model input) of a checked upload, decoded exactly as load_square decodes
+    files for predict: a JPEG at the smallest DCT scale still 2 x `size` (draft), so the gray image may be reduced."""
+    from chestxray.data.imaging import fit_square, load_gray_reduced
 
     check_upload(data, name, limits)
     with in_memory_path(data) as path:
         try:
-            gray = load_gray(path, max_pixels=limits.max_pixels)  # the decoders' own guard too
-            square = load_square(path, size, resize, max_pixels=limits.max_pixels)
+            gray, shape = load_gray_reduced(path, size, max_pixels=limits.max_pixels)  # the decoders' guard too
         except DataError as exc:
             raise UploadError(422, str(exc).replace(str(path), name)) from None
-    return gray, square
+    return gray, fit_square(gray, size, resize, source_shape=shape)
 
 
 def keep_upload(data: bytes, name: str, folder: Path, stamp: str) -> Path:

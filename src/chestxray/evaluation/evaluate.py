@@ -196,12 +196,15 @@ def evaluate_run(
     prepared: str | Path | None = None,
     num_workers: int = 0,
     device: str | None = None,
-    verify_checksums: bool = False,
+    verify_checksums: bool | None = None,
+    ood: bool = True,
 ) -> EvalResult:
     """Predict val and `split` with RUN/bundle, choose thresholds on val, store them in the card, write RUN/eval/.
 
-    `prepared` defaults to the folder recorded in the bundle card. Shard sizes are always checked first;
-    `verify_checksums` also compares every shard's sha256 with the manifest.
+    `prepared` defaults to the folder recorded in the bundle card. The shards of both splits are checked first:
+    sizes always, sha256 when `verify_checksums` (None: for a local folder, not for a URL). `ood` also fits the
+    bundle's out-of-distribution reference on the train and val splits (chestxray.evaluation.ood_fit:
+    ood.safetensors + ood.json beside the weights), which predict and serve read.
     """
     from chestxray.data.shards import read_manifest
     from chestxray.evaluation.thresholds import store_thresholds
@@ -217,8 +220,9 @@ def evaluate_run(
         raise DataError(f"{run}: no bundle/ folder; is this a training run folder (chestxray train ... writes one)?")
     bundle = load_bundle(run / "bundle")
     labels = list(bundle.labels)
-    kwargs = dict(batch_size=batch_size, tta=tta, num_workers=num_workers, device=device)
-    val = predict_split(bundle, prepared, "val", verify="checksums" if verify_checksums else "sizes", **kwargs)
+    verify = {True: "checksums", False: "sizes", None: "auto"}[verify_checksums]
+    kwargs = dict(batch_size=batch_size, tta=tta, num_workers=num_workers, device=device, verify=verify)
+    val = predict_split(bundle, prepared, "val", **kwargs)
     scored = val if split == "val" else predict_split(bundle, prepared, split, **kwargs)
     source = str(prepared or bundle.card.get("prepared"))
     manifest = read_manifest(source)
@@ -251,6 +255,10 @@ def evaluate_run(
         remove_leftovers(bundle.path / CARD)  # a card update cut short by a kill left its temporary file
         result = evaluate_predictions(val, scored, labels, run / EVAL_DIR, split, method, tta, run / "metrics.csv",
                                       n_boot, seed, extra, task=task, before_commit=finish)
+        if ood:
+            from chestxray.evaluation.ood_fit import fit_ood
+
+            fit_ood(bundle, prepared, tta=tta, batch_size=batch_size)
     result.notes.extend([note] if note else [])
     log.info("evaluated %s on %s: macro AUROC %s", run, split, result.macro_auroc)
     _to_mlflow(run, result)

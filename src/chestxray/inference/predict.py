@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ import pandas as pd
 import torch
 
 from chestxray.data.tasks import probabilities
-from chestxray.errors import ConfigError, ModelError
+from chestxray.errors import ConfigError
+from chestxray.inference.compat import check_prepared_fits
+from chestxray.inference.ood import OodProbe, load_reference
 from chestxray.inference.scoring import Backend, Scorer, make_scorer, threshold_tta
 from chestxray.inference.stream import (  # noqa: F401 (public here too)
     PREDICTED_CLASS,
@@ -28,6 +31,7 @@ from chestxray.inference.stream import (  # noqa: F401 (public here too)
     predicted_classes,
 )
 from chestxray.inference.tta import TTA_MODES, check_tta  # noqa: F401 (TTA_MODES public here too)
+from chestxray.locks import reading
 from chestxray.models.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
@@ -74,33 +78,8 @@ def torch_backend(net: torch.nn.Module, card: dict[str, Any], device: str | torc
 
 
 def _check_prepared(bundle: Bundle, manifest: dict[str, Any], prepared: str) -> None:
-    """The prepared data must carry the bundle's labels and be made as the card says (size, resize mode and the
-    other preprocessing settings), or the scores — and thresholds chosen from them — would mean nothing."""
-    from chestxray.data.shards import preprocessing
-
-    card = bundle.card
-    if list(manifest["labels"]) != list(bundle.labels):
-        raise ModelError(
-            f"{prepared}: labels {list(manifest['labels'])} differ from the bundle's {list(bundle.labels)} "
-            f"({bundle.path}); evaluate on data prepared for this model"
-        )
-    if int(manifest["image_size"]) != int(card["image_size"]):
-        raise ModelError(
-            f"{prepared}: images are {manifest['image_size']} px but the bundle {bundle.path} expects "
-            f"{card['image_size']} px; prepare the data with --size {card['image_size']}"
-        )
-    data_resize, model_resize = manifest.get("resize", "pad"), card.get("resize", "pad")
-    if data_resize != model_resize:
-        raise ModelError(
-            f"{prepared}: images were prepared with --resize {data_resize} but the bundle {bundle.path} was trained "
-            f"on --resize {model_resize}; prepare the data with --resize {model_resize} --size {card['image_size']}"
-        )
-    made, expected = preprocessing(manifest), card.get("preprocessing") or {}
-    differ = {k: (made.get(k), v) for k, v in expected.items() if k in made and made[k] != v}
-    if differ:
-        detail = "; ".join(f"{k}: data {a!r}, model {b!r}" for k, (a, b) in differ.items())
-        raise ModelError(f"{prepared}: prepared differently from the bundle's training data ({detail}); "
-                         "prepare the data again with this chestxray version and the bundle's settings")
+    """The prepared data must carry the bundle's labels and be made as the card says (inference.compat)."""
+    check_prepared_fits({**bundle.card, "labels": list(bundle.labels)}, manifest, prepared, bundle.path)
 
 
 def fingerprint_note(bundle: Bundle, manifest: dict[str, Any], prepared: str) -> str | None:
@@ -120,10 +99,10 @@ def predict_split(
     tta: str | None = None,
     num_workers: int = 0,
     device: str | torch.device | None = None,
-    verify: str = "sizes",
+    verify: str = "auto",
 ) -> pd.DataFrame:
-    """Scores for every image of a prepared split, in stored order (shards checked first: see ChestXrayDataModule),
-    through the one scoring path on the stored pixels.
+    """Scores for every image of a prepared split, in stored order (the split's shards checked first, `verify` as in
+    ChestXrayDataModule), through the one scoring path on the stored pixels.
 
     Returns one row per image: image_id, patient_id, the true 0/1 label per label, and p_<label>.
     `prepared` defaults to the folder recorded in the bundle card. `tta` None: the card's stored mode; evaluate
@@ -137,22 +116,24 @@ def predict_split(
     prepared = prepared or model.card.get("prepared")
     if not prepared:
         raise ConfigError(f"{model.path}: the card records no prepared dataset; pass the PREPARED folder explicitly")
-    dm = ChestXrayDataModule(
-        prepared, batch_size=batch_size, num_workers=num_workers,
-        in_chans=int(model.card["in_chans"]), normalization=model.card["normalization"], verify=verify,
-    )
-    _check_prepared(model, dm.manifest, str(prepared))
-    scorer = Scorer(card=model.card, backend=torch_backend(model.net, model.card, device), source=str(model.path),
-                    tta=tta)
-    ids: list[str] = []
-    patients: list[str] = []
-    truth: list[np.ndarray] = []
-    scores: list[np.ndarray] = []
-    for batch in dm.split_dataloader(split, pixels=True):  # uint8 (B, 1, S, S) as prepare stored them
-        scores.append(scorer.score(batch["image"][:, 0].numpy()))
-        truth.append(batch["labels"].numpy())
-        ids.extend(batch["image_id"])
-        patients.extend(batch["patient_id"])
+    with reading(prepared, "predict"):  # prepare cannot rewrite these shards meanwhile (a shared lock)
+        dm = ChestXrayDataModule(
+            prepared, batch_size=batch_size, num_workers=num_workers,
+            in_chans=int(model.card["in_chans"]), normalization=model.card["normalization"], verify=verify,
+            verify_splits=(split,),
+        )
+        _check_prepared(model, dm.manifest, str(prepared))
+        scorer = Scorer(card=model.card, backend=torch_backend(model.net, model.card, device), source=str(model.path),
+                        tta=tta)
+        ids: list[str] = []
+        patients: list[str] = []
+        truth: list[np.ndarray] = []
+        scores: list[np.ndarray] = []
+        for batch in dm.split_dataloader(split, pixels=True):  # uint8 (B, 1, S, S) as prepare stored them
+            scores.append(scorer.score(batch["image"][:, 0].numpy()))
+            truth.append(batch["labels"].numpy())
+            ids.extend(batch["image_id"])
+            patients.extend(batch["patient_id"])
     labels = list(model.labels)
     log.info("predicted %d %s images of %s with tta=%s", len(ids), split, prepared, tta)
     return _frame(ids, patients, labels, np.concatenate(truth), np.concatenate(scores))
@@ -172,7 +153,11 @@ def torch_scorer(
     card normalisation, TTA, sigmoid. tta None: the mode the stored thresholds were chosen with; another mode than
     theirs is refused."""
     model = as_bundle(bundle)
-    return make_scorer(model.card, torch_backend(model.net, model.card, device), str(model.path), tta)
+    scorer = make_scorer(model.card, torch_backend(model.net, model.card, device), str(model.path), tta)
+    reference = load_reference(model.path)  # ood.safetensors + ood.json beside the weights, fitted by evaluate
+    if reference is None:
+        return scorer
+    return replace(scorer, ood=OodProbe(model.net, model.card["architecture"], reference))
 
 
 def predict_images(

@@ -1,5 +1,5 @@
 """Training policy as Lightning callbacks: backbone freezing, RNG state in checkpoints, the run's metric tables, and
-a progress bar that speaks in human epochs."""
+progress that speaks in human epochs: a bar on a terminal, one plain line per epoch in a log file or a pipe."""
 
 from __future__ import annotations
 
@@ -275,3 +275,49 @@ class EpochProgressBar(RichProgressBar):
         if not self._validated:
             items = {k: v for k, v in items.items() if not k.startswith("val_")}
         return items
+
+
+def _duration(seconds: float) -> str:
+    """'42 s', '4 min 13 s', '2 h 05 min'."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class EpochLines(Callback):
+    """Progress for a log file, a pipe or a batch job (stdout not a terminal): one plain line per validation (per
+    epoch by default) with the epoch's metrics, the time so far and an estimate of the time left, written and
+    flushed at once — where a progress bar would leave nothing until the end, then one frame."""
+
+    def __init__(self, history: MetricsHistory, label: str = "", write: Any = None) -> None:
+        self.history, self.label = history, label
+        self.write = write or (lambda line: print(line, flush=True))
+        self._start, self._start_step, self._shown = 0.0, 0, 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._start_step, self._shown = time.perf_counter(), trainer.global_step, len(self.history.history)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._show(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._show(trainer)
+
+    def _show(self, trainer: L.Trainer) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or len(self.history.history) <= self._shown:
+            return
+        self._shown = len(self.history.history)
+        row = self.history.history[-1]
+        elapsed = time.perf_counter() - self._start
+        done, total = trainer.global_step - self._start_step, trainer.estimated_stepping_batches
+        left = total - trainer.global_step if math.isfinite(total) else math.nan
+        eta = _duration(elapsed / done * left) if done > 0 and left == left else "unknown"
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        metrics = ", ".join(f"{name} {row[name]:.4f}" for name in ("train_loss", "val_loss", "val_auroc")
+                            if not math.isnan(row[name]))
+        prefix = f"{self.label}: " if self.label else ""
+        self.write(f"{prefix}epoch {int(row['epoch']) + 1}{epochs}, step {trainer.global_step}: {metrics} "
+                   f"({_duration(elapsed)} so far, about {eta} left)")

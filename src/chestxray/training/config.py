@@ -66,7 +66,8 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # e.g. "ddp"
     num_workers: int = 2
-    verify_checksums: bool = False  # before training, also compare every shard's sha256 with the manifest (sizes always)
+    verify_checksums: bool | None = None  # compare the sha256 of the train/val shards with the manifest before training
+    # (None: for a local folder, not for a URL; sizes are always checked)
     seed: int = 0
     max_steps: int = -1  # -1: no step limit
     max_minutes: float = 0.0  # 0: no time limit (otherwise training stops after this budget)

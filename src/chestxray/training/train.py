@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -29,9 +30,10 @@ from torch import nn
 
 from chestxray.errors import ConfigError, TrainingInterrupted
 from chestxray.files import atomic_path, write_json, write_text
-from chestxray.locks import folder_lock
+from chestxray.locks import folder_lock, reading
 from chestxray.training.callbacks import (
     AtomicCheckpointIO,
+    EpochLines,
     EpochProgressBar,
     FreezeBackbone,
     LastCheckpoint,
@@ -41,6 +43,7 @@ from chestxray.training.callbacks import (
 from chestxray.training.config import CONFIG_FILE, TrainConfig, config_yaml, validate_config
 from chestxray.training.precision import choose_precision
 from chestxray.training.resume import check_extendable, keep_only_last, read_progress
+from chestxray.training.run_dir import has_started, refuse_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +84,14 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
     """Refuse to overwrite a run; a folder whose run failed before its first checkpoint is reused (and says so)."""
-    config_path = run_dir / CONFIG_FILE
-    started = any((run_dir / name).exists() for name in ("checkpoints/last.ckpt", "checkpoints/best.ckpt", "bundle"))
-    if resume:
-        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-            raise ConfigError(f"cannot resume {run_dir}: no checkpoints/last.ckpt (the run stopped before its "
-                              "first checkpoint); start it again without --resume (the folder is reused)")
-    elif config_path.exists() and not started:
+    refuse_run_dir(run_dir, resume)
+    if not resume and (run_dir / CONFIG_FILE).exists() and not has_started(run_dir):
         log.warning("%s: reusing this folder: the run there stopped before its first checkpoint (nothing to resume)",
                     run_dir)
         for name in (CONFIG_FILE, RUN_FILE, "metrics.csv", "history.csv"):
             (run_dir / name).unlink(missing_ok=True)
         for name in ("logs", "checkpoints"):
             shutil.rmtree(run_dir / name, ignore_errors=True)
-    elif config_path.exists():
-        raise ConfigError(f"{config_path} exists: {run_dir} holds an earlier run and will not be overwritten. "
-                          f"Either continue it with --resume {run_dir}, pick another --out, or delete {run_dir}")
 
 
 def _tracking_uri(config: TrainConfig, run_dir: Path | None = None) -> str:
@@ -273,7 +268,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
             _check_run_dir(run_dir, resume)
             if resume:
                 check_extendable(run_dir, config)
-        with _allow_file_store(_tracking_uri(config, run_dir) if config.mlflow else ""):
+        with reading(config.prepared, "train"), \
+                _allow_file_store(_tracking_uri(config, run_dir) if config.mlflow else ""):
             return _fit(config, run_dir, resume, callbacks)
 
 
@@ -300,7 +296,8 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     data = ChestXrayDataModule(config.prepared, batch_size=config.batch_size, num_workers=config.num_workers,
                                augment=config.augment, in_chans=config.in_chans,
                                normalization=data_cfg["normalization"], seed=config.seed,
-                               verify="checksums" if config.verify_checksums else "sizes")
+                               verify={True: "checksums", False: "sizes", None: "auto"}[config.verify_checksums],
+                               verify_splits=("train", "val"))
     net = build_model(config.model, len(data.labels), in_chans=config.in_chans, pretrained=config.pretrained,
                       weights=config.weights, offline=config.offline or None, dropout=config.dropout)
     if config.channels_last:
@@ -326,8 +323,9 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     last = run_dir / "checkpoints" / "last.ckpt"
     # listed after `checkpoint`, so last.ckpt carries that callback's updated best score
     all_callbacks: list[Callback] = [history, RngState(), checkpoint, LastCheckpoint(last.parent), *(callbacks or [])]
+    bar = config.progress and sys.stdout.isatty()  # in a log file or a pipe: one plain line per epoch instead
     if config.progress:
-        all_callbacks.append(EpochProgressBar())
+        all_callbacks.append(EpochProgressBar() if bar else EpochLines(history, run_dir.name))
     if config.patience:
         all_callbacks.append(EarlyStopping(monitor=config.monitor, mode=mode, patience=config.patience, strict=False))
     if config.freeze == "backbone":
@@ -338,7 +336,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
         max_steps=config.max_steps, max_time={"minutes": config.max_minutes} if config.max_minutes else None,
         gradient_clip_val=config.grad_clip or None, callbacks=all_callbacks, logger=loggers,
         val_check_interval=config.val_every or None, check_val_every_n_epoch=None if config.val_every else 1,
-        enable_progress_bar=config.progress, enable_model_summary=False, num_sanity_val_steps=1,
+        enable_progress_bar=bar, enable_model_summary=False, num_sanity_val_steps=1,
         log_every_n_steps=10, default_root_dir=run_dir, plugins=[AtomicCheckpointIO()],
     )
     total_steps = config.epochs * _steps_per_epoch(data, trainer.world_size)
@@ -358,8 +356,19 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
 
     start = time.perf_counter()
     try:
-        with warnings.catch_warnings():  # the data module skips the batches a mid-epoch checkpoint already trained
+        with warnings.catch_warnings():  # notices of Lightning's that the user cannot act on, for this fit only:
+            # the data module skips the batches a mid-epoch checkpoint already trained
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+            # --resume continues in its own run folder, which of course holds checkpoints
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            # a short epoch has fewer batches than the step-logging interval; metrics.csv logs every step anyway
+            warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the "
+                                    "logging interval")
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # torch, on Lightning
+            # our IterableDataset's length is exact per rank and worker (chestxray.data.datamodule)
+            warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+            # a label without positives in a validation batch: chestxray leaves such labels out of the AUROC
+            warnings.filterwarnings("ignore", message="No positive samples in targets")
             trainer.fit(module, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
     except SystemExit:  # Lightning turns Ctrl-C into a graceful shutdown and sys.exit(1)
         if not trainer.interrupted:

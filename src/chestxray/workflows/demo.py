@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class DemoSettings:
     n_boot: int = 1000
     mlflow: bool = True
     recipes: tuple[RecipeRun, ...] = DEFAULT_RECIPES
+    precision: str = "auto"  # as train's --precision: auto picks bf16-mixed on CPUs with native bf16, else fp32
 
     def runs(self) -> list[RecipeRun]:
         """The recipe runs of the comparison task."""
@@ -82,6 +84,9 @@ class RecipeOutcome:
     auroc_high: float | None
     extra: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
+    precision: str = ""  # what training ran in (bf16-mixed or 32-true on a CPU), with its reason
+    precision_reason: str = ""
+    reused: bool = False  # a finished run of an earlier demo with the same settings and data, not trained again
 
     @property
     def above_chance(self) -> bool:
@@ -137,8 +142,10 @@ def demo_tasks(data_root: Path | None, synthetic: bool, work: Path, seed: int
         def synth_catalog():
             from chestxray.data.synth import make_synthetic
 
-            folder = make_synthetic(work / "synthetic-data", n=400, size=64, seed=seed)
-            return _catalog_nih(Path(folder), seed)
+            folder = work / f"synthetic-data-seed{seed}"
+            if not (folder / "labels.csv").is_file():  # made once: a re-run finds the same files and reuses runs
+                folder = Path(make_synthetic(folder, n=400, size=64, seed=seed))
+            return _catalog_nih(folder, seed)
 
         return [("synthetic", "SYNTHETIC images (not real X-rays): drawn findings, NIH layout", synth_catalog, True)]
     if data_root is None:
@@ -176,8 +183,10 @@ def run_task(name: str, description: str, build_catalog: Callable[[], object], s
     results = [_train_recipe(run, Path(prepared.out_dir), folder, name, settings, mlflow_uri, multilabel)
                for run in (runs or settings.runs())]
     best = max(results, key=lambda r: -1.0 if r.val_auroc is None else r.val_auroc)
-    _explain(best.run_dir, best.run_dir / "eval")
-    report = write_report(best.run_dir)
+    report = best.run_dir / "report.html"
+    if not (best.reused and report.is_file()):  # a reused winner keeps its overlays and report
+        _explain(best.run_dir, best.run_dir / "eval")
+        report = write_report(best.run_dir)
     return DemoOutcome(
         name=name, description=description, run_dir=best.run_dir, report=report,
         counts=dict(prepared.counts), labels=list(catalog.labels),
@@ -186,11 +195,43 @@ def run_task(name: str, description: str, build_catalog: Callable[[], object], s
     )
 
 
+OUTCOME_FILE = "demo_outcome.json"  # in a finished run folder: its outcome and the settings and data it came from
+
+
+def _plain(value: object) -> object:
+    """numpy numbers (and dicts of them) as Python ones, so the outcome reads back as it was written."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value.item() if hasattr(value, "item") else value
+
+
+def _reusable(run_dir: Path, key: dict[str, object]) -> RecipeOutcome | None:
+    """The outcome an earlier demo left in run_dir when it came from the same settings and data, else None."""
+    import json
+
+    path = run_dir / OUTCOME_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved.get("key") != key:
+        return None
+    return RecipeOutcome(**{**saved["outcome"], "run_dir": run_dir, "reused": True})
+
+
 def _train_recipe(run: RecipeRun, prepared: Path, folder: Path, task: str, settings: DemoSettings, mlflow_uri: str,
                   multilabel: bool) -> RecipeOutcome:
-    """Train one recipe, evaluate it on test (thresholds from val) and measure its validation AUROC with a CI."""
+    """Train one recipe, evaluate it on test (thresholds from val) and measure its validation AUROC with a CI.
+
+    A run an earlier demo finished with the same settings and data is reused, as `study` does; one it left half
+    trained is resumed from its checkpoint; any other content of the folder is trained afresh."""
+    import json
+    from dataclasses import asdict, replace
+
+    import yaml
+
     from chestxray.evaluation.evaluate import evaluate_run
-    from chestxray.training.config import TrainConfig
+    from chestxray.files import write_json
+    from chestxray.training.config import TrainConfig, config_yaml
     from chestxray.training.recipes import recipe_settings
     from chestxray.training.train import train
 
@@ -198,12 +239,23 @@ def _train_recipe(run: RecipeRun, prepared: Path, folder: Path, task: str, setti
     config = TrainConfig(
         prepared=str(prepared), model=run.model, epochs=run.epochs, batch_size=settings.batch_size, lr=run.lr,
         augment=settings.augment, seed=settings.seed, out=str(run_dir), mlflow=settings.mlflow, mlflow_uri=mlflow_uri,
-        experiment=f"demo-{task}", num_workers=0, progress=False,
+        experiment=f"demo-{task}", num_workers=0, progress=not sys.stdout.isatty(), precision=settings.precision,  # epoch lines in a log or pipe
         pos_weight=multilabel,  # rare findings: weight positives by neg/pos, as CheXNet's weighted BCE
         **(recipe_settings(run.recipe) or {}),
     )
-    shutil.rmtree(run_dir, ignore_errors=True)  # each demo trains afresh; catalog and shards are reused
-    result = train(config)
+    manifest = json.loads((prepared / "manifest.json").read_text(encoding="utf-8"))
+    key = {"config": config_yaml(replace(config, progress=False)), "data": manifest.get("fingerprint"),
+           "n_boot": settings.n_boot}
+    reused = _reusable(run_dir, key)
+    if reused is not None:
+        log.info("%s: reusing the finished run %s (same settings and data)", task, run_dir)
+        return reused
+    same = (run_dir / "config.yaml").is_file() and yaml.safe_load(
+        (run_dir / "config.yaml").read_text(encoding="utf-8")) | {"progress": False} == yaml.safe_load(key["config"])
+    resume = same and (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "bundle").is_dir()
+    if not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)  # another demo's run, or one that never checkpointed
+    result = train(config, resume=resume)
     evaluation = evaluate_run(result.run_dir, split="test", n_boot=settings.n_boot, seed=settings.seed)
     macro = next((r for r in evaluation.summary.rows if r.kind == "macro"), evaluation.summary.rows[0])
     val = _val_auroc(evaluation.eval_dir, evaluation.labels, settings)
@@ -215,9 +267,15 @@ def _train_recipe(run: RecipeRun, prepared: Path, folder: Path, task: str, setti
                  "specificity": c.specificity, "false negatives": c.fn, "false positives": c.fp}
     log.info("%s: recipe %s (%s) val AUROC %s, test AUROC %s", task, run.recipe, run.model, val.value,
              macro.auroc.value)
-    return RecipeOutcome(recipe=run.recipe, model=run.model, run_dir=result.run_dir, val_auroc=val.value,
-                         val_low=val.low, val_high=val.high, auroc=macro.auroc.value, auroc_low=macro.auroc.low,
-                         auroc_high=macro.auroc.high, extra=extra, train_seconds=result.seconds)
+    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    outcome = RecipeOutcome(recipe=run.recipe, model=run.model, run_dir=result.run_dir, val_auroc=val.value,
+                            val_low=val.low, val_high=val.high, auroc=macro.auroc.value, auroc_low=macro.auroc.low,
+                            auroc_high=macro.auroc.high, extra=extra, train_seconds=result.seconds,
+                            precision=str(info.get("precision", "")),
+                            precision_reason=str(info.get("precision_reason", "")))
+    saved = {k: _plain(v) for k, v in asdict(outcome).items() if k not in ("run_dir", "reused")}
+    write_json(run_dir / OUTCOME_FILE, {"key": key, "outcome": saved})
+    return outcome
 
 
 def _val_auroc(eval_dir: Path, labels: list[str], settings: DemoSettings):

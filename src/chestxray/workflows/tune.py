@@ -16,6 +16,7 @@ import logging
 import math
 import multiprocessing
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -211,7 +212,8 @@ def _objective(trial: Any, settings: TuneSettings, parent_id: str | None) -> flo
 
     params = suggest(trial, settings.space, settings.base)
     run_dir = Path(settings.out) / TRIALS_DIR / f"trial-{trial.number:04d}"
-    config = resolve_config(settings.base.to_dict(), params, {"out": str(run_dir), "progress": False},
+    progress = settings.base.progress and not sys.stdout.isatty()  # epoch lines in a log or a pipe, no bars
+    config = resolve_config(settings.base.to_dict(), params, {"out": str(run_dir), "progress": progress},
                             where=f"trial {trial.number}")
     if config.devices == "auto":
         config = replace(config, devices=1)
