@@ -42,10 +42,10 @@ def test_quantile_strata_sizes_and_missing_values() -> None:
 def test_counterfactual_re_render_counts_the_flips(tmp_path: Path) -> None:
     """A model that reads the black letterbox bars (p = share of non-black pixels): trained with pad, wide images
     score 0.5 and square ones 1.0; re-rendered with crop or stretch the bars go and every wide image flips."""
-    paths = []
+    paths, rng = [], np.random.default_rng(0)
     for i, (w, h) in enumerate([(64, 32)] * 4 + [(48, 48)] * 6):
         path = tmp_path / f"img{i}.png"
-        Image.fromarray(np.full((h, w), 200, dtype=np.uint8)).save(path)
+        Image.fromarray(rng.integers(150, 250, (h, w), dtype=np.uint8)).save(path)  # textured: no pixel is black
         paths.append(str(path))
     rows = pd.DataFrame({"path": paths, "patient_id": [f"p{i}" for i in range(10)]})
     card = {"labels": ["Wide"], "image_size": 32, "resize": "pad", "thresholds": {"Wide": 0.75}, "task": "binary"}
