@@ -246,8 +246,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         cards=cards,
         ci_text=f"{boot.get('ci', 0.95):.0%} percentile bootstrap, {boot.get('replicates', '?')} replicates "
                 f"resampling {boot.get('unit', 'patient')}s (seed {boot.get('seed', 0)})"
-                + (f"; {boot['scheme']}; macro: {boot['macro']}; {boot['too_few']} "
-                   f"(fewer than {boot['min_positive_patients']})" if "scheme" in boot else ""),
+                + (f"; {boot['scheme']}; macro: {boot['macro']}" if "scheme" in boot else "")
+                + (f"; {boot['rule']}" if "rule" in boot else ""),
         normal_score=metrics.get("normal_score", "1 - max(p)"),
         prepared=prepared,
         image_size=manifest.get("image_size"),
