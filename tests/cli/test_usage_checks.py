@@ -45,13 +45,16 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
                  (["evaluate", "RUN", "--threshold-method", "best"], "unknown threshold method 'best'"),
                  (["evaluate", "RUN", "--prepared", "MISSING"], "PREPARED folder"),
                  (["evaluate", "RUN", "--batch-size", "0"], "--batch-size must be at least 1"),
+                 (["evaluate", "RUN", "--n-boot", "0"], "--n-boot must be at least 10, got 0"),
                  (["evaluate", "FINISHED", "--prepared", "PREPARED48"], "images are 48 px but the bundle"),
                  (["evaluate", "FINISHED", "--prepared", "PREPARED_OTHER"], "labels ['PNEUMONIA'] differ from the "
                                                                             "bundle's ['Effusion', 'Nodule']")],
     "train": [(["train", "PREPARED", "--model", "cnn-tiny", "--out", "FINISHED"], "holds an earlier run and will "
                                                                                    "not be overwritten"),
               (["train", "--resume", "FINISHED"], "no checkpoints/last.ckpt"),
-              (["train", "--resume", "FINISHED", "--progress", "false"], "switches such as --progress")],
+              (["train", "--resume", "FINISHED", "--progress", "false"], "switches such as --progress"),
+              (["train", "PREPARED", "--weight-decay", "nan"], "--weight-decay must be a finite number, got nan"),
+              (["train", "PREPARED", "--lr", "inf"], "--lr must be a finite number, got inf")],
     "report": [(["report", "CATALOG"], "is a catalog, not a run folder"),
                (["report", "MISSING"], "no such run folder")],
     "predict": [(["predict", "MISSING", "IMAGE"], "no such model"),
@@ -75,8 +78,16 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     "prepare": [(["prepare", "MISSING", "--out", "MISSING"], "no such catalog folder"),
                 (["prepare", "PREPARED", "--out", "MISSING"], "is a PREPARED folder, not a catalog"),
                 (["prepare", "CATALOG", "--out", "CATALOG"], "would write into the catalog"),
+<<<<<<< HEAD
                 (["prepare", "CATALOG", "--out", "MISSING", "--resize", "squash"], "--resize 'squash' is not one of"),
                 (["prepare", "CATALOG", "--out", "MISSING", "--size", "0"], "--size must be")],
+=======
+                (["prepare", "CATALOG", "--out", "MISSING", "--resize", "stretch"], "--resize 'stretch' is not one of"),
+                (["prepare", "CATALOG", "--out", "MISSING", "--size", "0"], "--size must be"),
+                (["prepare", "CATALOG", "--out", "IMAGE"], "is a file, not a folder")],
+    "catalog": [(["catalog", "folder", "CATALOG", "--ratios", "1,0,0", "--out", "MISSING"],
+                 "leave val and test empty: a catalog to train on needs all three")],
+>>>>>>> main
     "verify": [(["verify", "MISSING"], "does not exist"),
                (["verify", "CATALOG"], "is a catalog, not a PREPARED folder")],
     "weights": [(["weights", "fetch", "nope"], "unknown model 'nope'")],

@@ -150,6 +150,9 @@ def catalog_folder(catalog: Path, out: Path) -> None:
                         f"{catalog}'")
     if kind != "catalog":
         raise DataError(f"{catalog}: not a catalog folder (no catalog.csv); create one with 'chestxray catalog …'")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; pick a folder for the PREPARED data, e.g. --out "
+                          f"{catalog.parent / (catalog.name + '-prepared')}")
     if out.resolve() == catalog.resolve():
         raise ConfigError(f"--out {out} would write into the catalog {catalog}; pick another folder, e.g. --out "
                           f"{catalog.parent / (catalog.name + '-prepared')}")

@@ -96,6 +96,7 @@ def evaluate(
     checks.tta(tta)
     checks.threshold_method(threshold_method)
     checks.at_least("--batch-size", batch_size, 1)
+    checks.at_least("--n-boot", n_boot, 10)
     checks.run_folder(run)
     if prepared is not None:
         checks.prepared_folder(prepared)

@@ -27,9 +27,12 @@ def compare_runs_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     out: Path = typer.Option(None, "--out", "-o", help="CSV of the per-finding table (and a .json beside it)."),
 ) -> None:
+    from chestxray.cli import checks
     from chestxray.evaluation.compare_runs import compare_runs
     from chestxray.evaluation.statistics import CLUSTERED_TEST
     from chestxray.files import write_csv, write_json
+
+    checks.at_least("--n-boot", n_boot, 10)
 
     result = compare_runs(run_a, run_b, n_boot=n_boot, seed=seed)
     print_table(comparison_table(result))
@@ -137,6 +140,7 @@ def study(
     from chestxray.errors import ConfigError
 
     checks.prepared_folder(prepared)
+    checks.at_least("--n-boot", n_boot, 10)
     for name in _list(models) or []:
         checks.model_name(name, "--models")
     from chestxray.workflows.study import expand, normalise_grid, read_grid, run_study
