@@ -78,16 +78,11 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     "prepare": [(["prepare", "MISSING", "--out", "MISSING"], "no such catalog folder"),
                 (["prepare", "PREPARED", "--out", "MISSING"], "is a PREPARED folder, not a catalog"),
                 (["prepare", "CATALOG", "--out", "CATALOG"], "would write into the catalog"),
-<<<<<<< HEAD
                 (["prepare", "CATALOG", "--out", "MISSING", "--resize", "squash"], "--resize 'squash' is not one of"),
-                (["prepare", "CATALOG", "--out", "MISSING", "--size", "0"], "--size must be")],
-=======
-                (["prepare", "CATALOG", "--out", "MISSING", "--resize", "stretch"], "--resize 'stretch' is not one of"),
                 (["prepare", "CATALOG", "--out", "MISSING", "--size", "0"], "--size must be"),
                 (["prepare", "CATALOG", "--out", "IMAGE"], "is a file, not a folder")],
     "catalog": [(["catalog", "folder", "CATALOG", "--ratios", "1,0,0", "--out", "MISSING"],
                  "leave val and test empty: a catalog to train on needs all three")],
->>>>>>> main
     "verify": [(["verify", "MISSING"], "does not exist"),
                (["verify", "CATALOG"], "is a catalog, not a PREPARED folder")],
     "weights": [(["weights", "fetch", "nope"], "unknown model 'nope'")],
