@@ -4,7 +4,7 @@ Takes a trained and evaluated RUN (thresholds and their TTA in the card, RUN/eva
 evaluated split's image files again through predict (PyTorch), the ONNX export (onnxruntime), the MLflow pyfunc
 (paths, and pixel arrays decoded in full), serve (POST /predict, in process) and explain (the caption
 probability). For each path it prints the largest |p - p_evaluate| and how many decisions (p >= threshold) differ
-from evaluate's, and writes bench/results/parity-<host>.csv. Not a timing benchmark: a measurement of agreement.
+from evaluate's, and writes bench/results/parity-<tta>-<host>.csv. Not a timing benchmark: a measurement of agreement.
 
 Run (the Kaggle sample at 64 px, as in docs/scoring.md):
   chestxray catalog folder $CHESTXRAY_DATA/kaggle-chest-xray-pneumonia --out /tmp/p/catalog
@@ -59,7 +59,7 @@ def score_onnx(run: Path, paths: list[str]) -> np.ndarray:
 def _pyfunc(run: Path):
     try:
         from chestxray.deploy.pyfunc import BundlePyfunc
-    except ImportError:
+    except ImportError:  # before the scoring path: the wrapper lived in models
         from chestxray.models.pyfunc import BundlePyfunc
     model = BundlePyfunc()
     model.load_context(SimpleNamespace(artifacts={"bundle": str(run / "bundle")}, model_config={}))
@@ -130,7 +130,8 @@ def main() -> None:
         rows.append({"path": name, "images": len(paths), "tta": card.get("threshold_tta", "none"),
                      "max_abs_dp": float(diff.max()), "mean_abs_dp": float(diff.mean()), "flips": flips})
         print(f"{name:16s} max |dp| {diff.max():.2e}  mean {diff.mean():.2e}  flipped decisions {flips}")
-    out = HERE / "results" / f"parity-{socket.gethostname().split('.')[0] or 'host'}.csv"
+    tta = card.get("threshold_tta", "none")
+    out = HERE / "results" / f"parity-{tta}-{socket.gethostname().split('.')[0] or 'host'}.csv"
     out.parent.mkdir(exist_ok=True)
     pd.DataFrame(rows).to_csv(out, index=False)
     print(f"wrote {out}")

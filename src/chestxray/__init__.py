@@ -2,8 +2,9 @@
 
 The main entry points are importable from here (loaded on first use, so `import chestxray` stays fast):
 read_nih / read_folder / read_csv_table → assign_splits → save_catalog → prepare_dataset → TrainConfig + train
-→ evaluate_run → explain_images → write_report; load_bundle + predict_images for new images; read_grid +
-expand + run_study and compare_runs for studies; read_space + TuneSettings + tune for a search; run_demo for all.
+→ evaluate_run → explain_images → write_report; load_bundle + predict_images for new images (open_scorer: the
+one scoring path, for a bundle or an .onnx file); read_grid + expand + run_study and compare_runs for studies;
+read_space + TuneSettings + tune for a search; run_demo for all.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ _EXPORTS: dict[str, str] = {
     "save_bundle": "chestxray.models.bundle",
     "predict_images": "chestxray.inference.predict",
     "predict_split": "chestxray.inference.predict",
+    "open_scorer": "chestxray.inference.stream",
+    "Scorer": "chestxray.inference.scoring",
     "evaluate_run": "chestxray.evaluation.evaluate",
     "explain_images": "chestxray.explain.explanations",
     "write_report": "chestxray.report.run_report",

@@ -119,11 +119,13 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def png_short_stream(path: Path, rows: int = 100, kept: int = 10, width: int = 64) -> Path:
-    """A valid-looking 8-bit gray PNG of `rows` rows whose zlib stream ends cleanly after `kept` rows (CRCs right):
-    decoders fill the rest with zeros without a word."""
-    raw = b"".join(b"\x00" + bytes((np.arange(width) + r) % 256) for r in range(kept))
-    ihdr = struct.pack(">IIBBBBB", width, rows, 8, 0, 0, 0, 0)
+def png_short_stream(path: Path, rows: int = 100, kept: int = 10, width: int = 64, depth: int = 8) -> Path:
+    """A valid-looking gray PNG (8 or 16 bit) of `rows` rows whose zlib stream ends cleanly after `kept` rows (CRCs
+    right): Pillow fills the rest with zeros without a word."""
+    dtype = np.uint8 if depth == 8 else np.dtype(">u2")
+    raw = b"".join(b"\x00" + ((np.arange(width) * 7 + 3 * r) % 256 * (1 if depth == 8 else 200)).astype(dtype).tobytes()
+                   for r in range(kept))
+    ihdr = struct.pack(">IIBBBBB", width, rows, depth, 0, 0, 0, 0)
     data = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -166,6 +168,8 @@ def degenerate_images(root: Path) -> dict[str, Path]:
         "DICOM RescaleSlope=0": dicom(root / "slope0.dcm", gradient(), RescaleSlope=0, RescaleIntercept=0),
         "1x1 image": png(root / "one.png", size=(1, 1)),
         "1x5000 image": png(root / "line.png", size=(1, 5000)),
+        "40x400 image": png(root / "strip.png", size=(40, 400)),
+        "short zlib stream, 16 bit": png_short_stream(root / "short16.png", depth=16),
         "constant image": png(root / "constant.png", value=128, size=(64, 64)),
     }
 

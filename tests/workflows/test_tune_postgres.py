@@ -100,3 +100,64 @@ def test_postgres_claim_under_a_forced_race(postgres_url: str, monkeypatch: pyte
     trials = forced_race(postgres_url, monkeypatch, study_name="pg-race")
     assert [t.number for t in trials] == list(range(TARGET))
     assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+@pytest.fixture(scope="module")
+def password_url(postgres_url: str) -> str:
+    """postgresql://tune@…/tunepw, a database of role 'tune', which must give its password (SCRAM over TCP)."""
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE ROLE tune LOGIN PASSWORD 'pg-s3cret-7'")
+        conn.execute("CREATE DATABASE tunepw OWNER tune")
+        hba = Path(conn.execute("SHOW hba_file").fetchone()[0])
+        hba.write_text("host all tune 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        conn.execute("SELECT pg_reload_conf()")
+    return postgres_url.replace("postgres@", "tune@").replace("/optuna", "/tunepw")
+
+
+def _tune_env(prepared: Path, out: Path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`chestxray tune` with the environment `env` on top of this one's, less any PostgreSQL password variables."""
+    base = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "PGPASSFILE", "CHESTXRAY_TUNE_STORAGE")}
+    command = [sys.executable, "-m", "chestxray", "tune", str(prepared), "--space", str(out.parent / "space.yaml"),
+               "--model", "cnn-tiny", "--epochs", "1", "--trials", "1", "--out", str(out), "--no-mlflow",
+               "--study-name", "pw-study", *args]
+    return subprocess.run(command, env={**base, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"), **env},
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+
+
+def test_postgres_password_never_on_the_command_line(password_url: str, synthetic_prepared: Path,
+                                                     tmp_path: Path) -> None:
+    """The password reaches libpq from PGPASSWORD or ~/.pgpass, or the whole URL from $CHESTXRAY_TUNE_STORAGE; a
+    password given in --storage works but is warned about (ps shows it); none at all is one clear line."""
+    secret = "pg-s3cret-7"
+    out, home = tmp_path / "study", tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "space.yaml").write_text(SPACE_YAML, encoding="utf-8")
+    with_secret = password_url.replace("tune@", f"tune:{secret}@")
+
+    refused = _tune_env(synthetic_prepared, out, ["--storage", password_url], {"HOME": str(home)})
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert "cannot be reached" in refused.stderr and "~/.pgpass" in refused.stderr
+
+    by_env = _tune_env(synthetic_prepared, out, ["--storage", password_url], {"HOME": str(home),
+                                                                              "PGPASSWORD": secret})
+    assert by_env.returncode == 0, by_env.stderr[-3000:]
+    assert "study pw-study: 1 complete" in by_env.stdout
+
+    host_port = password_url.split("@")[1].split("/")[0]
+    (home / ".pgpass").write_text(f"{host_port}:tunepw:tune:{secret}\n")
+    (home / ".pgpass").chmod(0o600)
+    by_file = _tune_env(synthetic_prepared, out, ["--storage", password_url], {"HOME": str(home)})
+    assert by_file.returncode == 0 and "1 complete" in by_file.stdout, by_file.stderr[-3000:]
+    (home / ".pgpass").unlink()
+
+    by_url_env = _tune_env(synthetic_prepared, out, [], {"HOME": str(home), "CHESTXRAY_TUNE_STORAGE": with_secret})
+    assert by_url_env.returncode == 0 and "1 complete" in by_url_env.stdout, by_url_env.stderr[-3000:]
+    assert "warning" not in by_url_env.stderr
+
+    in_argv = _tune_env(synthetic_prepared, out, ["--storage", with_secret], {"HOME": str(home)})
+    assert in_argv.returncode == 0 and "password in --storage is visible" in in_argv.stderr
+    for done in (refused, by_env, by_file, by_url_env, in_argv):
+        assert secret not in done.stdout + done.stderr  # never printed, even redacted URLs hide it
+    assert not (out / "study.db").exists()

@@ -36,14 +36,18 @@ def _metrics_table(result: Any) -> tuple[Any, list[str]]:
     notes = []
     for r in result.summary.rows:
         iv, c = r.auroc, r.counts
+        withheld = iv.value is not None and iv.low is None and bool(iv.reason)  # the minimum-sample rule's words
+        note = "; ".join(x for x in (r.note, iv.reason if withheld else "") if x)
         table.add_row(
-            r.name + ("*" if r.note else ""), str(r.positives), fmt(iv.value), _short_ci(iv.low, iv.high), fmt(r.auprc.value),
+            r.name + ("*" if note else ""), str(r.positives), fmt(iv.value),
+            ("too few" if iv.reason.startswith(("too few", "no interval")) else "n/a") if withheld else
+            _short_ci(iv.low, iv.high), fmt(r.auprc.value),
             "—" if r.threshold is None else f"{r.threshold:.2f}", fmt(c.sensitivity) if c else "—",
             fmt(c.specificity) if c else "—", str(c.fn) if c else "—", str(c.fp) if c else "—",
             style=None if r.kind == "finding" else "bold",
         )
-        if r.note:
-            notes.append(f"* {r.name}: {r.note}")
+        if note:
+            notes.append(f"* {r.name}: {note}")
     return table, notes
 
 
@@ -84,12 +88,15 @@ def evaluate(
                                                     help="Before evaluating, compare the sha256 of every shard read "
                                                     "with the manifest (default: for a local folder, not for a URL; "
                                                     "shard sizes are always checked)."),
+    ood: bool = typer.Option(True, "--ood/--no-ood", help="Also fit the out-of-distribution reference (train and val "
+                             "features) that predict and serve use to mark inputs unlike the training images."),
 ) -> None:
     from chestxray.cli import checks
 
     checks.tta(tta)
     checks.threshold_method(threshold_method)
     checks.at_least("--batch-size", batch_size, 1)
+    checks.at_least("--n-boot", n_boot, 10)
     checks.run_folder(run)
     if prepared is not None:
         checks.prepared_folder(prepared)
@@ -101,7 +108,7 @@ def evaluate(
     with console.status(f"evaluating {run} on {split} ...") if console.is_terminal else contextlib.nullcontext():
         result = evaluate_run(run, split=split, tta=tta, threshold_method=threshold_method, batch_size=batch_size,
                               n_boot=n_boot, seed=seed, prepared=prepared,
-                              verify_checksums=verify_checksums)
+                              verify_checksums=verify_checksums, ood=ood)
     table, notes = _metrics_table(result)
     print_table(table)
     for note in notes:

@@ -61,6 +61,8 @@ def _table(rows: list[dict[str, Any]], labels: list[str], thresholds: dict[str, 
 
 def _summary(tally: Any, out: Path | None, thresholds: bool, hint: str = "") -> str:
     text = f"{tally.scored} image(s) scored, {tally.quarantined} quarantined"
+    if tally.n_unusual:
+        text += f", {tally.n_unusual} unusual (unlike the training images)"
     if thresholds:
         hits = ", ".join(f"{n} {c}" for n, c in tally.positives.items() if c) or "none"
         text += f"; positives per finding: {hits}"
@@ -139,6 +141,10 @@ def predict(
         table, legend = _table(rows, labels, thresholds)
         for text in (title, table, *legend):
             console.print(text, highlight=False, soft_wrap=isinstance(text, str) and text.startswith("#"))
+    for text in tally.unusual:
+        err_console.print(f"[yellow]unusual input:[/] {text}: unlike the training images (a photo, another body "
+                          "part or view, an inverted image?); its probabilities mean little", highlight=False,
+                          soft_wrap=True)
     for reason in tally.reasons:
         err_console.print(f"[yellow]quarantined:[/] {reason}", highlight=False, soft_wrap=True)
     if tally.quarantined > len(tally.reasons):

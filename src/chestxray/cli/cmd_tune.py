@@ -8,7 +8,9 @@ from typing import Optional
 import typer
 
 from chestxray.cli import app
-from chestxray.cli.common import console, fmt, friendly, print_table, quiet_lightning
+from chestxray.cli.common import console, err_console, fmt, friendly, print_table, quiet_lightning
+
+STORAGE_ENV = "CHESTXRAY_TUNE_STORAGE"
 
 
 @app.command(help="Search training settings with Optuna (TPE by default) on a PREPARED folder: each trial is a "
@@ -22,10 +24,12 @@ from chestxray.cli.common import console, fmt, friendly, print_table, quiet_ligh
              "--timeout 2h --out runs/tune1\n\n"
              "Example (4 processes on this machine): chestxray tune runs/prepared --trials 40 --workers 4 "
              "--out runs/tune1\n\n"
-             "Example (cluster; every SLURM job runs the same line): chestxray tune /shared/prepared --trials 200 "
-             "--storage postgresql://tune:PASSWORD@dbhost:5432/optuna --study-name nih-dn121 --out /shared/tune1")
+             "Example (cluster; every SLURM job runs the same line; the password comes from ~/.pgpass or "
+             "PGPASSWORD, never the command line, where `ps` shows it): chestxray tune /shared/prepared --trials 200 "
+             "--storage postgresql://tune@dbhost:5432/optuna --study-name nih-dn121 --out /shared/tune1")
 @friendly
 def tune(
+    ctx: typer.Context,
     prepared: Path = typer.Argument(..., help="PREPARED folder (from 'chestxray prepare')."),
     space: Optional[Path] = typer.Option(None, "--space", "-s", help="Search-space YAML (default: the built-in "
                                          "space)."),
@@ -37,8 +41,10 @@ def tune(
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs per trial (the pruner's resource)."),
     timeout: Optional[str] = typer.Option(None, "--timeout", help="Start no new trial after this long "
                                           "(e.g. 45m, 2h, 3600)."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///OUT/"
-                                          "study.db; postgresql://user:pw@host:5432/db for clusters)."),
+    storage: Optional[str] = typer.Option(None, "--storage", envvar=STORAGE_ENV, show_envvar=True,
+                                          help="Optuna storage URL (default sqlite:///OUT/study.db; "
+                                          "postgresql://user@host:5432/db for clusters, password in ~/.pgpass or "
+                                          "PGPASSWORD, or the whole URL in the environment variable)."),
     study_name: Optional[str] = typer.Option(None, "--study-name", help="Study name (default: the OUT folder's "
                                              "name)."),
     workers: int = typer.Option(1, "--workers", "-w", help="Trial processes on this machine sharing the storage."),
@@ -65,6 +71,13 @@ def tune(
     from chestxray.workflows.tune import tune as run_tune
 
     quiet_lightning()
+    from chestxray.workflows.tune_storage import has_password
+
+    source = ctx.get_parameter_source("storage")  # typer's own click: compare the enum's name
+    if storage and has_password(storage) and getattr(source, "name", "") == "COMMANDLINE":
+        err_console.print(f"warning: the password in --storage is visible to every user of this machine (ps, "
+                          f"/proc); put it in ~/.pgpass or PGPASSWORD, or the whole URL in ${STORAGE_ENV}",
+                          highlight=False, soft_wrap=True)
     settings = {k: v for k, v in dict(prepared=str(prepared), model=model, epochs=epochs, mlflow=mlflow,
                                       mlflow_uri=mlflow_uri).items() if v is not None}
     base = resolve_config(config, where="command line", **settings)

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # process can deadlock its forked children, so OpenCV runs single-threaded (the usual PyTorch + OpenCV advice).
 cv2.setNumThreads(0)
 
-RESIZE_MODES: tuple[str, ...] = ("crop", "pad")
+RESIZE_MODES: tuple[str, ...] = ("crop", "pad", "stretch")
 DEFAULT_MAX_PIXELS = 100_000_000  # far above any real radiograph (a 4,300 × 4,300 detector is 18.5 MP)
 # JPEG draft decoding (≥ 2 × target) then fit_square vs. a full decode then fit_square, in grey levels, at 32 px and
 # above (bench/bench_draft.py on the 1,269 Kaggle JPEGs: mean 0.45 at 32 px, 0.24 at 64 px, 0 at 256 px; worst file
@@ -46,6 +46,7 @@ DEFAULT_MAX_PIXELS = 100_000_000  # far above any real radiograph (a 4,300 × 4,
 DRAFT_TOLERANCE = {"mean": 0.5, "worst_file_mean": 2.5}
 TEST_ABORT_ENV = "CHESTXRAY_TEST_ABORT_ON"  # test-only: see _test_hook
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom", ".dic")
+MIN_SIDE, MAX_ASPECT = 16, 5  # check_content: a chest radiograph is larger and near square (0.7 to 1.5 wide per tall)
 _EIGHT_BIT_MODES = {"L", "P", "RGB", "RGBA", "LA", "1", "CMYK", "YCbCr", "LAB", "HSV", "PA", "La", "RGBa", "RGBX"}
 
 
@@ -102,7 +103,8 @@ def check_pixels(path: str | Path, shape: tuple[int, ...], max_pixels: int | Non
 def fit_square(img: np.ndarray, size: int, mode: str = "crop", source_shape: tuple[int, int] | None = None
                ) -> np.ndarray:
     """Resize a uint8 (H, W) image to (size, size): 'crop' (default) scales the short side to `size` and keeps the
-    centre square; 'pad' keeps the whole image, scaling the long side to `size` and centring it on black.
+    centre square; 'pad' keeps the whole image, scaling the long side to `size` and centring it on black; 'stretch'
+    scales each side to `size` on its own (the whole image, no bars, anatomy squeezed by the aspect ratio).
 
     Crop is the default because pad's black bars encode the image's aspect ratio, an acquisition trait that can
     predict the label by itself (Kaggle pneumonia images are wider) and that a model then learns instead of the lungs.
@@ -114,6 +116,8 @@ def fit_square(img: np.ndarray, size: int, mode: str = "crop", source_shape: tup
     if img.ndim != 2 or img.dtype != np.uint8:
         raise DataError(f"fit_square expects a uint8 (H, W) image, got {img.dtype} {img.shape}")
     h, w = source_shape or img.shape
+    if mode == "stretch":
+        return np.ascontiguousarray(_resize(img, size, size))
     if mode == "crop":  # scale the short side to `size`, then take the centre at output resolution: the same
         # output geometry from a full or a reduced decode (cropping first would round the window in reduced pixels)
         scale = size / min(h, w)
@@ -133,9 +137,29 @@ def fit_square(img: np.ndarray, size: int, mode: str = "crop", source_shape: tup
 
 def load_square(path: str | Path, size: int, mode: str = "crop", max_pixels: int | None = DEFAULT_MAX_PIXELS
                 ) -> np.ndarray:
-    """Decode and resize a file to uint8 (size, size): exactly what prepare stores and predict must feed."""
+    """Decode and resize a file to uint8 (size, size): exactly what prepare stores and predict must feed. An image
+    no model should learn from or be scored on (check_content) is a DataError, which prepare quarantines."""
     img, shape = _decode(Path(path), size, max_pixels)
+    check_content(img, shape, path)
     return fit_square(img, size, mode, source_shape=shape)
+
+
+def check_content(img: np.ndarray, shape: tuple[int, ...], path: str | Path) -> None:
+    """Refuse an image a decoder accepts but that is no radiograph to learn from: smaller than MIN_SIDE px on a side
+    (a 1 × 1 or 1 × 5000 strip), longer than MAX_ASPECT times its width or height, or one grey level everywhere
+    (a blank or failed export; a constant image is also what a zero DICOM rescale slope or a binarising window make).
+    `shape` is the full-resolution (H, W), `img` the decoded pixels (reduced for a JPEG draft decode)."""
+    h, w = int(shape[0]), int(shape[1])
+    if min(h, w) < MIN_SIDE:
+        raise DataError(f"{path}: image is {w} × {h} px, below {MIN_SIDE} px on a side: not a radiograph (an icon, "
+                        "a strip or a failed export); remove it or export the full image")
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        raise DataError(f"{path}: image is {w} × {h} px, an aspect ratio beyond {MAX_ASPECT}:1: not a radiograph "
+                        "(a strip, a banner or a failed export); remove it or export the full image")
+    lo, hi = cv2.minMaxLoc(img)[:2]
+    if lo == hi:
+        raise DataError(f"{path}: every pixel has the same grey level ({int(lo)}): a blank image or a failed export "
+                        "(or a DICOM window/rescale that erases it); remove it or re-export the file")
 
 
 def _test_hook(path: Path) -> None:
@@ -269,7 +293,10 @@ def _load_pillow(path: Path, target: int | None, max_pixels: int | None) -> tupl
                 if orientation in (5, 6, 7, 8):
                     width, height = height, width
                 out = im if orientation in (1, None) else ImageOps.exif_transpose(im)
-                return pil_to_gray(out), (height, width)
+                gray = pil_to_gray(out)
+                if im.format == "PNG" and not gray[-1].any():  # the mark of a stream that ended early (zero-filled)
+                    _check_png_stream(path)
+                return gray, (height, width)
     except DataError:
         raise
     except UnidentifiedImageError:
@@ -284,6 +311,49 @@ def _load_pillow(path: Path, target: int | None, max_pixels: int | None) -> tupl
             " ".join(str(exc).split())[:200] or type(exc).__name__
         kind = "truncated image data" if "truncat" in msg.lower() else "corrupt image data"
         raise DataError(f"{path}: {kind} ({msg}); re-copy or re-export the file") from None
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _check_png_stream(path: Path) -> None:
+    """Raise DataError when a PNG's compressed pixel stream ends (cleanly) before the last row: Pillow then fills the
+    missing rows with black without a word. Inflates the IDAT data once; called only when the last row is black."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return
+    pos, idat, header = 8, [], None
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if kind == b"IHDR":
+            header = data[pos + 8:pos + 21]
+        elif kind == b"IDAT":
+            idat.append(data[pos + 8:pos + 8 + length])
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None or len(header) < 13 or header[9] not in _PNG_CHANNELS:
+        return
+    width, height = int.from_bytes(header[0:4], "big"), int.from_bytes(header[4:8], "big")
+    bits = header[8] * _PNG_CHANNELS[header[9]]
+    passes = _ADAM7 if header[12] == 1 else ((0, 0, 1, 1),)
+    expected = 0
+    for x0, y0, dx, dy in passes:
+        cols, rows = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if cols > 0 and rows > 0:
+            expected += rows * (1 + -(-(cols * bits) // 8))
+    try:
+        inflater = zlib.decompressobj()
+        got = len(inflater.decompress(b"".join(idat), expected + 1))
+    except zlib.error:
+        return  # a damaged stream: the decoder's own error stands
+    if got < expected:
+        rows = f"{got // (1 + -(-(width * bits) // 8))} of {height} rows" if len(passes) == 1 else \
+            f"{got:,} of {expected:,} bytes"
+        raise DataError(f"{path}: truncated image data: the compressed pixels end after {rows} (a decoder fills the "
+                        "rest with black); re-copy or re-export the file")
 
 
 def _orientation(im: Image.Image) -> int | None:
@@ -420,6 +490,7 @@ def dicom_to_gray(ds, arr: np.ndarray, where: str = "DICOM") -> np.ndarray:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     bits = int(ds.get("BitsStored", 8) or 8)
     has_modality = "RescaleSlope" in ds or "ModalityLUTSequence" in ds
+    _check_rescale_and_window(ds, where)
     out: np.ndarray
     try:
         values = apply_modality_lut(arr, ds) if has_modality else arr
@@ -438,6 +509,25 @@ def dicom_to_gray(ds, arr: np.ndarray, where: str = "DICOM") -> np.ndarray:
     if photometric == "MONOCHROME1":
         out = 255 - out
     return np.ascontiguousarray(out)
+
+
+def _check_rescale_and_window(ds, where: str) -> None:
+    """Refuse header values that erase the image: a rescale slope of 0 (every pixel becomes the intercept) or not a
+    number, and a window width below 1 (PS3.3 C.11.2.1.2 requires ≥ 1; 0 binarised the image at its centre)."""
+    try:
+        slope = float(ds.RescaleSlope) if "RescaleSlope" in ds else 1.0
+        windowed = "WindowWidth" in ds and "WindowCenter" in ds and "VOILUTSequence" not in ds  # as dicom_to_gray
+        width = _first(ds.WindowWidth) if windowed else 1.0
+        center = _first(ds.WindowCenter) if windowed else 0.0
+    except (TypeError, ValueError, IndexError) as exc:
+        raise DataError(f"{where}: unreadable DICOM RescaleSlope / window values ({exc}); fix the header") from None
+    if slope == 0 or not np.isfinite(slope):
+        raise DataError(f"{where}: DICOM RescaleSlope is {slope:g}: every pixel would become the intercept; fix the "
+                        "header (the usual slope is 1) or remove the file")
+    if not (np.isfinite(width) and np.isfinite(center)) or width < 1:
+        raise DataError(f"{where}: DICOM WindowWidth {width:g} (centre {center:g}) is invalid: the standard requires "
+                        "a width of at least 1 (0 turns the image into two grey levels); fix the header or remove "
+                        "the WindowCenter/WindowWidth attributes")
 
 
 def _window(values: np.ndarray, ds) -> np.ndarray:

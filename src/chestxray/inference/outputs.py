@@ -50,6 +50,9 @@ def record(row: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
            "reason": row["reason"] or None, "probabilities": probs, "positive": positive}
     if "predicted_class" in row:  # multi-class: the argmax class (thresholds do not apply)
         out["predicted_class"] = row["predicted_class"] or None
+    if "in_distribution" in row:  # how typical of the training images (chestxray.inference.ood)
+        out["in_distribution"] = float(row["in_distribution"]) if ok else None
+        out["unusual"] = bool(row["unusual"] == 1) if ok else None
     return out
 
 
@@ -103,6 +106,8 @@ class Tally:
     reasons: list[str] = field(default_factory=list)
     positives: dict[str, int] = field(default_factory=dict)
     keep_reasons: int = 20
+    unusual: list[str] = field(default_factory=list)  # paths marked unlike the training images (first kept)
+    n_unusual: int = 0
 
     def add(self, frame: pd.DataFrame) -> None:
         ok = frame["status"] == "ok"
@@ -111,6 +116,13 @@ class Tally:
         room = self.keep_reasons - len(self.reasons)
         if room > 0:
             self.reasons.extend(frame.loc[~ok, "reason"].head(room).tolist())
+        if "unusual" in frame:
+            marked = frame["unusual"] == 1
+            self.n_unusual += int(marked.sum())
+            room = self.keep_reasons - len(self.unusual)
+            self.unusual.extend(f"{p} (in-distribution score {s:.3f})" for p, s in
+                                zip(frame.loc[marked, "path"].head(max(room, 0)),
+                                    frame.loc[marked, "in_distribution"].head(max(room, 0))))
         for name in self.labels:
             if f"pred_{name}" in frame:
                 self.positives[name] = self.positives.get(name, 0) + int((frame[f"pred_{name}"] == 1).sum())

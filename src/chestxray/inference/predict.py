@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 from chestxray.data.tasks import probabilities
 from chestxray.errors import ConfigError
 from chestxray.inference.compat import check_prepared_fits
+from chestxray.inference.ood import OodProbe, load_reference
 from chestxray.inference.scoring import Backend, Scorer, make_scorer, threshold_tta
 from chestxray.inference.stream import (  # noqa: F401 (public here too)
     PREDICTED_CLASS,
@@ -151,7 +153,11 @@ def torch_scorer(
     card normalisation, TTA, sigmoid. tta None: the mode the stored thresholds were chosen with; another mode than
     theirs is refused."""
     model = as_bundle(bundle)
-    return make_scorer(model.card, torch_backend(model.net, model.card, device), str(model.path), tta)
+    scorer = make_scorer(model.card, torch_backend(model.net, model.card, device), str(model.path), tta)
+    reference = load_reference(model.path)  # ood.safetensors + ood.json beside the weights, fitted by evaluate
+    if reference is None:
+        return scorer
+    return replace(scorer, ood=OodProbe(model.net, model.card["architecture"], reference))
 
 
 def predict_images(

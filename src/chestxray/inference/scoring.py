@@ -113,8 +113,9 @@ def check_backend_tta(backend: Backend, tta: str, source: str = "") -> None:
     """Refuse an unknown TTA mode, and 'crop' on a backend that takes whole grey levels only (ConfigError)."""
     check_tta(tta)
     if backend.whole_levels and tta == "crop":
-        raise ConfigError(f"{source or 'the model'}: a {backend.name} model with uint8 input supports --tta none or "
-                          "hflip, not 'crop' (its views are interpolated); use the bundle for crop")
+        raise ConfigError(f"{source or 'the model'}: this {backend.name} model takes whole grey levels (uint8 "
+                          "input), and --tta crop feeds it interpolated views; use --tta none or hflip, or the bundle "
+                          "for crop")
 
 
 def score_pixels(pixels: np.ndarray, backend: Backend, tta: str = "none") -> np.ndarray:
@@ -128,13 +129,21 @@ def score_pixels(pixels: np.ndarray, backend: Backend, tta: str = "none") -> np.
 class Scorer:
     """A model ready to score: its card (labels, image_size, resize, thresholds …), a backend, the TTA it applies
     and where it came from. Build it with make_scorer so the TTA matches the stored thresholds. `calibrate`: a map
-    of the averaged probabilities (N, L) → (N, L) applied last, e.g. a site profile (chestxray.inference.site)."""
+    of the averaged probabilities (N, L) → (N, L) applied last, e.g. a site profile (chestxray.inference.site).
+    `ood`: reads the network's features during those forwards to say how typical of the training images an input
+    is (chestxray.inference.ood; PyTorch bundles with a reference only)."""
 
     card: dict[str, Any]
     backend: Backend
     source: str
     tta: str = "none"
     calibrate: Callable[[np.ndarray], np.ndarray] | None = None
+    ood: Any = None  # a torch bundle's OodProbe (chestxray.inference.ood): features read during the same forward
+
+    @property
+    def false_alarm(self) -> float | None:
+        """Inputs scored at or below it are marked unusual (None: the model has no OOD reference)."""
+        return None if self.ood is None else self.ood.reference.rate
 
     def __post_init__(self) -> None:
         check_backend_tta(self.backend, self.tta, self.source)
@@ -151,6 +160,15 @@ class Scorer:
         """Probabilities float64 (B, L) for uint8 model inputs (B, S, S) (load_pixels / array_pixels / shards)."""
         probs = score_pixels(pixels, self.backend, self.tta)
         return probs if self.calibrate is None else self.calibrate(probs)
+
+    def score_with_ood(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities (B, L) and in-distribution scores (B,) from the same forward passes (None without an OOD
+        reference)."""
+        if self.ood is None:
+            return self.score(pixels), None
+        with self.ood.tap() as store:
+            probs = self.score(pixels)
+        return probs, self.ood.scores(store, self.tta)
 
     def score_files(self, paths: list[str | Path]) -> np.ndarray:
         """Probabilities (N, L) for image files (DataError on the first unusable one; see iter_predictions for

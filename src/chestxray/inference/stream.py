@@ -19,12 +19,14 @@ import pandas as pd
 
 from chestxray.data.tasks import is_multiclass
 from chestxray.errors import ConfigError, DataError, printable
+from chestxray.inference.ood import is_unusual
 from chestxray.inference.scoring import Scorer, load_pixels, threshold_tta  # noqa: F401 (public here too)
 
 log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ["path", "image_id", "status", "reason"]
 PREDICTED_CLASS = "predicted_class"  # multiclass: the argmax class of each image
+IN_DISTRIBUTION, UNUSUAL = "in_distribution", "unusual"  # columns added when the model has an OOD reference
 
 
 def _decode(path: Path, card: dict[str, Any]) -> tuple[np.ndarray | None, str]:
@@ -52,13 +54,19 @@ def iter_predictions(scorer: Scorer, paths: Sequence[Path], batch_size: int = 32
                 "reason": [printable(reason) for _, reason in decoded],
             })
             scores = np.full((len(chunk), len(columns)), np.nan)
+            typical = np.full(len(chunk), np.nan)
             ok = frame["status"].to_numpy() == "ok"
             if ok.any():
-                scores[ok] = scorer.score(np.stack([px for px, _ in decoded if px is not None]))
+                scores[ok], found = scorer.score_with_ood(np.stack([px for px, _ in decoded if px is not None]))
+                if found is not None:
+                    typical[ok] = found
             for path, (px, reason) in zip(chunk, decoded):
                 if px is None:
                     log.info("quarantined %s: %s", path, reason)
             frame = pd.concat([frame, pd.DataFrame(scores, columns=columns)], axis=1)
+            if scorer.ood is not None:  # how typical of the training images (chestxray.inference.ood)
+                frame[IN_DISTRIBUTION] = typical
+                frame[UNUSUAL] = pd.Series(is_unusual(typical, scorer.false_alarm)).astype("Int8").where(~np.isnan(typical))
             if is_multiclass(card.get("task")):
                 frame[PREDICTED_CLASS] = predicted_classes(scores, scorer.labels)
             yield frame

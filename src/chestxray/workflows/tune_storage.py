@@ -27,14 +27,27 @@ def redact(url: str) -> str:
         return url
 
 
+def has_password(url: str) -> bool:
+    """True when a storage URL carries a password (which a command line would show to every user in `ps`)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return bool(make_url(url).password)
+    except Exception:  # not a URL SQLAlchemy can parse: nothing to hide
+        return False
+
+
 def _how_to_check(url: str) -> str:
     if url.startswith("postgresql"):
         from sqlalchemy.engine import make_url
 
         parsed = make_url(url)
+        where = "in the URL" if parsed.password else "in ~/.pgpass (host:port:database:user:password, mode 0600) " \
+            "or PGPASSWORD"
         return (f"check that the server runs and accepts connections from this machine (pg_isready -h "
-                f"{parsed.host or 'localhost'} -p {parsed.port or 5432}), and the user, password and database "
-                f"{parsed.database!r} in the URL (psql '{redact(url)}' -c 'select 1')")
+                f"{parsed.host or 'localhost'} -p {parsed.port or 5432}), the user and database {parsed.database!r} "
+                f"in the URL and the user's rights on it, and the password {where} (psql '{redact(url)}' -c "
+                "'select 1')")
     if url.startswith("sqlite"):
         return "check that the folder of the database file exists and is writable"
     return "check the URL (dialect+driver://user:password@host:port/database) and that its server is reachable"
@@ -58,9 +71,11 @@ def open_storage(url: str, heartbeat: int = 60) -> Any:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
                                               grace_period=2 * heartbeat)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"--storage {redact(url)} cannot be reached ({reason}); {_how_to_check(url)}") from None
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError, ValueError) as exc:
+        cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
+        reason = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else type(cause).__name__
+        raise ConfigError(f"--storage {redact(url)} cannot be reached or used ({reason}); {_how_to_check(url)}"
+                          ) from None
 
 
 def fail_stale(study: Any) -> None:
