@@ -70,13 +70,14 @@ def test_ood_separates_cxrs_from_other_images(kaggle_run, shared_data: Path, tmp
         y = np.r_[np.zeros(len(scores["test"])), np.ones(len(scores[other]))]
         return roc_auc_score(y, -np.r_[scores["test"], scores[other]])
 
-    assert np.mean(scores["test"] < FALSE_ALARM) < 0.1  # about 1 % expected; a few more on another split
-    # a score cannot fall below 1 / (n_val + 1) (129 validation images here): most non-CXRs sit at that floor
-    assert np.mean(scores["non-cxr"] < FALSE_ALARM) > 0.75 and auroc("non-cxr") > 0.95
-    assert auroc("inverted") > 0.9
-    assert auroc("lateral") > 0.75
-    print({k: round(auroc(k), 3) for k in ("non-cxr", "inverted", "lateral")},
-          {k: round(float(np.mean(v < FALSE_ALARM)), 3) for k, v in scores.items()})
+    def flagged(group: str) -> float:
+        return float(np.mean(ref.unusual(scores[group])))
+
+    print({k: round(auroc(k), 3) for k in ("non-cxr", "inverted", "lateral")}, {k: flagged(k) for k in scores})
+    assert flagged("test") < 0.05  # 1 % expected
+    assert flagged("non-cxr") > 0.9 and auroc("non-cxr") > 0.95
+    assert flagged("inverted") > 0.8 and auroc("inverted") > 0.95
+    assert flagged("lateral") > 0.4 and auroc("lateral") > 0.9
 
 
 def test_scores_are_uniform_for_inputs_like_the_validation_images() -> None:
@@ -88,7 +89,7 @@ def test_scores_are_uniform_for_inputs_like_the_validation_images() -> None:
 
     ref = fit_reference(layers(2000), layers(1000), false_alarm=0.05)
     s = ref.scores(layers(4000))
-    assert abs(np.mean(s < 0.05) - 0.05) < 0.015  # the false-alarm rate chosen on validation holds
+    assert abs(np.mean(ref.unusual(s)) - 0.05) < 0.015  # the false-alarm rate chosen on validation holds
     assert abs(np.mean(s < 0.5) - 0.5) < 0.03
     assert ref.unusual(ref.scores(layers(200, shift=4.0))).mean() > 0.95
 
@@ -105,3 +106,11 @@ def test_reference_round_trips_through_safetensors_and_json(tmp_path: Path) -> N
     (tmp_path / "ood.json").write_text("{")
     with pytest.raises(Exception, match="damaged or outdated OOD reference"):
         load_reference(tmp_path)
+
+
+def test_too_few_validation_images_mark_what_is_beyond_all_of_them() -> None:
+    rng = np.random.default_rng(2)
+    ref = fit_reference({"penultimate": rng.normal(size=(500, 4))}, {"penultimate": rng.normal(size=(59, 4))})
+    assert ref.rate == pytest.approx(1 / 60) and ref.false_alarm == FALSE_ALARM
+    far = ref.scores({"penultimate": rng.normal(size=(20, 4)) + 10})
+    assert ref.unusual(far).all()

@@ -36,6 +36,8 @@ def serve(
                                        "request (headers and upload); slower ones get 408."),
     max_connections: int = typer.Option(64, "--max-connections", help="Open connections served at once; beyond "
                                         "that new requests get 503."),
+    site: str = typer.Option(None, "--site", help="Site profile made by 'chestxray calibrate' (a name under "
+                             "RUN/sites/, or its folder): the site's probabilities and thresholds."),
 ) -> None:
     from chestxray.cli import checks
 
@@ -55,7 +57,7 @@ def serve(
                                           "; uploads are not stored"), highlight=False, soft_wrap=True)
     run_server(bundle, host=host, port=port, limits=limits, keep_uploads=keep_uploads,
                allowed_hosts=tuple(allowed_host), allowed_origins=tuple(allowed_origin), read_timeout=read_timeout,
-               max_connections=max_connections)
+               max_connections=max_connections, site=site)
 
 
 @app.command(help="Start the MLflow UI (the real `mlflow server`) on the project's store: runs/mlflow.db or "

@@ -142,8 +142,8 @@ class Scorer:
 
     @property
     def false_alarm(self) -> float | None:
-        """Inputs scored below it are marked unusual (None: the model has no OOD reference)."""
-        return None if self.ood is None else self.ood.reference.false_alarm
+        """Inputs scored at or below it are marked unusual (None: the model has no OOD reference)."""
+        return None if self.ood is None else self.ood.reference.rate
 
     def __post_init__(self) -> None:
         check_backend_tta(self.backend, self.tta, self.source)

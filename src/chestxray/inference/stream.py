@@ -19,6 +19,7 @@ import pandas as pd
 
 from chestxray.data.tasks import is_multiclass
 from chestxray.errors import ConfigError, DataError, printable
+from chestxray.inference.ood import is_unusual
 from chestxray.inference.scoring import Scorer, load_pixels, threshold_tta  # noqa: F401 (public here too)
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def iter_predictions(scorer: Scorer, paths: Sequence[Path], batch_size: int = 32
             frame = pd.concat([frame, pd.DataFrame(scores, columns=columns)], axis=1)
             if scorer.ood is not None:  # how typical of the training images (chestxray.inference.ood)
                 frame[IN_DISTRIBUTION] = typical
-                frame[UNUSUAL] = pd.Series(typical < scorer.false_alarm).astype("Int8").where(~np.isnan(typical))
+                frame[UNUSUAL] = pd.Series(is_unusual(typical, scorer.false_alarm)).astype("Int8").where(~np.isnan(typical))
             if is_multiclass(card.get("task")):
                 frame[PREDICTED_CLASS] = predicted_classes(scores, scorer.labels)
             yield frame
