@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -36,6 +37,43 @@ def kill_point(point: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(exc: BaseException | None) -> OSError | BaseException | None:
+    """The error in `exc`'s chain (cause and context) that says a disk or quota is full, else None: an OSError
+    ENOSPC / EDQUOT, or a database driver's 'database or disk is full' (MLflow's SQLite store)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc
+        if "database or disk is full" in str(exc):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def free_space(folder: str | Path) -> str:
+    """'12.3 MB free' on the file system holding `folder` (or its nearest existing parent); '' if unknown."""
+    path = Path(folder).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return f"{shutil.disk_usage(path).free / 1e6:,.1f} MB free"
+    except OSError:
+        return ""
+
+
+def disk_full_message(folder: str | Path, exc: BaseException, kept: str) -> str:
+    """One line: which folder's disk is full, the file being written (when known), what was kept, what to do."""
+    full = disk_full(exc)
+    name = getattr(full, "filename", None)
+    writing = f" while writing {name}" if name else ""
+    space = free_space(folder)
+    return (f"{folder}: no space left on the device{writing}{f' ({space})' if space else ''}; {kept}")
+
+
 def _new_temp(path: Path) -> Path:
     """Create an empty, unused temporary file beside `path` with the usual permissions (0o666 less the umask)."""
     while True:
@@ -57,9 +95,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         kill_point(f"replace:{path.name}")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:  # a write() failing says no file: name the one meant
+            exc.filename = str(path)
         raise
 
 

@@ -63,7 +63,11 @@ def test_recipes_side_by_side_winner_on_validation(tmp_path: Path) -> None:
     frozen = yaml.safe_load((outcome.recipes[1].run_dir / "config.yaml").read_text())
     assert (frozen["pretrained"], frozen["freeze"], frozen["unfreeze_last"]) == ("imagenet", "backbone", 0)
     for r in outcome.recipes:
-        assert r.val_low <= r.val_auroc <= r.val_high and r.train_seconds > 0
+        assert r.train_seconds > 0
+        if r.val_low is None:  # a finding with too few validation patients: no interval, and the demo says so
+            assert r.val_reason.startswith("no interval") and r.above_chance is None
+        else:
+            assert r.val_low <= r.val_auroc <= r.val_high
 
 
 def test_chance_level_is_flagged() -> None:

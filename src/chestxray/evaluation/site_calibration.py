@@ -40,8 +40,9 @@ from chestxray.evaluation.conformal import (
     fit_class_sets,
     fit_recall_control,
 )
-from chestxray.evaluation.bootstrap import patient_codes, patient_property
-from chestxray.evaluation.metrics import MIN_POSITIVE_PATIENTS, summarize
+from chestxray.evaluation.bootstrap import patient_codes
+from chestxray.evaluation.metrics import summarize
+from chestxray.evaluation.sample_rule import MIN_PATIENTS, class_patients, passes
 from chestxray.evaluation.prevalence import estimate_prevalence, prior_step
 from chestxray.evaluation.site_data import pick_labelled, score_site
 from chestxray.evaluation.thresholds import choose_thresholds, parse_method
@@ -124,16 +125,14 @@ def _summary_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def _site_thresholds(y: np.ndarray, q: np.ndarray, patients: list[str], labels: list[str], method: str,
                      steps: list[dict], bundle_thr: dict[str, float]) -> tuple[dict[str, float], list[str]]:
-    """Thresholds re-chosen on the sample's calibrated probabilities; a label with fewer than MIN_POSITIVE_PATIENTS
+    """Thresholds re-chosen on the sample's calibrated probabilities; a label with fewer than MIN_PATIENTS
     positive or negative patients keeps the bundle's threshold carried through the map (the evaluation's minimum-
     sample rule: a handful of patients cannot place an operating point). Returns them and the labels kept."""
     chosen = choose_thresholds(y, q, labels, method)
     codes, n_pat = patient_codes(patients)
     kept = []
     for j, name in enumerate(labels):
-        pos = int(patient_property(y[:, j] == 1, codes, n_pat).sum())
-        neg = int(patient_property(y[:, j] == 0, codes, n_pat).sum())
-        if min(pos, neg) < MIN_POSITIVE_PATIENTS and name in bundle_thr:
+        if not passes(*class_patients(y[:, j], codes, n_pat)) and name in bundle_thr:
             probs = np.array([[bundle_thr.get(x, 0.5) for x in labels]])
             chosen[name] = float(apply_steps(steps, probs, labels)[0, j])
             kept.append(name)
@@ -173,7 +172,7 @@ def _labelled(bundle: Any, frame: pd.DataFrame, labels: list[str], labelled: int
     }
     if kept:
         report["threshold_method"] += (f"; kept the bundle's threshold (carried through the map) for {', '.join(kept)}: "
-                                       f"fewer than {MIN_POSITIVE_PATIENTS} positive or negative patients in the sample")
+                                       f"fewer than {MIN_PATIENTS} positive or negative patients in the sample")
     if len(held):
         y_h, p_h, pat_h = _arrays(held, labels)
         q_h = apply_steps(steps, p_h, labels)

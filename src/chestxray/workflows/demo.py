@@ -84,14 +84,18 @@ class RecipeOutcome:
     auroc_high: float | None
     extra: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
+    val_reason: str | None = None  # why the validation AUROC has no interval (the minimum-sample rule's words)
     precision: str = ""  # what training ran in (bf16-mixed or 32-true on a CPU), with its reason
     precision_reason: str = ""
     reused: bool = False  # a finished run of an earlier demo with the same settings and data, not trained again
 
     @property
-    def above_chance(self) -> bool:
-        """Whether the validation AUROC's 95 % CI lies above 0.5 (the model has clearly learned something)."""
-        return self.val_low is not None and self.val_low > 0.5
+    def above_chance(self) -> bool | None:
+        """Whether the validation AUROC's 95 % CI lies above 0.5 (the model has clearly learned something); None when
+        there is an estimate but no interval (too few patients to tell)."""
+        if self.val_low is None:
+            return None if self.val_auroc is not None and self.val_reason else False
+        return self.val_low > 0.5
 
 
 @dataclass
@@ -114,9 +118,14 @@ class DemoOutcome:
     chosen: str = ""  # the recipe whose run this outcome reports (best validation AUROC)
 
     @property
-    def above_chance(self) -> bool:
-        """Whether the chosen recipe's validation AUROC is clearly (95 % CI) above 0.5."""
-        return any(r.recipe == self.chosen and r.above_chance for r in self.recipes)
+    def above_chance(self) -> bool | None:
+        """Whether the chosen recipe's validation AUROC is clearly (95 % CI) above 0.5; None: too few to tell."""
+        return next((r.above_chance for r in self.recipes if r.recipe == self.chosen), False)
+
+    @property
+    def val_reason(self) -> str | None:
+        """Why the chosen recipe's validation AUROC has no interval, if it has none."""
+        return next((r.val_reason for r in self.recipes if r.recipe == self.chosen), None)
 
 
 def _catalog_kaggle(root: Path, seed: int):
@@ -272,7 +281,8 @@ def _train_recipe(run: RecipeRun, prepared: Path, folder: Path, task: str, setti
                             val_low=val.low, val_high=val.high, auroc=macro.auroc.value, auroc_low=macro.auroc.low,
                             auroc_high=macro.auroc.high, extra=extra, train_seconds=result.seconds,
                             precision=str(info.get("precision", "")),
-                            precision_reason=str(info.get("precision_reason", "")))
+                            precision_reason=str(info.get("precision_reason", "")),
+                            val_reason=val.reason if val.low is None else None)
     saved = {k: _plain(v) for k, v in asdict(outcome).items() if k not in ("run_dir", "reused")}
     write_json(run_dir / OUTCOME_FILE, {"key": key, "outcome": saved})
     return outcome
