@@ -184,3 +184,12 @@ def test_export_with_site_carries_the_profile_into_onnx(calibrated, site_catalog
     assert result.exit_code == 1 and "applies it already" in result.output
     result = runner.invoke(app, ["export", str(run), "--mlflow-register", "x", "--site", "synth-b"])
     assert result.exit_code == 1 and "--site goes into an ONNX export" in result.output
+
+
+def test_calibrate_reads_a_prepared_folder_too(trained_run: Path, synthetic_prepared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prepared-site"
+    result = runner.invoke(app, ["calibrate", str(trained_run), "--data", str(synthetic_prepared), "--labelled", "300",
+                                 "--out", str(out), "--n-boot", "20"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["images"] == 600 and report["split"]["held_out_images"] > 0  # every split of the folder
