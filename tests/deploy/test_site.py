@@ -60,6 +60,8 @@ def test_calibrate_writes_a_profile_and_leaves_the_bundle_unchanged(calibrated) 
     assert held["n_with_finding"] + held["n_no_finding"] == report["split"]["held_out_images"]
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["when"]) == {"before", "after"} and len(summary) == 2 * len(profile.labels)
+    unlike = report["unlike_training"]  # the run's OOD reference scored every site image
+    assert unlike["images"] == report["images"] and 0 <= unlike["unusual"] <= unlike["images"]
 
 
 def test_predict_with_site_gives_the_profiles_probabilities_and_decisions(calibrated, site_catalog: Path,
@@ -119,3 +121,77 @@ def test_calibrate_refuses_what_is_not_site_data(trained_run: Path, tmp_path: Pa
     result = runner.invoke(app, ["calibrate", str(trained_run), "--data", str(tmp_path), "--out", str(tmp_path / "s"),
                                  "--miss", "1.5"])
     assert result.exit_code == 1 and "--miss" in result.output
+
+
+def test_serve_with_site_and_an_unusual_upload_in_chromium(calibrated, site_catalog: Path, tmp_path: Path) -> None:
+    """The real server with --site: the page names the site, /predict gives the profile's probabilities, and a
+    photograph (scikit-image's astronaut) is flagged on the page and in the JSON, while a site image is not."""
+    import requests
+    import skimage
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.deploy.conftest import free_port, running
+    from tests.report.test_run_report import _browser
+
+    out, _, _ = calibrated
+    run = out.parents[1]
+    profile = read_site(out)
+    photo = Path(skimage.__file__).parent / "data" / "astronaut.png"
+    first = pd.read_csv(site_catalog / "catalog.csv", dtype=str).iloc[0]
+    scan = Path(first["path"])
+    port = free_port()
+    with running(["chestxray", "serve", str(run), "--port", str(port), "--site", "synth-b"],
+                 f"http://127.0.0.1:{port}/health", tmp_path / "serve.log"):
+        server = f"http://127.0.0.1:{port}"
+        ok = requests.post(f"{server}/predict", files={"file": scan.open("rb")}, timeout=60).json()
+        odd = requests.post(f"{server}/predict", files={"file": photo.open("rb")}, timeout=60).json()
+        driver = _browser(1280, 900)
+        try:
+            driver.get(server + "/")
+            driver.find_element(By.ID, "file").send_keys(str(photo))
+            wait = WebDriverWait(driver, 60)
+            wait.until(lambda d: d.find_element(By.ID, "ood").is_displayed())
+            assert "unlike the images the model was trained on" in driver.find_element(By.ID, "ood").text
+            assert "Calibrated for site synth-b" in driver.find_element(By.ID, "calibration").text
+            driver.find_element(By.ID, "file").send_keys(str(scan))
+            wait.until(lambda d: not d.find_element(By.ID, "ood").is_displayed())
+        finally:
+            driver.quit()
+    assert ok["site"] == "synth-b" and ok["in_distribution"]["unusual"] is False
+    assert odd["in_distribution"]["unusual"] is True and "unlike the images" in odd["in_distribution"]["warning"]
+    raw = pd.read_csv(out / "predictions.csv", dtype={"image_id": str}).set_index("image_id").loc[first["image_id"]]
+    expected = profile.apply(np.array([[raw[f"p_{x}"] for x in profile.labels]]))[0]
+    got = np.array([f["probability"] for f in ok["findings"]])
+    np.testing.assert_allclose(got, expected, atol=2e-6)  # the JSON rounds to 6 decimals
+    assert [f["threshold"] for f in ok["findings"]] == [profile.thresholds[x] for x in profile.labels]
+
+
+def test_export_with_site_carries_the_profile_into_onnx(calibrated, site_catalog: Path, tmp_path: Path) -> None:
+    out, _, _ = calibrated
+    run = out.parents[1]
+    onnx_file = tmp_path / "site.onnx"
+    result = runner.invoke(app, ["export", str(run), "--onnx", str(onnx_file), "--site", "synth-b"])
+    assert result.exit_code == 0 and "site profile 'synth-b'" in result.output, result.output
+    paths = pd.read_csv(site_catalog / "catalog.csv")["path"].head(6).tolist()
+    frames = {}
+    for name, model, extra in (("torch", str(run), ["--site", "synth-b"]), ("onnx", str(onnx_file), [])):
+        dest = tmp_path / f"{name}.csv"
+        result = runner.invoke(app, ["predict", model, *paths, "--format", "csv", "--out", str(dest), *extra])
+        assert result.exit_code == 0, result.output
+        frames[name] = pd.read_csv(dest)
+    cols = [c for c in frames["torch"].columns if c.startswith(("p_", "pred_"))]
+    np.testing.assert_allclose(frames["onnx"][cols].to_numpy(float), frames["torch"][cols].to_numpy(float), atol=1e-4)
+    result = runner.invoke(app, ["predict", str(onnx_file), paths[0], "--site", "synth-b"])
+    assert result.exit_code == 1 and "applies it already" in result.output
+    result = runner.invoke(app, ["export", str(run), "--mlflow-register", "x", "--site", "synth-b"])
+    assert result.exit_code == 1 and "--site goes into an ONNX export" in result.output
+
+
+def test_calibrate_reads_a_prepared_folder_too(trained_run: Path, synthetic_prepared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prepared-site"
+    result = runner.invoke(app, ["calibrate", str(trained_run), "--data", str(synthetic_prepared), "--labelled", "300",
+                                 "--out", str(out), "--n-boot", "20"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["images"] == 600 and report["split"]["held_out_images"] > 0  # every split of the folder

@@ -191,23 +191,23 @@ def test_evaluate_checks_preprocessing_and_names_other_data(runs: tuple[Path, Pa
     catalog = assign_splits(read_nih(src / "labels.csv", src / "images"), ratios=(0.5, 0.25, 0.25), seed=0)
     prepare_dataset(catalog, tmp_path / "padded", size=32, resize="pad", workers=0)
 
-    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "5", "--prepared", str(tmp_path / "padded")])
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "10", "--prepared", str(tmp_path / "padded")])
     assert result.exit_code == 1
     assert "prepared with --resize pad" in result.output and "trained on --resize crop" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 3
     assert read_card(run / "bundle")["thresholds"] is None and not (run / "eval").exists()
 
     update_card(run / "bundle", preprocessing={**preprocessing(manifest), "interpolation": "nearest"})
-    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "5", "--prepared", str(prepared)])
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "10", "--prepared", str(prepared)])
     assert result.exit_code == 1 and "interpolation: data" in result.output and "'nearest'" in result.output
     assert read_card(run / "bundle")["thresholds"] is None
 
     update_card(run / "bundle", preprocessing=preprocessing(manifest))
-    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "5", "--prepared", str(prepared)])
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "10", "--prepared", str(prepared)])
     assert result.exit_code == 0, result.output
     assert "not the data" not in result.output
     assert json.loads((run / "eval" / "metrics.json").read_text())["same_data_as_training"] is True
-    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "5", "--prepared", str(shuffled)])
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "10", "--prepared", str(shuffled)])
     assert result.exit_code == 0, result.output
     assert f"{shuffled} is not the data" in " ".join(result.output.split())
     metrics = json.loads((run / "eval" / "metrics.json").read_text())

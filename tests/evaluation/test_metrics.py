@@ -156,7 +156,9 @@ def test_errors_state_the_shapes() -> None:
 
 def test_single_positive_patient_finding_keeps_macro_on_one_rule_and_gets_no_interval() -> None:
     """A finding with one positive patient: the plain bootstrap loses it in ~37% of replicates, so a macro over
-    'whichever findings are defined' would mix rules; stratified resampling keeps it defined in every replicate."""
+    'whichever findings are defined' would mix rules; stratified resampling keeps it defined in every replicate.
+    The finding fails the minimum-sample rule, so it and the macro that contains it get no interval, and the
+    'macro_eligible' row gives the mean with its interval over the two findings that pass."""
     y, s, patients = _task(600, 3, seed=11, images_per_patient=3)
     y[:, 2] = 0
     y[[30, 31], 2] = 1  # two images of one patient (P10): a single positive patient
@@ -164,17 +166,41 @@ def test_single_positive_patient_finding_keeps_macro_on_one_rule_and_gets_no_int
     rare = summary.row("rare")
     assert rare.auroc.value == pytest.approx(roc_auc_score(y[:, 2], s[:, 2]))
     assert rare.auroc.low is None and rare.auroc.high is None
-    assert "too few positives for an interval (1 positive patient" in rare.auroc.reason
-    assert "too few positives" in rare.auprc.reason
-    macro = summary.row("macro").auroc
-    assert macro.value == pytest.approx(np.mean([roc_auc_score(y[:, j], s[:, j]) for j in range(3)]))
-    assert macro.replicates == 400  # every replicate has all three findings defined: one rule for all
-    assert macro.low <= macro.value <= macro.high
-    assert "same 3 of 3 findings" in summary.row("macro").note and "fewer than 10 positive" in summary.row("macro").note
+    assert rare.auroc.reason == "too few positive patients (1 < 10) for an interval"
+    assert rare.auprc.reason == rare.auroc.reason and (rare.positive_patients, rare.negative_patients) == (1, 200)
+    macro = summary.row("macro")
+    assert macro.auroc.value == pytest.approx(np.mean([roc_auc_score(y[:, j], s[:, j]) for j in range(3)]))
+    assert macro.auroc.low is None and "1 of the 3 findings in the mean have too few patients (rare)" in \
+        macro.auroc.reason and "'macro_eligible' for the 2 that do" in macro.auroc.reason
+    eligible = summary.row(m.MACRO_ELIGIBLE)
+    assert eligible.auroc.value == pytest.approx(np.mean([roc_auc_score(y[:, j], s[:, j]) for j in range(2)]))
+    assert eligible.auroc.replicates == 400  # every replicate has all findings defined: one rule for all
+    assert eligible.auroc.low <= eligible.auroc.value <= eligible.auroc.high
+    assert eligible.note.startswith("mean over the 2 of 3 findings with at least 10 positive and 10 negative "
+                                    "patients: a, b")
     assert summary.row("a").auroc.replicates == 400
     boot = summary.to_dict()["bootstrap"]
-    assert boot["scheme"].startswith("stratified patient bootstrap") and boot["min_positive_patients"] == 10
+    assert boot["scheme"].startswith("stratified patient bootstrap") and boot["min_patients"] == 10
+    assert "10 positive and 10 negative patients" in boot["rule"]
     assert boot["strata"] >= 2
+
+
+def test_too_few_negative_patients_get_no_interval_either() -> None:
+    """The rule counts both classes: a finding that nearly every patient has (3 negative patients) gets no interval,
+    and when every finding passes there is one macro row, with its interval, and no 'macro_eligible'."""
+    y, s, patients = _task(600, 2, seed=3, images_per_patient=3)
+    common = m.summarize(np.c_[y, np.ones(600, np.uint8)], np.c_[s, s[:, :1]], ["a", "b", "common"], patients,
+                         n_boot=100)
+    y_common = np.ones(600, np.uint8)
+    y_common[:9] = 0  # patients P0, P1, P2 have only negative images for it
+    summary = m.summarize(np.c_[y, y_common], np.c_[s, s[:, :1]], ["a", "b", "common"], patients, n_boot=100)
+    row = summary.row("common")
+    assert (row.positive_patients, row.negative_patients) == (197, 3)
+    assert row.auroc.low is None and row.auroc.reason == "too few negative patients (3 < 10) for an interval"
+    assert common.row("common").auroc.value is None  # no negatives at all: undefined, not 'too few'
+    both = m.summarize(y[:, :2], s[:, :2], ["a", "b"], patients, n_boot=100)
+    assert [r.name for r in both.rows] == ["a", "b", "macro", "micro", "normal"]
+    assert both.row("macro").auroc.low is not None
 
 
 def test_plain_bootstrap_would_lose_the_single_positive_patient() -> None:

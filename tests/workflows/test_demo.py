@@ -63,7 +63,11 @@ def test_recipes_side_by_side_winner_on_validation(tmp_path: Path) -> None:
     frozen = yaml.safe_load((outcome.recipes[1].run_dir / "config.yaml").read_text())
     assert (frozen["pretrained"], frozen["freeze"], frozen["unfreeze_last"]) == ("imagenet", "backbone", 0)
     for r in outcome.recipes:
-        assert r.val_low <= r.val_auroc <= r.val_high and r.train_seconds > 0
+        assert r.train_seconds > 0
+        if r.val_low is None:  # a finding with too few validation patients: no interval, and the demo says so
+            assert r.val_reason.startswith("no interval") and r.above_chance is None
+        else:
+            assert r.val_low <= r.val_auroc <= r.val_high
 
 
 def test_chance_level_is_flagged() -> None:
@@ -89,5 +93,5 @@ def test_demo_command_prints_precision_and_reuse(monkeypatch: pytest.MonkeyPatch
     result = CliRunner().invoke(app, ["demo", "--synthetic", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "precision: 32-true (auto: CPU without native bf16)" in text
+    assert "precision: 32-true — auto: CPU without native bf16" in text
     assert "reused 1 finished run(s) of an earlier demo" in text

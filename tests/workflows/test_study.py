@@ -7,12 +7,14 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from chestxray.cli import app
 from chestxray.errors import ConfigError
+from chestxray.evaluation.statistics import CLUSTERED_TEST, holm
 from chestxray.workflows import study as st
 from tests.conftest import STUDY_ARGV as ARGV
 from tests.conftest import STUDY_FAST as FAST
@@ -52,8 +54,14 @@ def test_four_run_folders_one_table_and_a_report(done: Path) -> None:
     cmp = pd.read_csv(done / "study_comparisons.csv")
     assert len(cmp) == 1 and cmp["sentence"].iloc[0].startswith("model=cnn-tiny vs model=cnn-small: ")
     per_finding = pd.read_csv(done / "study_comparisons_findings.csv")
-    assert per_finding["finding"].iloc[-1] == "macro" and (per_finding["test"].iloc[:-1].isin(
-        ["DeLong", "AUROC undefined (one class only)"])).all() and (per_finding["a"] == "model=cnn-tiny").all()
+    findings = per_finding[~per_finding["finding"].isin(["macro", "macro_eligible"])]
+    assert per_finding["finding"].iloc[len(findings)] == "macro" and (per_finding["a"] == "model=cnn-tiny").all()
+    assert (findings["test"].isin([CLUSTERED_TEST, "AUROC undefined (one class only)"])
+            | findings["test"].str.startswith("too few")).all() and (findings["test"] == CLUSTERED_TEST).any()
+    tested = findings["p"].notna()
+    assert (findings.loc[tested, "p_holm_study"] >= findings.loc[tested, "p_holm"] - 1e-12).all()
+    assert findings.loc[~tested, "p_holm_study"].isna().all() and "p_holm_study" in findings["family"].iloc[0]
+    assert cmp["p_holm_pairs"].iloc[0] == pytest.approx(cmp["p"].iloc[0]) or np.isnan(cmp["p"].iloc[0])
     history = pd.read_csv(Path(runs["run_dir"].iloc[0]) / "history.csv")
     assert {"train_accuracy", "val_accuracy"} <= set(history.columns)
     assert (done / "study.html").is_file()
@@ -140,3 +148,48 @@ def test_mlflow_parent_run_with_a_child_per_run(synthetic_prepared: Path, tmp_pa
         assert client.get_run(parent).data.params["select"] == "val_auroc"
     assert CliRunner().invoke(app, argv).exit_code == 0  # a re-run keeps the same parent
     assert json.loads((tmp_path / "s" / "study.json").read_text())["mlflow_parent_run_id"] == parent
+
+
+def _evaluated(run: Path, labels: list[str], y: np.ndarray, scores: np.ndarray) -> Path:
+    """A run folder holding only what compare-runs reads (eval/predictions.csv and metrics.json)."""
+    (run / "eval").mkdir(parents=True)
+    frame = pd.DataFrame({"image_id": [f"i{k}" for k in range(len(y))], "patient_id": [f"p{k // 2}" for k in
+                                                                                       range(len(y))]})
+    frame[labels] = y
+    frame[[f"p_{x}" for x in labels]] = scores
+    frame.to_csv(run / "eval" / "predictions.csv", index=False)
+    (run / "eval" / "metrics.json").write_text(json.dumps({"labels": labels, "split": "test"}))
+    return run
+
+
+def test_comparisons_are_corrected_across_pairs_and_say_which_family(tmp_path: Path) -> None:
+    """Three groups make three pairs: the headline p gets Holm over the three pairs (p_holm_pairs, in the sentence),
+    each finding gets Holm over its pair (p_holm) and over every finding of every pair (p_holm_study); a finding
+    short of patients is in no family."""
+    rng = np.random.default_rng(0)
+    labels = ["a", "b", "rare"]
+    y = (rng.random((400, 3)) < 0.3).astype(np.uint8)
+    y[:, 2] = 0
+    y[:6, 2] = 1  # 3 positive patients
+    noise = rng.normal(size=y.shape)
+    runs = {}
+    for name, signal in (("g1", 2.0), ("g2", 1.6), ("g3", 1.5)):
+        score = 1 / (1 + np.exp(-(noise + rng.normal(scale=0.8, size=y.shape) + signal * y)))
+        runs[name] = str(_evaluated(tmp_path / name, labels, y, score))
+    chosen = pd.DataFrame({"run": list(runs), "run_dir": list(runs.values())}, index=list(runs))
+    table, per_finding = st.compare_groups(chosen, n_boot=50)
+    assert list(zip(table["a"], table["b"])) == [("g1", "g2"), ("g1", "g3"), ("g2", "g3")]
+    assert (table["finding"] == "macro_eligible").all()  # 'rare' keeps the all-findings macro from a test
+    assert table["p_holm_pairs"].tolist() == pytest.approx(holm(table["p"].tolist()))
+    assert (table["family"] == "Holm over the 3 pairwise headline tests of this study").all()
+    for sentence, p_pairs in zip(table["sentence"], table["p_holm_pairs"]):
+        assert sentence.startswith("g") and "(Obuchowski, patients as clusters), Holm-adjusted over 3 pairs p" in \
+            sentence
+    findings = per_finding[per_finding["finding"].isin(labels)]
+    tested = findings["p"].notna()
+    assert tested.sum() == 6 and findings.loc[findings["finding"] == "rare", "p_holm_study"].isna().all()
+    assert findings.loc[tested, "p_holm_study"].tolist() == pytest.approx(holm(findings.loc[tested, "p"].tolist()))
+    assert (findings.loc[tested, "p_holm_study"] >= findings.loc[tested, "p_holm"] - 1e-12).all()
+    assert table["findings_p_holm_study_below_0.05"].tolist() == [
+        int(((findings["a"] == a) & (findings["b"] == b) & (findings["p_holm_study"] < 0.05)).sum())
+        for a, b in zip(table["a"], table["b"])]

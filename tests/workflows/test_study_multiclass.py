@@ -1,6 +1,6 @@
 """A study on a multi-class task (Kaggle NORMAL / BACTERIA / VIRUS, 40 images per class at 32 px): the group table
 and the paired comparison, whose headline is the macro one-vs-rest AUROC difference with a paired patient-bootstrap
-CI, and per class DeLong one-vs-rest with Holm."""
+CI, and per class Obuchowski's clustered test one-vs-rest with Holm (or the minimum-sample rule's words)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from chestxray.cli import app
+from chestxray.evaluation.statistics import CLUSTERED_TEST
 from tests.workflows.test_multiclass import CLASSES, _subset
 
 
@@ -42,10 +43,17 @@ def test_multiclass_study_table_and_comparison(study: tuple[Path, str]) -> None:
         assert run["fn"] == run["fp"] and 0 < run["fn"] < len(predictions)
         assert 0 <= run["specificity"] <= 1 and 0 <= run["sensitivity"] <= 1
     findings = pd.read_csv(out / "study_comparisons_findings.csv")
-    assert findings["finding"].tolist() == [*CLASSES, "macro"]  # one-vs-rest per class, then the macro
-    per_class = findings.iloc[:-1]
-    assert (per_class["test"] == "DeLong").all() and per_class["p_holm"].ge(per_class["p"]).all()
+    assert findings["finding"].tolist()[:4] == [*CLASSES, "macro"]  # one-vs-rest per class, then the macro
+    per_class = findings.iloc[:3]
+    tested = per_class["p"].notna()
+    assert (per_class.loc[tested, "test"] == CLUSTERED_TEST).all()
+    assert per_class.loc[~tested, "test"].str.startswith("too few").all()  # the minimum-sample rule's words
+    assert per_class.loc[tested, "p_holm"].ge(per_class.loc[tested, "p"]).all()
     cmp = pd.read_csv(out / "study_comparisons.csv")
-    assert len(cmp) == 1 and "paired patient bootstrap" in cmp["sentence"].iloc[0]
-    assert cmp["low"].iloc[0] <= cmp["diff"].iloc[0] <= cmp["high"].iloc[0]
-    assert "model=cnn-tiny vs model=cnn-small:" in output and (out / "study.html").is_file()
+    assert len(cmp) == 1 and cmp["finding"].iloc[0] in ("macro", "macro_eligible")
+    if pd.notna(cmp["p"].iloc[0]):
+        assert cmp["sentence"].iloc[0].endswith("(Obuchowski, patients as clusters)")
+        assert cmp["low"].iloc[0] <= cmp["diff"].iloc[0] <= cmp["high"].iloc[0]
+    else:
+        assert "too few patients" in cmp["sentence"].iloc[0]
+    assert "model=cnn-tiny vs model=cnn-small" in output and (out / "study.html").is_file()

@@ -35,7 +35,7 @@ COMMANDS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     )),
     ("Compare and search", (
         ("study", "Compare methods: a grid over seeds, evaluated on test, with paired tests (study.html)."),
-        ("compare-runs", "Paired comparison of two evaluated runs (DeLong, paired patient bootstrap)."),
+        ("compare-runs", "Paired comparison of two evaluated runs (Obuchowski clustered test, paired patient bootstrap)."),
         ("compare", "Quick screen before a study: several models, one seed, validation AUROC and speed only."),
         ("tune", "Search training settings with Optuna on validation AUROC."),
     )),

@@ -16,7 +16,7 @@ from chestxray.inference.runtime import ENGINES
 from chestxray.inference.tta import TTA_MODES, check_tta  # noqa: F401 (TTA_MODES: the usage test reads it here)
 from chestxray.training.config import BUILTIN_MODELS
 
-RESIZE_MODES = ("crop", "pad")  # chestxray.data.imaging.RESIZE_MODES
+RESIZE_MODES = ("crop", "pad", "stretch")  # chestxray.data.imaging.RESIZE_MODES
 SAMPLERS = ("tpe", "random")  # chestxray.workflows.search_space.SAMPLERS
 PRUNERS = ("median", "hyperband", "none")  # chestxray.workflows.search_space.PRUNERS
 
@@ -156,6 +156,9 @@ def catalog_folder(catalog: Path, out: Path) -> None:
                         f"{catalog}'")
     if kind != "catalog":
         raise DataError(f"{catalog}: not a catalog folder (no catalog.csv); create one with 'chestxray catalog …'")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; pick a folder for the PREPARED data, e.g. --out "
+                          f"{catalog.parent / (catalog.name + '-prepared')}")
     if out.resolve() == catalog.resolve():
         raise ConfigError(f"--out {out} would write into the catalog {catalog}; pick another folder, e.g. --out "
                           f"{catalog.parent / (catalog.name + '-prepared')}")

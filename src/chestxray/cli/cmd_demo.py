@@ -62,6 +62,11 @@ def demo(
     )
 
     quiet_lightning()
+    import logging
+
+    steps = logging.getLogger("chestxray.workflows.demo")  # its steps say what the minutes are spent on
+    if steps.getEffectiveLevel() > logging.INFO:
+        steps.setLevel(logging.INFO)
 
     start = time.perf_counter()
     if model is not None:
@@ -88,14 +93,17 @@ def demo(
         counts = "/".join(str(o.counts.get(s, 0)) for s in ("train", "val", "test"))
         name = f"{o.name}\n{len(o.labels)} label(s)" + ("\n[red]SYNTHETIC[/]" if o.synthetic else "")
         chosen = next(r for r in o.recipes if r.recipe == o.chosen)
-        val = fmt(chosen.val_auroc) + ("" if o.above_chance else "\n[red]≈ chance[/]")
+        val = fmt(chosen.val_auroc) + {True: "", None: "\n[yellow]no CI[/]"}.get(o.above_chance, "\n[red]≈ chance[/]")
         table.add_row(name, counts, f"{o.chosen}\n({chosen.model})", val,
-                      f"{fmt(o.auroc)}\n{fmt(o.auroc_low)}–{fmt(o.auroc_high)}", f"{o.seconds:.0f}")
+                      f"{fmt(o.auroc)}\n{_ci_text(o.auroc_low, o.auroc_high)}", f"{o.seconds:.0f}")
     print_table(table)
     for o in outcomes:
-        if not o.above_chance:
+        if o.above_chance is False:
             console.print(f"[red]{o.name}: the chosen model has NOT clearly learned: its validation AUROC's 95% CI "
                           "reaches 0.5 (chance); do not read its test figures as skill[/]", soft_wrap=True)
+        elif o.above_chance is None:
+            console.print(f"[yellow]{o.name}: whether the chosen model learned cannot be told from validation: "
+                          f"{o.val_reason}[/]", soft_wrap=True, highlight=False)
     for o in outcomes:
         if o.extra:
             values = (f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in o.extra.items())
@@ -103,13 +111,18 @@ def demo(
     for o in outcomes:
         console.print(f"report ({o.name}): {o.report}", soft_wrap=True)
     for precision, reason in sorted({(r.precision, r.precision_reason) for o in outcomes for r in o.recipes}):
-        console.print(f"precision: {precision or 'unknown'} ({reason or 'not recorded'}); figures from bf16 and fp32 "
-                      "training differ slightly (the README's are bf16-mixed)", highlight=False, soft_wrap=True)
+        console.print(f"precision: {precision or 'unknown'} — {reason or 'not recorded'}; bf16 and fp32 training give "
+                      "somewhat different figures (the README shows both)", highlight=False, soft_wrap=True)
     reused = [r for o in outcomes for r in o.recipes if r.reused]
     if reused:
         console.print(f"reused {len(reused)} finished run(s) of an earlier demo with the same settings and data "
                       f"(training seconds are theirs); delete {out} to train again", highlight=False, soft_wrap=True)
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s", soft_wrap=True)
+
+
+def _ci_text(low: float | None, high: float | None) -> str:
+    """'0.61–0.68', or 'no CI: too few' where the minimum-sample rule withheld the interval."""
+    return "no CI: too few" if low is None or high is None else f"{fmt(low)}–{fmt(high)}"
 
 
 def _recipe_table(outcome: "DemoOutcome") -> "Table":
@@ -125,8 +138,8 @@ def _recipe_table(outcome: "DemoOutcome") -> "Table":
     for r in outcome.recipes:
         mark = " ✓" if r.recipe == outcome.chosen else ""
         op = r.extra or {}
-        table.add_row(f"{r.recipe}{mark}\n{r.model}", f"{fmt(r.val_auroc)}\n{fmt(r.val_low)}–{fmt(r.val_high)}",
-                      f"{fmt(r.auroc)}\n{fmt(r.auroc_low)}–{fmt(r.auroc_high)}", fmt(op.get("sensitivity")),
+        table.add_row(f"{r.recipe}{mark}\n{r.model}", f"{fmt(r.val_auroc)}\n{_ci_text(r.val_low, r.val_high)}",
+                      f"{fmt(r.auroc)}\n{_ci_text(r.auroc_low, r.auroc_high)}", fmt(op.get("sensitivity")),
                       fmt(op.get("specificity")), fmt(op.get("false negatives")), fmt(op.get("false positives")),
                       f"{r.train_seconds:.0f}")
     return table

@@ -36,14 +36,18 @@ def _metrics_table(result: Any) -> tuple[Any, list[str]]:
     notes = []
     for r in result.summary.rows:
         iv, c = r.auroc, r.counts
+        withheld = iv.value is not None and iv.low is None and bool(iv.reason)  # the minimum-sample rule's words
+        note = "; ".join(x for x in (r.note, iv.reason if withheld else "") if x)
         table.add_row(
-            r.name + ("*" if r.note else ""), str(r.positives), fmt(iv.value), _short_ci(iv.low, iv.high), fmt(r.auprc.value),
+            r.name + ("*" if note else ""), str(r.positives), fmt(iv.value),
+            ("too few" if iv.reason.startswith(("too few", "no interval")) else "n/a") if withheld else
+            _short_ci(iv.low, iv.high), fmt(r.auprc.value),
             "—" if r.threshold is None else f"{r.threshold:.2f}", fmt(c.sensitivity) if c else "—",
             fmt(c.specificity) if c else "—", str(c.fn) if c else "—", str(c.fp) if c else "—",
             style=None if r.kind == "finding" else "bold",
         )
-        if r.note:
-            notes.append(f"* {r.name}: {r.note}")
+        if note:
+            notes.append(f"* {r.name}: {note}")
     return table, notes
 
 
@@ -96,6 +100,7 @@ def evaluate(
     checks.engine(engine)
     checks.threshold_method(threshold_method)
     checks.at_least("--batch-size", batch_size, 1)
+    checks.at_least("--n-boot", n_boot, 10)
     checks.run_folder(run)
     if prepared is not None:
         checks.prepared_folder(prepared)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -13,8 +14,10 @@ from chestxray.cli.common import console, fmt, friendly, print_table
 
 
 @app.command("compare-runs", help="Paired comparison of two evaluated runs on the same split: AUROC difference per "
-             "finding with DeLong's test (Holm-corrected over findings) and a paired patient-bootstrap interval — "
-             "the comparison 'chestxray study' makes between its selected runs, for two runs you trained yourself."
+             "finding with Obuchowski's clustered test (patients as clusters; Holm-corrected over the findings "
+             "tested), a paired patient-bootstrap interval, and the macro difference; a finding with fewer than 10 "
+             "positive or 10 negative patients gets words instead of a p-value (docs/statistics.md) — the comparison "
+             "'chestxray study' makes between its selected runs, for two runs you trained yourself."
              "\n\nExample: chestxray compare-runs runs/finetune runs/frozen --out finetune-vs-frozen.csv")
 @friendly
 def compare_runs_cmd(
@@ -24,21 +27,19 @@ def compare_runs_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     out: Path = typer.Option(None, "--out", "-o", help="CSV of the per-finding table (and a .json beside it)."),
 ) -> None:
-    from chestxray.evaluation.compare_runs import compare_runs, format_p
+    from chestxray.cli import checks
+    from chestxray.evaluation.compare_runs import compare_runs
+    from chestxray.evaluation.statistics import CLUSTERED_TEST
     from chestxray.files import write_csv, write_json
 
+    checks.at_least("--n-boot", n_boot, 10)
+
     result = compare_runs(run_a, run_b, n_boot=n_boot, seed=seed)
-    table = Table(title=f"{result.name_a} vs {result.name_b} on {result.split} ({result.n_images} images, "
-                        f"{result.n_patients} patients); difference = a - b", header_style="bold")
-    for col in ("finding", "AUROC a", "AUROC b", "diff", "95% CI", "p (DeLong)", "p (Holm)"):
-        table.add_column(col, justify="left" if col == "finding" else "right")
-    for r in result.table.to_dict("records"):
-        ci = f"[{r['low']:+.3f}, {r['high']:+.3f}]" if r["low"] == r["low"] and r["low"] is not None else "n/a"
-        p = format_p(r["p"]) if r["p"] == r["p"] and r["p"] is not None else "—"
-        ph = format_p(r["p_holm"]) if r["p_holm"] == r["p_holm"] and r["p_holm"] is not None else "—"
-        diff = f"{r['diff']:+.3f}" if r["diff"] == r["diff"] and r["diff"] is not None else "n/a"
-        table.add_row(r["finding"], fmt(r["auroc_a"]), fmt(r["auroc_b"]), diff, ci, p, ph)
-    print_table(table)
+    print_table(comparison_table(result))
+    console.print(f"p: {CLUSTERED_TEST}; p Holm: Holm-adjusted over the findings tested; pts +/-: patients with / "
+                  "without the finding", highlight=False, soft_wrap=True)
+    for note in comparison_notes(result):
+        console.print(note, highlight=False, soft_wrap=True)
     console.print(result.headline(), highlight=False, soft_wrap=True)
     console.print(result.method, highlight=False, soft_wrap=True, style="dim")
     if out is not None:
@@ -47,13 +48,53 @@ def compare_runs_cmd(
         console.print(f"wrote {out}", highlight=False)
 
 
+def _has(value: object) -> bool:
+    return value is not None and value == value
+
+
+def _short(value: float) -> str:
+    """'+.210' (a signed difference without the leading zero, so the table fits 80 columns)."""
+    return f"{value:+.3f}".replace("0.", ".")
+
+
+def comparison_table(result: Any) -> Any:
+    """The per-finding table of a comparison at 80 columns: patients with/without the finding, AUROCs, difference,
+    bootstrap CI, the test's p and Holm's; a row without a test says 'too few*' (or '—*') and the reason is printed
+    below the table (comparison_notes)."""
+    from rich import box
+
+    from chestxray.evaluation.compare_runs import format_p
+
+    table = Table(title=f"{result.name_a} vs {result.name_b} on {result.split} ({result.n_images} images, "
+                        f"{result.n_patients} patients); diff = a - b", header_style="bold", box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=0, show_edge=False)
+    for col in ("finding", "pts +/-", "AUROC a", "AUROC b", "diff", "95% CI", "p", "p Holm"):
+        table.add_column(col, justify="left" if col == "finding" else "right", no_wrap=True)
+    for r in result.table.to_dict("records"):
+        ci = f"{_short(r['low'])}–{_short(r['high'])}" if _has(r["low"]) else "—"
+        words = str(r["test"])
+        p = format_p(r["p"]) if _has(r["p"]) else ("too few*" if words.startswith(("too few", "no test")) else "—*")
+        ph = format_p(r["p_holm"]) if _has(r["p_holm"]) else "—"
+        diff = _short(r["diff"]) if _has(r["diff"]) else "n/a"
+        sides = (f"{int(r['positive_patients'])}/{int(r['negative_patients'])}" if _has(r["positive_patients"])
+                 else "")
+        table.add_row(r["finding"], sides, fmt(r["auroc_a"]), fmt(r["auroc_b"]), diff, ci, p, ph)
+    return table
+
+
+def comparison_notes(result: Any) -> list[str]:
+    """'* finding: why it has no test' for each row without a p-value."""
+    return [f"* {r['finding']}: {r['test']}" for r in result.table.to_dict("records") if not _has(r["p"])]
+
+
 def _list(text: str | None) -> list[str] | None:
     return [v.strip() for v in text.split(",")] if text is not None else None
 
 
 @app.command(help="Train every combination of a grid (models, recipes, augmentation, seeds, any train setting) as "
              "normal run folders, evaluate each on test with validation thresholds, select one run per group on "
-             "validation only, compare the selected runs (DeLong + paired bootstrap) and write DIR/study.html. "
+             "validation only, compare the selected runs (Obuchowski's clustered test + paired patient bootstrap; "
+             "Holm within and across pairs) and write DIR/study.html. "
              "Re-running skips finished runs and resumes stopped ones. The command for comparing methods: "
              "'compare-runs' makes the same paired test for two runs of your own, 'compare' is a quick "
              "validation-only screen."
@@ -99,6 +140,7 @@ def study(
     from chestxray.errors import ConfigError
 
     checks.prepared_folder(prepared)
+    checks.at_least("--n-boot", n_boot, 10)
     for name in _list(models) or []:
         checks.model_name(name, "--models")
     from chestxray.workflows.study import expand, normalise_grid, read_grid, run_study
@@ -142,7 +184,9 @@ def study(
         return
     import pandas as pd
 
-    groups = pd.read_csv(done.out / "study_groups.csv")
+    from chestxray.files import read_csv
+
+    groups = read_csv(done.out / "study_groups.csv")
     table = Table(title=f"study {done.out}: {len(done.runs)} runs, one selected per group by {select}",
                   header_style="bold")
     for col in ("group", "val AUROC", "test AUROC", "selected", "its test AUROC [95% CI]"):
@@ -150,11 +194,17 @@ def study(
     for g in groups.to_dict("records"):
         table.add_row(g["group"], f"{fmt(g['val_auroc_mean'])} ± {fmt(g['val_auroc_sd'])}",
                       f"{fmt(g['test_auroc_mean'])} ± {fmt(g['test_auroc_sd'])}", g["selected_run"],
-                      f"{fmt(g['selected_test_auroc'])} [{fmt(g['selected_test_low'])}, {fmt(g['selected_test_high'])}]")
+                      f"{fmt(g['selected_test_auroc'])} [{fmt(g['selected_test_low'])}, {fmt(g['selected_test_high'])}]"
+                      if pd.notna(g["selected_test_low"]) else f"{fmt(g['selected_test_auroc'])} (no CI: too few "
+                      "patients)")
     print_table(table)
     comparisons = done.out / "study_comparisons.csv"
     if comparisons.stat().st_size > 1:
-        for sentence in pd.read_csv(comparisons)["sentence"]:
+        table = read_csv(comparisons)
+        for sentence in table["sentence"]:
             console.print(sentence, highlight=False, soft_wrap=True)
+        if "family" in table and len(table) > 1:
+            console.print(f"multiplicity: each p is Holm-corrected over its pair's findings; {table['family'].iloc[0]} "
+                          "gives the 'Holm-adjusted over … pairs' p", highlight=False, soft_wrap=True, style="dim")
     console.print(f"wrote {done.out / 'study.html'} and study_runs.csv, study_groups.csv, study_comparisons.csv",
                   highlight=False, soft_wrap=True)

@@ -45,8 +45,17 @@ from chestxray.data.shards import (
     shard_name,
     write_shard,
 )
-from chestxray.errors import ConfigError, DataError
-from chestxray.files import KILL_ENV, atomic_open, kill_point, write_csv, write_json  # noqa: F401 (KILL_ENV: tests)
+from chestxray.errors import ConfigError, DataError, DiskFullError
+from chestxray.files import (  # noqa: F401 (KILL_ENV: tests)
+    KILL_ENV,
+    atomic_open,
+    disk_full,
+    disk_full_message,
+    kill_point,
+    read_csv,
+    write_csv,
+    write_json,
+)
 from chestxray.locks import folder_lock
 
 log = logging.getLogger(__name__)
@@ -165,9 +174,16 @@ def _prepare(catalog: Catalog | str | Path, out: Path, size: int, resize: str, w
     state["done"] = done
     todo = [shard for shard in plan if shard.name not in done]
     total = int(sum(len(s.rows) for s in todo))
-    crashed = _run(todo, out, size, resize, labels, workers, state, progress, total, max_pixels)
-
-    manifest, counts, quarantine = _finish(out, plan, state, catalog, labels, settings, fingerprint, catalog_path)
+    try:
+        crashed = _run(todo, out, size, resize, labels, workers, state, progress, total, max_pixels)
+        manifest, counts, quarantine = _finish(out, plan, state, catalog, labels, settings, fingerprint, catalog_path)
+    except Exception as exc:
+        if disk_full(exc) is None:
+            raise
+        kept = len((_read_json(out / STATE) or {}).get("done", {}))
+        raise DiskFullError(disk_full_message(out, exc, f"kept {kept} of {len(plan)} shard(s), finished and checked "
+                                              f"({STATE}); free some space, then run the same command again: it "
+                                              "goes on from them")) from None
     seconds = time.perf_counter() - start
     result = PrepareResult(out, manifest, counts, len(quarantine), seconds, total, reused_shards=len(plan) - len(todo),
                            written_shards=len(todo), rebuilt=rebuilt, crashed=crashed, quarantine=quarantine)
@@ -325,7 +341,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _read_quarantine(out: Path) -> pd.DataFrame:
     try:
-        return pd.read_csv(out / QUARANTINE, dtype=str, keep_default_na=False)
+        return read_csv(out / QUARANTINE, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.EmptyDataError):
         return pd.DataFrame(columns=["path", "image_id", "reason"])
 

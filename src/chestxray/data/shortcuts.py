@@ -1,11 +1,19 @@
 """Shortcut check: how well simple acquisition features alone predict each label, before any model is trained.
 
 A classifier can score well by learning how an image was taken (its size, shape, file size, exposure, bit depth,
-view) instead of what it shows. For each label we report the AUROC of each feature alone (0.5 = no signal; values
-far from 0.5 in either direction are signal) and of all of them together (logistic regression, 5-fold
-cross-validation grouped by patient). A result is flagged when it is at least `margin` from 0.5 and beyond three
-standard deviations of the AUROC under no signal (sqrt((n_pos + n_neg + 1) / (12 n_pos n_neg)), the Mann-Whitney
-null), so that a rare label's noise is not called a shortcut.
+view) instead of what it shows. For each label we report the AUROC of each feature alone (0.5 = no signal; a single
+feature far from 0.5 in either direction is signal: higher or lower in the label's images) and of all of them
+together (logistic regression, out-of-fold over 5 folds grouped by patient, so no patient is in the fold it is
+scored from).
+
+The unit is the patient. A patient's images share most acquisition features (the same scanner, often the same
+size), so the chance band of an AUROC is that of a score constant within each patient: its null distribution comes
+from shuffling the patients' scores among patients (`PERMUTATIONS` Monte Carlo draws; the same as permuting whole
+patients, with their images and labels, at the patient level). For a feature that varies within a patient this band
+is wider than its own null, so the check errs towards not flagging. A result is flagged when it is at least
+`margin` from 0.5 and beyond three standard deviations of that null; the cross-validated model only when ABOVE
+chance: a model scored out of fold that lands below 0.5 has learnt nothing that transfers, it does not "predict"
+the label.
 """
 
 from __future__ import annotations
@@ -83,18 +91,45 @@ def auroc(y: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+PERMUTATIONS = 2000  # Monte Carlo draws of the patient-level null
+
+
 def null_sd(n_pos: int, n_neg: int) -> float:
-    """Standard deviation of the AUROC of a feature with no signal (Mann-Whitney null, no ties)."""
+    """Standard deviation of the AUROC of a feature with no signal when images are independent (Mann-Whitney null,
+    no ties); with several images per patient the patient-level null (`patient_null_sd`) is the one to use."""
     return float(np.sqrt((n_pos + n_neg + 1) / (12.0 * n_pos * n_neg)))
+
+
+def patient_null_sd(y: np.ndarray, patients: np.ndarray, n_perm: int = PERMUTATIONS, seed: int = 0) -> np.ndarray:
+    """Per label column of y (N, L) 0/1: the standard deviation of the AUROC of a score that is constant within
+    each patient and shuffled among patients (images of one patient tie), over `n_perm` seeded draws."""
+    import pandas as pd
+
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    codes, uniques = pd.factorize(pd.Series(np.asarray(patients).astype(str)))
+    n_pat = len(uniques)
+    size = np.bincount(codes, minlength=n_pat).astype(np.float64)
+    pos = np.stack([np.bincount(codes, weights=y[:, j], minlength=n_pat) for j in range(y.shape[1])], 1)
+    order = np.argsort(np.random.default_rng(seed).random((n_perm, n_pat)), axis=1)  # patients, lowest score first
+    start = np.cumsum(size[order], axis=1) - size[order]  # images ranked below each patient's
+    ranks = np.empty_like(start)
+    np.put_along_axis(ranks, order, start + (size[order] + 1) / 2, axis=1)  # midrank of each patient's images
+    n_pos = y.sum(0)
+    n_neg = len(y) - n_pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        aurocs = (ranks @ pos - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return aurocs.std(0)
 
 
 def shortcut_check(catalog: Catalog, features: pd.DataFrame | None = None, margin: float = 0.1, seed: int = 0,
                    max_images: int = 2000) -> pd.DataFrame:
-    """One row per (label, feature): AUROC of the feature alone (and of all together), n_pos, n_neg, null_sd, flagged."""
+    """One row per (label, feature): AUROC of the feature alone (and of all together), n_pos, n_neg (images),
+    patients, null_sd (patient-level null), flagged."""
     if features is None:
         features = acquisition_features(catalog, max_images=max_images, seed=seed)
     out = []
     numeric = [c for c in FEATURES if c in features]
+    patients = catalog.table.loc[features.index, "patient_id"].astype(str).to_numpy()
     for label in catalog.labels:
         y = catalog.table.loc[features.index, label].to_numpy(dtype=int)
         n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
@@ -105,16 +140,28 @@ def shortcut_check(catalog: Catalog, features: pd.DataFrame | None = None, margi
             scores["view"] = features["view"].map(pd.Series(y, index=features.index).groupby(features["view"]).mean())
         for name, score in scores.items():
             out.append((label, name, auroc(y, np.asarray(score, dtype=float))))
-        if min(n_pos, n_neg) >= 5:
+        if min(n_pos, n_neg) >= 5 and len(set(patients)) >= 5 and min(len(set(patients[y == 1])),
+                                                                       len(set(patients[y == 0]))) >= 2:
             out.append((label, COMBINED, _cross_validated_auroc(features, y, catalog, seed)))
     table = pd.DataFrame(out, columns=["label", "feature", "auroc"])
-    counts = {lab: (int(catalog.table.loc[features.index, lab].sum()), len(features)) for lab in set(table["label"])}
-    table["n_pos"] = table["label"].map(lambda lab: counts[lab][0])
-    table["n_neg"] = table["label"].map(lambda lab: counts[lab][1] - counts[lab][0])
-    table["null_sd"] = [null_sd(p, n) for p, n in zip(table["n_pos"], table["n_neg"])]
-    distance = (table["auroc"] - 0.5).abs()
-    table["flagged"] = (distance >= margin) & (distance > 3 * table["null_sd"])
+    labels = list(dict.fromkeys(table["label"]))
+    y_all = catalog.table.loc[features.index, labels].to_numpy(dtype=int) if labels else np.zeros((len(features), 0))
+    sd = dict(zip(labels, patient_null_sd(y_all, patients, seed=seed))) if labels else {}
+    table["n_pos"] = table["label"].map(lambda lab: int(y_all[:, labels.index(lab)].sum()))
+    table["n_neg"] = len(features) - table["n_pos"]
+    table["patients"] = len(set(patients))
+    table["null_sd"] = table["label"].map(sd)
+    table["null"] = "patient-level: a per-patient score shuffled among patients"
+    table["flagged"] = flag(table, margin)
     return table
+
+
+def flag(table: pd.DataFrame, margin: float = 0.1) -> pd.Series:
+    """Which rows are signal: AUROC at least `margin` from 0.5 and beyond 3 null_sd; a single feature in either
+    direction, the cross-validated model only above 0.5 (out of fold below chance is not 'predicts')."""
+    distance = table["auroc"] - 0.5
+    away = distance.where(table["feature"] != COMBINED, distance.clip(lower=0)).abs()
+    return (away >= margin) & (away > 3 * table["null_sd"])
 
 
 def _cross_validated_auroc(features: pd.DataFrame, y: np.ndarray, catalog: Catalog, seed: int) -> float:
@@ -146,6 +193,8 @@ def shortcut_warnings(table: pd.DataFrame) -> list[str]:
                 f", higher in {label} images" if r.auroc > 0.5 else f", lower in {label} images")
             parts.append(f"{_WORDS.get(r.feature, r.feature)} (AUROC {r.auroc:.2f}{direction})")
         lines.append(f"shortcut risk for {label}: how the images were acquired predicts it without looking at the "
-                     f"anatomy: {'; '.join(parts)}. A model can learn this instead of the disease; keep --resize "
-                     "crop (the default, no letterbox bars), check heatmaps, and test on images from another source.")
+                     f"anatomy: {'; '.join(parts)}. A model can learn this instead of the disease, and no "
+                     "--resize mode removes a shape shortcut (pad's bars show the shape; crop and stretch still do: "
+                     "explore --geometry measures it); measure what a trained model does with it (chestxray audit "
+                     "RUN) and test on images from another source.")
     return lines

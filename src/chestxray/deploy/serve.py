@@ -32,8 +32,13 @@ from starlette.requests import ClientDisconnect
 from chestxray.data.tasks import is_multiclass
 from chestxray.deploy.security import SecurityMiddleware, WebPolicy, page_csp
 from chestxray.deploy.uploads import Limits, UploadError, decode_upload, keep_upload
+<<<<<<< HEAD
 from chestxray.inference.engines import bundle_scorer
 from chestxray.inference.predict import as_bundle, normalize_for_model
+=======
+from chestxray.inference.ood import is_unusual
+from chestxray.inference.predict import as_bundle, normalize_for_model, torch_scorer
+>>>>>>> main
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,13 @@ PAGE = Path(__file__).with_name("page.html")
 CALIBRATION_NOTE = ("Not calibrated for your site: the thresholds were chosen on this model's own validation data "
                     "({method}). Check them on labelled images from your site before relying on any decision. "
                     "Research use only, not a medical device.")
+SITE_NOTE = ("Calibrated for site {site}: probabilities and thresholds from its site profile ({mode}; {method}). "
+             "The profile was fitted on that site's images; elsewhere check it again. Research use only, not a "
+             "medical device.")
+OOD_WARNING = ("This image is unlike the images the model was trained on (in-distribution score {score:.3f}, at or "
+               "below {rate:.1%}: at most that share of the model's validation images look this unusual). It may not be "
+               "a frontal chest X-ray of the kind the model knows (a photograph, another body part or view, an "
+               "inverted image); do not rely on its probabilities.")
 MULTICLASS_NOTE = ("Not calibrated for your site: the predicted class is simply the most probable one (argmax; "
                    "thresholds do not apply) under a model trained on other data. Check it on labelled images from "
                    "your site before relying on it. Research use only, not a medical device.")
@@ -103,12 +115,24 @@ def _preview(gray: np.ndarray, side: int = 512) -> str:
 class ModelService:
     """The loaded bundle, its limits and a lock: scores and overlays for uploaded bytes."""
 
+<<<<<<< HEAD
     def __init__(self, bundle: Any, limits: Limits, keep_uploads: Path | None = None, engine: str = "auto") -> None:
+=======
+    def __init__(self, bundle: Any, limits: Limits, keep_uploads: Path | None = None, site: str | None = None) -> None:
+>>>>>>> main
         self.bundle = as_bundle(bundle)
-        self.card = self.bundle.card
         self.labels = list(self.bundle.labels)
+<<<<<<< HEAD
         # the one scoring path, with the stored TTA, on the CPU: the cached ONNX graph unless engine is 'torch'
         self.scorer = bundle_scorer(self.bundle, device="cpu", engine=engine)
+=======
+        self.scorer = torch_scorer(self.bundle, device="cpu")  # the one scoring path, with the stored TTA
+        if site is not None:  # the site profile's probabilities and thresholds (chestxray.inference.site)
+            from chestxray.inference.site import load_site, site_scorer
+
+            self.scorer = site_scorer(self.scorer, load_site(self.bundle.path, site, self.bundle.card))
+        self.card = self.scorer.card
+>>>>>>> main
         self.limits, self.keep_uploads = limits, keep_uploads
         self.lock = threading.Lock()
         self.decodes = threading.BoundedSemaphore(limits.max_decodes)  # decoding memory is bounded, not per request
@@ -126,19 +150,37 @@ class ModelService:
         """Probabilities per finding, the stored thresholds and decisions, and a preview of the decoded image."""
         gray, square = self._decode(data, name)
         with self.lock:
-            probs = self.scorer.score(square[None])[0].tolist()
+            scores, typical = self.scorer.score_with_ood(square[None])
+        probs = scores[0].tolist()
         thresholds = self.card.get("thresholds") or {}
         multiclass = is_multiclass(self.card.get("task"))
         predicted = self.labels[int(np.argmax(probs))] if multiclass else None  # multi-class: argmax, no thresholds
         findings = [{"name": n, "probability": round(p, 6), "threshold": thresholds.get(n),
                      "positive": (n == predicted) if multiclass else None if n not in thresholds else p >= thresholds[n]}
                     for n, p in zip(self.labels, probs)]
-        note = MULTICLASS_NOTE if multiclass else CALIBRATION_NOTE.format(
-            method=self.card.get("threshold_method") or "no thresholds stored")
         return {"file": name, "model": self.card["architecture"], "task": self.card.get("task", "multilabel"),
                 "image": {"width": int(gray.shape[1]), "height": int(gray.shape[0]), "preview": _preview(gray)},
-                "findings": findings, "thresholds_stored": bool(thresholds), "note": note,
+                "findings": findings, "thresholds_stored": bool(thresholds), "note": self.note(),
+                "site": self.card.get("site"), "in_distribution": self._typicality(typical),
                 **({"predicted_class": predicted} if multiclass else {})}
+
+    def note(self) -> str:
+        """What the probabilities and thresholds mean here: the site profile in use, or that there is none."""
+        if self.card.get("site"):
+            return SITE_NOTE.format(site=self.card["site"], mode=self.card.get("site_mode"),
+                                    method=self.card.get("threshold_method"))
+        if is_multiclass(self.card.get("task")):
+            return MULTICLASS_NOTE
+        return CALIBRATION_NOTE.format(method=self.card.get("threshold_method") or "no thresholds stored")
+
+    def _typicality(self, typical: np.ndarray | None) -> dict[str, Any] | None:
+        """The in-distribution score of the upload, and a warning when it is unusual (None: no OOD reference)."""
+        if typical is None:
+            return None
+        score, rate = float(typical[0]), float(self.scorer.false_alarm)
+        unusual = bool(is_unusual(score, rate))
+        return {"score": round(score, 6), "unusual": unusual, "false_alarm": rate,
+                "warning": OOD_WARNING.format(score=score, rate=rate) if unusual else None}
 
     def explain(self, data: bytes, name: str, finding: str) -> bytes:
         """A Grad-CAM overlay PNG of one finding on the model's input image."""
@@ -159,16 +201,24 @@ class ModelService:
 
 
 def create_app(bundle: Any, limits: Limits | None = None, keep_uploads: str | Path | None = None,
+<<<<<<< HEAD
                policy: WebPolicy | None = None, engine: str = "auto") -> FastAPI:
     """The FastAPI app serving one bundle (folder, run folder or loaded Bundle) under a WebPolicy (default: loopback
     names only); `engine` scores (chestxray.inference.engines; Grad-CAM overlays always use PyTorch)."""
     from fastapi.openapi.docs import get_swagger_ui_html
 
     service = ModelService(bundle, limits or Limits(), Path(keep_uploads) if keep_uploads else None, engine)
+=======
+               policy: WebPolicy | None = None, site: str | None = None) -> FastAPI:
+    """The FastAPI app serving one bundle (folder, run folder or loaded Bundle) under a WebPolicy (default: loopback
+    names only); `site` names a site profile stored beside the bundle (its probabilities and thresholds)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    service = ModelService(bundle, limits or Limits(), Path(keep_uploads) if keep_uploads else None, site)
+>>>>>>> main
     app = FastAPI(title="chestxray", version=str(service.card.get("versions", {}).get("chestxray", "")),
                   description=f"Try the {service.card['architecture']} model: probabilities per finding and "
-                              "Grad-CAM overlays for uploaded chest X-rays. " + CALIBRATION_NOTE.format(
-                                  method=service.card.get("threshold_method") or "no thresholds stored"),
+                              "Grad-CAM overlays for uploaded chest X-rays. " + service.note(),
                   docs_url=None, redoc_url=None)
     page_html = PAGE.read_text(encoding="utf-8")
     assets = _docs_assets()
@@ -273,7 +323,11 @@ def is_loopback(host: str) -> bool:
 def serve(bundle: Any, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
           keep_uploads: str | Path | None = None, log_level: str = "warning", allowed_hosts: tuple[str, ...] = (),
           allowed_origins: tuple[str, ...] = (), read_timeout: float = 30.0, max_connections: int = 64,
+<<<<<<< HEAD
           engine: str = "auto") -> None:
+=======
+          site: str | None = None) -> None:
+>>>>>>> main
     """Run the app with uvicorn until interrupted (one process).
 
     Requests must arrive within `read_timeout` seconds each (chestxray.deploy.http_limits); beyond
@@ -290,6 +344,10 @@ def serve(bundle: Any, host: str = "127.0.0.1", port: int = 8000, limits: Limits
                     "the model card; put it behind an authenticating proxy, or use the default --host 127.0.0.1",
                     host, port)
     policy = WebPolicy(hosts_for(host, allowed_hosts), tuple(allowed_origins))
+<<<<<<< HEAD
     uvicorn.run(create_app(bundle, limits, keep_uploads, policy, engine), host=host, port=port, log_level=log_level,
+=======
+    uvicorn.run(create_app(bundle, limits, keep_uploads, policy, site), host=host, port=port, log_level=log_level,
+>>>>>>> main
                 access_log=False, http=deadline_protocol(read_timeout), ws="none", limit_concurrency=max_connections,
                 timeout_keep_alive=5, server_header=False)

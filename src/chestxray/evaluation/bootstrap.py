@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from chestxray.errors import ConfigError
+
 SCHEME = ("stratified patient bootstrap: patients resampled with replacement within strata that keep, in every "
           "replicate, a positive and a negative patient for each finding defined on the split")
 
@@ -71,7 +73,11 @@ def patient_strata(properties: np.ndarray) -> np.ndarray:
 
 def stratified_patient_counts(strata: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """How often each patient is drawn in each replicate, drawing each stratum's size from it with replacement:
-    int32 (n_boot, P). One stratum holding everyone is the plain patient bootstrap."""
+    int32 (n_boot, P). One stratum holding everyone is the plain patient bootstrap. n_boot < 1 is a ConfigError:
+    every interval would silently be missing."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ConfigError(f"--n-boot {n_boot!r}: the bootstrap needs at least 1 replicate (1000 is the default; "
+                          "fewer than a few hundred give unstable 95% intervals)")
     n_pat = strata.size
     if n_pat == 0:
         return np.zeros((n_boot, 0), dtype=np.int32)

@@ -27,7 +27,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
 from chestxray.evaluation.bootstrap import patient_codes, patient_property, stratified_patient_counts
-from chestxray.evaluation.metrics import MIN_POSITIVE_PATIENTS, Interval, _percentile_interval, calibration_bins
+from chestxray.evaluation.metrics import Interval, _percentile_interval, calibration_bins
+from chestxray.evaluation.sample_rule import too_few
 from chestxray.inference.site import EPS, apply_step, logit, sigmoid
 
 CANDIDATES = ("none", "temperature", "platt", "isotonic")
@@ -162,7 +163,7 @@ class CalibrationScores:
 def calibration_scores(y: Any, p: Any, patient_ids: Sequence[Any], n_boot: int = 1000, ci: float = 0.95,
                        seed: int = 0, n_bins: int = 10) -> CalibrationScores:
     """ECE (equal-width bins) and Brier of one label, intervals from a patient bootstrap stratified to keep
-    positive and negative patients; no interval with fewer than MIN_POSITIVE_PATIENTS of either."""
+    positive and negative patients; no interval with fewer than MIN_PATIENTS of either (sample_rule)."""
     y, p = np.asarray(y, float).ravel(), np.asarray(p, float).ravel()
     codes, n_pat = patient_codes(patient_ids)
     pos, neg = patient_property(y == 1, codes, n_pat), patient_property(y == 0, codes, n_pat)
@@ -181,9 +182,6 @@ def calibration_scores(y: Any, p: Any, patient_ids: Sequence[Any], n_boot: int =
 
 
 def _interval(point: float | None, reps: np.ndarray, ci: float, pos: int, neg: int) -> Interval:
-    """The evaluation's interval rule: no interval with fewer than MIN_POSITIVE_PATIENTS positive or negative
-    patients (a resampled handful says nothing honest)."""
-    if point is not None and neg < MIN_POSITIVE_PATIENTS <= pos:
-        return Interval(point, reason=f"too few negatives for an interval ({neg} negative patient"
-                                      f"{'s' if neg != 1 else ''}; at least {MIN_POSITIVE_PATIENTS} needed)")
-    return _percentile_interval(point, reps, ci, "no images", pos, MIN_POSITIVE_PATIENTS)
+    """The evaluation's minimum-sample rule (chestxray.evaluation.sample_rule): no interval with fewer than
+    MIN_PATIENTS positive or negative patients (a resampled handful says nothing honest)."""
+    return _percentile_interval(point, reps, ci, "no images", too_few(pos, neg, "an interval"))

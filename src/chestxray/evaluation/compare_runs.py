@@ -1,5 +1,7 @@
-"""Paired comparison of two evaluated runs on the same split: AUROC difference per finding with DeLong's test
-(Holm-corrected over findings) and a paired patient-bootstrap interval, plus the macro difference.
+"""Paired comparison of two evaluated runs on the same split: AUROC difference per finding with Obuchowski's
+clustered test (patients as clusters; Holm-corrected over the findings tested), a paired patient-bootstrap interval,
+and the macro difference with its own clustered test. Every interval and test obeys the minimum-sample rule
+(chestxray.evaluation.sample_rule): a finding short of patients gets words instead of a p-value and interval.
 
 Reads RUN/eval/predictions.csv (written by `chestxray evaluate`); both runs must have scored the same images.
 """
@@ -16,14 +18,28 @@ import numpy as np
 import pandas as pd
 
 from chestxray.errors import DataError
-from chestxray.evaluation.statistics import delong_test, holm, paired_bootstrap
+from chestxray.evaluation.bootstrap import patient_codes
+from chestxray.evaluation.metrics import MACRO_ELIGIBLE
+from chestxray.evaluation.sample_rule import MIN_PATIENTS, RULE, class_patients, too_few
+from chestxray.evaluation.statistics import (
+    CLUSTERED_MACRO_TEST,
+    CLUSTERED_TEST,
+    clustered_macro_test,
+    clustered_test,
+    holm,
+    paired_bootstrap,
+)
+from chestxray.files import read_csv
 
-COLUMNS = ["finding", "positives", "auroc_a", "auroc_b", "diff", "low", "high", "p", "p_holm", "test"]
+COLUMNS = ["finding", "positives", "positive_patients", "negative_patients", "auroc_a", "auroc_b", "diff", "low",
+           "high", "p", "p_holm", "test"]
+SHORT_TEST = "Obuchowski, patients as clusters"  # the test's name in a sentence
 
 
 @dataclass
 class Comparison:
-    """Run a vs run b on one split: one row per finding (plus 'macro') and how it was computed."""
+    """Run a vs run b on one split: one row per finding (plus 'macro', and 'macro_eligible' when some findings are
+    short of patients) and how it was computed."""
 
     name_a: str
     name_b: str
@@ -35,34 +51,48 @@ class Comparison:
     method: str
 
     def sentence(self, finding: str = "macro") -> str:
-        """Plain words: 'a vs b: +0.021 AUROC [0.004, 0.039], p = 0.02 (DeLong)' for a finding or the macro."""
+        """Plain words: 'a vs b: +0.021 AUROC [+0.004, +0.039], p = 0.02 (Obuchowski, patients as clusters)' for a
+        finding or a macro row; the rule's words where there is no test."""
         rows = self.table[self.table["finding"] == finding]
         if rows.empty:
             raise KeyError(f"no comparison row {finding!r}; rows are {self.table['finding'].tolist()}")
         r = rows.iloc[0]
+        n_findings = int((~self.table["finding"].isin(["macro", MACRO_ELIGIBLE])).sum())
+        where = "" if finding == "macro" or n_findings <= 1 else f" ({finding})"
+        if finding == MACRO_ELIGIBLE:
+            where = f" (macro over the findings with enough patients: {r['test'].rsplit('(', 1)[-1].rstrip(')')})"
         if pd.isna(r["diff"]):
-            return f"{self.name_a} vs {self.name_b} ({finding}): n/a ({r['test']})"
+            return f"{self.name_a} vs {self.name_b}{where}: n/a ({r['test']})"
         ci = f" [{r['low']:+.3f}, {r['high']:+.3f}]" if pd.notna(r["low"]) else ""
-        where = "" if finding == "macro" or len(self.table) <= 2 else f" ({finding})"
         if pd.notna(r["p"]):
-            test = f", {p_text(r['p'])} (DeLong)"
-            if pd.notna(r["p_holm"]) and len(self.table) > 2:
+            test = f", {p_text(r['p'])} ({SHORT_TEST})"
+            if pd.notna(r["p_holm"]) and n_findings > 1 and finding not in ("macro", MACRO_ELIGIBLE):
                 test += f", Holm-adjusted {p_text(r['p_holm'])}"
         else:
             test = f"; {r['test']}"
         return f"{self.name_a} vs {self.name_b}{where}: {r['diff']:+.3f} AUROC{ci}{test}"
 
+    def headline_row(self) -> str:
+        """The row a one-line summary reports: the one finding of a binary task; else the macro when it has a
+        test, the macro over eligible findings when only that has one, the macro otherwise."""
+        findings = self.table[~self.table["finding"].isin(["macro", MACRO_ELIGIBLE])]
+        if len(findings) == 1:
+            return str(findings["finding"].iloc[0])
+        t = self.table.set_index("finding")
+        if pd.isna(t.loc["macro", "p"]) and MACRO_ELIGIBLE in t.index and pd.notna(t.loc[MACRO_ELIGIBLE, "p"]):
+            return MACRO_ELIGIBLE
+        return "macro"
+
     def headline(self) -> str:
-        """The macro sentence for several findings, the one finding's sentence for a binary task."""
-        findings = self.table[self.table["finding"] != "macro"]
-        return self.sentence(findings["finding"].iloc[0] if len(findings) == 1 else "macro")
+        """The headline row's sentence."""
+        return self.sentence(self.headline_row())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: names, split, sizes, method and the rows (NaN as null)."""
         rows = json.loads(self.table.to_json(orient="records"))
         return {"a": self.name_a, "b": self.name_b, "split": self.split, "n_images": self.n_images,
                 "n_patients": self.n_patients, "bootstrap_replicates": self.n_boot, "method": self.method,
-                "rows": rows, "headline": self.headline()}
+                "rule": RULE, "rows": rows, "headline": self.headline()}
 
 
 def format_p(p: float) -> str:
@@ -78,7 +108,7 @@ def p_text(p: float) -> str:
 
 def compare_predictions(
     frame_a: pd.DataFrame, frame_b: pd.DataFrame, labels: Sequence[str], name_a: str = "a", name_b: str = "b",
-    split: str = "test", n_boot: int = 1000, seed: int = 0,
+    split: str = "test", n_boot: int = 1000, seed: int = 0, min_patients: int = MIN_PATIENTS,
 ) -> Comparison:
     """Compare two prediction frames (image_id, patient_id, labels, p_<label>) of the same images."""
     labels = list(labels)
@@ -98,33 +128,77 @@ def compare_predictions(
     a = merged[[f"p_{x}_a" for x in labels]].to_numpy(np.float64)
     b = merged[[f"p_{x}_b" for x in labels]].to_numpy(np.float64)
     patients = merged["patient_id"].astype(str).tolist()
+    codes, n_pat = patient_codes(patients)
     boot = paired_bootstrap(y, a, b, patients, n_boot=n_boot, seed=seed)
-    rows, p_values = [], []
+    rows, defined, eligible = [], [], []
     for j, name in enumerate(labels):
-        pos = int(y[:, j].sum())
-        if not 0 < pos < len(y):
-            rows.append({"finding": name, "positives": pos, "test": "AUROC undefined (one class only)"})
-            p_values.append(None)
+        pos, neg = class_patients(y[:, j], codes, n_pat)
+        row: dict[str, Any] = {"finding": name, "positives": int(y[:, j].sum()), "positive_patients": pos,
+                               "negative_patients": neg}
+        rows.append(row)
+        if not 0 < y[:, j].sum() < len(y):
+            row["test"] = "AUROC undefined (one class only)"
             continue
-        d = delong_test(y[:, j], a[:, j], b[:, j])
-        rows.append({"finding": name, "positives": pos, "auroc_a": d.auc_a, "auroc_b": d.auc_b, "diff": d.diff,
-                     "low": boot.low[j], "high": boot.high[j], "p": d.p, "test": "DeLong"})
-        p_values.append(d.p)
-    for row, adjusted in zip(rows, holm(p_values)):
+        defined.append(j)
+        short = too_few(pos, neg, "a test", min_patients)
+        if short is not None:
+            d = _aurocs(y[:, j], a[:, j], b[:, j])
+            row.update({"auroc_a": d[0], "auroc_b": d[1], "diff": d[0] - d[1], "test": short})
+            continue
+        eligible.append(j)
+        t = clustered_test(y[:, j], a[:, j], b[:, j], patients)
+        row.update({"auroc_a": t.auc_a, "auroc_b": t.auc_b, "diff": t.diff, "low": boot.low[j], "high": boot.high[j],
+                    "p": t.p, "test": CLUSTERED_TEST})
+    for row, adjusted in zip(rows, holm([r.get("p") for r in rows])):
         row["p_holm"] = adjusted
-    defined = [r for r in rows if "diff" in r]
     if len(labels) > 1:
-        rows.append({"finding": "macro", "positives": int(y.sum()),
-                     "auroc_a": np.mean([r["auroc_a"] for r in defined]) if defined else None,
-                     "auroc_b": np.mean([r["auroc_b"] for r in defined]) if defined else None,
-                     "diff": np.mean([r["diff"] for r in defined]) if defined else None,
-                     "low": boot.macro_low, "high": boot.macro_high,
-                     "test": "paired patient bootstrap (no DeLong test for a mean over findings)"})
+        rows.extend(_macro_rows(rows, defined, eligible, y, a, b, patients, boot, min_patients))
     table = pd.DataFrame(rows, columns=COLUMNS)
-    method = (f"DeLong's test per finding (fast midrank algorithm, images as units), Holm-corrected over "
-              f"{len(defined)} findings; {int(100 * 0.95)}% intervals from a paired stratified patient bootstrap "
-              f"({n_boot} replicates, seed {seed}); difference = {name_a} - {name_b}")
-    return Comparison(name_a, name_b, split, len(y), len(set(patients)), n_boot, table, method)
+    method = (f"{CLUSTERED_TEST} per finding (DeLong's structural components summed per patient, Obuchowski 1997), "
+              f"Holm-corrected over the {len(eligible)} findings tested (family: the findings of this pair); "
+              f"{int(100 * boot.ci)}% intervals from a paired stratified patient bootstrap ({n_boot} replicates, seed "
+              f"{seed}); {RULE}; difference = {name_a} - {name_b}")
+    return Comparison(name_a, name_b, split, len(y), n_pat, n_boot, table, method)
+
+
+def _aurocs(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """The two AUROCs of one finding (no test)."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, a)), float(roc_auc_score(y, b))
+
+
+def _macro_rows(rows: list[dict[str, Any]], defined: list[int], eligible: list[int], y: np.ndarray, a: np.ndarray,
+                b: np.ndarray, patients: list[str], boot: Any, min_patients: int) -> list[dict[str, Any]]:
+    """'macro' over every defined finding, tested only when all pass the rule; 'macro_eligible' over those that
+    pass when some do not."""
+
+    def mean_row(name: str, cols: list[int], test: bool, words: str) -> dict[str, Any]:
+        row: dict[str, Any] = {"finding": name, "positives": int(sum(rows[j]["positives"] for j in cols))}
+        if not cols:
+            return {**row, "test": words}
+        row.update({k: float(np.mean([rows[j][k] for j in cols])) for k in ("auroc_a", "auroc_b", "diff")})
+        if not test:
+            return {**row, "test": words}
+        m = clustered_macro_test(y, a, b, patients, cols)
+        low, high = boot.mean_interval(cols)
+        names = ", ".join(rows[j]["finding"] for j in cols)
+        return {**row, "low": low, "high": high, "p": m.p,
+                "test": f"{CLUSTERED_MACRO_TEST} over {len(cols)} finding{'s' if len(cols) > 1 else ''} ({names})"}
+
+    failing = [rows[j]["finding"] for j in defined if j not in eligible]
+    rule = f"each needs at least {min_patients} positive and {min_patients} negative patients"
+    if not defined:
+        words = "AUROC undefined for every finding"
+    elif failing:
+        words = (f"no test: {len(failing)} of the {len(defined)} findings in the mean have too few patients "
+                 f"({', '.join(failing)}); {rule}" + (f"; see {MACRO_ELIGIBLE!r}" if eligible else ""))
+    else:
+        words = ""
+    out = [mean_row("macro", defined, not failing, words)]
+    if failing and eligible:
+        out.append(mean_row(MACRO_ELIGIBLE, eligible, True, ""))
+    return out
 
 
 def read_eval(run: str | Path) -> tuple[pd.DataFrame, list[str], str]:
@@ -134,7 +208,7 @@ def read_eval(run: str | Path) -> tuple[pd.DataFrame, list[str], str]:
     if not metrics.is_file() or not preds.is_file():
         raise DataError(f"{run}: no eval/metrics.json and eval/predictions.csv; run chestxray evaluate {run} first")
     meta = json.loads(metrics.read_text(encoding="utf-8"))
-    frame = pd.read_csv(preds, dtype={"image_id": str, "patient_id": str})
+    frame = read_csv(preds, dtype={"image_id": str, "patient_id": str})
     return frame, list(meta["labels"]), str(meta.get("split", "test"))
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 from chestxray.data.tasks import DECISION_RULE, is_multiclass
-from chestxray.errors import DataError
+from chestxray.errors import DataError, DiskFullError
 from chestxray.evaluation import plots
 from chestxray.evaluation.metrics import Summary, summarize, undefined_reason
 from chestxray.evaluation.multiclass import MulticlassMetrics, multiclass_summary
@@ -30,6 +30,8 @@ from chestxray.evaluation.thresholds import parse_method, thresholds_from_frame
 from chestxray.files import (
     atomic_folder,
     atomic_path,
+    disk_full,
+    disk_full_message,
     remove_leftovers,
     write_csv,
     write_json,
@@ -259,8 +261,15 @@ def evaluate_run(
 
     with folder_lock(run, "evaluate"):
         remove_leftovers(bundle.path / CARD)  # a card update cut short by a kill left its temporary file
-        result = evaluate_predictions(val, scored, labels, run / EVAL_DIR, split, method, tta, run / "metrics.csv",
-                                      n_boot, seed, extra, task=task, before_commit=finish)
+        try:
+            result = evaluate_predictions(val, scored, labels, run / EVAL_DIR, split, method, tta,
+                                          run / "metrics.csv", n_boot, seed, extra, task=task, before_commit=finish)
+        except Exception as exc:  # outputs go to a temporary folder and the card is replaced whole: nothing changed
+            if disk_full(exc) is None:
+                raise
+            raise DiskFullError(disk_full_message(run, exc, f"nothing was changed: the card's thresholds and "
+                                                  f"{run / EVAL_DIR} are as before this evaluation; free some space "
+                                                  "and run evaluate again")) from None
         if ood:
             from chestxray.evaluation.ood_fit import fit_ood
 

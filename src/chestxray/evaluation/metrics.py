@@ -6,8 +6,12 @@ negatives) is None with a reason, never NaN; means are taken over the defined fi
 how many. Confidence intervals come from a bootstrap that resamples PATIENTS, not images, so the
 images of one patient always enter a replicate together; resampling is stratified so that every finding defined
 on the split stays defined in every replicate, and the macro mean is taken over the same findings in the estimate
-and in every replicate (chestxray.evaluation.bootstrap). A finding with fewer than MIN_POSITIVE_PATIENTS positive
-patients gets its estimate without an interval: "too few positives for an interval".
+and in every replicate (chestxray.evaluation.bootstrap). One minimum-sample rule (chestxray.evaluation.sample_rule):
+a task with fewer than MIN_PATIENTS positive or fewer than MIN_PATIENTS negative patients gets its estimate without
+an interval and words instead ("too few positive patients (3 < 10) for an interval"). The macro row is the mean over
+every finding where AUROC is defined; it gets an interval only when each of those findings passes the rule (an
+interval over findings that each are "too few" understates the uncertainty); a 'macro_eligible' row then gives the
+mean with its interval over the findings that pass, and names them.
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ from chestxray.evaluation.bootstrap import (  # noqa: F401 - re-exported: the bo
     weighted_auprc,
     weighted_auroc,
 )
+from chestxray.evaluation.sample_rule import MIN_PATIENTS, RULE, class_patients, too_few
 
 NORMAL = "normal"
 NORMAL_SCORE = "1 - max(p)"  # how the 'normal' (no finding) score is made from per-finding probabilities
-MIN_POSITIVE_PATIENTS = 10  # fewer positive patients: the estimate is given without an interval
+MACRO_ELIGIBLE = "macro_eligible"  # the macro over the findings that pass the minimum-sample rule
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,8 @@ class FindingMetrics:
     positives: int
     auroc: Interval
     auprc: Interval
+    positive_patients: int | None = None
+    negative_patients: int | None = None
     threshold: float | None = None
     counts: ThresholdCounts | None = None
     ece: float | None = None
@@ -104,7 +111,7 @@ class Summary:
     seed: int
     normal_score: str = NORMAL_SCORE
     strata: int = 1
-    min_positive_patients: int = MIN_POSITIVE_PATIENTS
+    min_patients: int = MIN_PATIENTS
 
     def row(self, name: str) -> FindingMetrics:
         """The row called `name` (a finding, 'macro', 'micro' or 'normal')."""
@@ -117,7 +124,9 @@ class Summary:
         """One row per finding + macro/micro + normal; n/a cells are empty and `note` gives the reason."""
         records = []
         for r in self.rows:
-            rec: dict[str, Any] = {"finding": r.name, "kind": r.kind, "n": r.n, "positives": r.positives}
+            rec: dict[str, Any] = {"finding": r.name, "kind": r.kind, "n": r.n, "positives": r.positives,
+                                   "positive_patients": r.positive_patients,
+                                   "negative_patients": r.negative_patients}
             for key, iv in (("auroc", r.auroc), ("auprc", r.auprc)):
                 rec.update({key: iv.value, f"{key}_low": iv.low, f"{key}_high": iv.high})
             rec["threshold"] = r.threshold
@@ -137,9 +146,10 @@ class Summary:
             "bootstrap": {"replicates": self.n_boot, "ci": self.ci, "seed": self.seed, "unit": "patient",
                           "scheme": SCHEME, "strata": self.strata,
                           "macro": "mean over the same findings (those defined on the split) in the estimate and "
-                                   "in every replicate; replicates where one is undefined are not used (counted)",
-                          "min_positive_patients": self.min_positive_patients,
-                          "too_few": "a finding with fewer positive patients gets no interval"},
+                                   "in every replicate; an interval only when each of them passes the minimum-sample "
+                                   f"rule, else {MACRO_ELIGIBLE!r} gives the mean and interval over those that pass",
+                          "min_patients": self.min_patients,
+                          "rule": RULE},
             "normal_score": self.normal_score,
             "rows": [_clean(asdict(r)) for r in self.rows],
         }
@@ -217,17 +227,14 @@ def auprc(y_true: Any, y_score: Any) -> float | None:
     return float(average_precision_score(t[:, 0], s[:, 0]))
 
 
-def _percentile_interval(
-    point: float | None, reps: np.ndarray, ci: float, reason: str | None, pos_patients: int | None = None,
-    min_pos: int = MIN_POSITIVE_PATIENTS,
-) -> Interval:
-    """Percentile interval over the replicates in which the metric is defined (their count is kept);
-    no interval when fewer than `min_pos` patients are positive (a resampled handful says nothing honest)."""
+def _percentile_interval(point: float | None, reps: np.ndarray, ci: float, reason: str | None,
+                         short: str | None = None) -> Interval:
+    """Percentile interval over the replicates in which the metric is defined (their count is kept); no interval
+    but the words `short` when the task fails the minimum-sample rule (a resampled handful says nothing honest)."""
     if point is None:
         return Interval(None, reason=reason)
-    if pos_patients is not None and pos_patients < min_pos:
-        return Interval(point, reason=f"too few positives for an interval ({pos_patients} positive patient"
-                                      f"{'s' if pos_patients != 1 else ''}; at least {min_pos} needed)")
+    if short is not None:
+        return Interval(point, reason=short)
     ok = reps[np.isfinite(reps)]
     if ok.size == 0:
         return Interval(point, reason="no bootstrap replicate defined", replicates=0)
@@ -237,13 +244,13 @@ def _percentile_interval(
 
 def _curve_intervals(
     y: np.ndarray, score: np.ndarray, roc_reps: np.ndarray, pr_reps: np.ndarray, ci: float, no_positives: str,
-    pos_patients: int, min_pos: int,
+    short: str | None,
 ) -> tuple[Interval, Interval, str | None]:
     """AUROC and AUPRC of one binary task with bootstrap intervals, and why AUROC is undefined (None if defined)."""
     reason = undefined_reason(y)
     pr_reason = no_positives if int(np.sum(y)) == 0 else None
-    return (_percentile_interval(auroc(y, score), roc_reps, ci, reason, pos_patients, min_pos),
-            _percentile_interval(auprc(y, score), pr_reps, ci, pr_reason, pos_patients, min_pos), reason)
+    return (_percentile_interval(auroc(y, score), roc_reps, ci, reason, short),
+            _percentile_interval(auprc(y, score), pr_reps, ci, pr_reason, short), reason)
 
 
 def _pooled_counts(have: list[ThresholdCounts]) -> tuple[int, int, int, int]:
@@ -323,14 +330,14 @@ def summarize(
     ci: float = 0.95,
     seed: int = 0,
     n_bins: int = 10,
-    min_positive_patients: int = MIN_POSITIVE_PATIENTS,
+    min_patients: int = MIN_PATIENTS,
 ) -> Summary:
     """Per-finding, macro, micro and (multi-label) normal metrics with patient-bootstrap CIs.
 
     AUROC/AUPRC get percentile intervals from `n_boot` replicates of a stratified patient resampling (seeded
     numpy Generator) in which every finding defined on the split stays defined; a task with fewer than
-    `min_positive_patients` positive patients gets no interval. Threshold metrics use `thresholds`
-    (label -> probability; score >= t is positive).
+    `min_patients` positive or negative patients gets no interval (chestxray.evaluation.sample_rule). Threshold
+    metrics use `thresholds` (label -> probability; score >= t is positive).
     """
     t, s = check_arrays(y_true, y_score)
     labels = list(labels)
@@ -352,7 +359,8 @@ def summarize(
     if multi:
         tasks.append((t.ravel("F"), s.ravel("F"), np.tile(codes, n_lab)))  # micro: every (image, finding) pair
         tasks.append((norm_t, norm_s, codes))
-    pos_pat = [int(patient_property(y == 1, c, n_pat).sum()) for y, _, c in tasks]
+    sides = [class_patients(y, c, n_pat) for y, _, c in tasks]
+    short = [too_few(p, q, "an interval", min_patients) for p, q in sides]
     keep = [patient_property(y == v, c, n_pat) for y, _, c in tasks if undefined_reason(y) is None for v in (0, 1)]
     strata = patient_strata(np.stack(keep, 1)) if keep else np.zeros(n_pat, dtype=np.int64)
     counts = stratified_patient_counts(strata, n_boot, np.random.default_rng(seed))
@@ -360,13 +368,12 @@ def summarize(
     pr_reps = np.full((n_boot, len(tasks)), np.nan)
     for k, (y, sc, c) in enumerate(tasks):
         roc_reps[:, k], pr_reps[:, k] = SortedTask(y, sc, c).replicates(counts)
-    mp = min_positive_patients
 
     thresholds = thresholds or {}
     rows: list[FindingMetrics] = []
     for j, name in enumerate(labels):
         roc, pr, reason = _curve_intervals(t[:, j], s[:, j], roc_reps[:, j], pr_reps[:, j], ci,
-                                           f"no positives among {n} images", pos_pat[j], mp)
+                                           f"no positives among {n} images", short[j])
         thr = thresholds.get(name)
         rows.append(
             FindingMetrics(
@@ -376,6 +383,8 @@ def summarize(
                 positives=int(t[:, j].sum()),
                 auroc=roc,
                 auprc=pr,
+                positive_patients=sides[j][0],
+                negative_patients=sides[j][1],
                 threshold=thr,
                 counts=threshold_counts(t[:, j], s[:, j], thr) if thr is not None else None,
                 ece=expected_calibration_error(t[:, j], s[:, j], n_bins) if n else None,
@@ -384,32 +393,59 @@ def summarize(
         )
     if multi:
         findings = list(rows)
-        rows.append(_macro_row(findings, roc_reps[:, :n_lab], pr_reps[:, :n_lab], ci, n, pos_pat[:n_lab], mp))
-        rows.append(_micro_row(t, s, findings, roc_reps[:, n_lab], pr_reps[:, n_lab], ci, n_bins, pos_pat[n_lab], mp))
+        rows.extend(macro_rows(findings, roc_reps[:, :n_lab], pr_reps[:, :n_lab], ci, n, short[:n_lab], min_patients))
+        rows.append(_micro_row(t, s, findings, roc_reps[:, n_lab], pr_reps[:, n_lab], ci, n_bins, sides[n_lab],
+                               short[n_lab]))
         rows.append(_normal_row(s, norm_t, norm_s, thresholds, labels, roc_reps[:, n_lab + 1], pr_reps[:, n_lab + 1],
-                                ci, pos_pat[n_lab + 1], mp))
+                                ci, sides[n_lab + 1], short[n_lab + 1]))
     return Summary(rows, n_images=n, n_patients=n_pat, n_boot=n_boot, ci=ci, seed=seed,
-                   strata=int(strata.max()) + 1 if n_pat else 0, min_positive_patients=mp)
+                   strata=int(strata.max()) + 1 if n_pat else 0, min_patients=min_patients)
 
 
-def _macro_row(
-    rows: list[FindingMetrics], roc_reps: np.ndarray, pr_reps: np.ndarray, ci: float, n: int, pos_pat: list[int],
-    min_pos: int,
+def macro_rows(
+    rows: list[FindingMetrics], roc_reps: np.ndarray, pr_reps: np.ndarray, ci: float, n: int,
+    short: Sequence[str | None], min_patients: int = MIN_PATIENTS, what: str = "findings",
+) -> list[FindingMetrics]:
+    """The 'macro' row: the unweighted mean over every finding where a metric is defined, the SAME findings in the
+    estimate and in every replicate, with an interval only when each of them passes the minimum-sample rule; and
+    when some but not all do, a 'macro_eligible' row: the mean and its interval over the findings that pass."""
+    defined = [j for j, r in enumerate(rows) if r.auroc.value is not None]
+    eligible = [j for j in defined if short[j] is None]
+    failing = [rows[j].name for j in defined if j not in eligible]
+    short = None
+    if failing:
+        short = (f"no interval: {len(failing)} of the {len(defined)} {what} in the mean have too few patients "
+                 f"({', '.join(failing)}); each needs at least {min_patients} positive and {min_patients} negative "
+                 f"patients" + (f"; see {MACRO_ELIGIBLE!r} for the {len(eligible)} that do" if eligible else ""))
+    out = [_mean_row("macro", "macro", rows, defined, roc_reps, pr_reps, ci, n, short,
+                     f"mean over the same {len(defined)} of {len(rows)} {what} (AUROC defined) in the estimate and "
+                     "in every bootstrap replicate")]
+    if failing and eligible:
+        names = ", ".join(rows[j].name for j in eligible)
+        out.append(_mean_row(MACRO_ELIGIBLE, MACRO_ELIGIBLE, rows, eligible, roc_reps, pr_reps, ci, n, None,
+                             f"mean over the {len(eligible)} of {len(rows)} {what} with at least {min_patients} "
+                             f"positive and {min_patients} negative patients: {names}"))
+    return out
+
+
+def _mean_row(
+    name: str, kind: str, rows: list[FindingMetrics], keep: list[int], roc_reps: np.ndarray, pr_reps: np.ndarray,
+    ci: float, n: int, short: str | None, note: str,
 ) -> FindingMetrics:
-    """Unweighted mean over the findings where each metric is defined, the SAME findings in the estimate and in
-    every replicate (a replicate where one of them is undefined is not used, and the count says so)."""
-    n_lab = len(rows)
+    """Unweighted means over the findings `keep` (AUROC, AUPRC where defined, threshold rates, ECE), with
+    intervals from the same replicates (a replicate where one of them is undefined is not used, and counted)."""
+    part = [rows[j] for j in keep]
 
     def mean_interval(vals: list[float | None], reps: np.ndarray, what: str) -> Interval:
-        keep = [j for j, v in enumerate(vals) if v is not None]
-        if not keep:
+        have = [j for j, v in zip(keep, vals) if v is not None]
+        if not have:
             return Interval(None, reason=f"{what} undefined for every finding")
-        point = float(np.mean([vals[j] for j in keep]))
-        return _percentile_interval(point, reps[:, keep].mean(1), ci, None)
+        point = float(np.mean([v for v in vals if v is not None]))
+        return _percentile_interval(point, reps[:, have].mean(1), ci, None, short)
 
-    roc = mean_interval([r.auroc.value for r in rows], roc_reps, "AUROC")
-    pr = mean_interval([r.auprc.value for r in rows], pr_reps, "AUPRC")
-    have = [r.counts for r in rows if r.counts is not None]
+    roc = mean_interval([r.auroc.value for r in part], roc_reps, "AUROC")
+    pr = mean_interval([r.auprc.value for r in part], pr_reps, "AUPRC")
+    have = [r.counts for r in part if r.counts is not None]
     counts = None
     if have:
         def avg(key: str) -> float | None:
@@ -419,32 +455,28 @@ def _macro_row(
         counts = ThresholdCounts(
             *_pooled_counts(have), avg("sensitivity"), avg("specificity"), avg("precision"), avg("f1"), avg("accuracy"),
         )
-    eces = [r.ece for r in rows if r.ece is not None]
-    n_def = sum(r.auroc.value is not None for r in rows)
-    few = sum(r.auroc.value is not None and p < min_pos for r, p in zip(rows, pos_pat))
-    caveat = (f"; {few} of them with fewer than {min_pos} positive patients (their share of the uncertainty is "
-              "understated)") if few else ""
+    eces = [r.ece for r in part if r.ece is not None]
+    used = f"; {roc.replicates} usable bootstrap replicates" if roc.low is not None else ""
     return FindingMetrics(
-        name="macro",
-        kind="macro",
+        name=name,
+        kind=kind,
         n=n,
-        positives=sum(r.positives for r in rows),
+        positives=sum(r.positives for r in part),
         auroc=roc,
         auprc=pr,
         counts=counts,
         ece=float(np.mean(eces)) if eces else None,
-        note=f"mean over the same {n_def} of {n_lab} findings (AUROC defined) in the estimate and in "
-             f"{roc.replicates} usable bootstrap replicates{caveat}",
+        note=note + used,
     )
 
 
 def _micro_row(
     t: np.ndarray, s: np.ndarray, rows: list[FindingMetrics], roc_reps: np.ndarray, pr_reps: np.ndarray,
-    ci: float, n_bins: int, pos_pat: int, min_pos: int,
+    ci: float, n_bins: int, sides: tuple[int, int], short: str | None,
 ) -> FindingMetrics:
     """All (image, finding) pairs pooled into one binary problem; counts pooled over thresholded findings."""
     flat_t, flat_s = t.ravel("F"), s.ravel("F")
-    roc, pr, _ = _curve_intervals(flat_t, flat_s, roc_reps, pr_reps, ci, "no positives in any finding", pos_pat, min_pos)
+    roc, pr, _ = _curve_intervals(flat_t, flat_s, roc_reps, pr_reps, ci, "no positives in any finding", short)
     have = [r.counts for r in rows if r.counts is not None]
     return FindingMetrics(
         name="micro",
@@ -453,6 +485,8 @@ def _micro_row(
         positives=int(flat_t.sum()),
         auroc=roc,
         auprc=pr,
+        positive_patients=sides[0],
+        negative_patients=sides[1],
         counts=counts_to_rates(*_pooled_counts(have)) if have else None,
         ece=expected_calibration_error(flat_t, flat_s, n_bins),
         note=f"all {t.shape[1]} findings pooled ({flat_t.size} image-finding pairs)",
@@ -461,10 +495,11 @@ def _micro_row(
 
 def _normal_row(
     s: np.ndarray, norm_t: np.ndarray, norm_s: np.ndarray, thresholds: dict[str, float],
-    labels: list[str], roc_reps: np.ndarray, pr_reps: np.ndarray, ci: float, pos_pat: int, min_pos: int,
+    labels: list[str], roc_reps: np.ndarray, pr_reps: np.ndarray, ci: float, sides: tuple[int, int],
+    short: str | None,
 ) -> FindingMetrics:
     """'No Finding' detection: scored by 1 - max(p); predicted normal when no finding passes its threshold."""
-    roc, pr, reason = _curve_intervals(norm_t, norm_s, roc_reps, pr_reps, ci, "no normal images", pos_pat, min_pos)
+    roc, pr, reason = _curve_intervals(norm_t, norm_s, roc_reps, pr_reps, ci, "no normal images", short)
     counts = None
     if all(name in thresholds for name in labels):
         thr = np.array([thresholds[name] for name in labels])
@@ -481,6 +516,8 @@ def _normal_row(
         positives=int(norm_t.sum()),
         auroc=roc,
         auprc=pr,
+        positive_patients=sides[0],
+        negative_patients=sides[1],
         counts=counts,
         note=f"No Finding = all labels 0; score = {NORMAL_SCORE}; predicted normal when no finding passes its threshold"
         + (f"; {reason}" if reason else ""),

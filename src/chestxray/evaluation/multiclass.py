@@ -16,6 +16,7 @@ import numpy as np
 
 from chestxray.errors import DataError
 from chestxray.evaluation.metrics import (
+    MACRO_ELIGIBLE,
     FindingMetrics,
     Interval,
     Summary,
@@ -32,8 +33,14 @@ from chestxray.evaluation.metrics import (
     weighted_auprc,
     weighted_auroc,
 )
+from chestxray.evaluation.sample_rule import RULE, passes
 
 DECISION = "argmax"
+
+
+def _classes(iv: Interval) -> Interval:
+    """An interval whose reason speaks of findings, reworded for classes."""
+    return replace(iv, reason=iv.reason.replace("findings", "classes")) if iv.reason else iv
 
 
 @dataclass
@@ -113,8 +120,13 @@ def multiclass_summary(
     for j, row in enumerate(base.rows[:k]):
         tp, fp, fn = int(conf[j, j]), int(conf[:, j].sum() - conf[j, j]), int(conf[j, :].sum() - conf[j, j])
         rows.append(replace(row, counts=counts_to_rates(tp, fp, fn, n - tp - fp - fn)))
-    macro = base.row("macro")
-    rows.append(replace(macro, note=f"one-vs-rest, {macro.note.replace('findings', 'classes')}"))
+    for macro in (r for r in base.rows if r.kind in ("macro", MACRO_ELIGIBLE)):
+        rows.append(replace(macro, note=f"one-vs-rest, {macro.note.replace('findings', 'classes')}",
+                            auroc=_classes(macro.auroc), auprc=_classes(macro.auprc)))
+    failing = [r.name for r in rows[:k] if r.auroc.value is not None
+               and not passes(r.positive_patients or 0, r.negative_patients or 0, base.min_patients)]
+    short = (f"no interval: {len(failing)} of {k} classes have too few patients ({', '.join(failing)}); "
+             f"{RULE}") if failing else None
 
     codes, n_pat = patient_codes(patient_ids)
     support = t.sum(0).astype(np.float64)
@@ -138,16 +150,16 @@ def multiclass_summary(
     rows.append(FindingMetrics(
         name="weighted", kind="weighted", n=n, positives=n,
         auroc=_percentile_interval(_weighted_mean(roc_point, support), _weighted_mean(roc, sup), ci,
-                                   "AUROC undefined for every class"),
+                                   "AUROC undefined for every class", short),
         auprc=_percentile_interval(_weighted_mean(pr_point, support), _weighted_mean(pr, sup), ci,
-                                   "AUPRC undefined for every class"),
+                                   "AUPRC undefined for every class", short),
         note="one-vs-rest, mean weighted by class support",
     ))
     extras = MulticlassMetrics(
         classes=labels,
-        accuracy=_percentile_interval(float(np.mean(true == pred)), acc, ci, None),
+        accuracy=_percentile_interval(float(np.mean(true == pred)), acc, ci, None, short),
         balanced_accuracy=_percentile_interval(float(balanced_accuracy_from_weights(true, pred, k, np.ones(n))[0]),
-                                               bal, ci, None),
+                                               bal, ci, None, short),
         confusion=conf,
     )
     summary = Summary(rows, n_images=n, n_patients=n_pat, n_boot=n_boot, ci=ci, seed=seed,

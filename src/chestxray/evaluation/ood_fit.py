@@ -49,6 +49,10 @@ def fit_ood(bundle: Any, prepared: str | Path | None = None, tta: str = "none", 
     val = split_features(bundle, prepared, "val", tta, batch_size, backend)
     ref = fit_reference(train, val, false_alarm, {"tta": tta, "prepared": str(prepared)})
     save_reference(ref, bundle.path)
+    if ref.rate > ref.false_alarm:
+        log.warning("only %d validation images: the OOD false-alarm rate in force is %.1f%% instead of %.1f%% (an input "
+                    "is marked unusual when it is more unusual than every validation image)", ref.info["n_val"],
+                    100 * ref.rate, 100 * ref.false_alarm)
     log.info("OOD reference: %s train / %s val images, layers %s", ref.info["n_train"], ref.info["n_val"],
              ref.info["layers"])
     return ref

@@ -183,8 +183,9 @@ def plot_confusion_grid(summary: Summary, out: str | Path) -> Path:
 
 
 def plot_auroc_bars(summary: Summary, out: str | Path) -> Path:
-    """AUROC per finding (and macro, normal) with 95% bootstrap CI bars; n/a findings are listed, not drawn."""
-    rows = [r for r in summary.rows if r.kind in ("finding", "macro", "weighted", "normal")]
+    """AUROC per finding (and macro, macro_eligible, normal) with 95% bootstrap CI bars (none where the minimum-
+    sample rule withholds the interval); n/a findings are listed, not drawn."""
+    rows = [r for r in summary.rows if r.kind in ("finding", "macro", "macro_eligible", "weighted", "normal")]
     shown = [r for r in rows if r.auroc.value is not None]
     missing = [r.name for r in rows if r.auroc.value is None]
     fig = Figure(figsize=(8, 0.32 * max(len(shown), 1) + 1.4), layout="constrained")

@@ -4,10 +4,10 @@ MIN_PATIENTS negative patients; otherwise the number is replaced by words saying
 
 Why patients and both classes: a patient's images are correlated, so the information about how a model separates
 the classes grows with the number of patients on each side, not images. With a handful of positive (or negative)
-patients the bootstrap keeps the same few patients in every replicate (intervals too narrow: coverage 0.72 with 3
-negative patients) and the variance estimates of DeLong/Obuchowski rest on a handful of terms (equal models called
-different 15-77 % of the time with 1-3 positive patients). docs/statistics.md gives the simulations behind the
-threshold.
+patients the bootstrap keeps the same few patients in every replicate (intervals too narrow: coverage 0.74 with 3
+negative patients where 0.95 is promised) and the variance estimates of DeLong/Obuchowski rest on a handful of terms
+(equal models called different 18-49 % of the time with 1-3 positive patients). docs/statistics.md gives these
+simulations (bench/bench_statistics.py) and what 10 buys.
 """
 
 from __future__ import annotations

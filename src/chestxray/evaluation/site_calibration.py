@@ -40,8 +40,9 @@ from chestxray.evaluation.conformal import (
     fit_class_sets,
     fit_recall_control,
 )
-from chestxray.evaluation.bootstrap import patient_codes, patient_property
-from chestxray.evaluation.metrics import MIN_POSITIVE_PATIENTS, summarize
+from chestxray.evaluation.bootstrap import patient_codes
+from chestxray.evaluation.metrics import summarize
+from chestxray.evaluation.sample_rule import MIN_PATIENTS, class_patients, passes
 from chestxray.evaluation.prevalence import estimate_prevalence, prior_step
 from chestxray.evaluation.site_data import pick_labelled, score_site
 from chestxray.evaluation.thresholds import choose_thresholds, parse_method
@@ -124,16 +125,14 @@ def _summary_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def _site_thresholds(y: np.ndarray, q: np.ndarray, patients: list[str], labels: list[str], method: str,
                      steps: list[dict], bundle_thr: dict[str, float]) -> tuple[dict[str, float], list[str]]:
-    """Thresholds re-chosen on the sample's calibrated probabilities; a label with fewer than MIN_POSITIVE_PATIENTS
+    """Thresholds re-chosen on the sample's calibrated probabilities; a label with fewer than MIN_PATIENTS
     positive or negative patients keeps the bundle's threshold carried through the map (the evaluation's minimum-
     sample rule: a handful of patients cannot place an operating point). Returns them and the labels kept."""
     chosen = choose_thresholds(y, q, labels, method)
     codes, n_pat = patient_codes(patients)
     kept = []
     for j, name in enumerate(labels):
-        pos = int(patient_property(y[:, j] == 1, codes, n_pat).sum())
-        neg = int(patient_property(y[:, j] == 0, codes, n_pat).sum())
-        if min(pos, neg) < MIN_POSITIVE_PATIENTS and name in bundle_thr:
+        if not passes(*class_patients(y[:, j], codes, n_pat)) and name in bundle_thr:
             probs = np.array([[bundle_thr.get(x, 0.5) for x in labels]])
             chosen[name] = float(apply_steps(steps, probs, labels)[0, j])
             kept.append(name)
@@ -173,7 +172,7 @@ def _labelled(bundle: Any, frame: pd.DataFrame, labels: list[str], labelled: int
     }
     if kept:
         report["threshold_method"] += (f"; kept the bundle's threshold (carried through the map) for {', '.join(kept)}: "
-                                       f"fewer than {MIN_POSITIVE_PATIENTS} positive or negative patients in the sample")
+                                       f"fewer than {MIN_PATIENTS} positive or negative patients in the sample")
     if len(held):
         y_h, p_h, pat_h = _arrays(held, labels)
         q_h = apply_steps(steps, p_h, labels)
@@ -223,6 +222,15 @@ def _unlabelled(bundle: Any, frame: pd.DataFrame, labels: list[str], tta: str, s
     return steps, thresholds, report
 
 
+def _unlike_training(frame: pd.DataFrame) -> dict[str, Any] | None:
+    """How many site images the bundle's OOD score marks as unlike its training images (None: no score)."""
+    if "unusual" not in frame:
+        return None
+    marked = frame["unusual"].fillna(0).astype(int)
+    return {"images": int(len(frame)), "unusual": int(marked.sum()), "share": float(marked.mean()),
+            "median_in_distribution": float(frame["in_distribution"].median())}
+
+
 def calibrate_site(model: str | Path, data: str | Path, out: str | Path, labelled: int | None = None,
                    alpha: float = 0.05, threshold_method: str | None = None, tta: str | None = None, seed: int = 0,
                    n_boot: int = 1000, batch_size: int = 64) -> SiteResult:
@@ -242,7 +250,7 @@ def calibrate_site(model: str | Path, data: str | Path, out: str | Path, labelle
     out = Path(out)
     base = {"model": str(bundle.path), "data": str(data), "images": int(len(frame)),
             "patients": int(frame["patient_id"].nunique()), "tta": tta, "seed": seed, "n_boot": n_boot,
-            "home_metrics": card.get("metrics")}
+            "home_metrics": card.get("metrics"), "unlike_training": _unlike_training(frame)}
     if labelled == 0:
         steps, thresholds, report = _unlabelled(bundle, frame, labels, tta, seed, n_boot)
         conformal, mode, held = None, "unlabelled", None
@@ -271,7 +279,7 @@ def _write_tables(out: Path, frame: pd.DataFrame, labels: list[str], steps: list
     """summary.csv, predictions.csv and the before / after reliability diagrams."""
     y, p, _ = _arrays(frame, labels)
     q = apply_steps(steps, p, labels)
-    preds = frame[["image_id", "patient_id", *labels]].copy()
+    preds = frame[["image_id", "patient_id", *labels, *[c for c in ("in_distribution", "unusual") if c in frame]]].copy()
     preds[[f"p_{x}" for x in labels]] = p
     preds[[f"site_p_{x}" for x in labels]] = q
     write_csv(out / "predictions.csv", preds)

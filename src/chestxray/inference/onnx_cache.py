@@ -11,7 +11,7 @@ A cached graph is used only when its key and its file hash match; a stale or dam
 a warning. Files are written atomically (the .onnx first, then scoring.json, so a crash between the two reads as
 stale). A bundle folder that cannot be written (read-only, a shared model store) caches under the user cache dir
 (platformdirs: ~/.cache/chestxray/onnx/<key>.onnx on Linux); where nothing can be written the graph is exported in
-memory, with a one-line note. Only exporting imports torch: a cached bundle scores without it.
+memory, with a one-line note.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chestxray.cards import WEIGHTS
 from chestxray.errors import ModelError
 from chestxray.files import atomic_path, write_json
 
@@ -58,6 +57,8 @@ def _sha256(path: Path) -> str:
 
 def cache_key(folder: Path, card: dict[str, Any]) -> str:
     """sha256 of the weights file, the graph-relevant card fields and GRAPH_VERSION (hex)."""
+    from chestxray.models.bundle import WEIGHTS
+
     weights = folder / WEIGHTS
     try:
         digest = _sha256(weights)

@@ -1,5 +1,5 @@
-"""Run ONNX graphs with onnxruntime, without torch: an exported .onnx file (card read from its metadata), or a
-bundle's cached scoring graph (chestxray.inference.onnx_cache; the card read from the bundle).
+"""Run ONNX graphs with onnxruntime: an exported .onnx file (card read from its metadata; no torch), or a bundle's
+cached scoring graph (chestxray.inference.onnx_cache; the card read and checked by chestxray.models.bundle).
 
 onnx_backend plugs any onnxruntime session into the one scoring path (chestxray.inference.scoring); graph outputs
 named feature.<layer> become the backend's OOD feature tap."""
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from chestxray.cards import bundle_folder, read_card
 from chestxray.errors import ModelError
 from chestxray.inference.scoring import Backend, Scorer, make_scorer
+from chestxray.inference.site import SITE_KEY, site_from_json, site_scorer
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,10 @@ def onnx_scorer(path: str | Path, tta: str | None = None, threads: int | None = 
     if CARD_KEY not in meta:
         raise ModelError(f"{path}: no chestxray card in the ONNX metadata; export the model with 'chestxray export'")
     card = json.loads(meta[CARD_KEY])
-    return make_scorer(card, onnx_backend(session), str(path), tta)
+    scorer = make_scorer(card, onnx_backend(session), str(path), tta)
+    if SITE_KEY not in meta:
+        return scorer
+    return site_scorer(scorer, site_from_json(meta[SITE_KEY], f"{path} (exported with --site)"))
 
 
 def onnx_backend(session: Any) -> Backend:
@@ -89,6 +92,7 @@ def cached_backend(model: Any, threads: int | None = None, cache_dir: Path | Non
     """The onnxruntime Backend of a bundle (folder, run folder or loaded Bundle) through its cached scoring graph,
     exported first where there is none (chestxray.inference.onnx_cache). ModelError when it cannot be made."""
     from chestxray.inference.onnx_cache import scoring_graph
+    from chestxray.models.bundle import bundle_folder, read_card
 
     loaded = model if hasattr(model, "net") else None
     folder = Path(loaded.path) if loaded is not None else bundle_folder(model)

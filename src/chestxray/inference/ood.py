@@ -12,8 +12,9 @@ read against the validation images' own, so that
     in_distribution = (1 + #{validation images whose combined statistic >= the input's}) / (n_validation + 1)
 
 is again the share of validation images at least as unusual: for inputs like the training images it is about
-uniform. An input is marked **unusual** when it is below the false-alarm rate (FALSE_ALARM, 1 %: about 1 in 100
-ordinary images is marked; the score cannot fall below 1 / (n_validation + 1)). The reference lives beside the
+uniform. An input is marked **unusual** when its score is at or below the false-alarm rate (FALSE_ALARM, 1 %: about
+1 in 100 ordinary images is marked). The score cannot fall below 1 / (n_validation + 1): with fewer than 99
+validation images the rate in force is that floor (unusual = more unusual than every validation image). The reference lives beside the
 bundle, never in its weights: ood.safetensors (means, precision matrices) and ood.json (validation distances and
 statistics, the rule, counts).
 """
@@ -41,6 +42,11 @@ PENULTIMATE = "penultimate"
 RULE = ("unusual when fewer than {rate:.0%} of validation images are at least as unusual: the largest, over the "
         "backbone stages and the penultimate features, of the log squared Mahalanobis distance to the training "
         "images (Ledoit-Wolf covariance) standardised by the validation images' own")
+
+
+def is_unusual(scores: Any, rate: float) -> np.ndarray:
+    """(N,) bool: in-distribution scores at or below `rate` (the reference's rate in force)."""
+    return np.asarray(scores, float) <= rate + 1e-12
 
 
 @dataclass
@@ -84,9 +90,15 @@ class OodReference:
         m = self.val_statistics.size
         return (1.0 + m - np.searchsorted(self.val_statistics, t, side="left")) / (m + 1.0)
 
+    @property
+    def rate(self) -> float:
+        """The false-alarm rate in force: the one asked for, or 1 / (M + 1) when M validation images are too few to
+        reach it (then an input is unusual when it is more unusual than every validation image)."""
+        return max(self.false_alarm, 1.0 / (self.val_statistics.size + 1.0))
+
     def unusual(self, scores: np.ndarray) -> np.ndarray:
-        """(N,) bool: inputs scored below the false-alarm rate."""
-        return np.asarray(scores) < self.false_alarm
+        """(N,) bool: inputs scored at or below the false-alarm rate in force."""
+        return is_unusual(scores, self.rate)
 
 
 def fit_reference(train: dict[str, np.ndarray], val: dict[str, np.ndarray], false_alarm: float = FALSE_ALARM,
@@ -127,7 +139,8 @@ def save_reference(ref: OodReference, bundle_dir: str | Path) -> Path:
     with atomic_path(folder / OOD_WEIGHTS) as tmp:
         save_file(tensors, str(tmp))
     return write_json(folder / OOD_CARD, {
-        "format": OOD_FORMAT, "false_alarm": ref.false_alarm, "rule": RULE.format(rate=ref.false_alarm),
+        "format": OOD_FORMAT, "false_alarm": ref.false_alarm, "rate_in_force": ref.rate,
+        "rule": RULE.format(rate=ref.rate),
         "layer_names": [lay.name for lay in ref.layers],
         "val_distances": {lay.name: lay.val_distances.tolist() for lay in ref.layers},
         "val_statistics": ref.val_statistics.tolist(), **ref.info})
@@ -151,7 +164,7 @@ def load_reference(bundle_dir: str | Path) -> OodReference | None:
     except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{folder}: damaged or outdated OOD reference ({OOD_CARD}/{OOD_WEIGHTS}: {exc}); run "
                          "'chestxray evaluate RUN' again to refit it") from None
-    known = ("format", "false_alarm", "rule", "layer_names", "val_distances", "val_statistics")
+    known = ("format", "false_alarm", "rate_in_force", "rule", "layer_names", "val_distances", "val_statistics")
     return OodReference(layers, np.asarray(meta["val_statistics"], np.float64), float(meta["false_alarm"]),
                         {k: v for k, v in meta.items() if k not in known})
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from chestxray.data.tasks import is_multiclass
 from chestxray.errors import ConfigError, DataError, printable
+from chestxray.inference.ood import is_unusual
 from chestxray.inference.scoring import Scorer, load_pixels, threshold_tta  # noqa: F401 (public here too)
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def iter_predictions(scorer: Scorer, paths: Sequence[Path], batch_size: int = 32
             frame = pd.concat([frame, pd.DataFrame(scores, columns=columns)], axis=1)
             if scorer.ood is not None:  # how typical of the training images (chestxray.inference.ood)
                 frame[IN_DISTRIBUTION] = typical
-                frame[UNUSUAL] = pd.Series(typical < scorer.false_alarm).astype("Int8").where(~np.isnan(typical))
+                frame[UNUSUAL] = pd.Series(is_unusual(typical, scorer.false_alarm)).astype("Int8").where(~np.isnan(typical))
             if is_multiclass(card.get("task")):
                 frame[PREDICTED_CLASS] = predicted_classes(scores, scorer.labels)
             yield frame
@@ -91,8 +92,8 @@ def open_scorer(model: str | Path, tta: str | None = None, device: str | None = 
 
     tta None: the mode the stored thresholds were chosen with (see threshold_tta). site: the name (or folder) of a
     site profile stored beside the model (chestxray.inference.site): its probabilities and thresholds instead.
-    engine: what runs a bundle (chestxray.inference.engines: its cached ONNX graph on the CPU by default, so a
-    bundle whose graph is cached needs no torch either; PyTorch on a GPU)."""
+    engine: what runs a bundle (chestxray.inference.engines: its ONNX graph, cached beside it, through onnxruntime on
+    the CPU by default; PyTorch on a GPU)."""
     if Path(model).suffix.lower() == ".onnx":
         from chestxray.inference.onnx_model import onnx_scorer
 
@@ -103,6 +104,9 @@ def open_scorer(model: str | Path, tta: str | None = None, device: str | None = 
         scorer = bundle_scorer(model, tta=tta, device=device, engine=engine)
     if site is None:
         return scorer
+    if scorer.card.get("site"):
+        raise ConfigError(f"{model} was exported with site profile {scorer.card['site']!r} and applies it already; "
+                          "leave --site out, or export the bundle again with another --site")
     from chestxray.inference.site import load_site, site_scorer
 
     return site_scorer(scorer, load_site(model, site, scorer.card))

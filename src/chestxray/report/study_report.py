@@ -18,7 +18,7 @@ from sklearn.metrics import roc_curve
 
 import chestxray
 from chestxray.errors import DataError
-from chestxray.files import write_text
+from chestxray.files import read_csv, write_text
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _roc_points(run_dir: Path) -> tuple[np.ndarray, np.ndarray, str]:
 
     meta = json.loads((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))
     labels = list(meta["labels"])
-    pred = pd.read_csv(run_dir / "eval" / "predictions.csv")
+    pred = read_csv(run_dir / "eval" / "predictions.csv")
     y = pred[labels].to_numpy().ravel("F")
     s = pred[[f"p_{x}" for x in labels]].to_numpy().ravel("F")
     fpr, tpr, _ = roc_curve(y, s)
@@ -97,6 +97,19 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (float, np.floating)) else str(value)
 
 
+def _note(value: Any) -> str:
+    """A note cell's text ('' for a missing value, which pandas reads back as NaN)."""
+    return "" if value is None or (isinstance(value, float) and not np.isfinite(value)) else str(value)
+
+
+def _ci(group: dict[str, Any]) -> str:
+    """'[0.612, 0.701]', or 'no CI: too few patients' where the minimum-sample rule withheld it."""
+    low, high = group["selected_test_low"], group["selected_test_high"]
+    if _fmt(low) == "n/a" or _fmt(high) == "n/a":
+        return "no CI: too few patients" if _note(group.get("selected_test_note")) else "n/a"
+    return f"[{_fmt(low)}, {_fmt(high)}]"
+
+
 def write_study_report(out: str | Path, runs: pd.DataFrame, groups: pd.DataFrame, chosen: pd.DataFrame,
                        comparisons: pd.DataFrame, select: str) -> Path:
     """Write DIR/study.html from the study's tables (and each run's report.html when missing)."""
@@ -113,7 +126,8 @@ def write_study_report(out: str | Path, runs: pd.DataFrame, groups: pd.DataFrame
         "val": f"{_fmt(g['val_auroc_mean'])} ± {_fmt(g['val_auroc_sd'])}",
         "test": f"{_fmt(g['test_auroc_mean'])} ± {_fmt(g['test_auroc_sd'])}",
         "selected": g["selected_run"], "selected_test": _fmt(g["selected_test_auroc"]),
-        "ci": f"[{_fmt(g['selected_test_low'])}, {_fmt(g['selected_test_high'])}]",
+        "ci": _ci(g),
+        "ci_note": _note(g.get("selected_test_note")),
         "sens": _fmt(g["sensitivity"]), "spec": _fmt(g["specificity"]), "fn": _fmt(g["fn"], 0),
         "fp": _fmt(g["fp"], 0), "seconds": _fmt(g["train_seconds_mean"], 1), "params": _fmt(g["parameters"], 0),
         "ips": _fmt(g["images_per_s_mean"], 1),
@@ -132,6 +146,7 @@ def write_study_report(out: str | Path, runs: pd.DataFrame, groups: pd.DataFrame
         select=select, groups=group_rows, runs=run_rows,
         comparisons=comparisons.to_dict("records") if not comparisons.empty else [],
         method=comparisons["method"].iloc[0] if not comparisons.empty else "",
+        family=comparisons["family"].iloc[0] if "family" in comparisons else "",
         roc=roc_figure(chosen), curves=curves_figure(chosen),
     )
     target = out / REPORT

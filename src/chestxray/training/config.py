@@ -177,6 +177,9 @@ def validate_config(config: TrainConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not one of {list(valid)}"
                               f"{closest(str(value), [str(v) for v in valid])}")
 
+    for name, value in config.to_dict().items():  # NaN passes every comparison (nan < 0 is False): refuse it first
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     builtin = config.model in BUILTIN_MODELS
     if not builtin and not config.model.startswith("timm/") and "chestxray.models" not in sys.modules:
         raise ModelError(f"unknown model {config.model!r}{closest(config.model, list(BUILTIN_MODELS))}; choose one "

@@ -28,8 +28,8 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from chestxray.errors import ConfigError, TrainingInterrupted
-from chestxray.files import atomic_path, write_json, write_text
+from chestxray.errors import ConfigError, DiskFullError, TrainingInterrupted
+from chestxray.files import atomic_path, disk_full, disk_full_message, write_json, write_text
 from chestxray.locks import folder_lock, reading
 from chestxray.training.callbacks import (
     AtomicCheckpointIO,
@@ -43,7 +43,7 @@ from chestxray.training.callbacks import (
 from chestxray.training.config import CONFIG_FILE, TrainConfig, config_yaml, validate_config
 from chestxray.training.precision import choose_precision
 from chestxray.training.resume import check_extendable, keep_only_last, read_progress
-from chestxray.training.run_dir import has_started, refuse_run_dir
+from chestxray.training.run_dir import has_started, last_checkpoint_problem, refuse_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,17 @@ def auto_precision(config: TrainConfig) -> str:
     return choose_precision(config.precision, config.accelerator).precision
 
 
+def absolute_paths(config: TrainConfig) -> dict[str, str]:
+    """The local paths config.yaml records (PREPARED, --weights) made absolute, so `--resume` works from any working
+    folder (they were stored as typed: relative to wherever the first command ran)."""
+    from chestxray.data.shards import is_remote
+
+    paths = {"prepared": config.prepared} if config.prepared and not is_remote(config.prepared) else {}
+    if config.weights:
+        paths["weights"] = config.weights
+    return {name: str(Path(value).resolve()) for name, value in paths.items()}
+
+
 def default_run_dir(config: TrainConfig) -> Path:
     """runs/<model>-<UTC timestamp> under the current folder."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -83,11 +94,14 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to overwrite a run; a folder whose run failed before its first checkpoint is reused (and says so)."""
+    """Refuse to overwrite a run; a folder whose run cannot be continued (stopped before its first checkpoint, or
+    a damaged last.ckpt) is reused, and says so (chestxray.training.run_dir)."""
     refuse_run_dir(run_dir, resume)
     if not resume and (run_dir / CONFIG_FILE).exists() and not has_started(run_dir):
-        log.warning("%s: reusing this folder: the run there stopped before its first checkpoint (nothing to resume)",
-                    run_dir)
+        problem = last_checkpoint_problem(run_dir)
+        why = ("stopped before its first checkpoint" if not (run_dir / "checkpoints" / "last.ckpt").exists()
+               else f"cannot be continued: {problem}")
+        log.warning("%s: reusing this folder: the run there %s (nothing to resume)", run_dir, why)
         for name in (CONFIG_FILE, RUN_FILE, "metrics.csv", "history.csv"):
             (run_dir / name).unlink(missing_ok=True)
         for name in ("logs", "checkpoints"):
@@ -261,7 +275,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
     """
     validate_config(config)
     run_dir = Path(config.out) if config.out else default_run_dir(config)
-    config = replace(config, out=str(run_dir))
+    config = replace(config, out=str(run_dir), **absolute_paths(config))
     zero = rank_zero_only.rank == 0
     with folder_lock(run_dir, "train") if zero else contextlib.nullcontext():  # one writer per run folder
         if zero:  # ranks started later by Lightning's launcher find rank zero's config.yaml
@@ -270,7 +284,28 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
                 check_extendable(run_dir, config)
         with reading(config.prepared, "train"), \
                 _allow_file_store(_tracking_uri(config, run_dir) if config.mlflow else ""):
-            return _fit(config, run_dir, resume, callbacks)
+            try:
+                return _fit(config, run_dir, resume, callbacks)
+            except Exception as exc:  # a full disk: one line saying what was kept and how to go on
+                if disk_full(exc) is None:
+                    raise
+                raise DiskFullError(disk_full_message(run_dir, exc, _kept(run_dir))) from None
+
+
+def _kept(run_dir: Path) -> str:
+    """What a run stopped by a full disk kept, and the command that goes on from it (the run_dir rule)."""
+    problem = last_checkpoint_problem(run_dir)
+    if problem is not None:
+        return (f"nothing to continue from ({problem}); free some space, then run the same command again (the "
+                "folder is reused)")
+    try:
+        done = read_progress(run_dir / "checkpoints" / "last.ckpt")
+        state = f" ({done.epochs} whole epoch(s), step {done.step})"
+    except ConfigError:
+        state = ""
+    bundle = "; bundle/ is not written yet" if not (run_dir / "bundle" / "card.json").is_file() else ""
+    return (f"kept checkpoints/last.ckpt{state}{bundle}; free some space, then continue with: chestxray train "
+            f"--resume {run_dir}")
 
 
 def _interrupted(run_dir: Path, last: Path, trainer: L.Trainer) -> str:

@@ -241,6 +241,7 @@ def run_row(run: StudyRun, folder: Path, summary: Any) -> dict[str, Any]:
         **{f"setting_{k}": v for k, v in run.settings.items()},
         "val_auroc": _num(history["val_auroc"].max()), "val_loss": _num(history["val_loss"].min()),
         "test_auroc": head.auroc.value, "test_auroc_low": head.auroc.low, "test_auroc_high": head.auroc.high,
+        "test_auroc_note": head.auroc.reason if head.auroc.low is None else "",
         **operating_point(summary),
         "train_seconds": _num(seconds), "parameters": parameters, "images_per_s": _num(images_per_s),
         "epochs": int(history["epoch"].max()) + 1 if len(history) else 0, "run_dir": str(folder),
@@ -295,7 +296,8 @@ def group_table(runs: pd.DataFrame, rule: str = "val_auroc") -> pd.DataFrame:
             "test_auroc_mean": part["test_auroc"].mean(), "test_auroc_sd": part["test_auroc"].std(ddof=1),
             "selected_run": pick["run"], "selected_by": rule, "selected_val": pick[rule],
             "selected_test_auroc": pick["test_auroc"], "selected_test_low": pick["test_auroc_low"],
-            "selected_test_high": pick["test_auroc_high"], "sensitivity": pick["sensitivity"],
+            "selected_test_high": pick["test_auroc_high"], "selected_test_note": pick.get("test_auroc_note", ""),
+            "sensitivity": pick["sensitivity"],
             "specificity": pick["specificity"], "fn": pick["fn"], "fp": pick["fp"],
             "train_seconds_mean": part["train_seconds"].mean(), "parameters": pick["parameters"],
             "images_per_s_mean": part["images_per_s"].mean(),
@@ -305,8 +307,14 @@ def group_table(runs: pd.DataFrame, rule: str = "val_auroc") -> pd.DataFrame:
 
 def compare_groups(chosen: pd.DataFrame, n_boot: int = 1000) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Paired test-split comparisons of the selected runs (every pair for up to 6 groups, else each vs the first):
-    one headline row per pair, and every finding's row (DeLong, Holm, bootstrap CI) per pair."""
-    from chestxray.evaluation.compare_runs import compare_runs
+    one headline row per pair, and every finding's row (Obuchowski's clustered test, bootstrap CI) per pair.
+
+    Multiplicity is corrected twice, and each column says over which family: `p_holm` of a finding row is Holm over
+    the findings tested in its pair (as compare-runs prints it); `p_holm_study` is Holm over every finding tested
+    in every pair of the study; the headline's `p_holm_pairs` is Holm over the pairs' headline tests."""
+    from chestxray.evaluation.compare_runs import compare_runs, p_text
+    from chestxray.evaluation.metrics import MACRO_ELIGIBLE
+    from chestxray.evaluation.statistics import holm
 
     groups = list(chosen.index)
     pairs = list(itertools.combinations(groups, 2)) if len(groups) <= 6 else [(groups[0], g) for g in groups[1:]]
@@ -314,13 +322,31 @@ def compare_groups(chosen: pd.DataFrame, n_boot: int = 1000) -> tuple[pd.DataFra
     for a, b in pairs:
         cmp = compare_runs(chosen.loc[a, "run_dir"], chosen.loc[b, "run_dir"], n_boot=n_boot, names=(a, b))
         details.append(cmp.table.assign(a=a, b=b))
-        head = cmp.table[cmp.table["finding"] == ("macro" if len(cmp.table) > 1 else cmp.table["finding"].iloc[0])]
-        r = head.iloc[0]
+        finding = cmp.headline_row()
+        r = cmp.table.set_index("finding").loc[finding]
         rows.append({"a": a, "b": b, "run_a": chosen.loc[a, "run"], "run_b": chosen.loc[b, "run"],
-                     "diff": r["diff"], "low": r["low"], "high": r["high"], "p": r["p"], "test": r["test"],
-                     "findings_p_holm_below_0.05": int((cmp.table["p_holm"] < 0.05).sum()),
-                     "sentence": cmp.headline(), "method": cmp.method})
-    return pd.DataFrame(rows), pd.concat(details, ignore_index=True) if details else pd.DataFrame()
+                     "finding": finding, "diff": r["diff"], "low": r["low"], "high": r["high"], "p": r["p"],
+                     "test": r["test"], "sentence": cmp.headline(), "method": cmp.method})
+    table = pd.DataFrame(rows)
+    per_finding = pd.concat(details, ignore_index=True) if details else pd.DataFrame()
+    if table.empty:
+        return table, per_finding
+    table["p_holm_pairs"] = holm([None if pd.isna(p) else float(p) for p in table["p"]])
+    tested = sum(pd.notna(table["p"]))
+    table["family"] = f"Holm over the {tested} pairwise headline tests of this study"
+    table["sentence"] = [s + (f", Holm-adjusted over {tested} pairs {p_text(ph)}" if pd.notna(ph) and tested > 1
+                              else "") for s, ph in zip(table["sentence"], table["p_holm_pairs"])]
+    is_finding = ~per_finding["finding"].isin(["macro", MACRO_ELIGIBLE])
+    p_all = [float(p) if f and pd.notna(p) else None for f, p in zip(is_finding, per_finding["p"])]
+    per_finding["p_holm_study"] = holm(p_all)
+    n_all = sum(p is not None for p in p_all)
+    per_finding["family"] = [f"p_holm: the findings tested in this pair; p_holm_study: all {n_all} findings tested "
+                             "in the study's pairs" if f else "macro rows: not in the findings' families"
+                             for f in is_finding]
+    significant = per_finding[is_finding & (per_finding["p_holm_study"] < 0.05)]
+    table["findings_p_holm_study_below_0.05"] = [int(((significant["a"] == a) & (significant["b"] == b)).sum())
+                                                 for a, b in zip(table["a"], table["b"])]
+    return table, per_finding
 
 
 def _limit_threads(threads: int) -> None:
