@@ -36,13 +36,10 @@ def serve(
                                        "request (headers and upload); slower ones get 408."),
     max_connections: int = typer.Option(64, "--max-connections", help="Open connections served at once; beyond "
                                         "that new requests get 503."),
-<<<<<<< HEAD
-    engine: str = typer.Option("auto", "--engine", help="What scores uploads: auto (the bundle's cached ONNX graph "
-                               "through onnxruntime, PyTorch where it cannot be exported), onnxruntime or torch."),
-=======
     site: str = typer.Option(None, "--site", help="Site profile made by 'chestxray calibrate' (a name under "
                              "RUN/sites/, or its folder): the site's probabilities and thresholds."),
->>>>>>> main
+    engine: str = typer.Option("auto", "--engine", help="What scores uploads: auto (the bundle's cached ONNX graph "
+                               "through onnxruntime, PyTorch where it cannot be exported), onnxruntime or torch."),
 ) -> None:
     from chestxray.cli import checks
 
@@ -63,11 +60,7 @@ def serve(
                                           "; uploads are not stored"), highlight=False, soft_wrap=True)
     run_server(bundle, host=host, port=port, limits=limits, keep_uploads=keep_uploads,
                allowed_hosts=tuple(allowed_host), allowed_origins=tuple(allowed_origin), read_timeout=read_timeout,
-<<<<<<< HEAD
-               max_connections=max_connections, engine=engine)
-=======
-               max_connections=max_connections, site=site)
->>>>>>> main
+               max_connections=max_connections, site=site, engine=engine)
 
 
 @app.command(help="Start the MLflow UI (the real `mlflow server`) on the project's store: runs/mlflow.db or "

@@ -33,53 +33,18 @@ def preprocessing_text(card: dict) -> str:
             f"{'softmax' if card.get('task') == 'multiclass' else 'sigmoid'} are inside the graph")
 
 
-<<<<<<< HEAD
-def export_onnx(bundle: Bundle | str | Path, out: str | Path, opset: int = OPSET, dynamo: bool = False) -> Path:
-    """Write the bundle as an ONNX model (dynamic batch, `opset`, card in the metadata); returns the file."""
-=======
-def _to_proto(wrapper: torch.nn.Module, example: torch.Tensor, opset: int, dynamo: bool):
-    """The ONNX ModelProto of the wrapped model with a dynamic batch axis.
-
-    dynamo=False uses the TorchScript exporter (seconds; PyTorch marks it deprecated but ships it), dynamo=True
-    the torch.export one (PyTorch's default since 2.9; ~15 s even for a tiny CNN on two CPU cores).
-    """
-    import io
-
-    import onnx
-
-    if dynamo:
-        program = torch.onnx.export(
-            wrapper, (example,), dynamo=True, opset_version=opset, input_names=[INPUT], output_names=[OUTPUT],
-            dynamic_shapes={INPUT: {0: torch.export.Dim("batch", min=1, max=4096)}}, external_data=False,
-            verbose=False)
-        return program.model_proto
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its deprecation
-        torch.onnx.export(wrapper, (example,), buffer, dynamo=False, opset_version=opset, input_names=[INPUT],
-                          output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
-    return onnx.load_from_string(buffer.getvalue())
-
-
 def export_onnx(bundle: Bundle | str | Path, out: str | Path, opset: int = OPSET, dynamo: bool = False,
                 site: str | None = None) -> Path:
     """Write the bundle as an ONNX model (dynamic batch, `opset`, card in the metadata); returns the file.
 
     `site`: a site profile stored beside the bundle (chestxray calibrate) travels in the metadata too
     (SITE_KEY), and whoever runs the file with chestxray gets the site's probabilities and thresholds."""
->>>>>>> main
     import onnx
 
     from chestxray.inference.site import SITE_KEY, load_site
 
     model = as_bundle(bundle)
-<<<<<<< HEAD
-=======
     profile = load_site(model.path, site, model.card) if site else None
-    wrapper = _Deployed(model).eval()
-    size = int(model.card["image_size"])
-    example = torch.zeros(2, 1, size, size, dtype=torch.uint8)
->>>>>>> main
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise ModelError(f"{out}: an ONNX export needs a file name ending in .onnx")

@@ -169,18 +169,13 @@ class BundlePyfunc(PythonModel):
     def load_context(self, context: Any) -> None:
         from chestxray.inference.engines import bundle_scorer
 
-<<<<<<< HEAD
         # the TTA the stored thresholds were chosen with, on the CPU through the bundle's ONNX graph (cached beside
         # it when evaluate ran, so the artifact carries it; else exported now), PyTorch where it cannot be exported
         self.scorer = bundle_scorer(context.artifacts[ARTIFACT], device="cpu")
-=======
-        self.bundle = load_bundle(context.artifacts[ARTIFACT])
-        self.scorer = torch_scorer(self.bundle, device="cpu")  # the TTA the stored thresholds were chosen with
         config = getattr(context, "model_config", None) or {}
         self.image_root = str(config["image_root"]) if config.get("image_root") else None
         allow = str(config.get("allow_paths", "auto")).strip().lower()
         self.allow_paths = None if allow == "auto" else allow in ("true", "1", "yes")  # None: in process, not served
->>>>>>> main
 
     def _score(self, model_input: Any) -> np.ndarray:
         """Probabilities (N, L) for paths, file bytes or pixel arrays, made as `chestxray predict` makes them."""
@@ -224,7 +219,7 @@ class BundlePyfunc(PythonModel):
 
     def _score_bytes(self, blobs: list[bytes], quiet: bool | None = None) -> np.ndarray:
         """Image files given as bytes, decoded in memory as serve decodes uploads; served, errors quote no content."""
-        card, quiet = self.bundle.card, serving() if quiet is None else quiet
+        card, quiet = self.scorer.card, serving() if quiet is None else quiet
         squares = []
         for i, blob in enumerate(blobs):
             try:
