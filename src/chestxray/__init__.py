@@ -3,7 +3,7 @@
 The main entry points are importable from here (loaded on first use, so `import chestxray` stays fast):
 read_nih / read_folder / read_csv_table → assign_splits → save_catalog → prepare_dataset → TrainConfig + train
 → evaluate_run → explain_images → write_report; load_bundle + predict_images for new images (open_scorer: the
-one scoring path, for a bundle or an .onnx file); read_grid + expand + run_study and compare_runs for studies;
+one scoring path, for a bundle or an .onnx file; its site= takes a profile made by calibrate_site); read_grid + expand + run_study and compare_runs for studies;
 read_space + TuneSettings + tune for a search; run_demo for all.
 """
 
@@ -40,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     "open_scorer": "chestxray.inference.stream",
     "Scorer": "chestxray.inference.scoring",
     "evaluate_run": "chestxray.evaluation.evaluate",
+    "calibrate_site": "chestxray.evaluation.site_calibration",
+    "read_site": "chestxray.inference.site",
     "explain_images": "chestxray.explain.explanations",
     "write_report": "chestxray.report.run_report",
     "compare_runs": "chestxray.evaluation.compare_runs",

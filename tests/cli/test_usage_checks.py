@@ -78,7 +78,7 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     "prepare": [(["prepare", "MISSING", "--out", "MISSING"], "no such catalog folder"),
                 (["prepare", "PREPARED", "--out", "MISSING"], "is a PREPARED folder, not a catalog"),
                 (["prepare", "CATALOG", "--out", "CATALOG"], "would write into the catalog"),
-                (["prepare", "CATALOG", "--out", "MISSING", "--resize", "stretch"], "--resize 'stretch' is not one of"),
+                (["prepare", "CATALOG", "--out", "MISSING", "--resize", "squash"], "--resize 'squash' is not one of"),
                 (["prepare", "CATALOG", "--out", "MISSING", "--size", "0"], "--size must be"),
                 (["prepare", "CATALOG", "--out", "IMAGE"], "is a file, not a folder")],
     "catalog": [(["catalog", "folder", "CATALOG", "--ratios", "1,0,0", "--out", "MISSING"],

@@ -134,14 +134,14 @@ def test_explain_images_gradcam_scores_and_overlays(
     assert results[2].scores == {}  # no box: explained for its top-scoring label, not scored
     table = pd.read_csv(out / "scores.csv")
     assert list(table.columns) == ["image_id", "path", "split", "label", "probability", "threshold", "truth", "outcome",
-                                   "method", "overlay", "empty_map", "box_cut", "pointing_hit", "iou_top20",
-                                   "energy_in_box", "box_fraction"]
+                                   "method", "overlay", "for_map_empty", "map_shown", "empty_map", "box_cut",
+                                   "pointing_hit", "iou_top20", "energy_in_box", "box_fraction"]
     assert len(table) == 3 and table["pointing_hit"].tolist()[:2] == [1.0, 1.0] and np.isnan(table["pointing_hit"][2])
     for name in table["overlay"]:
         with Image.open(name) as im:
             assert im.format == "PNG" and im.mode == "RGB" and im.size[0] >= SIZE
     assert sorted(p.name for p in out.iterdir()) == sorted([*(Path(n).name for n in table["overlay"]), "scores.csv",
-                                                            "settings.json"])
+                                                            "coverage.csv", "settings.json"])
     # a second run into the same folder replaces the first: no stale overlays mixed in
     explain_images(_bundle(trained_net[0], tmp_path), paths[:1], "gradcam", label="Mass", out_dir=out)
     assert len(list(out.glob("*.png"))) == 1 and len(pd.read_csv(out / "scores.csv")) == 1

@@ -15,7 +15,7 @@ from chestxray.errors import ConfigError, DataError, ModelError
 from chestxray.inference.tta import TTA_MODES, check_tta  # noqa: F401 (TTA_MODES: the usage test reads it here)
 from chestxray.training.config import BUILTIN_MODELS
 
-RESIZE_MODES = ("crop", "pad")  # chestxray.data.imaging.RESIZE_MODES
+RESIZE_MODES = ("crop", "pad", "stretch")  # chestxray.data.imaging.RESIZE_MODES
 SAMPLERS = ("tpe", "random")  # chestxray.workflows.search_space.SAMPLERS
 PRUNERS = ("median", "hyperband", "none")  # chestxray.workflows.search_space.PRUNERS
 

@@ -272,13 +272,22 @@ def explore(
     augment: Optional[str] = typer.Option(None, "--augment", help="Augmentation policy to preview (prepared folder)."),
     samples: int = typer.Option(16, "--samples", help="Images in the sample grid."),
     seed: int = typer.Option(0, "--seed", help="Seed for the sample grid and the shortcut check."),
+    geometry: Optional[int] = typer.Option(None, "--geometry", help="Also check, at this model input size (e.g. 64), "
+                                           "how each --resize mode (crop, pad, stretch) carries the image's shape: "
+                                           "within each class, a patient-grouped linear probe on the rendered pixels "
+                                           "predicting 'wider than the median', and what crop discards "
+                                           "(geometry.csv; slow: a minute per 1,000 images)."),
 ) -> None:
     from rich.table import Table
 
     from chestxray.data.explore import explore as run_explore
     from chestxray.data.shortcuts import shortcut_warnings
 
-    result = run_explore(path, out, augment=augment, n_samples=samples, seed=seed)
+    if geometry is not None:
+        from chestxray.cli import checks
+
+        checks.at_least("--geometry", geometry, 8)
+    result = run_explore(path, out, augment=augment, n_samples=samples, seed=seed, geometry_size=geometry)
     if not result.findings.empty:
         table = Table(title=f"images (patients) per finding; prevalence per image / patient")
         splits = [c[len("images_"):] for c in result.findings.columns if c.startswith("images_")]
@@ -307,6 +316,14 @@ def explore(
                       highlight=False, soft_wrap=True)
         for line in source_warnings(result.sources):
             err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+    if result.geometry is not None and len(result.geometry):
+        g = result.geometry
+        leak = ", ".join(f"{m} {part['wider_auroc'].min():.2f}-{part['wider_auroc'].max():.2f}"
+                         for m, part in g.groupby("geometry", sort=False))
+        console.print(f"geometry ({out / 'geometry.csv'}): within a class, 'wider than the median' is told from the "
+                      f"{geometry} px input with AUROC {leak} (0.5 = shape invisible); crop discards up to "
+                      f"{g['discarded_max'].max():.0%} of the long side (median {g['discarded_median'].median():.0%})",
+                      highlight=False, soft_wrap=True)
     if result.augment_grid is not None:
         console.print(f"augmentation grid: {result.augment_grid}", highlight=False)
     skipped = f" ({result.samples_skipped} unreadable skipped)" if result.samples_skipped else ""

@@ -200,20 +200,28 @@ def export(
     mlflow_register: str = typer.Option(None, "--mlflow-register",
                                         help="Log the bundle as an MLflow pyfunc model and register it as NAME."),
     mlflow_uri: str = typer.Option(None, "--mlflow-uri", help="Store for a bundle outside a run (default ./mlruns)."),
+    site: str = typer.Option(None, "--site", help="With --onnx: put this site profile (chestxray calibrate; a name "
+                             "under RUN/sites/) into the file, so it scores with the site's probabilities and "
+                             "thresholds."),
 ) -> None:
     from chestxray.cli import checks
     from chestxray.errors import ConfigError
 
     if onnx is None and not mlflow_register:
         raise ConfigError("nothing to export; pass --onnx FILE.onnx and/or --mlflow-register NAME")
+    if site and onnx is None:
+        raise ConfigError("--site goes into an ONNX export; pass --onnx FILE.onnx (the MLflow model carries no site "
+                          "profile: serve the run with --site, or predict with --site, instead)")
     checks.model_source(bundle)
     if onnx is not None:
         from chestxray.deploy.onnx_export import export_onnx
 
         with err_console.status(f"exporting {bundle} to ONNX ..."):
-            path = export_onnx(bundle, onnx, opset=opset, dynamo=dynamo)
+            path = export_onnx(bundle, onnx, opset=opset, dynamo=dynamo, site=site)
         console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {opset}, dynamic batch; "
-                      f"input uint8 pixels, output probabilities)", highlight=False, soft_wrap=True)
+                      f"input uint8 pixels, output probabilities"
+                      + (f"; site profile {site!r} in its metadata" if site else "") + ")",
+                      highlight=False, soft_wrap=True)
     if mlflow_register:
         from chestxray.deploy.mlflow_ui import register_bundle
 

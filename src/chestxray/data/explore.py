@@ -37,6 +37,7 @@ class ExploreResult:
     augment_grid: Path | None = None
     shortcuts: pd.DataFrame = field(default_factory=pd.DataFrame)
     sources: pd.DataFrame = field(default_factory=pd.DataFrame)  # per (label, source): positives, prevalence, share
+    geometry: pd.DataFrame | None = None  # geometry_check, when asked for
 
 
 def normal_name(catalog: Catalog) -> str:
@@ -277,9 +278,11 @@ def _mosaic(shown: list[tuple[np.ndarray, str]], path: Path, tile: int = 160) ->
     return _save(fig, path)
 
 
-def explore_catalog(catalog: Catalog | str | Path, out_dir: str | Path, n_samples: int = 16, seed: int = 0) -> ExploreResult:
+def explore_catalog(catalog: Catalog | str | Path, out_dir: str | Path, n_samples: int = 16, seed: int = 0,
+                    geometry_size: int | None = None) -> ExploreResult:
     """Write findings.csv, cooccurrence.csv, shortcuts.csv, metadata CSVs, counts/co-occurrence (or, binary, classes)/age
-    PNGs and samples.png; the shortcut table is kept in the result (shortcut_warnings words it)."""
+    PNGs and samples.png; the shortcut table is kept in the result (shortcut_warnings words it). With geometry_size,
+    also geometry.csv (chestxray.data.geometry.geometry_check at that input size; kept in the result)."""
     from chestxray.data.shortcuts import shortcut_check, shortcut_warnings
     from chestxray.data.source_mix import catalog_composition
 
@@ -308,11 +311,18 @@ def explore_catalog(catalog: Catalog | str | Path, out_dir: str | Path, n_sample
     grid, shown, skipped = sample_grid(catalog, out / "samples.png", n=n_samples, seed=seed)
     if grid is not None:
         files.append(grid)
-    return ExploreResult(out, findings, files, shown, skipped, shortcuts=shortcuts, sources=composition)
+    geometry = None
+    if geometry_size:
+        from chestxray.data.geometry import geometry_check
+
+        geometry = geometry_check(catalog, size=geometry_size, seed=seed)
+        files.append(write_csv(out / "geometry.csv", geometry))
+    return ExploreResult(out, findings, files, shown, skipped, shortcuts=shortcuts, sources=composition,
+                         geometry=geometry)
 
 
 def explore(path: str | Path, out_dir: str | Path, augment: str | None = None, n_samples: int = 16,
-            seed: int = 0) -> ExploreResult:
+            seed: int = 0, geometry_size: int | None = None) -> ExploreResult:
     """Explore a catalog folder, or a prepared folder (its catalog, plus an augmentation grid when augment is set)."""
     from chestxray.data.shards import MANIFEST, read_manifest
 
@@ -321,11 +331,11 @@ def explore(path: str | Path, out_dir: str | Path, augment: str | None = None, n
     if not manifest_path.is_file():
         if augment:
             raise DataError(f"{path}: --augment needs a prepared folder (with {MANIFEST}); run 'chestxray prepare' first")
-        return explore_catalog(path, out_dir, n_samples=n_samples, seed=seed)
+        return explore_catalog(path, out_dir, n_samples=n_samples, seed=seed, geometry_size=geometry_size)
     manifest = read_manifest(path)
     catalog_path = manifest.get("catalog")
     if catalog_path and Path(catalog_path).exists():
-        result = explore_catalog(catalog_path, out_dir, n_samples=n_samples, seed=seed)
+        result = explore_catalog(catalog_path, out_dir, n_samples=n_samples, seed=seed, geometry_size=geometry_size)
     elif not augment:
         raise DataError(f"{manifest_path}: its catalog {catalog_path!r} is not found; explore the catalog folder itself")
     else:

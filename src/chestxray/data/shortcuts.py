@@ -210,6 +210,8 @@ def shortcut_warnings(table: pd.DataFrame) -> list[str]:
                          "learnt through the source: read the per-source metrics and the cross-dataset matrix.")
             continue
         lines.append(f"shortcut risk for {label}: how the images were acquired predicts it without looking at the "
-                     f"anatomy: {'; '.join(parts)}. A model can learn this instead of the disease; keep --resize "
-                     "crop (the default, no letterbox bars), check heatmaps, and test on images from another source.")
+                     f"anatomy: {'; '.join(parts)}. A model can learn this instead of the disease, and no "
+                     "--resize mode removes a shape shortcut (pad's bars show the shape; crop and stretch still do: "
+                     "explore --geometry measures it); measure what a trained model does with it (chestxray audit "
+                     "RUN) and test on images from another source.")
     return lines

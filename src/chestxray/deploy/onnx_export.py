@@ -79,11 +79,18 @@ def _to_proto(wrapper: torch.nn.Module, example: torch.Tensor, opset: int, dynam
     return onnx.load_from_string(buffer.getvalue())
 
 
-def export_onnx(bundle: Bundle | str | Path, out: str | Path, opset: int = OPSET, dynamo: bool = False) -> Path:
-    """Write the bundle as an ONNX model (dynamic batch, `opset`, card in the metadata); returns the file."""
+def export_onnx(bundle: Bundle | str | Path, out: str | Path, opset: int = OPSET, dynamo: bool = False,
+                site: str | None = None) -> Path:
+    """Write the bundle as an ONNX model (dynamic batch, `opset`, card in the metadata); returns the file.
+
+    `site`: a site profile stored beside the bundle (chestxray calibrate) travels in the metadata too
+    (SITE_KEY), and whoever runs the file with chestxray gets the site's probabilities and thresholds."""
     import onnx
 
+    from chestxray.inference.site import SITE_KEY, load_site
+
     model = as_bundle(bundle)
+    profile = load_site(model.path, site, model.card) if site else None
     wrapper = _Deployed(model).eval()
     size = int(model.card["image_size"])
     example = torch.zeros(2, 1, size, size, dtype=torch.uint8)
@@ -96,7 +103,10 @@ def export_onnx(bundle: Bundle | str | Path, out: str | Path, opset: int = OPSET
         raise ModelError(f"{model.path}: ONNX export of {model.card['architecture']!r} failed "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from exc
     card = {k: v for k, v in model.card.items() if k != "prepared"}
-    for key, value in ((CARD_KEY, json.dumps(card, default=str)), (PREPROCESSING_KEY, preprocessing_text(card))):
+    meta = [(CARD_KEY, json.dumps(card, default=str)), (PREPROCESSING_KEY, preprocessing_text(card))]
+    if profile is not None:
+        meta.append((SITE_KEY, json.dumps(profile.to_dict())))
+    for key, value in meta:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name = "chestxray"

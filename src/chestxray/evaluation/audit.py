@@ -22,7 +22,7 @@ from chestxray.evaluation.disparities import ANY, make_tasks, subgroup_table
 from chestxray.evaluation.metrics import _clean
 from chestxray.evaluation.sample_rule import RULE
 from chestxray.evaluation.subgroups import Attribute, resolve_attributes
-from chestxray.files import write_csv, write_json
+from chestxray.files import read_csv, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def eval_frames(run: Path, split: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     if name is None:
         raise DataError(f"{run}: eval/ holds the {evaluated!r} split, not {split!r}; run `chestxray evaluate {run} "
                         f"--split {split}` first")
-    frame = pd.read_csv(eval_dir / name, dtype={"image_id": str, "patient_id": str})
+    frame = read_csv(eval_dir / name, dtype={"image_id": str, "patient_id": str})
     if split == "val":
         log.warning("auditing the validation split, where the thresholds were chosen: rates are optimistic")
     return frame, metrics
@@ -154,16 +154,21 @@ def audit_subgroups(frame: pd.DataFrame, labels: Sequence[str], thresholds: dict
     return SubgroupAudit(table, split, attributes, settings, notes)
 
 
+def load_audit_frame(run_dir: str | Path, split: str = "test", catalog: str | Path | None = None
+                     ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """What `evaluate` stored for RUN on `split` (scores, labels, patient ids) joined with the catalog's columns
+    (path and attributes), and evaluate's metrics.json (labels, thresholds, task)."""
+    frame, metrics = eval_frames(Path(run_dir), split)
+    return join_attributes(frame, catalog_table(metrics, catalog)), metrics
+
+
 def audit_run_subgroups(run_dir: str | Path, split: str = "test", by: Sequence[str] | None = None,
                         catalog: str | Path | None = None, n_boot: int = 1000, ci: float = 0.95, alpha: float = 0.05,
                         seed: int = 0) -> SubgroupAudit:
     """audit_subgroups on what `evaluate` stored for RUN (its scores, its thresholds) joined with the catalog."""
-    run = Path(run_dir)
-    frame, metrics = eval_frames(run, split)
-    labels = list(metrics["labels"])
-    joined = join_attributes(frame, catalog_table(metrics, catalog))
-    return audit_subgroups(joined, labels, metrics.get("thresholds") or {}, by, str(metrics.get("task") or
-                           "multilabel"), split, n_boot, ci, alpha, seed)
+    joined, metrics = load_audit_frame(run_dir, split, catalog)
+    return audit_subgroups(joined, list(metrics["labels"]), metrics.get("thresholds") or {}, by,
+                           str(metrics.get("task") or "multilabel"), split, n_boot, ci, alpha, seed)
 
 
 def write_subgroup_audit(result: SubgroupAudit, out: str | Path) -> dict[str, Path]:

@@ -12,6 +12,7 @@ import numpy as np
 
 from chestxray.errors import ModelError
 from chestxray.inference.scoring import Backend, Scorer, make_scorer
+from chestxray.inference.site import SITE_KEY, site_from_json, site_scorer
 
 CARD_KEY = "chestxray_card"  # written by chestxray.deploy.onnx_export
 
@@ -36,7 +37,10 @@ def onnx_scorer(path: str | Path, tta: str | None = None) -> Scorer:
     if CARD_KEY not in meta:
         raise ModelError(f"{path}: no chestxray card in the ONNX metadata; export the model with 'chestxray export'")
     card = json.loads(meta[CARD_KEY])
-    return make_scorer(card, onnx_backend(session), str(path), tta)
+    scorer = make_scorer(card, onnx_backend(session), str(path), tta)
+    if SITE_KEY not in meta:
+        return scorer
+    return site_scorer(scorer, site_from_json(meta[SITE_KEY], f"{path} (exported with --site)"))
 
 
 def onnx_backend(session: Any) -> Backend:

@@ -102,6 +102,9 @@ def open_scorer(model: str | Path, tta: str | None = None, device: str | None = 
         scorer = torch_scorer(model, tta=tta, device=device)
     if site is None:
         return scorer
+    if scorer.card.get("site"):
+        raise ConfigError(f"{model} was exported with site profile {scorer.card['site']!r} and applies it already; "
+                          "leave --site out, or export the bundle again with another --site")
     from chestxray.inference.site import load_site, site_scorer
 
     return site_scorer(scorer, load_site(model, site, scorer.card))

@@ -22,7 +22,8 @@ import chestxray
 from chestxray.data.shards import read_manifest
 from chestxray.errors import DataError, ModelError
 from chestxray.evaluation.evaluate import EVAL_DIR, PLOTS
-from chestxray.files import remove_leftovers, write_text
+from chestxray.explain.coverage import MEANING, coverage_text, table_from_scores
+from chestxray.files import read_csv, remove_leftovers, write_text
 from chestxray.locks import folder_lock
 from chestxray.models.bundle import read_card
 from chestxray.report.audit_report import render_audit_section, run_audit_dir
@@ -161,7 +162,8 @@ def _explanations(run: Path) -> tuple[list[dict[str, str]], str]:
     folder = latest_explain_run(run)
     if folder is None:
         return [], ""
-    table = pd.read_csv(folder / "scores.csv", dtype={"image_id": str, "split": str, "outcome": str})
+    table = read_csv(folder / "scores.csv", dtype={"image_id": str, "split": str, "outcome": str})
+    coverage = coverage_text(table_from_scores(table), str(table["method"].iloc[0]) if len(table) else "gradcam")
     table = table[[(folder / Path(str(p)).name).is_file() for p in table["overlay"]]] if len(table) else table
     if table.empty:
         return [], ""
@@ -175,7 +177,9 @@ def _explanations(run: Path) -> tuple[list[dict[str, str]], str]:
     facts += [f"{k} {settings[k]}" for k in ("split", "selection", "created") if settings.get(k)]
     tally = table["outcome"].replace("", None).dropna().value_counts()
     shown = f"{len(items)} shown" + (f" ({', '.join(f'{v} {k}' for k, v in tally.items())})" if len(tally) else "")
-    return items, "Explain " + "; ".join(facts) + f"; {shown}. Earlier explain runs are not mixed in."
+    against = int((table.get("map_shown", pd.Series(dtype=str)) == "evidence against").sum())
+    words = f" Coverage: {coverage}; {against} shown negative(s) drawn as evidence against. {MEANING}" if coverage else ""
+    return items, "Explain " + "; ".join(facts) + f"; {shown}. Earlier explain runs are not mixed in." + words
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
