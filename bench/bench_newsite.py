@@ -12,7 +12,6 @@ Run: CHESTXRAY_DATA=../shared/data .venv/bin/python bench/bench_newsite.py --out
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import socket
@@ -28,6 +27,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from covid_site import site_tables  # noqa: E402
 
+from chestxray.data.samples import non_cxr_images  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -35,18 +36,6 @@ def chestxray(*args: str) -> None:
     """One `chestxray` command, echoed; stops the script when it fails."""
     print("$ chestxray " + " ".join(args), flush=True)
     subprocess.run([sys.executable, "-m", "chestxray", *args], check=True)
-
-
-def non_cxr_images(out: Path) -> list[Path]:
-    """Photographs and drawings shipped with matplotlib and scikit-image, and matplotlib's MRI slice as a PNG."""
-    import matplotlib
-    import skimage
-
-    mpl = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data"
-    raw = np.frombuffer(gzip.open(mpl / "s1045.ima.gz").read(), "<u2").reshape(256, 256)
-    Image.fromarray((raw / raw.max() * 255).astype(np.uint8)).save(out / "mri-slice.png")
-    sk = sorted(p for p in (Path(skimage.__file__).parent / "data").iterdir() if p.suffix in (".png", ".jpg"))
-    return [mpl / "grace_hopper.jpg", mpl / "Minduka_Present_Blue_Pack.png", out / "mri-slice.png", *sk]
 
 
 def ood_rows(run: Path, groups: dict[str, list[Path]]) -> list[dict]:

@@ -60,6 +60,8 @@ def test_calibrate_writes_a_profile_and_leaves_the_bundle_unchanged(calibrated) 
     assert held["n_with_finding"] + held["n_no_finding"] == report["split"]["held_out_images"]
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["when"]) == {"before", "after"} and len(summary) == 2 * len(profile.labels)
+    unlike = report["unlike_training"]  # the run's OOD reference scored every site image
+    assert unlike["images"] == report["images"] and 0 <= unlike["unusual"] <= unlike["images"]
 
 
 def test_predict_with_site_gives_the_profiles_probabilities_and_decisions(calibrated, site_catalog: Path,
@@ -184,3 +186,12 @@ def test_export_with_site_carries_the_profile_into_onnx(calibrated, site_catalog
     assert result.exit_code == 1 and "applies it already" in result.output
     result = runner.invoke(app, ["export", str(run), "--mlflow-register", "x", "--site", "synth-b"])
     assert result.exit_code == 1 and "--site goes into an ONNX export" in result.output
+
+
+def test_calibrate_reads_a_prepared_folder_too(trained_run: Path, synthetic_prepared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prepared-site"
+    result = runner.invoke(app, ["calibrate", str(trained_run), "--data", str(synthetic_prepared), "--labelled", "300",
+                                 "--out", str(out), "--n-boot", "20"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["images"] == 600 and report["split"]["held_out_images"] > 0  # every split of the folder

@@ -184,7 +184,9 @@ def study(
         return
     import pandas as pd
 
-    groups = pd.read_csv(done.out / "study_groups.csv")
+    from chestxray.files import read_csv
+
+    groups = read_csv(done.out / "study_groups.csv")
     table = Table(title=f"study {done.out}: {len(done.runs)} runs, one selected per group by {select}",
                   header_style="bold")
     for col in ("group", "val AUROC", "test AUROC", "selected", "its test AUROC [95% CI]"):
@@ -198,7 +200,7 @@ def study(
     print_table(table)
     comparisons = done.out / "study_comparisons.csv"
     if comparisons.stat().st_size > 1:
-        table = pd.read_csv(comparisons)
+        table = read_csv(comparisons)
         for sentence in table["sentence"]:
             console.print(sentence, highlight=False, soft_wrap=True)
         if "family" in table and len(table) > 1:

@@ -15,7 +15,7 @@ import pandas as pd
 from chestxray.data.identity import PATIENT_RULE, normalize_patient_ids
 from chestxray.data.tasks import check_one_hot, is_multiclass
 from chestxray.errors import DataError
-from chestxray.files import write_csv, write_json
+from chestxray.files import read_csv, write_csv, write_json
 
 CATALOG_CSV = "catalog.csv"
 CATALOG_JSON = "catalog.json"
@@ -118,7 +118,7 @@ def load_catalog(path: str | Path) -> Catalog:
         raise DataError(f"{json_path}: not valid JSON ({exc}); rebuild the catalog") from exc
     if not isinstance(meta, dict) or not isinstance(meta.get("labels"), list):
         raise DataError(f"{json_path}: no 'labels' list; rebuild the catalog with 'chestxray catalog'")
-    table = pd.read_csv(csv_path, dtype={"image_id": str, "patient_id": str, "path": str, "split": str},
+    table = read_csv(csv_path, dtype={"image_id": str, "patient_id": str, "path": str, "split": str},
                         keep_default_na=False, na_values=[""])
     table["split"] = table["split"].fillna("")
     for name in meta["labels"]:

@@ -52,6 +52,7 @@ from chestxray.files import (  # noqa: F401 (KILL_ENV: tests)
     disk_full,
     disk_full_message,
     kill_point,
+    read_csv,
     write_csv,
     write_json,
 )
@@ -340,7 +341,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _read_quarantine(out: Path) -> pd.DataFrame:
     try:
-        return pd.read_csv(out / QUARANTINE, dtype=str, keep_default_na=False)
+        return read_csv(out / QUARANTINE, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.EmptyDataError):
         return pd.DataFrame(columns=["path", "image_id", "reason"])
 
