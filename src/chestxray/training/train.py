@@ -139,6 +139,21 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
+def ensure_experiment(client: Any, name: str, uri: str) -> str:
+    """The id of MLflow experiment `name` in the store at `uri`, created if missing with its artifacts beside a
+    SQLite store (never MLflow's default ./mlruns of the working folder); another process may create it meanwhile."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(uri))
+    except Exception:  # MLflow's "already exists" (RestException) when a concurrent process won the race
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
 def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None, task: str = "multilabel"):
     from lightning.pytorch.loggers import MLFlowLogger
 
