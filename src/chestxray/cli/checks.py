@@ -183,3 +183,16 @@ def prepared_fits_run(prepared: str | Path, run: Path) -> None:
     manifest = json.loads((Path(prepared) / "manifest.json").read_text(encoding="utf-8"))
     if "labels" in card and "image_size" in card and "labels" in manifest and "image_size" in manifest:
         check_prepared_fits(card, manifest, prepared, run / "bundle")
+
+
+def other_data(prepared: str | Path, run: Path) -> bool:
+    """True when a local PREPARED folder is not the data the run was trained on (its fingerprint differs from the
+    card's): evaluate treats it as external data and never re-chooses the run's thresholds on it."""
+    import json
+
+    if "://" in str(prepared):
+        return False
+    card = json.loads((run / "bundle" / "card.json").read_text(encoding="utf-8"))
+    manifest = json.loads((Path(prepared) / "manifest.json").read_text(encoding="utf-8"))
+    trained = card.get("data_fingerprint")
+    return bool(trained) and trained != manifest.get("fingerprint")

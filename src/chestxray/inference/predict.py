@@ -23,7 +23,7 @@ from chestxray.data.tasks import probabilities
 from chestxray.errors import ConfigError
 from chestxray.inference.compat import check_prepared_fits
 from chestxray.inference.ood import OodProbe, load_reference
-from chestxray.inference.scoring import Backend, Scorer, make_scorer, threshold_tta
+from chestxray.inference.scoring import Backend, Scorer, make_scorer, pixel_hash, threshold_tta
 from chestxray.inference.stream import (  # noqa: F401 (public here too)
     PREDICTED_CLASS,
     ROW_COLUMNS,
@@ -100,11 +100,16 @@ def predict_split(
     num_workers: int = 0,
     device: str | torch.device | None = None,
     verify: str = "auto",
+    hashes: bool = False,
+    labels_fit: bool = True,
 ) -> pd.DataFrame:
     """Scores for every image of a prepared split, in stored order (the split's shards checked first, `verify` as in
     ChestXrayDataModule), through the one scoring path on the stored pixels.
 
-    Returns one row per image: image_id, patient_id, the true 0/1 label per label, and p_<label>.
+    Returns one row per image: image_id, patient_id, the true label per label (0/1; NaN where a merged dataset's
+    source does not annotate it), `source` when the dataset has several, `pixel_hash` with `hashes` (blake2b of the
+    stored pixels: the same image prepared the same way hashes the same), and p_<label>. labels_fit=False scores
+    data labelled otherwise (external validation maps the labels itself): its truth columns are the data's own.
     `prepared` defaults to the folder recorded in the bundle card. `tta` None: the card's stored mode; evaluate
     passes its own (it re-chooses the thresholds on these scores).
     """
@@ -122,27 +127,43 @@ def predict_split(
             in_chans=int(model.card["in_chans"]), normalization=model.card["normalization"], verify=verify,
             verify_splits=(split,),
         )
-        _check_prepared(model, dm.manifest, str(prepared))
+        if labels_fit:
+            _check_prepared(model, dm.manifest, str(prepared))
+        else:  # preprocessing must still match (size, resize, ...); the labels are mapped by the caller
+            _check_prepared(model, {**dm.manifest, "labels": list(model.labels)}, str(prepared))
         scorer = Scorer(card=model.card, backend=torch_backend(model.net, model.card, device), source=str(model.path),
                         tta=tta)
         ids: list[str] = []
         patients: list[str] = []
+        sources: list[str] = []
+        digests: list[str] = []
         truth: list[np.ndarray] = []
         scores: list[np.ndarray] = []
         for batch in dm.split_dataloader(split, pixels=True):  # uint8 (B, 1, S, S) as prepare stored them
-            scores.append(scorer.score(batch["image"][:, 0].numpy()))
+            pixels = batch["image"][:, 0].numpy()
+            scores.append(scorer.score(pixels))
             truth.append(batch["labels"].numpy())
             ids.extend(batch["image_id"])
             patients.extend(batch["patient_id"])
-    labels = list(model.labels)
+            sources.extend(batch["source"])
+            if hashes:
+                digests.extend(pixel_hash(p) for p in pixels)
+    truth_labels = list(model.labels) if labels_fit else list(dm.labels)
     log.info("predicted %d %s images of %s with tta=%s", len(ids), split, prepared, tta)
-    return _frame(ids, patients, labels, np.concatenate(truth), np.concatenate(scores))
+    frame = _frame(ids, patients, truth_labels, np.concatenate(truth), np.concatenate(scores), list(model.labels))
+    if any(sources):
+        frame.insert(2, "source", sources)
+    if hashes:
+        frame.insert(2, "pixel_hash", digests)
+    return frame
 
 
-def _frame(ids: list[str], patients: list[str], labels: list[str], truth: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+def _frame(ids: list[str], patients: list[str], labels: list[str], truth: np.ndarray, scores: np.ndarray,
+           score_labels: list[str] | None = None) -> pd.DataFrame:
+    """image_id, patient_id, the truth per label (uint8 0/1, or float with NaN where missing), p_<label>."""
     frame = pd.DataFrame({"image_id": ids, "patient_id": patients})
-    frame[labels] = truth.astype(np.uint8)
-    frame[score_columns(labels)] = scores.astype(np.float64)
+    frame[labels] = truth if np.isnan(truth).any() else truth.astype(np.uint8)
+    frame[score_columns(score_labels or labels)] = scores.astype(np.float64)
     return frame
 
 

@@ -75,6 +75,14 @@ def load_pixels(path: str | Path, card: dict[str, Any], max_pixels: int | None =
                        max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
 
 
+def pixel_hash(pixels: np.ndarray) -> str:
+    """A short content hash of one image's model-input pixels, uint8 (S, S): the same image decoded and resized
+    the same way (by prepare or by load_pixels) hashes the same; used to find evaluation images a model trained on."""
+    import hashlib
+
+    return hashlib.blake2b(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes(), digest_size=12).hexdigest()
+
+
 def array_pixels(gray: np.ndarray, card: dict[str, Any]) -> np.ndarray:
     """A decoded uint8 (H, W) image → uint8 (S, S) with the card's size and resize mode (fit_square).
 

@@ -20,7 +20,7 @@ import pandas as pd
 from chestxray.data.tasks import is_multiclass
 from chestxray.errors import ConfigError, DataError, printable
 from chestxray.inference.ood import is_unusual
-from chestxray.inference.scoring import Scorer, load_pixels, threshold_tta  # noqa: F401 (public here too)
+from chestxray.inference.scoring import Scorer, load_pixels, pixel_hash, threshold_tta  # noqa: F401 (public here too)
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,9 @@ def _decode(path: Path, card: dict[str, Any]) -> tuple[np.ndarray | None, str]:
 
 
 def iter_predictions(scorer: Scorer, paths: Sequence[Path], batch_size: int = 32,
-                     workers: int = 4) -> Iterator[pd.DataFrame]:
-    """One frame per batch of paths, in order: path, image_id, status ('ok'|'quarantined'), reason, p_<label>."""
+                     workers: int = 4, hashes: bool = False) -> Iterator[pd.DataFrame]:
+    """One frame per batch of paths, in order: path, image_id, status ('ok'|'quarantined'), reason, p_<label>;
+    with `hashes` also pixel_hash (of the model-input pixels; '' for a quarantined file)."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     card, columns = scorer.card, scorer.labels
@@ -53,6 +54,8 @@ def iter_predictions(scorer: Scorer, paths: Sequence[Path], batch_size: int = 32
                 "status": ["ok" if px is not None else "quarantined" for px, _ in decoded],
                 "reason": [printable(reason) for _, reason in decoded],
             })
+            if hashes:
+                frame["pixel_hash"] = [pixel_hash(px) if px is not None else "" for px, _ in decoded]
             scores = np.full((len(chunk), len(columns)), np.nan)
             typical = np.full(len(chunk), np.nan)
             ok = frame["status"].to_numpy() == "ok"
