@@ -125,10 +125,8 @@ def predict(
     stdout = RowWriter(sys.stdout, fmt, labels) if fmt != "table" else None
     with _file_rows(out, labels) as to_file, _progress(len(found.paths)) as advance:
         frames = iter_predictions(scorer, found.paths, batch_size=batch_size, workers=workers)
-        for frame in _with_problems(frames, problem_rows(found.problems, labels)):
+        for frame in _with_problems(frames, problem_rows(found.problems, scorer)):
             frame = add_decisions(frame, labels, thresholds) if thresholds else frame
-            if multiclass and "predicted_class" not in frame:  # unreadable inputs: same columns, no class
-                frame = frame.assign(predicted_class="")
             tally.add(frame)
             for sink in (stdout, to_file):
                 if sink is not None:
