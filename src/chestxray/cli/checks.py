@@ -12,6 +12,7 @@ from pathlib import Path
 
 from chestxray.data.labels import closest
 from chestxray.errors import ConfigError, DataError, ModelError
+from chestxray.inference.runtime import ENGINES
 from chestxray.inference.tta import TTA_MODES, check_tta  # noqa: F401 (TTA_MODES: the usage test reads it here)
 from chestxray.training.config import BUILTIN_MODELS
 
@@ -37,6 +38,11 @@ def tta(mode: str | None) -> None:
     """A test-time augmentation mode (None: not given)."""
     if mode is not None:
         check_tta(mode)
+
+
+def engine(name: str | None) -> None:
+    """What runs the network for inference (None: not given): chestxray.inference.runtime.ENGINES."""
+    one_of("--engine", name, ENGINES)
 
 
 def model_name(name: str | None, flag: str = "--model") -> None:

@@ -105,10 +105,14 @@ def evaluate(
                                 "validation images: refuse, drop (leave their patients out) or report."),
     name: Optional[str] = typer.Option(None, "--name", help="With --data: the output folder RUN/external/NAME "
                                        "(default: the data folder's name)."),
+    engine: str = typer.Option("auto", "--engine", help="What runs the network: auto (the bundle's ONNX graph "
+                               "through onnxruntime on the CPU, exported once and cached beside it; PyTorch on a "
+                               "GPU or where the export fails), onnxruntime or torch."),
 ) -> None:
     from chestxray.cli import checks
 
     checks.tta(tta)
+    checks.engine(engine)
     checks.threshold_method(threshold_method)
     checks.at_least("--batch-size", batch_size, 1)
     checks.at_least("--n-boot", n_boot, 10)
@@ -135,7 +139,7 @@ def evaluate(
     with console.status(f"evaluating {run} on {split} ...") if console.is_terminal else contextlib.nullcontext():
         result = evaluate_run(run, split=split, tta=tta, threshold_method=threshold_method, batch_size=batch_size,
                               n_boot=n_boot, seed=seed, prepared=prepared,
-                              verify_checksums=verify_checksums, ood=ood)
+                              verify_checksums=verify_checksums, ood=ood, engine=engine)
     table, notes = _metrics_table(result)
     print_table(table)
     for note in notes:

@@ -236,30 +236,36 @@ def evaluate_run(
     device: str | None = None,
     verify_checksums: bool | None = None,
     ood: bool = True,
+    engine: str = "auto",
 ) -> EvalResult:
     """Predict val and `split` with RUN/bundle, choose thresholds on val, store them in the card, write RUN/eval/.
 
     `prepared` defaults to the folder recorded in the bundle card. The shards of both splits are checked first:
     sizes always, sha256 when `verify_checksums` (None: for a local folder, not for a URL). `ood` also fits the
     bundle's out-of-distribution reference on the train and val splits (chestxray.evaluation.ood_fit:
-    ood.safetensors + ood.json beside the weights), which predict and serve read.
+    ood.safetensors + ood.json beside the weights), which predict and serve read. `engine`: what runs the network
+    (chestxray.inference.engines: ONNX Runtime on the CPU by default, PyTorch on a GPU).
     """
     from chestxray.data.shards import read_manifest
     from chestxray.evaluation.thresholds import store_thresholds
+    from chestxray.inference.engines import bundle_backend
     from chestxray.inference.predict import fingerprint_note, predict_split
+    from chestxray.inference.runtime import check_engine
     from chestxray.inference.tta import check_tta
     from chestxray.locks import folder_lock
     from chestxray.models.bundle import CARD, load_bundle, read_card, update_card
 
     method = parse_method(threshold_method)  # fail fast on bad options, before loading anything
     check_tta(tta)
+    check_engine(engine)
     run = Path(run_dir)
     if not (run / "bundle").is_dir():
         raise DataError(f"{run}: no bundle/ folder; is this a training run folder (chestxray train ... writes one)?")
     bundle = load_bundle(run / "bundle")
     labels = list(bundle.labels)
     verify = {True: "checksums", False: "sizes", None: "auto"}[verify_checksums]
-    kwargs = dict(batch_size=batch_size, tta=tta, num_workers=num_workers, device=device, verify=verify)
+    backend = bundle_backend(bundle, device, engine)  # one graph (or network) for val, the split and the OOD fit
+    kwargs = dict(batch_size=batch_size, tta=tta, num_workers=num_workers, verify=verify, backend=backend)
     val = predict_split(bundle, prepared, "val", **kwargs)
     scored = val if split == "val" else predict_split(bundle, prepared, split, **kwargs)
     source = str(prepared or bundle.card.get("prepared"))
@@ -309,7 +315,7 @@ def evaluate_run(
         if ood:
             from chestxray.evaluation.ood_fit import fit_ood
 
-            fit_ood(bundle, prepared, tta=tta, batch_size=batch_size)
+            fit_ood(bundle, prepared, tta=tta, batch_size=batch_size, backend=backend)
     result.notes.extend([note] if note else [])
     log.info("evaluated %s on %s: macro AUROC %s", run, split, result.macro_auroc)
     _to_mlflow(run, result)

@@ -70,7 +70,8 @@ def score_external(bundle: Any, data: str | Path, split: str | None = None, tta:
     """Every usable image of DATA (or of one split) scored by the bundle: image_id, patient_id, split, source,
     pixel_hash, DATA's own label columns (0/1/NaN) and p_<model label>; with DATA's labels and its default source
     name. Unreadable catalog images are left out with a warning."""
-    from chestxray.inference.predict import predict_split, torch_scorer
+    from chestxray.inference.engines import bundle_scorer
+    from chestxray.inference.predict import predict_split
     from chestxray.inference.stream import iter_predictions
 
     name = _name(data)
@@ -90,7 +91,7 @@ def score_external(bundle: Any, data: str | Path, split: str | None = None, tta:
         table = table[table["split"] == split].reset_index(drop=True)
         if table.empty:
             raise DataError(f"{data}: no images in split {split!r}; leave out --split to evaluate every image")
-    scorer = torch_scorer(bundle, tta=tta)
+    scorer = bundle_scorer(bundle, tta=tta)  # the engine for this machine (onnxruntime on a CPU)
     scored = pd.concat(list(iter_predictions(scorer, [Path(p) for p in table["path"]], batch_size=batch_size,
                                              hashes=True)), ignore_index=True)
     ok = (scored["status"] == "ok").to_numpy()

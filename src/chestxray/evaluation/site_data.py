@@ -29,7 +29,8 @@ def score_site(bundle: Any, data: str | Path, tta: str, batch_size: int = 64, wo
     """One row per usable site image: image_id, patient_id, the 0/1 label columns and p_<label> (raw model
     probabilities), plus in_distribution / unusual for catalog images when the bundle has an OOD reference;
     unreadable catalog images are left out with a warning naming them."""
-    from chestxray.inference.predict import predict_split, torch_scorer
+    from chestxray.inference.engines import bundle_scorer
+    from chestxray.inference.predict import predict_split
     from chestxray.inference.stream import iter_predictions
 
     labels = list(bundle.labels)
@@ -46,7 +47,7 @@ def score_site(bundle: Any, data: str | Path, tta: str, batch_size: int = 64, wo
     table = catalog.table.reset_index(drop=True)
     if list(catalog.labels) != labels:
         table = _mapped_truth(table, catalog.labels, labels, str(data))
-    scorer = torch_scorer(bundle, tta=tta)
+    scorer = bundle_scorer(bundle, tta=tta)  # the engine for this machine (onnxruntime on a CPU)
     frames = list(iter_predictions(scorer, [Path(p) for p in table["path"]], batch_size=batch_size, workers=workers))
     scored = pd.concat(frames, ignore_index=True)
     ok = (scored["status"] == "ok").to_numpy()
