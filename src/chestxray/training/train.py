@@ -340,6 +340,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     from lightning.pytorch.loggers import CSVLogger
 
     from chestxray.data.datamodule import ChestXrayDataModule
+    from chestxray.data.sampling import source_list
     from chestxray.models import backbone_parameter_names, build_model, count_parameters, model_data_config
 
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -349,7 +350,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                                normalization=data_cfg["normalization"], seed=config.seed,
                                verify={True: "checksums", False: "sizes", None: "auto"}[config.verify_checksums],
                                verify_splits=("train", "val"), source_sampling=config.source_sampling,
-                               sources=[n.strip() for n in config.sources.split(",") if n.strip()])
+                               sources=source_list(config.sources))
     net = build_model(config.model, len(data.labels), in_chans=config.in_chans, pretrained=config.pretrained,
                       weights=config.weights, offline=config.offline or None, dropout=config.dropout)
     if config.channels_last:
