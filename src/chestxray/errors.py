@@ -17,6 +17,10 @@ class ModelError(ChestXrayError):
     """A model name, weights file or bundle cannot be used."""
 
 
+class DiskFullError(ChestXrayError):
+    """A disk (or quota) filled up while writing: the message names the folder, what was kept and how to go on."""
+
+
 class TrainingInterrupted(ChestXrayError):
     """Training was stopped by the user (Ctrl-C); the message says what was saved and how to continue."""
 
@@ -26,6 +30,11 @@ def clip(value: object, limit: int = 80) -> str:
     cell must not become a 50 MB error line."""
     text = value if isinstance(value, str) else str(value)
     return text if len(text) <= limit else f"{text[:limit]}…({len(text):,} characters)"
+
+
+def clipped(values: object, n: int = 5, limit: int = 60) -> list[str]:
+    """The first `n` of some values as text, each cut like `clip` (for 'e.g. [...]' in a message)."""
+    return [clip(v, limit) for v in list(values)[:n]]
 
 
 def quote(value: object, limit: int = 80) -> str:

@@ -51,6 +51,16 @@ def _owner(text: str) -> str:
         return "another process (its lock file is unreadable)"
 
 
+def make_folder(folder: Path) -> None:
+    """Create an output folder (and its parents); a file in the way is a ConfigError naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise ConfigError(f"{folder}: cannot be an output folder, {blocker} is a file; pick another folder (or move "
+                          "the file away)") from None
+
+
 def _readers(fd: int) -> str:
     """'pid 4242 (chestxray train …)' for the processes holding a shared lock on fd's file, from /proc/locks (Linux);
     'a chestxray train or evaluate' where that cannot be read."""
@@ -99,7 +109,7 @@ def folder_lock(folder: str | Path, command: str, shared: bool = False) -> Itera
     """
     folder = Path(folder)
     if not shared:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
     path = folder / LOCK_FILE
     while True:
         fd = _open_lock(path, shared)

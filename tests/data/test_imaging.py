@@ -173,8 +173,10 @@ def test_fit_square_pad_and_crop():
     assert (fit_square(img, 32, "crop") == 200).all()
     up = fit_square(np.full((10, 10), 7, np.uint8), 32)
     assert up.shape == (32, 32) and (up == 7).all()
+    stretched = fit_square(np.tile(np.arange(40, dtype=np.uint8), (20, 1)), 32, "stretch")  # whole image, no bars
+    assert stretched.shape == (32, 32) and stretched[:, 0].max() < 3 and stretched[:, -1].min() > 36
     with pytest.raises(DataError, match="resize mode"):
-        fit_square(img, 32, "stretch")
+        fit_square(img, 32, "squash")
 
 
 def test_dicom_compressed_without_decoder_or_corrupt_says_why(tmp_path):

@@ -151,3 +151,39 @@ def test_second_prepare_into_a_locked_folder_is_refused_at_once_naming_the_owner
     assert second.stderr.strip().count("\n") == 0, second.stderr
     assert f"{out}: in use by pid {os.getpid()} on host" in second.stderr
     assert not (out / "manifest.json").exists()
+
+
+def test_disk_full_names_the_folder_and_what_was_kept_then_a_rerun_goes_on(tmp_path, monkeypatch):
+    """Issue 22: OSError [Errno 28] used to end prepare with a traceback. The full disk is simulated inside the
+    atomic writer of the second shard (a tmpfs of a chosen size needs root mounts)."""
+    import errno
+
+    from typer.testing import CliRunner
+
+    import chestxray.data.prepare as prepare_module
+    from chestxray.cli import app
+    from chestxray.files import atomic_path
+    from tests.data import probes
+
+    catalog = tmp_path / "catalog"
+    save_catalog(_catalog(tmp_path / "src", 24), catalog)
+    real, calls = prepare_module.write_shard, []
+
+    def full(path, samples):
+        calls.append(path)
+        if len(calls) == 2:
+            with atomic_path(path):
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, samples)
+
+    out = tmp_path / "prep"
+    argv = ["prepare", str(catalog), "--out", str(out), "--size", "16", "--shard-size", "4", "--workers", "1"]
+    with monkeypatch.context() as patch:
+        patch.setattr(prepare_module, "write_shard", full)
+        line = probes.one_line_error(CliRunner().invoke(app, argv, terminal_width=400),
+                                     rf"{out}: no space left on the device while writing {out}/\S+.tar")
+    assert "kept 1 of 7 shard(s), finished and checked (.prepare-state.json); free some space, then run the same " \
+           "command again: it goes on from them" in line
+    assert not list(out.glob(".*.tmp")) and not (out / "manifest.json").exists()
+    result = CliRunner().invoke(app, argv, terminal_width=400)
+    assert result.exit_code == 0 and "resumed: 1 finished shard(s) kept" in result.output, result.output

@@ -39,7 +39,7 @@ def test_shortcut_check_finds_the_aspect_ratio_signal(tmp_path: Path) -> None:
     assert table.loc["bit_depth", "auroc"] == 0.5  # all 8-bit: no signal, exactly
     (line,) = shortcut_warnings(table.reset_index())
     assert line.startswith("shortcut risk for PNEUMONIA") and "aspect ratio (width/height) (AUROC" in line
-    assert "higher in PNEUMONIA images" in line and "--resize crop" in line
+    assert "higher in PNEUMONIA images" in line and "no --resize mode removes" in line and "chestxray audit" in line
 
 
 def test_shortcut_check_finds_nothing_where_there_is_nothing(tmp_path: Path) -> None:

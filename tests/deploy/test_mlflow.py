@@ -158,3 +158,123 @@ def test_ui_killed_with_minus_9_leaves_no_mlflow_server(tmp_path: Path) -> None:
         assert not _processes_of(uri, wait=40), "mlflow server outlived `chestxray ui` killed with -9"
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))  # nobody holds the port any more
+
+
+@pytest.fixture(scope="module")
+def local_model(store, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run's logged MLflow model, downloaded to a folder (as `mlflow models serve -m FOLDER` would use it)."""
+    uri, _, info = store
+    mlflow.set_tracking_uri(uri)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(info["mlflow_model_uri"],
+                                                        dst_path=str(tmp_path_factory.mktemp("model"))))
+    finally:
+        mlflow.set_tracking_uri("")
+
+
+class _Payload:
+    """A pickle that creates a file when unpickled (a harmless stand-in for an attacker's code)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_model_is_logged_from_code_and_a_planted_pickle_never_runs(local_model: Path, samples: list[str],
+                                                                   tmp_path: Path) -> None:
+    """MLflow "models from code": MLmodel names a code file, nothing in the model is a pickle; a python_model.pkl
+    planted beside it (the cloudpickle MLflow used to write) is not read by load_model, so its code never runs."""
+    import pickle
+
+    import yaml
+
+    flavor = yaml.safe_load((local_model / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["loader_module"].endswith("code_model") and "model_code_path" in flavor
+    assert "python_model" not in flavor  # the key naming a pickled object
+    assert not [p for p in local_model.rglob("*") if p.suffix in (".pkl", ".pickle", ".pt", ".pth", ".ckpt")]
+    marker = tmp_path / "payload-ran"
+    for where in (local_model / "python_model.pkl", local_model / "artifacts" / "python_model.pkl"):
+        where.parent.mkdir(exist_ok=True)
+        where.write_bytes(pickle.dumps(_Payload(marker)))
+    model = mlflow.pyfunc.load_model(str(local_model))
+    assert model.predict(np.asarray(samples[:1])).shape == (1, 14)
+    assert not marker.exists(), "loading the model unpickled a planted file"
+    pickle.loads((local_model / "python_model.pkl").read_bytes())  # the payload is real: unpickling runs it
+    assert marker.exists()
+
+
+def test_served_model_takes_images_not_paths(local_model: Path, trained_run: Path, samples: list[str],
+                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In an MLflow serving environment a string is base64 image bytes, never a path; with model_config image_root
+    only files inside it are read, and a path outside gets the same words whether it exists or not."""
+    import base64
+
+    from chestxray.deploy.pyfunc import NO_PATHS
+    from chestxray.errors import DataError
+
+    ref = predict_images(trained_run, samples[:2])
+    cols = [c for c in ref.columns if c.startswith("p_")]
+    encoded = np.asarray([base64.b64encode(Path(p).read_bytes()).decode() for p in samples[:2]], dtype=object)
+    blobs = np.asarray([Path(p).read_bytes() for p in samples[:2]], dtype=object)
+    data_urls = np.asarray(["data:image/png;base64," + e for e in encoded], dtype=object)
+    model = mlflow.pyfunc.load_model(str(local_model))
+    for what, data in (("bytes", blobs), ("data URLs", data_urls), ("paths", np.asarray(samples[:2]))):
+        assert np.abs(model.predict(data).to_numpy() - ref[cols].to_numpy()).max() < 1e-6, what  # in process
+
+    monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "true")  # what MLflow's scoring server sets
+    assert np.abs(model.predict(encoded).to_numpy() - ref[cols].to_numpy()).max() < 1e-6
+    for probe in ("/etc/passwd", "/etc/shadow", "/no/such/file.png", samples[0]):
+        with pytest.raises(DataError) as refused:
+            model.predict(np.asarray([probe]))
+        assert "not paths" in str(refused.value) and "root:" not in str(refused.value)
+    with pytest.raises(DataError, match=NO_PATHS[:40]):
+        model.predict(np.asarray(["/etc/shadow"]))
+
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "a.png").write_bytes(Path(samples[0]).read_bytes())
+    (root / "escape.png").symlink_to("/etc/passwd")
+    rooted = mlflow.pyfunc.load_model(str(local_model), model_config={"image_root": str(root)})
+    got = rooted.predict(np.asarray(["a.png", str(root / "a.png")]))
+    assert np.abs(got.to_numpy() - ref[cols].to_numpy()[[0, 0]]).max() < 1e-6
+    outside = []
+    for probe in ("/etc/passwd", "/no/such/file.png", "../../etc/passwd", "escape.png"):
+        with pytest.raises(DataError) as refused:
+            rooted.predict(np.asarray([probe]))
+        outside.append(str(refused.value))
+    assert len(set(outside)) == 1 and "inside the configured image_root" in outside[0], outside
+    monkeypatch.delenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT")
+    strict = mlflow.pyfunc.load_model(str(local_model), model_config={"allow_paths": False})
+    with pytest.raises(DataError, match="not paths"):
+        strict.predict(np.asarray(samples[:1]))
+
+
+def test_mlflow_models_serve_answers_no_file_content(local_model: Path, trained_run: Path, samples: list[str],
+                                                     tmp_path: Path) -> None:
+    """A real `mlflow models serve`: {"inputs": ["/etc/passwd"]} is refused without a byte of the file and with
+    the same words as a path that does not exist; base64 image bytes are scored as `chestxray predict` scores."""
+    import base64
+    import os
+    import sys
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # MLflow execs `uvicorn`
+    with running([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(local_model), "--env-manager",
+                  "local", "--host", "127.0.0.1", "--port", str(port)], f"{base}/ping", tmp_path / "serve.log",
+                 timeout=180, env={"PATH": path}):
+        answers = [requests.post(f"{base}/invocations", json={"inputs": [probe]}, timeout=60)
+                   for probe in ("/etc/passwd", "/no/such/file.png")]
+        image = base64.b64encode(Path(samples[0]).read_bytes()).decode()
+        scored = requests.post(f"{base}/invocations", json={"inputs": [image]}, timeout=60)
+    reasons = [a.json()["stack_trace"].strip().splitlines()[-1] for a in answers]  # MLflow puts ours last
+    for answer, reason in zip(answers, reasons):
+        assert answer.status_code == 400 and "takes images, not paths" in reason, answer.text[-500:]
+        assert "root:" not in answer.text and "/etc/passwd" not in reason
+    assert reasons[0] == reasons[1]  # no oracle for what exists
+    assert scored.status_code == 200, scored.text[:1000]
+    ref = predict_images(trained_run, samples[:1])
+    got = scored.json()["predictions"][0]
+    assert all(abs(got[c] - ref[c].iloc[0]) < 1e-6 for c in ref.columns if c.startswith("p_"))

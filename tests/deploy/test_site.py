@@ -60,6 +60,8 @@ def test_calibrate_writes_a_profile_and_leaves_the_bundle_unchanged(calibrated) 
     assert held["n_with_finding"] + held["n_no_finding"] == report["split"]["held_out_images"]
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["when"]) == {"before", "after"} and len(summary) == 2 * len(profile.labels)
+    unlike = report["unlike_training"]  # the run's OOD reference scored every site image
+    assert unlike["images"] == report["images"] and 0 <= unlike["unusual"] <= unlike["images"]
 
 
 def test_predict_with_site_gives_the_profiles_probabilities_and_decisions(calibrated, site_catalog: Path,
@@ -163,3 +165,33 @@ def test_serve_with_site_and_an_unusual_upload_in_chromium(calibrated, site_cata
     got = np.array([f["probability"] for f in ok["findings"]])
     np.testing.assert_allclose(got, expected, atol=2e-6)  # the JSON rounds to 6 decimals
     assert [f["threshold"] for f in ok["findings"]] == [profile.thresholds[x] for x in profile.labels]
+
+
+def test_export_with_site_carries_the_profile_into_onnx(calibrated, site_catalog: Path, tmp_path: Path) -> None:
+    out, _, _ = calibrated
+    run = out.parents[1]
+    onnx_file = tmp_path / "site.onnx"
+    result = runner.invoke(app, ["export", str(run), "--onnx", str(onnx_file), "--site", "synth-b"])
+    assert result.exit_code == 0 and "site profile 'synth-b'" in result.output, result.output
+    paths = pd.read_csv(site_catalog / "catalog.csv")["path"].head(6).tolist()
+    frames = {}
+    for name, model, extra in (("torch", str(run), ["--site", "synth-b"]), ("onnx", str(onnx_file), [])):
+        dest = tmp_path / f"{name}.csv"
+        result = runner.invoke(app, ["predict", model, *paths, "--format", "csv", "--out", str(dest), *extra])
+        assert result.exit_code == 0, result.output
+        frames[name] = pd.read_csv(dest)
+    cols = [c for c in frames["torch"].columns if c.startswith(("p_", "pred_"))]
+    np.testing.assert_allclose(frames["onnx"][cols].to_numpy(float), frames["torch"][cols].to_numpy(float), atol=1e-4)
+    result = runner.invoke(app, ["predict", str(onnx_file), paths[0], "--site", "synth-b"])
+    assert result.exit_code == 1 and "applies it already" in result.output
+    result = runner.invoke(app, ["export", str(run), "--mlflow-register", "x", "--site", "synth-b"])
+    assert result.exit_code == 1 and "--site goes into an ONNX export" in result.output
+
+
+def test_calibrate_reads_a_prepared_folder_too(trained_run: Path, synthetic_prepared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prepared-site"
+    result = runner.invoke(app, ["calibrate", str(trained_run), "--data", str(synthetic_prepared), "--labelled", "300",
+                                 "--out", str(out), "--n-boot", "20"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["images"] == 600 and report["split"]["held_out_images"] > 0  # every split of the folder

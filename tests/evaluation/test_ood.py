@@ -4,7 +4,6 @@ lateral views from the COVID collection as unlike its training images; ordinary 
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from chestxray.data.samples import non_cxr_images
 from chestxray.inference.ood import FALSE_ALARM, fit_reference, load_reference, save_reference
 
 
@@ -36,18 +36,6 @@ def kaggle_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     return root / "run", catalog.table
 
 
-def _non_cxr(tmp: Path) -> list[Path]:
-    """Photographs and drawings shipped with matplotlib and scikit-image, plus matplotlib's MRI slice as a PNG."""
-    import matplotlib
-    import skimage
-
-    mpl = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data"
-    raw = np.frombuffer(gzip.open(mpl / "s1045.ima.gz").read(), "<u2").reshape(256, 256)
-    Image.fromarray((raw / raw.max() * 255).astype(np.uint8)).save(tmp / "mri-slice.png")
-    sk = sorted(p for p in (Path(skimage.__file__).parent / "data").iterdir() if p.suffix in (".png", ".jpg"))
-    return [mpl / "grace_hopper.jpg", mpl / "Minduka_Present_Blue_Pack.png", tmp / "mri-slice.png", *sk]
-
-
 @pytest.mark.slow
 def test_ood_separates_cxrs_from_other_images(kaggle_run, shared_data: Path, tmp_path: Path) -> None:
     from chestxray.inference.predict import predict_images
@@ -58,7 +46,7 @@ def test_ood_separates_cxrs_from_other_images(kaggle_run, shared_data: Path, tmp
     test = table.loc[table["split"] == "test", "path"].tolist()
     covid = pd.read_csv(shared_data / "covid-chestxray-dataset" / "metadata.csv")
     lateral = [shared_data / "covid-chestxray-dataset" / p for p in covid.loc[covid["view"] == "L", "image_file"]]
-    groups = {"test": test, "non-cxr": _non_cxr(tmp_path), "lateral": lateral}
+    groups = {"test": test, "non-cxr": non_cxr_images(tmp_path), "lateral": lateral}
     scores = {k: predict_images(run, v)["in_distribution"].to_numpy() for k, v in groups.items()}
     inverted = tmp_path / "inverted"
     inverted.mkdir()

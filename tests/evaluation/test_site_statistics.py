@@ -124,3 +124,18 @@ def test_class_conditional_sets_cover_each_class() -> None:
         covered[1].append(result["coverage_per_class"]["PNEUMONIA"])
     for c in (0, 1):
         assert np.mean(covered[c]) >= 0.9 - 0.02, (c, np.mean(covered[c]))
+
+
+def test_multiclass_recalibration_is_one_temperature_over_the_softmax() -> None:
+    from chestxray.evaluation.calibration import multiclass_log_loss
+
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0, 1.5, size=(600, 3))
+    truth = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.eye(3)[[rng.choice(3, p=row) for row in truth]]
+    sharp = np.exp(3 * logits) / np.exp(3 * logits).sum(1, keepdims=True)  # the model is overconfident
+    choice = choose_map(y[:300], sharp[:300], ["a", "b", "c"], np.arange(300), multiclass=True)
+    assert choice.method == "softmax_temperature" and 2.0 < choice.step["t"] < 4.5
+    after = apply_step(choice.step, sharp[300:], ["a", "b", "c"])
+    assert np.allclose(after.sum(1), 1)
+    assert multiclass_log_loss(y[300:], after).mean() < multiclass_log_loss(y[300:], sharp[300:]).mean() - 0.1

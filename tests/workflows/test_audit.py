@@ -72,3 +72,40 @@ def test_report_without_audit_says_how_to_make_one(tmp_path: Path) -> None:
 
     html = render_audit_section(tmp_path / "nothing", "runs/x")
     assert "Not audited yet" in html and "chestxray audit runs/x" in html
+
+
+def test_cli_audit_shortcuts_rescore_through_the_one_scoring_path(evaluated_run: Path, tmp_path: Path) -> None:
+    """With shortcuts on: the own-geometry re-render reproduces evaluate's scores, square synthetic images cannot
+    change with the geometry, and the probe reports the catalog's view and sex."""
+    import json
+
+    result = CliRunner().invoke(app, ["audit", str(evaluated_run), "--n-boot", "60", "--max-images", "80",
+                                      "--coverage-images", "12", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "s" / "audit.json").read_text(encoding="utf-8"))
+    assert record["shortcut_images"] == 80 and record["scoring_parity"] < 1e-5
+    counter = pd.read_csv(tmp_path / "s" / "counterfactual.csv")
+    assert set(counter["geometry"]) == {"crop -> pad", "crop -> stretch"} and (counter["changed"] == 0).all()
+    assert {"view", "sex"} <= set(pd.read_csv(tmp_path / "s" / "probe.csv")["target"])
+    strata = pd.read_csv(tmp_path / "s" / "shortcuts.csv")
+    assert {"mean_intensity", "view"} <= set(strata["feature"]) and "width" not in set(strata["feature"])  # constant
+    page = (tmp_path / "s" / "audit.html").read_text(encoding="utf-8")
+    assert 'id="audit-shortcuts"' in page and 'id="audit-coverage"' in page
+    coverage = pd.read_csv(tmp_path / "s" / "explain_coverage.csv").set_index("outcome")
+    assert coverage.loc["all", "maps"] == 12 * 14  # 12 sampled test images x every label
+    assert coverage.drop(index="all")["maps"].sum() == 12 * 14 and "empty gradcam maps" in record["coverage_text"]
+
+
+def test_explain_and_report_state_the_coverage_of_the_maps(evaluated_run: Path) -> None:
+    shown = CliRunner().invoke(app, ["explain", str(evaluated_run), "--split", "test", "--n", "4",
+                                     "--outcomes", "TP,FN,TN"])
+    assert shown.exit_code == 0, shown.output
+    assert "empty gradcam maps (evidence for the finding):" in shown.output and "looked nowhere" in shown.output
+    folder = evaluated_run / "explain" / "test-gradcam"
+    scores = pd.read_csv(folder / "scores.csv")
+    assert set(scores["map_shown"]) <= {"evidence for", "evidence against"}
+    negative_empty = (scores["probability"] < scores["threshold"]) & (scores["for_map_empty"] == 1)
+    assert (scores.loc[negative_empty, "map_shown"] == "evidence against").all()  # no grey square for negatives
+    assert CliRunner().invoke(app, ["report", str(evaluated_run)]).exit_code == 0
+    html = (evaluated_run / "report.html").read_text(encoding="utf-8")
+    assert "Coverage: empty gradcam maps" in html and "looked nowhere" in html

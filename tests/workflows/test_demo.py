@@ -93,5 +93,5 @@ def test_demo_command_prints_precision_and_reuse(monkeypatch: pytest.MonkeyPatch
     result = CliRunner().invoke(app, ["demo", "--synthetic", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "precision: 32-true (auto: CPU without native bf16)" in text
+    assert "precision: 32-true — auto: CPU without native bf16" in text
     assert "reused 1 finished run(s) of an earlier demo" in text

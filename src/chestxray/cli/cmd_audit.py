@@ -60,22 +60,27 @@ def audit(
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates (patients resampled)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and of the image sample of the shortcut checks."),
     alpha: float = typer.Option(0.05, "--alpha", help="Family-wise error rate of the flags (Holm)."),
-    shortcuts: bool = typer.Option(True, "--shortcuts/--no-shortcuts", help="Also run the shortcut checks (they "
-                                   "score images with the model)."),
+    shortcuts: bool = typer.Option(True, "--shortcuts/--no-shortcuts", help="Also run the shortcut checks and "
+                                   "count empty Grad-CAM maps per outcome (both score images with the model)."),
     max_images: int = typer.Option(400, "--max-images", help="Images the shortcut checks score at most."),
+    coverage_images: int = typer.Option(48, "--coverage-images", help="Images whose Grad-CAM maps (every label) are "
+                                        "counted for the coverage of the explanations."),
 ) -> None:
     from chestxray.cli import checks
 
     checks.run_folder(run)
     checks.at_least("--n-boot", n_boot, 50)
     checks.at_least("--alpha", alpha, 1e-6, 0.5)
+    checks.at_least("--max-images", max_images, 1)
+    checks.at_least("--coverage-images", coverage_images, 0)
     from chestxray.workflows.audit import run_audit
 
     with console.status(f"auditing {run} ({split}) ..."):
         outcome = run_audit(run, split, by.split(",") if by else None, out, catalog, n_boot, seed, alpha, shortcuts,
-                            max_images)
+                            max_images, coverage_images)
     result = outcome.subgroups
-    console.print(_table(result))
+    if len(result.table):
+        console.print(_table(result))
     for line in result.sentences():
         console.print(f"- {line}", highlight=False, soft_wrap=True)
     for line in outcome.shortcut_findings:

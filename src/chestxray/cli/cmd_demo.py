@@ -62,6 +62,11 @@ def demo(
     )
 
     quiet_lightning()
+    import logging
+
+    steps = logging.getLogger("chestxray.workflows.demo")  # its steps say what the minutes are spent on
+    if steps.getEffectiveLevel() > logging.INFO:
+        steps.setLevel(logging.INFO)
 
     start = time.perf_counter()
     if model is not None:
@@ -106,8 +111,8 @@ def demo(
     for o in outcomes:
         console.print(f"report ({o.name}): {o.report}", soft_wrap=True)
     for precision, reason in sorted({(r.precision, r.precision_reason) for o in outcomes for r in o.recipes}):
-        console.print(f"precision: {precision or 'unknown'} ({reason or 'not recorded'}); figures from bf16 and fp32 "
-                      "training differ slightly (the README's are bf16-mixed)", highlight=False, soft_wrap=True)
+        console.print(f"precision: {precision or 'unknown'} — {reason or 'not recorded'}; bf16 and fp32 training give "
+                      "somewhat different figures (the README shows both)", highlight=False, soft_wrap=True)
     reused = [r for o in outcomes for r in o.recipes if r.reused]
     if reused:
         console.print(f"reused {len(reused)} finished run(s) of an earlier demo with the same settings and data "

@@ -32,6 +32,9 @@ def explain(
     outcomes: str = typer.Option("TP,FP,FN", "--outcomes", help="With --split (no --boxes): outcomes to show, in "
                                  "turn, at the stored thresholds; any of TP,FP,FN,TN."),
     steps: int = typer.Option(16, "--steps", help="Integrated Gradients steps."),
+    negatives: str = typer.Option("auto", "--negatives", help="Map drawn for a finding the model decides negative: "
+                                  "auto (the evidence against it when the evidence-for map is empty), against "
+                                  "(always), for (never). Ignored with --boxes."),
 ) -> None:
     from rich.table import Table
 
@@ -40,6 +43,9 @@ def explain(
 
     if not images and not split:
         raise ConfigError("no images to explain: give IMAGES or --split NAME")
+    from chestxray.cli import checks
+
+    checks.one_of("--negatives", negatives, ("auto", "for", "against"))  # chestxray.explain.coverage.NEGATIVES
     bundle_dir, default_out = explain_target(target)  # checked before torch loads
     missing = [str(p) for p in images or [] if not p.is_file()]
     if missing:
@@ -62,11 +68,18 @@ def explain(
     if split:
         wanted = tuple(o.strip().upper() for o in outcomes.split(",") if o.strip())
         results, out_dir = explain_split(bundle, split, n, method, default_out, table, wanted, label=label,
-                                         n_steps=steps, out_dir=out)
+                                         n_steps=steps, out_dir=out, negatives=negatives)
     else:
         out_dir = out or explain_folder(default_out, None, method, label, table is not None)
-        results = explain_images(bundle, images, method, label, out_dir, table, n_steps=steps)
+        results = explain_images(bundle, images, method, label, out_dir, table, n_steps=steps, negatives=negatives)
     scored = scores_table(results)
+    from chestxray.explain.coverage import MEANING, coverage_text, table_from_scores
+
+    coverage = coverage_text(table_from_scores(scored), method)
+    against = sum(r.shown == "evidence against" for r in results)
+    if coverage:
+        console.print(f"{coverage}; {against} negative(s) drawn as evidence against the finding. {MEANING}",
+                      highlight=False, soft_wrap=True)
     summary = summarize_scores(scored)
     tally = scored["outcome"].replace("", None).dropna().value_counts() if len(scored) else []
     kinds = f" ({', '.join(f'{v} {k}' for k, v in tally.items())})" if len(tally) else ""

@@ -38,9 +38,12 @@ def serve(
                                         "that new requests get 503."),
     site: str = typer.Option(None, "--site", help="Site profile made by 'chestxray calibrate' (a name under "
                              "RUN/sites/, or its folder): the site's probabilities and thresholds."),
+    engine: str = typer.Option("auto", "--engine", help="What scores uploads: auto (the bundle's cached ONNX graph "
+                               "through onnxruntime, PyTorch where it cannot be exported), onnxruntime or torch."),
 ) -> None:
     from chestxray.cli import checks
 
+    checks.engine(engine)
     checks.model_source(bundle)
     checks.at_least("--port", port, 1, 65535)
     checks.at_least("--max-upload-mb", max_upload_mb, 0.001)
@@ -57,15 +60,19 @@ def serve(
                                           "; uploads are not stored"), highlight=False, soft_wrap=True)
     run_server(bundle, host=host, port=port, limits=limits, keep_uploads=keep_uploads,
                allowed_hosts=tuple(allowed_host), allowed_origins=tuple(allowed_origin), read_timeout=read_timeout,
-               max_connections=max_connections, site=site)
+               max_connections=max_connections, site=site, engine=engine)
 
 
-@app.command(help="Start the MLflow UI (the real `mlflow server`) on the project's store: runs/mlflow.db or "
-             "./mlruns, or the store a run folder names, a .db file or any tracking URI. Needs the full mlflow: pip install 'chestxray\\[ui]'."
-             "\n\nExample: chestxray ui --store demo-output/mlflow.db --port 5000")
+@app.command(help="Start the MLflow UI (the real `mlflow server`) on the project's store: runs/mlflow.db (or a "
+             "legacy ./mlruns), the store a run folder names, a study's or tune's folder (OUT/runs/mlflow.db, "
+             "OUT/trials/mlflow.db), a .db file or any tracking URI. Needs the full mlflow: pip install "
+             "'chestxray\\[ui]'."
+             "\n\nExample: chestxray ui --store demo-output/mlflow.db --port 5000"
+             "\n\nExample (a tune study): chestxray ui --store runs/tune1")
 @friendly
 def ui(
-    store: str = typer.Option(None, "--store", help="Tracking URI, SQLite .db file, mlruns folder or run folder."),
+    store: str = typer.Option(None, "--store", help="Tracking URI, SQLite .db file, run folder, study or tune "
+                              "folder, or mlruns folder."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(5000, "--port", help="TCP port."),
 ) -> None:

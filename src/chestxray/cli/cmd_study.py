@@ -27,9 +27,12 @@ def compare_runs_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     out: Path = typer.Option(None, "--out", "-o", help="CSV of the per-finding table (and a .json beside it)."),
 ) -> None:
+    from chestxray.cli import checks
     from chestxray.evaluation.compare_runs import compare_runs
     from chestxray.evaluation.statistics import CLUSTERED_TEST
     from chestxray.files import write_csv, write_json
+
+    checks.at_least("--n-boot", n_boot, 10)
 
     result = compare_runs(run_a, run_b, n_boot=n_boot, seed=seed)
     print_table(comparison_table(result))
@@ -137,6 +140,7 @@ def study(
     from chestxray.errors import ConfigError
 
     checks.prepared_folder(prepared)
+    checks.at_least("--n-boot", n_boot, 10)
     for name in _list(models) or []:
         checks.model_name(name, "--models")
     from chestxray.workflows.study import expand, normalise_grid, read_grid, run_study
@@ -180,7 +184,9 @@ def study(
         return
     import pandas as pd
 
-    groups = pd.read_csv(done.out / "study_groups.csv")
+    from chestxray.files import read_csv
+
+    groups = read_csv(done.out / "study_groups.csv")
     table = Table(title=f"study {done.out}: {len(done.runs)} runs, one selected per group by {select}",
                   header_style="bold")
     for col in ("group", "val AUROC", "test AUROC", "selected", "its test AUROC [95% CI]"):
@@ -192,9 +198,20 @@ def study(
                       if pd.notna(g["selected_test_low"]) else f"{fmt(g['selected_test_auroc'])} (no CI: too few "
                       "patients)")
     print_table(table)
+    for path in sorted(done.out.glob("study_cross_source_*.csv")):  # a merged dataset: train source x test source
+        matrix = read_csv(path)
+        columns = [c for c in matrix.columns if c not in ("trained_on", "run") and f"{c} auroc" in matrix.columns]
+        view = Table(title=f"{path.stem[len('study_cross_source_'):]}: AUROC (95% CI) by training source (rows) and "
+                     f"test source (columns); {path.with_suffix('.png').name}", header_style="bold")
+        view.add_column("trained on")
+        for c in columns:
+            view.add_column(f"test: {c}")
+        for r in matrix.to_dict("records"):
+            view.add_row(str(r["trained_on"]), *[str(r[c]) for c in columns])
+        print_table(view)
     comparisons = done.out / "study_comparisons.csv"
     if comparisons.stat().st_size > 1:
-        table = pd.read_csv(comparisons)
+        table = read_csv(comparisons)
         for sentence in table["sentence"]:
             console.print(sentence, highlight=False, soft_wrap=True)
         if "family" in table and len(table) > 1:

@@ -6,12 +6,14 @@ import functools
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from chestxray.errors import ChestXrayError
+from chestxray.files import disk_full, disk_full_message
 
 console = Console()
 err_console = Console(stderr=True)
@@ -25,6 +27,18 @@ def fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+MAX_MESSAGE = 2000  # characters of an error line; what a message quotes is bounded where it is made, this is the net
+
+
+def _bounded(text: str) -> str:
+    """The message on one line, at most MAX_MESSAGE characters (the middle cut out, with its length said)."""
+    text = " ".join(text.split()) if "\n" in text else text
+    if len(text) <= MAX_MESSAGE:
+        return text
+    half = MAX_MESSAGE // 2
+    return f"{text[:half]} …[{len(text) - 2 * half:,} characters left out]… {text[-half:]}"
+
+
 def friendly(func: F) -> F:
     """Turn a ChestXrayError into one red line on stderr and exit code 1; other errors keep their traceback."""
 
@@ -33,7 +47,16 @@ def friendly(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ChestXrayError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {_bounded(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except Exception as exc:  # a full disk where the library did not word it: still one line, no traceback
+            full = disk_full(exc)
+            if full is None:
+                raise
+            name = getattr(full, "filename", None)
+            message = disk_full_message(Path(name).parent if name else Path.cwd(), exc, "what was written before "
+                                        "is kept; free some space and run the command again")
+            err_console.print(f"[bold red]error:[/] {_bounded(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

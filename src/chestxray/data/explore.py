@@ -36,6 +36,8 @@ class ExploreResult:
     samples_skipped: int = 0
     augment_grid: Path | None = None
     shortcuts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sources: pd.DataFrame = field(default_factory=pd.DataFrame)  # per (label, source): positives, prevalence, share
+    geometry: pd.DataFrame | None = None  # geometry_check, when asked for
 
 
 def normal_name(catalog: Catalog) -> str:
@@ -189,7 +191,7 @@ def _strata(catalog: Catalog, table: pd.DataFrame) -> pd.Series:
     """Each image's stratum for the sample grid: its rarest finding, or the normal class when it has none."""
     counts = table[list(catalog.labels)].sum(axis=0)
     rarest_first = [name for name in counts.sort_values(kind="stable").index]
-    matrix = table[rarest_first].to_numpy(dtype=bool)
+    matrix = table[rarest_first].fillna(0).to_numpy(dtype=bool)  # a missing label is not a finding shown
     first = np.where(matrix.any(axis=1), matrix.argmax(axis=1), -1)
     return pd.Series([rarest_first[i] if i >= 0 else normal_name(catalog) for i in first], index=table.index)
 
@@ -238,7 +240,7 @@ def sample_grid(catalog: Catalog, path: Path, n: int = 16, seed: int = 0) -> tup
                 log.warning("sample grid: skipping %s (%s)", row["path"], exc)
                 skipped += 1
                 continue
-            names = [label for label in catalog.labels if int(row[label]) == 1]
+            names = [label for label in catalog.labels if row[label] == 1]
             shown.append((image, ", ".join(names) or normal_name(catalog)))
             got += 1
     if not shown:
@@ -276,10 +278,13 @@ def _mosaic(shown: list[tuple[np.ndarray, str]], path: Path, tile: int = 160) ->
     return _save(fig, path)
 
 
-def explore_catalog(catalog: Catalog | str | Path, out_dir: str | Path, n_samples: int = 16, seed: int = 0) -> ExploreResult:
+def explore_catalog(catalog: Catalog | str | Path, out_dir: str | Path, n_samples: int = 16, seed: int = 0,
+                    geometry_size: int | None = None) -> ExploreResult:
     """Write findings.csv, cooccurrence.csv, shortcuts.csv, metadata CSVs, counts/co-occurrence (or, binary, classes)/age
-    PNGs and samples.png; the shortcut table is kept in the result (shortcut_warnings words it)."""
+    PNGs and samples.png; the shortcut table is kept in the result (shortcut_warnings words it). With geometry_size,
+    also geometry.csv (chestxray.data.geometry.geometry_check at that input size; kept in the result)."""
     from chestxray.data.shortcuts import shortcut_check, shortcut_warnings
+    from chestxray.data.source_mix import catalog_composition
 
     if not isinstance(catalog, Catalog):
         catalog = load_catalog(catalog)
@@ -294,6 +299,10 @@ def explore_catalog(catalog: Catalog | str | Path, out_dir: str | Path, n_sample
              else _plot_cooccurrence(co, out / "cooccurrence.png")]
     for line in shortcut_warnings(shortcuts):
         log.info("%s", line)
+    composition = catalog_composition(catalog)
+    if not composition.empty:
+        files.append(write_csv(out / "sources.csv", composition))
+
     for name, frame in metadata_summary(catalog).items():
         files.append(write_csv(out / f"{name}.csv", frame, index=True))
     ages = _ages(catalog)
@@ -302,11 +311,18 @@ def explore_catalog(catalog: Catalog | str | Path, out_dir: str | Path, n_sample
     grid, shown, skipped = sample_grid(catalog, out / "samples.png", n=n_samples, seed=seed)
     if grid is not None:
         files.append(grid)
-    return ExploreResult(out, findings, files, shown, skipped, shortcuts=shortcuts)
+    geometry = None
+    if geometry_size:
+        from chestxray.data.geometry import geometry_check
+
+        geometry = geometry_check(catalog, size=geometry_size, seed=seed)
+        files.append(write_csv(out / "geometry.csv", geometry))
+    return ExploreResult(out, findings, files, shown, skipped, shortcuts=shortcuts, sources=composition,
+                         geometry=geometry)
 
 
 def explore(path: str | Path, out_dir: str | Path, augment: str | None = None, n_samples: int = 16,
-            seed: int = 0) -> ExploreResult:
+            seed: int = 0, geometry_size: int | None = None) -> ExploreResult:
     """Explore a catalog folder, or a prepared folder (its catalog, plus an augmentation grid when augment is set)."""
     from chestxray.data.shards import MANIFEST, read_manifest
 
@@ -315,11 +331,11 @@ def explore(path: str | Path, out_dir: str | Path, augment: str | None = None, n
     if not manifest_path.is_file():
         if augment:
             raise DataError(f"{path}: --augment needs a prepared folder (with {MANIFEST}); run 'chestxray prepare' first")
-        return explore_catalog(path, out_dir, n_samples=n_samples, seed=seed)
+        return explore_catalog(path, out_dir, n_samples=n_samples, seed=seed, geometry_size=geometry_size)
     manifest = read_manifest(path)
     catalog_path = manifest.get("catalog")
     if catalog_path and Path(catalog_path).exists():
-        result = explore_catalog(catalog_path, out_dir, n_samples=n_samples, seed=seed)
+        result = explore_catalog(catalog_path, out_dir, n_samples=n_samples, seed=seed, geometry_size=geometry_size)
     elif not augment:
         raise DataError(f"{manifest_path}: its catalog {catalog_path!r} is not found; explore the catalog folder itself")
     else:

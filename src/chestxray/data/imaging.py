@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # process can deadlock its forked children, so OpenCV runs single-threaded (the usual PyTorch + OpenCV advice).
 cv2.setNumThreads(0)
 
-RESIZE_MODES: tuple[str, ...] = ("crop", "pad")
+RESIZE_MODES: tuple[str, ...] = ("crop", "pad", "stretch")
 DEFAULT_MAX_PIXELS = 100_000_000  # far above any real radiograph (a 4,300 × 4,300 detector is 18.5 MP)
 # JPEG draft decoding (≥ 2 × target) then fit_square vs. a full decode then fit_square, in grey levels, at 32 px and
 # above (bench/bench_draft.py on the 1,269 Kaggle JPEGs: mean 0.45 at 32 px, 0.24 at 64 px, 0 at 256 px; worst file
@@ -103,7 +103,8 @@ def check_pixels(path: str | Path, shape: tuple[int, ...], max_pixels: int | Non
 def fit_square(img: np.ndarray, size: int, mode: str = "crop", source_shape: tuple[int, int] | None = None
                ) -> np.ndarray:
     """Resize a uint8 (H, W) image to (size, size): 'crop' (default) scales the short side to `size` and keeps the
-    centre square; 'pad' keeps the whole image, scaling the long side to `size` and centring it on black.
+    centre square; 'pad' keeps the whole image, scaling the long side to `size` and centring it on black; 'stretch'
+    scales each side to `size` on its own (the whole image, no bars, anatomy squeezed by the aspect ratio).
 
     Crop is the default because pad's black bars encode the image's aspect ratio, an acquisition trait that can
     predict the label by itself (Kaggle pneumonia images are wider) and that a model then learns instead of the lungs.
@@ -115,6 +116,8 @@ def fit_square(img: np.ndarray, size: int, mode: str = "crop", source_shape: tup
     if img.ndim != 2 or img.dtype != np.uint8:
         raise DataError(f"fit_square expects a uint8 (H, W) image, got {img.dtype} {img.shape}")
     h, w = source_shape or img.shape
+    if mode == "stretch":
+        return np.ascontiguousarray(_resize(img, size, size))
     if mode == "crop":  # scale the short side to `size`, then take the centre at output resolution: the same
         # output geometry from a full or a reduced decode (cropping first would round the window in reduced pixels)
         scale = size / min(h, w)

@@ -21,8 +21,8 @@ from chestxray.errors import DataError
 from chestxray.evaluation.disparities import ANY, make_tasks, subgroup_table
 from chestxray.evaluation.metrics import _clean
 from chestxray.evaluation.sample_rule import RULE
-from chestxray.evaluation.subgroups import Attribute, resolve_attributes
-from chestxray.files import write_csv, write_json
+from chestxray.evaluation.subgroups import Attribute, default_attributes, resolve_attributes
+from chestxray.files import read_csv, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class SubgroupAudit:
     def sentences(self) -> list[str]:
         """Plain-words findings: each flagged gap of a group against the rest (a two-group gap said once, from the
         side that fares worse), or that none was found."""
+        if self.table.empty:
+            return list(self.notes[:1])
         lines = []
         for _, r in self.flagged.iterrows():
             two = not str(r["compared_with"]).startswith("not ")
@@ -83,7 +85,7 @@ def eval_frames(run: Path, split: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     if name is None:
         raise DataError(f"{run}: eval/ holds the {evaluated!r} split, not {split!r}; run `chestxray evaluate {run} "
                         f"--split {split}` first")
-    frame = pd.read_csv(eval_dir / name, dtype={"image_id": str, "patient_id": str})
+    frame = read_csv(eval_dir / name, dtype={"image_id": str, "patient_id": str})
     if split == "val":
         log.warning("auditing the validation split, where the thresholds were chosen: rates are optimistic")
     return frame, metrics
@@ -130,7 +132,13 @@ def audit_subgroups(frame: pd.DataFrame, labels: Sequence[str], thresholds: dict
     """Subgroup table for predictions with attributes beside them (image_id, patient_id, labels, p_<label>, catalog
     columns): attributes `by` (default: those the catalog carries), thresholds as stored (never re-chosen)."""
     labels = list(labels)
-    attributes = resolve_attributes(frame, by, ignore=[*labels, *(f"p_{x}" for x in labels)])
+    if not by and not default_attributes(frame):
+        note = ("the catalog carries no patient or acquisition attribute (sex, age, view, location, site, "
+                "manufacturer, ...): no subgroup table; name a column with --by, or keep one with --keep-cols")
+        return SubgroupAudit(pd.DataFrame(), split, [], {"split": split, "alpha": alpha, "comparisons": 0,
+                                                          "n_boot": n_boot, "seed": seed, "unit": "patient",
+                                                          "rule": RULE, "definition": DEFINITION}, [note])
+    attributes = resolve_attributes(frame, by, ignore=[*labels, *(f"{k}_{x}" for x in labels for k in ("p", "logit"))])
     multiclass = task == "multiclass"
     tasks = make_tasks(frame[labels].to_numpy(), frame[[f"p_{x}" for x in labels]].to_numpy(), labels, thresholds,
                        multiclass, normal_label(labels) if multiclass else None)
@@ -154,16 +162,21 @@ def audit_subgroups(frame: pd.DataFrame, labels: Sequence[str], thresholds: dict
     return SubgroupAudit(table, split, attributes, settings, notes)
 
 
+def load_audit_frame(run_dir: str | Path, split: str = "test", catalog: str | Path | None = None
+                     ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """What `evaluate` stored for RUN on `split` (scores, labels, patient ids) joined with the catalog's columns
+    (path and attributes), and evaluate's metrics.json (labels, thresholds, task)."""
+    frame, metrics = eval_frames(Path(run_dir), split)
+    return join_attributes(frame, catalog_table(metrics, catalog)), metrics
+
+
 def audit_run_subgroups(run_dir: str | Path, split: str = "test", by: Sequence[str] | None = None,
                         catalog: str | Path | None = None, n_boot: int = 1000, ci: float = 0.95, alpha: float = 0.05,
                         seed: int = 0) -> SubgroupAudit:
     """audit_subgroups on what `evaluate` stored for RUN (its scores, its thresholds) joined with the catalog."""
-    run = Path(run_dir)
-    frame, metrics = eval_frames(run, split)
-    labels = list(metrics["labels"])
-    joined = join_attributes(frame, catalog_table(metrics, catalog))
-    return audit_subgroups(joined, labels, metrics.get("thresholds") or {}, by, str(metrics.get("task") or
-                           "multilabel"), split, n_boot, ci, alpha, seed)
+    joined, metrics = load_audit_frame(run_dir, split, catalog)
+    return audit_subgroups(joined, list(metrics["labels"]), metrics.get("thresholds") or {}, by,
+                           str(metrics.get("task") or "multilabel"), split, n_boot, ci, alpha, seed)
 
 
 def write_subgroup_audit(result: SubgroupAudit, out: str | Path) -> dict[str, Path]:

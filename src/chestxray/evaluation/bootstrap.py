@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from chestxray.errors import ConfigError
+
 SCHEME = ("stratified patient bootstrap: patients resampled with replacement within strata that keep, in every "
           "replicate, a positive and a negative patient for each finding defined on the split")
 
@@ -71,7 +73,11 @@ def patient_strata(properties: np.ndarray) -> np.ndarray:
 
 def stratified_patient_counts(strata: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """How often each patient is drawn in each replicate, drawing each stratum's size from it with replacement:
-    int32 (n_boot, P). One stratum holding everyone is the plain patient bootstrap."""
+    int32 (n_boot, P). One stratum holding everyone is the plain patient bootstrap. n_boot < 1 is a ConfigError:
+    every interval would silently be missing."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ConfigError(f"--n-boot {n_boot!r}: the bootstrap needs at least 1 replicate (1000 is the default; "
+                          "fewer than a few hundred give unstable 95% intervals)")
     n_pat = strata.size
     if n_pat == 0:
         return np.zeros((n_boot, 0), dtype=np.int32)
@@ -109,14 +115,16 @@ class SortedTask:
     product) and a few over the positives.
     """
 
-    def __init__(self, y: np.ndarray, score: np.ndarray, codes: np.ndarray) -> None:
+    def __init__(self, y: np.ndarray, score: np.ndarray, codes: np.ndarray, n_units: int | None = None) -> None:
+        """n_units: the number of units the replicate counts cover (default: the highest code + 1); give it when
+        the task holds a subset of the units (a finding annotated for some images only)."""
         y = np.asarray(y).ravel().astype(bool)
         s = np.asarray(score, dtype=np.float64).ravel()
         codes = np.asarray(codes).ravel()
         order = np.argsort(s[y], kind="stable")
         sp = s[y][order]
         self.pos_codes = codes[y][order]
-        self.n_units = int(codes.max()) + 1 if codes.size else 0
+        self.n_units = n_units if n_units is not None else (int(codes.max()) + 1 if codes.size else 0)
         n_gaps = sp.size + 1
         neg_s, neg_c = s[~y], codes[~y]
         shape = (n_gaps, self.n_units)

@@ -30,6 +30,7 @@ from chestxray.evaluation.statistics import (
     paired_bootstrap,
 )
 from chestxray.inference.outputs import score_kind
+from chestxray.files import read_csv
 
 COLUMNS = ["finding", "positives", "positive_patients", "negative_patients", "auroc_a", "auroc_b", "diff", "low",
            "high", "p", "p_holm", "test"]
@@ -110,26 +111,31 @@ def compare_predictions(
     frame_a: pd.DataFrame, frame_b: pd.DataFrame, labels: Sequence[str], name_a: str = "a", name_b: str = "b",
     split: str = "test", n_boot: int = 1000, seed: int = 0, min_patients: int = MIN_PATIENTS,
 ) -> Comparison:
-    """Compare two prediction frames (image_id, patient_id, labels, logit_<label> or p_<label>) of the same images."""
+    """Compare two prediction frames (image_id, patient_id, labels, logit_<label> or p_<label>) of the same images,
+    ranking on log-odds (the logit_ columns when both frames have them: probabilities saturate at 1.0 and tie)."""
     labels = list(labels)
-    # rank on log-odds (logit_ columns) when both frames have them: probabilities saturate at 1.0 and tie
     kind = "logit" if score_kind(frame_a, labels) == score_kind(frame_b, labels) == "logit" else "p"
-    scores = [f"{kind}_{x}" for x in labels]
-    need = ["image_id", "patient_id", *labels, *scores]
+    need = ["image_id", "patient_id", *labels, *(f"{kind}_{x}" for x in labels)]
     for name, frame in ((name_a, frame_a), (name_b, frame_b)):
         missing = [c for c in need if c not in frame.columns]
         if missing:
             raise DataError(f"{name}: predictions lack column(s) {missing}; re-run chestxray evaluate")
-    merged = frame_a[need].merge(frame_b[["image_id", *scores]], on="image_id",
+    merged = frame_a[need].merge(frame_b[["image_id", *(f"{kind}_{x}" for x in labels)]], on="image_id",
                                  how="outer", suffixes=("_a", "_b"), indicator=True)
     if (merged["_merge"] != "both").any() or len(merged) != len(frame_a):
         only_a = int((merged["_merge"] == "left_only").sum())
         only_b = int((merged["_merge"] == "right_only").sum())
         raise DataError(f"{name_a} and {name_b} scored different images ({only_a} only in {name_a}, {only_b} only in "
                         f"{name_b}); evaluate both runs on the same prepared data and split")
+    partial = [x for x in labels if merged[x].isna().any()]  # a merged dataset: missing for some sources' images
+    if partial:
+        labels = [x for x in labels if x not in partial]
+        if not labels:
+            raise DataError(f"{name_a} and {name_b}: no finding is annotated for every evaluated image (a merged "
+                            "dataset); compare their per-source results (metrics.json by_source) instead")
     y = merged[labels].to_numpy().astype(np.uint8)
-    a = merged[[f"{c}_a" for c in scores]].to_numpy(np.float64)
-    b = merged[[f"{c}_b" for c in scores]].to_numpy(np.float64)
+    a = merged[[f"{kind}_{x}_a" for x in labels]].to_numpy(np.float64)
+    b = merged[[f"{kind}_{x}_b" for x in labels]].to_numpy(np.float64)
     patients = merged["patient_id"].astype(str).tolist()
     codes, n_pat = patient_codes(patients)
     boot = paired_bootstrap(y, a, b, patients, n_boot=n_boot, seed=seed)
@@ -160,7 +166,8 @@ def compare_predictions(
     method = (f"{CLUSTERED_TEST} per finding (DeLong's structural components summed per patient, Obuchowski 1997), "
               f"Holm-corrected over the {len(eligible)} findings tested (family: the findings of this pair); "
               f"{int(100 * boot.ci)}% intervals from a paired stratified patient bootstrap ({n_boot} replicates, seed "
-              f"{seed}); {RULE}; difference = {name_a} - {name_b}")
+              f"{seed}); {RULE}; difference = {name_a} - {name_b}"
+              + (f"; not compared (missing for some images): {', '.join(partial)}" if partial else ""))
     return Comparison(name_a, name_b, split, len(y), n_pat, n_boot, table, method)
 
 
@@ -211,7 +218,7 @@ def read_eval(run: str | Path) -> tuple[pd.DataFrame, list[str], str]:
     if not metrics.is_file() or not preds.is_file():
         raise DataError(f"{run}: no eval/metrics.json and eval/predictions.csv; run chestxray evaluate {run} first")
     meta = json.loads(metrics.read_text(encoding="utf-8"))
-    frame = pd.read_csv(preds, dtype={"image_id": str, "patient_id": str})
+    frame = read_csv(preds, dtype={"image_id": str, "patient_id": str})
     return frame, list(meta["labels"]), str(meta.get("split", "test"))
 
 

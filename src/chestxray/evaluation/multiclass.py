@@ -101,12 +101,13 @@ def multiclass_summary(
     ci: float = 0.95,
     seed: int = 0,
     chunk: int = 200,
-    y_prob: Any = None,
+    log_odds: bool = False,
 ) -> tuple[Summary, MulticlassMetrics]:
     """Per-class one-vs-rest rows (with argmax confusion counts), macro and weighted rows, and the multi-class extras.
 
     Weighted = per-class AUROC/AUPRC weighted by class support (scikit-learn's average='weighted'). Scores rank and
-    give the argmax: one-vs-rest log-odds (evaluate) or probabilities; `y_prob` (None: the scores) is for calibration.
+    give the argmax: one-vs-rest log-odds (`log_odds`, as evaluate passes them; calibration reads their sigmoid) or
+    probabilities.
     """
     t, s = check_arrays(y_true, y_score)
     labels = list(labels)
@@ -115,7 +116,7 @@ def multiclass_summary(
         raise DataError(f"{k} class names for arrays of shape {t.shape}; a multi-class task needs K >= 2 matching")
     true = check_one_hot_truth(t)
     pred = s.argmax(1)
-    base = summarize(t, s, labels, patient_ids, None, n_boot=n_boot, ci=ci, seed=seed, y_prob=y_prob)
+    base = summarize(t, s, labels, patient_ids, None, n_boot=n_boot, ci=ci, seed=seed, log_odds=log_odds)
     conf = confusion_matrix(true, pred, k)
     n = len(true)
     rows: list[FindingMetrics] = []

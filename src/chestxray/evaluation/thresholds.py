@@ -4,10 +4,10 @@ Methods: "youden" (max sensitivity + specificity - 1, the default), "f1" (max F1
 "sensitivity:0.9" (the highest threshold whose sensitivity reaches 0.9, i.e. the best specificity
 at that sensitivity). A score >= threshold is called positive.
 
-Thresholds are chosen on log-odds (logit_<label> columns), never on probabilities: a float32 probability is exactly
-1.0 above a logit of ~17, so no threshold could separate such images. The card keeps both: `threshold_logits`, which
-every scoring path applies (chestxray.inference.outputs.add_decisions: log-odds >= threshold), and `thresholds`, the
-same values as probabilities for people.
+A bundle's thresholds are chosen on log-odds (logit_<label> columns), never on probabilities: a float32 probability
+is exactly 1.0 above a logit of ~17, so no threshold could separate such images. The card keeps both:
+`threshold_logits`, which every scoring path applies (chestxray.inference.outputs.add_decisions: log-odds >=
+threshold), and `thresholds`, the same values as probabilities for people.
 """
 
 from __future__ import annotations
@@ -24,23 +24,26 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from chestxray.data.tasks import probability_of
 from chestxray.errors import ConfigError
 from chestxray.evaluation.methods import METHODS, ThresholdMethod, parse_method  # noqa: F401 (re-exported)
-from chestxray.evaluation.metrics import check_arrays, undefined_reason
+from chestxray.evaluation.metrics import check_with_missing, undefined_reason
 from chestxray.inference.outputs import add_decisions, log_odds_matrix
 from chestxray.models.bundle import update_card
 
 log = logging.getLogger(__name__)
 
-FALLBACK = 0.0  # log-odds (p = 0.5) for a label whose validation split has no positives or no negatives
+FALLBACK = 0.5  # used for a label whose validation split has no positives or no negatives (probability scores)
+FALLBACK_LOGIT = 0.0  # the same, p = 0.5, for log-odds scores
 
 
-def choose_threshold(y_true: Any, y_score: Any, method: str | ThresholdMethod = "youden") -> float:
-    """One finding's threshold on validation scores (log-odds); FALLBACK (0, i.e. p = 0.5) when it lacks positives
-    or negatives."""
+def choose_threshold(y_true: Any, y_score: Any, method: str | ThresholdMethod = "youden",
+                     fallback: float = FALLBACK) -> float:
+    """One finding's threshold on validation scores (images where the label is missing, NaN, left out), on the
+    scores' own scale; `fallback` (probabilities: 0.5) when it lacks positives or negatives."""
     m = parse_method(method)
-    t, s = check_arrays(y_true, y_score)
-    t, s = t[:, 0], s[:, 0]
+    t, s = check_with_missing(y_true, y_score)
+    keep = ~np.isnan(t[:, 0])
+    t, s = t[keep, 0].astype(np.uint8), s[keep, 0]
     if undefined_reason(t) is not None:
-        return FALLBACK
+        return fallback
     if m.kind == "f1":
         precision, recall, thr = precision_recall_curve(t, s)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -55,21 +58,21 @@ def choose_threshold(y_true: Any, y_score: Any, method: str | ThresholdMethod = 
 
 
 def choose_thresholds(
-    y_true: Any, y_score: Any, labels: Sequence[str], method: str | ThresholdMethod = "youden"
+    y_true: Any, y_score: Any, labels: Sequence[str], method: str | ThresholdMethod = "youden",
+    fallback: float = FALLBACK,
 ) -> dict[str, float]:
-    """Thresholds per label from validation labels/scores (N, L) (log-odds); labels without both classes get the
-    FALLBACK (p = 0.5) and a warning."""
+    """Thresholds per label from validation labels/scores (N, L), each on the images that annotate it (NaN:
+    missing); labels without both classes there get `fallback` (p = 0.5 on the scores' scale) and a warning."""
     m = parse_method(method)
-    t, s = check_arrays(y_true, y_score)
+    t, s = check_with_missing(y_true, y_score)
     if t.shape[1] != len(labels):
         raise ConfigError(f"{len(labels)} label names for validation arrays of shape {t.shape}; they must match")
     out: dict[str, float] = {}
     for j, name in enumerate(labels):
-        reason = undefined_reason(t[:, j])
+        reason = undefined_reason(t[~np.isnan(t[:, j]), j])
         if reason is not None:
-            log.warning("threshold for %s set to p = %.2f: validation split has %s", name,
-                        float(probability_of(FALLBACK)), reason)
-        out[name] = choose_threshold(t[:, j], s[:, j], m)
+            log.warning("threshold for %s set to p = 0.5: validation split has %s", name, reason)
+        out[name] = choose_threshold(t[:, j], s[:, j], m, fallback)
     return out
 
 
@@ -78,7 +81,8 @@ def thresholds_from_frame(
 ) -> dict[str, float]:
     """Log-odds thresholds from a predictions frame of the validation split (true label columns and logit_<label>
     scores; a frame from before log-odds were kept: the log-odds of its p_<label>)."""
-    return choose_thresholds(frame[list(labels)].to_numpy(), log_odds_matrix(frame, labels), labels, method)
+    return choose_thresholds(frame[list(labels)].to_numpy(), log_odds_matrix(frame, labels), labels, method,
+                             FALLBACK_LOGIT)
 
 
 def as_probabilities(threshold_logits: dict[str, float]) -> dict[str, float]:

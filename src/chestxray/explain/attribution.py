@@ -46,19 +46,23 @@ def _no_inplace(net: torch.nn.Module) -> None:
             module.inplace = False
 
 
-def grad_cam(net: torch.nn.Module, inputs: torch.Tensor, target: int, layer: torch.nn.Module | None = None) -> torch.Tensor:
+def grad_cam(net: torch.nn.Module, inputs: torch.Tensor, target: int, layer: torch.nn.Module | None = None,
+             sign: int = 1) -> torch.Tensor:
     """Grad-CAM (B, 1, H, W) of logit `target` for inputs (B, C, H, W), ReLU'd and bilinearly upsampled to H x W.
 
-    The layer's output is read as laid out by the net's `gradcam_layout` ('nchw' by default, 'nhwc', 'tokens');
-    an output not in that layout is a ModelError suggesting Integrated Gradients.
+    sign -1 explains the negated logit: the evidence AGAINST the finding (regions whose activations push its score
+    down), which is what carries information for an image the model scores negative, where the evidence-for map is
+    usually empty. The layer's output is read as laid out by the net's `gradcam_layout` ('nchw' by default, 'nhwc',
+    'tokens'); an output not in that layout is a ModelError suggesting Integrated Gradients.
     """
     from captum.attr import LayerAttribution, LayerGradCam
 
     _no_inplace(net)
     layer = layer if layer is not None else find_gradcam_layer(net)
     layout = getattr(net, "gradcam_layout", "nchw")
+    forward = net if sign > 0 else (lambda x: -net(x))
     with spatial_probe(net, layer, layout, (inputs.shape[-2], inputs.shape[-1])) as probe:
-        attr = LayerGradCam(net, probe).attribute(inputs, target=target, relu_attributions=True)
+        attr = LayerGradCam(forward, probe).attribute(inputs, target=target, relu_attributions=True)
     return LayerAttribution.interpolate(attr, tuple(inputs.shape[-2:]), interpolate_mode="bilinear").detach()
 
 
@@ -84,13 +88,14 @@ def to_heatmaps(attributions: torch.Tensor) -> np.ndarray:
 
 def attribute(
     net: torch.nn.Module, inputs: torch.Tensor, target: int, method: str = "gradcam",
-    baselines: torch.Tensor | None = None, n_steps: int = 16,
+    baselines: torch.Tensor | None = None, n_steps: int = 16, sign: int = 1,
 ) -> np.ndarray:
-    """(B, H, W) heatmaps in [0, 1] of logit `target` by 'gradcam' or 'ig' (baselines: IG start point, default zeros)."""
+    """(B, H, W) heatmaps in [0, 1] of logit `target` by 'gradcam' or 'ig' (baselines: IG start point, default zeros);
+    sign -1: the evidence against the finding (Grad-CAM of the negated logit; IG's negative attributions)."""
     if method == "gradcam":
-        return to_heatmaps(grad_cam(net, inputs, target))
+        return to_heatmaps(grad_cam(net, inputs, target, sign=sign))
     if method == "ig":
         attr, delta = integrated_gradients(net, inputs, target, baselines, n_steps)
         log.debug("IG completeness error %s", delta.abs().max().item())
-        return to_heatmaps(attr)
+        return to_heatmaps(attr * sign)
     raise ConfigError(f"explain method {method!r} is not one of {list(METHODS)}{closest(method, METHODS)}")

@@ -13,7 +13,7 @@ import datetime as _dt
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +25,11 @@ from chestxray.data.labels import closest
 from chestxray.data.tasks import is_multiclass
 from chestxray.errors import ConfigError, DataError, ModelError
 from chestxray.explain.attribution import METHODS, attribute
+from chestxray.explain.coverage import NEGATIVES, table_from_scores
 from chestxray.explain.localize import (
     box_mask,
     boxes_for,
+    is_empty_map,
     localization_scores,
     read_boxes,
     rows_to_boxes,
@@ -35,13 +37,13 @@ from chestxray.explain.localize import (
 from chestxray.explain.overlay import Caption, render_overlay, save_png
 from chestxray.explain.targets import explain_target  # noqa: F401 - part of this module's interface
 from chestxray.files import write_csv, write_text
+from chestxray.inference.engines import bundle_scorer
 from chestxray.inference.outputs import decision_thresholds, log_odds_matrix
 from chestxray.inference.predict import (
     as_bundle,
     normalize_for_model,
     predict_split,
     resolve_device,
-    torch_scorer,
 )
 from chestxray.inference.scoring import load_pixels
 from chestxray.models.bundle import Bundle
@@ -62,6 +64,8 @@ class ExplainResult:
     overlay: Path
     scores: dict[str, float] = field(default_factory=dict)
     caption: Caption | None = None
+    for_map_empty: bool = False  # the evidence-for map had no signal (explain.coverage counts these per outcome)
+    shown: str = "evidence for"  # the map drawn: 'evidence for' the finding, or 'evidence against' it
 
 
 OUTCOMES = ("TP", "FP", "FN", "TN")
@@ -116,15 +120,21 @@ def explain_images(
     truth: pd.DataFrame | None = None,
     split: str = "",
     settings: Mapping[str, object] | None = None,
+    negatives: str = "auto",
 ) -> list[ExplainResult]:
     """Explain each image (label: given, else the image's own (path, label) pair, else its boxed findings, else its
-    top-scoring label); write overlays, scores.csv and settings.json into out_dir (its old overlays are removed).
+    top-scoring label); write overlays, scores.csv, coverage.csv and settings.json into out_dir (its old overlays are
+    removed).
 
     truth: 0/1 label columns indexed by image file name (from the catalog) for TP/FP/FN/TN captions; split: shown in
-    captions; settings: extra fields for settings.json (e.g. the selection).
+    captions; settings: extra fields for settings.json (e.g. the selection). negatives: the map drawn for a finding the
+    model decides negative: 'auto' the evidence against it when the evidence-for map is empty, 'against' always,
+    'for' never (explain.coverage). With boxes the evidence-for map is always drawn (it is the one scored).
     """
     if method not in METHODS:
         raise ConfigError(f"explain method {method!r} is not one of {list(METHODS)}{closest(method, METHODS)}")
+    if negatives not in NEGATIVES:
+        raise ConfigError(f"--negatives {negatives!r} is not one of {list(NEGATIVES)}")
     model = as_bundle(bundle)
     labels = list(model.card["labels"])
     if label is not None and label not in labels:
@@ -133,7 +143,8 @@ def explain_images(
     thresholds = model.card.get("thresholds") or {}
     multiclass = is_multiclass(model.card.get("task"))
     device = resolve_device()
-    scorer = torch_scorer(model, device=device)  # captions score as evaluate did: the stored TTA
+    # captions score as evaluate did (the stored TTA), on the CPU through the cached ONNX graph: no gradient needed
+    scorer = bundle_scorer(model, device=str(device))
     net = model.net.to(device).eval()
     size = int(model.card["image_size"])
     mode = model.card.get("resize", "pad")
@@ -157,13 +168,20 @@ def explain_images(
             caption = Caption(name, float(probs[target]), method, None if multiclass else thresholds.get(name, 0.5),
                               int(truth.loc[path.name, name]) if known else None, path.name, split,
                               predicted=labels[int(probs.argmax())] if multiclass else None)
-            overlay = save_png(render_overlay(gray, heatmap, caption, found), out / f"{path.stem}_{name}_{method}.png")
-            results.append(ExplainResult(path, path.name, name, float(probs[target]), method, heatmap, overlay, scores,
-                                         caption))
-    write_csv(out / "scores.csv", scores_table(results))
+            empty = is_empty_map(heatmap)
+            shown, drawn = heatmap, "evidence for"
+            if rows is None and caption.positive is False and (negatives == "against" or (negatives == "auto" and empty)):
+                shown, drawn = attribute(net, inputs, target, method, base, n_steps, sign=-1)[0], "evidence against"
+                caption = replace(caption, method=f"{method}, evidence against {name}")
+            overlay = save_png(render_overlay(gray, shown, caption, found), out / f"{path.stem}_{name}_{method}.png")
+            results.append(ExplainResult(path, path.name, name, float(probs[target]), method, shown, overlay, scores,
+                                         caption, empty, drawn))
+    table = scores_table(results)
+    write_csv(out / "scores.csv", table)
+    write_csv(out / "coverage.csv", table_from_scores(table))
     record = {"method": method, "split": split or None, "label": label, "n_steps": n_steps if method == "ig" else None,
               "top_percent": top_percent, "boxes": str(boxes) if isinstance(boxes, (str, Path)) else None,
-              "bundle": str(model.path), "tta": scorer.tta,
+              "bundle": str(model.path), "tta": scorer.tta, "negatives": negatives,
               "thresholds": "none: the argmax class (multiclass)" if multiclass else "from the bundle card" if
               thresholds else "none stored (run evaluate first): decisions at 0.5", "images": len({r.image_id for r in results}), "pairs": len(results),
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(settings or {})}
@@ -188,8 +206,10 @@ def scores_table(results: Sequence[ExplainResult]) -> pd.DataFrame:
         rows.append({"image_id": r.image_id, "path": str(r.path), "split": c.split if c else "", "label": r.label,
                      "probability": r.probability, "threshold": c.threshold if c else None,
                      "truth": c.truth if c else None, "outcome": c.outcome if c else "", "method": r.method,
-                     "overlay": str(r.overlay), **r.scores})
-    columns = ["image_id", "path", "split", "label", "probability", "threshold", "truth", "outcome", "method", "overlay"]
+                     "overlay": str(r.overlay), "for_map_empty": int(r.for_map_empty), "map_shown": r.shown,
+                     **r.scores})
+    columns = ["image_id", "path", "split", "label", "probability", "threshold", "truth", "outcome", "method", "overlay",
+               "for_map_empty", "map_shown"]
     return pd.DataFrame(rows, columns=columns if not rows else None)
 
 
@@ -310,14 +330,14 @@ def select_split_targets(bundle: Bundle, split: str = "test", n: int = 8, boxes:
 def explain_split(bundle: Bundle, split: str, n: int = 8, method: str = "gradcam", out_root: str | Path = "explain",
                   boxes: pd.DataFrame | None = None, outcomes: Sequence[str] = ("TP", "FP", "FN"),
                   scores: pd.DataFrame | None = None, label: str | None = None, n_steps: int = 16,
-                  out_dir: str | Path | None = None) -> tuple[list[ExplainResult], Path]:
+                  out_dir: str | Path | None = None, negatives: str = "auto") -> tuple[list[ExplainResult], Path]:
     """Explain n (image, label) pairs of a prepared split (select_split_targets) into its own folder under out_root
-    (explain_folder), or into out_dir when given; returns the results and the folder."""
+    (explain_folder), or into out_dir when given; returns the results and the folder. negatives: see explain_images."""
     targets = select_split_targets(bundle, split, n, boxes, scores, outcomes)
     if label is not None:
         targets = [(p, label) for p in dict.fromkeys(p for p, _ in targets)]
     folder = Path(out_dir) if out_dir is not None else explain_folder(out_root, split, method, label, boxes is not None)
     selection = "images with expert boxes" if boxes is not None else "balanced by outcome: " + ", ".join(outcomes)
     results = explain_images(bundle, targets, method, label, folder, boxes, n_steps, truth=split_truth(bundle, split),
-                             split=split, settings={"selection": selection, "n": n})
+                             split=split, settings={"selection": selection, "n": n}, negatives=negatives)
     return results, folder

@@ -20,6 +20,7 @@ Callers: evaluate, predict (bundle and .onnx), the MLflow pyfunc, serve and expl
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from chestxray.data.tasks import log_odds, log_odds_of, probability_of
-from chestxray.errors import ConfigError
+from chestxray.errors import ConfigError, ModelError, clip
 from chestxray.inference.outputs import decision_thresholds
-from chestxray.inference.tta import check_tta
+from chestxray.inference.tta import TTA_MODES, check_tta
 
 CROP_FRACTION = 0.875  # "crop" TTA: side of the four corner crops and the centre crop, relative to the image
 
@@ -40,12 +41,15 @@ class Backend:
 
     The card's normalisation happens inside; `task` (the card's) says how logits become log-odds. `whole_levels`:
     the backend takes whole grey levels only (an ONNX export with a uint8 input), so the interpolated 'crop' views
-    cannot be fed to it. `gives` 'log_odds': forward already returns per-label log-odds (an ONNX export from before
-    its logits output, read through the log-odds of its probabilities)."""
+    cannot be fed to it. `tap`: opens a context in which every forward also appends, per OOD layer, its features
+    (B, D) to the yielded {layer: list} (chestxray.inference.ood); None where the backend cannot read them.
+    `gives` 'log_odds': forward already returns per-label log-odds (an ONNX graph from before its logits output,
+    read through the log-odds of its probabilities)."""
 
     name: str
     forward: Callable[[np.ndarray], np.ndarray]
     whole_levels: bool = False
+    tap: Callable[[], AbstractContextManager[dict[str, list[np.ndarray]]]] | None = None
     task: str | None = None
     gives: str = "logits"
 
@@ -58,6 +62,9 @@ def threshold_tta(card: dict[str, Any], requested: str | None = None) -> str:
     request wins, else the stored mode, else 'none'. Cards from before threshold_tta existed mean 'none'.
     """
     stored = card.get("threshold_tta")
+    if stored is not None and (not isinstance(stored, str) or stored not in TTA_MODES):
+        raise ModelError(f"the card's threshold_tta {clip(repr(stored), 40)} is not one of {list(TTA_MODES)}; the card "
+                         "is damaged or was edited: re-run 'chestxray evaluate RUN' or export the bundle again")
     if not card.get("thresholds"):
         return requested or stored or "none"
     stored = stored or "none"
@@ -80,6 +87,14 @@ def load_pixels(path: str | Path, card: dict[str, Any], max_pixels: int | None =
     check_input_file(Path(path))
     return load_square(path, int(card["image_size"]), card.get("resize", "pad"),
                        max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+
+
+def pixel_hash(pixels: np.ndarray) -> str:
+    """A short content hash of one image's model-input pixels, uint8 (S, S): the same image decoded and resized
+    the same way (by prepare or by load_pixels) hashes the same; used to find evaluation images a model trained on."""
+    import hashlib
+
+    return hashlib.blake2b(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes(), digest_size=12).hexdigest()
 
 
 def array_pixels(gray: np.ndarray, card: dict[str, Any]) -> np.ndarray:
@@ -149,14 +164,14 @@ class Scorer:
     and where it came from. Build it with make_scorer so the TTA matches the stored thresholds. `calibrate`: a map
     of the averaged probabilities (N, L) → (N, L) applied last, e.g. a site profile (chestxray.inference.site).
     `ood`: reads the network's features during those forwards to say how typical of the training images an input
-    is (chestxray.inference.ood; PyTorch bundles with a reference only)."""
+    is (chestxray.inference.ood; bundles with a reference only)."""
 
     card: dict[str, Any]
     backend: Backend
     source: str
     tta: str = "none"
     calibrate: Callable[[np.ndarray], np.ndarray] | None = None
-    ood: Any = None  # a torch bundle's OodProbe (chestxray.inference.ood): features read during the same forward
+    ood: Any = None  # an OodProbe (chestxray.inference.ood) on the backend's tap: features of the same forwards
 
     @property
     def false_alarm(self) -> float | None:

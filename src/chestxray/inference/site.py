@@ -33,6 +33,7 @@ from chestxray.files import write_json
 SITE_FORMAT = "chestxray-site/1"
 SITE_FILE = "site.json"
 SITES_DIR = "sites"
+SITE_KEY = "chestxray_site"  # ONNX metadata entry of a profile exported with the model (export --site)
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before a logit
 PER_LABEL = ("none", "temperature", "platt", "isotonic", "prior")  # "none": no map (kept to say so)
 JOINT = ("softmax_temperature", "softmax_prior")
@@ -140,12 +141,20 @@ def read_site(path: str | Path) -> SiteProfile:
         raise ConfigError(f"{file}: no site profile; make one with 'chestxray calibrate RUN --data SITE --out "
                           f"RUN/sites/NAME'")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"{file}: not valid JSON ({exc}); run 'chestxray calibrate' again") from None
+    return site_from_json(text, f"{file} (run 'chestxray calibrate' again)")
+
+
+def site_from_json(text: str, where: str) -> SiteProfile:
+    """A site profile from its JSON text (e.g. ONNX metadata)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: the site profile is not valid JSON ({exc}); export it again") from None
     if not isinstance(data, dict) or data.get("format") != SITE_FORMAT:
-        raise ConfigError(f"{file}: not a chestxray site profile (format {SITE_FORMAT!r} expected); "
-                          "run 'chestxray calibrate' again")
+        raise ConfigError(f"{where}: not a chestxray site profile (format {SITE_FORMAT!r} expected); export it again")
     known = set(SiteProfile.__dataclass_fields__)
     return SiteProfile(**{k: v for k, v in data.items() if k in known})
 

@@ -22,8 +22,12 @@ log = logging.getLogger(__name__)
 ARTIFACT = "bundle"
 MODEL_NAME = "model"
 MODEL_CODE = Path(__file__).resolve().parents[1] / "deploy" / "pyfunc_code.py"
-INPUT_NOTE = ("image paths (a DataFrame with a 'path' column, or np.asarray of path strings) or pixels (numpy "
-              "(H, W), (N, H, W) or (N, H, W, 1|3|4); uint8, or floats in [0, 1] or [0, 255]) of any size")
+INPUT_NOTE = ("image paths (a DataFrame with a 'path' column, or np.asarray of path strings; not when served), image "
+              "files as bytes or base64 strings / data: URLs, or pixels (numpy (H, W), (N, H, W) or (N, H, W, 1|3|4); "
+              "uint8, or floats in [0, 1] or [0, 255]) of any size")
+# What a loader may set (MLflow accepts at load time only the keys logged here): image_root "" = none; allow_paths
+# "auto" = paths in process, never when served (see chestxray.deploy.pyfunc), or "true" / "false".
+MODEL_CONFIG = {"image_root": "", "allow_paths": "auto"}
 METADATA_FIELDS = ("architecture", "labels", "thresholds", "threshold_method", "threshold_tta", "task",
                    "image_size", "resize", "in_chans", "normalization")
 
@@ -56,5 +60,6 @@ def log_bundle_model(bundle_dir: str | Path, example: str | Path, register_as: s
         name=MODEL_NAME, python_model=str(MODEL_CODE), artifacts={ARTIFACT: str(bundle_dir)},
         signature=signature(list(card["labels"])), input_example=np.array([str(example)], dtype=object),
         metadata={**metadata, "input": INPUT_NOTE}, registered_model_name=register_as or None,
+        model_config=dict(MODEL_CONFIG),
         pip_requirements=[f"chestxray=={chestxray.__version__}"],
     )

@@ -22,12 +22,14 @@ import chestxray
 from chestxray.errors import DataError
 from chestxray.evaluation.audit import AUDIT_DIR, AUDIT_JSON, FIGURE, SUBGROUPS_CSV
 from chestxray.evaluation.audit_plots import headline_task
-from chestxray.files import write_text
+from chestxray.files import read_csv, write_text
 
 PAGE = "audit.html"
 EXTRA_TABLES = {"shortcuts": "shortcuts.csv", "counterfactual": "counterfactual.csv", "probe": "probe.csv",
                 "coverage": "explain_coverage.csv"}
 EXTRA_FIGURES = ("shortcuts.png",)
+SHOWN_FIRST = {"shortcuts": "drop", "counterfactual": "changed"}  # long tables: the page shows these rows first
+MAX_ROWS = 15
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -78,9 +80,14 @@ def _extra(audit_dir: Path) -> dict[str, Any]:
     for key, name in EXTRA_TABLES.items():
         path = audit_dir / name
         if path.is_file():
-            frame = pd.read_csv(path).fillna("")
+            frame = read_csv(path) if path.stat().st_size > 1 else pd.DataFrame()
+            if frame.empty:
+                continue
+            order = SHOWN_FIRST.get(key)
+            if order and order in frame and len(frame) > MAX_ROWS:  # the page shows the strongest rows; CSV has all
+                frame = frame.sort_values(order, ascending=False).head(MAX_ROWS)
             found[key] = {"columns": list(frame.columns),
-                          "rows": [[_num(v) if isinstance(v, float) else str(v) for v in row]
+                          "rows": [["" if pd.isna(v) else _num(v) if isinstance(v, float) else str(v) for v in row]
                                    for row in frame.itertuples(index=False)]}
     found["figures"] = [{"src": _data_uri(audit_dir / n), "name": n} for n in EXTRA_FIGURES if (audit_dir / n).is_file()]
     return found
@@ -99,9 +106,8 @@ def audit_context(audit_dir: str | Path) -> dict[str, Any] | None:
     context: dict[str, Any] = {"record": record, "folder": str(folder), **_extra(folder)}
     table_path = folder / SUBGROUPS_CSV
     if table_path.is_file() and table_path.stat().st_size > 1:
-        table = pd.read_csv(table_path, keep_default_na=True, dtype={"subgroup": str})
-        table["flag"] = table["flag"].fillna("")
-        table["note"] = table["note"].fillna("")
+        table = read_csv(table_path, dtype={"subgroup": str, "flag": str, "note": str, "compared_with": str})
+        table[["flag", "note"]] = table[["flag", "note"]].fillna("")
         task = headline_task(table)
         context["task"] = task
         context["rows"] = _rows(table[table["finding"] == task])

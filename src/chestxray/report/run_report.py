@@ -22,7 +22,8 @@ import chestxray
 from chestxray.data.shards import read_manifest
 from chestxray.errors import DataError, ModelError
 from chestxray.evaluation.evaluate import EVAL_DIR, PLOTS
-from chestxray.files import remove_leftovers, write_text
+from chestxray.explain.coverage import MEANING, coverage_text, table_from_scores
+from chestxray.files import read_csv, remove_leftovers, write_text
 from chestxray.locks import folder_lock
 from chestxray.models.bundle import read_card
 from chestxray.report.audit_report import render_audit_section, run_audit_dir
@@ -113,6 +114,23 @@ def _data_table(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"header": header, "rows": rows}
 
 
+def _sources_section(metrics: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The per-source metric tables of a merged dataset's evaluation, with the warning when most of a finding's
+    positives come from one source (chestxray.data.source_mix), or None for a single-source run."""
+    from chestxray.data.source_mix import manifest_composition, source_warnings
+
+    by_source = metrics.get("by_source") or {}
+    if not by_source:
+        return None
+    tables = []
+    for name, summary in by_source.items():
+        rows = [r for r in summary.get("rows", []) if r["kind"] != "finding" or r["n"]]
+        tables.append({"name": name, "n_images": summary.get("n_images"), "n_patients": summary.get("n_patients"),
+                       "rows": _metric_rows(rows)})
+    warnings = source_warnings(manifest_composition(manifest)) if manifest else []
+    return {"tables": tables, "warnings": warnings, "threshold_sources": metrics.get("threshold_sources")}
+
+
 def _find_prepared(run: Path, metrics: dict[str, Any]) -> str | None:
     """The prepared folder: from the evaluation record, else the bundle card."""
     if metrics.get("prepared") and metrics["prepared"] != "None":
@@ -161,7 +179,8 @@ def _explanations(run: Path) -> tuple[list[dict[str, str]], str]:
     folder = latest_explain_run(run)
     if folder is None:
         return [], ""
-    table = pd.read_csv(folder / "scores.csv", dtype={"image_id": str, "split": str, "outcome": str})
+    table = read_csv(folder / "scores.csv", dtype={"image_id": str, "split": str, "outcome": str})
+    coverage = coverage_text(table_from_scores(table), str(table["method"].iloc[0]) if len(table) else "gradcam")
     table = table[[(folder / Path(str(p)).name).is_file() for p in table["overlay"]]] if len(table) else table
     if table.empty:
         return [], ""
@@ -175,7 +194,9 @@ def _explanations(run: Path) -> tuple[list[dict[str, str]], str]:
     facts += [f"{k} {settings[k]}" for k in ("split", "selection", "created") if settings.get(k)]
     tally = table["outcome"].replace("", None).dropna().value_counts()
     shown = f"{len(items)} shown" + (f" ({', '.join(f'{v} {k}' for k, v in tally.items())})" if len(tally) else "")
-    return items, "Explain " + "; ".join(facts) + f"; {shown}. Earlier explain runs are not mixed in."
+    against = int((table.get("map_shown", pd.Series(dtype=str)) == "evidence against").sum())
+    words = f" Coverage: {coverage}; {against} shown negative(s) drawn as evidence against. {MEANING}" if coverage else ""
+    return items, "Explain " + "; ".join(facts) + f"; {shown}. Earlier explain runs are not mixed in." + words
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -258,6 +279,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         explanations=explanations,
         explain_info=explain_info,
         audit_html=audit_html,
+        sources=_sources_section(metrics, manifest),
         config_text=config_path.read_text(encoding="utf-8") if config_path.exists() else "",
     )
     target = Path(out) if out is not None else run / REPORT

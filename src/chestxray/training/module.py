@@ -1,6 +1,10 @@
 """The LightningModule: loss (BCE or focal, optional positive weights; softmax cross-entropy for a multiclass task),
 AdamW with warm-up + cosine or plateau, and validation AUROC over the labels that have both classes (one-vs-rest per
-class for multiclass, plus accuracy), ranked on log-odds. It receives a built net; it never builds data."""
+class for multiclass, plus accuracy), ranked on log-odds. It receives a built net; it never builds data.
+
+Missing labels (a merged dataset whose source does not annotate a finding: NaN in the batch's labels) are masked: an
+(image, finding) pair that is missing adds nothing to the loss or its gradient, and the loss is the mean over the
+annotated pairs (the plain mean when nothing is missing); validation AUROC and accuracy skip them likewise."""
 
 from __future__ import annotations
 
@@ -13,8 +17,8 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from sklearn.metrics import roc_auc_score
+from torch import nn
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.utilities import dim_zero_cat
@@ -25,12 +29,29 @@ log = logging.getLogger(__name__)
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0,
-               pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+               pos_weight: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
     """Mean sigmoid focal loss: BCE (optionally pos-weighted) scaled by (1 - p_t)^gamma (Lin et al. 2017)."""
     bce = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
     probs = torch.sigmoid(logits)
     p_t = probs * targets + (1 - probs) * (1 - targets)
-    return (bce * (1 - p_t).pow(gamma)).mean()
+    loss = bce * (1 - p_t).pow(gamma)
+    return loss.mean() if reduction == "mean" else loss
+
+
+def masked_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str = "bce", gamma: float = 2.0,
+                pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE or focal loss over the annotated (image, label) pairs only: labels (B, L) 0/1 with NaN where missing.
+
+    A missing pair's term is replaced by a constant zero (torch.where, so neither it nor its gradient reaches the
+    logits), and the sum is divided by the number of annotated pairs (0 when there are none)."""
+    given = ~torch.isnan(labels)
+    targets = torch.where(given, labels, torch.zeros_like(labels))
+    if loss == "focal":
+        terms = focal_loss(logits, targets, gamma, pos_weight, reduction="none")
+    else:
+        terms = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
+    terms = torch.where(given, terms, torch.zeros_like(terms))
+    return terms.sum() / given.sum().clamp(min=1)
 
 
 def softmax_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str = "bce", gamma: float = 2.0,
@@ -52,7 +73,9 @@ def batch_accuracy(logits: torch.Tensor, labels: torch.Tensor, task: str = "mult
     averaged over labels and images (for one label: plain binary accuracy at 0.5)."""
     if is_multiclass(task):
         return (logits.argmax(1) == labels.argmax(1)).float().mean()
-    return ((logits >= 0).float() == labels).float().mean()  # sigmoid(x) >= 0.5 <=> x >= 0
+    given = ~torch.isnan(labels)
+    right = ((logits >= 0).float() == labels) & given  # sigmoid(x) >= 0.5 <=> x >= 0; missing labels left out
+    return right.float().sum() / given.sum().clamp(min=1)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -64,7 +87,7 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 
 
 class ScoreBank(Metric):
-    """Every validation image's log-odds (N, L) and 0/1 labels (N, L), gathered from all ranks."""
+    """Every validation image's log-odds (N, L) and labels (N, L; NaN where missing), gathered from all ranks."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -72,8 +95,8 @@ class ScoreBank(Metric):
         self.add_state("labels", default=[], dist_reduce_fx="cat")
 
     def update(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
-        self.scores.append(scores.float())
-        self.labels.append(labels.float())
+        self.scores.append(scores.reshape(len(scores), -1).float())
+        self.labels.append(labels.reshape(len(labels), -1).float())
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.scores:
@@ -82,17 +105,20 @@ class ScoreBank(Metric):
 
 
 def label_aurocs(scores: torch.Tensor, labels: torch.Tensor) -> tuple[list[float], list[bool]]:
-    """AUROC per label of scores (N, L) against 0/1 labels (N, L), and whether each is defined (both classes).
+    """AUROC per label of scores (N, L) against 0/1 labels (N, L) over the images that annotate it (NaN: missing),
+    and whether it is defined (both classes among them).
 
     Ranked by scikit-learn on the scores as given (float64): torchmetrics' AUROC turns scores outside [0, 1] into
     float32 sigmoids, which tie at exactly 1.0 above a logit of ~17 and give AUROC 0.5.
     """
-    s, y = scores.detach().double().cpu().numpy(), labels.detach().cpu().numpy()
+    s, y = scores.detach().double().cpu().numpy(), labels.detach().double().cpu().numpy()
     out, usable = [], []
     for j in range(y.shape[1] if y.ndim == 2 else 0):
-        ok = 0 < y[:, j].sum() < len(y)
-        out.append(float(roc_auc_score(y[:, j], s[:, j])) if ok else math.nan)
-        usable.append(bool(ok))
+        given = ~np.isnan(y[:, j])
+        t = y[given, j]
+        ok = bool((t == 1).any() and (t == 0).any())
+        out.append(float(roc_auc_score(t, s[given, j])) if ok else math.nan)
+        usable.append(ok)
     return out, usable
 
 
@@ -112,7 +138,8 @@ class ChestXrayModule(L.LightningModule):
                  scheduler: str = "cosine", warmup_fraction: float = 0.05, monitor: str = "val_auroc",
                  patience: int = 5, channels_last: bool = False, total_steps: int = 1000,
                  task: str = "multilabel", backbone_lr_scale: float = 1.0,
-                 backbone_params: Collection[str] = (), warmup_steps: int | None = None) -> None:
+                 backbone_params: Collection[str] = (), warmup_steps: int | None = None,
+                 missing_labels: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "backbone_params"], logger=False)  # loggers get the TrainConfig
         self.net = net
@@ -123,7 +150,9 @@ class ChestXrayModule(L.LightningModule):
         self.multiclass = is_multiclass(task)
         if self.multiclass:
             self.val_accuracy = MulticlassAccuracy(num_classes=n, average="micro")
-        self.val_scores = ScoreBank()  # log-odds and labels: AUROC ranks on log-odds, never on saturated sigmoids
+        # log-odds and labels (a missing label, NaN, is left out of its AUROC): AUROC ranks on log-odds, never on
+        # saturated sigmoids
+        self.val_scores = ScoreBank()
         self.val_loss = MeanMetric()
         self.val_label_accuracy = MeanMetric()  # multilabel/binary: mean over labels at 0.5
 
@@ -137,6 +166,8 @@ class ChestXrayModule(L.LightningModule):
         logits = logits.float()
         if self.multiclass:
             return softmax_loss(logits, labels, self.hparams.loss, self.hparams.focal_gamma, self.pos_weight)
+        if self.hparams.missing_labels:
+            return masked_loss(logits, labels, self.hparams.loss, self.hparams.focal_gamma, self.pos_weight)
         if self.hparams.loss == "focal":
             return focal_loss(logits, labels, self.hparams.focal_gamma, self.pos_weight)
         return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=self.pos_weight)

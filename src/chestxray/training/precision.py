@@ -65,3 +65,23 @@ def choose_precision(requested: str, accelerator: str) -> PrecisionChoice:
     if found:
         return PrecisionChoice("bf16-mixed", f"auto: CPU has native bf16 ({', '.join(found)} in {source})")
     return PrecisionChoice("32-true", f"auto: CPU without native bf16 (no {' or '.join(CPU_BF16_FLAGS)} in {source})")
+
+
+@dataclass(frozen=True)
+class ExecutionChoice:
+    """How the training step runs besides its precision (memory layout, eager or compiled) and why, in words."""
+
+    memory_format: str  # "channels_last" or "contiguous"
+    compile: bool
+    reason: str
+
+
+def choose_execution(channels_last: bool) -> ExecutionChoice:
+    """Eager PyTorch in the configured layout: torch.compile (inductor) is not used on any device yet, because on the
+    CPUs measured it was no faster per image than eager channels_last and its compile time (40 CPU s for cnn-small
+    at 128 px, minutes for larger models) is not repaid in a small run (bench/bench_train_step.py,
+    docs/performance.md)."""
+    layout = "channels_last" if channels_last else "contiguous"
+    return ExecutionChoice(layout, False, f"eager PyTorch, {layout} (config channels_last); torch.compile not used: "
+                           "no faster than eager channels_last per image on the CPUs measured, and its compile time "
+                           "is not repaid in a small run (bench/bench_train_step.py)")

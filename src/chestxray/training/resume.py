@@ -19,6 +19,7 @@ import torch
 
 from chestxray.errors import ConfigError
 from chestxray.training.config import TrainConfig
+from chestxray.training.run_dir import is_finished
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,13 @@ class Progress:
 
 
 def _load(checkpoint: Path) -> dict[str, Any]:
-    return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    """A checkpoint's contents without unpickling; a damaged file is a one-line ConfigError with the way out."""
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        text = " ".join(str(exc).split())[:160]
+        raise ConfigError(f"{checkpoint}: cannot read the checkpoint ({text}); it is damaged: start the run again "
+                          "without --resume (the folder is reused), or restore the file from a backup") from None
 
 
 def read_progress(checkpoint: Path) -> Progress:
@@ -50,7 +57,7 @@ def check_extendable(run_dir: Path, config: TrainConfig) -> None:
     """Refuse to resume a finished run (bundle/ written) whose limits are already reached: it would train nothing.
     The message says what was trained and which larger --epochs/--max-steps continue it."""
     last = run_dir / "checkpoints" / "last.ckpt"
-    if not (run_dir / "bundle").exists() or not last.is_file():
+    if not is_finished(run_dir) or not last.is_file():  # a bundle cut short (a full disk) is written by resuming
         return
     done = read_progress(last)
     steps_left = config.max_steps < 0 or done.step < config.max_steps

@@ -28,8 +28,8 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from chestxray.errors import ConfigError, TrainingInterrupted
-from chestxray.files import atomic_path, write_json, write_text
+from chestxray.errors import ConfigError, DiskFullError, TrainingInterrupted
+from chestxray.files import atomic_path, disk_full, disk_full_message, write_json, write_text
 from chestxray.locks import folder_lock, reading
 from chestxray.training.callbacks import (
     AtomicCheckpointIO,
@@ -41,9 +41,9 @@ from chestxray.training.callbacks import (
     RngState,
 )
 from chestxray.training.config import CONFIG_FILE, TrainConfig, config_yaml, validate_config
-from chestxray.training.precision import choose_precision
+from chestxray.training.precision import choose_execution, choose_precision
 from chestxray.training.resume import check_extendable, keep_only_last, read_progress
-from chestxray.training.run_dir import has_started, refuse_run_dir
+from chestxray.training.run_dir import has_started, last_checkpoint_problem, refuse_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,17 @@ def auto_precision(config: TrainConfig) -> str:
     return choose_precision(config.precision, config.accelerator).precision
 
 
+def absolute_paths(config: TrainConfig) -> dict[str, str]:
+    """The local paths config.yaml records (PREPARED, --weights) made absolute, so `--resume` works from any working
+    folder (they were stored as typed: relative to wherever the first command ran)."""
+    from chestxray.data.shards import is_remote
+
+    paths = {"prepared": config.prepared} if config.prepared and not is_remote(config.prepared) else {}
+    if config.weights:
+        paths["weights"] = config.weights
+    return {name: str(Path(value).resolve()) for name, value in paths.items()}
+
+
 def default_run_dir(config: TrainConfig) -> Path:
     """runs/<model>-<UTC timestamp> under the current folder."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -83,11 +94,14 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to overwrite a run; a folder whose run failed before its first checkpoint is reused (and says so)."""
+    """Refuse to overwrite a run; a folder whose run cannot be continued (stopped before its first checkpoint, or
+    a damaged last.ckpt) is reused, and says so (chestxray.training.run_dir)."""
     refuse_run_dir(run_dir, resume)
     if not resume and (run_dir / CONFIG_FILE).exists() and not has_started(run_dir):
-        log.warning("%s: reusing this folder: the run there stopped before its first checkpoint (nothing to resume)",
-                    run_dir)
+        problem = last_checkpoint_problem(run_dir)
+        why = ("stopped before its first checkpoint" if not (run_dir / "checkpoints" / "last.ckpt").exists()
+               else f"cannot be continued: {problem}")
+        log.warning("%s: reusing this folder: the run there %s (nothing to resume)", run_dir, why)
         for name in (CONFIG_FILE, RUN_FILE, "metrics.csv", "history.csv"):
             (run_dir / name).unlink(missing_ok=True)
         for name in ("logs", "checkpoints"):
@@ -123,6 +137,21 @@ def artifact_location(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
     return None
+
+
+def ensure_experiment(client: Any, name: str, uri: str) -> str:
+    """The id of MLflow experiment `name` in the store at `uri`, created if missing with its artifacts beside a
+    SQLite store (never MLflow's default ./mlruns of the working folder); another process may create it meanwhile."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(uri))
+    except Exception:  # MLflow's "already exists" (RestException) when a concurrent process won the race
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None, task: str = "multilabel"):
@@ -161,8 +190,8 @@ def _steps_per_epoch(data: Any, world_size: int) -> int:
     """Optimizer steps per epoch on each rank, from the data module's epoch plan (no loader is built)."""
     from chestxray.data.datamodule import plan_epoch
 
-    counts = [int(c) for c in data.manifest["splits"]["train"]["shard_counts"]]
-    return len(plan_epoch(counts, data.batch_size, world_size=world_size, rank=0, shuffle=True).batch_sizes)
+    return len(plan_epoch(data.train_counts(), data.batch_size, world_size=world_size, rank=0,
+                          shuffle=True).batch_sizes)
 
 
 def _data_fields(config: TrainConfig, data: Any, data_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +203,8 @@ def _data_fields(config: TrainConfig, data: Any, data_cfg: dict[str, Any]) -> di
             "data_fingerprint": data.manifest.get("fingerprint"), "image_size": data.image_size,
             "resize": data.manifest.get("resize", "pad"), "preprocessing": preprocessing(data.manifest),
             "in_chans": config.in_chans, "normalization": data_cfg["normalization"],
-            "input_mean": data_cfg["input_mean"], "input_std": data_cfg["input_std"], "pretrained": config.pretrained}
+            "input_mean": data_cfg["input_mean"], "input_std": data_cfg["input_std"], "pretrained": config.pretrained,
+            **({"sources": data.source_record()} if data.source_record() else {})}
 
 
 def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any], run_info: dict[str, Any],
@@ -261,7 +291,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
     """
     validate_config(config)
     run_dir = Path(config.out) if config.out else default_run_dir(config)
-    config = replace(config, out=str(run_dir))
+    config = replace(config, out=str(run_dir), **absolute_paths(config))
     zero = rank_zero_only.rank == 0
     with folder_lock(run_dir, "train") if zero else contextlib.nullcontext():  # one writer per run folder
         if zero:  # ranks started later by Lightning's launcher find rank zero's config.yaml
@@ -270,7 +300,28 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list[Callback] |
                 check_extendable(run_dir, config)
         with reading(config.prepared, "train"), \
                 _allow_file_store(_tracking_uri(config, run_dir) if config.mlflow else ""):
-            return _fit(config, run_dir, resume, callbacks)
+            try:
+                return _fit(config, run_dir, resume, callbacks)
+            except Exception as exc:  # a full disk: one line saying what was kept and how to go on
+                if disk_full(exc) is None:
+                    raise
+                raise DiskFullError(disk_full_message(run_dir, exc, _kept(run_dir))) from None
+
+
+def _kept(run_dir: Path) -> str:
+    """What a run stopped by a full disk kept, and the command that goes on from it (the run_dir rule)."""
+    problem = last_checkpoint_problem(run_dir)
+    if problem is not None:
+        return (f"nothing to continue from ({problem}); free some space, then run the same command again (the "
+                "folder is reused)")
+    try:
+        done = read_progress(run_dir / "checkpoints" / "last.ckpt")
+        state = f" ({done.epochs} whole epoch(s), step {done.step})"
+    except ConfigError:
+        state = ""
+    bundle = "; bundle/ is not written yet" if not (run_dir / "bundle" / "card.json").is_file() else ""
+    return (f"kept checkpoints/last.ckpt{state}{bundle}; free some space, then continue with: chestxray train "
+            f"--resume {run_dir}")
 
 
 def _interrupted(run_dir: Path, last: Path, trainer: L.Trainer) -> str:
@@ -289,6 +340,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     from lightning.pytorch.loggers import CSVLogger
 
     from chestxray.data.datamodule import ChestXrayDataModule
+    from chestxray.data.sampling import source_list
     from chestxray.models import backbone_parameter_names, build_model, count_parameters, model_data_config
 
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -297,7 +349,8 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                                augment=config.augment, in_chans=config.in_chans,
                                normalization=data_cfg["normalization"], seed=config.seed,
                                verify={True: "checksums", False: "sizes", None: "auto"}[config.verify_checksums],
-                               verify_splits=("train", "val"))
+                               verify_splits=("train", "val"), source_sampling=config.source_sampling,
+                               sources=source_list(config.sources))
     # a new head starts at the constant that minimises the loss: the training log-odds, or 0 when pos_weight
     # balances the classes (then p = 0.5 is the weighted loss's minimum); see chestxray.models.factory
     head_bias = None if config.pos_weight else data.log_prior().tolist()
@@ -310,6 +363,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     precision = choice.precision
     log.info("precision %s (%s)", precision, choice.reason)
     fields = {**_data_fields(config, data, data_cfg), "precision": precision, "precision_reason": choice.reason}
+    execution = choose_execution(config.channels_last)  # recorded in run.json beside the precision
 
     run_info: dict[str, Any] = {}
     if resume and (run_dir / RUN_FILE).is_file():
@@ -353,10 +407,12 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                              monitor=config.monitor, patience=config.patience, channels_last=config.channels_last,
                              total_steps=total_steps, task=data.task, backbone_lr_scale=config.backbone_lr_scale,
                              backbone_params=backbone_parameter_names(net, config.model),
-                             warmup_steps=read_progress(last).warmup_steps if resume else None)
+                             warmup_steps=read_progress(last).warmup_steps if resume else None,
+                             missing_labels=data.missing_labels)
     if trainer.is_global_zero:
-        _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"]}, run_info,
-                         mlflow_logger)
+        _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"],
+                                           "memory_format": execution.memory_format, "compile": execution.compile,
+                                           "execution_reason": execution.reason}, run_info, mlflow_logger)
 
     start = time.perf_counter()
     try:

@@ -193,8 +193,9 @@ def run_task(name: str, description: str, build_catalog: Callable[[], object], s
                for run in (runs or settings.runs())]
     best = max(results, key=lambda r: -1.0 if r.val_auroc is None else r.val_auroc)
     report = best.run_dir / "report.html"
-    if not (best.reused and report.is_file()):  # a reused winner keeps its overlays and report
+    if not (best.reused and report.is_file()):  # a reused winner keeps its overlays, audit and report
         _explain(best.run_dir, best.run_dir / "eval")
+        _audit(best.run_dir, settings)
         report = write_report(best.run_dir)
     return DemoOutcome(
         name=name, description=description, run_dir=best.run_dir, report=report,
@@ -248,7 +249,8 @@ def _train_recipe(run: RecipeRun, prepared: Path, folder: Path, task: str, setti
     config = TrainConfig(
         prepared=str(prepared), model=run.model, epochs=run.epochs, batch_size=settings.batch_size, lr=run.lr,
         augment=settings.augment, seed=settings.seed, out=str(run_dir), mlflow=settings.mlflow, mlflow_uri=mlflow_uri,
-        experiment=f"demo-{task}", num_workers=0, progress=not sys.stdout.isatty(), precision=settings.precision,  # epoch lines in a log or pipe
+        experiment=f"demo-{task}", num_workers=0, precision=settings.precision,
+        progress=not sys.stdout.isatty(),  # one line per epoch in a log or a pipe; on a terminal the table suffices
         pos_weight=multilabel,  # rare findings: weight positives by neg/pos, as CheXNet's weighted BCE
         **(recipe_settings(run.recipe) or {}),
     )
@@ -264,7 +266,11 @@ def _train_recipe(run: RecipeRun, prepared: Path, folder: Path, task: str, setti
     resume = same and (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "bundle").is_dir()
     if not resume:
         shutil.rmtree(run_dir, ignore_errors=True)  # another demo's run, or one that never checkpointed
+    log.info("%s: training recipe %s (%s, %d epochs)%s", task, run.recipe, run.model, run.epochs,
+             " — resuming its checkpoint" if resume else "")
     result = train(config, resume=resume)
+    log.info("%s: evaluating %s on test (thresholds from validation, %d patient-bootstrap replicates)", task,
+             run_dir.name, settings.n_boot)
     evaluation = evaluate_run(result.run_dir, split="test", n_boot=settings.n_boot, seed=settings.seed)
     macro = next((r for r in evaluation.summary.rows if r.kind == "macro"), evaluation.summary.rows[0])
     val = _val_auroc(evaluation.eval_dir, evaluation.labels, settings)
@@ -274,8 +280,9 @@ def _train_recipe(run: RecipeRun, prepared: Path, folder: Path, task: str, setti
         c = first.counts
         extra = {"threshold": round(first.threshold or 0.0, 3), "sensitivity": c.sensitivity,
                  "specificity": c.specificity, "false negatives": c.fn, "false positives": c.fp}
-    log.info("%s: recipe %s (%s) val AUROC %s, test AUROC %s", task, run.recipe, run.model, val.value,
-             macro.auroc.value)
+    log.info("%s: recipe %s (%s) val AUROC %s, test AUROC %s", task, run.recipe, run.model,
+             "n/a" if val.value is None else f"{val.value:.3f}",
+             "n/a" if macro.auroc.value is None else f"{macro.auroc.value:.3f}")
     info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     outcome = RecipeOutcome(recipe=run.recipe, model=run.model, run_dir=result.run_dir, val_auroc=val.value,
                             val_low=val.low, val_high=val.high, auroc=macro.auroc.value, auroc_low=macro.auroc.low,
@@ -290,28 +297,32 @@ def _train_recipe(run: RecipeRun, prepared: Path, folder: Path, task: str, setti
 
 def _val_auroc(eval_dir: Path, labels: list[str], settings: DemoSettings):
     """Macro AUROC of the validation predictions evaluate wrote, with its patient-bootstrap 95 % CI."""
-    import pandas as pd
-
-    from chestxray.data.tasks import probability_of
     from chestxray.evaluation.metrics import summarize
+    from chestxray.files import read_csv
     from chestxray.inference.outputs import log_odds_matrix
 
-    val = pd.read_csv(eval_dir / "val_predictions.csv", dtype={"image_id": str, "patient_id": str})
-    scores = log_odds_matrix(val, labels)
-    summary = summarize(val[labels].to_numpy(), scores, labels, val["patient_id"].tolist(), n_boot=settings.n_boot,
-                        seed=settings.seed, y_prob=probability_of(scores))
+    val = read_csv(eval_dir / "val_predictions.csv", dtype={"image_id": str, "patient_id": str})
+    summary = summarize(val[labels].to_numpy(), log_odds_matrix(val, labels), labels, val["patient_id"].tolist(),
+                        n_boot=settings.n_boot, seed=settings.seed, log_odds=True)
     return next((r for r in summary.rows if r.kind == "macro"), summary.rows[0]).auroc
+
+
+def _audit(run_dir: Path, settings: DemoSettings) -> None:
+    """RUN/audit: subgroups (the NIH sample's sex, age bands and view), shortcuts and the explanations' coverage,
+    sized to add a few seconds (coverage counted on 16 test images)."""
+    from chestxray.workflows.audit import run_audit
+
+    run_audit(run_dir, n_boot=settings.n_boot, seed=settings.seed, coverage_images=16)
 
 
 def _explain(run_dir: Path, eval_dir: Path, n: int = 4) -> None:
     """Grad-CAM overlays of test true positives, false positives and false negatives for the report (illustrations)."""
-    import pandas as pd
-
     from chestxray.explain.explanations import explain_split
+    from chestxray.files import read_csv
     from chestxray.models.bundle import load_bundle
 
     bundle = load_bundle(run_dir / "bundle")
-    scores = pd.read_csv(eval_dir / "predictions.csv", dtype={"image_id": str, "patient_id": str})
+    scores = read_csv(eval_dir / "predictions.csv", dtype={"image_id": str, "patient_id": str})
     explain_split(bundle, "test", n=n, method="gradcam", out_root=run_dir / "explain", scores=scores)
 
 

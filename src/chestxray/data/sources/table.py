@@ -25,7 +25,7 @@ from chestxray.data.identity import (
     resolve_paths,
 )
 from chestxray.data.tasks import apply_merges, check_one_hot, classes_from_findings, class_order, is_multiclass, one_hot
-from chestxray.errors import ConfigError, DataError, printable, quote
+from chestxray.errors import ConfigError, DataError, clip, clipped, printable, quote
 from chestxray.files import write_csv
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm")
 NORMAL_NAMES: frozenset[str] = frozenset({"no finding", "normal", "no_finding", "none"})
 MISSING_CSV = "missing_images.csv"
+MAX_LABEL_NAME = 100  # characters of a finding or class name; longer is a wrong column or separator
 MISSING_PATIENT = ("error", "own", "drop")  # what to do with rows whose patient id is empty
 _SEPARATORS = (",", ";", "\t", "|")
 # Metadata a CSV source keeps when it has these columns (any capitalisation): who the patient is and how/where the
@@ -132,8 +133,8 @@ def require_columns(frame: pd.DataFrame, columns: list[str], where: str, hint: s
     """Raise a DataError naming each required column the table lacks and the columns it has."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        names = ", ".join(repr(c) + closest(c, list(frame.columns)) for c in missing)
-        raise DataError(f"{where}: no column {names} (found: {list(frame.columns)}){'; ' + hint if hint else ''}")
+        names = ", ".join(quote(c, 60) + closest(clip(c, 60), clipped(frame.columns, 200)) for c in missing)
+        raise DataError(f"{where}: no column {names} (found: {clipped(frame.columns, 30)}){'; ' + hint if hint else ''}")
 
 
 def check_unique(ids: pd.Series, where: str, column: str) -> None:
@@ -142,7 +143,7 @@ def check_unique(ids: pd.Series, where: str, column: str) -> None:
     if len(dup):
         rows = [int(i) + 2 for i in dup.index[:5]]
         raise DataError(f"{where}: column {column!r} has {dup.nunique()} duplicate value(s), e.g. "
-                        f"{list(dup.unique()[:5])} (file rows {rows}); each image must appear once")
+                        f"{clipped(dup.unique())} (file rows {rows}); each image must appear once")
 
 
 def parse_findings(values: pd.Series, where: str, column: str, sep: str = "|",
@@ -176,12 +177,17 @@ def parse_findings(values: pd.Series, where: str, column: str, sep: str = "|",
     if info is not None:
         info["label_case_merged"] = merged
     found = sorted({n for names in parsed for n in names})
+    long = [n for n in found if len(n) > MAX_LABEL_NAME]
+    if long:
+        raise DataError(f"{where}: column {column!r} holds a finding name of {len(long[0]):,} characters "
+                        f"({quote(long[0], 60)}); names are at most {MAX_LABEL_NAME} characters: check --sep and the "
+                        "column")
     if labels is None:
         labels = tuple(n for n in NIH14 if n in found) if set(found) <= set(NIH14) else tuple(found)
     unknown = [n for n in found if n not in labels]
     if unknown:
         counts = {n: int(sum((codes == i).sum() for i, names in enumerate(parsed) if n in names)) for n in unknown[:10]}
-        named = ", ".join(f"{n!r}{closest(n, labels)} ({counts[n]} rows)" for n in unknown[:10])
+        named = ", ".join(f"{quote(n, 60)}{closest(clip(n, 60), labels)} ({counts[n]} rows)" for n in unknown[:10])
         raise DataError(f"{where}: column {column!r} has unknown finding name(s) {named}; "
                         f"known names: {list(labels)} (or 'No Finding' for normal)")
     position = {name: j for j, name in enumerate(labels)}
@@ -231,9 +237,9 @@ def attach_paths(table: pd.DataFrame, paths: pd.Series, where: str, hint: str = 
     if not keep.all():
         ids = table.loc[~keep, "image_id"].astype(str).tolist()
         if not keep.any():
-            raise DataError(f"{where}: none of the {len(ids)} rows has an image file (e.g. {ids[:3]}); {hint}")
+            raise DataError(f"{where}: none of the {len(ids)} rows has an image file (e.g. {clipped(ids, 3)}); {hint}")
         log.warning("%s: %d of %d rows have no image file, e.g. %s; they are left out (listed in %s)",
-                    where, len(ids), len(table), ids[:5], MISSING_CSV)
+                    where, len(ids), len(table), clipped(ids), MISSING_CSV)
         table = table.loc[keep].reset_index(drop=True)
     return table, keep, ids
 
@@ -255,7 +261,8 @@ def make_catalog(table: pd.DataFrame, matrix: np.ndarray, labels: tuple[str, ...
             out[name] = out[name].fillna("").astype(str)
     info = dict(info)
     out["patient_id"], info["patient_ids"] = normalize_patient_ids(out["patient_id"])
-    labels_frame = pd.DataFrame(matrix.astype(np.uint8), columns=list(labels))
+    missing_labels = np.issubdtype(matrix.dtype, np.floating) and bool(np.isnan(matrix).any())
+    labels_frame = pd.DataFrame(matrix if missing_labels else matrix.astype(np.uint8), columns=list(labels))
     extra = pd.DataFrame({k: v.to_numpy() for k, v in meta.items()})
     out = pd.concat([out, labels_frame, extra], axis=1)
     info["missing_images"] = list(missing or [])
@@ -373,7 +380,7 @@ def _label_columns(frame: pd.DataFrame, columns: list[str], where: str) -> np.nd
         if bad.any():
             rows = [int(i) + 2 for i in values.index[bad][:5]]
             raise DataError(f"{where}: label column {col!r} holds values other than 0/1, e.g. "
-                            f"{list(values[bad].astype(str).unique()[:5])} (file rows {rows})")
+                            f"{clipped(values[bad].astype(str).unique())} (file rows {rows})")
         out[:, j] = numeric.to_numpy(dtype=np.uint8)
     return out
 
@@ -383,11 +390,12 @@ def filter_views(frame: pd.DataFrame, views: list[str], where: str, info: dict) 
     wanted = [v.strip().upper() for v in views if v.strip()]
     lower = {c.lower(): c for c in frame.columns}
     if "view" not in lower:
-        raise DataError(f"{where}: --views needs a 'view' column (found: {list(frame.columns)})")
+        raise DataError(f"{where}: --views needs a 'view' column (found: {clipped(frame.columns, 30)})")
     column = frame[lower["view"]].astype(str).str.strip().str.upper()
     keep = column.isin(wanted)
     if not keep.any():
-        raise DataError(f"{where}: no rows with view in {wanted} (found: {sorted(column.unique())}); check --views")
+        raise DataError(f"{where}: no rows with view in {clipped(wanted)} (found: {clipped(sorted(column.unique()), 10)}); "
+                        "check --views")
     info["views"] = {"kept": wanted, "rows_left_out": int((~keep).sum())}
     return frame.loc[keep].reset_index(drop=True)
 
@@ -397,7 +405,7 @@ def _multiclass_findings(frame: pd.DataFrame, column: str, sep: str, merges: dic
     """One-hot class matrix from a findings column; rows with no or several classes are left out with a warning."""
     per_row, bad_rows = classes_from_findings(frame[column], where, column, sep, merges)
     if bad_rows:
-        examples = frame.loc[per_row.isna(), column].astype(str).unique()[:5].tolist()
+        examples = clipped(frame.loc[per_row.isna(), column].astype(str).unique())
         log.warning("%s: %d row(s) have no or several classes in %r after merging (e.g. %s, file rows %s); a "
                     "multiclass task needs exactly one, so they are left out (merge them with --merge)",
                     where, len(bad_rows), column, examples, bad_rows[:5])
@@ -415,10 +423,11 @@ def _multiclass_findings(frame: pd.DataFrame, column: str, sep: str, merges: dic
     if classes is not None:
         unknown = sorted(set(found) - set(classes))
         if unknown:
-            raise DataError(f"{where}: column {column!r} has class(es) {unknown} outside {list(classes)}")
+            raise DataError(f"{where}: column {column!r} has class(es) {clipped(unknown, 10)} outside {list(classes)}")
     labels = tuple(classes) if classes is not None else found
     if len(labels) < 2:
-        raise DataError(f"{where}: only one class ({labels[0]!r}) in {column!r}; a classifier needs at least two")
+        raise DataError(f"{where}: only one class ({quote(labels[0], 60)}) in {column!r}; a classifier needs at least "
+                        "two")
     return frame, one_hot(per_row.to_numpy(), labels), labels
 
 
