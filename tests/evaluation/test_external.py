@@ -168,3 +168,22 @@ def test_report_shows_each_source(merged_run: Path) -> None:
     for source in ("eff", "full", "nod"):
         assert f"<h4>{source} (" in html
     assert "sources eff, full" in html  # thresholds from the run's own validation sources
+
+
+def test_source_probe_finds_the_source_when_features_carry_it(merged_run: Path) -> None:
+    from chestxray.evaluation.source_probe import source_probe
+
+    rng = np.random.default_rng(0)
+    sources = np.repeat(["a", "b", "c"], 60)
+    patients = np.array([f"{s}{i // 2}" for i, s in enumerate(sources)])
+    noise = rng.normal(size=(180, 8))
+    carrying = noise.copy()
+    carrying[:, 0] += 3.0 * (sources == "a")  # one feature per source shifts: the features carry the source
+    carrying[:, 1] += 3.0 * (sources == "b")
+    told = source_probe(carrying, sources, patients).set_index("source")
+    blind = source_probe(noise, sources, patients).set_index("source")
+    assert told.loc["a", "auroc"] > 0.95 and told.loc["b", "auroc"] > 0.95
+    assert all(abs(v - 0.5) < 0.2 for v in blind["auroc"])
+    probe = json.loads((merged_run / "eval" / "metrics.json").read_text())["source_probe"]
+    assert {r["source"] for r in probe["rows"]} == {"eff", "full", "nod"}
+    assert (merged_run / "eval" / "source_probe.csv").is_file()
