@@ -15,12 +15,13 @@ from typer.testing import CliRunner
 
 from chestxray.cli import app
 from chestxray.data.labels import NIH14
+from chestxray.data.tasks import log_odds_of
 from chestxray.data.prepare import prepare_dataset
 from chestxray.data.sources.nih import read_nih
 from chestxray.data.split import assign_splits
 from chestxray.data.synth import make_synthetic
 from chestxray.evaluation.evaluate import PLOTS, evaluate_run
-from chestxray.evaluation.thresholds import thresholds_from_frame
+from chestxray.evaluation.thresholds import as_probabilities, thresholds_from_frame
 from chestxray.models import build_model
 from chestxray.models.bundle import read_card, save_bundle
 
@@ -83,7 +84,9 @@ def test_cli_evaluate_writes_every_output(runs: tuple[Path, Path]) -> None:
     assert pred[[f"p_{x}" for x in NIH14]].stack().between(0, 1).all()
     for name in NIH14:
         roc = pd.read_csv(out / "roc" / f"{name}.csv")
-        assert list(roc.columns) == ["fpr", "tpr", "threshold"]
+        assert list(roc.columns) == ["fpr", "tpr", "threshold", "threshold_logit"]
+        logit = roc["threshold_logit"].to_numpy(dtype=float)  # roc_curve's first threshold is +inf
+        assert np.allclose(roc["threshold"].to_numpy(dtype=float), 1 / (1 + np.exp(-logit)))
         assert roc.empty == (pred[name].nunique() < 2)  # curves only where both classes exist
     summary = pd.read_csv(out / "summary.csv")
     assert summary["finding"].tolist() == [*NIH14, "macro", "micro", "normal"]
@@ -99,7 +102,7 @@ def test_cli_evaluate_writes_every_output(runs: tuple[Path, Path]) -> None:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     card = read_card(run / "bundle")
     assert card["threshold_method"] == "youden on val" and card["threshold_tta"] == "hflip"  # thresholds keep their TTA
-    assert card["thresholds"] == thresholds_from_frame(pd.read_csv(out / "val_predictions.csv"), NIH14, "youden")
+    assert card["threshold_logits"] == thresholds_from_frame(pd.read_csv(out / "val_predictions.csv"), NIH14, "youden")
     evaluation, training = card["metrics"]["evaluation"], card["metrics"]["training"]
     assert evaluation["split"] == "test" and evaluation["tta"] == "hflip" and evaluation["date"]
     assert training == {"split": "val", "val_auroc": 0.67}  # training's figure (old card layout) survives evaluate
@@ -110,7 +113,9 @@ def test_thresholds_ignore_test_labels(runs: tuple[Path, Path]) -> None:
     run_a, run_b = runs
     a = evaluate_run(run_a, n_boot=N_BOOT)
     b = evaluate_run(run_b, n_boot=N_BOOT)
-    assert read_card(run_b / "bundle")["thresholds"] == read_card(run_a / "bundle")["thresholds"] == a.thresholds
+    card_a, card_b = read_card(run_a / "bundle"), read_card(run_b / "bundle")
+    assert card_b["threshold_logits"] == card_a["threshold_logits"] == a.thresholds  # log-odds, as applied
+    assert card_b["thresholds"] == card_a["thresholds"] == as_probabilities(a.thresholds)
     pa, pb = (pd.read_csv(r / "eval" / "predictions.csv") for r in runs)
     assert np.allclose(pa[[f"p_{x}" for x in NIH14]], pb[[f"p_{x}" for x in NIH14]])  # same images, same scores
     assert not pa[list(NIH14)].equals(pb[list(NIH14)])  # ... but shuffled truth
@@ -160,11 +165,11 @@ def test_binary_task_has_one_row_and_fn_fp_counts(tmp_path: Path) -> None:
                                   n_boot=N_BOOT)
     assert [r.name for r in result.summary.rows] == ["PNEUMONIA"]
     row = result.summary.rows[0]
-    t = result.thresholds["PNEUMONIA"]
-    pred = test["p_PNEUMONIA"] >= t
+    t = result.thresholds["PNEUMONIA"]  # log-odds: the frames carry only p_, read through their log-odds
+    pred = log_odds_of(test["p_PNEUMONIA"].to_numpy()) >= t
     assert row.counts.fn == int(((test["PNEUMONIA"] == 1) & ~pred).sum())
     assert row.counts.fp == int(((test["PNEUMONIA"] == 0) & pred).sum())
-    val_sens = ((val["p_PNEUMONIA"] >= t) & (val["PNEUMONIA"] == 1)).sum() / val["PNEUMONIA"].sum()
+    val_sens = ((log_odds_of(val["p_PNEUMONIA"].to_numpy()) >= t) & (val["PNEUMONIA"] == 1)).sum() / val["PNEUMONIA"].sum()
     assert val_sens >= 0.9  # the target holds on validation, where the threshold was chosen
     assert result.macro_auroc == row.auroc.value
     assert (tmp_path / "eval" / "roc_curves.png").exists() and not (tmp_path / "eval" / "history.png").exists()

@@ -40,26 +40,26 @@ def test_quantile_strata_sizes_and_missing_values() -> None:
 
 
 def test_counterfactual_re_render_counts_the_flips(tmp_path: Path) -> None:
-    """A model that reads the black letterbox bars (p = share of non-black pixels): trained with pad, wide images
-    score 0.5 and square ones 1.0; re-rendered with crop or stretch the bars go and every wide image flips."""
-    paths, rng = [], np.random.default_rng(0)
+    """A model that reads the black letterbox bars (log-odds 8 × share of non-black pixels − 4): trained with pad,
+    wide images score p = 0.5 and square ones sigmoid(4); re-rendered with crop or stretch the bars go and every wide image flips."""
+    paths, rng, HIGH = [], np.random.default_rng(0), 1 / (1 + np.exp(-4.0))
     for i, (w, h) in enumerate([(64, 32)] * 4 + [(48, 48)] * 6):
         path = tmp_path / f"img{i}.png"
         Image.fromarray(rng.integers(150, 250, (h, w), dtype=np.uint8)).save(path)  # textured: no pixel is black
         paths.append(str(path))
     rows = pd.DataFrame({"path": paths, "patient_id": [f"p{i}" for i in range(10)]})
     card = {"labels": ["Wide"], "image_size": 32, "resize": "pad", "thresholds": {"Wide": 0.75}, "task": "binary"}
-    scorer = make_scorer(card, Backend("bars", lambda views: (views > 0).mean((1, 2, 3))[:, None]), "test")
+    scorer = make_scorer(card, Backend("bars", lambda views: 8 * (views > 0).mean((1, 2, 3))[:, None] - 4), "test")
     pixels, ok = render(rows, 32, ["pad", "crop", "stretch"])
     assert ok.all() and pixels["pad"].shape == (10, 32, 32)
     scores = {mode: _batched(scorer.score, stack, [])[0] for mode, stack in pixels.items()}
-    np.testing.assert_allclose(scores["pad"][:4, 0], 0.5) and np.testing.assert_allclose(scores["pad"][4:, 0], 1.0)
+    np.testing.assert_allclose(scores["pad"][:4, 0], 0.5) and np.testing.assert_allclose(scores["pad"][4:, 0], HIGH)
     truth = np.zeros((10, 1), dtype=bool)
     table = counterfactual_table(truth, scores, "pad", ["Wide"], card["thresholds"]).set_index("geometry")
     for mode in ("pad -> crop", "pad -> stretch"):
         assert table.loc[mode, "changed"] == 4 and table.loc[mode, "to_positive"] == 4
         assert table.loc[mode, "to_negative"] == 0 and table.loc[mode, "changed_share"] == pytest.approx(0.4)
-        assert table.loc[mode, "mean_abs_dp"] == pytest.approx(0.2)
+        assert table.loc[mode, "mean_abs_dp"] == pytest.approx(0.4 * (HIGH - 0.5))
 
 
 def test_probe_finds_an_encoded_target_and_not_a_random_one() -> None:

@@ -33,46 +33,56 @@ class HeadAtStart(L.Callback):
 
 def test_prior_log_odds() -> None:
     torch.testing.assert_close(prior_log_odds([75, 10, 0], 100),
-                               torch.tensor([math.log(3), math.log(10 / 90), math.log(1 / 99)]))
+                               torch.tensor([math.log(3), math.log(10 / 90), math.log(1 / 100)]))
     torch.testing.assert_close(prior_log_odds([50, 30, 20], 100, "multiclass"),
                                torch.tensor([math.log(0.5), math.log(0.3), math.log(0.2)]))
 
 
+NORMAL, PNEUMONIA = 40, 120  # the full sample's 74 % pneumonia, so the prior's loss is not log 2
+
+
 @pytest.fixture(scope="module")
 def kaggle32(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The Kaggle pneumonia sample prepared at 32 px (split by patient, seed 0)."""
+    """160 images of the Kaggle pneumonia sample (linked, 3:1 pneumonia), prepared at 32 px, split by patient with
+    a large validation share so its AUROC means something."""
     from chestxray.data.prepare import prepare_dataset
     from chestxray.data.sources import read_folder
     from chestxray.data.split import assign_splits
 
-    out = tmp_path_factory.mktemp("kaggle32") / "prep"
-    prepare_dataset(assign_splits(read_folder(shared_data / "kaggle-chest-xray-pneumonia"), seed=0), out, size=32,
-                    workers=2)
-    return out
+    root = tmp_path_factory.mktemp("kaggle32")
+    kaggle = shared_data / "kaggle-chest-xray-pneumonia"
+    for cls, n in (("NORMAL", NORMAL), ("PNEUMONIA", PNEUMONIA)):
+        (root / "src" / cls).mkdir(parents=True)
+        for f in sorted((kaggle / cls).glob("*.jpeg"))[::7][:n]:
+            (root / "src" / cls / f.name).symlink_to(f)
+    catalog = assign_splits(read_folder(root / "src"), ratios=(0.5, 0.4, 0.1), seed=0)
+    prepare_dataset(catalog, root / "prep", size=32, workers=0)
+    return root / "prep"
 
 
-@pytest.mark.slow  # ~1 min of CPU: 3 epochs of EfficientNet-Lite0 over 1,000 real images
 def test_frozen_lite0_starts_at_chance_and_learns_at_the_default_lr(kaggle32: Path, tmp_path: Path) -> None:
-    """Before the silent head this recipe started at a BCE of 17 and reached val AUROC 0.77 in 3 epochs (64 px); now
-    it starts at the prevalence's entropy (~0.56) and reaches 0.94 at 32 px (bf16-mixed on the development VM)."""
+    """Before issue 18 the head started at timm's init: this recipe then began at a BCE of 17 and reached val AUROC
+    0.77 in 3 epochs on the whole sample at 64 px. Now it starts at the prevalence's entropy (~0.56), and 3 epochs at
+    the default learning rate separate the classes on 160 real images at 32 px (fp32)."""
     import json
 
     config = resolve_config(recipe_settings("frozen"), prepared=str(kaggle32), model="efficientnet-lite0", epochs=3,
-                            batch_size=32, augment="minimal", num_workers=0, mlflow=False, progress=False,
-                            out=str(tmp_path / "run"))
+                            batch_size=16, augment="none", num_workers=0, mlflow=False, progress=False,
+                            precision="32-true", out=str(tmp_path / "run"))
     assert config.lr == 1e-4  # the default
     start = HeadAtStart(config.model)
     result = train(config, callbacks=[start])
-    manifest = json.loads((kaggle32 / "manifest.json").read_text())["splits"]["train"]
-    prevalence = manifest["positives"][0] / manifest["count"]
+    manifest = json.loads((kaggle32 / "manifest.json").read_text())["splits"]
+    prevalence = manifest["train"]["positives"][0] / manifest["train"]["count"]
+    assert 0.6 < prevalence < 0.9 and manifest["val"]["count"] >= 50
     assert start.weight_norm == 0.0
     torch.testing.assert_close(start.bias, torch.tensor([math.log(prevalence / (1 - prevalence))]))
     first = float(pd.read_csv(result.run_dir / "metrics.csv")["train_loss"].dropna().iloc[0])
     entropy = -prevalence * math.log(prevalence) - (1 - prevalence) * math.log(1 - prevalence)
-    assert abs(first - entropy) < 0.1 and first < math.log(2) + 0.05  # the constant prediction's loss, ~0.57
-    print(f"kaggle 32 px frozen lite0 lr 1e-4 3 epochs: first loss {first:.3f}, best val AUROC "
+    assert abs(first - entropy) < 0.1 and first < math.log(2) - 0.05  # the constant prediction's loss, not chance's
+    print(f"kaggle 160 images 32 px frozen lite0 lr 1e-4 3 epochs: first loss {first:.3f}, best val AUROC "
           f"{result.best_val_auroc:.4f}")
-    assert result.best_val_auroc > 0.85
+    assert result.best_val_auroc > 0.8
 
 
 def test_pos_weight_starts_the_head_at_zero(synthetic_prepared: Path, tmp_path: Path) -> None:

@@ -121,8 +121,12 @@ def bundle_folder(path: str | Path) -> Path:
 
 
 def update_card(path: str | Path, **fields: Any) -> dict[str, Any]:
-    """Merge fields (e.g. thresholds, metrics) into a bundle's card, atomically; returns the new card."""
+    """Merge fields (e.g. thresholds, metrics) into a bundle's card, atomically; returns the new card. New
+    `thresholds` without `threshold_logits` drop the old threshold_logits, so the new thresholds are the ones
+    applied (read through their log-odds)."""
     card = read_card(path)
+    if "thresholds" in fields and "threshold_logits" not in fields:
+        card.pop("threshold_logits", None)
     card.update(fields)
     write_json(Path(path) / CARD, card)
     return card

@@ -87,7 +87,8 @@ def init_head(net: nn.Module, head: str, bias: Sequence[float] | None = None, ze
     with torch.no_grad():
         if zero:
             weight.zero_()
-        elif float(weight.abs().max()) > 1 / math.sqrt(weight[0].numel()):  # e.g. timm's U(±1/sqrt(fan_out))
+        # redraw a head wider than the fan-in bound (e.g. timm's U(±1/sqrt(fan_out))); a meta model has no values
+        elif weight.is_meta or float(weight.abs().max()) > 1 / math.sqrt(weight[0].numel()):
             nn.init.kaiming_uniform_(weight, a=math.sqrt(5))  # nn.Linear's own: U(±1/sqrt(fan_in))
         if isinstance(current, torch.Tensor):
             values = torch.zeros_like(current) if bias is None else torch.as_tensor(bias, dtype=current.dtype)

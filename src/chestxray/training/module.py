@@ -99,7 +99,7 @@ class ScoreBank(Metric):
         self.labels.append(labels.reshape(len(labels), -1).float())
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.scores:
+        if isinstance(self.scores, list) and not self.scores:  # after a DDP sync the states are tensors
             return torch.zeros(0, 0), torch.zeros(0, 0)
         return dim_zero_cat(self.scores), dim_zero_cat(self.labels)
 
