@@ -55,11 +55,11 @@ def check_ratios(ratios: tuple[float, ...] | list[float]) -> tuple[float, float,
     return (values[0] / total, values[1] / total, values[2] / total)
 
 
-def patient_keys(patient_ids: np.ndarray | pd.Series, seed: int) -> np.ndarray:
-    """Uniform [0, 1) key per patient id from a hash of (seed, id): the same on any machine and in any catalog
-    that holds the patient, whatever its labels."""
-    salt = f"chestxray-split/{int(seed)}/".encode()
-    return np.array([int.from_bytes(hashlib.blake2b(salt + str(p).encode("utf-8", "surrogatepass"),
+def patient_keys(patient_ids: np.ndarray | pd.Series, seed: int, salt: str = "") -> np.ndarray:
+    """Uniform [0, 1) key per patient id from a hash of (seed, salt, id): the same on any machine and in any catalog
+    that holds the patient, whatever its labels (`salt` draws other keys from the same seed, e.g. for folds)."""
+    prefix = f"chestxray-split/{int(seed)}/{salt}/".encode() if salt else f"chestxray-split/{int(seed)}/".encode()
+    return np.array([int.from_bytes(hashlib.blake2b(prefix + str(p).encode("utf-8", "surrogatepass"),
                                                     digest_size=8).digest(), "big") / 2.0 ** 64
                      for p in patient_ids], dtype=float)
 
@@ -88,9 +88,10 @@ def _deal(images: np.ndarray, ratios: np.ndarray) -> np.ndarray:
     return part
 
 
-def _split_codes(codes: np.ndarray, n_patients: int, ids: np.ndarray, ratios: np.ndarray, seed: int) -> np.ndarray:
+def _split_codes(codes: np.ndarray, n_patients: int, ids: np.ndarray, ratios: np.ndarray, seed: int,
+                 salt: str = "") -> np.ndarray:
     """Split index per row for dense patient codes 0..P-1 whose ids are `ids` (see the module docstring)."""
-    keys = patient_keys(ids, seed)
+    keys = patient_keys(ids, seed, salt)
     order = np.lexsort((ids, keys))  # ties (never seen) broken by id, so the order is total
     images = np.bincount(codes, minlength=n_patients)
     assign = np.empty(n_patients, dtype=np.int8)
@@ -98,11 +99,13 @@ def _split_codes(codes: np.ndarray, n_patients: int, ids: np.ndarray, ratios: np
     return assign[codes]
 
 
-def patient_split(patient_ids: np.ndarray | pd.Series, ratios: tuple[float, ...], seed: int = 0) -> np.ndarray:
+def patient_split(patient_ids: np.ndarray | pd.Series, ratios: tuple[float, ...], seed: int = 0,
+                  salt: str = "") -> np.ndarray:
     """Split index per row (0..len(ratios)-1): each patient's rows share one split, chosen from the patient ids,
-    their image counts and the seed only (labels play no part); see the module docstring."""
+    their image counts and the seed only (labels play no part); see the module docstring. Any number of parts
+    (k-fold uses K equal ratios); `salt` gives other keys for the same seed."""
     codes, ids = _dense(patient_ids)
-    return _split_codes(codes, len(ids), ids, np.asarray(ratios, dtype=float), seed)
+    return _split_codes(codes, len(ids), ids, np.asarray(ratios, dtype=float), seed, salt)
 
 
 def stratified_split(patient_ids: np.ndarray | pd.Series, labels: np.ndarray, ratios: tuple[float, ...],
