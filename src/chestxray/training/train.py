@@ -229,6 +229,7 @@ def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: d
             "thresholds": None, "threshold_method": None, "seed": config.seed,
             "metrics": {"training": {"split": "val", "val_auroc": best_val, "date": trained}},
             "run": str(run_dir.resolve()), "weights_from": origin}
+    card["model_card"] = _model_card(card, config.prepared)
     bundle_dir = save_bundle(run_dir / "bundle", net.cpu(), card)
     if mlflow_logger is not None:
         client, run_id = mlflow_logger.experiment, mlflow_logger.run_id
@@ -239,6 +240,20 @@ def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: d
         client.log_artifacts(run_id, str(bundle_dir), "bundle")
         log_pyfunc(mlflow_logger._tracking_uri, run_id, run_dir, bundle_dir, config.register_model)
     return bundle_dir
+
+
+def _model_card(card: dict[str, Any], prepared: str) -> dict[str, Any]:
+    """The bundle's model card (intended use, training population, limits) from the PREPARED manifest."""
+    from chestxray.data.shards import read_manifest
+    from chestxray.errors import DataError
+    from chestxray.models.model_card import model_card
+
+    try:
+        manifest = read_manifest(prepared)
+    except DataError as exc:  # read at the start of training; gone now (a remote store): a card without counts
+        log.warning("model card without the training population: %s", exc)
+        manifest = None
+    return model_card(card, manifest)
 
 
 def log_pyfunc(uri: str, run_id: str, run_dir: Path, bundle_dir: Path, register_as: str = "") -> Any:
