@@ -94,3 +94,11 @@ def finished_study(synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFa
     assert result.exit_code == 0, result.output
     return {"out": out, "finished_before": finished, "trained": trained, "stamp": stamp, "first": first,
             "output": result.output}
+
+
+@pytest.fixture(scope="session")
+def merged_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PREPARED folder (32 px) of three synthetic sources annotating different findings (tests/merged_data.py)."""
+    from tests.merged_data import merged_prepared as build
+
+    return build(tmp_path_factory.mktemp("merged"))

@@ -7,6 +7,7 @@ import errno
 import glob
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -122,11 +123,75 @@ def write_json(path: str | Path, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+# CSV cells a spreadsheet would run as a formula (OWASP "CSV injection"): text starting with one of these. A file
+# named '=HYPERLINK(...).png' landed unchanged in catalog.csv and predictions.csv, which people open in Excel.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_ESCAPE = re.compile(r"^(?:[=+\-@\t\r]|')")  # a formula start, or the escape mark itself (so it reads back)
+_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")  # -0.5 stays a number
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """OWASP's neutralisation of one CSV cell: text that starts like a formula gets a leading apostrophe, which
+    spreadsheets show as text ('=1+1 shows =1+1); a number, negative or not, is left alone. Text that already
+    starts with an apostrophe gets one more, so read_csv can undo the mark exactly."""
+    if isinstance(value, str) and _ESCAPE.match(value) and not _NUMBER.match(value):
+        return "'" + value
+    return value
+
+
+def _text_columns(frame: pd.DataFrame) -> list[Any]:
+    """Columns that may hold text: object or a string dtype (pandas 3 reads text as 'str')."""
+    import pandas as pd
+
+    return [c for c, dtype in frame.dtypes.items() if dtype == object or isinstance(dtype, pd.StringDtype)]
+
+
+def spreadsheet_safe_frame(frame: pd.DataFrame, index: bool = False) -> pd.DataFrame:
+    """A copy of `frame` whose text cells, column names (and index labels, when written) are spreadsheet_safe."""
+    import pandas as pd
+
+    out = frame.copy(deep=False)
+    for column in _text_columns(frame):
+        values = frame[column]
+        text = values.astype("string")
+        risky = text.str.contains(_ESCAPE, na=False) & ~text.str.contains(_NUMBER, na=False)
+        if risky.any():
+            risky[risky] = values[risky].map(lambda v: isinstance(v, str))  # text only, not odd objects
+            out[column] = values.where(~risky, "'" + text[risky].astype(object))
+    out.columns = [spreadsheet_safe(c) for c in frame.columns]
+    if index and not pd.api.types.is_numeric_dtype(out.index.dtype):
+        out.index = out.index.map(spreadsheet_safe)
+    return out
+
+
+def _unmark(value: Any) -> Any:
+    return value[1:] if isinstance(value, str) and value.startswith("'") else value
+
+
+def read_csv(path: str | Path, **kwargs: Any) -> pd.DataFrame:
+    """Read a CSV that write_csv wrote, undoing its spreadsheet mark (one leading apostrophe) in text cells, column
+    names and an index read with index_col."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, **kwargs)
+    for column in _text_columns(frame):
+        values = frame[column]
+        marked = values.astype("string").str.startswith("'", na=False)
+        if marked.any():
+            frame[column] = values.where(~marked, values[marked].map(_unmark))
+    frame.columns = [_unmark(c) for c in frame.columns]
+    if not pd.api.types.is_numeric_dtype(frame.index.dtype):
+        frame.index = frame.index.map(_unmark)
+    return frame
+
+
 def write_csv(path: str | Path, frame: pd.DataFrame, **kwargs: Any) -> Path:
-    """Write a DataFrame as CSV (no index unless asked) atomically; returns the path."""
+    """Write a DataFrame as CSV (no index unless asked) atomically, its text cells spreadsheet_safe (read it back
+    with read_csv); returns the path."""
     kwargs.setdefault("index", False)
+    safe = spreadsheet_safe_frame(frame, index=bool(kwargs["index"]))
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, **kwargs)
+        safe.to_csv(tmp, **kwargs)
     return Path(path)
 
 

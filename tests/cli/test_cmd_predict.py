@@ -103,7 +103,7 @@ def _damaged(bundle: Path, tmp_path: Path, how: str) -> Path:
         card.write_text(card.read_text().replace('"cnn-tiny"', '"cnn-small"'))
     elif how == "other-label-count":
         fields = json.loads(card.read_text())
-        fields.update(num_labels=2, labels=["NORMAL", "PNEUMONIA"])
+        fields.update(num_labels=2, labels=["NORMAL", "PNEUMONIA"], thresholds=None)  # else refused first
         card.write_text(json.dumps(fields))
     elif how == "garbage-card":
         card.write_text("{ not json")

@@ -51,14 +51,20 @@ def sealed_manifest(labels: list[str], counts: dict[str, int], positives: dict[s
 
 # --- catalogs: one patient, one image, one label, however they are written ----------------------------------------
 
+def _findings_csv(root: Path, rows: list[tuple[str, str]]) -> Path:
+    """root/t.csv with one noise PNG per (patient, finding) row: path,patient,finding."""
+    lines = ["path,patient,finding"]
+    for i, (patient, finding) in enumerate(rows):
+        png(root / "img" / f"x{i}.png", seed=i)
+        lines.append(f"img/x{i}.png,{patient},{finding}")
+    (root / "t.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root / "t.csv"
+
+
 def patient_spellings(root: Path) -> Path:
     """A CSV where patient 1 is written '1', '1.0' and '01' (three images), beside patients 2..9."""
-    rows = ["path,patient,finding"]
-    for i, pid in enumerate(["1", "1.0", "01", *map(str, range(2, 10))]):
-        png(root / "img" / f"x{i}.png", seed=i)
-        rows.append(f"img/x{i}.png,{pid},{'Mass' if i % 2 else 'No Finding'}")
-    (root / "t.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return root / "t.csv"
+    return _findings_csv(root, [(pid, "Mass" if i % 2 else "No Finding")
+                                for i, pid in enumerate(["1", "1.0", "01", *map(str, range(2, 10))])])
 
 
 def same_file_three_ways(root: Path) -> Path:
@@ -73,12 +79,8 @@ def same_file_three_ways(root: Path) -> Path:
 
 def label_case_twins(root: Path) -> Path:
     """A CSV whose findings column spells one finding 'Mass' and 'mass'."""
-    rows = ["path,patient,finding"]
-    for i, finding in enumerate(["Mass", "mass", "Mass", "No Finding", "Nodule", "No Finding"]):
-        png(root / "img" / f"x{i}.png", seed=i)
-        rows.append(f"img/x{i}.png,{i},{finding}")
-    (root / "t.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return root / "t.csv"
+    return _findings_csv(root, [(str(i), f) for i, f in enumerate(["Mass", "mass", "Mass", "No Finding", "Nodule",
+                                                                    "No Finding"])])
 
 
 def repeated_column(root: Path) -> Path:

@@ -121,7 +121,8 @@ def test_eval_loaders_are_in_stored_order_for_any_worker_count(prepared):
 def test_batch_contents_and_normalisation(prepared):
     samples = {s["image_id"]: s for s in iter_split_samples(prepared, "val")}
     gray = next(iter(ChestXrayDataModule(prepared, batch_size=4, num_workers=0).val_dataloader()))
-    assert set(gray) == {"image", "labels", "image_id", "patient_id"}
+    assert set(gray) == {"image", "labels", "image_id", "patient_id", "source"}
+    assert gray["source"] == [""] * len(gray["image_id"])  # a single-source dataset
     assert gray["image"].shape == (4, 1, 16, 16) and gray["image"].dtype == torch.float32
     assert gray["labels"].shape == (4, 3) and gray["labels"].dtype == torch.float32
     first = samples[gray["image_id"][0]]

@@ -98,7 +98,8 @@ def test_manifest_that_is_a_list_is_one_line(copy: Path) -> None:
 def test_wrong_label_count_is_named_not_a_shape_error(copy: Path, tmp_path: Path) -> None:
     """A manifest (resealed) naming three labels over shards holding two: before, a shape error from the loss."""
     def third_label(m: dict) -> dict:
-        splits = {s: {**e, "positives": [*e["positives"], 0]} for s, e in m["splits"].items()}
+        splits = {s: {**e, "positives": [*e["positives"], 0], "annotated": [*e["annotated"], e["count"]]}
+                  for s, e in m["splits"].items()}
         return {**m, "labels": [*m["labels"], "Nodule"], "splits": splits}
 
     probes.edit_manifest(copy, third_label, reseal=True)

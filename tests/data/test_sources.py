@@ -79,7 +79,10 @@ def test_nih_2017_layout_nested_folders_and_missing_images(tmp_path: Path) -> No
     loaded = load_catalog(out)
     assert loaded.info["missing_images"]["count"] == 1 and len(loaded.table) == 2
     table = pd.read_csv(out / "catalog.csv")
-    table.loc[0, "Cardiomegaly"] = None
+    table.loc[0, "Cardiomegaly"] = None  # an empty cell: the label is missing for that image (not negative)
+    table.to_csv(out / "catalog.csv", index=False)
+    assert load_catalog(out).annotated.sum() == 2 * len(loaded.labels) - 1
+    table.loc[0, "Cardiomegaly"] = 2
     table.to_csv(out / "catalog.csv", index=False)
     with pytest.raises(DataError, match=r"catalog\.csv: label column\(s\) \['Cardiomegaly'\] hold values other than 0/1"):
         load_catalog(out)

@@ -60,6 +60,8 @@ def test_calibrate_writes_a_profile_and_leaves_the_bundle_unchanged(calibrated) 
     assert held["n_with_finding"] + held["n_no_finding"] == report["split"]["held_out_images"]
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["when"]) == {"before", "after"} and len(summary) == 2 * len(profile.labels)
+    unlike = report["unlike_training"]  # the run's OOD reference scored every site image
+    assert unlike["images"] == report["images"] and 0 <= unlike["unusual"] <= unlike["images"]
 
 
 def test_predict_with_site_gives_the_profiles_probabilities_and_decisions(calibrated, site_catalog: Path,

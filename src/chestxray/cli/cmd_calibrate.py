@@ -119,6 +119,10 @@ def calibrate(
     console.print(f"site {result.profile.name!r}: {report['images']} images of {report['patients']} patients from "
                   f"{data}", highlight=False, soft_wrap=True)
     lines = _labelled_lines(report) if report["mode"] == "labelled" else _unlabelled_lines(report)
+    unlike = report.get("unlike_training")
+    if unlike:
+        lines.append(f"unlike the training images (in-distribution score at or below the model's rate): "
+                     f"{unlike['unusual']} of {unlike['images']} site images ({unlike['share']:.0%})")
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
     console.print(f"wrote {result.out_dir} (site.json, report.json, summary.csv, reliability_*.png); use it with "

@@ -176,6 +176,92 @@ def catalog_csv(
     _finish(catalog, out, split_ratios, seed)
 
 
+@catalog_app.command("chexpert", help="Catalog a CheXpert-convention table (CheXpert train.csv / valid.csv, or "
+                     "MIMIC-CXR's chexpert.csv joined to image paths): 1 positive, 0 negative, -1 uncertain, blank not "
+                     "mentioned. --uncertain chooses U-Ones, U-Zeros or U-Ignore (Irvin et al. 2019; ignore = "
+                     "missing: skipped by the loss, metrics and thresholds), for all findings or per finding. Names "
+                     "stay CheXpert's; 'catalog merge' maps them onto NIH's."
+                     "\n\nExample: chestxray catalog chexpert CheXpert-v1.0-small/train.csv --images-root . "
+                     "--uncertain 'ignore,Atelectasis=ones,Edema=ones' --out runs/chexpert"
+                     "\n\nExample (MIMIC-CXR): chestxray catalog chexpert mimic-with-paths.csv --path-col path "
+                     "--patient-col subject_id --uncertain zeros --out runs/mimic")
+@friendly
+def catalog_chexpert(
+    table: Path = typer.Argument(..., help="The label table (CSV)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output catalog folder."),
+    images_root: Optional[Path] = typer.Option(None, "--images-root", help="Folder the paths are relative to "
+                                               "(default: the CSV's folder)."),
+    uncertain: str = typer.Option("ignore", "--uncertain", help="ones | zeros | ignore, optionally per finding: "
+                                  "'ignore,Atelectasis=ones'."),
+    blank: str = typer.Option("negative", "--blank", help="A blank (not mentioned) cell: negative (Irvin et al.) or "
+                              "missing (torchxrayvision)."),
+    path_col: str = typer.Option("Path", "--path-col", help="Column with the image path."),
+    patient_col: Optional[str] = typer.Option(None, "--patient-col", help="Column with the patient id (default: "
+                                              "'patientNNNNN' in the path)."),
+    label_cols: Optional[str] = typer.Option(None, "--label-cols", help="Comma-separated finding columns (default: "
+                                             "the CheXpert findings present)."),
+    ratios: str = typer.Option("0.7,0.1,0.2", "--ratios", help=SPLIT_HELP),
+    seed: int = typer.Option(0, "--seed", help="Seed for the split."),
+    missing_patient: str = typer.Option("error", "--missing-patient", help=MISSING_PATIENT_HELP),
+) -> None:
+    from chestxray.data.sources import read_chexpert
+
+    split_ratios = _ratios(ratios)
+    cols = [c.strip() for c in label_cols.split(",") if c.strip()] if label_cols else None
+    catalog = read_chexpert(table, images_root, uncertain=uncertain, blank=blank, path_col=path_col,
+                            patient_col=patient_col, label_cols=cols, missing_patient=missing_patient)
+    _finish(catalog, out, split_ratios, seed)
+
+
+@catalog_app.command("merge", help="Merge catalogs into one: one label vocabulary (NIH names as the base; Kaggle "
+                     "PNEUMONIA -> Pneumonia; the COVID set's findings -> Pneumonia + Viral/Bacterial/Fungal Pneumonia + "
+                     "organism where given; CheXpert names -> NIH's; see docs/datasets.md), a 'source' column, and a "
+                     "finding a source does not annotate left MISSING (empty), never negative: training, metrics and "
+                     "thresholds skip it for that source's images. Patient ids become SOURCE:id; byte-identical images "
+                     "in two sources keep their patients in one split; the split is by patient, drawn within each "
+                     "source. Metadata (age, sex, view, location, ...) is kept."
+                     "\n\nExample: chestxray catalog merge nih=runs/nih-cat kaggle=runs/kaggle-cat covid=runs/covid-cat "
+                     "--out runs/merged"
+                     "\n\nExample (own label map): chestxray catalog merge a=cat-a b=cat-b --map labels.yaml --out merged")
+@friendly
+def catalog_merge(
+    catalogs: list[str] = typer.Argument(..., help="Catalog folders, each NAME=FOLDER (or FOLDER: named after it)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output catalog folder."),
+    label_map: Optional[Path] = typer.Option(None, "--map", help="YAML label map changing the default (map:, "
+                                             "sources: NAME: {map:, negative:}, vocabulary:, default:)."),
+    ratios: str = typer.Option("0.7,0.1,0.2", "--ratios", help=SPLIT_HELP + " Drawn within each source; 0,0,1 "
+                               "makes an all-test catalog for external validation."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the split."),
+    keep_splits: bool = typer.Option(False, "--keep-splits", help="Keep each catalog's own split instead of "
+                                     "splitting the merged catalog."),
+    same_patients: bool = typer.Option(False, "--same-patients", help="Equal patient ids in different sources are "
+                                       "one person (sources sharing one numbering); default: ids become SOURCE:id."),
+) -> None:
+    from chestxray.data.labelmap import read_label_map
+    from chestxray.data.merge import load_inputs, merge_catalogs
+    from chestxray.data.sources import write_catalog
+
+    split_ratios = _ratios(ratios)
+    mapping = read_label_map(label_map)
+    catalog = merge_catalogs(load_inputs(catalogs), mapping, split_ratios, seed, keep_splits=keep_splits,
+                             same_patients=same_patients)
+    write_catalog(catalog, out)
+    merge, split = catalog.info["merge"], catalog.info["split"]
+    for name, rec in merge["sources"].items():
+        console.print(f"  {name}: {rec['images']} images, {rec['patients']} patients; annotates "
+                      f"{len(rec['annotated'])} of {len(catalog.labels)} labels ({', '.join(rec['annotated'][:6])}"
+                      f"{', ...' if len(rec['annotated']) > 6 else ''})"
+                      + (f"; kept as they are (not in the map): {', '.join(rec['kept_as_is'])}" if rec['kept_as_is']
+                         else ""), highlight=False, soft_wrap=True)
+    per_split = " / ".join(f"{s} {split['images'][s]}" for s in ("train", "val", "test"))
+    dup = merge["duplicates"]["count"]
+    console.print(f"catalog {out}: {len(catalog.table)} images from {len(merge['sources'])} sources, "
+                  f"{catalog.table['patient_id'].nunique()} patients, {len(catalog.labels)} labels (missing where a "
+                  f"source does not annotate them); images {per_split} ({split['method']})"
+                  + (f"; {dup} image(s) identical across sources, their patients kept together" if dup else ""),
+                  highlight=False, soft_wrap=True)
+
+
 @app.command(help="Explore a catalog: images and patients per finding and split, prevalence per image and per "
              "patient, co-occurrence counts (class counts for a binary task), age/sex/view summaries, a shortcut "
              "check (how well width, height, aspect ratio, file size, brightness, contrast, bit depth and view alone "
@@ -225,6 +311,13 @@ def explore(
                       + (f" ({', '.join(flagged)})" if flagged else "; strongest feature per label within noise of 0.5"),
                       highlight=False, soft_wrap=True)
         for line in warnings:
+            err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+    if not result.sources.empty:
+        from chestxray.data.source_mix import source_warnings
+
+        console.print(f"sources: positives and annotated images per finding and source in {out / 'sources.csv'}",
+                      highlight=False, soft_wrap=True)
+        for line in source_warnings(result.sources):
             err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
     if result.geometry is not None and len(result.geometry):
         g = result.geometry

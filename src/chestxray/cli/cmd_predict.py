@@ -199,7 +199,7 @@ def export(
     dynamo: bool = typer.Option(False, "--dynamo", help="Use the torch.export-based exporter (slower)."),
     mlflow_register: str = typer.Option(None, "--mlflow-register",
                                         help="Log the bundle as an MLflow pyfunc model and register it as NAME."),
-    mlflow_uri: str = typer.Option(None, "--mlflow-uri", help="Store for a bundle outside a run (default ./mlruns)."),
+    mlflow_uri: str = typer.Option(None, "--mlflow-uri", help="Store for a bundle outside a run (default: mlflow.db beside the bundle folder)."),
     site: str = typer.Option(None, "--site", help="With --onnx: put this site profile (chestxray calibrate; a name "
                              "under RUN/sites/) into the file, so it scores with the site's probabilities and "
                              "thresholds."),

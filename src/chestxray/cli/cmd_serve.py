@@ -60,12 +60,16 @@ def serve(
                max_connections=max_connections, site=site)
 
 
-@app.command(help="Start the MLflow UI (the real `mlflow server`) on the project's store: runs/mlflow.db or "
-             "./mlruns, or the store a run folder names, a .db file or any tracking URI. Needs the full mlflow: pip install 'chestxray\\[ui]'."
-             "\n\nExample: chestxray ui --store demo-output/mlflow.db --port 5000")
+@app.command(help="Start the MLflow UI (the real `mlflow server`) on the project's store: runs/mlflow.db (or a "
+             "legacy ./mlruns), the store a run folder names, a study's or tune's folder (OUT/runs/mlflow.db, "
+             "OUT/trials/mlflow.db), a .db file or any tracking URI. Needs the full mlflow: pip install "
+             "'chestxray\\[ui]'."
+             "\n\nExample: chestxray ui --store demo-output/mlflow.db --port 5000"
+             "\n\nExample (a tune study): chestxray ui --store runs/tune1")
 @friendly
 def ui(
-    store: str = typer.Option(None, "--store", help="Tracking URI, SQLite .db file, mlruns folder or run folder."),
+    store: str = typer.Option(None, "--store", help="Tracking URI, SQLite .db file, run folder, study or tune "
+                              "folder, or mlruns folder."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(5000, "--port", help="TCP port."),
 ) -> None:

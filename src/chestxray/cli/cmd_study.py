@@ -226,7 +226,9 @@ def study(
         return
     import pandas as pd
 
-    groups = pd.read_csv(done.out / "study_groups.csv")
+    from chestxray.files import read_csv
+
+    groups = read_csv(done.out / "study_groups.csv")
     print_table(group_table(done, groups, select))
     if done.folds:
         console.print(f"pooled out-of-fold: the {done.folds} held-out folds together, every patient scored once by the "
@@ -234,7 +236,7 @@ def study(
                       "models' spread, not a CI (docs/studies.md)", highlight=False, soft_wrap=True, style="dim")
     comparisons = done.out / "study_comparisons.csv"
     if comparisons.stat().st_size > 1:
-        table = pd.read_csv(comparisons)
+        table = read_csv(comparisons)
         for sentence in table["sentence"]:
             console.print(sentence, highlight=False, soft_wrap=True)
         if "family" in table and len(table) > 1:

@@ -80,6 +80,11 @@ def train(
     pos_weight: Optional[bool] = typer.Option(None, "--pos-weight/--no-pos-weight",
                                               help="Weight positives by the train split's neg/pos ratio "
                                               "(multiclass: class weights N/(K*n_class) in the cross-entropy)." + _d("pos_weight")),
+    sources: Optional[str] = typer.Option(None, "--sources", help="A merged dataset's sources to train and validate "
+                                          "on, comma-separated (default: all)." + _d("sources")),
+    source_sampling: Optional[str] = typer.Option(None, "--source-sampling", help="Each source's share of an epoch: "
+                                                  "natural (its size) | balanced (equal) | NAME=W,NAME=W (weights)."
+                                                  + _d("source_sampling")),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="cosine (warm-up then cosine) | plateau." + _d("scheduler")),
     monitor: Optional[str] = typer.Option(None, "--monitor", help="val_auroc | val_loss (best ckpt, early stop)." + _d("monitor")),
     patience: Optional[int] = typer.Option(None, "--patience", help="Early-stopping patience (0: off)." + _d("patience")),
@@ -127,7 +132,8 @@ def train(
     settings = _settings(prepared=prepared, model=model, pretrained=pretrained, offline=offline, weights=weights,
                          in_chans=in_chans, backbone_lr_scale=backbone_lr_scale,
                          epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, augment=augment,
-                         loss=loss, pos_weight=pos_weight, scheduler=scheduler, monitor=monitor, patience=patience,
+                         loss=loss, pos_weight=pos_weight, sources=sources, source_sampling=source_sampling,
+                         scheduler=scheduler, monitor=monitor, patience=patience,
                          val_every=val_every, freeze=freeze, unfreeze_last=unfreeze_last, grad_clip=grad_clip,
                          precision=precision, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                          strategy=strategy, num_workers=num_workers, verify_checksums=verify_checksums, seed=seed,

@@ -54,8 +54,10 @@ def tune(
     heartbeat: int = typer.Option(60, "--heartbeat", help="Seconds between a running trial's heartbeats; a trial "
                                   "silent for twice that is failed (its process died)."),
     mlflow: Optional[bool] = typer.Option(None, "--mlflow/--no-mlflow", help="Mirror trials to MLflow."),
-    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="Tracking URI (default: the "
-                                      "SQLite store mlflow.db, as for train; browse it with 'chestxray ui')."),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="Tracking URI (default: OUT/trials/"
+                                      "mlflow.db, the parent run and every trial together; browse it with "
+                                      "'chestxray ui --store OUT')."),
+
 ) -> None:
     from rich.table import Table
 

@@ -15,7 +15,7 @@ import pandas as pd
 from chestxray.data.identity import PATIENT_RULE, normalize_patient_ids
 from chestxray.data.tasks import check_one_hot, is_multiclass
 from chestxray.errors import DataError
-from chestxray.files import write_csv, write_json
+from chestxray.files import read_csv, write_csv, write_json
 
 CATALOG_CSV = "catalog.csv"
 CATALOG_JSON = "catalog.json"
@@ -30,7 +30,9 @@ class Catalog:
 
     table: columns image_id, path, patient_id, split ('train'|'val'|'test' or '' before splitting),
     one uint8 0/1 column per name in `labels` (in that order), then optional metadata (age, sex, view, ...).
-    A row with all label columns 0 is 'normal' (NIH 'No Finding', Kaggle NORMAL).
+    A row with all label columns 0 is 'normal' (NIH 'No Finding', Kaggle NORMAL). A merged catalog
+    (chestxray.data.merge) may leave a label MISSING for a source that never annotated it: NaN in a float column
+    (an empty cell in catalog.csv), never 0; its `source` column names each row's source.
     """
 
     table: pd.DataFrame
@@ -44,8 +46,19 @@ class Catalog:
 
     @property
     def label_matrix(self):
-        """(n_images, n_labels) uint8 array of the label columns in schema order."""
-        return self.table[list(self.labels)].to_numpy(dtype="uint8")
+        """(n_images, n_labels) uint8 array of the label columns in schema order (a missing label reads 0: use
+        `annotated` to tell it from a negative)."""
+        return self.table[list(self.labels)].fillna(0).to_numpy(dtype="uint8")
+
+    @property
+    def annotated(self):
+        """(n_images, n_labels) bool array: True where the label is given (0 or 1), False where it is missing."""
+        return self.table[list(self.labels)].notna().to_numpy()
+
+    @property
+    def has_missing(self) -> bool:
+        """True when some label is missing for some image (a merged catalog)."""
+        return bool(self.table[list(self.labels)].isna().to_numpy().any())
 
     def split_table(self, split: str) -> pd.DataFrame:
         return self.table[self.table["split"] == split]
@@ -68,10 +81,16 @@ def validate_catalog(catalog: Catalog, where: str = "catalog") -> None:
     dup = table["image_id"][table["image_id"].duplicated()]
     if len(dup):
         raise DataError(f"{where}: {len(dup)} duplicate image id(s), e.g. {list(dup.unique()[:5])}; each image must appear once")
-    bad = [c for c in catalog.labels if not table[c].isin([0, 1]).all()]
+    bad = [c for c in catalog.labels if not (table[c].isin([0, 1]) | table[c].isna()).all()]
     if bad:
-        raise DataError(f"{where}: label column(s) {bad} hold values other than 0/1")
+        raise DataError(f"{where}: label column(s) {bad} hold values other than 0/1 (or empty: missing)")
+    never = [c for c in catalog.labels if table[c].isna().all()]
+    if never:
+        raise DataError(f"{where}: label(s) {never} are missing for every image; no image says anything about them "
+                        "(leave them out of the label map's vocabulary)")
     if is_multiclass(catalog.task):
+        if catalog.has_missing:
+            raise DataError(f"{where}: a multiclass catalog cannot leave labels missing (each image has one class)")
         check_one_hot(catalog.label_matrix, where)
     assigned = table[table["split"].isin(SPLITS)]
     per_patient = assigned.groupby("patient_id")["split"].nunique()
@@ -118,12 +137,14 @@ def load_catalog(path: str | Path) -> Catalog:
         raise DataError(f"{json_path}: not valid JSON ({exc}); rebuild the catalog") from exc
     if not isinstance(meta, dict) or not isinstance(meta.get("labels"), list):
         raise DataError(f"{json_path}: no 'labels' list; rebuild the catalog with 'chestxray catalog'")
-    table = pd.read_csv(csv_path, dtype={"image_id": str, "patient_id": str, "path": str, "split": str},
+    table = read_csv(csv_path, dtype={"image_id": str, "patient_id": str, "path": str, "split": str},
                         keep_default_na=False, na_values=[""])
     table["split"] = table["split"].fillna("")
     for name in meta["labels"]:
         if name in table and table[name].isin([0, 1]).all():  # anything else is reported by validate_catalog
             table[name] = table[name].astype("uint8")
+        elif name in table and (table[name].isin([0, 1]) | table[name].isna()).all():  # missing: NaN, floats
+            table[name] = table[name].astype("float64")
     catalog = Catalog(table=table, labels=tuple(meta["labels"]), task=meta.get("task", "multilabel"),
                       source=meta.get("source", ""), info=meta.get("info", {}))
     validate_catalog(catalog, where=str(csv_path))

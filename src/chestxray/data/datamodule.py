@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from chestxray.data.augment import Normalization, build_augment, normalize
+from chestxray.data.sampling import SourcePlan, epoch_multiplicity, plan_sources, split_sources
 from chestxray.data.shards import iter_shard, read_manifest, shard_urls
 from chestxray.data.tasks import is_multiclass
 from chestxray.data.verify import verify_prepared
@@ -92,9 +93,13 @@ class ShardBatches(IterableDataset):
 
     def __init__(self, prepared: str | Path, split: str, manifest: dict[str, Any], batch_size: int, *,
                  train: bool = False, world_size: int = 1, rank: int = 0, seed: int = 0, augment: str = "none",
-                 in_chans: int = 1, normalization: Normalization = "gray", shuffle_buffer: int | None = None) -> None:
+                 in_chans: int = 1, normalization: Normalization = "gray", shuffle_buffer: int | None = None,
+                 source_plan: SourcePlan | None = None) -> None:
         self.urls = shard_urls(prepared, split, manifest)
         self.counts = [int(c) for c in manifest["splits"][split]["shard_counts"]]
+        # per-source draws (chestxray.data.sampling): how often each stored sample is used in an epoch
+        self.source_plan = source_plan
+        self.source_of = split_sources(manifest, split)[1] if source_plan is not None else None
         self.size, self.n_labels = int(manifest["image_size"]), len(manifest["labels"])
         self.batch_size, self.train, self.seed = int(batch_size), train, int(seed)
         # shared with the loader workers (also persistent ones, which keep their copy of this object)
@@ -116,11 +121,19 @@ class ShardBatches(IterableDataset):
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch."""
-        return len(plan_epoch(self.counts, self.batch_size, world_size=self.world_size, rank=self.rank,
+        return len(plan_epoch(self.epoch_counts()[0], self.batch_size, world_size=self.world_size, rank=self.rank,
                               shuffle=self.train, seed=self.seed, epoch=self.epoch).batch_sizes)
 
+    def epoch_counts(self) -> tuple[list[int], list[np.ndarray] | None]:
+        """Samples each shard contributes this epoch and, with a source plan, each sample's uses per shard."""
+        if self.source_plan is None:
+            return self.counts, None
+        uses = epoch_multiplicity(self.source_of, self.source_plan, self.seed, self.epoch)
+        per_shard = np.split(uses, np.cumsum(self.counts)[:-1])
+        return [int(u.sum()) for u in per_shard], per_shard
+
     def plan(self, worker: int = 0, num_workers: int = 1) -> WorkerPlan:
-        return plan_epoch(self.counts, self.batch_size, world_size=self.world_size, rank=self.rank,
+        return plan_epoch(self.epoch_counts()[0], self.batch_size, world_size=self.world_size, rank=self.rank,
                           num_workers=num_workers, worker=worker, shuffle=self.train, seed=self.seed,
                           epoch=self.epoch)
 
@@ -154,16 +167,25 @@ class ShardBatches(IterableDataset):
             yield self._collate(chunk, pipeline if self.augment != "none" else None)
 
     def _samples(self, plan: WorkerPlan) -> Iterator[dict[str, Any]]:
-        """The plan's samples in sequence order, opening only the shards that overlap its ranges."""
+        """The plan's samples in sequence order, opening only the shards that overlap its ranges (with a source
+        plan, the sequence holds each sample as many times as it is used this epoch)."""
+        counts, uses = self.epoch_counts()
         offset, end = 0, plan.ranges[-1][1]
         for index in plan.shard_order:
-            count = self.counts[index]
+            count = counts[index]
             keep = np.zeros(count, dtype=bool)
             for lo, hi in plan.ranges:
                 if lo < offset + count and hi > offset:
                     keep[max(lo - offset, 0):min(hi - offset, count)] = True
-            if keep.any():
+            if keep.any() and uses is None:
                 yield from iter_shard(self.urls[index], self.size, keep, self.n_labels)
+            elif keep.any():
+                wanted = np.repeat(np.arange(len(uses[index])), uses[index])[keep]  # stored positions, repeats
+                times = np.bincount(wanted, minlength=len(uses[index]))
+                for sample, n in zip(iter_shard(self.urls[index], self.size, times > 0, self.n_labels),
+                                     times[times > 0]):
+                    for _ in range(int(n)):
+                        yield sample
             offset += count
             if offset >= end:
                 break
@@ -171,9 +193,11 @@ class ShardBatches(IterableDataset):
     def _collate(self, chunk: list[dict[str, Any]], pipeline: Callable | None) -> dict[str, Any]:
         images = [pipeline(image=s["image"])["image"] for s in chunk] if pipeline else [s["image"] for s in chunk]
         pixels = torch.from_numpy(np.stack(images)).unsqueeze(1)
-        return {"image": pixels,
-                "labels": torch.from_numpy(np.stack([s["labels"] for s in chunk]).astype(np.float32)),
-                "image_id": [s["image_id"] for s in chunk], "patient_id": [s["patient_id"] for s in chunk]}
+        labels = np.stack([s["labels"] for s in chunk]).astype(np.float32)
+        labels[~np.stack([s["annotated"] for s in chunk])] = np.nan  # missing: NaN, which the loss and metrics mask
+        return {"image": pixels, "labels": torch.from_numpy(labels),
+                "image_id": [s["image_id"] for s in chunk], "patient_id": [s["patient_id"] for s in chunk],
+                "source": [s["source"] for s in chunk]}
 
 
 def _buffer_shuffle(samples: Iterator[dict[str, Any]], size: int, rng: np.random.Generator
@@ -223,8 +247,10 @@ class _EpochLoader(DataLoader):
 
 
 class ChestXrayDataModule(L.LightningDataModule):
-    """Loaders over a PREPARED folder. Batches: image float32 (B, C, H, W) normalised, labels float32 (B, L),
-    image_id list[str], patient_id list[str]. World size and rank come from the attached trainer, else the args.
+    """Loaders over a PREPARED folder. Batches: image float32 (B, C, H, W) normalised, labels float32 (B, L) (NaN
+    where a label is missing for that image's source), image_id list[str], patient_id list[str], source list[str]
+    ('' for a single-source dataset). `sources` restricts training and validation to those sources and
+    `source_sampling` sets each source's share of a training epoch (chestxray.data.sampling). World size and rank come from the attached trainer, else the args.
     verify: first check every shard's size and the sha256 of the shards of `verify_splits` (None: all) ('checksums'),
     sizes only ('sizes'), 'auto' (checksums for a local folder, sizes for a URL: chestxray.data.verify) or nothing
     ('none')."""
@@ -233,10 +259,14 @@ class ChestXrayDataModule(L.LightningDataModule):
                  in_chans: int = 1, normalization: Normalization = "gray", seed: int = 0, *, world_size: int | None = None,
                  rank: int | None = None, shuffle_buffer: int | None = None, pin_memory: bool | None = None,
                  persistent_workers: bool = True, verify: str = "auto",
-                 verify_splits: tuple[str, ...] | None = None) -> None:
+                 verify_splits: tuple[str, ...] | None = None, sources: list[str] | tuple[str, ...] | None = None,
+                 source_sampling: str = "natural") -> None:
         super().__init__()
         self.prepared = str(prepared)
         self.manifest = read_manifest(prepared)
+        self.sources = tuple(sources or ())
+        self.source_sampling = source_sampling
+        self.source_plans = {split: self._source_plan(split) for split in ("train", "val")}
         if verify not in VERIFY_MODES:
             raise DataError(f"verify={verify!r}: expected one of {VERIFY_MODES}")
         if verify != "none":  # a damaged shard is named now, before any training or evaluation starts
@@ -254,16 +284,63 @@ class ChestXrayDataModule(L.LightningDataModule):
         normalize(torch.zeros(1, 1, 1, dtype=torch.uint8), in_chans, normalization)  # fail fast on bad settings
         build_augment(augment, self.image_size, seed)
 
+    @property
+    def missing_labels(self) -> bool:
+        """True when some label is missing for some image (a merged catalog): the loss and metrics mask them."""
+        return bool(self.manifest.get("missing_labels", False))
+
+    def _source_plan(self, split: str) -> SourcePlan | None:
+        """Per-source draws of a split, or None when every image is used once (no sources chosen, natural)."""
+        names, _ = split_sources(self.manifest, split)
+        where = f"{self.prepared} ({split})"
+        if not names:
+            if self.sources or self.source_sampling != "natural":
+                raise DataError(f"{self.prepared}: --sources / --source-sampling need a dataset with several "
+                                "sources (a merged catalog: 'chestxray catalog merge'); this one has none")
+            return None
+        counts = self.manifest["splits"][split]["sources"]["count"]
+        sampling = self.source_sampling if split == "train" else "natural"  # validation: every chosen image once
+        plan = plan_sources(names, counts, sampling, self.sources or None, where)
+        return None if plan.draws == tuple(counts) else plan
+
     def pos_weight(self) -> torch.Tensor:
-        """(L,) negatives / positives per label in train (positives floored at 1), for BCEWithLogitsLoss; for a
-        multiclass task the class weights N / (K * n_class) of the cross-entropy (1 for every class when balanced)."""
+        """(L,) negatives / positives per label among the training images where the label is annotated, weighted
+        by how often the source sampling uses each source's images (positives floored at 1), for
+        BCEWithLogitsLoss; for a multiclass task the class weights N / (K * n_class) of the cross-entropy (1 for
+        every class when balanced)."""
         train = self.manifest["splits"].get("train")
         if not train or not train["count"]:
             raise DataError(f"{self.prepared}: no training images; pos_weight needs a train split")
         pos = torch.tensor(train["positives"], dtype=torch.float32)
+        annotated = torch.tensor(train.get("annotated", [train["count"]] * len(pos)), dtype=torch.float32)
+        plan = self.source_plans.get("train")
+        if plan is not None:
+            weight = torch.tensor(plan.multiplicity, dtype=torch.float32)[:, None]
+            pos = (weight * torch.tensor(train["sources"]["positives"], dtype=torch.float32)).sum(0)
+            annotated = (weight * torch.tensor(train["sources"]["annotated"], dtype=torch.float32)).sum(0)
         if is_multiclass(self.task):
             return train["count"] / (len(pos) * pos.clamp(min=1.0))
-        return (train["count"] - pos) / pos.clamp(min=1.0)
+        return (annotated - pos).clamp(min=0.0) / pos.clamp(min=1.0)
+
+    def source_record(self) -> dict[str, Any] | None:
+        """What the run trains on, for the card: the sources chosen, the sampling, images and draws per epoch per
+        source, and the labels annotated in the chosen training images (the others get no training signal)."""
+        names, _ = split_sources(self.manifest, "train")
+        if not names:
+            return None
+        train = self.manifest["splits"]["train"]
+        plan = self.source_plans.get("train") or plan_sources(names, train["sources"]["count"])
+        chosen = [n for n, d in zip(plan.names, plan.draws) if d > 0]
+        annotated = np.asarray(train["sources"]["annotated"])[[names.index(n) for n in chosen]].sum(0)
+        return {"trained_on": chosen, "all": names, "sampling": self.source_sampling, "per_epoch": plan.describe(),
+                "annotated_labels": [name for name, a in zip(self.labels, annotated.tolist()) if a > 0],
+                "missing_labels": self.missing_labels}
+
+    def train_counts(self) -> list[int]:
+        """Samples each train shard gives in the first epoch (the epoch's size is the same every epoch)."""
+        plan = self.source_plans.get("train")
+        counts = [int(c) for c in self.manifest["splits"]["train"]["shard_counts"]]
+        return counts if plan is None else [int(sum(plan.draws))]
 
     def _ranks(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -289,7 +366,9 @@ class ChestXrayDataModule(L.LightningDataModule):
             return 0
         return int(fit_loop.epoch_loop.batch_progress.current.processed)
 
-    def _loader(self, split: str, train: bool, batch_size: int | None = None, pixels: bool = False) -> DataLoader:
+    def _loader(self, split: str, train: bool, batch_size: int | None = None, pixels: bool = False,
+                planned: bool = False) -> DataLoader:
+        """planned: apply the source plan (training and its validation); evaluation reads every image."""
         if split not in self.manifest["splits"] or not self.manifest["splits"][split]["count"]:
             raise DataError(f"{self.prepared}: split {split!r} has no images (have "
                             f"{ {k: v['count'] for k, v in self.manifest['splits'].items()} })")
@@ -297,7 +376,8 @@ class ChestXrayDataModule(L.LightningDataModule):
         dataset = ShardBatches(self.prepared, split, self.manifest, batch_size or self.batch_size, train=train,
                                world_size=world_size, rank=rank, seed=self.seed,
                                augment=self.augment if train else "none", in_chans=self.in_chans,
-                               normalization=self.normalization, shuffle_buffer=self.shuffle_buffer)
+                               normalization=self.normalization, shuffle_buffer=self.shuffle_buffer,
+                               source_plan=self.source_plans.get(split) if planned else None)
         epoch_of = self._epoch if train else (lambda: 0)
         # An own generator: creating an iterator must not draw from the global torch RNG (keeps resumed runs exact).
         return _EpochLoader(dataset, epoch_of, self._resumed_batches if train else (lambda: 0), not pixels,
@@ -306,10 +386,10 @@ class ChestXrayDataModule(L.LightningDataModule):
                             generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        return self._loader("train", train=True, planned=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
+        return self._loader("val", train=False, planned=True)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)

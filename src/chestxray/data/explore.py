@@ -36,6 +36,7 @@ class ExploreResult:
     samples_skipped: int = 0
     augment_grid: Path | None = None
     shortcuts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sources: pd.DataFrame = field(default_factory=pd.DataFrame)  # per (label, source): positives, prevalence, share
     geometry: pd.DataFrame | None = None  # geometry_check, when asked for
 
 
@@ -190,7 +191,7 @@ def _strata(catalog: Catalog, table: pd.DataFrame) -> pd.Series:
     """Each image's stratum for the sample grid: its rarest finding, or the normal class when it has none."""
     counts = table[list(catalog.labels)].sum(axis=0)
     rarest_first = [name for name in counts.sort_values(kind="stable").index]
-    matrix = table[rarest_first].to_numpy(dtype=bool)
+    matrix = table[rarest_first].fillna(0).to_numpy(dtype=bool)  # a missing label is not a finding shown
     first = np.where(matrix.any(axis=1), matrix.argmax(axis=1), -1)
     return pd.Series([rarest_first[i] if i >= 0 else normal_name(catalog) for i in first], index=table.index)
 
@@ -239,7 +240,7 @@ def sample_grid(catalog: Catalog, path: Path, n: int = 16, seed: int = 0) -> tup
                 log.warning("sample grid: skipping %s (%s)", row["path"], exc)
                 skipped += 1
                 continue
-            names = [label for label in catalog.labels if int(row[label]) == 1]
+            names = [label for label in catalog.labels if row[label] == 1]
             shown.append((image, ", ".join(names) or normal_name(catalog)))
             got += 1
     if not shown:
@@ -283,6 +284,7 @@ def explore_catalog(catalog: Catalog | str | Path, out_dir: str | Path, n_sample
     PNGs and samples.png; the shortcut table is kept in the result (shortcut_warnings words it). With geometry_size,
     also geometry.csv (chestxray.data.geometry.geometry_check at that input size; kept in the result)."""
     from chestxray.data.shortcuts import shortcut_check, shortcut_warnings
+    from chestxray.data.source_mix import catalog_composition
 
     if not isinstance(catalog, Catalog):
         catalog = load_catalog(catalog)
@@ -297,6 +299,10 @@ def explore_catalog(catalog: Catalog | str | Path, out_dir: str | Path, n_sample
              else _plot_cooccurrence(co, out / "cooccurrence.png")]
     for line in shortcut_warnings(shortcuts):
         log.info("%s", line)
+    composition = catalog_composition(catalog)
+    if not composition.empty:
+        files.append(write_csv(out / "sources.csv", composition))
+
     for name, frame in metadata_summary(catalog).items():
         files.append(write_csv(out / f"{name}.csv", frame, index=True))
     ages = _ages(catalog)
@@ -311,7 +317,8 @@ def explore_catalog(catalog: Catalog | str | Path, out_dir: str | Path, n_sample
 
         geometry = geometry_check(catalog, size=geometry_size, seed=seed)
         files.append(write_csv(out / "geometry.csv", geometry))
-    return ExploreResult(out, findings, files, shown, skipped, shortcuts=shortcuts, geometry=geometry)
+    return ExploreResult(out, findings, files, shown, skipped, shortcuts=shortcuts, sources=composition,
+                         geometry=geometry)
 
 
 def explore(path: str | Path, out_dir: str | Path, augment: str | None = None, n_samples: int = 16,

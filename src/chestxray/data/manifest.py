@@ -113,3 +113,34 @@ def _check_split(split: str, entry: Any, n_labels: int, where: str) -> None:
                            f"found {clip(positives, 80)}")
     if any(p > count for p in positives):
         raise _fail(where, f"split {split!r}: a label has more positives than the split has images")
+    annotated = entry.get("annotated", [count] * n_labels)  # absent: written before missing labels existed
+    if not _ints(annotated, n_labels) or any(a > count or p > a for a, p in zip(annotated, positives)):
+        raise _fail(where, f"split {split!r}: 'annotated' must hold one count per label, between the label's "
+                           "positives and the split's images")
+    if "sources" in entry:
+        _check_sources(split, entry["sources"], entry, n_labels, where)
+
+
+def _check_sources(split: str, block: Any, entry: dict[str, Any], n_labels: int, where: str) -> None:
+    """A split's per-source record: distinct names, counts summing to the split's, per-source positives/annotated
+    per label, and per shard one source character per sample (chestxray.data.sampling)."""
+    from chestxray.data.sampling import ALPHABET
+
+    names = block.get("names") if isinstance(block, dict) else None
+    if not (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)
+            and len(set(names)) == len(names) and len(names) <= len(ALPHABET)):
+        raise _fail(where, f"split {split!r}: 'sources.names' must be a list of distinct source names")
+    k = len(names)
+    if not _ints(block.get("count"), k) or sum(block["count"]) != entry["count"]:
+        raise _fail(where, f"split {split!r}: 'sources.count' must give one count per source summing to 'count'")
+    for key in ("positives", "annotated"):
+        value = block.get(key)
+        if not (isinstance(value, list) and len(value) == k and all(_ints(v, n_labels) for v in value)):
+            raise _fail(where, f"split {split!r}: 'sources.{key}' must hold one count per label for each source")
+    codes = block.get("shard_codes")
+    allowed = set(ALPHABET[:k])
+    if not (isinstance(codes, list) and len(codes) == len(entry["shards"])
+            and all(isinstance(c, str) and len(c) == n and set(c) <= allowed
+                    for c, n in zip(codes, entry["shard_counts"]))):
+        raise _fail(where, f"split {split!r}: 'sources.shard_codes' must hold one source character per sample of "
+                           "each shard")

@@ -36,6 +36,7 @@ from chestxray.data.catalog import SPLITS, Catalog, load_catalog, validate_catal
 from chestxray.data.imaging import DEFAULT_MAX_PIXELS, RESIZE_MODES
 from chestxray.data.manifest import check_manifest, seal
 from chestxray.data.pool import Decoded, DecodePool, drain
+from chestxray.data.sampling import ALPHABET, encode_sources
 from chestxray.data.shards import (
     FORMAT,
     MANIFEST,
@@ -52,6 +53,7 @@ from chestxray.files import (  # noqa: F401 (KILL_ENV: tests)
     disk_full,
     disk_full_message,
     kill_point,
+    read_csv,
     write_csv,
     write_json,
 )
@@ -138,6 +140,7 @@ def _prepare(catalog: Catalog | str | Path, out: Path, size: int, resize: str, w
         raise DataError(f"catalog: {int(unassigned.sum())} row(s) have no split (e.g. {example!r});"
                         " assign splits first (chestxray.data.split.assign_splits)")
     labels = list(catalog.labels)
+    sources = _source_names(table)
     settings = {"image_size": size, "resize": resize, "shard_size": shard_size, "storage": "raw uint8 .gray",
                 "train_order_seed": TRAIN_ORDER_SEED, "interpolation": "area when shrinking, bilinear when enlarging",
                 "max_pixels": max_pixels}
@@ -168,14 +171,15 @@ def _prepare(catalog: Catalog | str | Path, out: Path, size: int, resize: str, w
 
     plan = _plan(table, labels, shard_size)
     done: dict[str, Any] = {name: rec for name, rec in state["done"].items()
-                            if "sha256" in rec and (out / name).is_file()
+                            if "sha256" in rec and "annotated" in rec and (out / name).is_file()
                             and (out / name).stat().st_size == rec["bytes"]}
     state["done"] = done
     todo = [shard for shard in plan if shard.name not in done]
     total = int(sum(len(s.rows) for s in todo))
     try:
-        crashed = _run(todo, out, size, resize, labels, workers, state, progress, total, max_pixels)
-        manifest, counts, quarantine = _finish(out, plan, state, catalog, labels, settings, fingerprint, catalog_path)
+        crashed = _run(todo, out, size, resize, labels, sources, workers, state, progress, total, max_pixels)
+        manifest, counts, quarantine = _finish(out, plan, state, catalog, labels, sources, settings, fingerprint,
+                                               catalog_path)
     except Exception as exc:
         if disk_full(exc) is None:
             raise
@@ -206,9 +210,10 @@ def _check_settings(size: int, resize: str, shard_size: int, max_pixels: int | N
 
 
 def _fingerprint(table: pd.DataFrame, labels: list[str], task: str, settings: dict[str, Any]) -> str:
-    """sha256 of the settings, label schema, catalog rows and each file's size + mtime."""
+    """sha256 of the settings, label schema, catalog rows (their source too) and each file's size + mtime."""
     stats = [_stat(p) for p in table["path"]]
-    frame = table[["image_id", "path", "patient_id", "split", *labels]].astype(str)
+    frame = table[["image_id", "path", "patient_id", "split", *labels, *(["source"] if "source" in table else [])]
+                  ].astype(str)
     frame["_size"] = [s[0] for s in stats]
     frame["_mtime"] = [s[1] for s in stats]
     digest = hashlib.sha256(repr((FORMAT, labels, task, sorted(settings.items()))).encode())
@@ -228,7 +233,8 @@ def _plan(table: pd.DataFrame, labels: list[str], shard_size: int) -> list[_Shar
     """Cut each split into shards of shard_size rows (train rows in seeded random order)."""
     plan = []
     for split in SPLITS:
-        rows = table.loc[table["split"] == split, ["image_id", "path", "patient_id", *labels]]
+        columns = ["image_id", "path", "patient_id", *labels, *(["source"] if "source" in table else [])]
+        rows = table.loc[table["split"] == split, columns]
         if split == "train":
             rows = rows.iloc[np.random.default_rng(TRAIN_ORDER_SEED).permutation(len(rows))]
         rows = rows.reset_index(drop=True)
@@ -238,8 +244,9 @@ def _plan(table: pd.DataFrame, labels: list[str], shard_size: int) -> list[_Shar
     return plan
 
 
-def _run(todo: list[_Shard], out: Path, size: int, resize: str, labels: list[str], workers: int | None,
-         state: dict[str, Any], progress: Progress | None, total: int, max_pixels: int | None) -> int:
+def _run(todo: list[_Shard], out: Path, size: int, resize: str, labels: list[str], sources: list[str],
+         workers: int | None, state: dict[str, Any], progress: Progress | None, total: int,
+         max_pixels: int | None) -> int:
     """Decode the pending shards' images (in a process pool when workers > 1) and stream each shard to disk in
     order as its chunks arrive (memory stays at a few chunks, whatever the shard size). Returns how many files
     crashed their decoder process."""
@@ -256,7 +263,7 @@ def _run(todo: list[_Shard], out: Path, size: int, resize: str, labels: list[str
 
     try:
         for shard in todo:
-            state["done"][shard.name] = _write(out, shard, next_chunk, size, labels)
+            state["done"][shard.name] = _write(out, shard, next_chunk, size, labels, sources)
             kill_point("shard-done")
             write_json(out / STATE, state)
     finally:
@@ -265,12 +272,16 @@ def _run(todo: list[_Shard], out: Path, size: int, resize: str, labels: list[str
 
 
 def _write(out: Path, shard: _Shard, next_chunk: Callable[[], list[Decoded]], size: int,
-           labels: list[str]) -> dict[str, Any]:
-    """Write one shard from its decoded chunks; returns its record (count, positives, quarantine, bytes, sha256)."""
+           labels: list[str], sources: list[str]) -> dict[str, Any]:
+    """Write one shard from its decoded chunks; returns its record (count, positives and annotated images per label,
+    the same per source with each kept sample's source code, quarantine, bytes, sha256)."""
     rows = shard.rows
-    label_values = rows[labels].to_numpy(dtype=np.uint8)
+    values = rows[labels].to_numpy(dtype=np.float64)
+    given = ~np.isnan(values)  # False: the label is missing for that image (a merged catalog)
+    label_values = np.where(given, values, 0).astype(np.uint8)
     # plain lists once per shard: per-image pandas lookups would cost more than writing the sample
     paths, image_ids, patient_ids = (rows[c].astype(str).tolist() for c in ("path", "image_id", "patient_id"))
+    row_sources = rows["source"].astype(str).tolist() if sources else [""] * len(rows)
     positions = rows["_pos"].tolist()
     good: list[int] = []
     quarantine: list[list[str]] = []
@@ -285,27 +296,67 @@ def _write(out: Path, shard: _Shard, next_chunk: Callable[[], list[Decoded]], si
                 if len(good) == 2:
                     kill_point("shard-write")
                 pixels = np.frombuffer(data, np.uint8).reshape(size, size)
-                yield ShardSample(sample_key(int(positions[i])), pixels, image_ids[i], patient_ids[i],
-                                  label_values[i].tolist())
+                stored = [int(v) if g else None for v, g in zip(label_values[i].tolist(), given[i].tolist())]
+                yield ShardSample(sample_key(int(positions[i])), pixels, image_ids[i], patient_ids[i], stored,
+                                  row_sources[i])
 
     count = write_shard(out / shard.name, samples())
-    positives = label_values[good].sum(axis=0).astype(int).tolist() if good else [0] * len(labels)
     with open(out / shard.name, "rb") as fh:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    return {"split": shard.split, "count": count, "positives": positives, "quarantine": quarantine,
-            "bytes": (out / shard.name).stat().st_size, "sha256": digest}
+    record = {"split": shard.split, "count": count, **_tally(label_values[good], given[good]),
+              "quarantine": quarantine, "bytes": (out / shard.name).stat().st_size, "sha256": digest}
+    if sources:
+        codes = [sources.index(row_sources[i]) for i in good]
+        record["source_codes"] = encode_sources(codes)
+        record["by_source"] = {name: {"count": int(sum(c == k for c in codes)),
+                                      **_tally(label_values[good][np.asarray(codes, int) == k],
+                                               given[good][np.asarray(codes, int) == k])}
+                               for k, name in enumerate(sources)}
+    return record
+
+
+def _tally(values: np.ndarray, given: np.ndarray) -> dict[str, list[int]]:
+    """Positives and annotated images per label of some samples (values 0/1, given False where missing)."""
+    n_labels = values.shape[1] if values.ndim == 2 else 0
+    if not len(values):
+        return {"positives": [0] * n_labels, "annotated": [0] * n_labels}
+    return {"positives": (values * given).sum(axis=0).astype(int).tolist(),
+            "annotated": given.sum(axis=0).astype(int).tolist()}
+
+
+def _source_names(table: pd.DataFrame) -> list[str]:
+    """The sources of a catalog with a 'source' column holding two or more names (sorted), else []."""
+    if "source" not in table:
+        return []
+    names = sorted(set(table["source"].fillna("").astype(str)))
+    if len(names) < 2:
+        return []
+    if "" in names:
+        raise DataError(f"catalog: {int((table['source'].fillna('') == '').sum())} row(s) have an empty source; "
+                        "every row of a multi-source catalog needs one (rebuild it with 'chestxray catalog merge')")
+    if len(names) > len(ALPHABET):
+        raise DataError(f"catalog: {len(names)} sources; prepare keeps at most {len(ALPHABET)} in one dataset")
+    return names
+
+
+def _add(total: list[int], part: list[int]) -> list[int]:
+    return [a + b for a, b in zip(total, part)]
 
 
 def _finish(out: Path, plan: list[_Shard], state: dict[str, Any], catalog: Catalog, labels: list[str],
-            settings: dict[str, Any], fingerprint: str, catalog_path: str
+            sources: list[str], settings: dict[str, Any], fingerprint: str, catalog_path: str
             ) -> tuple[dict[str, Any], dict[str, int], pd.DataFrame]:
     """Write quarantine.csv and then manifest.json (last: its presence means the folder is complete)."""
     splits: dict[str, Any] = {}
     quarantine_rows: list[list[str]] = []
+    zeros = [0] * len(labels)
     for shard in plan:
         rec = state["done"][shard.name]
         entry = splits.setdefault(shard.split, {"count": 0, "shards": [], "shard_counts": [], "shard_bytes": [],
-                                                "shard_sha256": [], "positives": [0] * len(labels)})
+                                                "shard_sha256": [], "positives": zeros, "annotated": zeros})
+        if sources and "sources" not in entry:
+            entry["sources"] = {"names": sources, "count": [0] * len(sources), "positives": [zeros] * len(sources),
+                                "annotated": [zeros] * len(sources), "shard_codes": []}
         quarantine_rows.extend(rec["quarantine"])
         if rec["count"] == 0:
             (out / shard.name).unlink(missing_ok=True)
@@ -315,13 +366,25 @@ def _finish(out: Path, plan: list[_Shard], state: dict[str, Any], catalog: Catal
         entry["shard_counts"].append(rec["count"])
         entry["shard_bytes"].append(rec["bytes"])
         entry["shard_sha256"].append(rec["sha256"])
-        entry["positives"] = [a + b for a, b in zip(entry["positives"], rec["positives"])]
+        entry["positives"] = _add(entry["positives"], rec["positives"])
+        entry["annotated"] = _add(entry["annotated"], rec["annotated"])
+        if sources:
+            block = entry["sources"]
+            block["shard_codes"].append(rec["source_codes"])
+            for k, name in enumerate(sources):
+                part = rec["by_source"][name]
+                block["count"][k] += part["count"]
+                block["positives"][k] = _add(block["positives"][k], part["positives"])
+                block["annotated"][k] = _add(block["annotated"][k], part["annotated"])
     quarantine = pd.DataFrame(quarantine_rows, columns=["path", "image_id", "reason"])
     write_csv(out / QUARANTINE, quarantine)
     manifest = {"format": FORMAT, "labels": labels, "task": catalog.task, "image_size": settings["image_size"],
                 "resize": settings["resize"], "splits": splits, "fingerprint": fingerprint, "settings": settings,
                 "catalog": catalog_path or str(catalog.info.get("path", "")), "source": catalog.source,
+                "missing_labels": bool(any(e["annotated"] != [e["count"]] * len(labels) for e in splits.values())),
                 "quarantined": len(quarantine), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if sources:
+        manifest["sources"] = sources
     manifest = seal(manifest)
     with atomic_open(out / MANIFEST, "w", encoding="utf-8") as fh:
         fh.write(json.dumps(manifest, indent=2) + "\n")
@@ -340,7 +403,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _read_quarantine(out: Path) -> pd.DataFrame:
     try:
-        return pd.read_csv(out / QUARANTINE, dtype=str, keep_default_na=False)
+        return read_csv(out / QUARANTINE, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.EmptyDataError):
         return pd.DataFrame(columns=["path", "image_id", "reason"])
 

@@ -1,7 +1,8 @@
 """The prepared-shard format: plain POSIX tar files in WebDataset layout, plus manifest.json.
 
 Each sample is two consecutive members with the same key (an 8-digit position within its split):
-  <key>.json  {"image_id", "patient_id", "labels": [0/1 per label, schema order]}
+  <key>.json  {"image_id", "patient_id", "labels": [0/1 per label, schema order; null where the label is MISSING
+              (a merged catalog's source does not annotate it)], "source": name (only in a multi-source catalog)}
   <key>.gray  raw uint8 pixels, image_size × image_size, row-major (no header, no compression)
 Raw pixels instead of PNG: reading them per epoch costs a memcpy instead of a ~1 ms PNG decode per image, which
 is what keeps the training loader cheap; at 256 px a sample is 64 KiB, so disk use stays modest. Because the
@@ -36,13 +37,14 @@ IMAGE_EXT, META_EXT = "gray", "json"
 
 @dataclass
 class ShardSample:
-    """One prepared sample: pixels uint8 (S, S) plus its identity and labels."""
+    """One prepared sample: pixels uint8 (S, S) plus its identity, labels (None: missing) and source."""
 
     key: str
     image: np.ndarray
     image_id: str
     patient_id: str
-    labels: list[int]
+    labels: list[int | None]
+    source: str = ""
 
 
 def shard_name(split: str, index: int) -> str:
@@ -60,8 +62,11 @@ def write_shard(path: str | Path, samples: Iterable[ShardSample]) -> int:
     count = 0
     with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
         for s in samples:
-            meta = json.dumps({"image_id": s.image_id, "patient_id": s.patient_id,
-                               "labels": [int(v) for v in s.labels]}).encode("utf-8")
+            record = {"image_id": s.image_id, "patient_id": s.patient_id,
+                      "labels": [None if v is None else int(v) for v in s.labels]}
+            if s.source:
+                record["source"] = s.source
+            meta = json.dumps(record).encode("utf-8")
             _add(tf, f"{s.key}.{META_EXT}", meta)
             _add(tf, f"{s.key}.{IMAGE_EXT}", np.ascontiguousarray(s.image, dtype=np.uint8).tobytes())
             count += 1
@@ -120,7 +125,8 @@ def shard_size(url: str | Path) -> int | None:
 def iter_shard(url: str | Path, size: int, keep: np.ndarray | None = None, n_labels: int | None = None
                ) -> Iterator[dict[str, Any]]:
     """Stream samples of one shard in order: dicts with key, image uint8 (size, size), image_id, patient_id,
-    labels uint8 (L,). With `keep` (bool per sample position) only those are read, and reading stops after the
+    labels uint8 (L,) (0 where missing), annotated bool (L,) (False where missing) and source ('' for a
+    single-source dataset). With `keep` (bool per sample position) only those are read, and reading stops after the
     last kept one; local files are read with seeks, so skipped samples cost no I/O. With `n_labels` a sample
     holding another number of labels than the manifest names is a DataError (not a shape error in the loss)."""
     stop = None if keep is None else (int(np.flatnonzero(keep)[-1]) + 1 if keep.any() else 0)
@@ -145,9 +151,11 @@ def iter_shard(url: str | Path, size: int, keep: np.ndarray | None = None, n_lab
                         raise DataError(f"{url}: sample {key} holds {len(data)} bytes, expected {size}×{size}; "
                                         "the shard does not match manifest.json (re-run prepare)")
                     info = _sample_record(meta[1], url, key, n_labels)
+                    annotated = np.array([v is not None for v in info["labels"]], dtype=bool)
                     yield {"key": key, "image": np.frombuffer(data, np.uint8).reshape(size, size),
                            "image_id": info["image_id"], "patient_id": info["patient_id"],
-                           "labels": np.asarray(info["labels"], dtype=np.uint8)}
+                           "labels": np.array([v or 0 for v in info["labels"]], dtype=np.uint8),
+                           "annotated": annotated, "source": info.get("source", "")}
                 position += 1
                 meta = None
                 if stop is not None and position >= stop:
@@ -161,17 +169,20 @@ def iter_shard(url: str | Path, size: int, keep: np.ndarray | None = None, n_lab
 
 
 def _sample_record(raw: bytes, url: str | Path, key: str, n_labels: int | None) -> dict[str, Any]:
-    """A sample's JSON record, checked: image_id, patient_id and 0/1 labels (as many as the manifest names)."""
+    """A sample's JSON record, checked: image_id, patient_id, labels 0/1 or null (missing; as many as the manifest
+    names) and, when present, the source name."""
     try:
         info = json.loads(raw)
         labels = info["labels"]
-        ok = (isinstance(labels, list) and all(v in (0, 1) and not isinstance(v, float) for v in labels)
-              and isinstance(info["image_id"], str) and isinstance(info["patient_id"], str))
+        ok = (isinstance(labels, list)
+              and all(v is None or (v in (0, 1) and not isinstance(v, float)) for v in labels)
+              and isinstance(info["image_id"], str) and isinstance(info["patient_id"], str)
+              and isinstance(info.get("source", ""), str))
     except (ValueError, TypeError, KeyError):
         ok, labels = False, None
     if not ok:
-        raise DataError(f"{url}: sample {key} has a damaged record (image_id, patient_id and 0/1 labels expected); "
-                        "re-run 'chestxray prepare'")
+        raise DataError(f"{url}: sample {key} has a damaged record (image_id, patient_id and 0/1/null labels "
+                        "expected); re-run 'chestxray prepare'")
     if n_labels is not None and len(labels) != n_labels:
         raise DataError(f"{url}: sample {key} holds {len(labels)} label(s) but {MANIFEST} names {n_labels}; the "
                         "shards and the manifest come from different prepare runs: re-run 'chestxray prepare'")

@@ -121,36 +121,47 @@ def patient_null_sd(y: np.ndarray, patients: np.ndarray, n_perm: int = PERMUTATI
     return aurocs.std(0)
 
 
+SOURCE_TARGET = "source: "  # a merged catalog's sources become pseudo-labels 'source: NAME' (one vs the rest)
+
+
+def targets(catalog: Catalog, index: pd.Index) -> dict[str, pd.Series]:
+    """What the check tries to predict, per row of `index`: each label (only where it is annotated: a merged
+    catalog leaves it missing for sources that do not annotate it) and, with two or more sources, each source
+    against the others (can acquisition alone tell where an image came from?)."""
+    table = catalog.table.loc[index]
+    out = {label: table[label].dropna().astype(int) for label in catalog.labels}
+    if "source" in table and table["source"].nunique() > 1:
+        for name in sorted(table["source"].astype(str).unique()):
+            out[SOURCE_TARGET + name] = (table["source"].astype(str) == name).astype(int)
+    return out
+
+
 def shortcut_check(catalog: Catalog, features: pd.DataFrame | None = None, margin: float = 0.1, seed: int = 0,
                    max_images: int = 2000) -> pd.DataFrame:
     """One row per (label, feature): AUROC of the feature alone (and of all together), n_pos, n_neg (images),
-    patients, null_sd (patient-level null), flagged."""
+    patients, null_sd (patient-level null), flagged. A label is scored on the images that annotate it; a merged
+    catalog adds one row set per source ('source: NAME', that source against the others)."""
     if features is None:
         features = acquisition_features(catalog, max_images=max_images, seed=seed)
     out = []
     numeric = [c for c in FEATURES if c in features]
-    patients = catalog.table.loc[features.index, "patient_id"].astype(str).to_numpy()
-    for label in catalog.labels:
-        y = catalog.table.loc[features.index, label].to_numpy(dtype=int)
+    all_patients = catalog.table.loc[features.index, "patient_id"].astype(str)
+    for label, target in targets(catalog, features.index).items():
+        part = features.loc[target.index]
+        y, patients = target.to_numpy(dtype=int), all_patients.loc[target.index].to_numpy()
         n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
         if n_pos == 0 or n_neg == 0:
             continue
-        scores = {name: features[name].to_numpy(dtype=float) for name in numeric}
-        if "view" in features:  # a category's positive rate as its score (in-sample; views are few)
-            scores["view"] = features["view"].map(pd.Series(y, index=features.index).groupby(features["view"]).mean())
-        for name, score in scores.items():
-            out.append((label, name, auroc(y, np.asarray(score, dtype=float))))
+        scores = {name: part[name].to_numpy(dtype=float) for name in numeric}
+        if "view" in part:  # a category's positive rate as its score (in-sample; views are few)
+            scores["view"] = part["view"].map(pd.Series(y, index=part.index).groupby(part["view"]).mean())
+        rows = [(label, name, auroc(y, np.asarray(score, dtype=float))) for name, score in scores.items()]
         if min(n_pos, n_neg) >= 5 and len(set(patients)) >= 5 and min(len(set(patients[y == 1])),
                                                                        len(set(patients[y == 0]))) >= 2:
-            out.append((label, COMBINED, _cross_validated_auroc(features, y, catalog, seed)))
-    table = pd.DataFrame(out, columns=["label", "feature", "auroc"])
-    labels = list(dict.fromkeys(table["label"]))
-    y_all = catalog.table.loc[features.index, labels].to_numpy(dtype=int) if labels else np.zeros((len(features), 0))
-    sd = dict(zip(labels, patient_null_sd(y_all, patients, seed=seed))) if labels else {}
-    table["n_pos"] = table["label"].map(lambda lab: int(y_all[:, labels.index(lab)].sum()))
-    table["n_neg"] = len(features) - table["n_pos"]
-    table["patients"] = len(set(patients))
-    table["null_sd"] = table["label"].map(sd)
+            rows.append((label, COMBINED, _cross_validated_auroc(part, y, catalog, seed)))
+        sd = float(patient_null_sd(y[:, None], patients, seed=seed)[0])
+        out.extend((*r, n_pos, n_neg, len(set(patients)), sd) for r in rows)
+    table = pd.DataFrame(out, columns=["label", "feature", "auroc", "n_pos", "n_neg", "patients", "null_sd"])
     table["null"] = "patient-level: a per-patient score shuffled among patients"
     table["flagged"] = flag(table, margin)
     return table
@@ -189,9 +200,15 @@ def shortcut_warnings(table: pd.DataFrame) -> list[str]:
         rows = rows.assign(strength=(rows["auroc"] - 0.5).abs()).sort_values("strength", ascending=False)
         parts = []
         for r in rows.itertuples():
+            name = label[len(SOURCE_TARGET):] if label.startswith(SOURCE_TARGET) else label
             direction = "" if r.feature in ("view", COMBINED) else (
-                f", higher in {label} images" if r.auroc > 0.5 else f", lower in {label} images")
+                f", higher in {name} images" if r.auroc > 0.5 else f", lower in {name} images")
             parts.append(f"{_WORDS.get(r.feature, r.feature)} (AUROC {r.auroc:.2f}{direction})")
+        if label.startswith(SOURCE_TARGET):
+            lines.append(f"{label[len(SOURCE_TARGET):]} images can be told from the other sources' by acquisition "
+                         f"alone: {'; '.join(parts)}. Any finding whose prevalence differs between sources can be "
+                         "learnt through the source: read the per-source metrics and the cross-dataset matrix.")
+            continue
         lines.append(f"shortcut risk for {label}: how the images were acquired predicts it without looking at the "
                      f"anatomy: {'; '.join(parts)}. A model can learn this instead of the disease, and no "
                      "--resize mode removes a shape shortcut (pad's bars show the shape; crop and stretch still do: "

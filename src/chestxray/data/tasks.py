@@ -118,7 +118,7 @@ def absent_from_splits(table: pd.DataFrame, labels: tuple[str, ...],
     present = [s for s in splits if (table["split"] == s).any()]
     out: dict[str, list[str]] = {}
     for name in labels:
-        missing = [s for s in present if not table.loc[table["split"] == s, name].astype(bool).any()]
+        missing = [s for s in present if not table.loc[table["split"] == s, name].fillna(0).astype(bool).any()]
         if missing:
             out[name] = missing
     return out

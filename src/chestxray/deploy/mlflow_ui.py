@@ -1,7 +1,8 @@
 """The MLflow side of deployment: register a bundle as an MLflow model, and run the real MLflow UI on a store.
 
 `chestxray ui` runs `mlflow server` (the full `mlflow` package: pip install 'chestxray[ui]') on the project's
-store — runs/mlflow.db or ./mlruns by default, or the SQLite/file store a run names — bound to loopback unless told otherwise.
+store — runs/mlflow.db by default (or a legacy ./mlruns), the store a run folder names, or a study's or tune's
+folder (their runs/mlflow.db, trials/mlflow.db) — bound to loopback unless told otherwise.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ from chestxray.evaluation.tracking import mlflow_target
 log = logging.getLogger(__name__)
 
 
+PROJECT_STORES = ("mlflow.db", "runs/mlflow.db", "trials/mlflow.db")  # a runs folder, a study folder, a tune folder
+
+
 def store_uri(store: str | Path | None) -> str:
-    """A tracking URI from a URI, a .db file, an mlruns folder or a run folder; default runs/mlflow.db, else ./mlruns."""
+    """A tracking URI from a URI, a .db file, a run folder, a folder of runs, a study or tune folder (their
+    mlflow.db, runs/mlflow.db or trials/mlflow.db) or an mlruns folder; default runs/mlflow.db, else ./mlruns."""
     if store is None:
         for candidate in (Path("runs") / "mlflow.db", Path("mlruns")):
             if candidate.exists():
@@ -37,6 +42,9 @@ def store_uri(store: str | Path | None) -> str:
     path = Path(text).resolve()
     if path.is_dir() and mlflow_target(path):
         return mlflow_target(path)[0]
+    found = next((path / name for name in PROJECT_STORES if (path / name).is_file()), None) if path.is_dir() else None
+    if found is not None:
+        return f"sqlite:///{found}"
     if path.suffix == ".db":
         if not path.exists():
             raise ConfigError(f"{path}: no such MLflow SQLite store; train with --mlflow-uri sqlite:///{path} first")
@@ -97,11 +105,12 @@ def _stop_group(server: subprocess.Popen) -> None:
 def register_bundle(source: str | Path, name: str, uri: str | None = None) -> Any:
     """Log a run's bundle as an MLflow pyfunc model in its MLflow run and register it as `name`; the ModelInfo.
 
-    A bare bundle folder (no run) is logged into a new run of experiment 'chestxray-exports' on `uri`.
+    A bare bundle folder (no run) is logged into a new run of experiment 'chestxray-exports' on `uri` (default: the
+    SQLite store mlflow.db beside the bundle folder).
     """
     import mlflow
 
-    from chestxray.training.train import _allow_file_store, log_pyfunc
+    from chestxray.training.train import _allow_file_store, ensure_experiment, log_pyfunc
 
     path = Path(source)
     run_dir = path.parent if path.name == "bundle" else path
@@ -110,11 +119,10 @@ def register_bundle(source: str | Path, name: str, uri: str | None = None) -> An
         raise ModelError(f"{source}: not a bundle or run folder (no card.json)")
     target = mlflow_target(run_dir)
     if target is None:
-        target_uri = uri or f"file:{Path.cwd() / 'mlruns'}"
+        target_uri = uri or f"sqlite:///{bundle.resolve().parent / 'mlflow.db'}"  # beside the bundle, not in ./
         with _allow_file_store(target_uri):
             client = mlflow.tracking.MlflowClient(tracking_uri=target_uri)
-            experiment = client.get_experiment_by_name("chestxray-exports")
-            exp_id = experiment.experiment_id if experiment else client.create_experiment("chestxray-exports")
+            exp_id = ensure_experiment(client, "chestxray-exports", target_uri)
             run_id = client.create_run(exp_id, run_name=bundle.parent.name).info.run_id
             return log_pyfunc(target_uri, run_id, bundle.parent, bundle, name)
     with _allow_file_store(target[0]):

@@ -2,7 +2,8 @@
 
 - Host header: only the names the server is known by (loopback names, the --host it listens on, and each
   --allowed-host), so a DNS-rebinding page (attacker.example resolving to 127.0.0.1) gets 403 and reads nothing.
-  /health stays open to any Host, for load-balancer probes; it tells only that the server is up.
+  /health stays open to any Host, for load-balancer probes; it tells only that the server is up (with the
+  architecture's name and the number of findings).
 - Origin: a POST from a browser must be same-origin (its Origin equals the Host it was sent to) or come from an
   --allowed-origin; a cross-site form or fetch gets 403 (Origin "null" too, and Sec-Fetch-Site: cross-site when a
   browser sends no Origin). Clients without an Origin (curl, scripts) are not browsers and pass.

@@ -22,7 +22,7 @@ from chestxray.evaluation.disparities import ANY, make_tasks, subgroup_table
 from chestxray.evaluation.metrics import _clean
 from chestxray.evaluation.sample_rule import RULE
 from chestxray.evaluation.subgroups import Attribute, resolve_attributes
-from chestxray.files import write_csv, write_json
+from chestxray.files import read_csv, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def eval_frames(run: Path, split: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     if name is None:
         raise DataError(f"{run}: eval/ holds the {evaluated!r} split, not {split!r}; run `chestxray evaluate {run} "
                         f"--split {split}` first")
-    frame = pd.read_csv(eval_dir / name, dtype={"image_id": str, "patient_id": str})
+    frame = read_csv(eval_dir / name, dtype={"image_id": str, "patient_id": str})
     if split == "val":
         log.warning("auditing the validation split, where the thresholds were chosen: rates are optimistic")
     return frame, metrics

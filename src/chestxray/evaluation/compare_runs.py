@@ -29,6 +29,7 @@ from chestxray.evaluation.statistics import (
     holm,
     paired_bootstrap,
 )
+from chestxray.files import read_csv
 
 COLUMNS = ["finding", "positives", "positive_patients", "negative_patients", "auroc_a", "auroc_b", "diff", "low",
            "high", "p", "p_holm", "test"]
@@ -207,7 +208,7 @@ def read_eval(run: str | Path) -> tuple[pd.DataFrame, list[str], str]:
     if not metrics.is_file() or not preds.is_file():
         raise DataError(f"{run}: no eval/metrics.json and eval/predictions.csv; run chestxray evaluate {run} first")
     meta = json.loads(metrics.read_text(encoding="utf-8"))
-    frame = pd.read_csv(preds, dtype={"image_id": str, "patient_id": str})
+    frame = read_csv(preds, dtype={"image_id": str, "patient_id": str})
     return frame, list(meta["labels"]), str(meta.get("split", "test"))
 
 

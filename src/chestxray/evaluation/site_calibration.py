@@ -222,6 +222,15 @@ def _unlabelled(bundle: Any, frame: pd.DataFrame, labels: list[str], tta: str, s
     return steps, thresholds, report
 
 
+def _unlike_training(frame: pd.DataFrame) -> dict[str, Any] | None:
+    """How many site images the bundle's OOD score marks as unlike its training images (None: no score)."""
+    if "unusual" not in frame:
+        return None
+    marked = frame["unusual"].fillna(0).astype(int)
+    return {"images": int(len(frame)), "unusual": int(marked.sum()), "share": float(marked.mean()),
+            "median_in_distribution": float(frame["in_distribution"].median())}
+
+
 def calibrate_site(model: str | Path, data: str | Path, out: str | Path, labelled: int | None = None,
                    alpha: float = 0.05, threshold_method: str | None = None, tta: str | None = None, seed: int = 0,
                    n_boot: int = 1000, batch_size: int = 64) -> SiteResult:
@@ -241,7 +250,7 @@ def calibrate_site(model: str | Path, data: str | Path, out: str | Path, labelle
     out = Path(out)
     base = {"model": str(bundle.path), "data": str(data), "images": int(len(frame)),
             "patients": int(frame["patient_id"].nunique()), "tta": tta, "seed": seed, "n_boot": n_boot,
-            "home_metrics": card.get("metrics")}
+            "home_metrics": card.get("metrics"), "unlike_training": _unlike_training(frame)}
     if labelled == 0:
         steps, thresholds, report = _unlabelled(bundle, frame, labels, tta, seed, n_boot)
         conformal, mode, held = None, "unlabelled", None
@@ -270,7 +279,7 @@ def _write_tables(out: Path, frame: pd.DataFrame, labels: list[str], steps: list
     """summary.csv, predictions.csv and the before / after reliability diagrams."""
     y, p, _ = _arrays(frame, labels)
     q = apply_steps(steps, p, labels)
-    preds = frame[["image_id", "patient_id", *labels]].copy()
+    preds = frame[["image_id", "patient_id", *labels, *[c for c in ("in_distribution", "unusual") if c in frame]]].copy()
     preds[[f"p_{x}" for x in labels]] = p
     preds[[f"site_p_{x}" for x in labels]] = q
     write_csv(out / "predictions.csv", preds)

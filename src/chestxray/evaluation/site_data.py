@@ -27,7 +27,8 @@ def is_prepared(path: str | Path) -> bool:
 
 def score_site(bundle: Any, data: str | Path, tta: str, batch_size: int = 64, workers: int = 4) -> pd.DataFrame:
     """One row per usable site image: image_id, patient_id, the 0/1 label columns and p_<label> (raw model
-    probabilities); unreadable catalog images are left out with a warning naming them."""
+    probabilities), plus in_distribution / unusual for catalog images when the bundle has an OOD reference;
+    unreadable catalog images are left out with a warning naming them."""
     from chestxray.inference.predict import predict_split, torch_scorer
     from chestxray.inference.stream import iter_predictions
 
@@ -55,7 +56,8 @@ def score_site(bundle: Any, data: str | Path, tta: str, batch_size: int = 64, wo
     if not ok.any():
         raise DataError(f"{data}: none of the {len(table)} site images could be read; see the reasons above")
     out = table.loc[ok, ["image_id", "patient_id", *labels]].reset_index(drop=True)
-    probs = scored.loc[ok, [f"p_{x}" for x in labels]].reset_index(drop=True)
+    extra = [c for c in ("in_distribution", "unusual") if c in scored]  # the bundle's OOD score, when it has one
+    probs = scored.loc[ok, [f"p_{x}" for x in labels] + extra].reset_index(drop=True)
     return pd.concat([out, probs], axis=1)
 
 

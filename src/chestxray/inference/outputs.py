@@ -18,7 +18,7 @@ from typing import IO, Any
 import pandas as pd
 
 from chestxray.errors import ConfigError
-from chestxray.files import atomic_open
+from chestxray.files import atomic_open, spreadsheet_safe
 
 FORMATS: tuple[str, ...] = ("csv", "json", "jsonl")
 
@@ -70,9 +70,10 @@ class RowWriter:
         if self.fmt == "csv":
             if self._csv is None:
                 self._csv = csv.writer(self.stream, lineterminator="\n")
-                self._csv.writerow(frame.columns)
-            for values in frame.itertuples(index=False):
-                self._csv.writerow(["" if isinstance(v, float) and math.isnan(v) or v is pd.NA else v for v in values])
+                self._csv.writerow([spreadsheet_safe(c) for c in frame.columns])
+            for values in frame.itertuples(index=False):  # a file named '=…' must not become a formula
+                self._csv.writerow(["" if isinstance(v, float) and math.isnan(v) or v is pd.NA else spreadsheet_safe(v)
+                                    for v in values])
             return
         for row in frame.to_dict("records"):
             text = json.dumps(record(row, self.labels))

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from chestxray.errors import ConfigError
-from chestxray.inference.tta import check_tta
+from chestxray.errors import ConfigError, ModelError, clip
+from chestxray.inference.tta import TTA_MODES, check_tta
 
 CROP_FRACTION = 0.875  # "crop" TTA: side of the four corner crops and the centre crop, relative to the image
 
@@ -48,6 +48,9 @@ def threshold_tta(card: dict[str, Any], requested: str | None = None) -> str:
     request wins, else the stored mode, else 'none'. Cards from before threshold_tta existed mean 'none'.
     """
     stored = card.get("threshold_tta")
+    if stored is not None and (not isinstance(stored, str) or stored not in TTA_MODES):
+        raise ModelError(f"the card's threshold_tta {clip(repr(stored), 40)} is not one of {list(TTA_MODES)}; the card "
+                         "is damaged or was edited: re-run 'chestxray evaluate RUN' or export the bundle again")
     if not card.get("thresholds"):
         return requested or stored or "none"
     stored = stored or "none"

@@ -22,8 +22,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from chestxray.errors import ChestXrayError, ModelError
+from chestxray.errors import ChestXrayError, ModelError, clip
 from chestxray.files import atomic_path, write_json
+from chestxray.models.card import check_card
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
@@ -90,10 +91,10 @@ def read_card(path: str | Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_CARD_FIELDS if k not in card]
     if missing:
         raise ModelError(f"{card_path}: missing field(s) {missing}; the bundle is incomplete, export it again")
-    labels = card["labels"]
-    if not isinstance(labels, list) or len(labels) != card["num_labels"]:
-        raise ModelError(f"{card_path}: num_labels {card['num_labels']!r} does not match the {len(labels)} label "
-                         "name(s); the card is damaged, export the bundle again")
+    if card.get("format", FORMAT) != FORMAT:
+        raise ModelError(f"{card_path}: format {clip(repr(card['format']), 40)}, expected {FORMAT!r}; this bundle was "
+                         "written by another program or version: export it again")
+    check_card(card, str(card_path))
     if "metrics" in card:
         card["metrics"] = card_metrics(card["metrics"])
     return card
@@ -141,6 +142,12 @@ def load_bundle(path: str | Path) -> Bundle:
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{weights}: not a readable safetensors file ({exc}); the file is truncated or damaged, "
                          "copy or export the bundle again") from None
+    damaged = [name for name, tensor in state.items()
+               if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if damaged:
+        raise ModelError(f"{weights}: {len(damaged)} weight tensor(s) hold NaN or infinite values (e.g. "
+                         f"{clip(damaged[0], 60)}); such a model answers nonsense: retrain it, or export the bundle "
+                         "from a healthy run")
     try:
         result = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # tensors of other shapes: the card names another architecture or label count

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from chestxray.files import read_csv
+
 log = logging.getLogger(__name__)
 
 INTENDED_USE = ("Research and teaching: to study how a classifier trained on these images behaves, and to try it on "
@@ -45,7 +47,7 @@ def _collection(catalog_path: str | None) -> dict[str, Any]:
     if not csv.is_file():
         return {}
     try:
-        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        table = read_csv(csv, dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         log.info("model card: catalog %s not readable (%s); population without patients/sex/age", csv, exc)
         return {}

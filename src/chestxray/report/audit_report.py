@@ -22,7 +22,7 @@ import chestxray
 from chestxray.errors import DataError
 from chestxray.evaluation.audit import AUDIT_DIR, AUDIT_JSON, FIGURE, SUBGROUPS_CSV
 from chestxray.evaluation.audit_plots import headline_task
-from chestxray.files import write_text
+from chestxray.files import read_csv, write_text
 
 PAGE = "audit.html"
 EXTRA_TABLES = {"shortcuts": "shortcuts.csv", "counterfactual": "counterfactual.csv", "probe": "probe.csv",
@@ -80,7 +80,7 @@ def _extra(audit_dir: Path) -> dict[str, Any]:
     for key, name in EXTRA_TABLES.items():
         path = audit_dir / name
         if path.is_file():
-            frame = pd.read_csv(path) if path.stat().st_size > 1 else pd.DataFrame()
+            frame = read_csv(path) if path.stat().st_size > 1 else pd.DataFrame()
             if frame.empty:
                 continue
             order = SHOWN_FIRST.get(key)
@@ -106,7 +106,7 @@ def audit_context(audit_dir: str | Path) -> dict[str, Any] | None:
     context: dict[str, Any] = {"record": record, "folder": str(folder), **_extra(folder)}
     table_path = folder / SUBGROUPS_CSV
     if table_path.is_file() and table_path.stat().st_size > 1:
-        table = pd.read_csv(table_path, dtype={"subgroup": str, "flag": str, "note": str, "compared_with": str})
+        table = read_csv(table_path, dtype={"subgroup": str, "flag": str, "note": str, "compared_with": str})
         table[["flag", "note"]] = table[["flag", "note"]].fillna("")
         task = headline_task(table)
         context["task"] = task

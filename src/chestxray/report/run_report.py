@@ -23,7 +23,7 @@ from chestxray.data.shards import read_manifest
 from chestxray.errors import DataError, ModelError
 from chestxray.evaluation.evaluate import EVAL_DIR, PLOTS
 from chestxray.explain.coverage import MEANING, coverage_text, table_from_scores
-from chestxray.files import remove_leftovers, write_text
+from chestxray.files import read_csv, remove_leftovers, write_text
 from chestxray.locks import folder_lock
 from chestxray.models.bundle import read_card
 from chestxray.report.audit_report import render_audit_section, run_audit_dir
@@ -162,7 +162,7 @@ def _explanations(run: Path) -> tuple[list[dict[str, str]], str]:
     folder = latest_explain_run(run)
     if folder is None:
         return [], ""
-    table = pd.read_csv(folder / "scores.csv", dtype={"image_id": str, "split": str, "outcome": str})
+    table = read_csv(folder / "scores.csv", dtype={"image_id": str, "split": str, "outcome": str})
     coverage = coverage_text(table_from_scores(table), str(table["method"].iloc[0]) if len(table) else "gradcam")
     table = table[[(folder / Path(str(p)).name).is_file() for p in table["overlay"]]] if len(table) else table
     if table.empty:

@@ -18,7 +18,7 @@ from sklearn.metrics import roc_curve
 
 import chestxray
 from chestxray.errors import DataError
-from chestxray.files import write_text
+from chestxray.files import read_csv, write_text
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _roc_points(run_dir: Path) -> tuple[np.ndarray, np.ndarray, str]:
 
     meta = json.loads((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))
     labels = list(meta["labels"])
-    pred = pd.read_csv(run_dir / "eval" / "predictions.csv")
+    pred = read_csv(run_dir / "eval" / "predictions.csv")
     y = pred[labels].to_numpy().ravel("F")
     s = pred[[f"p_{x}" for x in labels]].to_numpy().ravel("F")
     fpr, tpr, _ = roc_curve(y, s)

@@ -48,7 +48,9 @@ class TrainConfig:
     dropout: float | None = None  # None: the model's own; else the rate of every nn.Dropout in the model
     loss: str = "bce"
     focal_gamma: float = 2.0
-    pos_weight: bool = False  # weight positives by negatives/positives of the train split
+    pos_weight: bool = False  # weight positives by negatives/positives of the train split (annotated images only)
+    sources: str = ""  # comma-separated source names of a merged dataset to train and validate on ("" = all)
+    source_sampling: str = "natural"  # natural | balanced | NAME=W,NAME=W: each source's share of an epoch
     scheduler: str = "cosine"  # warm-up then cosine per step, or ReduceLROnPlateau on `monitor`
     warmup_fraction: float = 0.05  # share of all steps spent warming up (cosine only)
     monitor: str = "val_auroc"  # what best checkpoint, early stopping and plateau watch
@@ -224,6 +226,11 @@ def validate_config(config: TrainConfig) -> None:
     for name, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {value}")
+    from chestxray.data.sampling import parse_sampling
+
+    parse_sampling(config.source_sampling)
+    if config.sources and not [n for n in config.sources.split(",") if n.strip()]:
+        raise ConfigError(f"--sources {config.sources!r}: expected comma-separated source names, e.g. nih,kaggle")
     if config.dropout is not None and not 0 <= config.dropout < 1:
         raise ConfigError(f"--dropout must be in [0, 1), got {config.dropout}")
     if config.dropout is not None:

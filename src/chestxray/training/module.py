@@ -1,6 +1,10 @@
 """The LightningModule: loss (BCE or focal, optional positive weights; softmax cross-entropy for a multiclass task),
 AdamW with warm-up + cosine or plateau, and validation AUROC over the labels that have both classes (one-vs-rest per
-class for multiclass, plus accuracy). It receives a built net; it never builds data."""
+class for multiclass, plus accuracy). It receives a built net; it never builds data.
+
+Missing labels (a merged dataset whose source does not annotate a finding: NaN in the batch's labels) are masked: an
+(image, finding) pair that is missing adds nothing to the loss or its gradient, and the loss is the mean over the
+annotated pairs (the plain mean when nothing is missing); validation AUROC and accuracy skip them likewise."""
 
 from __future__ import annotations
 
@@ -14,20 +18,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric, Metric
+from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy, MulticlassAUROC, MultilabelAUROC
 
 from chestxray.data.tasks import is_multiclass, probabilities
 
 log = logging.getLogger(__name__)
 
+IGNORE = -1  # a missing label's target value in the validation AUROC (torchmetrics ignore_index)
+
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0,
-               pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+               pos_weight: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
     """Mean sigmoid focal loss: BCE (optionally pos-weighted) scaled by (1 - p_t)^gamma (Lin et al. 2017)."""
     bce = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
     probs = torch.sigmoid(logits)
     p_t = probs * targets + (1 - probs) * (1 - targets)
-    return (bce * (1 - p_t).pow(gamma)).mean()
+    loss = bce * (1 - p_t).pow(gamma)
+    return loss.mean() if reduction == "mean" else loss
+
+
+def masked_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str = "bce", gamma: float = 2.0,
+                pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE or focal loss over the annotated (image, label) pairs only: labels (B, L) 0/1 with NaN where missing.
+
+    A missing pair's term is replaced by a constant zero (torch.where, so neither it nor its gradient reaches the
+    logits), and the sum is divided by the number of annotated pairs (0 when there are none)."""
+    given = ~torch.isnan(labels)
+    targets = torch.where(given, labels, torch.zeros_like(labels))
+    if loss == "focal":
+        terms = focal_loss(logits, targets, gamma, pos_weight, reduction="none")
+    else:
+        terms = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
+    terms = torch.where(given, terms, torch.zeros_like(terms))
+    return terms.sum() / given.sum().clamp(min=1)
 
 
 def softmax_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str = "bce", gamma: float = 2.0,
@@ -49,7 +73,9 @@ def batch_accuracy(logits: torch.Tensor, labels: torch.Tensor, task: str = "mult
     averaged over labels and images (for one label: plain binary accuracy at 0.5)."""
     if is_multiclass(task):
         return (logits.argmax(1) == labels.argmax(1)).float().mean()
-    return ((logits >= 0).float() == labels).float().mean()  # sigmoid(x) >= 0.5 <=> x >= 0
+    given = ~torch.isnan(labels)
+    right = ((logits >= 0).float() == labels) & given  # sigmoid(x) >= 0.5 <=> x >= 0; missing labels left out
+    return right.float().sum() / given.sum().clamp(min=1)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -60,17 +86,46 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class MaskedAUROC(Metric):
+    """Per-label validation AUROC over the annotated images only (targets equal to IGNORE are left out); NaN for a
+    label without both classes among them. Predictions are gathered from every rank."""
+
+    def __init__(self, num_labels: int) -> None:
+        super().__init__()
+        self.num_labels = num_labels
+        self.add_state("probs", default=[], dist_reduce_fx="cat")
+        self.add_state("targets", default=[], dist_reduce_fx="cat")
+
+    def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.probs.append(probs.reshape(len(probs), -1).float())
+        self.targets.append(targets.reshape(len(targets), -1))
+
+    def compute(self) -> torch.Tensor:
+        from torchmetrics.functional.classification import binary_auroc
+
+        probs = dim_zero_cat(self.probs) if self.probs else torch.zeros(0, self.num_labels)
+        targets = dim_zero_cat(self.targets) if self.targets else torch.zeros(0, self.num_labels)
+        out = torch.full((self.num_labels,), float("nan"), device=probs.device)
+        for j in range(self.num_labels):
+            given = targets[:, j] != IGNORE
+            y = targets[given, j]
+            if bool((y == 1).any()) and bool((y == 0).any()):
+                out[j] = binary_auroc(probs[given, j], y.long())
+        return out
+
+
 class LabelCounts(Metric):
-    """Positives per label and number of samples seen (summed across ranks)."""
+    """Positives and annotated samples per label (summed across ranks; a missing label, NaN, is not counted)."""
 
     def __init__(self, num_labels: int) -> None:
         super().__init__()
         self.add_state("positives", default=torch.zeros(num_labels), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(num_labels), dist_reduce_fx="sum")
 
     def update(self, labels: torch.Tensor) -> None:
-        self.positives += labels.sum(0).to(self.positives.dtype)
-        self.count += labels.shape[0]
+        given = ~torch.isnan(labels)
+        self.positives += torch.where(given, labels, torch.zeros_like(labels)).sum(0).to(self.positives.dtype)
+        self.count += given.sum(0).to(self.count.dtype)
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.positives, self.count
@@ -92,7 +147,8 @@ class ChestXrayModule(L.LightningModule):
                  scheduler: str = "cosine", warmup_fraction: float = 0.05, monitor: str = "val_auroc",
                  patience: int = 5, channels_last: bool = False, total_steps: int = 1000,
                  task: str = "multilabel", backbone_lr_scale: float = 1.0,
-                 backbone_params: Collection[str] = (), warmup_steps: int | None = None) -> None:
+                 backbone_params: Collection[str] = (), warmup_steps: int | None = None,
+                 missing_labels: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "backbone_params"], logger=False)  # loggers get the TrainConfig
         self.net = net
@@ -104,6 +160,8 @@ class ChestXrayModule(L.LightningModule):
         if self.multiclass:
             self.val_auroc = MulticlassAUROC(num_classes=n, average="none")
             self.val_accuracy = MulticlassAccuracy(num_classes=n, average="micro")
+        elif missing_labels:  # a missing label (NaN) reaches the AUROC as IGNORE and is left out of it
+            self.val_auroc = MaskedAUROC(n)
         else:
             self.val_auroc = MultilabelAUROC(num_labels=n, average="none") if n > 1 else BinaryAUROC()
         self.val_counts = LabelCounts(n)
@@ -120,6 +178,8 @@ class ChestXrayModule(L.LightningModule):
         logits = logits.float()
         if self.multiclass:
             return softmax_loss(logits, labels, self.hparams.loss, self.hparams.focal_gamma, self.pos_weight)
+        if self.hparams.missing_labels:
+            return masked_loss(logits, labels, self.hparams.loss, self.hparams.focal_gamma, self.pos_weight)
         if self.hparams.loss == "focal":
             return focal_loss(logits, labels, self.hparams.focal_gamma, self.pos_weight)
         return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=self.pos_weight)
@@ -140,6 +200,8 @@ class ChestXrayModule(L.LightningModule):
         if self.multiclass:
             self.val_auroc.update(probs, labels.argmax(1))
             self.val_accuracy.update(probs, labels.argmax(1))
+        elif isinstance(self.val_auroc, MaskedAUROC):
+            self.val_auroc.update(probs, torch.nan_to_num(labels, nan=IGNORE).long())
         elif isinstance(self.val_auroc, BinaryAUROC):
             self.val_auroc.update(probs[:, 0], labels[:, 0].long())
         else:

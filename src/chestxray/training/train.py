@@ -139,6 +139,21 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
+def ensure_experiment(client: Any, name: str, uri: str) -> str:
+    """The id of MLflow experiment `name` in the store at `uri`, created if missing with its artifacts beside a
+    SQLite store (never MLflow's default ./mlruns of the working folder); another process may create it meanwhile."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(uri))
+    except Exception:  # MLflow's "already exists" (RestException) when a concurrent process won the race
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
 def _mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None, task: str = "multilabel"):
     from lightning.pytorch.loggers import MLFlowLogger
 
@@ -175,8 +190,8 @@ def _steps_per_epoch(data: Any, world_size: int) -> int:
     """Optimizer steps per epoch on each rank, from the data module's epoch plan (no loader is built)."""
     from chestxray.data.datamodule import plan_epoch
 
-    counts = [int(c) for c in data.manifest["splits"]["train"]["shard_counts"]]
-    return len(plan_epoch(counts, data.batch_size, world_size=world_size, rank=0, shuffle=True).batch_sizes)
+    return len(plan_epoch(data.train_counts(), data.batch_size, world_size=world_size, rank=0,
+                          shuffle=True).batch_sizes)
 
 
 def _data_fields(config: TrainConfig, data: Any, data_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +203,8 @@ def _data_fields(config: TrainConfig, data: Any, data_cfg: dict[str, Any]) -> di
             "data_fingerprint": data.manifest.get("fingerprint"), "image_size": data.image_size,
             "resize": data.manifest.get("resize", "pad"), "preprocessing": preprocessing(data.manifest),
             "in_chans": config.in_chans, "normalization": data_cfg["normalization"],
-            "input_mean": data_cfg["input_mean"], "input_std": data_cfg["input_std"], "pretrained": config.pretrained}
+            "input_mean": data_cfg["input_mean"], "input_std": data_cfg["input_std"], "pretrained": config.pretrained,
+            **({"sources": data.source_record()} if data.source_record() else {})}
 
 
 def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any], run_info: dict[str, Any],
@@ -347,7 +363,8 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                                augment=config.augment, in_chans=config.in_chans,
                                normalization=data_cfg["normalization"], seed=config.seed,
                                verify={True: "checksums", False: "sizes", None: "auto"}[config.verify_checksums],
-                               verify_splits=("train", "val"))
+                               verify_splits=("train", "val"), source_sampling=config.source_sampling,
+                               sources=[n.strip() for n in config.sources.split(",") if n.strip()])
     net = build_model(config.model, len(data.labels), in_chans=config.in_chans, pretrained=config.pretrained,
                       weights=config.weights, offline=config.offline or None, dropout=config.dropout)
     if config.channels_last:
@@ -399,7 +416,8 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                              monitor=config.monitor, patience=config.patience, channels_last=config.channels_last,
                              total_steps=total_steps, task=data.task, backbone_lr_scale=config.backbone_lr_scale,
                              backbone_params=backbone_parameter_names(net, config.model),
-                             warmup_steps=read_progress(last).warmup_steps if resume else None)
+                             warmup_steps=read_progress(last).warmup_steps if resume else None,
+                             missing_labels=data.missing_labels)
     if trainer.is_global_zero:
         _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"]}, run_info,
                          mlflow_logger)

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from chestxray.errors import DataError
-from chestxray.files import write_csv, write_json
+from chestxray.files import read_csv, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,9 @@ def make_study_folds(study: Any) -> list[Path]:
 def _eval(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
     """A fold run's test predictions, metrics.json and summary.csv."""
     folder = Path(run_dir) / "eval"
-    frame = pd.read_csv(folder / "predictions.csv", dtype={"image_id": str, "patient_id": str})
+    frame = read_csv(folder / "predictions.csv", dtype={"image_id": str, "patient_id": str})
     meta = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-    return frame, meta, pd.read_csv(folder / "summary.csv")
+    return frame, meta, read_csv(folder / "summary.csv")
 
 
 def pooled_counts(summaries: list[pd.DataFrame], labels: list[str], multiclass: bool) -> dict[str, Any]:

@@ -296,11 +296,10 @@ def _train_recipe(run: RecipeRun, prepared: Path, folder: Path, task: str, setti
 
 def _val_auroc(eval_dir: Path, labels: list[str], settings: DemoSettings):
     """Macro AUROC of the validation predictions evaluate wrote, with its patient-bootstrap 95 % CI."""
-    import pandas as pd
-
     from chestxray.evaluation.metrics import summarize
+    from chestxray.files import read_csv
 
-    val = pd.read_csv(eval_dir / "val_predictions.csv", dtype={"image_id": str, "patient_id": str})
+    val = read_csv(eval_dir / "val_predictions.csv", dtype={"image_id": str, "patient_id": str})
     summary = summarize(val[labels].to_numpy(), val[[f"p_{x}" for x in labels]].to_numpy(), labels,
                         val["patient_id"].tolist(), n_boot=settings.n_boot, seed=settings.seed)
     return next((r for r in summary.rows if r.kind == "macro"), summary.rows[0]).auroc
@@ -308,13 +307,12 @@ def _val_auroc(eval_dir: Path, labels: list[str], settings: DemoSettings):
 
 def _explain(run_dir: Path, eval_dir: Path, n: int = 4) -> None:
     """Grad-CAM overlays of test true positives, false positives and false negatives for the report (illustrations)."""
-    import pandas as pd
-
     from chestxray.explain.explanations import explain_split
+    from chestxray.files import read_csv
     from chestxray.models.bundle import load_bundle
 
     bundle = load_bundle(run_dir / "bundle")
-    scores = pd.read_csv(eval_dir / "predictions.csv", dtype={"image_id": str, "patient_id": str})
+    scores = read_csv(eval_dir / "predictions.csv", dtype={"image_id": str, "patient_id": str})
     explain_split(bundle, "test", n=n, method="gradcam", out_root=run_dir / "explain", scores=scores)
 
 

@@ -435,13 +435,12 @@ def _mlflow_parent(study: Study) -> str | None:
             return previous
     from mlflow.tracking import MlflowClient
 
-    from chestxray.training.train import _allow_file_store, _tracking_uri
+    from chestxray.training.train import _allow_file_store, _tracking_uri, ensure_experiment
 
     uri = _tracking_uri(config)
     with _allow_file_store(uri):
         client = MlflowClient(uri)
-        exp = client.get_experiment_by_name(config.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(config.experiment)
+        exp_id = ensure_experiment(client, config.experiment, uri)  # artifacts beside the store, not in ./mlruns
         run = client.create_run(exp_id, run_name=f"study {study.out.name}",
                                 tags={"chestxray.study": str(study.out.resolve())})
         client.log_param(run.info.run_id, "select", study.select)

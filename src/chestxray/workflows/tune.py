@@ -1,10 +1,13 @@
 """`chestxray tune`: an Optuna study over TrainConfig settings, each trial a normal train() run, pruned on val AUROC.
 
-OUT/ holds study.db (the default SQLite storage), trials/trial-NNNN/ (one run folder per trial), trials.csv,
-best.yaml (the best trial's config: `chestxray train --config OUT/best.yaml` trains it again) and
-tune_report.html. The objective is the run's best validation AUROC (macro over findings with both classes); the
-test split is never read. Re-running the same command continues the study: finished trials are kept, a trial whose
-process died is marked failed by Optuna's heartbeat (after `heartbeat` × 2 seconds) and not counted. Any number of
+OUT/ holds study.db (the default SQLite storage), trials/trial-NNNN/ (one run folder per trial), trials/mlflow.db
+(the MLflow store of the parent run and every trial, artifacts in trials/artifacts), trials.csv, best.yaml (the
+best trial's config: `chestxray train --config OUT/best.yaml` trains it again) and tune_report.html. The objective
+is the run's best validation AUROC (macro over findings with both classes); the test split is never read.
+Re-running the same command continues the study: finished trials are kept, a trial whose process died is marked
+failed by Optuna's heartbeat (after `heartbeat` × 2 seconds), not counted, its folder moved to trials/failed/, and
+run again once with the same parameters; the sampler is seeded by each trial's position among the live trials, so a
+killed and continued study draws what an uninterrupted one draws. Any number of
 processes may share one storage (`--workers N` here, or SLURM jobs against PostgreSQL): each starts a trial only
 while complete + pruned + running trials are fewer than the requested count, counting and creating the trial under
 the study's claim lock (workflows/tune_claim.py), so the study never holds a trial beyond the count.
@@ -16,6 +19,7 @@ import logging
 import math
 import multiprocessing
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -116,6 +120,8 @@ def tune(settings: TuneSettings) -> TuneResult:
     start = time.perf_counter()
     check_settings(settings)
     out = Path(settings.out)
+    if settings.base.mlflow and not settings.base.mlflow_uri:  # parent and trials in one store, beside the trials
+        settings = replace(settings, base=replace(settings.base, mlflow_uri=mlflow_store(out)))
     (out / TRIALS_DIR).mkdir(parents=True, exist_ok=True)
     storage = open_storage(settings.storage_url, settings.heartbeat)
     study = optuna.create_study(storage=storage, study_name=settings.name, direction="maximize",
@@ -129,6 +135,12 @@ def tune(settings: TuneSettings) -> TuneResult:
         _run_processes(settings, parent_id)
     study = optuna.load_study(study_name=settings.name, storage=storage)
     return summarise(study, settings, parent_id, time.perf_counter() - start)
+
+
+def mlflow_store(out: str | Path) -> str:
+    """A study's MLflow store: OUT/trials/mlflow.db (artifacts in OUT/trials/artifacts), the parent run and every
+    trial's run together; `chestxray ui --store OUT` opens it."""
+    return f"sqlite:///{(Path(out) / TRIALS_DIR).resolve() / 'mlflow.db'}"
 
 
 def _check_same_space(study: Any, settings: TuneSettings) -> None:
@@ -186,8 +198,6 @@ def run_worker(settings: TuneSettings, index: int, parent_id: str | None) -> int
 
     storage = open_storage(settings.storage_url, settings.heartbeat)
     study = optuna.load_study(study_name=settings.name, storage=storage)
-    seed = (settings.base.seed * 1_000_003 + len(study.trials) * 101 + index) % 2**32
-    study.sampler = make_sampler(settings.space, seed, settings.sampler)
     study.pruner = make_pruner(settings.space, settings.base.epochs, settings.pruner)
     deadline = time.monotonic() + settings.timeout if settings.timeout else math.inf
     ran = 0
@@ -196,11 +206,62 @@ def run_worker(settings: TuneSettings, index: int, parent_id: str | None) -> int
         if finished >= settings.trials:
             break
         if run_claimed_trial(study, settings.trials, settings.storage_url,
-                             lambda trial: _objective(trial, settings, parent_id)):
+                             lambda trial: _objective(trial, settings, parent_id),
+                             prepare=lambda s, position: _before_trial(s, position, settings)):
             ran += 1
         else:  # the rest is running elsewhere (or is a dead trial going stale): look again shortly
             time.sleep(min(5.0, settings.heartbeat))
     return ran
+
+
+def sampler_seed(seed: int, position: int) -> int:
+    """The sampler's seed for the trial at `position` among the study's live trials (failed ones do not count)."""
+    return (seed * 1_000_003 + position * 101) % 2**32
+
+
+def _before_trial(study: Any, position: int, settings: TuneSettings) -> None:
+    """Under the claim: retire killed trials' folders, and seed the sampler by the new trial's position, so a study
+    killed and continued draws what an uninterrupted one draws (the killed trial itself is retried with its own
+    parameters by the storage's RetryFailedTrialCallback)."""
+    retire_failed(study, Path(settings.out))
+    study.sampler = make_sampler(settings.space, sampler_seed(settings.base.seed, position), settings.sampler)
+
+
+def retire_failed(study: Any, out: Path) -> list[Path]:
+    """Move the run folders of failed trials out of OUT/trials into OUT/trials/failed/ (with the reason in
+    FAILED.txt and without the dead process's lock file), so OUT/trials holds only live and finished trials."""
+    import fcntl
+
+    from optuna.trial import TrialState
+
+    from chestxray.locks import LOCK_FILE
+
+    moved = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        folder = Path(trial.user_attrs.get("run_dir", ""))
+        if not trial.user_attrs.get("run_dir") or folder.parent != (out / TRIALS_DIR).resolve() \
+                or not folder.is_dir():
+            continue
+        lock = folder / LOCK_FILE
+        if lock.exists():
+            with open(lock, "rb") as fh:  # a live holder (a hung, not a dead, process) keeps its folder
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue
+            lock.unlink()
+        target = folder.parent / "failed" / folder.name
+        target.parent.mkdir(exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        folder.rename(target)
+        retry = next((t.number for t in study.get_trials(deepcopy=False)
+                      if t.system_attrs.get("failed_trial") == trial.number), None)
+        write_text(target / "FAILED.txt", f"trial {trial.number} failed (its process died or raised); "
+                                          + (f"retried as trial {retry}\n" if retry is not None else "not retried\n"))
+        log.info("trial %d failed: its folder moved to %s", trial.number, target)
+        moved.append(target)
+    return moved
 
 
 def _objective(trial: Any, settings: TuneSettings, parent_id: str | None) -> float:
@@ -238,6 +299,7 @@ def summarise(study: Any, settings: TuneSettings, parent_id: str | None, seconds
     from chestxray.report.tune_report import write_tune_report
 
     out = Path(settings.out)
+    retire_failed(study, out)
     trials = study.get_trials(deepcopy=False)
     state_count = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED,
                                                                    TrialState.FAIL)}
@@ -266,6 +328,8 @@ def write_best_yaml(best: Any, path: Path, study_name: str) -> Path:
     config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     for key in ("out", "progress"):
         config.pop(key, None)
+    if config.get("mlflow_uri") == mlflow_store(path.parent):  # the study's own store: a retrain logs beside itself
+        config.pop("mlflow_uri")
     header = (f"# best trial {best.number} of study {study_name!r}: val AUROC {best.value:.6f} (run {run_dir})\n"
               f"# train it again with: chestxray train --config {path} --out runs/best\n")
     return write_text(path, header + yaml.safe_dump(config, sort_keys=False))

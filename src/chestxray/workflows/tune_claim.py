@@ -111,19 +111,27 @@ def claim(url: str, study_name: str) -> Iterator[Callable[[], None]]:
 
 
 def run_claimed_trial(study: Any, target: int, url: str, objective: Callable[[Any], float],
-                      catch: tuple[type[Exception], ...] = ()) -> bool:
+                      catch: tuple[type[Exception], ...] = (), prepare: Callable[[Any, int], None] | None = None
+                      ) -> bool:
     """Create and run one trial if the study holds fewer than `target` live ones; False when none was needed.
 
-    Live means complete, pruned, running or waiting. Counting and creating happen under the claim, so however many
-    processes call this at once, the study never holds more than `target` live trials.
+    Live means complete, pruned, running or waiting; a waiting trial (a retry of a killed one) is run before any new
+    one. Counting and creating happen under the claim, so however many processes call this at once, the study never
+    holds more than `target` live trials. `prepare(study, position)`, called under the claim just before the trial
+    is created, gets the trial's position among the live trials (e.g. to seed the sampler by it).
     """
+    from optuna.trial import TrialState
+
     from chestxray.workflows.tune_storage import counts, fail_stale
 
     with claim(url, study.study_name) as release:
         fail_stale(study)
         finished, running = counts(study)
-        if finished + running >= target:
+        waiting = sum(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        if finished + running >= target and not waiting:
             return False
+        if prepare is not None:
+            prepare(study, finished + running - waiting)
 
         def claimed(trial: Any) -> float:
             release()  # the trial exists now: let the next process count

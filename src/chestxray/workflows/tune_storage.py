@@ -10,7 +10,7 @@ from typing import Any
 
 from chestxray.errors import ConfigError
 from chestxray.training.config import TrainConfig
-from chestxray.training.train import _allow_file_store, _tracking_uri, artifact_location
+from chestxray.training.train import _allow_file_store, _tracking_uri, ensure_experiment
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,9 @@ def open_storage(url: str, heartbeat: int = 60) -> Any:
     try:
         with warnings.catch_warnings():  # heartbeats are marked experimental; they are what failing stale trials needs
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryFailedTrialCallback(max_retry=1)  # a killed trial runs again, same params
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                                              grace_period=2 * heartbeat)
+                                              grace_period=2 * heartbeat, failed_trial_callback=retry)
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError, ValueError) as exc:
         cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
         reason = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else type(cause).__name__
@@ -119,7 +120,7 @@ def parent_run(study: Any, base: TrainConfig) -> str:
         if existing:
             client.update_run(existing, status="RUNNING")
             return existing
-        experiment_id = _experiment_id(client, base.experiment, uri)
+        experiment_id = ensure_experiment(client, base.experiment, uri)
         run = client.create_run(experiment_id, run_name=f"tune-{study.study_name}",
                                 tags={"optuna.study": study.study_name, "chestxray.kind": "tune"})
         study.set_user_attr(PARENT_ATTR, run.info.run_id)
@@ -127,20 +128,6 @@ def parent_run(study: Any, base: TrainConfig) -> str:
         if winner != run.info.run_id:  # another process created one at the same moment: use the stored one
             client.delete_run(run.info.run_id)
         return winner
-
-
-def _experiment_id(client: Any, name: str, uri: str) -> str:
-    """The id of MLflow experiment `name`, created if missing (another process may create it at the same time)."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location(uri))
-    except Exception:  # MLflow's "already exists" (RestException) when a concurrent process won the race
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
 
 
 def finish_parent(run_id: str, base: TrainConfig, metrics: dict[str, float], files: list[Path]) -> None:
