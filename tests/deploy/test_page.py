@@ -157,3 +157,15 @@ def test_page_in_chromium_no_decision_without_validation(server: str, uploads: d
         assert icon == server + "/favicon.ico" and requests.get(icon, timeout=10).status_code == 200
     finally:
         driver.quit()
+
+
+def test_run_report_shows_the_model_card(trained_run: Path, tmp_path: Path) -> None:
+    from chestxray.report.run_report import write_report
+
+    card = _card(trained_run)
+    html = write_report(trained_run, tmp_path / "report.html").read_text()
+    assert 'id="model-card"' in html and card["model_card"]["intended_use"] in html
+    for line in card["model_card"]["limits"]:
+        assert line in html
+    assert "<td>Atelectasis</td><td>not validated: the validation split has no positive patient" in html
+    assert "<td>Effusion</td><td>yes</td><td>AUROC " in html

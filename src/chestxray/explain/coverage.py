@@ -75,7 +75,8 @@ def explain_coverage(bundle_dir: str | Path, frame: pd.DataFrame, labels: Sequen
     bundle = load_bundle(bundle_dir)
     device = resolve_device()
     net = bundle.net.to(device).eval()
-    base = black_baseline(bundle.card, int(bundle.card["image_size"])).to(device) if method == "ig" else None
+    base = (black_baseline(bundle.card, int(bundle.card["image_size"])).to(device) if method in ("ig", "occlusion")
+            else None)
     rows = frame[frame["path"].fillna("").astype(str) != ""]
     rows = rows.sample(n=min(max_images, len(rows)), random_state=seed).sort_index() if len(rows) else rows
     labels = list(labels)
