@@ -1,6 +1,8 @@
 """One scoring path: the same real images (JPEG gray and RGB, PNG, DICOM) get the same probabilities and decisions
 from evaluate, predict (bundle and ONNX), the MLflow pyfunc (paths and arrays), serve (real HTTP) and explain,
-with the stored test-time augmentation on (hflip) and off. See docs/scoring.md."""
+with the stored test-time augmentation on (hflip) and off, and on both engines: a bundle scores through its cached
+ONNX graph (onnxruntime) on the CPU by default and through PyTorch when asked, within 1e-4 and with the same
+decisions and OOD flags. See docs/scoring.md and docs/performance.md."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from tests.deploy.conftest import free_port, running
 
 SIZE = 32
 LABEL = "PNEUMONIA"
-TORCH_TOL = 1e-4  # between PyTorch paths (batch composition changes the last float32 bits only)
+TORCH_TOL = 1e-4  # between paths on one engine (batch composition changes the last float32 bits only)
 ONNX_TOL = 1e-4  # onnxruntime vs PyTorch kernels
 pytestmark = pytest.mark.slow  # trains, evaluates twice and starts two servers: about a minute on 2 cores
 
@@ -106,7 +108,7 @@ def test_every_scoring_path_agrees_with_evaluate(parity_run: tuple[Path, list[Pa
     from chestxray.data.imaging import DICOM_SUFFIXES
     from chestxray.evaluation.evaluate import evaluate_run
     from chestxray.explain.explanations import explain_images, explain_split
-    from chestxray.inference.predict import torch_scorer
+    from chestxray.inference.predict import predict_split, torch_scorer
     from chestxray.models.bundle import load_bundle
 
     run, files = parity_run
@@ -117,13 +119,17 @@ def test_every_scoring_path_agrees_with_evaluate(parity_run: tuple[Path, list[Pa
     evaluated = pd.read_csv(run / "eval" / "predictions.csv").set_index("image_id")
     reference = evaluated.loc[[p.name for p in files], f"p_{LABEL}"].to_numpy()
 
-    _cli("predict", run, *files, "--out", tmp_path / "torch.csv")
+    _cli("predict", run, *files, "--out", tmp_path / "bundle.csv")  # engine auto: onnxruntime on this CPU
+    _cli("predict", run, *files, "--engine", "torch", "--out", tmp_path / "torch.csv")
     _cli("export", run, "--onnx", tmp_path / "model.onnx")
     _cli("predict", tmp_path / "model.onnx", *files, "--out", tmp_path / "onnx.csv")
     by_path, by_array, metadata = _pyfunc(run, files, f"parity-{tta}")
     assert metadata["threshold_tta"] == tta and metadata["thresholds"] == card["thresholds"]
     explained = explain_images(run / "bundle", [(p, LABEL) for p in files], out_dir=tmp_path / "explain")
-    got = {"predict (torch)": (_csv_probs(tmp_path / "torch.csv"), TORCH_TOL),
+    torch_split = predict_split(run / "bundle", split="test", tta=tta, engine="torch").set_index("image_id")
+    got = {"predict (bundle, onnxruntime)": (_csv_probs(tmp_path / "bundle.csv"), ONNX_TOL),
+           "predict (bundle, torch)": (_csv_probs(tmp_path / "torch.csv"), ONNX_TOL),
+           "evaluate's scoring (torch)": (torch_split.loc[[p.name for p in files], f"p_{LABEL}"].to_numpy(), ONNX_TOL),
            "predict (onnx)": (_csv_probs(tmp_path / "onnx.csv"), ONNX_TOL),
            "pyfunc (paths)": (by_path, TORCH_TOL),
            "serve (HTTP)": (_served(run, files, tmp_path / "serve.log"), TORCH_TOL),
@@ -141,6 +147,13 @@ def test_every_scoring_path_agrees_with_evaluate(parity_run: tuple[Path, list[Pa
         assert probs.shape == reference.shape, path
         assert np.abs(probs - reference).max() <= tol, (path, probs - reference)
         assert ((probs >= threshold) == (reference >= threshold)).all(), (path, probs, reference, threshold)
+
+    # the OOD check reads the same features from the ONNX graph as from PyTorch's hooks: same unusual inputs, and
+    # in-distribution scores (ranks among the validation images) at most one rank apart
+    by_ort, by_torch = pd.read_csv(tmp_path / "bundle.csv"), pd.read_csv(tmp_path / "torch.csv")
+    n_val = json.loads((run / "bundle" / "ood.json").read_text())["n_val"]
+    assert np.abs(by_ort["in_distribution"] - by_torch["in_distribution"]).max() <= 1 / (n_val + 1) + 1e-12
+    assert (by_ort["unusual"] == by_torch["unusual"]).all()
 
     # explain's TP/FP/FN/TN selection scores the split as evaluate did (stored TTA) and decides at its threshold
     results, _ = explain_split(load_bundle(run / "bundle"), "test", n=len(files), out_root=tmp_path / "split",

@@ -1,8 +1,9 @@
 """chestxray: chest X-ray classifiers from raw files to a deployable, explained model.
 
 The main entry points are importable from here (loaded on first use, so `import chestxray` stays fast):
-read_nih / read_folder / read_csv_table → assign_splits → save_catalog → prepare_dataset → TrainConfig + train
-→ evaluate_run → explain_images → write_report; load_bundle + predict_images for new images (open_scorer: the
+read_nih / read_folder / read_csv_table / read_chexpert (merge_catalogs + read_label_map: several sources, one
+label vocabulary) → assign_splits → save_catalog → prepare_dataset → TrainConfig + train
+→ evaluate_run (evaluate_external: data the run never saw) → explain_images → write_report; load_bundle + predict_images for new images (open_scorer: the
 one scoring path, for a bundle or an .onnx file; its site= takes a profile made by calibrate_site); read_grid + expand + run_study and compare_runs for studies;
 read_space + TuneSettings + tune for a search; run_demo for all.
 """
@@ -21,6 +22,9 @@ _EXPORTS: dict[str, str] = {
     "read_nih": "chestxray.data.sources",
     "read_folder": "chestxray.data.sources",
     "read_csv_table": "chestxray.data.sources",
+    "read_chexpert": "chestxray.data.sources",
+    "merge_catalogs": "chestxray.data.merge",
+    "read_label_map": "chestxray.data.labelmap",
     "assign_splits": "chestxray.data.split",
     "make_synthetic": "chestxray.data.synth",
     "load_gray": "chestxray.data.imaging",
@@ -40,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "open_scorer": "chestxray.inference.stream",
     "Scorer": "chestxray.inference.scoring",
     "evaluate_run": "chestxray.evaluation.evaluate",
+    "evaluate_external": "chestxray.evaluation.external",
     "calibrate_site": "chestxray.evaluation.site_calibration",
     "read_site": "chestxray.inference.site",
     "explain_images": "chestxray.explain.explanations",

@@ -207,9 +207,16 @@ def test_evaluate_checks_preprocessing_and_names_other_data(runs: tuple[Path, Pa
     assert result.exit_code == 0, result.output
     assert "not the data" not in result.output
     assert json.loads((run / "eval" / "metrics.json").read_text())["same_data_as_training"] is True
+    card = (run / "bundle" / "card.json").read_bytes()
+    before = (run / "eval" / "metrics.json").read_bytes()
     result = CliRunner().invoke(app, ["evaluate", str(run), "--n-boot", "10", "--prepared", str(shuffled)])
     assert result.exit_code == 0, result.output
-    assert f"{shuffled} is not the data" in " ".join(result.output.split())
-    metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    assert metrics["same_data_as_training"] is False
-    assert metrics["prepared_fingerprint"] == read_manifest(shuffled)["fingerprint"] != manifest["fingerprint"]
+    text = " ".join(result.output.split())
+    assert f"{shuffled} is not the data" in text and "evaluated as external data" in text
+    # issue 20: other data never re-chooses the run's thresholds nor rewrites its card or RUN/eval
+    assert (run / "bundle" / "card.json").read_bytes() == card
+    assert (run / "eval" / "metrics.json").read_bytes() == before
+    external = json.loads((run / "external" / "prepared_shuffled-test" / "metrics.json").read_text())
+    assert external["overlap"]["checked"] and external["overlap"]["identical_images"] == 0
+    with pytest.raises(Exception, match="would overwrite the bundle's thresholds"):
+        evaluate_run(run, prepared=shuffled, n_boot=10)

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from tests.conftest import STUDY_FAST
+from tests.workflows.tune_helpers import wait_until_stale
 
 REPO = Path(__file__).resolve().parents[2]
 SPACE_YAML = """params:
@@ -110,7 +111,7 @@ def test_killed_tune_draws_what_an_uninterrupted_one_draws(synthetic_prepared: P
         time.sleep(0.2)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, f"trial 1 was never seen training: {proc.stderr.read()[-2000:]}"
-    time.sleep(2.5)  # the killed trial's heartbeat (1 s) goes stale after 2 s
+    wait_until_stale(storage, "study", 1)
     again = subprocess.run(_tune(synthetic_prepared, broken, 4, "--no-mlflow"), env=_env(), stdin=subprocess.DEVNULL,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -20,6 +20,7 @@ from chestxray.training.config import TrainConfig, resolve_config
 from chestxray.training.train import train
 from chestxray.workflows.search_space import parse_space
 from chestxray.workflows.tune import BEST_YAML, REPORT, TuneSettings, best_config, tune
+from tests.workflows.tune_helpers import wait_until_stale
 
 REPO = Path(__file__).resolve().parents[2]
 # lr spans 1e-7 (learns nothing in 2 epochs) to 5e-2: some trials are bad, and the median pruner stops them
@@ -107,11 +108,13 @@ def test_trials_are_mlflow_children_with_auroc_per_epoch(study_run) -> None:
         assert "lr" in child.data.params
 
 
-def _cli(out: Path, prepared: Path, trials: int, *extra: str) -> list[str]:
+def _cli(out: Path, prepared: Path, trials: int, *extra: str, heartbeat: int = 1) -> list[str]:
+    """One worker may use a 1 s heartbeat (nobody else can fail its trial as stale); several need one that a loaded
+    machine cannot starve past its grace period (2 × heartbeat), or a live trial is failed by the other worker."""
     return [sys.executable, "-m", "chestxray", "tune", str(prepared), "--space", str(out.parent / "space.yaml"),
             "--config", str(out.parent / "base.yaml"),
             "--model", "cnn-tiny", "--epochs", "1", "--trials", str(trials), "--out", str(out), "--no-mlflow",
-            "--heartbeat", "1", *extra]
+            "--heartbeat", str(heartbeat), *extra]
 
 
 def _env() -> dict[str, str]:
@@ -123,7 +126,7 @@ def two_workers(no_test_split: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("tune-workers") / "study"
     (out.parent / "space.yaml").write_text(SPACE_YAML, encoding="utf-8")
     (out.parent / "base.yaml").write_text(BASE_YAML, encoding="utf-8")
-    done = subprocess.run(_cli(out, no_test_split, 4, "--workers", "2"), env=_env(), stdin=subprocess.DEVNULL,
+    done = subprocess.run(_cli(out, no_test_split, 4, "--workers", "2", heartbeat=30), env=_env(), stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
@@ -154,7 +157,7 @@ def test_killed_worker_study_continues(two_workers: Path, no_test_split: Path) -
     proc.wait(timeout=60)
     assert killed is not None, f"no trial was seen running: {proc.stderr.read()[-3000:] if proc.stderr else ''}"
     assert proc.returncode == -signal.SIGKILL
-    time.sleep(2.5)  # the killed trial's heartbeat (1 s) goes stale after 2 s
+    wait_until_stale(storage, "study", killed)
     done = subprocess.run(_cli(two_workers, no_test_split, 6), env=_env(), stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from chestxray.data.labels import closest
 from chestxray.errors import ConfigError, DataError, ModelError
+from chestxray.inference.runtime import ENGINES
 from chestxray.inference.tta import TTA_MODES, check_tta  # noqa: F401 (TTA_MODES: the usage test reads it here)
 from chestxray.training.config import BUILTIN_MODELS
 
@@ -37,6 +38,11 @@ def tta(mode: str | None) -> None:
     """A test-time augmentation mode (None: not given)."""
     if mode is not None:
         check_tta(mode)
+
+
+def engine(name: str | None) -> None:
+    """What runs the network for inference (None: not given): chestxray.inference.runtime.ENGINES."""
+    one_of("--engine", name, ENGINES)
 
 
 def model_name(name: str | None, flag: str = "--model") -> None:
@@ -183,3 +189,16 @@ def prepared_fits_run(prepared: str | Path, run: Path) -> None:
     manifest = json.loads((Path(prepared) / "manifest.json").read_text(encoding="utf-8"))
     if "labels" in card and "image_size" in card and "labels" in manifest and "image_size" in manifest:
         check_prepared_fits(card, manifest, prepared, run / "bundle")
+
+
+def other_data(prepared: str | Path, run: Path) -> bool:
+    """True when a local PREPARED folder is not the data the run was trained on (its fingerprint differs from the
+    card's): evaluate treats it as external data and never re-chooses the run's thresholds on it."""
+    import json
+
+    if "://" in str(prepared):
+        return False
+    card = json.loads((run / "bundle" / "card.json").read_text(encoding="utf-8"))
+    manifest = json.loads((Path(prepared) / "manifest.json").read_text(encoding="utf-8"))
+    trained = card.get("data_fingerprint")
+    return bool(trained) and trained != manifest.get("fingerprint")

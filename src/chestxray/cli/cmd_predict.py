@@ -79,7 +79,8 @@ def _no_thresholds_hint(model: Path) -> str:
 
 @app.command(help="Probabilities per finding for image files (PNG, JPEG, DICOM), folders (recursively), glob "
              "patterns and CSV/TXT lists of paths, positive/negative at the bundle's stored thresholds. Runs a "
-             "bundle (PyTorch) or an exported .onnx file (onnxruntime, no torch). Unreadable files are "
+             "bundle (on the CPU through its ONNX graph, cached beside it; PyTorch on a GPU) or an exported .onnx "
+             "file (onnxruntime, no torch). Unreadable files are "
              "quarantined with the reason; the rest go on. Streams in batches: any number of files fits in memory."
              "\n\nExample: chestxray predict runs/densenet121/bundle scans/ 'more/**/*.dcm' list.csv --out preds.csv"
              "\n\nExample: chestxray predict model.onnx scan.png --format json")
@@ -95,10 +96,14 @@ def predict(
     workers: int = typer.Option(4, "--workers", help="Threads decoding files."),
     site: str = typer.Option(None, "--site", help="Site profile made by 'chestxray calibrate' (a name under "
                              "RUN/sites/, or its folder): the site's probabilities and thresholds."),
+    engine: str = typer.Option("auto", "--engine", help="What runs a bundle: auto (its ONNX graph through "
+                               "onnxruntime on the CPU, exported once and cached beside it; PyTorch on a GPU or "
+                               "where the export fails), onnxruntime or torch."),
 ) -> None:
     from chestxray.cli import checks
 
     checks.one_of("--format", fmt, TABLE_FORMATS)
+    checks.engine(engine)
     checks.tta(tta)
     checks.at_least("--batch-size", batch_size, 1)
     checks.at_least("--workers", workers, 1)
@@ -109,7 +114,7 @@ def predict(
     from chestxray.inference.outputs import RowWriter, Tally, add_decisions
     from chestxray.inference.stream import iter_predictions, open_scorer, problem_rows
 
-    scorer = open_scorer(model, tta=tta, site=site)
+    scorer = open_scorer(model, tta=tta, site=site, engine=engine)
     labels, thresholds = scorer.labels, scorer.thresholds
     found = expand_inputs(inputs)
     multiclass = is_multiclass(scorer.card.get("task"))
@@ -120,10 +125,8 @@ def predict(
     stdout = RowWriter(sys.stdout, fmt, labels) if fmt != "table" else None
     with _file_rows(out, labels) as to_file, _progress(len(found.paths)) as advance:
         frames = iter_predictions(scorer, found.paths, batch_size=batch_size, workers=workers)
-        for frame in _with_problems(frames, problem_rows(found.problems, labels)):
+        for frame in _with_problems(frames, problem_rows(found.problems, scorer)):
             frame = add_decisions(frame, labels, thresholds) if thresholds else frame
-            if multiclass and "predicted_class" not in frame:  # unreadable inputs: same columns, no class
-                frame = frame.assign(predicted_class="")
             tally.add(frame)
             for sink in (stdout, to_file):
                 if sink is not None:

@@ -38,9 +38,12 @@ def serve(
                                         "that new requests get 503."),
     site: str = typer.Option(None, "--site", help="Site profile made by 'chestxray calibrate' (a name under "
                              "RUN/sites/, or its folder): the site's probabilities and thresholds."),
+    engine: str = typer.Option("auto", "--engine", help="What scores uploads: auto (the bundle's cached ONNX graph "
+                               "through onnxruntime, PyTorch where it cannot be exported), onnxruntime or torch."),
 ) -> None:
     from chestxray.cli import checks
 
+    checks.engine(engine)
     checks.model_source(bundle)
     checks.at_least("--port", port, 1, 65535)
     checks.at_least("--max-upload-mb", max_upload_mb, 0.001)
@@ -57,7 +60,7 @@ def serve(
                                           "; uploads are not stored"), highlight=False, soft_wrap=True)
     run_server(bundle, host=host, port=port, limits=limits, keep_uploads=keep_uploads,
                allowed_hosts=tuple(allowed_host), allowed_origins=tuple(allowed_origin), read_timeout=read_timeout,
-               max_connections=max_connections, site=site)
+               max_connections=max_connections, site=site, engine=engine)
 
 
 @app.command(help="Start the MLflow UI (the real `mlflow server`) on the project's store: runs/mlflow.db (or a "

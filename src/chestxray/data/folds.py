@@ -152,37 +152,59 @@ def _read_all(prepared: str | Path, manifest: dict[str, Any]) -> list[dict[str, 
     return samples
 
 
+def _tally(samples: list[dict[str, Any]], rows: np.ndarray, n_labels: int) -> dict[str, list[int]]:
+    """Positives and annotated images per label of some samples (a missing label is neither)."""
+    if not len(rows):
+        return {"positives": [0] * n_labels, "annotated": [0] * n_labels}
+    given = np.stack([samples[r]["annotated"] for r in rows])
+    values = np.stack([samples[r]["labels"] for r in rows])
+    return {"positives": (values * given).sum(0).astype(int).tolist(), "annotated": given.sum(0).astype(int).tolist()}
+
+
 def _write_fold(folder: Path, samples: list[dict[str, Any]], split: np.ndarray, manifest: dict[str, Any],
                 prepared: str | Path, plan: FoldPlan, fold: int, fingerprint: str) -> None:
-    """One fold's shards (train shuffled with a generator seeded by (seed, fold)) and then its manifest."""
+    """One fold's shards (train shuffled with a generator seeded by (seed, fold)) and then its manifest, with the
+    same per-split records prepare writes (positives, annotated and, for several sources, the per-source block)."""
+    from chestxray.data.sampling import encode_sources
+
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST).unlink(missing_ok=True)  # a fold being rewritten is not a finished fold meanwhile
     for old in folder.glob("*.tar"):
         old.unlink()
     shard_size = int(manifest.get("settings", {}).get("shard_size", 1000)) or 1000
     n_labels = len(manifest["labels"])
+    sources = list(manifest.get("sources") or [])
     splits: dict[str, Any] = {}
     for name in SPLITS:
         rows = np.flatnonzero(split == name)
+        if not len(rows):
+            continue
         if name == "train":
             rows = rows[np.random.default_rng([plan.seed, fold]).permutation(len(rows))]
-        entry = {"count": 0, "shards": [], "shard_counts": [], "shard_bytes": [], "shard_sha256": [],
-                 "positives": [0] * n_labels}
+        entry: dict[str, Any] = {"count": int(len(rows)), "shards": [], "shard_counts": [], "shard_bytes": [],
+                                 "shard_sha256": [], **_tally(samples, rows, n_labels)}
+        codes = np.array([sources.index(samples[r]["source"]) for r in rows], int) if sources else None
         for index, start in enumerate(range(0, len(rows), shard_size)):
             chunk = rows[start:start + shard_size]
             path = folder / shard_name(name, index)
             write_shard(path, (ShardSample(sample_key(start + j), samples[r]["image"], samples[r]["image_id"],
-                                           samples[r]["patient_id"], samples[r]["labels"].tolist())
+                                           samples[r]["patient_id"],
+                                           [int(v) if g else None for v, g in zip(samples[r]["labels"].tolist(),
+                                                                                  samples[r]["annotated"].tolist())],
+                                           samples[r]["source"] if sources else "")
                                for j, r in enumerate(chunk)))
-            entry["count"] += len(chunk)
             entry["shards"].append(path.name)
             entry["shard_counts"].append(len(chunk))
             entry["shard_bytes"].append(path.stat().st_size)
             entry["shard_sha256"].append(hashlib.sha256(path.read_bytes()).hexdigest())
-            positives = np.sum([samples[r]["labels"] for r in chunk], axis=0)
-            entry["positives"] = [int(a + b) for a, b in zip(entry["positives"], positives)]
-        if entry["count"]:
-            splits[name] = entry
+        if codes is not None:
+            parts = [rows[codes == k] for k in range(len(sources))]
+            entry["sources"] = {"names": sources, "count": [int(len(p)) for p in parts],
+                                "positives": [_tally(samples, p, n_labels)["positives"] for p in parts],
+                                "annotated": [_tally(samples, p, n_labels)["annotated"] for p in parts],
+                                "shard_codes": [encode_sources(codes[i:i + shard_size])
+                                                for i in range(0, len(rows), shard_size)]}
+        splits[name] = entry
     if "train" not in splits or "test" not in splits:
         raise DataError(f"fold {fold}: no train or no test images; use fewer --folds")
     keep = {k: v for k, v in manifest.items() if k not in ("splits", "fingerprint", "manifest_sha256", "created")}

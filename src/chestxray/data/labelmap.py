@@ -271,3 +271,43 @@ def describe(resolved: SourceLabels) -> str:
     """'PNEUMONIA -> Pneumonia; NORMAL -> (no finding)' for a summary line."""
     parts = [f"{quote(k, 40)} -> {' > '.join(v) if v else '(no finding)'}" for k, v in resolved.paths.items()]
     return "; ".join(parts)
+
+
+def model_targets(model_labels: Sequence[str], label_map: LabelMap, source: str = "model"
+                  ) -> tuple[dict[str, str], list[str]]:
+    """What each of a model's output labels scores in the vocabulary: the most specific label on its path (Kaggle
+    `PNEUMONIA` -> Pneumonia, `BACTERIA` -> Bacterial Pneumonia); and why others cannot be compared (a normal
+    class, or two outputs scoring the same vocabulary label)."""
+    targets: dict[str, str] = {}
+    skipped: list[str] = []
+    for name in model_labels:
+        path, _ = label_map.path(source, name)
+        if not path:
+            skipped.append(f"{name!r} is a normal class (no finding to score)")
+            continue
+        targets[name] = path[-1]
+    counts: dict[str, list[str]] = {}
+    for name, target in targets.items():
+        counts.setdefault(target, []).append(name)
+    for target, names in counts.items():
+        if len(names) > 1:
+            skipped.append(f"{names} all score {target!r}: ambiguous, left out")
+            for name in names:
+                targets.pop(name)
+    return targets, skipped
+
+
+def truth_for(targets: dict[str, str], values: np.ndarray, data_labels: Sequence[str], sources: Sequence[str],
+              label_map: LabelMap, where: str = "") -> np.ndarray:
+    """(N, len(targets)) float 1/0/NaN: each model output's vocabulary label read from a dataset's own labels
+    (values (N, L) 0/1/NaN in `data_labels` order), source by source (`sources` per row) through the map."""
+    wanted = list(dict.fromkeys(targets.values()))
+    out = np.full((len(values), len(targets)), np.nan)
+    sources = np.asarray([str(s) for s in sources], dtype=object)
+    for source in dict.fromkeys(sources.tolist()):
+        rows = np.flatnonzero(sources == source)
+        resolved = source_labels(str(source), data_labels, label_map)
+        mapped = to_vocabulary(np.asarray(values, dtype=float)[rows], resolved, wanted, where)
+        for k, target in enumerate(targets.values()):
+            out[rows, k] = mapped[:, wanted.index(target)]
+    return out

@@ -10,40 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from pathlib import Path
 
-import torch
-
-from chestxray.data.tasks import probabilities
 from chestxray.errors import ModelError
 from chestxray.files import atomic_path
-from chestxray.inference.predict import as_bundle, normalize_for_model
+from chestxray.inference.onnx_graph import INPUT, OPSET, OUTPUT, graph_proto  # noqa: F401 (public here too)
+from chestxray.inference.predict import as_bundle
 from chestxray.models.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
-OPSET = 18
-INPUT, OUTPUT = "pixels", "probabilities"
 CARD_KEY = "chestxray_card"
 PREPROCESSING_KEY = "preprocessing"
-
-
-class _Deployed(torch.nn.Module):
-    """uint8 (B, 1, S, S) → probabilities (B, L), normalising as the card says (x * scale + shift), then sigmoid
-    (softmax for a multiclass card)."""
-
-    def __init__(self, bundle: Bundle) -> None:
-        super().__init__()
-        zero = normalize_for_model(torch.zeros(1, 1, 1, 1, dtype=torch.uint8), bundle.card)
-        one = normalize_for_model(torch.ones(1, 1, 1, 1, dtype=torch.uint8), bundle.card)
-        self.register_buffer("shift", zero.reshape(1, -1, 1, 1).clone())
-        self.register_buffer("scale", (one - zero).reshape(1, -1, 1, 1).clone())
-        self.net = bundle.net.eval()
-        self.task = bundle.card.get("task")
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return probabilities(self.net(pixels.float() * self.scale + self.shift), self.task)
 
 
 def preprocessing_text(card: dict) -> str:
@@ -53,30 +31,6 @@ def preprocessing_text(card: dict) -> str:
             f"({INPUT}: batch x 1 x {card['image_size']} x {card['image_size']}); normalisation "
             f"'{card['normalization']}' to {card['in_chans']} channel(s) and the "
             f"{'softmax' if card.get('task') == 'multiclass' else 'sigmoid'} are inside the graph")
-
-
-def _to_proto(wrapper: torch.nn.Module, example: torch.Tensor, opset: int, dynamo: bool):
-    """The ONNX ModelProto of the wrapped model with a dynamic batch axis.
-
-    dynamo=False uses the TorchScript exporter (seconds; PyTorch marks it deprecated but ships it), dynamo=True
-    the torch.export one (PyTorch's default since 2.9; ~15 s even for a tiny CNN on two CPU cores).
-    """
-    import io
-
-    import onnx
-
-    if dynamo:
-        program = torch.onnx.export(
-            wrapper, (example,), dynamo=True, opset_version=opset, input_names=[INPUT], output_names=[OUTPUT],
-            dynamic_shapes={INPUT: {0: torch.export.Dim("batch", min=1, max=4096)}}, external_data=False,
-            verbose=False)
-        return program.model_proto
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its deprecation
-        torch.onnx.export(wrapper, (example,), buffer, dynamo=False, opset_version=opset, input_names=[INPUT],
-                          output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
-    return onnx.load_from_string(buffer.getvalue())
 
 
 def export_onnx(bundle: Bundle | str | Path, out: str | Path, opset: int = OPSET, dynamo: bool = False,
@@ -91,14 +45,11 @@ def export_onnx(bundle: Bundle | str | Path, out: str | Path, opset: int = OPSET
 
     model = as_bundle(bundle)
     profile = load_site(model.path, site, model.card) if site else None
-    wrapper = _Deployed(model).eval()
-    size = int(model.card["image_size"])
-    example = torch.zeros(2, 1, size, size, dtype=torch.uint8)
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise ModelError(f"{out}: an ONNX export needs a file name ending in .onnx")
     try:
-        proto = _to_proto(wrapper, example, opset, dynamo)
+        proto = graph_proto(model, uint8=True, opset=opset, dynamo=dynamo)
     except Exception as exc:  # noqa: BLE001 - the exporters raise many types; the user needs the model and reason
         raise ModelError(f"{model.path}: ONNX export of {model.card['architecture']!r} failed "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from exc

@@ -167,11 +167,11 @@ class BundlePyfunc(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
-        from chestxray.inference.predict import torch_scorer
-        from chestxray.models.bundle import load_bundle
+        from chestxray.inference.engines import bundle_scorer
 
-        self.bundle = load_bundle(context.artifacts[ARTIFACT])
-        self.scorer = torch_scorer(self.bundle, device="cpu")  # the TTA the stored thresholds were chosen with
+        # the TTA the stored thresholds were chosen with, on the CPU through the bundle's ONNX graph (cached beside
+        # it when evaluate ran, so the artifact carries it; else exported now), PyTorch where it cannot be exported
+        self.scorer = bundle_scorer(context.artifacts[ARTIFACT], device="cpu")
         config = getattr(context, "model_config", None) or {}
         self.image_root = str(config["image_root"]) if config.get("image_root") else None
         allow = str(config.get("allow_paths", "auto")).strip().lower()
@@ -219,7 +219,7 @@ class BundlePyfunc(PythonModel):
 
     def _score_bytes(self, blobs: list[bytes], quiet: bool | None = None) -> np.ndarray:
         """Image files given as bytes, decoded in memory as serve decodes uploads; served, errors quote no content."""
-        card, quiet = self.bundle.card, serving() if quiet is None else quiet
+        card, quiet = self.scorer.card, serving() if quiet is None else quiet
         squares = []
         for i, blob in enumerate(blobs):
             try:
@@ -233,4 +233,4 @@ class BundlePyfunc(PythonModel):
         return self.scorer.score(np.stack(squares))
 
     def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ANN001
-        return pd.DataFrame(self._score(model_input), columns=[f"p_{x}" for x in self.bundle.labels])
+        return pd.DataFrame(self._score(model_input), columns=[f"p_{x}" for x in self.scorer.labels])

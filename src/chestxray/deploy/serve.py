@@ -35,8 +35,9 @@ from starlette.requests import ClientDisconnect
 from chestxray.data.tasks import is_multiclass
 from chestxray.deploy.security import SecurityMiddleware, WebPolicy, page_csp
 from chestxray.deploy.uploads import Limits, UploadError, decode_for_model, keep_upload
+from chestxray.inference.engines import bundle_scorer
 from chestxray.inference.ood import is_unusual
-from chestxray.inference.predict import as_bundle, normalize_for_model, torch_scorer
+from chestxray.inference.predict import as_bundle, normalize_for_model
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +129,12 @@ def favicon_png() -> bytes:
 class ModelService:
     """The loaded bundle, its limits and a lock: scores and overlays for uploaded bytes."""
 
-    def __init__(self, bundle: Any, limits: Limits, keep_uploads: Path | None = None, site: str | None = None) -> None:
+    def __init__(self, bundle: Any, limits: Limits, keep_uploads: Path | None = None, site: str | None = None,
+                 engine: str = "auto") -> None:
         self.bundle = as_bundle(bundle)
         self.labels = list(self.bundle.labels)
-        self.scorer = torch_scorer(self.bundle, device="cpu")  # the one scoring path, with the stored TTA
+        # the one scoring path, with the stored TTA, on the CPU: the cached ONNX graph unless engine is 'torch'
+        self.scorer = bundle_scorer(self.bundle, device="cpu", engine=engine)
         if site is not None:  # the site profile's probabilities and thresholds (chestxray.inference.site)
             from chestxray.inference.site import load_site, site_scorer
 
@@ -226,12 +229,13 @@ class ModelService:
 
 
 def create_app(bundle: Any, limits: Limits | None = None, keep_uploads: str | Path | None = None,
-               policy: WebPolicy | None = None, site: str | None = None) -> FastAPI:
+               policy: WebPolicy | None = None, site: str | None = None, engine: str = "auto") -> FastAPI:
     """The FastAPI app serving one bundle (folder, run folder or loaded Bundle) under a WebPolicy (default: loopback
-    names only); `site` names a site profile stored beside the bundle (its probabilities and thresholds)."""
+    names only); `site` names a site profile stored beside the bundle (its probabilities and thresholds); `engine`
+    scores (chestxray.inference.engines; Grad-CAM overlays always use PyTorch)."""
     from fastapi.openapi.docs import get_swagger_ui_html
 
-    service = ModelService(bundle, limits or Limits(), Path(keep_uploads) if keep_uploads else None, site)
+    service = ModelService(bundle, limits or Limits(), Path(keep_uploads) if keep_uploads else None, site, engine)
     app = FastAPI(title="chestxray", version=str(service.card.get("versions", {}).get("chestxray", "")),
                   description=f"Try the {service.card['architecture']} model: probabilities per finding and "
                               "Grad-CAM overlays for uploaded chest X-rays. " + service.note(),
@@ -349,7 +353,7 @@ def is_loopback(host: str) -> bool:
 def serve(bundle: Any, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
           keep_uploads: str | Path | None = None, log_level: str = "warning", allowed_hosts: tuple[str, ...] = (),
           allowed_origins: tuple[str, ...] = (), read_timeout: float = 30.0, max_connections: int = 64,
-          site: str | None = None) -> None:
+          site: str | None = None, engine: str = "auto") -> None:
     """Run the app with uvicorn until interrupted (one process).
 
     Requests must arrive within `read_timeout` seconds each (chestxray.deploy.http_limits); beyond
@@ -366,6 +370,6 @@ def serve(bundle: Any, host: str = "127.0.0.1", port: int = 8000, limits: Limits
                     "the model card; put it behind an authenticating proxy, or use the default --host 127.0.0.1",
                     host, port)
     policy = WebPolicy(hosts_for(host, allowed_hosts), tuple(allowed_origins))
-    uvicorn.run(create_app(bundle, limits, keep_uploads, policy, site), host=host, port=port, log_level=log_level,
+    uvicorn.run(create_app(bundle, limits, keep_uploads, policy, site, engine), host=host, port=port, log_level=log_level,
                 access_log=False, http=deadline_protocol(read_timeout), ws="none", limit_concurrency=max_connections,
                 timeout_keep_alive=5, server_header=False)

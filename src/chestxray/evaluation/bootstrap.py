@@ -115,14 +115,16 @@ class SortedTask:
     product) and a few over the positives.
     """
 
-    def __init__(self, y: np.ndarray, score: np.ndarray, codes: np.ndarray) -> None:
+    def __init__(self, y: np.ndarray, score: np.ndarray, codes: np.ndarray, n_units: int | None = None) -> None:
+        """n_units: the number of units the replicate counts cover (default: the highest code + 1); give it when
+        the task holds a subset of the units (a finding annotated for some images only)."""
         y = np.asarray(y).ravel().astype(bool)
         s = np.asarray(score, dtype=np.float64).ravel()
         codes = np.asarray(codes).ravel()
         order = np.argsort(s[y], kind="stable")
         sp = s[y][order]
         self.pos_codes = codes[y][order]
-        self.n_units = int(codes.max()) + 1 if codes.size else 0
+        self.n_units = n_units if n_units is not None else (int(codes.max()) + 1 if codes.size else 0)
         n_gaps = sp.size + 1
         neg_s, neg_c = s[~y], codes[~y]
         shape = (n_gaps, self.n_units)

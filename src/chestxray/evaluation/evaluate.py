@@ -22,7 +22,7 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 from chestxray.data.tasks import DECISION_RULE, is_multiclass
-from chestxray.errors import DataError, DiskFullError
+from chestxray.errors import ConfigError, DataError, DiskFullError
 from chestxray.evaluation import plots
 from chestxray.evaluation.metrics import Summary, summarize, undefined_reason
 from chestxray.evaluation.multiclass import MulticlassMetrics, multiclass_summary
@@ -64,6 +64,7 @@ class EvalResult:
     plots: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # caveats the user should read (e.g. not the training data)
     multiclass: MulticlassMetrics | None = None  # accuracy, balanced accuracy, K x K confusion (multiclass tasks)
+    by_source: dict[str, Summary] = field(default_factory=dict)  # a multi-source dataset: each source alone
 
     @property
     def macro_auroc(self) -> float | None:
@@ -90,6 +91,9 @@ def _check_frame(frame: pd.DataFrame, labels: Sequence[str], what: str) -> None:
 
 def roc_table(y_true: np.ndarray, y_score: np.ndarray) -> pd.DataFrame:
     """fpr, tpr, threshold of one finding's ROC curve (empty when it has no positives or no negatives)."""
+    y_true, y_score = np.asarray(y_true, dtype=np.float64), np.asarray(y_score, dtype=np.float64)
+    keep = ~np.isnan(y_true)  # a merged dataset: images that do not annotate the finding are left out
+    y_true, y_score = y_true[keep], y_score[keep]
     if undefined_reason(y_true) is not None:
         return pd.DataFrame(columns=["fpr", "tpr", "threshold"])
     fpr, tpr, thr = roc_curve(y_true, y_score)
@@ -110,6 +114,7 @@ def evaluate_predictions(
     extra: dict[str, Any] | None = None,
     task: str = "multilabel",
     before_commit: Callable[[EvalResult], None] | None = None,
+    threshold_sources: Sequence[str] | None = None,
 ) -> EvalResult:
     """Choose thresholds on `val`, apply them to `scored` (the evaluated split) and write every output to out_dir.
 
@@ -118,7 +123,10 @@ def evaluate_predictions(
     accuracy and the K x K confusion matrix (metrics.json 'multiclass', confusion.png).
     out_dir is written as a whole (chestxray.files.atomic_folder): a killed evaluation leaves the previous folder
     or none, never a mix. `before_commit` runs on the finished result (still in the temporary folder) before it
-    replaces out_dir.
+    replaces out_dir. A multi-source dataset (a `source` column) is also summarised per source (by_source;
+    metrics.json 'by_source', summary_by_source.csv), each finding only where annotated; `threshold_sources` keeps
+    the validation images of those sources for the threshold choice (a run trained on some sources chooses its
+    thresholds on its own validation images).
     """
     labels = list(labels)
     method = parse_method(threshold_method)
@@ -127,6 +135,8 @@ def evaluate_predictions(
     multi = is_multiclass(task)
     if split == "val" and not multi:
         log.warning("evaluating on the validation split, where the thresholds were chosen: metrics are optimistic")
+    if threshold_sources and "source" in val:
+        val = val[val["source"].isin(list(threshold_sources))]
     thresholds = {} if multi else thresholds_from_frame(val, labels, method)
     method = DECISION_RULE if multi else f"{method} on val"
     y_true = scored[labels].to_numpy()
@@ -137,9 +147,15 @@ def evaluate_predictions(
         summary, mc = multiclass_summary(y_true, y_score, labels, patients, n_boot=n_boot, seed=seed)
     else:
         summary = summarize(y_true, y_score, labels, patients, thresholds, n_boot=n_boot, seed=seed)
+    by_source = {} if multi else source_summaries(scored, labels, thresholds, n_boot, seed)
+    extra = {**(extra or {}), **({"threshold_sources": list(threshold_sources)} if threshold_sources else {}),
+             **({"by_source": {k: v.to_dict() for k, v in by_source.items()}} if by_source else {})}
     with atomic_folder(out_dir) as out:
         result = _write_outputs(out, val, scored, labels, summary, mc, thresholds, method, split, task, tta,
                                 history, extra)
+        result.by_source = by_source
+        if by_source:
+            write_csv(out / "summary_by_source.csv", by_source_frame(by_source))
         if before_commit is not None:
             before_commit(result)
     final = Path(out_dir)
@@ -147,11 +163,31 @@ def evaluate_predictions(
                                plots={k: final / p.relative_to(out) for k, p in result.plots.items()})
 
 
+def source_summaries(scored: pd.DataFrame, labels: Sequence[str], thresholds: dict[str, float], n_boot: int,
+                     seed: int) -> dict[str, Summary]:
+    """A Summary per source of a multi-source predictions frame (column `source`, two or more values), each finding
+    over that source's images that annotate it; {} otherwise."""
+    if "source" not in scored or scored["source"].nunique() < 2:
+        return {}
+    out = {}
+    for name, part in scored.groupby("source", sort=True):
+        out[str(name)] = summarize(part[list(labels)].to_numpy(dtype=float),
+                                   part[[f"p_{x}" for x in labels]].to_numpy(), list(labels),
+                                   part["patient_id"].astype(str).tolist(), thresholds, n_boot=n_boot, seed=seed)
+    return out
+
+
+def by_source_frame(by_source: dict[str, Summary]) -> pd.DataFrame:
+    """summary_by_source.csv: every source's summary rows with a leading `source` column."""
+    return pd.concat([s.to_frame().assign(source=name)[["source", *s.to_frame().columns]]
+                      for name, s in by_source.items()], ignore_index=True)
+
+
 def _write_outputs(out: Path, val: pd.DataFrame, scored: pd.DataFrame, labels: list[str], summary: Summary,
                    mc: MulticlassMetrics | None, thresholds: dict[str, float], method: str, split: str, task: str,
                    tta: str, history: str | Path | None, extra: dict[str, Any] | None) -> EvalResult:
     """Every table, metrics.json and plot of an evaluation into the (empty) folder `out`."""
-    y_true = scored[labels].to_numpy()
+    y_true = scored[labels].to_numpy(dtype=float)
     y_score = scored[[f"p_{x}" for x in labels]].to_numpy()
     write_csv(out / "predictions.csv", scored)
     write_csv(out / "val_predictions.csv", val)
@@ -200,39 +236,47 @@ def evaluate_run(
     device: str | None = None,
     verify_checksums: bool | None = None,
     ood: bool = True,
+    engine: str = "auto",
 ) -> EvalResult:
     """Predict val and `split` with RUN/bundle, choose thresholds on val, store them in the card, write RUN/eval/.
 
     `prepared` defaults to the folder recorded in the bundle card. The shards of both splits are checked first:
     sizes always, sha256 when `verify_checksums` (None: for a local folder, not for a URL). `ood` also fits the
     bundle's out-of-distribution reference on the train and val splits (chestxray.evaluation.ood_fit:
-    ood.safetensors + ood.json beside the weights), which predict and serve read.
+    ood.safetensors + ood.json beside the weights), which predict and serve read. `engine`: what runs the network
+    (chestxray.inference.engines: ONNX Runtime on the CPU by default, PyTorch on a GPU).
     """
     from chestxray.data.shards import read_manifest
     from chestxray.evaluation.thresholds import store_thresholds
     from chestxray.evaluation.validity import findings_block
-    from chestxray.models.model_card import model_card
+    from chestxray.inference.engines import bundle_backend
     from chestxray.inference.predict import fingerprint_note, predict_split
+    from chestxray.inference.runtime import check_engine
     from chestxray.inference.tta import check_tta
     from chestxray.locks import folder_lock
     from chestxray.models.bundle import CARD, load_bundle, read_card, update_card
+    from chestxray.models.model_card import model_card
 
     method = parse_method(threshold_method)  # fail fast on bad options, before loading anything
     check_tta(tta)
+    check_engine(engine)
     run = Path(run_dir)
     if not (run / "bundle").is_dir():
         raise DataError(f"{run}: no bundle/ folder; is this a training run folder (chestxray train ... writes one)?")
     bundle = load_bundle(run / "bundle")
     labels = list(bundle.labels)
     verify = {True: "checksums", False: "sizes", None: "auto"}[verify_checksums]
-    kwargs = dict(batch_size=batch_size, tta=tta, num_workers=num_workers, device=device, verify=verify)
+    backend = bundle_backend(bundle, device, engine)  # one graph (or network) for val, the split and the OOD fit
+    kwargs = dict(batch_size=batch_size, tta=tta, num_workers=num_workers, verify=verify, backend=backend)
     val = predict_split(bundle, prepared, "val", **kwargs)
     scored = val if split == "val" else predict_split(bundle, prepared, split, **kwargs)
     source = str(prepared or bundle.card.get("prepared"))
     manifest = read_manifest(source)
     note = fingerprint_note(bundle, manifest, source)
-    if note:
-        log.warning(note)
+    if note:  # its val split would re-choose, and overwrite, the thresholds the run chose on its own validation
+        raise ConfigError(f"{note}; evaluating on it here would overwrite the bundle's thresholds and metrics. Score "
+                          f"it as external data instead: chestxray evaluate {run} --data {source} (in Python: "
+                          "chestxray.evaluate_external), which keeps the bundle as it is")
     trained = bundle.card.get("data_fingerprint")
     extra = {"run": str(run), "bundle": str(bundle.path), "prepared": source, "data_fingerprint": trained,
              "prepared_fingerprint": manifest.get("fingerprint"),
@@ -245,6 +289,9 @@ def evaluate_run(
         headline = {r.name: r.auroc.value for r in result.summary.rows}
         evaluation = {"split": split, "tta": tta, "macro_auroc": result.macro_auroc, "auroc": headline,
                       "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        if result.by_source:  # each source alone, where it annotates (a merged dataset)
+            evaluation["by_source"] = {k: {r.name: r.auroc.value for r in v.rows if r.kind == "finding" and r.n}
+                                       for k, v in result.by_source.items()}
         if result.multiclass is not None:
             evaluation.update(accuracy=result.multiclass.accuracy.value,
                               balanced_accuracy=result.multiclass.balanced_accuracy.value)
@@ -263,7 +310,8 @@ def evaluate_run(
         remove_leftovers(bundle.path / CARD)  # a card update cut short by a kill left its temporary file
         try:
             result = evaluate_predictions(val, scored, labels, run / EVAL_DIR, split, method, tta,
-                                          run / "metrics.csv", n_boot, seed, extra, task=task, before_commit=finish)
+                                          run / "metrics.csv", n_boot, seed, extra, task=task, before_commit=finish,
+                                          threshold_sources=trained_sources(bundle.card))
         except Exception as exc:  # outputs go to a temporary folder and the card is replaced whole: nothing changed
             if disk_full(exc) is None:
                 raise
@@ -273,11 +321,18 @@ def evaluate_run(
         if ood:
             from chestxray.evaluation.ood_fit import fit_ood
 
-            fit_ood(bundle, prepared, tta=tta, batch_size=batch_size)
+            fit_ood(bundle, prepared, tta=tta, batch_size=batch_size, backend=backend)
     result.notes.extend([note] if note else [])
     log.info("evaluated %s on %s: macro AUROC %s", run, split, result.macro_auroc)
     _to_mlflow(run, result)
     return result
+
+
+def trained_sources(card: dict[str, Any]) -> list[str] | None:
+    """The sources a run trained (and validated) on when it used only some of its dataset's sources, else None."""
+    info = card.get("sources") or {}
+    chosen, every = info.get("trained_on") or [], info.get("all") or []
+    return list(chosen) if chosen and set(chosen) != set(every) else None
 
 
 def _to_mlflow(run: Path, result: EvalResult) -> None:

@@ -194,6 +194,27 @@ def check_arrays(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray]:
     return t.astype(np.uint8), s
 
 
+def check_with_missing(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Like check_arrays, but y_true may hold NaN where a label is missing (a merged dataset whose source does not
+    annotate it): returns y_true float64 (N, L) of 0/1/NaN and y_score float64 (N, L)."""
+    t = np.asarray(y_true, dtype=np.float64)
+    if t.ndim == 1:
+        t = t[:, None]
+    given = ~np.isnan(t)
+    filled, s = check_arrays(np.where(given, t, 0), y_score)
+    return np.where(given, filled, np.nan), s
+
+
+def annotated(y_true: np.ndarray, y_score: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Finding j's labels (uint8) and scores on the images where it is annotated, and that (N,) mask; y_true from
+    check_with_missing."""
+    mask = ~np.isnan(y_true[:, j])
+    return y_true[mask, j].astype(np.uint8), y_score[mask, j], mask
+
+
+NOT_ANNOTATED = "not annotated for any image here (the source does not label it)"
+
+
 def undefined_reason(y_true: Any) -> str | None:
     """Why AUROC is undefined for one finding's labels (no positives / no negatives), or None if it is defined."""
     y = np.asarray(y_true).ravel()
@@ -339,7 +360,7 @@ def summarize(
     `min_patients` positive or negative patients gets no interval (chestxray.evaluation.sample_rule). Threshold
     metrics use `thresholds` (label -> probability; score >= t is positive).
     """
-    t, s = check_arrays(y_true, y_score)
+    t, s = check_with_missing(y_true, y_score)  # NaN: missing for that image, left out of that finding's metrics
     labels = list(labels)
     if t.shape[1] != len(labels):
         raise DataError(f"{len(labels)} label names for arrays of shape {t.shape}; they must match")
@@ -349,16 +370,19 @@ def summarize(
         raise DataError(f"ci must be in (0, 1); got {ci}")
     n, n_lab = t.shape
     multi = n_lab > 1
-    norm_t, norm_s = normal_truth_and_score(t, s)
+    given = ~np.isnan(t)
+    norm_t, norm_s, norm_m = normal_with_missing(t, s)
 
     # Bootstrap (chestxray.evaluation.bootstrap): per-patient counts from a stratified resampling that keeps
     # every defined task defined; each task (finding, micro pool, normal) is sorted once and scored for all
-    # replicates with a few vectorised passes.
+    # replicates with a few vectorised passes. A finding's task holds the images that annotate it (all of them
+    # unless the dataset leaves labels missing).
     codes, n_pat = patient_codes(patient_ids)
-    tasks = [(t[:, j], s[:, j], codes) for j in range(n_lab)]
+    tasks = [(t[given[:, j], j].astype(np.uint8), s[given[:, j], j], codes[given[:, j]]) for j in range(n_lab)]
     if multi:
-        tasks.append((t.ravel("F"), s.ravel("F"), np.tile(codes, n_lab)))  # micro: every (image, finding) pair
-        tasks.append((norm_t, norm_s, codes))
+        flat = given.ravel("F")  # micro: every annotated (image, finding) pair
+        tasks.append((t.ravel("F")[flat].astype(np.uint8), s.ravel("F")[flat], np.tile(codes, n_lab)[flat]))
+        tasks.append((norm_t, norm_s, codes[norm_m]))
     sides = [class_patients(y, c, n_pat) for y, _, c in tasks]
     short = [too_few(p, q, "an interval", min_patients) for p, q in sides]
     keep = [patient_property(y == v, c, n_pat) for y, _, c in tasks if undefined_reason(y) is None for v in (0, 1)]
@@ -367,37 +391,44 @@ def summarize(
     roc_reps = np.full((n_boot, len(tasks)), np.nan)
     pr_reps = np.full((n_boot, len(tasks)), np.nan)
     for k, (y, sc, c) in enumerate(tasks):
-        roc_reps[:, k], pr_reps[:, k] = SortedTask(y, sc, c).replicates(counts)
+        roc_reps[:, k], pr_reps[:, k] = SortedTask(y, sc, c, n_pat).replicates(counts)
 
     thresholds = thresholds or {}
     rows: list[FindingMetrics] = []
     for j, name in enumerate(labels):
-        roc, pr, reason = _curve_intervals(t[:, j], s[:, j], roc_reps[:, j], pr_reps[:, j], ci,
-                                           f"no positives among {n} images", short[j])
+        y, score, _ = tasks[j]
+        m = len(y)
+        roc, pr, reason = _curve_intervals(y, score, roc_reps[:, j], pr_reps[:, j], ci,
+                                           f"no positives among {m} images", short[j])
+        if m == 0:
+            reason = NOT_ANNOTATED
+            roc, pr = Interval(None, reason=reason), Interval(None, reason=reason)
         thr = thresholds.get(name)
         rows.append(
             FindingMetrics(
                 name=name,
                 kind="finding",
-                n=n,
-                positives=int(t[:, j].sum()),
+                n=m,
+                positives=int(y.sum()),
                 auroc=roc,
                 auprc=pr,
                 positive_patients=sides[j][0],
                 negative_patients=sides[j][1],
                 threshold=thr,
-                counts=threshold_counts(t[:, j], s[:, j], thr) if thr is not None else None,
-                ece=expected_calibration_error(t[:, j], s[:, j], n_bins) if n else None,
-                note=reason or "",
+                counts=threshold_counts(y, score, thr) if thr is not None and m else None,
+                ece=expected_calibration_error(y, score, n_bins) if m else None,
+                note="; ".join(x for x in (reason, f"{n - m} of {n} images do not annotate it (left out)"
+                                            if 0 < m < n else "") if x),
             )
         )
     if multi:
         findings = list(rows)
         rows.extend(macro_rows(findings, roc_reps[:, :n_lab], pr_reps[:, :n_lab], ci, n, short[:n_lab], min_patients))
-        rows.append(_micro_row(t, s, findings, roc_reps[:, n_lab], pr_reps[:, n_lab], ci, n_bins, sides[n_lab],
-                               short[n_lab]))
-        rows.append(_normal_row(s, norm_t, norm_s, thresholds, labels, roc_reps[:, n_lab + 1], pr_reps[:, n_lab + 1],
-                                ci, sides[n_lab + 1], short[n_lab + 1]))
+        rows.append(_micro_row(tasks[n_lab][0], tasks[n_lab][1], n_lab, findings, roc_reps[:, n_lab],
+                               pr_reps[:, n_lab], ci, n_bins, sides[n_lab], short[n_lab]))
+        rows.append(_normal_row(s[norm_m], norm_t, norm_s, thresholds, labels, roc_reps[:, n_lab + 1],
+                                pr_reps[:, n_lab + 1], ci, sides[n_lab + 1], short[n_lab + 1],
+                                missing=not given.all()))
     return Summary(rows, n_images=n, n_patients=n_pat, n_boot=n_boot, ci=ci, seed=seed,
                    strata=int(strata.max()) + 1 if n_pat else 0, min_patients=min_patients)
 
@@ -471,11 +502,11 @@ def _mean_row(
 
 
 def _micro_row(
-    t: np.ndarray, s: np.ndarray, rows: list[FindingMetrics], roc_reps: np.ndarray, pr_reps: np.ndarray,
-    ci: float, n_bins: int, sides: tuple[int, int], short: str | None,
+    flat_t: np.ndarray, flat_s: np.ndarray, n_labels: int, rows: list[FindingMetrics], roc_reps: np.ndarray,
+    pr_reps: np.ndarray, ci: float, n_bins: int, sides: tuple[int, int], short: str | None,
 ) -> FindingMetrics:
-    """All (image, finding) pairs pooled into one binary problem; counts pooled over thresholded findings."""
-    flat_t, flat_s = t.ravel("F"), s.ravel("F")
+    """All annotated (image, finding) pairs pooled into one binary problem; counts pooled over thresholded
+    findings."""
     roc, pr, _ = _curve_intervals(flat_t, flat_s, roc_reps, pr_reps, ci, "no positives in any finding", short)
     have = [r.counts for r in rows if r.counts is not None]
     return FindingMetrics(
@@ -489,14 +520,24 @@ def _micro_row(
         negative_patients=sides[1],
         counts=counts_to_rates(*_pooled_counts(have)) if have else None,
         ece=expected_calibration_error(flat_t, flat_s, n_bins),
-        note=f"all {t.shape[1]} findings pooled ({flat_t.size} image-finding pairs)",
+        note=f"all {n_labels} findings pooled ({flat_t.size} annotated image-finding pairs)",
     )
+
+
+def normal_with_missing(t: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """'Normal' where labels may be missing (NaN): truth 1 when every annotated label is 0, 0 when one is 1; images
+    annotating no label are left out (the returned (N,) mask keeps the others). Score 1 - max(p) over all labels.
+    With nothing missing this is normal_truth_and_score on every image."""
+    given = ~np.isnan(t)
+    keep = given.any(1)
+    positive = (np.where(given, t, 0) == 1).any(1)
+    return (~positive[keep]).astype(np.uint8), 1.0 - s[keep].max(1), keep
 
 
 def _normal_row(
     s: np.ndarray, norm_t: np.ndarray, norm_s: np.ndarray, thresholds: dict[str, float],
     labels: list[str], roc_reps: np.ndarray, pr_reps: np.ndarray, ci: float, sides: tuple[int, int],
-    short: str | None,
+    short: str | None, missing: bool = False,
 ) -> FindingMetrics:
     """'No Finding' detection: scored by 1 - max(p); predicted normal when no finding passes its threshold."""
     roc, pr, reason = _curve_intervals(norm_t, norm_s, roc_reps, pr_reps, ci, "no normal images", short)
@@ -519,6 +560,7 @@ def _normal_row(
         positive_patients=sides[0],
         negative_patients=sides[1],
         counts=counts,
-        note=f"No Finding = all labels 0; score = {NORMAL_SCORE}; predicted normal when no finding passes its threshold"
-        + (f"; {reason}" if reason else ""),
+        note=(f"No Finding = all labels 0{' (among those the image annotates)' if missing else ''}; score = "
+              f"{NORMAL_SCORE}; predicted normal when no finding passes its threshold" + (f"; {reason}" if reason
+                                                                                           else "")),
     )

@@ -18,32 +18,35 @@ from chestxray.inference.ood import (
     FALSE_ALARM,
     TTA_VIEWS,
     OodReference,
-    feature_tap,
     fit_reference,
     mean_over_views,
     save_reference,
 )
+from chestxray.inference.scoring import Backend
 
 log = logging.getLogger(__name__)
 
 
-def split_features(bundle: Any, prepared: str | Path, split: str, tta: str = "none",
-                   batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Features {layer: (N, D)} of a prepared split (chestxray.inference.ood.feature_tap), in stored order,
-    averaged over the TTA views."""
-    from chestxray.inference.predict import predict_split
+def split_features(bundle: Any, prepared: str | Path, split: str, tta: str = "none", batch_size: int = 64,
+                   backend: Backend | None = None) -> dict[str, np.ndarray]:
+    """Features {layer: (N, D)} of a prepared split, in stored order, averaged over the TTA views, read by the
+    backend's tap (the ONNX graph's feature outputs or chestxray.inference.ood.feature_tap's hooks)."""
+    from chestxray.inference.predict import predict_split, torch_backend
 
-    with feature_tap(bundle.net, bundle.card["architecture"]) as store:
-        predict_split(bundle, prepared, split, batch_size=batch_size, tta=tta)
+    if backend is None or backend.tap is None:
+        backend = torch_backend(bundle.net, bundle.card, "cpu")
+    with backend.tap() as store:
+        predict_split(bundle, prepared, split, batch_size=batch_size, tta=tta, backend=backend)
     return mean_over_views(store, TTA_VIEWS[tta])
 
 
 def fit_ood(bundle: Any, prepared: str | Path | None = None, tta: str = "none", false_alarm: float = FALSE_ALARM,
-            batch_size: int = 64) -> OodReference:
-    """Fit and store the OOD reference of a bundle from its prepared train and val splits; returns it."""
+            batch_size: int = 64, backend: Backend | None = None) -> OodReference:
+    """Fit and store the OOD reference of a bundle from its prepared train and val splits; returns it. `backend`:
+    the one evaluate scored with, when it can read features (else PyTorch on the CPU)."""
     prepared = prepared or bundle.card.get("prepared")
-    train = split_features(bundle, prepared, "train", tta, batch_size)
-    val = split_features(bundle, prepared, "val", tta, batch_size)
+    train = split_features(bundle, prepared, "train", tta, batch_size, backend)
+    val = split_features(bundle, prepared, "val", tta, batch_size, backend)
     ref = fit_reference(train, val, false_alarm, {"tta": tta, "prepared": str(prepared)})
     save_reference(ref, bundle.path)
     if ref.rate > ref.false_alarm:

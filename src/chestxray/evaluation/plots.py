@@ -18,9 +18,11 @@ from matplotlib.figure import Figure
 from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from chestxray.evaluation.metrics import (
+    NOT_ANNOTATED,
     Summary,
+    annotated,
     calibration_bins,
-    check_arrays,
+    check_with_missing,
     threshold_counts,
     undefined_reason,
 )
@@ -106,20 +108,22 @@ def plot_history(history: pd.DataFrame, out: str | Path) -> Path:
 
 def plot_roc_grid(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str], out: str | Path,
                   thresholds: dict[str, float] | None = None) -> Path:
-    """One ROC panel per finding with its AUROC and the operating point at the chosen threshold."""
-    t, s = check_arrays(y_true, y_score)
+    """One ROC panel per finding with its AUROC and the operating point at the chosen threshold (images where the
+    finding is missing, NaN, left out)."""
+    full_t, full_s = check_with_missing(y_true, y_score)
     fig, axes = _grid(len(labels))
     for j, (ax, name) in enumerate(zip(axes, labels)):
-        reason = undefined_reason(t[:, j])
+        y, score, _ = annotated(full_t, full_s, j)
+        reason = undefined_reason(y) if len(y) else NOT_ANNOTATED
         if reason:
             _na(ax, name, reason)
             continue
-        fpr, tpr, _ = roc_curve(t[:, j], s[:, j])
+        fpr, tpr, _ = roc_curve(y, score)
         area = float(auc(fpr, tpr))
         ax.plot(fpr, tpr, lw=1.4, color="tab:blue")
         ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
         if thresholds and name in thresholds:
-            c = threshold_counts(t[:, j], s[:, j], thresholds[name])
+            c = threshold_counts(y, score, thresholds[name])
             ax.plot(1 - (c.specificity or 0.0), c.sensitivity or 0.0, "o", color="tab:red", ms=6, clip_on=False,
                     zorder=3, label=f"t={thresholds[name]:.2f}")
             ax.legend(fontsize=7, loc="lower right")
@@ -142,18 +146,19 @@ def pr_steps(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.nd
 def plot_pr_grid(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str], out: str | Path,
                  thresholds: dict[str, float] | None = None) -> Path:
     """One precision-recall panel per finding (pr_steps: starting where the data does), with the prevalence (chance)
-    line and the operating point."""
-    t, s = check_arrays(y_true, y_score)
+    line and the operating point (images where the finding is missing, NaN, left out)."""
+    full_t, full_s = check_with_missing(y_true, y_score)
     fig, axes = _grid(len(labels))
     for j, (ax, name) in enumerate(zip(axes, labels)):
-        if t[:, j].sum() == 0:
-            _na(ax, name, f"no positives among {len(t)} images")
+        y, score, _ = annotated(full_t, full_s, j)
+        if y.sum() == 0:
+            _na(ax, name, f"no positives among {len(y)} images" if len(y) else NOT_ANNOTATED)
             continue
-        recall, precision = pr_steps(t[:, j], s[:, j])
+        recall, precision = pr_steps(y, score)
         ax.plot(recall, precision, drawstyle="steps-pre", lw=1.4, color="tab:purple")
-        ax.axhline(t[:, j].mean(), ls="--", lw=0.8, color="grey")
+        ax.axhline(y.mean(), ls="--", lw=0.8, color="grey")
         if thresholds and name in thresholds:
-            c = threshold_counts(t[:, j], s[:, j], thresholds[name])
+            c = threshold_counts(y, score, thresholds[name])
             if c.precision is not None:
                 ax.plot(c.sensitivity or 0.0, c.precision, "o", color="tab:red", ms=6, clip_on=False, zorder=3)
         ax.set_title(name, fontsize=9)
@@ -216,16 +221,21 @@ def plot_calibration(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[s
     its own labelled line (name and ECE), drawn only through bins holding at least `min_count` images, so a bin of one
     image does not jump to 0 or 1; with more findings only the pooled curve is drawn (per-finding ECE is in metrics).
     """
-    t, s = check_arrays(y_true, y_score)
+    full_t, full_s = check_with_missing(y_true, y_score)
+    given = ~np.isnan(full_t)
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_rel, ax_hist = fig.subplots(1, 2)
     ax_rel.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfect")
     if 1 < len(labels) <= max_lines:
         for j, name in enumerate(labels):
-            b = calibration_bins(t[:, j], s[:, j], n_bins)
+            y, score, _ = annotated(full_t, full_s, j)
+            if not len(y):
+                continue
+            b = calibration_bins(y, score, n_bins)
             ok = b.counts >= min_count
             ax_rel.plot(b.mean_prob[ok], b.frac_pos[ok], ".-", lw=1, alpha=0.7, label=f"{name} (ECE {b.ece:.3f})")
-    pooled = calibration_bins(t.ravel(), s.ravel(), n_bins)
+    s = full_s[given]  # annotated (image, finding) pairs
+    pooled = calibration_bins(full_t[given], s, n_bins)
     ok = pooled.counts > 0
     ax_rel.plot(pooled.mean_prob[ok], pooled.frac_pos[ok], "o-", lw=2, color="tab:red",
                 label=f"{'all findings pooled' if len(labels) > 1 else labels[0]} (ECE {pooled.ece:.3f})")

@@ -29,7 +29,8 @@ def score_site(bundle: Any, data: str | Path, tta: str, batch_size: int = 64, wo
     """One row per usable site image: image_id, patient_id, the 0/1 label columns and p_<label> (raw model
     probabilities), plus in_distribution / unusual for catalog images when the bundle has an OOD reference;
     unreadable catalog images are left out with a warning naming them."""
-    from chestxray.inference.predict import predict_split, torch_scorer
+    from chestxray.inference.engines import bundle_scorer
+    from chestxray.inference.predict import predict_split
     from chestxray.inference.stream import iter_predictions
 
     labels = list(bundle.labels)
@@ -43,11 +44,10 @@ def score_site(bundle: Any, data: str | Path, tta: str, batch_size: int = 64, wo
     from chestxray.data.catalog import load_catalog
 
     catalog = load_catalog(data)
-    if list(catalog.labels) != labels:
-        raise DataError(f"{data}: the catalog's labels {list(catalog.labels)} differ from the model's {labels}; build "
-                        "the site catalog with the model's label names (e.g. catalog csv --merge 'NAME=a,b')")
     table = catalog.table.reset_index(drop=True)
-    scorer = torch_scorer(bundle, tta=tta)
+    if list(catalog.labels) != labels:
+        table = _mapped_truth(table, catalog.labels, labels, str(data))
+    scorer = bundle_scorer(bundle, tta=tta)  # the engine for this machine (onnxruntime on a CPU)
     frames = list(iter_predictions(scorer, [Path(p) for p in table["path"]], batch_size=batch_size, workers=workers))
     scored = pd.concat(frames, ignore_index=True)
     ok = (scored["status"] == "ok").to_numpy()
@@ -59,6 +59,26 @@ def score_site(bundle: Any, data: str | Path, tta: str, batch_size: int = 64, wo
     extra = [c for c in ("in_distribution", "unusual") if c in scored]  # the bundle's OOD score, when it has one
     probs = scored.loc[ok, [f"p_{x}" for x in labels] + extra].reset_index(drop=True)
     return pd.concat([out, probs], axis=1)
+
+
+def _mapped_truth(table: pd.DataFrame, site_labels: Sequence[str], labels: list[str], where: str) -> pd.DataFrame:
+    """The site's labels read as the model's through the label vocabulary (chestxray.data.labelmap, as external
+    evaluation reads them), when every model label is then given for every site image; else a DataError."""
+    from chestxray.data.labelmap import model_targets, read_label_map, truth_for
+
+    label_map = read_label_map(None)
+    targets, _ = model_targets(labels, label_map)
+    sources = table["source"].astype(str).tolist() if "source" in table else ["site"] * len(table)
+    truth = truth_for(targets, table[list(site_labels)].to_numpy(dtype=float), list(site_labels), sources,
+                      label_map, where)
+    if len(targets) != len(labels) or np.isnan(truth).any():
+        raise DataError(f"{where}: the catalog's labels {list(site_labels)} differ from the model's {labels}, and "
+                        "the label vocabulary does not give every model label for every site image; build the site "
+                        "catalog with the model's label names (e.g. catalog csv --merge 'NAME=a,b')")
+    log.info("%s: site labels read as the model's through the label vocabulary: %s", where,
+             ", ".join(f"{m} <- {t}" for m, t in targets.items()))
+    return table.drop(columns=list(site_labels)).assign(**{m: truth[:, k].astype(np.uint8)
+                                                           for k, m in enumerate(targets)})
 
 
 def pick_labelled(frame: pd.DataFrame, labels: Sequence[str], n: int | None, seed: int = 0) -> np.ndarray:

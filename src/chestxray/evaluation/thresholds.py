@@ -18,7 +18,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from chestxray.errors import ConfigError
 from chestxray.evaluation.methods import METHODS, ThresholdMethod, parse_method  # noqa: F401 (re-exported)
-from chestxray.evaluation.metrics import check_arrays, undefined_reason
+from chestxray.evaluation.metrics import check_with_missing, undefined_reason
 from chestxray.inference.outputs import add_decisions
 from chestxray.models.bundle import update_card
 
@@ -28,10 +28,12 @@ FALLBACK = 0.5  # used for a label whose validation split has no positives or no
 
 
 def choose_threshold(y_true: Any, y_score: Any, method: str | ThresholdMethod = "youden") -> float:
-    """One finding's threshold on validation scores; FALLBACK (0.5) when it lacks positives or negatives."""
+    """One finding's threshold on validation scores (images where the label is missing, NaN, left out); FALLBACK
+    (0.5) when it lacks positives or negatives."""
     m = parse_method(method)
-    t, s = check_arrays(y_true, y_score)
-    t, s = t[:, 0], s[:, 0]
+    t, s = check_with_missing(y_true, y_score)
+    keep = ~np.isnan(t[:, 0])
+    t, s = t[keep, 0].astype(np.uint8), s[keep, 0]
     if undefined_reason(t) is not None:
         return FALLBACK
     if m.kind == "f1":
@@ -50,14 +52,15 @@ def choose_threshold(y_true: Any, y_score: Any, method: str | ThresholdMethod = 
 def choose_thresholds(
     y_true: Any, y_score: Any, labels: Sequence[str], method: str | ThresholdMethod = "youden"
 ) -> dict[str, float]:
-    """Thresholds per label from validation labels/scores (N, L); labels without both classes get 0.5 and a warning."""
+    """Thresholds per label from validation labels/scores (N, L), each on the images that annotate it (NaN:
+    missing); labels without both classes there get 0.5 and a warning."""
     m = parse_method(method)
-    t, s = check_arrays(y_true, y_score)
+    t, s = check_with_missing(y_true, y_score)
     if t.shape[1] != len(labels):
         raise ConfigError(f"{len(labels)} label names for validation arrays of shape {t.shape}; they must match")
     out: dict[str, float] = {}
     for j, name in enumerate(labels):
-        reason = undefined_reason(t[:, j])
+        reason = undefined_reason(t[~np.isnan(t[:, j]), j])
         if reason is not None:
             log.warning("threshold for %s set to %.2f: validation split has %s", name, FALLBACK, reason)
         out[name] = choose_threshold(t[:, j], s[:, j], m)

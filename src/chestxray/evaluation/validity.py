@@ -32,7 +32,9 @@ def threshold_status(val: pd.DataFrame, labels: Sequence[str], multiclass: bool 
     codes, n = patient_codes(val["patient_id"].astype(str).tolist())
     out: dict[str, dict[str, Any]] = {}
     for name in labels:
-        pos, neg = class_patients(val[name].to_numpy(), codes, n)
+        y = val[name].to_numpy(dtype=float)
+        given = ~np.isnan(y)  # a merged dataset: images whose source does not annotate the finding are left out
+        pos, neg = class_patients(y[given], codes[given], n)
         if multiclass:
             why = None
         elif pos == 0 or neg == 0:

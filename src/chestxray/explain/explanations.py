@@ -37,13 +37,13 @@ from chestxray.explain.localize import (
 from chestxray.explain.overlay import Caption, render_overlay, save_png
 from chestxray.explain.targets import explain_target  # noqa: F401 - part of this module's interface
 from chestxray.files import write_csv, write_text
+from chestxray.inference.engines import bundle_scorer
 from chestxray.inference.predict import (
     as_bundle,
     normalize_for_model,
     predict_split,
     resolve_device,
     score_columns,
-    torch_scorer,
 )
 from chestxray.inference.scoring import load_pixels
 from chestxray.models.bundle import Bundle
@@ -143,7 +143,8 @@ def explain_images(
     thresholds = model.card.get("thresholds") or {}
     multiclass = is_multiclass(model.card.get("task"))
     device = resolve_device()
-    scorer = torch_scorer(model, device=device)  # captions score as evaluate did: the stored TTA
+    # captions score as evaluate did (the stored TTA), on the CPU through the cached ONNX graph: no gradient needed
+    scorer = bundle_scorer(model, device=str(device))
     net = model.net.to(device).eval()
     size = int(model.card["image_size"])
     mode = model.card.get("resize", "pad")

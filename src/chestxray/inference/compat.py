@@ -18,7 +18,8 @@ def check_prepared_fits(card: dict[str, Any], manifest: dict[str, Any], prepared
     labels = list(card.get("labels") or [])
     if list(manifest["labels"]) != labels:
         raise ModelError(f"{prepared}: labels {list(manifest['labels'])} differ from the bundle's {labels} "
-                         f"({bundle_path}); evaluate on data prepared for this model")
+                         f"({bundle_path}); evaluate on data prepared for this model, or score it as external data "
+                         "with labels mapped through the vocabulary: chestxray evaluate RUN --data FOLDER")
     if int(manifest["image_size"]) != int(card["image_size"]):
         raise ModelError(f"{prepared}: images are {manifest['image_size']} px but the bundle {bundle_path} expects "
                          f"{card['image_size']} px; prepare the data with --size {card['image_size']}")

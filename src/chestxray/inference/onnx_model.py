@@ -1,10 +1,15 @@
-"""Run an exported ONNX model with onnxruntime: no torch at inference, the card read from the ONNX metadata.
+"""Run ONNX graphs with onnxruntime: an exported .onnx file (card read from its metadata; no torch), or a bundle's
+cached scoring graph (chestxray.inference.onnx_cache; the card read and checked by chestxray.models.bundle).
 
-onnx_backend plugs any onnxruntime session into the one scoring path (chestxray.inference.scoring)."""
+onnx_backend plugs any onnxruntime session into the one scoring path (chestxray.inference.scoring); graph outputs
+named feature.<layer> become the backend's OOD feature tap."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +19,32 @@ from chestxray.errors import ModelError
 from chestxray.inference.scoring import Backend, Scorer, make_scorer
 from chestxray.inference.site import SITE_KEY, site_from_json, site_scorer
 
+log = logging.getLogger(__name__)
+
 CARD_KEY = "chestxray_card"  # written by chestxray.deploy.onnx_export
+FEATURE_PREFIX = "feature."  # chestxray.inference.onnx_graph names the OOD feature outputs feature.<layer>
 
 
-def onnx_scorer(path: str | Path, tta: str | None = None) -> Scorer:
+def _session(model: Path | bytes, source: str | Path, threads: int | None = None) -> Any:
+    """An onnxruntime session (chestxray.inference.runtime.open_session), or ModelError in one line."""
+    from chestxray.inference.runtime import onnxruntime, open_session
+
+    onnxruntime()  # ModelError when it is not installed
+    try:
+        return open_session(model, threads)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types for damaged files
+        raise ModelError(f"{source}: not a loadable ONNX model ({' '.join(str(exc).split())[:300]}); "
+                         "export it again") from None
+
+
+def onnx_scorer(path: str | Path, tta: str | None = None, threads: int | None = None) -> Scorer:
     """A Scorer for a .onnx file exported by `chestxray export` (uint8 pixels in, probabilities out), scoring
     through the one path (chestxray.inference.scoring). tta None: the mode the stored thresholds were chosen with;
     another mode than theirs is refused, and so is 'crop' on a uint8 graph."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ModelError("onnxruntime is not installed; pip install onnxruntime") from None
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: ONNX file not found; export one with 'chestxray export BUNDLE --onnx {path.name}'")
-    try:
-        session = ort.InferenceSession(str(path), providers=ort.get_available_providers())
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types for damaged files
-        raise ModelError(f"{path}: not a loadable ONNX model ({' '.join(str(exc).split())[:300]}); "
-                         "export it again") from None
+    session = _session(path, path, threads)
     meta = session.get_modelmeta().custom_metadata_map
     if CARD_KEY not in meta:
         raise ModelError(f"{path}: no chestxray card in the ONNX metadata; export the model with 'chestxray export'")
@@ -45,13 +57,47 @@ def onnx_scorer(path: str | Path, tta: str | None = None) -> Scorer:
 
 def onnx_backend(session: Any) -> Backend:
     """The scoring Backend of an onnxruntime session whose graph takes grey levels (B, 1, S, S) and returns
-    probabilities (the card's normalisation and sigmoid inside, as chestxray.deploy.onnx_export writes it).
+    probabilities first (the card's normalisation and sigmoid inside, as chestxray.inference.onnx_graph writes it),
+    then optionally feature.<layer> outputs (B, D), read while the backend's tap is open.
 
     A uint8 input takes whole grey levels only (no 'crop' TTA); a float input takes any view."""
     entry = session.get_inputs()[0]
     dtype = np.uint8 if entry.type == "tensor(uint8)" else np.float32
+    names = [o.name for o in session.get_outputs()]
+    layers = [n[len(FEATURE_PREFIX):] for n in names if n.startswith(FEATURE_PREFIX)]
+    stores: list[dict[str, list[np.ndarray]]] = []  # the open tap's store, if any
 
     def forward(views: np.ndarray) -> np.ndarray:
-        return session.run(None, {entry.name: np.ascontiguousarray(views, dtype=dtype)})[0]
+        feed = {entry.name: np.ascontiguousarray(views, dtype=dtype)}
+        if not stores:
+            return session.run(names[:1], feed)[0]
+        outputs = session.run(names, feed)
+        for layer, values in zip(layers, outputs[1:]):
+            stores[-1][layer].append(np.asarray(values, dtype=np.float64))
+        return outputs[0]
 
-    return Backend("onnxruntime", forward, whole_levels=dtype == np.uint8)
+    @contextlib.contextmanager
+    def tap() -> Iterator[dict[str, list[np.ndarray]]]:
+        store: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+        stores.append(store)
+        try:
+            yield store
+        finally:
+            stores.remove(store)
+
+    return Backend("onnxruntime", forward, whole_levels=dtype == np.uint8, tap=tap if layers else None)
+
+
+def cached_backend(model: Any, threads: int | None = None, cache_dir: Path | None = None) -> Backend:
+    """The onnxruntime Backend of a bundle (folder, run folder or loaded Bundle) through its cached scoring graph,
+    exported first where there is none (chestxray.inference.onnx_cache). ModelError when it cannot be made."""
+    from chestxray.inference.onnx_cache import scoring_graph
+    from chestxray.models.bundle import bundle_folder, read_card
+
+    loaded = model if hasattr(model, "net") else None
+    folder = Path(loaded.path) if loaded is not None else bundle_folder(model)
+    card = loaded.card if loaded is not None else read_card(folder)
+    graph = scoring_graph(folder, card, bundle=loaded, cache_dir=cache_dir)
+    log.info("scoring %s with onnxruntime (graph %s: %s)", folder, "exported now" if graph.exported else "cached",
+             graph.where if isinstance(graph.model, bytes) else graph.model)
+    return onnx_backend(_session(graph.model, graph.model if isinstance(graph.model, Path) else folder, threads))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,30 +169,34 @@ def load_reference(bundle_dir: str | Path) -> OodReference | None:
                         {k: v for k, v in meta.items() if k not in known})
 
 
-def _pooled(output: Any) -> np.ndarray:
-    """A stage's output as one vector per image: the mean over space (B, C, H, W) or tokens (B, N, C)."""
+def _pooled(output: Any) -> Any:
+    """A stage's output as one float32 tensor (B, D) per image: the mean over space (B, C, H, W) or tokens (B, N, C)."""
     if isinstance(output, (tuple, list)):
         output = output[0]
-    x = output.detach().float()
-    x = x.mean((2, 3)) if x.ndim == 4 else x.mean(1) if x.ndim == 3 else x.flatten(1)
-    return x.cpu().numpy().astype(np.float64)
+    x = output.float()
+    return x.mean((2, 3)) if x.ndim == 4 else x.mean(1) if x.ndim == 3 else x.flatten(1)
+
+
+def _to_numpy(features: Any) -> np.ndarray:
+    return features.detach().cpu().numpy().astype(np.float64)
 
 
 @contextlib.contextmanager
-def feature_tap(net: Any, architecture: str) -> Iterator[dict[str, list[np.ndarray]]]:
+def feature_tap(net: Any, architecture: str, as_tensors: bool = False) -> Iterator[dict[str, list[Any]]]:
     """While open, every forward of `net` appends, per layer, its features (B, D) float64 to the yielded
     {layer: list}: each backbone stage's pooled output ('stage0', 'stage1', …) and the penultimate features (the
-    input of the registry's head layer). Forward hooks only: the network's outputs are untouched."""
+    input of the registry's head layer). Forward hooks only: the network's outputs are untouched. `as_tensors`:
+    float32 torch tensors still in the graph (for an ONNX export of the features) instead of arrays."""
     from chestxray.models.registry import backbone_blocks, head_module
 
+    convert = (lambda x: x) if as_tensors else _to_numpy
     stages = [blocks[-1] for blocks in backbone_blocks(net, architecture) if blocks]
-    store: dict[str, list[np.ndarray]] = {f"stage{i}": [] for i in range(len(stages))}
+    store: dict[str, list[Any]] = {f"stage{i}": [] for i in range(len(stages))}
     store[PENULTIMATE] = []
-    handles = [m.register_forward_hook(lambda mod, inp, out, key=f"stage{i}": store[key].append(_pooled(out)))
+    handles = [m.register_forward_hook(lambda mod, inp, out, key=f"stage{i}": store[key].append(convert(_pooled(out))))
                for i, m in enumerate(stages)]
     handles.append(head_module(net, architecture).register_forward_pre_hook(
-        lambda mod, inp: store[PENULTIMATE].append(inp[0].detach().flatten(1).float().cpu().numpy()
-                                                   .astype(np.float64))))
+        lambda mod, inp: store[PENULTIMATE].append(convert(inp[0].flatten(1).float()))))
     try:
         yield store
     finally:
@@ -213,15 +217,12 @@ def mean_over_views(store: dict[str, list[np.ndarray]], views: int) -> dict[str,
 
 @dataclass
 class OodProbe:
-    """A bundle's network and OOD reference: tap() records features while the Scorer runs its usual forwards,
-    scores() turns them into in-distribution scores."""
+    """A backend's feature tap and a bundle's OOD reference: tap() records features while the Scorer runs its usual
+    forwards (a PyTorch network's hooks, or an ONNX graph's feature outputs), scores() turns them into
+    in-distribution scores."""
 
-    net: Any
-    architecture: str
+    tap: Callable[[], contextlib.AbstractContextManager[dict[str, list[np.ndarray]]]]
     reference: OodReference
-
-    def tap(self) -> Any:
-        return feature_tap(self.net, self.architecture)
 
     def scores(self, store: dict[str, list[np.ndarray]], tta: str) -> np.ndarray:
         return self.reference.scores(mean_over_views(store, TTA_VIEWS[tta]))

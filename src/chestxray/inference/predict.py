@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,10 @@ import torch
 from chestxray.data.tasks import probabilities
 from chestxray.errors import ConfigError
 from chestxray.inference.compat import check_prepared_fits
-from chestxray.inference.ood import OodProbe, load_reference
-from chestxray.inference.scoring import Backend, Scorer, make_scorer, threshold_tta
+from chestxray.inference.engines import bundle_backend, bundle_scorer, with_ood
+from chestxray.inference.ood import feature_tap
+from chestxray.inference.runtime import check_engine
+from chestxray.inference.scoring import Backend, Scorer, make_scorer, pixel_hash, threshold_tta
 from chestxray.inference.stream import (  # noqa: F401 (public here too)
     PREDICTED_CLASS,
     ROW_COLUMNS,
@@ -74,7 +75,7 @@ def torch_backend(net: torch.nn.Module, card: dict[str, Any], device: str | torc
         inputs = normalize_for_model(torch.from_numpy(views), card).to(dev, non_blocking=True)
         return probabilities(net(inputs).float(), task).cpu().numpy()
 
-    return Backend("torch", forward)
+    return Backend("torch", forward, tap=lambda: feature_tap(net, card["architecture"]))
 
 
 def _check_prepared(bundle: Bundle, manifest: dict[str, Any], prepared: str) -> None:
@@ -100,19 +101,29 @@ def predict_split(
     num_workers: int = 0,
     device: str | torch.device | None = None,
     verify: str = "auto",
+    hashes: bool = False,
+    labels_fit: bool = True,
+    engine: str = "auto",
+    backend: Backend | None = None,
 ) -> pd.DataFrame:
     """Scores for every image of a prepared split, in stored order (the split's shards checked first, `verify` as in
     ChestXrayDataModule), through the one scoring path on the stored pixels.
 
-    Returns one row per image: image_id, patient_id, the true 0/1 label per label, and p_<label>.
+    Returns one row per image: image_id, patient_id, the true label per label (0/1; NaN where a merged dataset's
+    source does not annotate it), `source` when the dataset has several, `pixel_hash` with `hashes` (blake2b of the
+    stored pixels: the same image prepared the same way hashes the same), and p_<label>. labels_fit=False scores
+    data labelled otherwise (external validation maps the labels itself): its truth columns are the data's own.
     `prepared` defaults to the folder recorded in the bundle card. `tta` None: the card's stored mode; evaluate
-    passes its own (it re-chooses the thresholds on these scores).
+    passes its own (it re-chooses the thresholds on these scores). `engine` as in
+    chestxray.inference.engines.bundle_backend (ONNX Runtime on the CPU by default), or a ready `backend` of this
+    bundle (evaluate makes one for several splits).
     """
     from chestxray.data.datamodule import ChestXrayDataModule
 
     model = as_bundle(bundle)
     tta = threshold_tta(model.card) if tta is None else tta
     check_tta(tta)
+    check_engine(engine)
     prepared = prepared or model.card.get("prepared")
     if not prepared:
         raise ConfigError(f"{model.path}: the card records no prepared dataset; pass the PREPARED folder explicitly")
@@ -122,27 +133,43 @@ def predict_split(
             in_chans=int(model.card["in_chans"]), normalization=model.card["normalization"], verify=verify,
             verify_splits=(split,),
         )
-        _check_prepared(model, dm.manifest, str(prepared))
-        scorer = Scorer(card=model.card, backend=torch_backend(model.net, model.card, device), source=str(model.path),
-                        tta=tta)
+        if labels_fit:
+            _check_prepared(model, dm.manifest, str(prepared))
+        else:  # preprocessing must still match (size, resize, ...); the labels are mapped by the caller
+            _check_prepared(model, {**dm.manifest, "labels": list(model.labels)}, str(prepared))
+        backend = backend or bundle_backend(model, None if device is None else str(device), engine)
+        scorer = Scorer(card=model.card, backend=backend, source=str(model.path), tta=tta)
         ids: list[str] = []
         patients: list[str] = []
+        sources: list[str] = []
+        digests: list[str] = []
         truth: list[np.ndarray] = []
         scores: list[np.ndarray] = []
         for batch in dm.split_dataloader(split, pixels=True):  # uint8 (B, 1, S, S) as prepare stored them
-            scores.append(scorer.score(batch["image"][:, 0].numpy()))
+            pixels = batch["image"][:, 0].numpy()
+            scores.append(scorer.score(pixels))
             truth.append(batch["labels"].numpy())
             ids.extend(batch["image_id"])
             patients.extend(batch["patient_id"])
-    labels = list(model.labels)
-    log.info("predicted %d %s images of %s with tta=%s", len(ids), split, prepared, tta)
-    return _frame(ids, patients, labels, np.concatenate(truth), np.concatenate(scores))
+            sources.extend(batch["source"])
+            if hashes:
+                digests.extend(pixel_hash(p) for p in pixels)
+    truth_labels = list(model.labels) if labels_fit else list(dm.labels)
+    log.info("predicted %d %s images of %s with tta=%s (%s)", len(ids), split, prepared, tta, scorer.backend.name)
+    frame = _frame(ids, patients, truth_labels, np.concatenate(truth), np.concatenate(scores), list(model.labels))
+    if any(sources):
+        frame.insert(2, "source", sources)
+    if hashes:
+        frame.insert(2, "pixel_hash", digests)
+    return frame
 
 
-def _frame(ids: list[str], patients: list[str], labels: list[str], truth: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+def _frame(ids: list[str], patients: list[str], labels: list[str], truth: np.ndarray, scores: np.ndarray,
+           score_labels: list[str] | None = None) -> pd.DataFrame:
+    """image_id, patient_id, the truth per label (uint8 0/1, or float with NaN where missing), p_<label>."""
     frame = pd.DataFrame({"image_id": ids, "patient_id": patients})
-    frame[labels] = truth.astype(np.uint8)
-    frame[score_columns(labels)] = scores.astype(np.float64)
+    frame[labels] = truth if np.isnan(truth).any() else truth.astype(np.uint8)
+    frame[score_columns(score_labels or labels)] = scores.astype(np.float64)
     return frame
 
 
@@ -154,10 +181,7 @@ def torch_scorer(
     theirs is refused."""
     model = as_bundle(bundle)
     scorer = make_scorer(model.card, torch_backend(model.net, model.card, device), str(model.path), tta)
-    reference = load_reference(model.path)  # ood.safetensors + ood.json beside the weights, fitted by evaluate
-    if reference is None:
-        return scorer
-    return replace(scorer, ood=OodProbe(model.net, model.card["architecture"], reference))
+    return with_ood(scorer, model.path)  # ood.safetensors + ood.json beside the weights, fitted by evaluate
 
 
 def predict_images(
@@ -166,14 +190,16 @@ def predict_images(
     batch_size: int = 32,
     tta: str | None = None,
     device: str | torch.device | None = None,
+    engine: str = "auto",
 ) -> pd.DataFrame:
-    """Scores for image files (PNG/JPEG/DICOM), preprocessed as the bundle card says.
+    """Scores for image files (PNG/JPEG/DICOM), preprocessed as the bundle card says, on `engine`
+    (chestxray.inference.engines: ONNX Runtime on the CPU by default).
 
     Returns one row per path, in order: path, image_id (file stem), status ('ok' or 'quarantined'),
     reason (why a file could not be used, else ''), and p_<label> (empty for quarantined files); a multiclass bundle
     adds predicted_class (argmax; thresholds do not apply). Use chestxray.inference.stream.iter_predictions to stream many files batch by batch.
     """
-    scorer = torch_scorer(bundle, tta=tta, device=device)
+    scorer = bundle_scorer(as_bundle(bundle), tta=tta, device=None if device is None else str(device), engine=engine)
     frames = list(iter_predictions(scorer, [Path(p) for p in paths], batch_size=batch_size))
     if not frames:
         return pd.DataFrame(columns=[*ROW_COLUMNS, *score_columns(scorer.labels)])

@@ -15,6 +15,7 @@ Callers: evaluate, predict (bundle and .onnx), the MLflow pyfunc, serve and expl
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,13 @@ class Backend:
 
     The card's normalisation and the sigmoid (softmax for a multiclass card) happen inside. `whole_levels`: the
     backend takes whole grey levels only (an ONNX export with a uint8 input), so the interpolated 'crop' views
-    cannot be fed to it."""
+    cannot be fed to it. `tap`: opens a context in which every forward also appends, per OOD layer, its features
+    (B, D) to the yielded {layer: list} (chestxray.inference.ood); None where the backend cannot read them."""
 
     name: str
     forward: Callable[[np.ndarray], np.ndarray]
     whole_levels: bool = False
+    tap: Callable[[], AbstractContextManager[dict[str, list[np.ndarray]]]] | None = None
 
 
 def threshold_tta(card: dict[str, Any], requested: str | None = None) -> str:
@@ -73,6 +76,14 @@ def load_pixels(path: str | Path, card: dict[str, Any], max_pixels: int | None =
     check_input_file(Path(path))
     return load_square(path, int(card["image_size"]), card.get("resize", "pad"),
                        max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+
+
+def pixel_hash(pixels: np.ndarray) -> str:
+    """A short content hash of one image's model-input pixels, uint8 (S, S): the same image decoded and resized
+    the same way (by prepare or by load_pixels) hashes the same; used to find evaluation images a model trained on."""
+    import hashlib
+
+    return hashlib.blake2b(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes(), digest_size=12).hexdigest()
 
 
 def array_pixels(gray: np.ndarray, card: dict[str, Any]) -> np.ndarray:
@@ -134,14 +145,14 @@ class Scorer:
     and where it came from. Build it with make_scorer so the TTA matches the stored thresholds. `calibrate`: a map
     of the averaged probabilities (N, L) → (N, L) applied last, e.g. a site profile (chestxray.inference.site).
     `ood`: reads the network's features during those forwards to say how typical of the training images an input
-    is (chestxray.inference.ood; PyTorch bundles with a reference only)."""
+    is (chestxray.inference.ood; bundles with a reference only)."""
 
     card: dict[str, Any]
     backend: Backend
     source: str
     tta: str = "none"
     calibrate: Callable[[np.ndarray], np.ndarray] | None = None
-    ood: Any = None  # a torch bundle's OodProbe (chestxray.inference.ood): features read during the same forward
+    ood: Any = None  # an OodProbe (chestxray.inference.ood) on the backend's tap: features of the same forwards
 
     @property
     def false_alarm(self) -> float | None:

@@ -20,7 +20,7 @@ import pandas as pd
 from chestxray.data.tasks import is_multiclass
 from chestxray.errors import ConfigError, DataError, printable
 from chestxray.inference.ood import is_unusual
-from chestxray.inference.scoring import Scorer, load_pixels, threshold_tta  # noqa: F401 (public here too)
+from chestxray.inference.scoring import Scorer, load_pixels, pixel_hash, threshold_tta  # noqa: F401 (public here too)
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,12 @@ def _decode(path: Path, card: dict[str, Any]) -> tuple[np.ndarray | None, str]:
 
 
 def iter_predictions(scorer: Scorer, paths: Sequence[Path], batch_size: int = 32,
-                     workers: int = 4) -> Iterator[pd.DataFrame]:
-    """One frame per batch of paths, in order: path, image_id, status ('ok'|'quarantined'), reason, p_<label>."""
+                     workers: int = 4, hashes: bool = False) -> Iterator[pd.DataFrame]:
+    """One frame per batch of paths, in order: path, image_id, status ('ok'|'quarantined'), reason, p_<label>;
+    with `hashes` also pixel_hash (of the model-input pixels; '' for a quarantined file)."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    card, columns = scorer.card, [f"p_{name}" for name in scorer.labels]
+    card, columns = scorer.card, scorer.labels
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = [Path(p) for p in paths[start:start + batch_size]]
@@ -53,6 +54,8 @@ def iter_predictions(scorer: Scorer, paths: Sequence[Path], batch_size: int = 32
                 "status": ["ok" if px is not None else "quarantined" for px, _ in decoded],
                 "reason": [printable(reason) for _, reason in decoded],
             })
+            if hashes:
+                frame["pixel_hash"] = [pixel_hash(px) if px is not None else "" for px, _ in decoded]
             scores = np.full((len(chunk), len(columns)), np.nan)
             typical = np.full(len(chunk), np.nan)
             ok = frame["status"].to_numpy() == "ok"
@@ -63,13 +66,19 @@ def iter_predictions(scorer: Scorer, paths: Sequence[Path], batch_size: int = 32
             for path, (px, reason) in zip(chunk, decoded):
                 if px is None:
                     log.info("quarantined %s: %s", path, reason)
-            frame = pd.concat([frame, pd.DataFrame(scores, columns=columns)], axis=1)
-            if scorer.ood is not None:  # how typical of the training images (chestxray.inference.ood)
-                frame[IN_DISTRIBUTION] = typical
-                frame[UNUSUAL] = pd.Series(is_unusual(typical, scorer.false_alarm)).astype("Int8").where(~np.isnan(typical))
-            if is_multiclass(card.get("task")):
-                frame[PREDICTED_CLASS] = predicted_classes(scores, scorer.labels)
-            yield frame
+            yield _with_scores(frame, scorer, scores, typical)
+
+
+def _with_scores(frame: pd.DataFrame, scorer: Scorer, scores: np.ndarray, typical: np.ndarray) -> pd.DataFrame:
+    """The row frame with p_<label> columns, and the OOD and predicted-class columns where the model has them: every
+    frame of one model gets the same columns, so CSV and JSON writers keep the header of the first."""
+    frame = pd.concat([frame, pd.DataFrame(scores, columns=[f"p_{name}" for name in scorer.labels])], axis=1)
+    if scorer.ood is not None:  # how typical of the training images (chestxray.inference.ood)
+        frame[IN_DISTRIBUTION] = typical
+        frame[UNUSUAL] = pd.Series(is_unusual(typical, scorer.false_alarm)).astype("Int8").where(~np.isnan(typical))
+    if is_multiclass(scorer.card.get("task")):
+        frame[PREDICTED_CLASS] = predicted_classes(scores, scorer.labels)
+    return frame
 
 
 def predicted_classes(scores: np.ndarray, labels: Sequence[str]) -> list[str]:
@@ -79,27 +88,30 @@ def predicted_classes(scores: np.ndarray, labels: Sequence[str]) -> list[str]:
     return [labels[int(k)] if good else "" for k, good in zip(best, ok)]
 
 
-def problem_rows(problems: Sequence[tuple[str, str]], labels: Sequence[str]) -> pd.DataFrame:
-    """Quarantined rows for inputs that named no file (a pattern without matches, an empty folder)."""
+def problem_rows(problems: Sequence[tuple[str, str]], scorer: Scorer) -> pd.DataFrame:
+    """Quarantined rows for inputs that named no file (a pattern without matches, an empty folder), with the same
+    columns as iter_predictions' frames for this scorer."""
     frame = pd.DataFrame({"path": [p for p, _ in problems], "image_id": [Path(p).stem for p, _ in problems],
                           "status": "quarantined", "reason": [r for _, r in problems]}, columns=ROW_COLUMNS)
-    return pd.concat([frame, pd.DataFrame(np.nan, index=frame.index, columns=[f"p_{x}" for x in labels])], axis=1)
+    return _with_scores(frame, scorer, np.full((len(frame), len(scorer.labels)), np.nan), np.full(len(frame), np.nan))
 
 
 def open_scorer(model: str | Path, tta: str | None = None, device: str | None = None,
-                site: str | None = None) -> Scorer:
+                site: str | None = None, engine: str = "auto") -> Scorer:
     """A Scorer for a bundle folder, a run folder or an exported .onnx file (the latter needs no torch).
 
     tta None: the mode the stored thresholds were chosen with (see threshold_tta). site: the name (or folder) of a
-    site profile stored beside the model (chestxray.inference.site): its probabilities and thresholds instead."""
+    site profile stored beside the model (chestxray.inference.site): its probabilities and thresholds instead.
+    engine: what runs a bundle (chestxray.inference.engines: its ONNX graph, cached beside it, through onnxruntime on
+    the CPU by default; PyTorch on a GPU)."""
     if Path(model).suffix.lower() == ".onnx":
         from chestxray.inference.onnx_model import onnx_scorer
 
         scorer = onnx_scorer(model, tta=tta)
     else:
-        from chestxray.inference.predict import torch_scorer
+        from chestxray.inference.engines import bundle_scorer
 
-        scorer = torch_scorer(model, tta=tta, device=device)
+        scorer = bundle_scorer(model, tta=tta, device=device, engine=engine)
     if site is None:
         return scorer
     if scorer.card.get("site"):

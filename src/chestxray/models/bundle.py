@@ -114,6 +114,12 @@ def card_metrics(metrics: Any) -> dict[str, Any]:
     return {"training": {"split": "val", **metrics}}
 
 
+def bundle_folder(path: str | Path) -> Path:
+    """The bundle folder of a bundle or run folder (a run holds bundle/card.json)."""
+    folder = Path(path)
+    return folder / "bundle" if (folder / "bundle" / CARD).exists() else folder
+
+
 def update_card(path: str | Path, **fields: Any) -> dict[str, Any]:
     """Merge fields (e.g. thresholds, metrics) into a bundle's card, atomically; returns the new card."""
     card = read_card(path)
@@ -126,9 +132,7 @@ def load_bundle(path: str | Path) -> Bundle:
     """Build the architecture named in the card and load its safetensors weights (strict)."""
     from chestxray.models.factory import build_model
 
-    folder = Path(path)
-    if (folder / "bundle" / CARD).exists():  # a run folder was given
-        folder = folder / "bundle"
+    folder = bundle_folder(path)  # a run folder holds bundle/
     card = read_card(folder)
     weights = folder / WEIGHTS
     if not weights.exists():
