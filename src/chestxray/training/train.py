@@ -139,14 +139,19 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI layout (an empty Traces page); ours hold training runs
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def ensure_experiment(client: Any, name: str, uri: str) -> str:
     """The id of MLflow experiment `name` in the store at `uri`, created if missing with its artifacts beside a
-    SQLite store (never MLflow's default ./mlruns of the working folder); another process may create it meanwhile."""
+    SQLite store (never MLflow's default ./mlruns of the working folder) and tagged as holding training runs;
+    another process may create it meanwhile."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_location(uri))
+        return client.create_experiment(name, artifact_location=artifact_location(uri), tags=dict([EXPERIMENT_KIND]))
     except Exception:  # MLflow's "already exists" (RestException) when a concurrent process won the race
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -216,6 +221,7 @@ def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any],
         _log_params(mlflow_logger, config)
         run_info["mlflow_run_id"] = mlflow_logger.run_id
         run_info["mlflow_tracking_uri"] = _tracking_uri(config, run_dir)
+        mlflow_logger.experiment.set_experiment_tag(mlflow_logger.experiment_id, *EXPERIMENT_KIND)
         mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(run_dir / CONFIG_FILE))
     write_json(run_dir / RUN_FILE, run_info)
 
