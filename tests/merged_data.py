@@ -2,9 +2,9 @@
 per-source sampling and per-source metrics can be tested end to end in seconds.
 
 - full:  all four synthetic findings (Cardiomegaly, Effusion, Nodule, Pneumothorax), NIH layout;
-- eff:   a CSV source annotating Effusion only (binary);
+- eff:   a CSV source annotating Effusion and Nodule;
 - nod:   a CSV source annotating Nodule and Pneumothorax.
-The images of each source are drawn by chestxray.data.synth (findings drawn where the labels say), each source
+Nodule is annotated by every source (the cross-dataset matrix's shared finding). The images of each source are drawn by chestxray.data.synth (findings drawn where the labels say), each source
 with its own seed and a brightness offset, so a model can also tell the sources apart (a source shortcut).
 """
 
@@ -44,7 +44,7 @@ def merged_catalog(root: Path, n: int = 120, seed: int = 0) -> Catalog:
     """The three synthetic sources merged (default label map, ratios 0.6/0.2/0.2, split within each source)."""
     inputs = [MergeInput("full", _source(root, "full", n, seed, ("Cardiomegaly", "Effusion", "Nodule",
                                                                   "Pneumothorax"), 0)),
-              MergeInput("eff", _source(root, "eff", n, seed + 1, ("Effusion",), 30)),
+              MergeInput("eff", _source(root, "eff", n, seed + 1, ("Effusion", "Nodule"), 30)),
               MergeInput("nod", _source(root, "nod", n, seed + 2, ("Nodule", "Pneumothorax"), -20))]
     return merge_catalogs(inputs, ratios=(0.6, 0.2, 0.2), seed=seed)
 

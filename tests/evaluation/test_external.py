@@ -158,3 +158,13 @@ def test_site_calibration_reads_site_labels_through_the_same_vocabulary() -> Non
     assert mapped["PNEUMONIA"].tolist() == [1, 0, 1, 0]
     with pytest.raises(DataError, match="does not give every model label"):
         _mapped_truth(site, ["COVID-19", "ARDS", "Pneumonia"], ["PNEUMONIA", "Effusion"], "site")
+
+
+def test_report_shows_each_source(merged_run: Path) -> None:
+    from chestxray.report.run_report import write_report
+
+    html = write_report(merged_run).read_text(encoding="utf-8")
+    assert 'id="per-source"' in html
+    for source in ("eff", "full", "nod"):
+        assert f"<h4>{source} (" in html
+    assert "sources eff, full" in html  # thresholds from the run's own validation sources

@@ -62,15 +62,17 @@ def test_box_geometry_pad_and_crop() -> None:
     assert fit_square_box(Box(50, 0, 100, 100), 200, 100, 100, "crop") == Box(0, 0, 100, 100)
     # NIH frame 1024 -> a 512 px file -> 256 px prepared image: a quarter of the coordinates
     assert scale_box(Box(100, 200, 40, 80), (1024, 1024), (512, 512), 256, "pad") == Box(25, 50, 10, 20)
-    with pytest.raises(ConfigError, match="'stretch'"):
-        fit_square_box(Box(0, 0, 1, 1), 10, 10, 10, "stretch")
+    # stretch scales each side on its own: x by 100/200, y by 100/100
+    assert fit_square_box(Box(50, 20, 100, 40), 200, 100, 100, "stretch") == Box(25, 20, 50, 40)
+    with pytest.raises(ConfigError, match="'squash'"):
+        fit_square_box(Box(0, 0, 1, 1), 10, 10, 10, "squash")
 
 
 def test_box_geometry_matches_fit_square() -> None:
     """A white rectangle drawn at a box lands where the mapped box says, after the real fit_square."""
     from chestxray.data.imaging import fit_square
 
-    for mode in ("pad", "crop"):
+    for mode in ("pad", "crop", "stretch"):
         img = np.zeros((120, 200), dtype=np.uint8)
         img[40:80, 90:150] = 255
         out = fit_square(img, 64, mode)

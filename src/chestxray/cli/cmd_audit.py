@@ -79,7 +79,8 @@ def audit(
         outcome = run_audit(run, split, by.split(",") if by else None, out, catalog, n_boot, seed, alpha, shortcuts,
                             max_images, coverage_images)
     result = outcome.subgroups
-    console.print(_table(result))
+    if len(result.table):
+        console.print(_table(result))
     for line in result.sentences():
         console.print(f"- {line}", highlight=False, soft_wrap=True)
     for line in outcome.shortcut_findings:

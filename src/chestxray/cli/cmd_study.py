@@ -234,6 +234,17 @@ def study(
         console.print(f"pooled out-of-fold: the {done.folds} held-out folds together, every patient scored once by the "
                       "model that never saw it (the headline: all patients, one interval); fold mean ± sd: the fold "
                       "models' spread, not a CI (docs/studies.md)", highlight=False, soft_wrap=True, style="dim")
+    for path in sorted(done.out.glob("study_cross_source_*.csv")):  # a merged dataset: train source x test source
+        matrix = read_csv(path)
+        columns = [c for c in matrix.columns if c not in ("trained_on", "run") and f"{c} auroc" in matrix.columns]
+        view = Table(title=f"{path.stem[len('study_cross_source_'):]}: AUROC (95% CI) by training source (rows) and "
+                     f"test source (columns); {path.with_suffix('.png').name}", header_style="bold")
+        view.add_column("trained on")
+        for c in columns:
+            view.add_column(f"test: {c}")
+        for r in matrix.to_dict("records"):
+            view.add_row(str(r["trained_on"]), *[str(r[c]) for c in columns])
+        print_table(view)
     comparisons = done.out / "study_comparisons.csv"
     if comparisons.stat().st_size > 1:
         table = read_csv(comparisons)

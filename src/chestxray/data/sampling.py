@@ -6,7 +6,8 @@ manifest), and how training draws from them.
 - 'balanced' — every source the same share of the epoch; a small source's images are repeated, a large one's drawn
   without replacement;
 - 'NAME=W,NAME=W' — shares proportional to the weights; a weight 0 leaves a source out.
-`sources` (a list of names) restricts training and validation to those sources (the rest are not read).
+`sources` (a list of names; 'all' or none: every source) restricts training and validation to those sources (the
+rest are not read).
 The epoch keeps the size of the chosen sources' images together, and the counts per source are exact in every
 epoch (a share s of N images: every image of the source floor(s N / n) times, plus a seeded draw without replacement
 for the remainder), so the number of steps is known before training and resumed runs see the same epochs.
@@ -49,6 +50,12 @@ def split_sources(manifest: dict[str, Any], split: str) -> tuple[list[str], np.n
         return [], None
     return list(block["names"]), np.concatenate([decode_sources(t) for t in block["shard_codes"]]) if \
         block["shard_codes"] else np.zeros(0, np.int16)
+
+
+def source_list(text: str | Sequence[str] | None) -> list[str]:
+    """Source names from a --sources value ('nih,kaggle'); '' or 'all' means every source ([])."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text or []) if n.strip()]
+    return [] if names in ([], ["all"]) else names
 
 
 def parse_sampling(text: str) -> dict[str, float] | str:

@@ -56,3 +56,28 @@ def source_warnings(composition: pd.DataFrame, share: float = DOMINANT_SHARE) ->
                          f"{top['prevalence']:.0%}; elsewhere {others}): a model can learn to recognise the source "
                          "instead of the finding; compare per-source metrics and the source shortcut check")
     return lines
+
+
+def manifest_composition(manifest: dict) -> pd.DataFrame:
+    """source_composition's table from a prepared manifest (counts over every split), for the run report."""
+    labels = list(manifest.get("labels") or [])
+    totals: dict[tuple[str, str], list[int]] = {}
+    for entry in (manifest.get("splits") or {}).values():
+        block = entry.get("sources")
+        if not block:
+            continue
+        for k, name in enumerate(block["names"]):
+            for j, label in enumerate(labels):
+                t = totals.setdefault((label, name), [0, 0, 0])
+                t[0] += block["count"][k]
+                t[1] += block["annotated"][k][j]
+                t[2] += block["positives"][k][j]
+    rows = []
+    for label in labels:
+        total = sum(v[2] for (lab, _), v in totals.items() if lab == label)
+        for (lab, name), (images, annotated, positives) in totals.items():
+            if lab == label:
+                rows.append({"label": label, "source": name, "images": images, "annotated": annotated,
+                             "positives": positives, "prevalence": positives / annotated if annotated else None,
+                             "share": positives / total if total else None})
+    return pd.DataFrame(rows, columns=["label", "source", "images", "annotated", "positives", "prevalence", "share"])

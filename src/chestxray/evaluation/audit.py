@@ -21,7 +21,7 @@ from chestxray.errors import DataError
 from chestxray.evaluation.disparities import ANY, make_tasks, subgroup_table
 from chestxray.evaluation.metrics import _clean
 from chestxray.evaluation.sample_rule import RULE
-from chestxray.evaluation.subgroups import Attribute, resolve_attributes
+from chestxray.evaluation.subgroups import Attribute, default_attributes, resolve_attributes
 from chestxray.files import read_csv, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class SubgroupAudit:
     def sentences(self) -> list[str]:
         """Plain-words findings: each flagged gap of a group against the rest (a two-group gap said once, from the
         side that fares worse), or that none was found."""
+        if self.table.empty:
+            return list(self.notes[:1])
         lines = []
         for _, r in self.flagged.iterrows():
             two = not str(r["compared_with"]).startswith("not ")
@@ -130,6 +132,12 @@ def audit_subgroups(frame: pd.DataFrame, labels: Sequence[str], thresholds: dict
     """Subgroup table for predictions with attributes beside them (image_id, patient_id, labels, p_<label>, catalog
     columns): attributes `by` (default: those the catalog carries), thresholds as stored (never re-chosen)."""
     labels = list(labels)
+    if not by and not default_attributes(frame):
+        note = ("the catalog carries no patient or acquisition attribute (sex, age, view, location, site, "
+                "manufacturer, ...): no subgroup table; name a column with --by, or keep one with --keep-cols")
+        return SubgroupAudit(pd.DataFrame(), split, [], {"split": split, "alpha": alpha, "comparisons": 0,
+                                                          "n_boot": n_boot, "seed": seed, "unit": "patient",
+                                                          "rule": RULE, "definition": DEFINITION}, [note])
     attributes = resolve_attributes(frame, by, ignore=[*labels, *(f"p_{x}" for x in labels)])
     multiclass = task == "multiclass"
     tasks = make_tasks(frame[labels].to_numpy(), frame[[f"p_{x}" for x in labels]].to_numpy(), labels, thresholds,

@@ -124,6 +124,12 @@ def compare_predictions(
         only_b = int((merged["_merge"] == "right_only").sum())
         raise DataError(f"{name_a} and {name_b} scored different images ({only_a} only in {name_a}, {only_b} only in "
                         f"{name_b}); evaluate both runs on the same prepared data and split")
+    partial = [x for x in labels if merged[x].isna().any()]  # a merged dataset: missing for some sources' images
+    if partial:
+        labels = [x for x in labels if x not in partial]
+        if not labels:
+            raise DataError(f"{name_a} and {name_b}: no finding is annotated for every evaluated image (a merged "
+                            "dataset); compare their per-source results (metrics.json by_source) instead")
     y = merged[labels].to_numpy().astype(np.uint8)
     a = merged[[f"p_{x}_a" for x in labels]].to_numpy(np.float64)
     b = merged[[f"p_{x}_b" for x in labels]].to_numpy(np.float64)
@@ -157,7 +163,8 @@ def compare_predictions(
     method = (f"{CLUSTERED_TEST} per finding (DeLong's structural components summed per patient, Obuchowski 1997), "
               f"Holm-corrected over the {len(eligible)} findings tested (family: the findings of this pair); "
               f"{int(100 * boot.ci)}% intervals from a paired stratified patient bootstrap ({n_boot} replicates, seed "
-              f"{seed}); {RULE}; difference = {name_a} - {name_b}")
+              f"{seed}); {RULE}; difference = {name_a} - {name_b}"
+              + (f"; not compared (missing for some images): {', '.join(partial)}" if partial else ""))
     return Comparison(name_a, name_b, split, len(y), n_pat, n_boot, table, method)
 
 

@@ -272,3 +272,31 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], out: str |
                  fontsize=9)
     fig.colorbar(image, ax=ax, label="share of the true class", shrink=0.8)
     return _save(fig, out)
+
+
+def plot_source_matrix(frame: pd.DataFrame, sources: Sequence[str], finding: str, out: str | Path) -> Path:
+    """The cross-dataset matrix of one finding: rows the training sources, columns the test sources (and the pooled
+    test split), colour the AUROC, text the AUROC with its 95% patient-bootstrap CI or 'too few' where the
+    minimum-sample rule withholds it; grey where undefined."""
+    values = np.array([[float(r.get(f"{s} auroc")) if r.get(f"{s} auroc") is not None else np.nan
+                        for s in sources] for r in frame.to_dict("records")], dtype=float)
+    fig = Figure(figsize=(1.9 * len(sources) + 1.6, 0.75 * len(frame) + 1.4), layout="constrained")
+    ax = fig.subplots()
+    shown = np.ma.masked_invalid(values)
+    image = ax.imshow(shown, cmap="RdYlGn", vmin=0.3, vmax=1.0, aspect="auto")
+    for i, r in enumerate(frame.to_dict("records")):
+        for k, s in enumerate(sources):
+            v = r.get(f"{s} auroc")
+            if v is None or not np.isfinite(float(v)):
+                ax.text(k, i, "n/a", ha="center", va="center", fontsize=8, color="grey")
+                continue
+            low = r.get(f"{s} low")
+            ci = (f"{float(low):.2f}–{float(r[f'{s} high']):.2f}" if low is not None and np.isfinite(float(low))
+                  else f"too few ({int(r[f'{s} positive_patients'])}+/{int(r[f'{s} negative_patients'])}-)")
+            ax.text(k, i, f"{float(v):.3f}\n{ci}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(sources)), [f"test: {s}" for s in sources], fontsize=8)
+    ax.set_yticks(range(len(frame)), [f"train: {t}" for t in frame["trained_on"]], fontsize=8)
+    ax.set_title(f"{finding}: AUROC (95% patient-bootstrap CI; 'too few': positive/negative patients under the "
+                 "minimum-sample rule)", fontsize=8)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="AUROC")
+    return _save(fig, out)

@@ -25,7 +25,9 @@ import pandas as pd
 
 from chestxray.data.geometry import probe_auroc
 from chestxray.data.imaging import RESIZE_MODES, load_square
+from chestxray.evaluation.bootstrap import patient_codes
 from chestxray.evaluation.feature_strata import stratified_auroc
+from chestxray.evaluation.sample_rule import class_patients, too_few
 from chestxray.evaluation.subgroups import find_column, sex_group
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 CATEGORICAL = ("view", "site", "location", "source", "manufacturer")
 PROBE_TARGETS = ("view", "site", "location", "source", "manufacturer", "sex")
 WIDER = "wider than the median"
-PIXEL_SIDE = 32  # the pixel probe sees the model input averaged down to at most this side
+PIXEL_SIDE = 16  # the pixel probe sees the model input averaged down to at most this side (256 values: fast fits)
 
 
 @dataclass
@@ -99,13 +101,17 @@ def strata_table(rows: pd.DataFrame, features: pd.DataFrame, labels: Sequence[st
                 continue
             numeric = pd.api.types.is_numeric_dtype(values)
             alone = auroc(y[known], values[known].to_numpy(dtype=float)) if numeric else None
-            res = stratified_auroc(y[known], score[known], values[known].to_numpy(),
-                                   [patients[i] for i in np.flatnonzero(known)], n_boot=n_boot, seed=seed)
+            ids = [patients[i] for i in np.flatnonzero(known)]
+            codes, n_pat = patient_codes(ids)
+            short = too_few(*class_patients(y[known], codes, n_pat))
+            res = stratified_auroc(y[known], score[known], values[known].to_numpy(), ids, n_boot=n_boot, seed=seed)
+            lows_highs = ((np.nan,) * 4 if short else (res.plain_low, res.plain_high, res.stratified_low,
+                                                       res.stratified_high))
             out.append({"label": label, "feature": name, "images": int(known.sum()), "strata": res.strata,
-                        "feature_auroc": alone, "auroc": res.plain, "auroc_low": res.plain_low,
-                        "auroc_high": res.plain_high, "stratified_auroc": res.stratified,
-                        "stratified_low": res.stratified_low, "stratified_high": res.stratified_high,
-                        "drop": res.plain - res.stratified})
+                        "feature_auroc": alone, "auroc": res.plain, "auroc_low": lows_highs[0],
+                        "auroc_high": lows_highs[1], "stratified_auroc": res.stratified,
+                        "stratified_low": lows_highs[2], "stratified_high": lows_highs[3],
+                        "drop": res.plain - res.stratified, "note": short or ""})
     return pd.DataFrame(out)
 
 
@@ -218,8 +224,9 @@ def summarize_shortcuts(result: ShortcutAudit, own: str) -> list[str]:
     """Findings in words: the largest AUROC drop under stratification, the decisions geometry alone changes, the
     probe targets the features tell apart."""
     lines = []
-    if len(result.strata):
-        worst = result.strata.sort_values("drop", ascending=False).iloc[0]
+    enough = result.strata[result.strata["note"] == ""] if len(result.strata) else result.strata
+    if len(enough):  # only labels with enough patients: a handful of positives makes any drop
+        worst = enough.sort_values("drop", ascending=False).iloc[0]
         lines.append(f"largest AUROC drop within strata: {worst['label']} by {worst['feature']}, "
                      f"{worst['auroc']:.3f} plain vs {worst['stratified_auroc']:.3f} within {int(worst['strata'])} "
                      f"strata (drop {worst['drop']:+.3f})")

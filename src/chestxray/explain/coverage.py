@@ -86,16 +86,21 @@ def explain_coverage(bundle_dir: str | Path, frame: pd.DataFrame, labels: Sequen
         decided = np.eye(len(labels), dtype=bool)[probs.argmax(1)] if len(rows) else truth
     else:
         decided = probs >= np.array([(thresholds or {}).get(x, 0.5) for x in labels])
-    outcomes, empty = [], []
+    kept, batch = [], []
     for i, path in enumerate(rows["path"].astype(str)):
         try:
-            _, inputs, _ = prepare_input(Path(path), bundle.card)
+            batch.append(prepare_input(Path(path), bundle.card)[1])
+            kept.append(i)
         except Exception:  # noqa: BLE001 - an unreadable image is left out of the count
             continue
-        inputs = inputs.to(device)
-        for j in range(len(labels)):
-            with torch.enable_grad():
-                heatmap = attribute(net, inputs, j, method, base)[0]
+    outcomes, empty = [], []
+    if not kept:
+        return coverage_table(outcomes, empty)
+    inputs = torch.cat(batch).to(device)
+    for j in range(len(labels)):  # one backward pass per label for the whole sample
+        with torch.enable_grad():
+            maps = attribute(net, inputs, j, method, base)
+        for k, i in enumerate(kept):
             outcomes.append(("T" if decided[i, j] == truth[i, j] else "F") + ("P" if decided[i, j] else "N"))
-            empty.append(is_empty_map(heatmap))
+            empty.append(is_empty_map(maps[k]))
     return coverage_table(outcomes, empty)

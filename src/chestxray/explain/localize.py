@@ -95,9 +95,13 @@ def boxes_for(boxes: pd.DataFrame, image_id: str, label: str | None = None) -> p
 
 
 def fit_square_box(box: Box, image_w: int, image_h: int, size: int, mode: str = "crop") -> Box:
-    """Map a box in an image of image_w x image_h onto fit_square(img, size, mode): centred letterbox or centre crop."""
-    if mode not in ("pad", "crop"):
-        raise ConfigError(f"resize mode {mode!r} is not one of 'crop', 'pad'")
+    """Map a box in an image of image_w x image_h onto fit_square(img, size, mode): centred letterbox, centre crop,
+    or each side scaled on its own (stretch)."""
+    if mode not in ("pad", "crop", "stretch"):
+        raise ConfigError(f"resize mode {mode!r} is not one of 'crop', 'pad', 'stretch'")
+    if mode == "stretch":
+        sx, sy = size / image_w, size / image_h
+        return Box(box.x * sx, box.y * sy, box.w * sx, box.h * sy)
     scale = size / (max(image_w, image_h) if mode == "pad" else min(image_w, image_h))
     off_x = (size - image_w * scale) / 2.0
     off_y = (size - image_h * scale) / 2.0

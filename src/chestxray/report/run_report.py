@@ -114,6 +114,23 @@ def _data_table(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"header": header, "rows": rows}
 
 
+def _sources_section(metrics: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The per-source metric tables of a merged dataset's evaluation, with the warning when most of a finding's
+    positives come from one source (chestxray.data.source_mix), or None for a single-source run."""
+    from chestxray.data.source_mix import manifest_composition, source_warnings
+
+    by_source = metrics.get("by_source") or {}
+    if not by_source:
+        return None
+    tables = []
+    for name, summary in by_source.items():
+        rows = [r for r in summary.get("rows", []) if r["kind"] != "finding" or r["n"]]
+        tables.append({"name": name, "n_images": summary.get("n_images"), "n_patients": summary.get("n_patients"),
+                       "rows": _metric_rows(rows)})
+    warnings = source_warnings(manifest_composition(manifest)) if manifest else []
+    return {"tables": tables, "warnings": warnings, "threshold_sources": metrics.get("threshold_sources")}
+
+
 def _find_prepared(run: Path, metrics: dict[str, Any]) -> str | None:
     """The prepared folder: from the evaluation record, else the bundle card."""
     if metrics.get("prepared") and metrics["prepared"] != "None":
@@ -294,6 +311,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         explain_info=explain_info,
         audit_html=audit_html,
         model_card=model_card,
+        sources=_sources_section(metrics, manifest),
         config_text=config_path.read_text(encoding="utf-8") if config_path.exists() else "",
     )
     target = Path(out) if out is not None else run / REPORT

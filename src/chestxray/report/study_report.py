@@ -42,9 +42,10 @@ def _roc_points(run_dir: Path) -> tuple[np.ndarray, np.ndarray, str]:
     meta = json.loads((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))
     labels = list(meta["labels"])
     pred = read_csv(run_dir / "eval" / "predictions.csv")
-    y = pred[labels].to_numpy().ravel("F")
+    y = pred[labels].to_numpy(dtype=float).ravel("F")
     s = pred[[f"p_{x}" for x in labels]].to_numpy().ravel("F")
-    fpr, tpr, _ = roc_curve(y, s)
+    keep = ~np.isnan(y)  # a merged dataset: pairs a source does not annotate are left out
+    fpr, tpr, _ = roc_curve(y[keep], s[keep])
     return fpr, tpr, labels[0] if len(labels) == 1 else "micro (all findings pooled)"
 
 
@@ -117,6 +118,21 @@ def _ci(group: dict[str, Any]) -> str:
     return f"[{_fmt(low)}, {_fmt(high)}]"
 
 
+def _matrices(out: Path) -> list[dict[str, Any]]:
+    """The cross-dataset matrices the study wrote (chestxray.workflows.cross_source), for the page."""
+    found = []
+    for path in sorted(out.glob("study_cross_source_*.csv")):
+        frame = read_csv(path)
+        columns = [c for c in frame.columns if c not in ("trained_on", "run") and f"{c} auroc" in frame.columns]
+        png = path.with_suffix(".png")
+        found.append({"finding": path.stem[len("study_cross_source_"):], "columns": columns,
+                      "rows": [{"trained_on": r["trained_on"], "cells": [_note(r.get(c)) for c in columns]}
+                               for r in frame.to_dict("records")],
+                      "png": "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+                      if png.is_file() else ""})
+    return found
+
+
 def write_study_report(out: str | Path, runs: pd.DataFrame, groups: pd.DataFrame, chosen: pd.DataFrame,
                        comparisons: pd.DataFrame, select: str, folds: int = 0) -> Path:
     """Write DIR/study.html from the study's tables (and each run's report.html when missing); `folds` >= 2: a
@@ -158,6 +174,7 @@ def write_study_report(out: str | Path, runs: pd.DataFrame, groups: pd.DataFrame
         method=comparisons["method"].iloc[0] if not comparisons.empty else "",
         family=comparisons["family"].iloc[0] if "family" in comparisons else "",
         roc=roc_figure(chosen, "pooled out-of-fold ROC" if folds else "test ROC"), curves=curves_figure(chosen),
+        matrices=_matrices(out),
     )
     target = out / REPORT
     write_text(target, html)

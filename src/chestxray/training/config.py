@@ -49,7 +49,7 @@ class TrainConfig:
     loss: str = "bce"
     focal_gamma: float = 2.0
     pos_weight: bool = False  # weight positives by negatives/positives of the train split (annotated images only)
-    sources: str = ""  # comma-separated source names of a merged dataset to train and validate on ("" = all)
+    sources: str = ""  # comma-separated source names of a merged dataset to train and validate on ("" or all: all)
     source_sampling: str = "natural"  # natural | balanced | NAME=W,NAME=W: each source's share of an epoch
     scheduler: str = "cosine"  # warm-up then cosine per step, or ReduceLROnPlateau on `monitor`
     warmup_fraction: float = 0.05  # share of all steps spent warming up (cosine only)

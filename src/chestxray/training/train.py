@@ -41,7 +41,7 @@ from chestxray.training.callbacks import (
     RngState,
 )
 from chestxray.training.config import CONFIG_FILE, TrainConfig, config_yaml, validate_config
-from chestxray.training.precision import choose_precision
+from chestxray.training.precision import choose_execution, choose_precision
 from chestxray.training.resume import check_extendable, keep_only_last, read_progress
 from chestxray.training.run_dir import has_started, last_checkpoint_problem, refuse_run_dir
 
@@ -361,6 +361,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     from lightning.pytorch.loggers import CSVLogger
 
     from chestxray.data.datamodule import ChestXrayDataModule
+    from chestxray.data.sampling import source_list
     from chestxray.models import backbone_parameter_names, build_model, count_parameters, model_data_config
 
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -370,7 +371,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                                normalization=data_cfg["normalization"], seed=config.seed,
                                verify={True: "checksums", False: "sizes", None: "auto"}[config.verify_checksums],
                                verify_splits=("train", "val"), source_sampling=config.source_sampling,
-                               sources=[n.strip() for n in config.sources.split(",") if n.strip()])
+                               sources=source_list(config.sources))
     net = build_model(config.model, len(data.labels), in_chans=config.in_chans, pretrained=config.pretrained,
                       weights=config.weights, offline=config.offline or None, dropout=config.dropout)
     if config.channels_last:
@@ -379,6 +380,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     precision = choice.precision
     log.info("precision %s (%s)", precision, choice.reason)
     fields = {**_data_fields(config, data, data_cfg), "precision": precision, "precision_reason": choice.reason}
+    execution = choose_execution(config.channels_last)  # recorded in run.json beside the precision
 
     run_info: dict[str, Any] = {}
     if resume and (run_dir / RUN_FILE).is_file():
@@ -425,8 +427,9 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                              warmup_steps=read_progress(last).warmup_steps if resume else None,
                              missing_labels=data.missing_labels)
     if trainer.is_global_zero:
-        _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"]}, run_info,
-                         mlflow_logger)
+        _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"],
+                                           "memory_format": execution.memory_format, "compile": execution.compile,
+                                           "execution_reason": execution.reason}, run_info, mlflow_logger)
 
     start = time.perf_counter()
     try:

@@ -193,8 +193,9 @@ def run_task(name: str, description: str, build_catalog: Callable[[], object], s
                for run in (runs or settings.runs())]
     best = max(results, key=lambda r: -1.0 if r.val_auroc is None else r.val_auroc)
     report = best.run_dir / "report.html"
-    if not (best.reused and report.is_file()):  # a reused winner keeps its overlays and report
+    if not (best.reused and report.is_file()):  # a reused winner keeps its overlays, audit and report
         _explain(best.run_dir, best.run_dir / "eval")
+        _audit(best.run_dir, settings)
         report = write_report(best.run_dir)
     return DemoOutcome(
         name=name, description=description, run_dir=best.run_dir, report=report,
@@ -303,6 +304,14 @@ def _val_auroc(eval_dir: Path, labels: list[str], settings: DemoSettings):
     summary = summarize(val[labels].to_numpy(), val[[f"p_{x}" for x in labels]].to_numpy(), labels,
                         val["patient_id"].tolist(), n_boot=settings.n_boot, seed=settings.seed)
     return next((r for r in summary.rows if r.kind == "macro"), summary.rows[0]).auroc
+
+
+def _audit(run_dir: Path, settings: DemoSettings) -> None:
+    """RUN/audit: subgroups (the NIH sample's sex, age bands and view), shortcuts and the explanations' coverage,
+    sized to add a few seconds (coverage counted on 16 test images)."""
+    from chestxray.workflows.audit import run_audit
+
+    run_audit(run_dir, n_boot=settings.n_boot, seed=settings.seed, coverage_images=16)
 
 
 def _explain(run_dir: Path, eval_dir: Path, n: int = 4) -> None:

@@ -226,6 +226,10 @@ def run_one(run: StudyRun, n_boot: int = 1000) -> dict[str, Any]:
         train(run.config, resume=resume)
     evaluation = evaluate_run(folder, split="test", n_boot=n_boot, seed=run.seed)
     row = {**run_row(run, folder, evaluation.summary), "started_at": started, "finished_at": time.time()}
+    if evaluation.by_source:  # a merged dataset: each test source alone, for the cross-dataset matrix
+        from chestxray.workflows.cross_source import source_records
+
+        row["by_source"] = source_records(evaluation.by_source, evaluation.summary)
     write_json(folder / DONE, row)
     return row
 
@@ -399,7 +403,8 @@ def run_study(study: Study, max_parallel: int = 1, only: int | None = None,
     _mlflow_children(study, parent)
     if only is not None:
         return study
-    study.results = pd.DataFrame([run_one(r, study.n_boot) for r in study.runs])  # finished: read back, no training
+    finished = [run_one(r, study.n_boot) for r in study.runs]  # finished: read back, no training
+    study.results = pd.DataFrame([{k: v for k, v in row.items() if k != "by_source"} for row in finished])
     write_csv(study.out / "study_runs.csv", study.results)
     if study.folds:
         from chestxray.workflows.crossval import crossval_groups
@@ -411,6 +416,9 @@ def run_study(study: Study, max_parallel: int = 1, only: int | None = None,
     comparisons, per_finding = compare_groups(chosen, study.n_boot) if len(chosen) > 1 else (pd.DataFrame(),) * 2
     write_csv(study.out / "study_comparisons.csv", comparisons)
     write_csv(study.out / "study_comparisons_findings.csv", per_finding)
+    from chestxray.workflows.cross_source import write_cross_source
+
+    write_cross_source(study.out, finished, list(chosen["run"]))
     from chestxray.report.study_report import write_study_report
 
     write_study_report(study.out, study.results, groups, chosen, comparisons, study.select, folds=study.folds)
