@@ -416,9 +416,10 @@ def run_study(study: Study, max_parallel: int = 1, only: int | None = None,
     comparisons, per_finding = compare_groups(chosen, study.n_boot) if len(chosen) > 1 else (pd.DataFrame(),) * 2
     write_csv(study.out / "study_comparisons.csv", comparisons)
     write_csv(study.out / "study_comparisons_findings.csv", per_finding)
-    from chestxray.workflows.cross_source import write_cross_source
+    if not study.folds:  # k-fold pools every source's patients in one estimate: no train x test source matrix
+        from chestxray.workflows.cross_source import write_cross_source
 
-    write_cross_source(study.out, finished, list(chosen["run"]))
+        write_cross_source(study.out, finished, list(chosen["run"]))
     from chestxray.report.study_report import write_study_report
 
     write_study_report(study.out, study.results, groups, chosen, comparisons, study.select, folds=study.folds)
