@@ -66,8 +66,7 @@ def serve(
 @app.command(help="Start the MLflow UI (the real `mlflow server`) on the project's store: runs/mlflow.db (or a "
              "legacy ./mlruns), the store a run folder names, a study's or tune's folder (OUT/runs/mlflow.db, "
              "OUT/trials/mlflow.db), a .db file or any tracking URI, and print each experiment's training-runs page "
-             "(its experiments are tagged as holding training runs, so MLflow shows runs, not its GenAI Traces "
-             "page). Needs the full mlflow: pip install 'chestxray\\[ui]'."
+             "(open that link: it shows the runs table, where the bare address opens MLflow's GenAI Traces page). Needs the full mlflow: pip install 'chestxray\\[ui]'."
              "\n\nExample: chestxray ui --store demo-output/mlflow.db --port 5000"
              "\n\nExample (a tune study): chestxray ui --store runs/tune1")
 @friendly

@@ -3,8 +3,9 @@
 `chestxray ui` runs `mlflow server` (the full `mlflow` package: pip install 'chestxray[ui]') on the project's
 store — runs/mlflow.db by default (or a legacy ./mlruns), the store a run folder names, or a study's or tune's
 folder (their runs/mlflow.db, trials/mlflow.db) — bound to loopback unless told otherwise. It prints the page of
-each experiment's training runs (the store's experiments are tagged as holding training runs first, so MLflow 3's UI
-shows runs, not its GenAI layout with an empty Traces page).
+each experiment's training runs: MLflow 3 opens in its GenAI layout (an empty Traces page) unless the URL asks for
+the model-training one (`workflowType=machine_learning`, MLflow 3.17's switch) or, before 3.17, the experiment is
+tagged as holding training runs; the printed pages do both.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 
 PROJECT_STORES = ("mlflow.db", "runs/mlflow.db", "trials/mlflow.db")  # a runs folder, a study folder, a tune folder
+TRAINING_LAYOUT = "workflowType=machine_learning"  # MLflow 3.17's UI: the runs layout, not the GenAI one
 
 
 def store_uri(store: str | Path | None) -> str:
@@ -58,7 +60,8 @@ def store_uri(store: str | Path | None) -> str:
 
 def training_pages(uri: str, base: str) -> list[tuple[str, str, int]]:
     """(name, URL of its runs page under `base`, runs) per experiment of the store that holds runs, most runs first;
-    each is tagged as holding training runs (MLflow 3's experimentKind) so its page opens on the runs table."""
+    the URL asks for the model-training layout and each experiment is tagged as holding training runs (MLflow 3's
+    experimentKind), so the page opens on the runs table whichever MLflow 3 serves it."""
     from mlflow.tracking import MlflowClient
 
     from chestxray.training.train import EXPERIMENT_KIND, _allow_file_store
@@ -74,7 +77,7 @@ def training_pages(uri: str, base: str) -> list[tuple[str, str, int]]:
                 continue
             if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
                 client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
-            pages.append((experiment.name, f"{base}/#/experiments/{experiment.experiment_id}/runs", runs))
+            pages.append((experiment.name, f"{base}/#/experiments/{experiment.experiment_id}/runs?{TRAINING_LAYOUT}", runs))
     return sorted(pages, key=lambda page: -page[2])
 
 
