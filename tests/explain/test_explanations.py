@@ -172,7 +172,7 @@ def synth_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     synth = make_synthetic(root / "synth", n=12, size=48, seed=0, findings_p=0.5)
     catalog = assign_splits(read_nih(synth / "labels.csv", synth / "images"), seed=0)
     save_catalog(catalog, root / "catalog")
-    prepare_dataset(root / "catalog", root / "prepared", size=SIZE, workers=1)
+    prepare_dataset(root / "catalog", root / "prepared", size=SIZE, resize="crop", workers=1)
     torch.manual_seed(0)
     card = {"architecture": "cnn-tiny", "num_labels": len(catalog.labels), "in_chans": 1, "image_size": SIZE,
             "resize": "crop", "normalization": "gray", "labels": list(catalog.labels), "task": "multilabel",
