@@ -57,5 +57,7 @@ def test_bf16_cpu_run_matches_fp32_auroc(tmp_path: Path, synthetic_prepared: Pat
         card = json.loads((tmp_path / prec / "bundle" / "card.json").read_text())
         assert run_info["precision"] == card["precision"] == prec
         assert card["precision_reason"] == "set explicitly (--precision)"
+        assert run_info["memory_format"] == "channels_last" and run_info["compile"] is False
+        assert "torch.compile" in run_info["execution_reason"]
     fp32, bf16 = results["32-true"].best_val_auroc, results["bf16-mixed"].best_val_auroc
     assert fp32 > 0.9 and bf16 >= fp32 - 0.02, (fp32, bf16)

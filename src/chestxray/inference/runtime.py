@@ -1,7 +1,7 @@
 """Which engine scores, and how ONNX Runtime is set up for it. Imports no torch unless a GPU driver is present.
 
 `--engine auto` (the default): a CUDA GPU that torch can use → PyTorch on the GPU; otherwise ONNX Runtime on the
-CPU, which needs about 2.5-30x less CPU per image than PyTorch's eager CPU path for the registered models
+CPU, which needed 2.3-32x less CPU per image than PyTorch's eager CPU path for cnn-small, resnet18 and Lite0
 (docs/performance.md, bench/bench_inference.py). `torch` and `onnxruntime` force one.
 
 ONNX Runtime session options, chosen deliberately:
@@ -13,8 +13,8 @@ ONNX Runtime session options, chosen deliberately:
 - graph optimisation ORT_ENABLE_ALL: constant folding, Conv+BatchNorm+activation fusion and, on x86, the NCHWc
   blocked layout that MLAS's convolutions are fastest in (the layout work is done once, at session creation);
 - spinning off (session.intra_op.allow_spinning 0): idle pool threads sleep instead of busy-waiting for the next
-  operator; on a shared or oversubscribed machine spinning is pure CPU cost (measured: up to 20 % more CPU seconds
-  for the same images), and at these batch sizes the wake-up latency is invisible.
+  operator; on a shared or oversubscribed machine spinning is pure CPU cost (bench/bench_inference.py --spinning
+  measures it), and at these batch sizes the wake-up latency is invisible.
 
 onnxruntime is imported with its telemetry off (ORT_DISABLE_TELEMETRY=1 unless the user set that variable): since
 1.2x the PyPI wheels for Linux and macOS start Microsoft's 1DS telemetry at import, which writes a session file into

@@ -41,7 +41,7 @@ from chestxray.training.callbacks import (
     RngState,
 )
 from chestxray.training.config import CONFIG_FILE, TrainConfig, config_yaml, validate_config
-from chestxray.training.precision import choose_precision
+from chestxray.training.precision import choose_execution, choose_precision
 from chestxray.training.resume import check_extendable, keep_only_last, read_progress
 from chestxray.training.run_dir import has_started, last_checkpoint_problem, refuse_run_dir
 
@@ -359,6 +359,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     precision = choice.precision
     log.info("precision %s (%s)", precision, choice.reason)
     fields = {**_data_fields(config, data, data_cfg), "precision": precision, "precision_reason": choice.reason}
+    execution = choose_execution(config.channels_last)  # recorded in run.json beside the precision
 
     run_info: dict[str, Any] = {}
     if resume and (run_dir / RUN_FILE).is_file():
@@ -405,8 +406,9 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                              warmup_steps=read_progress(last).warmup_steps if resume else None,
                              missing_labels=data.missing_labels)
     if trainer.is_global_zero:
-        _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"]}, run_info,
-                         mlflow_logger)
+        _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"],
+                                           "memory_format": execution.memory_format, "compile": execution.compile,
+                                           "execution_reason": execution.reason}, run_info, mlflow_logger)
 
     start = time.perf_counter()
     try:
