@@ -251,6 +251,10 @@ def test_balanced_selection_and_boxed_split_errors(synth_run: tuple[Path, Path])
     by_path = {Path(p).name: i for i, p in zip(train["image_id"], train["path"])}
     assert [(by_path[p.name], lab) for p, lab in picked] == [(ids[0], first), (ids[3], first), (ids[1], first),
                                                              (ids[2], first)]  # TP, FP, FN, then FP again
+    masked = scores.astype({first: float})
+    masked.loc[3, first] = float("nan")  # a merged dataset whose source does not annotate it: no outcome at all
+    picked = select_split_targets(bundle, "train", n=2, scores=masked)
+    assert [by_path[p.name] for p, _ in picked] == [ids[0], ids[2]]  # the TP, then the only annotated FP
     with pytest.raises(ConfigError, match="outcomes"):
         select_split_targets(bundle, "train", scores=scores, outcomes=("XX",))
     boxed = pd.DataFrame({"image_id": [Path(p).name for p in train["path"].head(1)], "label": [first]})
