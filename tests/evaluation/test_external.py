@@ -168,3 +168,43 @@ def test_report_shows_each_source(merged_run: Path) -> None:
     for source in ("eff", "full", "nod"):
         assert f"<h4>{source} (" in html
     assert "sources eff, full" in html  # thresholds from the run's own validation sources
+
+
+def test_source_probe_finds_the_source_when_features_carry_it(merged_run: Path) -> None:
+    from chestxray.evaluation.source_probe import source_probe
+
+    rng = np.random.default_rng(0)
+    sources = np.repeat(["a", "b", "c"], 60)
+    patients = np.array([f"{s}{i // 2}" for i, s in enumerate(sources)])
+    noise = rng.normal(size=(180, 8))
+    carrying = noise.copy()
+    carrying[:, 0] += 3.0 * (sources == "a")  # one feature per source shifts: the features carry the source
+    carrying[:, 1] += 3.0 * (sources == "b")
+    told = source_probe(carrying, sources, patients).set_index("source")
+    blind = source_probe(noise, sources, patients).set_index("source")
+    assert told.loc["a", "auroc"] > 0.95 and told.loc["b", "auroc"] > 0.95
+    assert all(abs(v - 0.5) < 0.2 for v in blind["auroc"])
+    probe = json.loads((merged_run / "eval" / "metrics.json").read_text())["source_probe"]
+    assert {r["source"] for r in probe["rows"]} == {"eff", "full", "nod"}
+    assert (merged_run / "eval" / "source_probe.csv").is_file()
+
+
+def test_subgroup_audit_leaves_unannotated_images_out() -> None:
+    from chestxray.evaluation.audit import audit_subgroups
+
+    rng = np.random.default_rng(2)
+    n = 160
+    frame = pd.DataFrame({"image_id": [f"i{k}" for k in range(n)], "patient_id": [f"p{k // 2}" for k in range(n)],
+                          "source": np.where(np.arange(n) < 80, "x", "y"), "sex": np.tile(["M", "F"], n // 2)})
+    a = (rng.random(n) < 0.4).astype(float)
+    b = (rng.random(n) < 0.4).astype(float)
+    b[frame["source"] == "y"] = np.nan  # source y does not annotate b
+    frame["a"], frame["b"] = a, b
+    frame["p_a"] = np.clip(0.5 * a + 0.5 * rng.random(n), 0, 1)
+    frame["p_b"] = np.clip(0.5 * np.nan_to_num(b) + 0.5 * rng.random(n), 0, 1)
+    table = audit_subgroups(frame, ["a", "b"], {"a": 0.5, "b": 0.5}, by=["sex"], n_boot=30).table
+    row = table[(table["subgroup"] == "M") & (table["finding"] == "b")].iloc[0]
+    males = (frame["sex"] == "M") & frame["b"].notna()
+    assert row["images"] == int(males.sum()) == 40
+    assert row["positives"] == int(frame.loc[males, "b"].sum())
+    assert row["auroc"] == pytest.approx(roc_auc_score(frame.loc[males, "b"], frame.loc[males, "p_b"]))

@@ -150,6 +150,14 @@ def evaluate(
         console.print(f"multi-class: predicted class = argmax, thresholds do not apply; accuracy {_ci(mc.accuracy)}, "
                       f"balanced accuracy {_ci(mc.balanced_accuracy)}", highlight=False, soft_wrap=True)
     _print_sources(result.by_source)
+    probe = result.source_probe
+    if probe is not None and probe["auroc"].notna().any():
+        shown = ", ".join(f"{r.source} {r.auroc:.2f}" for r in probe.itertuples() if r.auroc == r.auroc
+                          and r.auroc is not None)
+        console.print(f"source from the model's own features ({split} images; out-of-fold AUROC, this source vs the "
+                      f"others): {shown}; near 1 = the model can tell where an image came from, so a finding whose "
+                      "prevalence differs between sources can be learnt through the source (source_probe.csv)",
+                      highlight=False, soft_wrap=True)
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     console.print(f"macro AUROC {fmt(result.macro_auroc)} on {result.summary.n_images} {split} images; "

@@ -50,14 +50,24 @@ class Task:
     score: np.ndarray  # (N,) float
     decided: np.ndarray  # (N,) bool
     mix: np.ndarray | None = None  # (N,) int: findings per image (1..3+) for the case-mix standardisation
+    given: np.ndarray | None = None  # (N,) bool: images whose truth is known (a merged dataset leaves some missing)
+
+    def on(self, mask: np.ndarray) -> np.ndarray:
+        """The images of `mask` whose truth this task knows."""
+        return mask if self.given is None else mask & self.given
 
 
 def make_tasks(truth: np.ndarray, scores: np.ndarray, labels: Sequence[str], thresholds: dict[str, float] | None,
                multiclass: bool = False, normal: str | None = None) -> list[Task]:
     """One Task per label (decision p >= its threshold; argmax for a multi-class model) and, with several labels, the
     'any finding' task (truth: at least one finding; score max p; decision: any finding decided). A multi-class model
-    has 'any finding' only when one class is `normal` (truth/decision: not that class)."""
-    y = np.asarray(truth).astype(bool)
+    has 'any finding' only when one class is `normal` (truth/decision: not that class). Truth may be NaN where a
+    merged dataset's source does not annotate a label: such images are left out of that label's task, and 'any
+    finding' is known for an image that annotates at least one label (positive when an annotated label is)."""
+    values = np.asarray(truth, dtype=np.float64)
+    known = ~np.isnan(values)
+    y = np.where(known, values, 0).astype(bool)
+    missing = not known.all()
     p = np.asarray(scores, dtype=np.float64)
     labels = list(labels)
     if multiclass:
@@ -65,12 +75,14 @@ def make_tasks(truth: np.ndarray, scores: np.ndarray, labels: Sequence[str], thr
     else:
         thr = np.array([(thresholds or {}).get(name, 0.5) for name in labels])
         decided = p >= thr
-    tasks = [Task(name, y[:, j], p[:, j], decided[:, j]) for j, name in enumerate(labels)]
+    tasks = [Task(name, y[:, j], p[:, j], decided[:, j], given=known[:, j] if missing else None)
+             for j, name in enumerate(labels)]
     if multiclass and normal in labels:
         j = labels.index(normal)
         tasks.append(Task(ANY, ~y[:, j], 1.0 - p[:, j], ~decided[:, j], np.ones(len(y), dtype=int)))
     elif not multiclass and len(labels) > 1:
-        tasks.append(Task(ANY, y.any(1), p.max(1), decided.any(1), np.clip(y.sum(1), 1, 3)))
+        tasks.append(Task(ANY, y.any(1), p.max(1), decided.any(1), np.clip(y.sum(1), 1, 3),
+                          given=known.any(1) if missing else None))
     return tasks
 
 
@@ -210,15 +222,16 @@ def subgroup_table(
         groups = attr.groups.to_numpy(dtype=object)
         known = pd.notna(attr.groups).to_numpy()
         levels = attr.levels
-        cache: dict[tuple[str, str], _Reps] = {("*", t.name): _replicate(t, known, codes, n_pat, counts[:0])
+        cache: dict[tuple[str, str], _Reps] = {("*", t.name): _replicate(t, t.on(known), codes, n_pat, counts[:0])
                                                for t in tasks}  # pooled point values: the null's reference
         for g in levels:
             mask = known & (groups == g)
             rest = known & (groups != g)
             for t in tasks:
-                cache[(g, t.name)] = _replicate(t, mask, codes, n_pat, counts)
-                cache[("~" + g, t.name)] = (_replicate(t, rest, codes, n_pat, counts) if len(levels) > 2 else None)
-        weights = _mix_weights(ud, known) if ud is not None and ud.mix is not None else {}
+                cache[(g, t.name)] = _replicate(t, t.on(mask), codes, n_pat, counts)
+                cache[("~" + g, t.name)] = (_replicate(t, t.on(rest), codes, n_pat, counts) if len(levels) > 2
+                                            else None)
+        weights = _mix_weights(ud, ud.on(known)) if ud is not None and ud.mix is not None else {}
         for g in levels:
             mask = known & (groups == g)
             ud_reps = cache[(g, ud.name)] if ud is not None else None
@@ -226,8 +239,8 @@ def subgroup_table(
                 r = cache[(g, t.name)]
                 other = levels[1 - levels.index(g)] if len(levels) == 2 else None
                 o = cache[(other, t.name)] if other is not None else cache[("~" + g, t.name)]
-                rows.append(_row(attr, g, t, (r, o, cache[("*", t.name)]), ud_reps, mask, codes, weights, ci, alpha,
-                                 other, known))
+                rows.append(_row(attr, g, t, (r, o, cache[("*", t.name)]), ud_reps, t.on(mask), codes, weights, ci,
+                                 alpha, other, t.on(known)))
     table = pd.DataFrame(rows)
     return _adjust(table, alpha) if len(table) else table
 

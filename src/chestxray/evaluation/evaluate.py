@@ -26,6 +26,7 @@ from chestxray.errors import ConfigError, DataError, DiskFullError
 from chestxray.evaluation import plots
 from chestxray.evaluation.metrics import Summary, summarize, undefined_reason
 from chestxray.evaluation.multiclass import MulticlassMetrics, multiclass_summary
+from chestxray.evaluation.source_probe import METHOD
 from chestxray.evaluation.thresholds import parse_method, thresholds_from_frame
 from chestxray.files import (
     atomic_folder,
@@ -65,6 +66,7 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)  # caveats the user should read (e.g. not the training data)
     multiclass: MulticlassMetrics | None = None  # accuracy, balanced accuracy, K x K confusion (multiclass tasks)
     by_source: dict[str, Summary] = field(default_factory=dict)  # a multi-source dataset: each source alone
+    source_probe: pd.DataFrame | None = None  # how well the model's features tell the sources apart
 
     @property
     def macro_auroc(self) -> float | None:
@@ -246,6 +248,7 @@ def evaluate_run(
     ood.safetensors + ood.json beside the weights), which predict and serve read. `engine`: what runs the network
     (chestxray.inference.engines: ONNX Runtime on the CPU by default, PyTorch on a GPU).
     """
+    from chestxray.data.sampling import split_sources
     from chestxray.data.shards import read_manifest
     from chestxray.evaluation.thresholds import store_thresholds
     from chestxray.inference.engines import bundle_backend
@@ -266,10 +269,14 @@ def evaluate_run(
     verify = {True: "checksums", False: "sizes", None: "auto"}[verify_checksums]
     backend = bundle_backend(bundle, device, engine)  # one graph (or network) for val, the split and the OOD fit
     kwargs = dict(batch_size=batch_size, tta=tta, num_workers=num_workers, verify=verify, backend=backend)
-    val = predict_split(bundle, prepared, "val", **kwargs)
-    scored = val if split == "val" else predict_split(bundle, prepared, split, **kwargs)
     source = str(prepared or bundle.card.get("prepared"))
     manifest = read_manifest(source)
+    val = predict_split(bundle, prepared, "val", **kwargs)
+    probe = None
+    if split != "val" and len(split_sources(manifest, split)[0]) > 1:  # the penultimate features, same forwards
+        scored, probe = _scored_with_probe(bundle, prepared, split, kwargs, tta, seed)
+    else:
+        scored = val if split == "val" else predict_split(bundle, prepared, split, **kwargs)
     note = fingerprint_note(bundle, manifest, source)
     if note:  # its val split would re-choose, and overwrite, the thresholds the run chose on its own validation
         raise ConfigError(f"{note}; evaluating on it here would overwrite the bundle's thresholds and metrics. Score "
@@ -281,9 +288,15 @@ def evaluate_run(
              "same_data_as_training": None if not trained else trained == manifest.get("fingerprint")}
     task = str(bundle.card.get("task") or "multilabel")
 
+    if probe is not None:
+        extra["source_probe"] = {"method": METHOD, "rows": probe.to_dict(orient="records")}
+
     def finish(result: EvalResult) -> None:  # inside the new eval folder, before it replaces the old one
         if (run / "history.csv").exists():
             _copy(run / "history.csv", result.eval_dir / "training_history.csv")
+        if probe is not None:
+            write_csv(result.eval_dir / "source_probe.csv", probe)
+            result.source_probe = probe
         headline = {r.name: r.auroc.value for r in result.summary.rows}
         evaluation = {"split": split, "tta": tta, "macro_auroc": result.macro_auroc, "auroc": headline,
                       "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -320,6 +333,28 @@ def evaluate_run(
     log.info("evaluated %s on %s: macro AUROC %s", run, split, result.macro_auroc)
     _to_mlflow(run, result)
     return result
+
+
+def _scored_with_probe(bundle: Any, prepared: Any, split: str, kwargs: dict[str, Any], tta: str,
+                       seed: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """A split's predictions, and how well the model's penultimate features tell its sources apart
+    (chestxray.evaluation.source_probe), read during the same forwards when the backend can tap them."""
+    from chestxray.evaluation.ood_fit import split_features
+    from chestxray.evaluation.source_probe import source_probe
+    from chestxray.inference.ood import PENULTIMATE, TTA_VIEWS, mean_over_views
+    from chestxray.inference.predict import predict_split
+
+    backend = kwargs.get("backend")
+    if backend is not None and getattr(backend, "tap", None) is not None:
+        with backend.tap() as store:
+            scored = predict_split(bundle, prepared, split, **kwargs)
+        features = mean_over_views(store, TTA_VIEWS[tta])[PENULTIMATE]
+    else:
+        scored = predict_split(bundle, prepared, split, **kwargs)
+        features = split_features(bundle, prepared, split, tta, kwargs.get("batch_size", 64))[PENULTIMATE]
+    if "source" not in scored or len(features) != len(scored):
+        return scored, None
+    return scored, source_probe(features, scored["source"].to_numpy(), scored["patient_id"].to_numpy(), seed)
 
 
 def trained_sources(card: dict[str, Any]) -> list[str] | None:

@@ -88,15 +88,16 @@ def strata_table(rows: pd.DataFrame, features: pd.DataFrame, labels: Sequence[st
     out = []
     patients = rows["patient_id"].astype(str).tolist()
     for label in labels:
-        y = rows[label].to_numpy().astype(bool)
-        if y.all() or not y.any():
+        given = rows[label].notna().to_numpy()  # a merged dataset: only the images that annotate the label
+        y = rows[label].fillna(0).to_numpy().astype(bool)
+        if y[given].all() or not y[given].any():
             continue
         score = rows[f"p_{label}"].to_numpy(dtype=float)
         for name in features.columns:
             values = features[name]
             if values.nunique(dropna=True) < 2:
                 continue
-            known = values.notna().to_numpy()
+            known = values.notna().to_numpy() & given
             if y[known].all() or not y[known].any():
                 continue
             numeric = pd.api.types.is_numeric_dtype(values)
@@ -154,18 +155,20 @@ def counterfactual_table(truth: np.ndarray, scores: dict[str, np.ndarray], own: 
             continue
         now = decisions(probs, labels, thresholds, multiclass)
         columns = list(labels) + ([] if multiclass or len(labels) == 1 else ["any finding"])
+        values = np.asarray(truth, dtype=np.float64)  # NaN: a label the image's source does not annotate
         for j, name in enumerate(columns):
             if name == "any finding":
-                a, b, y = base.any(1), now.any(1), truth.any(1)
-                pa, pb = scores[own].max(1), probs.max(1)
+                a, b, y = base.any(1), now.any(1), (values == 1).any(1)
+                pa, pb, given = scores[own].max(1), probs.max(1), ~np.isnan(values).all(1)
             else:
-                a, b, y, pa, pb = base[:, j], now[:, j], truth[:, j].astype(bool), scores[own][:, j], probs[:, j]
+                a, b, y, pa, pb = base[:, j], now[:, j], values[:, j] == 1, scores[own][:, j], probs[:, j]
+                given = ~np.isnan(values[:, j])
             rows.append({"geometry": f"{own} -> {mode}", "label": name, "images": len(a),
                          "changed": int((a != b).sum()), "changed_share": float((a != b).mean()) if len(a) else np.nan,
                          "to_positive": int((~a & b).sum()), "to_negative": int((a & ~b).sum()),
                          "mean_abs_dp": float(np.abs(pa - pb).mean()) if len(a) else np.nan,
-                         "auroc_own": auroc(y, pa) if len(a) else None,
-                         "auroc_rendered": auroc(y, pb) if len(a) else None})
+                         "auroc_own": auroc(y[given], pa[given]) if given.any() else None,
+                         "auroc_rendered": auroc(y[given], pb[given]) if given.any() else None})
     return pd.DataFrame(rows)
 
 
@@ -287,7 +290,7 @@ def audit_shortcuts(bundle_dir: str | Path, frame: pd.DataFrame, labels: Sequenc
         if hook is not None:
             hook.remove()
     multiclass = task == "multiclass"
-    truth = rows[labels].to_numpy().astype(bool)
+    truth = rows[labels].to_numpy(dtype=float)  # 0/1, NaN where a merged dataset's source does not annotate
     counter = counterfactual_table(truth, scores, own, labels, thresholds, multiclass) if len(rows) else pd.DataFrame()
     stored = rows[[f"p_{x}" for x in labels]].to_numpy(dtype=float)
     parity = float(np.abs(scores[own] - stored).max()) if len(rows) else None
