@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from chestxray.errors import ConfigError, DiskFullError, TrainingInterrupted
-from chestxray.files import atomic_path, disk_full, disk_full_message, write_json, write_text
+from chestxray.files import atomic_path, disk_full, disk_full_message, kill_point, write_json, write_text
 from chestxray.locks import folder_lock, reading
 from chestxray.training.callbacks import (
     AtomicCheckpointIO,
@@ -431,6 +431,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
             warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
             # a label without positives in a validation batch: chestxray leaves such labels out of the AUROC
             warnings.filterwarnings("ignore", message="No positive samples in targets")
+            kill_point("fit")  # test-only: a kill -9 while a run is training (tune's killed-trial tests)
             trainer.fit(module, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
     except SystemExit:  # Lightning turns Ctrl-C into a graceful shutdown and sys.exit(1)
         if not trainer.interrupted:
