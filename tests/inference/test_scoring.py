@@ -120,3 +120,22 @@ def test_files_and_arrays_meet_in_the_same_pixels(shared_data: Path) -> None:
     scorer = Scorer(CARD, Backend("numpy", _brightness), "test")
     png = sorted((shared_data / "nih-chestxray14" / "images").glob("*.png"))[:2]
     np.testing.assert_array_equal(scorer.score_files(png), scorer.score_arrays([load_gray(p) for p in png]))
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad", "stretch"])
+def test_the_card_geometry_wins_over_the_default(tmp_path: Path, mode: str) -> None:
+    """A bundle trained before stretch became prepare's default (card resize 'crop') is still scored with crop: files
+    and arrays go through the card's mode, and each mode gives different pixels on a wide image."""
+    from PIL import Image
+
+    from chestxray.data.imaging import fit_square
+
+    wide = np.tile(np.linspace(0, 255, 48, dtype=np.uint8), (24, 1))  # 48 x 24, a gradient left to right
+    wide[:, :6] = 255
+    Image.fromarray(wide, "L").save(tmp_path / "wide.png")
+    card = {**CARD, "image_size": 16, "resize": mode}
+    expected = fit_square(wide, 16, mode)
+    np.testing.assert_array_equal(load_pixels(tmp_path / "wide.png", card), expected)
+    np.testing.assert_array_equal(array_pixels(wide, card), expected)
+    others = [fit_square(wide, 16, m) for m in ("crop", "pad", "stretch") if m != mode]
+    assert not any(np.array_equal(expected, o) for o in others)
