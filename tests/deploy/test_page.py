@@ -31,7 +31,7 @@ def server(trained_run: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def uploads(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A wide PNG (the crop shows its centre), a DICOM with a 200-character name and a broken file."""
+    """A wide PNG (a crop would show its centre), a DICOM with a 200-character name and a broken file."""
     root = tmp_path_factory.mktemp("uploads")
     source = sorted((shared_data / "nih-chestxray14" / "images").glob("*.png"))[0]
     gray = np.asarray(Image.open(source).convert("L"))
@@ -77,8 +77,8 @@ def test_api_decisions_quality_and_optional_preview(server: str, uploads: dict[s
     assert small.status_code == 200 and len(small.content) < 8_000, len(small.content)  # no base64 by default
     body = small.json()
     assert "preview" not in body["image"] and body["image"]["width"] == 768 and body["image"]["height"] == 512
-    window = body["image"]["input_window"]
-    assert window == pytest.approx({"left": 1 / 6, "top": 0.0, "right": 5 / 6, "bottom": 1.0}, abs=0.01)
+    assert body["image"]["resize"] == "stretch"  # prepare's default: the model sees the whole upload
+    assert body["image"]["input_window"] == {"left": 0.0, "top": 0.0, "right": 1.0, "bottom": 1.0}
     rows = {f["name"]: f for f in body["findings"]}
     assert rows["Atelectasis"]["positive"] is None and rows["Atelectasis"]["validated"] is False
     assert "placeholder" in rows["Atelectasis"]["why"]
@@ -137,13 +137,16 @@ def test_page_in_chromium_no_decision_without_validation(server: str, uploads: d
                                      "return p.scrollWidth <= p.clientWidth;")
 
         box = driver.find_element(By.ID, "crop-box")
+        assert not box.is_displayed() and "stretched" in driver.find_element(By.ID, "crop-note").text
+        assert driver.execute_script("return document.getElementById('input').naturalWidth") == card["image_size"]
+        # a --resize crop bundle's window (as the API gives it for this 768 x 512 upload) is framed on the picture
+        driver.execute_script("showCrop({left: 1 / 6, top: 0, right: 5 / 6, bottom: 1}, 'crop')")
         assert box.is_displayed() and "centre crop" in driver.find_element(By.ID, "crop-note").text
         frame = driver.execute_script("return document.getElementById('preview').getBoundingClientRect().toJSON()")
         crop = driver.execute_script("return arguments[0].getBoundingClientRect().toJSON()", box)
         assert crop["width"] / frame["width"] == pytest.approx(4 / 6, abs=0.02)
         assert crop["left"] - frame["left"] == pytest.approx(frame["width"] / 6, abs=2)
         assert crop["height"] == pytest.approx(frame["height"], abs=2)
-        assert driver.execute_script("return document.getElementById('input').naturalWidth") == card["image_size"]
 
         batch[2].click()  # the DICOM with a 200-character name
         wait.until(lambda d: uploads["dicom"].name in d.find_element(By.ID, "image-size").text)

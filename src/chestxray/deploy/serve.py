@@ -327,7 +327,8 @@ def create_app(bundle: Any, limits: Limits | None = None, keep_uploads: str | Pa
               "a finding whose threshold is not validated (too few patients on the validation split) has "
               "positive: null, validated: false and the reason in why. quality gives the finding's AUROC on the "
               "evaluated split with its interval (or why there is none). image.input_window is the part of the "
-              "picture the model sees (fractions; the centre square with --resize crop).")
+              "picture the model sees (fractions; the whole image for --resize stretch or pad, the centre square for "
+              "crop), image.resize which of them.")
     async def predict(request: Request, preview: bool = Query(False, description=PREVIEW_HELP)) -> dict[str, Any]:
         data, name = await read_upload(request)
         return await run_in_threadpool(service.predict, data, name, preview)
