@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from chestxray.errors import ConfigError, DiskFullError, TrainingInterrupted
-from chestxray.files import atomic_path, disk_full, disk_full_message, write_json, write_text
+from chestxray.files import atomic_path, disk_full, disk_full_message, kill_point, write_json, write_text
 from chestxray.locks import folder_lock, reading
 from chestxray.training.callbacks import (
     AtomicCheckpointIO,
@@ -41,7 +41,8 @@ from chestxray.training.callbacks import (
     RngState,
 )
 from chestxray.training.config import CONFIG_FILE, TrainConfig, config_yaml, validate_config
-from chestxray.training.precision import choose_execution, choose_precision
+from chestxray.training.execution import choose_execution
+from chestxray.training.precision import choose_precision
 from chestxray.training.resume import check_extendable, keep_only_last, read_progress
 from chestxray.training.run_dir import has_started, last_checkpoint_problem, refuse_run_dir
 
@@ -359,7 +360,6 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     precision = choice.precision
     log.info("precision %s (%s)", precision, choice.reason)
     fields = {**_data_fields(config, data, data_cfg), "precision": precision, "precision_reason": choice.reason}
-    execution = choose_execution(config.channels_last)  # recorded in run.json beside the precision
 
     run_info: dict[str, Any] = {}
     if resume and (run_dir / RUN_FILE).is_file():
@@ -396,6 +396,12 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     total_steps = config.epochs * _steps_per_epoch(data, trainer.world_size)
     if config.max_steps > 0:
         total_steps = min(total_steps, config.max_steps)
+    done = read_progress(last) if resume else None
+    steps_left = total_steps - (done.step if done is not None else 0)
+    execution = choose_execution(config.channels_last, config.compile, model=config.model, precision=precision,
+                                 accelerator=config.accelerator, image_size=data.image_size,
+                                 planned_images=max(0, steps_left) * config.batch_size)
+    log.info("training step: %s", execution.reason)  # recorded in run.json beside the precision
     module = ChestXrayModule(net, list(data.labels), lr=config.lr, weight_decay=config.weight_decay,
                              loss=config.loss, focal_gamma=config.focal_gamma,
                              pos_weight=data.pos_weight().tolist() if config.pos_weight else None,
@@ -403,8 +409,8 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                              monitor=config.monitor, patience=config.patience, channels_last=config.channels_last,
                              total_steps=total_steps, task=data.task, backbone_lr_scale=config.backbone_lr_scale,
                              backbone_params=backbone_parameter_names(net, config.model),
-                             warmup_steps=read_progress(last).warmup_steps if resume else None,
-                             missing_labels=data.missing_labels)
+                             warmup_steps=done.warmup_steps if done is not None else None,
+                             missing_labels=data.missing_labels, compile_net=execution.compile)
     if trainer.is_global_zero:
         _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"],
                                            "memory_format": execution.memory_format, "compile": execution.compile,
@@ -425,6 +431,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
             warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
             # a label without positives in a validation batch: chestxray leaves such labels out of the AUROC
             warnings.filterwarnings("ignore", message="No positive samples in targets")
+            kill_point("fit")  # test-only: a kill -9 while a run is training (tune's killed-trial tests)
             trainer.fit(module, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
     except SystemExit:  # Lightning turns Ctrl-C into a graceful shutdown and sys.exit(1)
         if not trainer.interrupted:
