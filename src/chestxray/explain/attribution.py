@@ -62,7 +62,7 @@ def grad_cam(net: torch.nn.Module, inputs: torch.Tensor, target: int, layer: tor
 
     sign -1 explains the negated logit: the evidence AGAINST the finding (regions whose activations push its score
     down), which is what carries information for an image the model scores negative, where the evidence-for map is
-    usually empty. The layer's output is read as laid out by the net's `gradcam_layout` ('nchw' by default, 'nhwc',
+    often empty. The layer's output is read as laid out by the net's `gradcam_layout` ('nchw' by default, 'nhwc',
     'tokens'); an output not in that layout is a ModelError suggesting Integrated Gradients.
     """
     from captum.attr import LayerAttribution, LayerGradCam

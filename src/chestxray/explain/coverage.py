@@ -1,7 +1,7 @@
 """What the explanations cover: the share of empty heatmaps per outcome (TP / FP / FN / TN), and what that means.
 
 Grad-CAM keeps only the regions that push a finding's score UP (its ReLU). For an image the model scores negative
-there is often no such region, and the map is empty (every pixel equal): the explanation has nothing to show for the
+there can be no such region, and the map is empty (every pixel equal): the explanation has nothing to show for the
 finding, which is not a sign that the model "looked nowhere". For those images the evidence AGAINST the finding
 (Grad-CAM of the negated logit: what pushed the score down) is the map that carries information; explain draws it
 instead of a grey square (--negatives auto). `coverage_table` counts empty evidence-for maps per outcome so that a
