@@ -16,17 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.deploy.conftest import free_port, running
 from tests.report.test_run_report import _browser
-
-
-@pytest.fixture(scope="module")
-def server(trained_run: Path, tmp_path_factory: pytest.TempPathFactory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("page") / "serve.log"
-    with running(["chestxray", "serve", str(trained_run), "--port", str(port)], f"http://127.0.0.1:{port}/health",
-                 log):
-        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
