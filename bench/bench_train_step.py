@@ -3,7 +3,8 @@ architecture, precision and execution variant, against eager PyTorch in the defa
 
 Variants: `eager` (NCHW), `channels_last` (eager, NHWC: the layout oneDNN's convolutions prefer; the product's
 default), `compile` (torch.compile, inductor, on the channels_last model: oneDNN for the convolutions and generated,
-fused C++ for the element-wise work around them). oneDNN Graph fusion proper (torch.jit.enable_onednn_fusion) works
+fused C++ for the element-wise work around them; compiled as `train --compile on` does, with the batch dimension
+dynamic). oneDNN Graph fusion proper (torch.jit.enable_onednn_fusion) works
 on frozen TorchScript inference graphs only, so for training the fusion on offer is inductor's.
 Each (model, precision, variant) runs in its own process (a fresh inductor cache, so compile time is the cold one a
 first run pays); the first step's extra CPU over a steady step is the compile cost. Random 1-channel images and
@@ -12,7 +13,7 @@ binary labels, batch --batch at --size px; bf16-mixed = torch.autocast(cpu, bflo
 The decision needs the compile cost: `break_even_epochs` = compile CPU seconds / CPU saved per image against eager
 channels_last (the product's default; inf where compile saves nothing) / the Kaggle
 sample's training images (1,015 at the default 80 % split), i.e. how many epochs of a small realistic run pay for the
-compilation (validation recompiles once more, for eval mode, and is not counted: this favours compile).
+compilation (training validates eagerly, so there is no second, eval-mode graph to compile).
 Writes bench/results/train-step-<host>.csv.
 
 Run: nice -n 19 .venv/bin/python bench/bench_train_step.py [--models cnn-small,resnet18,efficientnet-lite0,densenet121]
@@ -51,7 +52,12 @@ def step_worker(arch: str, precision: str, variant: str, size: int, batch: int, 
     if variant in ("channels_last", "compile"):
         net = net.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    model = torch.compile(net) if variant == "compile" else net
+    model = net
+    if variant == "compile":  # as training compiles it: one graph for every batch size (chestxray.training.execution)
+        from chestxray.training.execution import compile_for_training, mark_batch_dynamic
+
+        model = compile_for_training(net)
+        images = mark_batch_dynamic(images)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed"
                 else contextlib.nullcontext())

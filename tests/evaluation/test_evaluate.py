@@ -56,13 +56,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("eval")
     src = make_synthetic(root / "synth", n=80, size=32, seed=0, findings_p=0.35)
     catalog = assign_splits(read_nih(src / "labels.csv", src / "images"), ratios=(0.5, 0.25, 0.25), seed=0)
-    prepare_dataset(catalog, root / "prepared", size=32, workers=0)
+    prepare_dataset(catalog, root / "prepared", size=32, resize="crop", workers=0)
     table = catalog.table.copy()
     test = (table["split"] == "test").to_numpy()
     labels = list(catalog.labels)
     rng = np.random.default_rng(1)
     table.loc[test, labels] = table.loc[test, labels].to_numpy()[rng.permutation(int(test.sum()))]
-    prepare_dataset(dataclasses.replace(catalog, table=table), root / "prepared_shuffled", size=32, workers=0)
+    prepare_dataset(dataclasses.replace(catalog, table=table), root / "prepared_shuffled", size=32, resize="crop",
+                    workers=0)
     torch.manual_seed(0)
     state = build_model("cnn-tiny", num_labels=14).state_dict()
     run_a = _make_run(root / "run_a", root / "prepared", state)

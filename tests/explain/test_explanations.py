@@ -172,7 +172,7 @@ def synth_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     synth = make_synthetic(root / "synth", n=12, size=48, seed=0, findings_p=0.5)
     catalog = assign_splits(read_nih(synth / "labels.csv", synth / "images"), seed=0)
     save_catalog(catalog, root / "catalog")
-    prepare_dataset(root / "catalog", root / "prepared", size=SIZE, workers=1)
+    prepare_dataset(root / "catalog", root / "prepared", size=SIZE, resize="crop", workers=1)
     torch.manual_seed(0)
     card = {"architecture": "cnn-tiny", "num_labels": len(catalog.labels), "in_chans": 1, "image_size": SIZE,
             "resize": "crop", "normalization": "gray", "labels": list(catalog.labels), "task": "multilabel",
@@ -251,6 +251,10 @@ def test_balanced_selection_and_boxed_split_errors(synth_run: tuple[Path, Path])
     by_path = {Path(p).name: i for i, p in zip(train["image_id"], train["path"])}
     assert [(by_path[p.name], lab) for p, lab in picked] == [(ids[0], first), (ids[3], first), (ids[1], first),
                                                              (ids[2], first)]  # TP, FP, FN, then FP again
+    masked = scores.astype({first: float})
+    masked.loc[3, first] = float("nan")  # a merged dataset whose source does not annotate it: no outcome at all
+    picked = select_split_targets(bundle, "train", n=2, scores=masked)
+    assert [by_path[p.name] for p, _ in picked] == [ids[0], ids[2]]  # the TP, then the only annotated FP
     with pytest.raises(ConfigError, match="outcomes"):
         select_split_targets(bundle, "train", scores=scores, outcomes=("XX",))
     boxed = pd.DataFrame({"image_id": [Path(p).name for p in train["path"].head(1)], "label": [first]})

@@ -30,7 +30,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.Data
     root = tmp_path_factory.mktemp("predict")
     src = make_synthetic(root / "synth", n=30, size=48, seed=3)
     catalog = assign_splits(read_nih(src / "labels.csv", src / "images"), ratios=(0.4, 0.3, 0.3), seed=0)
-    prepare_dataset(catalog, root / "prepared", size=32, workers=0)
+    prepare_dataset(catalog, root / "prepared", size=32, resize="crop", workers=0)
     torch.manual_seed(0)
     bundle = save_bundle(root / "bundle", build_model("cnn-tiny", num_labels=14), {
         "architecture": "cnn-tiny", "num_labels": 14, "in_chans": 1, "image_size": 32, "resize": "crop",

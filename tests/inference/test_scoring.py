@@ -56,6 +56,33 @@ def test_views_match_torch_and_mirror_exactly(size: int) -> None:
         tta_views(pixels.astype(np.float32), "none")
 
 
+@pytest.mark.parametrize("size", [32, 64])
+def test_tencrop_is_torchvisions_ten_crop(size: int) -> None:
+    """Ten-crop as the CheXNet reproductions score: torchvision's TenCrop of a 0.875 window (the five crops and the
+    five crops of the mirrored image), each stretched back to the input size; the same ten views, in another order."""
+    from torchvision.transforms import functional as TF
+
+    pixels = np.random.default_rng(size).integers(0, 256, (2, size, size), dtype=np.uint8)
+    ours = tta_views(pixels, "tencrop")
+    assert len(ours) == 10 and all(v.shape == (2, 1, size, size) for v in ours)
+    x = torch.from_numpy(pixels).float()[:, None]
+    crop = round(size * CROP_FRACTION)
+    theirs = [F.interpolate(v, size=(size, size), mode="bilinear", align_corners=False).numpy()
+              for v in TF.ten_crop(x, [crop, crop])]
+    unmatched = list(range(10))
+    for view in theirs:
+        gaps = [np.abs(view - ours[i]).max() for i in unmatched]
+        best = int(np.argmin(gaps))
+        assert gaps[best] < 1e-3, gaps  # grey levels out of 255
+        unmatched.pop(best)
+    assert not unmatched
+    backend = Backend("numpy", _brightness)
+    mean = np.mean([_brightness(v) for v in theirs], axis=0)
+    assert np.abs(score_log_odds(pixels, backend, "tencrop") - mean).max() < 1e-5  # mean logit
+    with pytest.raises(ConfigError, match="--tta tencrop feeds it interpolated views"):
+        score_pixels(pixels, Backend("onnxruntime", _brightness, whole_levels=True), "tencrop")
+
+
 def test_log_odds_are_the_mean_logit_over_views_then_the_calibration() -> None:
     pixels = np.zeros((2, 4, 4), dtype=np.uint8)
     pixels[:, :, :2] = 255  # left half white: the mirror swaps the halves
@@ -119,3 +146,22 @@ def test_files_and_arrays_meet_in_the_same_pixels(shared_data: Path) -> None:
     scorer = Scorer(CARD, Backend("numpy", _brightness), "test")
     png = sorted((shared_data / "nih-chestxray14" / "images").glob("*.png"))[:2]
     np.testing.assert_array_equal(scorer.score_files(png), scorer.score_arrays([load_gray(p) for p in png]))
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad", "stretch"])
+def test_the_card_geometry_wins_over_the_default(tmp_path: Path, mode: str) -> None:
+    """A bundle trained before stretch became prepare's default (card resize 'crop') is still scored with crop: files
+    and arrays go through the card's mode, and each mode gives different pixels on a wide image."""
+    from PIL import Image
+
+    from chestxray.data.imaging import fit_square
+
+    wide = np.tile(np.linspace(0, 255, 48, dtype=np.uint8), (24, 1))  # 48 x 24, a gradient left to right
+    wide[:, :6] = 255
+    Image.fromarray(wide, "L").save(tmp_path / "wide.png")
+    card = {**CARD, "image_size": 16, "resize": mode}
+    expected = fit_square(wide, 16, mode)
+    np.testing.assert_array_equal(load_pixels(tmp_path / "wide.png", card), expected)
+    np.testing.assert_array_equal(array_pixels(wide, card), expected)
+    others = [fit_square(wide, 16, m) for m in ("crop", "pad", "stretch") if m != mode]
+    assert not any(np.array_equal(expected, o) for o in others)

@@ -57,7 +57,7 @@ CASES = [
     ({"labels": ["Mass", "Mass"]}, r"labels \['Mass', 'Mass'\] is not a list of distinct label names"),
     ({"num_labels": 3}, r"num_labels 3 does not match the 2 label name\(s\)"),
     ({"in_chans": 2}, r"in_chans 2 is not 1 or 3"),
-    ({"resize": "stretch"}, r"resize 'stretch' is not one of \['crop', 'pad'\]"),
+    ({"resize": "squash"}, r"resize 'squash' is not one of \['crop', 'pad', 'stretch'\]"),
     ({"task": "regression"}, r"task 'regression' is not one of"),
     ({"normalization": {"mean": [math.nan] * 3, "std": [1, 1, 1]}}, r"normalization .* of finite numbers"),
     ({"normalization": "sepia"}, r"unknown normalization 'sepia'"),

@@ -46,18 +46,35 @@ def test_auto_precision_follows_the_flags(tmp_path: Path, monkeypatch: pytest.Mo
     assert choice.precision == "bf16-mixed" and "amx_bf16" in choice.reason
 
 
-def test_bf16_cpu_run_matches_fp32_auroc(tmp_path: Path, synthetic_prepared: Path) -> None:
+def test_bf16_cpu_run_matches_fp32_auroc_and_run_json_records_execution(
+        tmp_path: Path, synthetic_prepared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fp32 run is compiled (--compile on) through torch.compile's eager backend: dynamo traces and wraps the net
+    as inductor would, without its tens of CPU seconds of C++; the checkpoint and bundle keep the plain net's keys."""
+    import torch
+    from safetensors.torch import load_file
+
+    from chestxray.training import execution, module
+
+    monkeypatch.setattr(execution, "cxx_compiler", lambda: "/usr/bin/g++")
+    monkeypatch.setattr(module, "compile_for_training", lambda net: torch.compile(net, backend="eager"))
     results = {}
     for prec in ("32-true", "bf16-mixed"):
         config = resolve_config(prepared=str(synthetic_prepared), model="cnn-small", epochs=2, batch_size=16,
                                 lr=3e-3, augment="none", num_workers=0, mlflow=False, progress=False,
-                                precision=prec, accelerator="cpu", out=str(tmp_path / prec))
+                                precision=prec, accelerator="cpu", out=str(tmp_path / prec),
+                                compile="on" if prec == "32-true" else "auto")
         results[prec] = train(config)
         run_info = json.loads((tmp_path / prec / "run.json").read_text())
         card = json.loads((tmp_path / prec / "bundle" / "card.json").read_text())
         assert run_info["precision"] == card["precision"] == prec
         assert card["precision_reason"] == "set explicitly (--precision)"
-        assert run_info["memory_format"] == "channels_last" and run_info["compile"] is False
-        assert "torch.compile" in run_info["execution_reason"]
+        assert run_info["memory_format"] == "channels_last" and run_info["compile"] is (prec == "32-true")
+        assert run_info["execution_reason"].endswith("set explicitly (--compile on)") if prec == "32-true" \
+            else "auto: torch.compile off (not measured for cnn-small at bf16-mixed" in run_info["execution_reason"]
+    keys = {k.removeprefix("net.") for k in torch.load(tmp_path / "32-true" / "checkpoints" / "last.ckpt",
+                                                      weights_only=True)["state_dict"]}
+    assert keys == set(load_file(tmp_path / "32-true" / "bundle" / "model.safetensors"))
+    assert keys == set(load_file(tmp_path / "bf16-mixed" / "bundle" / "model.safetensors"))  # compiled or not
+    assert not any("_orig_mod" in k or "compiled" in k for k in keys)
     fp32, bf16 = results["32-true"].best_val_auroc, results["bf16-mixed"].best_val_auroc
     assert fp32 > 0.9 and bf16 >= fp32 - 0.02, (fp32, bf16)

@@ -46,7 +46,7 @@ def test_synthetic_two_epochs_learn_and_fill_run_folder(tmp_path: Path, syntheti
     auto = choose_precision("auto", "auto")
     assert (card["precision"], card["precision_reason"]) == (auto.precision, auto.reason)
     assert json.loads((run / "run.json").read_text())["precision_reason"] == auto.reason
-    assert card["preprocessing"]["resize"] == manifest["resize"] == "crop"
+    assert card["preprocessing"]["resize"] == manifest["resize"] == "stretch"  # prepare's default
     assert card["preprocessing"]["interpolation"] == manifest["settings"]["interpolation"]
     with pytest.raises(ConfigError, match="will not be overwritten.*--resume .*another --out.*delete"):
         train(config)

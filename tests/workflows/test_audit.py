@@ -85,7 +85,7 @@ def test_cli_audit_shortcuts_rescore_through_the_one_scoring_path(evaluated_run:
     record = json.loads((tmp_path / "s" / "audit.json").read_text(encoding="utf-8"))
     assert record["shortcut_images"] == 80 and record["scoring_parity"] < 1e-5
     counter = pd.read_csv(tmp_path / "s" / "counterfactual.csv")
-    assert set(counter["geometry"]) == {"crop -> pad", "crop -> stretch"} and (counter["changed"] == 0).all()
+    assert set(counter["geometry"]) == {"stretch -> crop", "stretch -> pad"} and (counter["changed"] == 0).all()
     assert {"view", "sex"} <= set(pd.read_csv(tmp_path / "s" / "probe.csv")["target"])
     strata = pd.read_csv(tmp_path / "s" / "shortcuts.csv")
     assert {"mean_intensity", "view"} <= set(strata["feature"]) and "width" not in set(strata["feature"])  # constant

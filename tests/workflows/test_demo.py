@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -30,6 +31,10 @@ def test_synthetic_demo_runs_every_stage_and_is_labelled(tmp_path: Path) -> None
                  "eval/predictions.csv", "report.html"):
         assert (run / path).exists(), path
     assert list((run / "explain" / "test-gradcam").glob("*.png")), "Grad-CAM overlays (TP, FP, FN) for the report"
+    audited = pd.read_csv(run / "audit" / "subgroups.csv")  # the demo audits its run: NIH layout, sex / age / view
+    assert set(audited["attribute"]) == {"sex", "age", "view"} and (run / "audit" / "explain_coverage.csv").exists()
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert '<section id="audit">' in html and 'id="audit-table"' in html
     card = json.loads((run / "bundle" / "card.json").read_text())
     assert card["thresholds"] and "val" in card["threshold_method"]
     assert sum(outcome.counts.values()) == 400 and set(outcome.counts) == {"train", "val", "test"}

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -17,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from chestxray.files import KILL_ENV
 from tests.conftest import STUDY_FAST
 from tests.workflows.tune_helpers import wait_until_stale
 
@@ -101,16 +101,10 @@ def test_killed_tune_draws_what_an_uninterrupted_one_draws(synthetic_prepared: P
     assert len(expected) == 4
 
     storage = f"sqlite:///{broken / 'study.db'}"
-    proc = subprocess.Popen(_tune(synthetic_prepared, broken, 4, "--no-mlflow"), env=_env(),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        if (broken / "trials" / "trial-0001" / "config.yaml").is_file():  # trial 1 is training
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.2)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"trial 1 was never seen training: {proc.stderr.read()[-2000:]}"
+    killed = subprocess.run(_tune(synthetic_prepared, broken, 4, "--no-mlflow"), env={**_env(), KILL_ENV: "fit:2"},
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, f"not killed in trial 1: {killed.stderr[-2000:]}"
+    assert (broken / "trials" / "trial-0001" / "config.yaml").is_file()  # trial 1 had started training
     wait_until_stale(storage, "study", 1)
     again = subprocess.run(_tune(synthetic_prepared, broken, 4, "--no-mlflow"), env=_env(), stdin=subprocess.DEVNULL,
                            capture_output=True, text=True, timeout=600)

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -16,6 +15,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from chestxray.files import KILL_ENV
 from chestxray.training.config import TrainConfig, resolve_config
 from chestxray.training.train import train
 from chestxray.workflows.search_space import parse_space
@@ -143,20 +143,14 @@ def test_two_workers_share_one_storage(two_workers: Path) -> None:
 
 def test_killed_worker_study_continues(two_workers: Path, no_test_split: Path) -> None:
     storage = f"sqlite:///{two_workers / 'study.db'}"
-    proc = subprocess.Popen(_cli(two_workers, no_test_split, 6), env=_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    killed = None
-    deadline = time.monotonic() + 300
-    while killed is None and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        study = optuna.load_study(study_name="study", storage=storage)
-        for trial in study.get_trials(states=(TrialState.RUNNING,)):
-            if (Path(trial.user_attrs.get("run_dir", "/nonexistent")) / "config.yaml").is_file():  # training began
-                proc.send_signal(signal.SIGKILL)
-                killed = trial.number
-    proc.wait(timeout=60)
-    assert killed is not None, f"no trial was seen running: {proc.stderr.read()[-3000:] if proc.stderr else ''}"
-    assert proc.returncode == -signal.SIGKILL
+    # killed by the product's test-only kill point as its first trial starts training: no race with a fast trial
+    proc = subprocess.run(_cli(two_workers, no_test_split, 6), env={**_env(), KILL_ENV: "fit:1"},
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="study", storage=storage)
+    running = study.get_trials(states=(TrialState.RUNNING,))
+    assert len(running) == 1 and (Path(running[0].user_attrs["run_dir"]) / "config.yaml").is_file()
+    killed = running[0].number
     wait_until_stale(storage, "study", killed)
     done = subprocess.run(_cli(two_workers, no_test_split, 6), env=_env(), stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=600)

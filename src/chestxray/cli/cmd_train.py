@@ -96,6 +96,10 @@ def train(
                                                       "= --lr × this (the head uses --lr)." + _d("backbone_lr_scale")),
     grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Max gradient norm (0: off)." + _d("grad_clip")),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto | 32-true | 16-mixed | bf16-mixed." + _d("precision")),
+    compile: Optional[str] = typer.Option(None, "--compile", help="torch.compile the training step: auto (on the CPU "
+                                          "where it is measured to pay back its compile time for this run; see "
+                                          "docs/performance.md) | on | off. Checkpoints and bundle are the same "
+                                          "either way." + _d("compile")),
     accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto | cpu | gpu." + _d("accelerator")),
     devices: Optional[str] = typer.Option(None, "--devices", help="Devices per node (number or 'auto')." + _d("devices")),
     num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help=_d("num_nodes").strip()),
@@ -135,7 +139,7 @@ def train(
                          loss=loss, pos_weight=pos_weight, sources=sources, source_sampling=source_sampling,
                          scheduler=scheduler, monitor=monitor, patience=patience,
                          val_every=val_every, freeze=freeze, unfreeze_last=unfreeze_last, grad_clip=grad_clip,
-                         precision=precision, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                         precision=precision, compile=compile, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                          strategy=strategy, num_workers=num_workers, verify_checksums=verify_checksums, seed=seed,
                          max_steps=max_steps,
                          max_minutes=max_minutes, out=out, mlflow=mlflow, mlflow_uri=mlflow_uri,

@@ -100,14 +100,16 @@ def check_pixels(path: str | Path, shape: tuple[int, ...], max_pixels: int | Non
                         "raise the limit with --max-pixels if it is genuine")
 
 
-def fit_square(img: np.ndarray, size: int, mode: str = "crop", source_shape: tuple[int, int] | None = None
+def fit_square(img: np.ndarray, size: int, mode: str = "stretch", source_shape: tuple[int, int] | None = None
                ) -> np.ndarray:
-    """Resize a uint8 (H, W) image to (size, size): 'crop' (default) scales the short side to `size` and keeps the
-    centre square; 'pad' keeps the whole image, scaling the long side to `size` and centring it on black; 'stretch'
-    scales each side to `size` on its own (the whole image, no bars, anatomy squeezed by the aspect ratio).
+    """Resize a uint8 (H, W) image to (size, size): 'stretch' (default) scales each side to `size` on its own (the
+    whole image, no bars, anatomy squeezed by the aspect ratio); 'crop' scales the short side to `size` and keeps the
+    centre square; 'pad' keeps the whole image, scaling the long side to `size` and centring it on black.
 
-    Crop is the default because pad's black bars encode the image's aspect ratio, an acquisition trait that can
-    predict the label by itself (Kaggle pneumonia images are wider) and that a model then learns instead of the lungs.
+    No geometry hides an image's shape, which can predict the label by itself (Kaggle pneumonia images are wider):
+    pad's bars are the aspect ratio, and crop and stretch still show it (chestxray.data.geometry). Stretch is the
+    default because it keeps the whole image (crop discards up to 69 % of the width of Kaggle's widest images) and, on
+    the Kaggle sample, leaves the least shape in a trained model's features (docs/audit.md, bench/bench_resize.py).
     `source_shape`: the full-resolution (H, W) when `img` is a reduced decode of it (JPEG draft); the geometry
     (letterbox size and offsets, crop window) is then computed from it, so it is identical to a full decode's.
     """
@@ -135,7 +137,21 @@ def fit_square(img: np.ndarray, size: int, mode: str = "crop", source_shape: tup
     return out
 
 
-def load_square(path: str | Path, size: int, mode: str = "crop", max_pixels: int | None = DEFAULT_MAX_PIXELS
+def input_window(shape: tuple[int, int], size: int, mode: str = "stretch") -> tuple[float, float, float, float]:
+    """The part of an (H, W) image that fit_square(…, size, mode) shows the model, as fractions of the image
+    (left, top, right, bottom): the centre square for 'crop', the whole image for 'pad' and 'stretch'."""
+    if mode not in RESIZE_MODES:
+        raise DataError(f"unknown resize mode {mode!r}; expected one of {RESIZE_MODES}")
+    h, w = shape
+    if mode != "crop":
+        return (0.0, 0.0, 1.0, 1.0)
+    scale = size / min(h, w)
+    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return (left / new_w, top / new_h, (left + size) / new_w, (top + size) / new_h)
+
+
+def load_square(path: str | Path, size: int, mode: str = "stretch", max_pixels: int | None = DEFAULT_MAX_PIXELS
                 ) -> np.ndarray:
     """Decode and resize a file to uint8 (size, size): exactly what prepare stores and predict must feed. An image
     no model should learn from or be scored on (check_content) is a DataError, which prepare quarantines."""

@@ -111,7 +111,7 @@ class _Shard:
         return shard_name(self.split, self.index)
 
 
-def prepare_dataset(catalog: Catalog | str | Path, out_dir: str | Path, size: int = 256, resize: str = "crop",
+def prepare_dataset(catalog: Catalog | str | Path, out_dir: str | Path, size: int = 256, resize: str = "stretch",
                     workers: int | None = None, shard_size: int = 1000, progress: Progress | None = None,
                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> PrepareResult:
     """Decode, resize (fit_square `resize`) and shard every catalog image into out_dir; see the module doc.

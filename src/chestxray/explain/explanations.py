@@ -148,7 +148,7 @@ def explain_images(
     net = model.net.to(device).eval()
     size = int(model.card["image_size"])
     mode = model.card.get("resize", "pad")
-    base = black_baseline(model.card, size).to(device) if method == "ig" else None
+    base = black_baseline(model.card, size).to(device) if method in ("ig", "occlusion") else None
     out = Path(out_dir)
     _clear(out)
     results: list[ExplainResult] = []
@@ -164,7 +164,8 @@ def explain_images(
             heatmap = attribute(net, inputs, target, method, base, n_steps)[0]
             found = rows_to_boxes(rows[rows["label"] == name], file_size, size, mode) if rows is not None else []
             scores = localization_scores(heatmap, box_mask(found, heatmap.shape), top_percent) if found else {}
-            known = truth is not None and path.name in truth.index and name in truth.columns
+            known = (truth is not None and path.name in truth.index and name in truth.columns
+                     and pd.notna(truth.loc[path.name, name]))  # a merged dataset may leave it missing
             caption = Caption(name, float(probs[target]), method, None if multiclass else thresholds.get(name, 0.5),
                               int(truth.loc[path.name, name]) if known else None, path.name, split,
                               predicted=labels[int(probs.argmax())] if multiclass else None)
@@ -297,14 +298,17 @@ def select_split_targets(bundle: Bundle, split: str = "test", n: int = 8, boxes:
     if scores is None:
         scores = predict_split(bundle, bundle.card["prepared"], split)
     thresholds = decision_thresholds(bundle.card) or {}  # log-odds, as every scoring path decides
-    truth = scores[labels].to_numpy(dtype=bool)
+    values = scores[labels].to_numpy(dtype=float)
+    given = ~np.isnan(values)  # a merged dataset: pairs whose source does not annotate the label are no outcome
+    truth = values == 1
     prob = log_odds_matrix(scores, labels)  # ranks like the probability, without its ties at 1.0
     if is_multiclass(bundle.card.get("task")):  # exclusive classes: the argmax decides (it may be under 0.5)
         decided = np.arange(len(labels)) == prob.argmax(axis=1)[:, None]
     else:
         decided = prob >= np.array([thresholds.get(name, 0.0) for name in labels])
     # per outcome: candidate (image, label) pairs, most telling first (confidence for P, how missed for FN)
-    key = {"TP": truth & decided, "FP": ~truth & decided, "FN": truth & ~decided, "TN": ~truth & ~decided}
+    key = {"TP": truth & decided, "FP": ~truth & decided & given, "FN": truth & ~decided,
+           "TN": ~truth & ~decided & given}
     order = {"TP": -prob, "FP": -prob, "FN": prob, "TN": prob}
     queues = {}
     for outcome in outcomes:

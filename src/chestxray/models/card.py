@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from chestxray.data.imaging import RESIZE_MODES  # the geometries prepare can make
 from chestxray.errors import ConfigError, ModelError, clip
 
 IMAGE_SIZE_RANGE = (8, 4096)  # prepare's --size range: a model input outside it was never trained
 MAX_NAME = 200  # characters of an architecture or label name
 TASKS = ("multilabel", "binary", "multiclass")
-RESIZE_MODES = ("crop", "pad")
 
 
 def _number(value: Any) -> bool:

@@ -23,6 +23,7 @@ SCHEDULERS = ("cosine", "plateau")
 MONITORS = ("val_auroc", "val_loss")
 FREEZE = ("none", "backbone")
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed")
+COMPILE = ("auto", "on", "off")  # chestxray.training.execution.COMPILE_CHOICES (that module imports torch)
 # The built-in model and augmentation names, so a config is checked before torch is imported (the registries need
 # it). tests/training/test_config.py keeps them equal to the registries; a name registered by a library user is
 # checked against the registry itself (already imported by whoever registered it).
@@ -63,6 +64,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
     precision: str = "auto"  # auto: bf16-mixed (16-mixed) on GPU, bf16-mixed on CPUs with native bf16, else 32-true
     channels_last: bool = True
+    compile: str = "auto"  # torch.compile the training step: auto (where measured to pay back; training.execution)|on|off
     accelerator: str = "auto"
     devices: int | str = "auto"
     num_nodes: int = 1
@@ -123,6 +125,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             return None
         raise ConfigError(f"{where}: setting {name!r} cannot be empty; give a value or leave the setting out")
     try:
+        if name == "compile" and isinstance(value, bool):  # YAML reads a bare on/off as a boolean
+            return "on" if value else "off"
         if name == "devices":
             return int(value) if str(value).lstrip("-").isdigit() else str(value)
         if kind.startswith("bool"):
@@ -212,6 +216,7 @@ def validate_config(config: TrainConfig) -> None:
     one_of("monitor", config.monitor, MONITORS)
     one_of("freeze", config.freeze, FREEZE)
     one_of("precision", config.precision, PRECISIONS)
+    one_of("compile", config.compile, COMPILE)
     positive = {"epochs": config.epochs, "batch_size": config.batch_size, "num_nodes": config.num_nodes}
     for name, value in positive.items():
         if value < 1:

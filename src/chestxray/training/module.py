@@ -24,6 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.utilities import dim_zero_cat
 
 from chestxray.data.tasks import is_multiclass, log_odds
+from chestxray.training.execution import compile_for_training, mark_batch_dynamic
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class ChestXrayModule(L.LightningModule):
                  patience: int = 5, channels_last: bool = False, total_steps: int = 1000,
                  task: str = "multilabel", backbone_lr_scale: float = 1.0,
                  backbone_params: Collection[str] = (), warmup_steps: int | None = None,
-                 missing_labels: bool = False) -> None:
+                 missing_labels: bool = False, compile_net: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "backbone_params"], logger=False)  # loggers get the TrainConfig
         self.net = net
@@ -157,10 +158,23 @@ class ChestXrayModule(L.LightningModule):
         self.val_label_accuracy = MeanMetric()  # multilabel/binary: mean over labels at 0.5
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, C, H, W) float → logits (B, L)."""
+        """images (B, C, H, W) float → logits (B, L); training batches of 2+ images through the compiled net when
+        compile_net is set (validation and single images eagerly: chestxray.training.execution)."""
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if self.hparams.compile_net and self.training and len(images) > 1:
+            return self.compiled_net()(mark_batch_dynamic(images))
         return self.net(images)
+
+    def compiled_net(self) -> Any:
+        """self.net compiled for training, built on first use and kept outside the module's submodules, so the state
+        dict (checkpoints, bundle) holds only net.* keys and never the compiled wrapper's `_orig_mod.` copy."""
+        compiled = self.__dict__.get("_compiled_net")
+        if compiled is None:
+            log.info("compiling the training step (torch.compile, inductor): a one-time cost of tens of CPU seconds")
+            compiled = compile_for_training(self.net)
+            object.__setattr__(self, "_compiled_net", compiled)  # not nn.Module.__setattr__: no submodule
+        return compiled
 
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = logits.float()

@@ -65,22 +65,3 @@ def choose_precision(requested: str, accelerator: str) -> PrecisionChoice:
     if found:
         return PrecisionChoice("bf16-mixed", f"auto: CPU has native bf16 ({', '.join(found)} in {source})")
     return PrecisionChoice("32-true", f"auto: CPU without native bf16 (no {' or '.join(CPU_BF16_FLAGS)} in {source})")
-
-
-@dataclass(frozen=True)
-class ExecutionChoice:
-    """How the training step runs besides its precision (memory layout, eager or compiled) and why, in words."""
-
-    memory_format: str  # "channels_last" or "contiguous"
-    compile: bool
-    reason: str
-
-
-def choose_execution(channels_last: bool) -> ExecutionChoice:
-    """Eager PyTorch in the configured layout. torch.compile (inductor) is not wired into training yet: measured on
-    one 2-core CPU at fp32 (bench/bench_train_step.py, docs/performance.md) it made a resnet18 step 1.7x cheaper than
-    eager channels_last after 55 CPU s of compiling, but gave nothing for cnn-small (40 CPU s to compile)."""
-    layout = "channels_last" if channels_last else "contiguous"
-    return ExecutionChoice(layout, False, f"eager PyTorch, {layout} (config channels_last); torch.compile not used "
-                           "by training yet (bench/bench_train_step.py: 1.7x per image for resnet18 fp32 after 55 CPU "
-                           "s of compiling, nothing for cnn-small)")

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from chestxray.errors import ConfigError, DiskFullError, TrainingInterrupted
-from chestxray.files import atomic_path, disk_full, disk_full_message, write_json, write_text
+from chestxray.files import atomic_path, disk_full, disk_full_message, kill_point, write_json, write_text
 from chestxray.locks import folder_lock, reading
 from chestxray.training.callbacks import (
     AtomicCheckpointIO,
@@ -41,7 +41,8 @@ from chestxray.training.callbacks import (
     RngState,
 )
 from chestxray.training.config import CONFIG_FILE, TrainConfig, config_yaml, validate_config
-from chestxray.training.precision import choose_execution, choose_precision
+from chestxray.training.execution import choose_execution
+from chestxray.training.precision import choose_precision
 from chestxray.training.resume import check_extendable, keep_only_last, read_progress
 from chestxray.training.run_dir import has_started, last_checkpoint_problem, refuse_run_dir
 
@@ -139,14 +140,19 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI layout (an empty Traces page); ours hold training runs
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def ensure_experiment(client: Any, name: str, uri: str) -> str:
     """The id of MLflow experiment `name` in the store at `uri`, created if missing with its artifacts beside a
-    SQLite store (never MLflow's default ./mlruns of the working folder); another process may create it meanwhile."""
+    SQLite store (never MLflow's default ./mlruns of the working folder) and tagged as holding training runs;
+    another process may create it meanwhile."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_location(uri))
+        return client.create_experiment(name, artifact_location=artifact_location(uri), tags=dict([EXPERIMENT_KIND]))
     except Exception:  # MLflow's "already exists" (RestException) when a concurrent process won the race
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -216,6 +222,7 @@ def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any],
         _log_params(mlflow_logger, config)
         run_info["mlflow_run_id"] = mlflow_logger.run_id
         run_info["mlflow_tracking_uri"] = _tracking_uri(config, run_dir)
+        mlflow_logger.experiment.set_experiment_tag(mlflow_logger.experiment_id, *EXPERIMENT_KIND)
         mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(run_dir / CONFIG_FILE))
     write_json(run_dir / RUN_FILE, run_info)
 
@@ -245,6 +252,7 @@ def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: d
             "thresholds": None, "threshold_method": None, "seed": config.seed,
             "metrics": {"training": {"split": "val", "val_auroc": best_val, "date": trained}},
             "run": str(run_dir.resolve()), "weights_from": origin}
+    card["model_card"] = _model_card(card, config.prepared)
     bundle_dir = save_bundle(run_dir / "bundle", net.cpu(), card)
     if mlflow_logger is not None:
         client, run_id = mlflow_logger.experiment, mlflow_logger.run_id
@@ -255,6 +263,20 @@ def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: d
         client.log_artifacts(run_id, str(bundle_dir), "bundle")
         log_pyfunc(mlflow_logger._tracking_uri, run_id, run_dir, bundle_dir, config.register_model)
     return bundle_dir
+
+
+def _model_card(card: dict[str, Any], prepared: str) -> dict[str, Any]:
+    """The bundle's model card (intended use, training population, limits) from the PREPARED manifest."""
+    from chestxray.data.shards import read_manifest
+    from chestxray.errors import DataError
+    from chestxray.models.model_card import model_card
+
+    try:
+        manifest = read_manifest(prepared)
+    except DataError as exc:  # read at the start of training; gone now (a remote store): a card without counts
+        log.warning("model card without the training population: %s", exc)
+        manifest = None
+    return model_card(card, manifest)
 
 
 def log_pyfunc(uri: str, run_id: str, run_dir: Path, bundle_dir: Path, register_as: str = "") -> Any:
@@ -363,7 +385,6 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     precision = choice.precision
     log.info("precision %s (%s)", precision, choice.reason)
     fields = {**_data_fields(config, data, data_cfg), "precision": precision, "precision_reason": choice.reason}
-    execution = choose_execution(config.channels_last)  # recorded in run.json beside the precision
 
     run_info: dict[str, Any] = {}
     if resume and (run_dir / RUN_FILE).is_file():
@@ -400,6 +421,12 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     total_steps = config.epochs * _steps_per_epoch(data, trainer.world_size)
     if config.max_steps > 0:
         total_steps = min(total_steps, config.max_steps)
+    done = read_progress(last) if resume else None
+    steps_left = total_steps - (done.step if done is not None else 0)
+    execution = choose_execution(config.channels_last, config.compile, model=config.model, precision=precision,
+                                 accelerator=config.accelerator, image_size=data.image_size,
+                                 planned_images=max(0, steps_left) * config.batch_size)
+    log.info("training step: %s", execution.reason)  # recorded in run.json beside the precision
     module = ChestXrayModule(net, list(data.labels), lr=config.lr, weight_decay=config.weight_decay,
                              loss=config.loss, focal_gamma=config.focal_gamma,
                              pos_weight=data.pos_weight().tolist() if config.pos_weight else None,
@@ -407,8 +434,8 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                              monitor=config.monitor, patience=config.patience, channels_last=config.channels_last,
                              total_steps=total_steps, task=data.task, backbone_lr_scale=config.backbone_lr_scale,
                              backbone_params=backbone_parameter_names(net, config.model),
-                             warmup_steps=read_progress(last).warmup_steps if resume else None,
-                             missing_labels=data.missing_labels)
+                             warmup_steps=done.warmup_steps if done is not None else None,
+                             missing_labels=data.missing_labels, compile_net=execution.compile)
     if trainer.is_global_zero:
         _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"],
                                            "memory_format": execution.memory_format, "compile": execution.compile,
@@ -429,6 +456,7 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
             warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
             # a label without positives in a validation batch: chestxray leaves such labels out of the AUROC
             warnings.filterwarnings("ignore", message="No positive samples in targets")
+            kill_point("fit")  # test-only: a kill -9 while a run is training (tune's killed-trial tests)
             trainer.fit(module, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
     except SystemExit:  # Lightning turns Ctrl-C into a graceful shutdown and sys.exit(1)
         if not trainer.interrupted:

@@ -222,7 +222,7 @@ def sampler_seed(seed: int, position: int) -> int:
 def _before_trial(study: Any, position: int, settings: TuneSettings) -> None:
     """Under the claim: retire killed trials' folders, and seed the sampler by the new trial's position, so a study
     killed and continued draws what an uninterrupted one draws (the killed trial itself is retried with its own
-    parameters by the storage's RetryFailedTrialCallback)."""
+    parameters by the storage's stale-trial retry callback)."""
     retire_failed(study, Path(settings.out))
     study.sampler = make_sampler(settings.space, sampler_seed(settings.base.seed, position), settings.sampler)
 
