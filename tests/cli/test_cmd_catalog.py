@@ -103,3 +103,18 @@ def test_bad_input_exits_1_with_message(tmp_path: Path, argv: list[str], message
     assert "error:" in result.output
     assert re.search(message, result.output.replace("\n", "")), result.output
     assert not (tmp_path / "o" / "catalog.csv").exists()
+
+
+def test_catalog_folder_summary_counts_unmatched_names_and_ignored_files(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for cls, stem in (("NORMAL", "00000011_000"), ("NORMAL", "00000011_001"), ("NORMAL", "scanB"),
+                      ("PNEUMONIA", "person3_virus_1"), ("PNEUMONIA", "scanA"), ("PNEUMONIA", "person4_bacteria_2")):
+        (tmp_path / "in" / cls).mkdir(parents=True, exist_ok=True)
+        Image.new("L", (32, 32), 90).save(tmp_path / "in" / cls / f"{stem}.png")
+    (tmp_path / "in" / "NORMAL" / "readme.txt").write_text("x")
+    result = _run("catalog", "folder", tmp_path / "in", "--out", tmp_path / "cat")
+    assert result.exit_code == 0, result.output
+    assert "6 images, 5 patients" in result.output
+    assert "1 non-image file(s) ignored (.txt 1)" in result.output
+    assert "2 file name(s) matched no patient rule, one patient each (e.g. scanB; --patient-regex" in result.output

@@ -13,7 +13,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from chestxray.data.imaging import DRAFT_TOLERANCE, _decode, fit_square, load_gray, load_square
+from chestxray.data.imaging import DRAFT_TOLERANCE, _decode, fit_square, input_window, load_gray, load_square
 from chestxray.data.synth import write_png_bomb
 from chestxray.errors import DataError
 
@@ -177,6 +177,22 @@ def test_fit_square_pad_and_crop():
     assert stretched.shape == (32, 32) and stretched[:, 0].max() < 3 and stretched[:, -1].min() > 36
     with pytest.raises(DataError, match="resize mode"):
         fit_square(img, 32, "squash")
+
+
+def test_input_window_is_the_part_fit_square_shows():
+    """The serve page frames input_window on the upload: for crop it must be the columns fit_square keeps."""
+    ramp = np.tile(np.arange(240, dtype=np.uint8), (120, 1))  # 2:1 wide, value = column
+    left, top, right, bottom = input_window(ramp.shape, 32, "crop")
+    assert (left, top, right, bottom) == pytest.approx((0.25, 0.0, 0.75, 1.0))
+    kept = fit_square(ramp, 32, "crop")
+    assert abs(int(kept[:, 0].mean()) - left * 240) <= 4 and abs(int(kept[:, -1].mean()) - right * 240) <= 4
+    tall = input_window((300, 100), 32, "crop")
+    assert tall == pytest.approx((0.0, 1 / 3, 1.0, 2 / 3), abs=0.02)
+    for mode in ("stretch", "pad"):
+        assert input_window(ramp.shape, 32, mode) == (0.0, 0.0, 1.0, 1.0)
+    assert input_window(ramp.shape, 32) == (0.0, 0.0, 1.0, 1.0)  # stretch, fit_square's default
+    with pytest.raises(DataError, match="resize mode"):
+        input_window(ramp.shape, 32, "squash")
 
 
 def test_dicom_compressed_without_decoder_or_corrupt_says_why(tmp_path):

@@ -164,11 +164,36 @@ def test_kaggle_pneumonia_folder(shared_data: Path) -> None:
 
 
 def test_patient_rule_from_file_names() -> None:
-    stems = pd.Series(["person1_bacteria_1", "person100_virus_184", "IM-0115-0001", "NORMAL2-IM-0927-0001", "scan7"])
-    assert patient_ids(stems).tolist() == ["person1", "person100", "IM-0115", "NORMAL2-IM-0927", "scan7"]
+    stems = pd.Series(["person1_bacteria_1", "person100_virus_184", "IM-0115-0001", "NORMAL2-IM-0927-0001", "scan7",
+                       "00000011_000", "00000011_001"])
+    assert patient_ids(stems).tolist() == ["person1", "person100", "IM-0115", "NORMAL2-IM-0927", "scan7",
+                                           "00000011", "00000011"]
     assert patient_ids(stems, r"^(\w+?)\d").tolist()[:2] == ["person", "person"]
     with pytest.raises(ConfigError, match="needs a group"):
         patient_ids(stems, r"^person")
+
+
+def test_folder_counts_names_without_a_patient_rule_and_files_that_are_not_images(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """NIH-style names are one patient by default; names no rule matches are counted and warned about (with the
+    option that fixes them); .txt/.csv files are reported by count, not silently dropped."""
+    for cls, stem in (("NORMAL", "00000011_000"), ("NORMAL", "00000011_001"), ("NORMAL", "scanB"),
+                      ("Mass", "00000012_000"), ("Mass", "scanA"), ("Mass", "00000013_002")):
+        _png(tmp_path / cls / f"{stem}.png")
+    for name in ("NORMAL/notes.txt", "Mass/list.csv", "Mass/b.TXT", "NORMAL/.DS_Store"):
+        (tmp_path / name).write_text("x")
+    with caplog.at_level("WARNING"):
+        catalog = read_folder(tmp_path)
+    table = catalog.table.set_index("image_id")
+    assert table.loc["NORMAL/00000011_000.png", "patient_id"] == table.loc["NORMAL/00000011_001.png", "patient_id"]
+    assert catalog.table["patient_id"].nunique() == 5
+    assert catalog.info["patient_rule_unmatched"] == {"count": 2, "examples": ["scanA", "scanB"]}
+    assert catalog.info["skipped"]["not_images"] == {".txt": 2, ".csv": 1}
+    assert "2 of 6 file name(s) match no patient rule, e.g. scanA, scanB" in caplog.text
+    assert "--patient-regex" in caplog.text and "3 file(s) that are not images (.txt 2, .csv 1)" in caplog.text
+    ruled = read_folder(tmp_path, patient_regex=r"^(\w+?)_?\d*$")
+    assert ruled.info["patient_rule_unmatched"]["count"] == 0
+    assert ruled.table.set_index("image_id").loc["Mass/scanA.png", "patient_id"] == "scanA"
 
 
 def test_folder_with_source_split_and_multiclass(tmp_path: Path) -> None:

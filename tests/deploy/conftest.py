@@ -76,3 +76,13 @@ def running(args: list[str], url: str, log: Path, timeout: float = 120.0, env: d
             proc.wait()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def server(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`chestxray serve` of the trained run on a free loopback port, one process for every test that only asks it."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with running(["chestxray", "serve", str(trained_run), "--port", str(port)], f"http://127.0.0.1:{port}/health",
+                 log):
+        yield f"http://127.0.0.1:{port}"

@@ -1,10 +1,12 @@
 """MLflow: a short train + evaluate into a SQLite store leaves the test metrics with CI bounds, the plots and a
 pyfunc model that predicts what `chestxray predict` does; the bundle registers by name; `chestxray ui` starts the
-real MLflow server, which returns the run's metrics over REST and whose UI page loads in Chromium."""
+real MLflow server, which returns the run's metrics over REST, prints the runs page, which opens on the runs table
+in Chromium, and whose run page loads there."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from chestxray.cli import app
+from chestxray.deploy.mlflow_ui import TRAINING_LAYOUT
 from chestxray.inference.predict import predict_images
 from tests.deploy.conftest import free_port, running
 from tests.report.test_run_report import _browser
@@ -93,15 +96,21 @@ def test_chestxray_ui_serves_the_run(store, tmp_path: Path) -> None:
     uri, run_id, _ = store
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with running(["chestxray", "ui", "--store", uri, "--port", str(port)], f"{base}/health", tmp_path / "ui.log",
-                 timeout=180):
+    log = tmp_path / "ui.log"
+    with running(["chestxray", "ui", "--store", uri, "--port", str(port)], f"{base}/health", log, timeout=180):
         got = requests.get(f"{base}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=30).json()
         metrics = {m["key"]: m["value"] for m in got["run"]["data"]["metrics"]}
         assert "test_auroc/macro" in metrics and "test_auroc_ci_low/Effusion" in metrics
         experiment = got["run"]["info"]["experiment_id"]
+        printed = re.search(r"training runs of deploy-test \(1 run\): (\S+)", log.read_text())
+        assert printed, log.read_text()
         driver = _browser(1280, 900)
-        try:
-            driver.get(f"{base}/#/experiments/{experiment}/runs/{run_id}")
+        try:  # the printed page shows the runs table with the run, not MLflow's GenAI layout (an empty Traces page)
+            driver.get(printed.group(1))
+            WebDriverWait(driver, 90).until(lambda d: "run" in [e.text for e in d.find_elements(By.CSS_SELECTOR, "a")])
+            assert re.search(rf"/experiments/{experiment}/runs\?", driver.current_url), driver.current_url
+            assert "genai" not in driver.current_url and "traces" not in driver.current_url
+            driver.get(f"{base}/#/experiments/{experiment}/runs/{run_id}?{TRAINING_LAYOUT}")
             WebDriverWait(driver, 90).until(lambda d: "run" in d.find_element(By.TAG_NAME, "body").text.lower()
                                             and "test_auroc" in d.page_source)
             assert "MLflow" in driver.title

@@ -24,15 +24,6 @@ from tests.report.test_run_report import _browser
 
 
 @pytest.fixture(scope="module")
-def server(trained_run: Path, tmp_path_factory: pytest.TempPathFactory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with running(["chestxray", "serve", str(trained_run), "--port", str(port)], f"http://127.0.0.1:{port}/health",
-                 log):
-        yield f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture(scope="module")
 def sample(shared_data: Path) -> Path:
     return sorted((shared_data / "nih-chestxray14" / "images").glob("*.png"))[0]
 

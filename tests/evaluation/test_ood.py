@@ -65,7 +65,9 @@ def test_ood_separates_cxrs_from_other_images(kaggle_run, shared_data: Path, tmp
     assert flagged("test") < 0.05  # 1 % expected
     assert flagged("non-cxr") > 0.9 and auroc("non-cxr") > 0.95
     assert flagged("inverted") > 0.8 and auroc("inverted") > 0.95
-    assert flagged("lateral") > 0.4 and auroc("lateral") > 0.9
+    # lateral views rank far from home CXRs, but with prepare's stretch default (whole image squeezed to a square)
+    # fewer cross the 1 % line than with crop: 16 % vs 63 % here (docs/new-site.md); both are asserted as measured
+    assert flagged("lateral") > 0.1 and auroc("lateral") > 0.9
 
 
 def test_scores_are_uniform_for_inputs_like_the_validation_images() -> None:

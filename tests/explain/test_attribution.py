@@ -12,6 +12,7 @@ from chestxray.explain.attribution import (
     find_gradcam_layer,
     grad_cam,
     integrated_gradients,
+    to_heatmaps,
 )
 from tests.explain.helpers import SIZE, BrightNet
 
@@ -65,3 +66,31 @@ def test_gradcam_and_ig_run_on_registered_models(name: str) -> None:
     for method in ("gradcam", "ig"):
         heat = attribute(net, inputs, target=2, method=method, baselines=torch.full_like(inputs, -1.0), n_steps=4)
         assert heat.shape == (1, SIZE, SIZE) and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1
+
+
+def test_gradcam_of_the_small_cnns_reads_rectified_activations() -> None:
+    """Two parametrisations of one function must get one explanation. Moving a per-channel offset from the last
+    conv's BatchNorm into that conv (a bias, with the BN's running mean raised to match) leaves every output as it
+    was; Grad-CAM on the conv's raw output (the old layer) sees the offset and changes its maps, Grad-CAM on the
+    block's ReLU output (the rectified feature maps Selvaraju et al. use) gives the same maps."""
+    import copy
+
+    from chestxray.models import build_model
+
+    with torch.device("meta"):
+        assert isinstance(find_gradcam_layer(build_model("cnn-small", num_labels=2)), torch.nn.ReLU)
+    torch.manual_seed(0)
+    net = build_model("cnn-tiny", num_labels=2).eval()
+    assert isinstance(find_gradcam_layer(net), torch.nn.ReLU)
+    moved = copy.deepcopy(net)
+    conv, norm = moved.features[2][0], moved.features[2][1]
+    offset = torch.linspace(-2.0, 2.0, conv.out_channels)
+    conv.bias = torch.nn.Parameter(offset.clone())
+    norm.running_mean += offset
+    inputs = torch.rand(4, 1, SIZE, SIZE) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(moved(inputs), net(inputs))  # the same function
+    for target in (0, 1):
+        np.testing.assert_allclose(attribute(moved, inputs, target), attribute(net, inputs, target), atol=1e-4)
+    raw = [to_heatmaps(grad_cam(m, inputs, 0, m.features[2][0])) for m in (net, moved)]
+    assert np.abs(raw[0] - raw[1]).max() > 0.1  # the raw conv output is not a faithful layer

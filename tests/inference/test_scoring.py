@@ -52,6 +52,33 @@ def test_views_match_torch_and_mirror_exactly(size: int) -> None:
         tta_views(pixels.astype(np.float32), "none")
 
 
+@pytest.mark.parametrize("size", [32, 64])
+def test_tencrop_is_torchvisions_ten_crop(size: int) -> None:
+    """Ten-crop as the CheXNet reproductions score: torchvision's TenCrop of a 0.875 window (the five crops and the
+    five crops of the mirrored image), each stretched back to the input size; the same ten views, in another order."""
+    from torchvision.transforms import functional as TF
+
+    pixels = np.random.default_rng(size).integers(0, 256, (2, size, size), dtype=np.uint8)
+    ours = tta_views(pixels, "tencrop")
+    assert len(ours) == 10 and all(v.shape == (2, 1, size, size) for v in ours)
+    x = torch.from_numpy(pixels).float()[:, None]
+    crop = round(size * CROP_FRACTION)
+    theirs = [F.interpolate(v, size=(size, size), mode="bilinear", align_corners=False).numpy()
+              for v in TF.ten_crop(x, [crop, crop])]
+    unmatched = list(range(10))
+    for view in theirs:
+        gaps = [np.abs(view - ours[i]).max() for i in unmatched]
+        best = int(np.argmin(gaps))
+        assert gaps[best] < 1e-3, gaps  # grey levels out of 255
+        unmatched.pop(best)
+    assert not unmatched
+    backend = Backend("numpy", _brightness)
+    mean = np.mean([_brightness(v) for v in theirs], axis=0)
+    assert np.abs(score_pixels(pixels, backend, "tencrop") - mean).max() < 1e-5
+    with pytest.raises(ConfigError, match="--tta tencrop feeds it interpolated views"):
+        score_pixels(pixels, Backend("onnxruntime", _brightness, whole_levels=True), "tencrop")
+
+
 def test_probabilities_are_the_mean_over_views_then_the_calibration() -> None:
     pixels = np.zeros((2, 4, 4), dtype=np.uint8)
     pixels[:, :, :2] = 255  # left half white: the mirror swaps the halves

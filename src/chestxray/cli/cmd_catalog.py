@@ -16,7 +16,8 @@ catalog_app = typer.Typer(help="Build a catalog (one row an image: path, patient
                           no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 
-SPLIT_HELP = "Split ratios train,val,test (by patient, multi-label stratified)."
+SPLIT_HELP = ("Split ratios train,val,test, by patient: each patient's split follows from its id and --seed "
+              "(balanced by image count), whatever the labels.")
 MISSING_PATIENT_HELP = ("Rows with an empty patient id: error (default, names the rows), own (each image its own "
                         "patient), drop (leave them out). The choice and count are reported.")
 TASK_HELP = ("auto | multilabel | binary | multiclass. multiclass: classes exclude each other (softmax, "
@@ -98,8 +99,9 @@ def catalog_nih(
                      "(.png/.jpg/.jpeg/.dcm). Two classes with one normal (NORMAL / No Finding / normal) give a binary "
                      "task; otherwise one column per class. A train/val/test folder split is kept (val carved from "
                      "train by patient if absent). Patient id from the file name: 'personNNN_...' -> personNNN; "
-                     "'IM-NNNN-NNNN' / 'NORMAL2-IM-NNNN-NNNN' -> name without the trailing -NNNN; otherwise one "
-                     "patient per image (override with --patient-regex)."
+                     "'IM-NNNN-NNNN' / 'NORMAL2-IM-NNNN-NNNN' -> name without the trailing -NNNN; NIH "
+                     "'NNNNNNNN_NNN' -> NNNNNNNN; otherwise one patient per image, counted and warned about (give "
+                     "the rule with --patient-regex). Files that are not images are ignored and counted."
                      "\n\nExample: chestxray catalog folder data/chest_xray --out runs/catalog"
                      "\n\nExample (multi-class NORMAL / BACTERIA / VIRUS): chestxray catalog folder data/chest_xray "
                      "--kaggle-subtypes --out runs/catalog-3class")
@@ -108,7 +110,8 @@ def catalog_folder(
     root: Path = typer.Argument(..., help="Root folder of the class folders."),
     out: Path = typer.Option(..., "--out", "-o", help="Output catalog folder."),
     patient_regex: Optional[str] = typer.Option(None, "--patient-regex",
-                                                help="Regex on the file name (no extension); group 1 = patient id."),
+                                                help="Regex on the file name (no extension); group 1 = patient id, e.g. "
+                                                "'^(P\\d+)_' for P123_1.png. Replaces the default rules."),
     ignore_source_split: bool = typer.Option(False, "--ignore-source-split",
                                              help="Ignore train/val/test folders and split by patient at random."),
     task: str = typer.Option("auto", "--task", help=TASK_HELP),

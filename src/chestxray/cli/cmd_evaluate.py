@@ -82,7 +82,7 @@ def evaluate(
     run: Path = typer.Argument(..., help="Run folder (from 'chestxray train')."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to evaluate (thresholds always come from val; "
                                         "default test; with --data every image)."),
-    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, hflip or crop."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, hflip, crop or tencrop (five 0.875 crops and their mirrors, as CheXNet)."),
     threshold_method: str = typer.Option("youden", "--threshold-method",
                                          help="youden, f1 or sensitivity:<target>, e.g. sensitivity:0.9."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),

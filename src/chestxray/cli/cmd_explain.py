@@ -22,7 +22,8 @@ from chestxray.cli.common import console, friendly, print_table
 def explain(
     target: Path = typer.Argument(..., help="A run folder (uses RUN/bundle) or a model bundle folder."),
     images: list[Path] = typer.Argument(None, help="Image files to explain (or use --split)."),
-    method: str = typer.Option("gradcam", "--method", "-m", help="gradcam or ig (Integrated Gradients)."),
+    method: str = typer.Option("gradcam", "--method", "-m", help="gradcam (Captum), gradcam++ or scorecam "
+                               "(pytorch-grad-cam), ig (Integrated Gradients) or occlusion (Captum)."),
     label: str = typer.Option(None, "--label", "-l", help="Label to explain (default: boxed findings, else the "
                               "selected or top-scoring label)."),
     boxes: Path = typer.Option(None, "--boxes", help="NIH BBox_List_2017.csv(.gz) or a synthetic boxes.csv."),

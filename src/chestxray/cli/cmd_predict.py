@@ -90,7 +90,7 @@ def predict(
     inputs: list[str] = typer.Argument(..., help="Image files, folders, glob patterns or .csv/.txt path lists."),
     fmt: str = typer.Option("table", "--format", "-f", help="What stdout shows: table, csv, json or jsonl."),
     out: Path = typer.Option(None, "--out", "-o", help="Also write every row to this file (.csv, .json, .jsonl)."),
-    tta: str = typer.Option(None, "--tta", help="Test-time augmentation: none, hflip or crop (default: the mode the "
+    tta: str = typer.Option(None, "--tta", help="Test-time augmentation: none, hflip, crop or tencrop (default: the mode the "
                             "stored thresholds were chosen with; another one is refused)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images decoded and scored at once."),
     workers: int = typer.Option(4, "--workers", help="Threads decoding files."),

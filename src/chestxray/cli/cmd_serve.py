@@ -65,8 +65,8 @@ def serve(
 
 @app.command(help="Start the MLflow UI (the real `mlflow server`) on the project's store: runs/mlflow.db (or a "
              "legacy ./mlruns), the store a run folder names, a study's or tune's folder (OUT/runs/mlflow.db, "
-             "OUT/trials/mlflow.db), a .db file or any tracking URI. Needs the full mlflow: pip install "
-             "'chestxray\\[ui]'."
+             "OUT/trials/mlflow.db), a .db file or any tracking URI, and print each experiment's training-runs page "
+             "(open that link: it shows the runs table, where the bare address opens MLflow's GenAI Traces page). Needs the full mlflow: pip install 'chestxray\\[ui]'."
              "\n\nExample: chestxray ui --store demo-output/mlflow.db --port 5000"
              "\n\nExample (a tune study): chestxray ui --store runs/tune1")
 @friendly
@@ -80,8 +80,12 @@ def ui(
 
     checks.at_least("--port", port, 1, 65535)
     checks.mlflow_store(store)
-    from chestxray.deploy.mlflow_ui import run_ui, store_uri
+    from chestxray.deploy.mlflow_ui import run_ui, store_uri, training_pages
 
-    err_console.print(f"MLflow UI for {store_uri(store)} on http://{host}:{port}/ (Ctrl+C stops)", highlight=False,
-                      soft_wrap=True)
+    uri = store_uri(store)
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    err_console.print(f"MLflow UI for {uri} on {base}/ (Ctrl+C stops)", highlight=False, soft_wrap=True)
+    for name, url, runs in training_pages(uri, base):
+        err_console.print(f"  training runs of {name} ({runs} run{'s' if runs != 1 else ''}): {url}", highlight=False,
+                          soft_wrap=True)
     raise typer.Exit(run_ui(store, host, port))

@@ -87,6 +87,32 @@ def comparison_notes(result: Any) -> list[str]:
     return [f"* {r['finding']}: {r['test']}" for r in result.table.to_dict("records") if not _has(r["p"])]
 
 
+def group_table(done: Any, groups: Any, select: str) -> Table:
+    """The study's group table: val and test AUROC mean ± sd and the selected run's test AUROC [CI]; for a k-fold
+    study the fold mean ± sd and the pooled out-of-fold AUROC [CI]."""
+    import pandas as pd
+
+    kfold = bool(done.folds)
+    title = (f"study {done.out}: {len(done.runs)} runs, {done.folds}-fold cross-validation by patient" if kfold else
+             f"study {done.out}: {len(done.runs)} runs, one selected per group by {select}")
+    table = Table(title=title, header_style="bold")
+    heads = (("group", "val AUROC", "fold AUROC mean ± sd", "pooled out-of-fold AUROC [95% CI]") if kfold else
+             ("group", "val AUROC", "test AUROC", "selected", "its test AUROC [95% CI]"))
+    for col in heads:
+        table.add_column(col)
+    for g in groups.to_dict("records"):
+        estimate = (f"{fmt(g['selected_test_auroc'])} [{fmt(g['selected_test_low'])}, {fmt(g['selected_test_high'])}]"
+                    if pd.notna(g["selected_test_low"]) else f"{fmt(g['selected_test_auroc'])} (no CI: "
+                    f"{g['selected_test_note'] if isinstance(g['selected_test_note'], str) else 'too few patients'})")
+        val = f"{fmt(g['val_auroc_mean'])} ± {fmt(g['val_auroc_sd'])}"
+        if kfold:
+            table.add_row(g["group"], val, f"{fmt(g['fold_auroc_mean'])} ± {fmt(g['fold_auroc_sd'])}", estimate)
+        else:
+            table.add_row(g["group"], val, f"{fmt(g['test_auroc_mean'])} ± {fmt(g['test_auroc_sd'])}",
+                          g["selected_run"], estimate)
+    return table
+
+
 def _list(text: str | None) -> list[str] | None:
     return [v.strip() for v in text.split(",")] if text is not None else None
 
@@ -100,7 +126,9 @@ def _list(text: str | None) -> list[str] | None:
              "validation-only screen."
              "\n\nExample: chestxray study data/prepared --models cnn-small,resnet18 --seeds 0,1,2 --epochs 5 "
              "--lr 1e-3,3e-4 --out runs/study1"
-             "\n\nExample: chestxray study data/prepared --grid study.yaml --out runs/study1 --max-parallel 2")
+             "\n\nExample: chestxray study data/prepared --grid study.yaml --out runs/study1 --max-parallel 2"
+             "\n\nExample (5-fold cross-validation by patient, for a small collection): chestxray study data/prepared "
+             "--models cnn-small,resnet18 --folds 5 --epochs 5 --out runs/cv5")
 @friendly
 def study(
     prepared: Path = typer.Argument(..., help="PREPARED folder (from chestxray prepare)."),
@@ -132,6 +160,12 @@ def study(
                              "tables."),
     list_runs: bool = typer.Option(False, "--list", help="Print the runs the grid makes (numbered) and exit."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for CIs and comparisons."),
+    folds: int = typer.Option(None, "--folds", help="k-fold cross-validation by patient: every image of PREPARED "
+                              "is dealt to K folds by patient (seeded, balanced by images, blind to the labels); each "
+                              "run is trained K times, tested on the fold it never saw; the table gives the fold "
+                              "mean ± sd and the pooled out-of-fold AUROC with its patient-bootstrap CI "
+                              "(docs/studies.md)."),
+    fold_seed: int = typer.Option(0, "--fold-seed", help="Seed of the fold assignment (with --folds)."),
     yes: bool = typer.Option(False, "--yes", help=f"Allow a grid of more than {200} runs."),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log runs to MLflow under one parent run."),
 ) -> None:
@@ -141,6 +175,10 @@ def study(
 
     checks.prepared_folder(prepared)
     checks.at_least("--n-boot", n_boot, 10)
+    if folds is not None:
+        from chestxray.data.folds import check_folds
+
+        check_folds(folds)
     for name in _list(models) or []:
         checks.model_name(name, "--models")
     from chestxray.workflows.study import expand, normalise_grid, read_grid, run_study
@@ -168,6 +206,10 @@ def study(
     base = {**(read_settings_file(config) if config is not None else {}), "mlflow": mlflow,
             "progress": not sys.stdout.isatty()}
     spec = expand(prepared, normalise_grid(raw, where), out, base=base, yes=yes, select=select, n_boot=n_boot)
+    if folds is not None:
+        from chestxray.workflows.crossval import expand_folds
+
+        spec = expand_folds(spec, folds, fold_seed)
     if list_runs:
         for i, run in enumerate(spec.runs):
             console.print(f"{i}\t{run.name}\t{run.group}", highlight=False, soft_wrap=True)
@@ -187,17 +229,11 @@ def study(
     from chestxray.files import read_csv
 
     groups = read_csv(done.out / "study_groups.csv")
-    table = Table(title=f"study {done.out}: {len(done.runs)} runs, one selected per group by {select}",
-                  header_style="bold")
-    for col in ("group", "val AUROC", "test AUROC", "selected", "its test AUROC [95% CI]"):
-        table.add_column(col)
-    for g in groups.to_dict("records"):
-        table.add_row(g["group"], f"{fmt(g['val_auroc_mean'])} ± {fmt(g['val_auroc_sd'])}",
-                      f"{fmt(g['test_auroc_mean'])} ± {fmt(g['test_auroc_sd'])}", g["selected_run"],
-                      f"{fmt(g['selected_test_auroc'])} [{fmt(g['selected_test_low'])}, {fmt(g['selected_test_high'])}]"
-                      if pd.notna(g["selected_test_low"]) else f"{fmt(g['selected_test_auroc'])} (no CI: too few "
-                      "patients)")
-    print_table(table)
+    print_table(group_table(done, groups, select))
+    if done.folds:
+        console.print(f"pooled out-of-fold: the {done.folds} held-out folds together, every patient scored once by the "
+                      "model that never saw it (the headline: all patients, one interval); fold mean ± sd: the fold "
+                      "models' spread, not a CI (docs/studies.md)", highlight=False, soft_wrap=True, style="dim")
     for path in sorted(done.out.glob("study_cross_source_*.csv")):  # a merged dataset: train source x test source
         matrix = read_csv(path)
         columns = [c for c in matrix.columns if c not in ("trained_on", "run") and f"{c} auroc" in matrix.columns]

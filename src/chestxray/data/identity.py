@@ -149,4 +149,12 @@ def normalisation_notes(info: dict) -> str:
     if skipped.get("names_not_utf8"):
         found = skipped["names_not_utf8"]
         notes.append(f"{len(found)} non-UTF-8 name(s) left out (rename them), e.g. {found[0]}")
+    if skipped.get("not_images"):
+        counts = skipped["not_images"]
+        notes.append(f"{sum(counts.values())} non-image file(s) ignored ("
+                     + ", ".join(f"{ext} {n}" for ext, n in counts.items()) + ")")
+    unmatched = info.get("patient_rule_unmatched") or {}
+    if unmatched.get("count"):
+        notes.append(f"{unmatched['count']} file name(s) matched no patient rule, one patient each (e.g. "
+                     f"{unmatched['examples'][0]}; --patient-regex sets the rule)")
     return "".join(f"; {n}" for n in notes)

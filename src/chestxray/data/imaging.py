@@ -137,6 +137,20 @@ def fit_square(img: np.ndarray, size: int, mode: str = "stretch", source_shape: 
     return out
 
 
+def input_window(shape: tuple[int, int], size: int, mode: str = "stretch") -> tuple[float, float, float, float]:
+    """The part of an (H, W) image that fit_square(…, size, mode) shows the model, as fractions of the image
+    (left, top, right, bottom): the centre square for 'crop', the whole image for 'pad' and 'stretch'."""
+    if mode not in RESIZE_MODES:
+        raise DataError(f"unknown resize mode {mode!r}; expected one of {RESIZE_MODES}")
+    h, w = shape
+    if mode != "crop":
+        return (0.0, 0.0, 1.0, 1.0)
+    scale = size / min(h, w)
+    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return (left / new_w, top / new_h, (left + size) / new_w, (top + size) / new_h)
+
+
 def load_square(path: str | Path, size: int, mode: str = "stretch", max_pixels: int | None = DEFAULT_MAX_PIXELS
                 ) -> np.ndarray:
     """Decode and resize a file to uint8 (size, size): exactly what prepare stores and predict must feed. An image

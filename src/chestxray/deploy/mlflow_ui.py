@@ -2,7 +2,10 @@
 
 `chestxray ui` runs `mlflow server` (the full `mlflow` package: pip install 'chestxray[ui]') on the project's
 store — runs/mlflow.db by default (or a legacy ./mlruns), the store a run folder names, or a study's or tune's
-folder (their runs/mlflow.db, trials/mlflow.db) — bound to loopback unless told otherwise.
+folder (their runs/mlflow.db, trials/mlflow.db) — bound to loopback unless told otherwise. It prints the page of
+each experiment's training runs: MLflow 3 opens in its GenAI layout (an empty Traces page) unless the URL asks for
+the model-training one (`workflowType=machine_learning`, MLflow 3.17's switch) or, before 3.17, the experiment is
+tagged as holding training runs; the printed pages do both.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 
 
 PROJECT_STORES = ("mlflow.db", "runs/mlflow.db", "trials/mlflow.db")  # a runs folder, a study folder, a tune folder
+TRAINING_LAYOUT = "workflowType=machine_learning"  # MLflow 3.17's UI: the runs layout, not the GenAI one
 
 
 def store_uri(store: str | Path | None) -> str:
@@ -52,6 +56,29 @@ def store_uri(store: str | Path | None) -> str:
     if path.is_dir():
         return f"file:{path}"
     raise ConfigError(f"{store}: not an MLflow store (a URI, a .db file, an mlruns folder or a run folder)")
+
+
+def training_pages(uri: str, base: str) -> list[tuple[str, str, int]]:
+    """(name, URL of its runs page under `base`, runs) per experiment of the store that holds runs, most runs first;
+    the URL asks for the model-training layout and each experiment is tagged as holding training runs (MLflow 3's
+    experimentKind), so the page opens on the runs table whichever MLflow 3 serves it."""
+    from mlflow.tracking import MlflowClient
+
+    from chestxray.training.train import EXPERIMENT_KIND, _allow_file_store
+
+    pages = []
+    if not uri.startswith(("sqlite:", "file:", "postgresql", "mysql")):
+        return pages  # a tracking server: its own UI, its own tags
+    with _allow_file_store(uri):
+        client = MlflowClient(tracking_uri=uri)
+        for experiment in client.search_experiments():
+            runs = len(client.search_runs([experiment.experiment_id], max_results=1000))
+            if not runs:
+                continue
+            if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+            pages.append((experiment.name, f"{base}/#/experiments/{experiment.experiment_id}/runs?{TRAINING_LAYOUT}", runs))
+    return sorted(pages, key=lambda page: -page[2])
 
 
 def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:

@@ -1,7 +1,10 @@
 """`chestxray serve`: one process (FastAPI + uvicorn) with a page to try a model and a JSON API.
 
-GET / is the page (one HTML file, no build step); POST /predict takes a multipart upload and returns every
-finding's probability against its stored threshold; POST /explain returns a Grad-CAM overlay PNG for one finding;
+GET / is the page (one HTML file, no build step; it takes several images at once, one request each); POST /predict
+takes a multipart upload and returns every finding's probability against its stored threshold, with no decision for a
+finding whose threshold is not validated (chestxray.evaluation.validity), the finding's measured quality, and
+(?preview=true) the decoded picture and the model's input with the part of the picture it shows; POST /explain
+returns a Grad-CAM overlay PNG for one finding;
 GET /model gives the card (without the paths and machine details it holds), GET /health says the server is up; the
 OpenAPI schema is at /openapi.json and /docs (Swagger UI served from the swagger-ui-bundle package, no CDN). Uploads
 are checked by content, size and pixel count (chestxray.deploy.uploads) and kept in memory only, unless a
@@ -31,7 +34,7 @@ from starlette.requests import ClientDisconnect
 
 from chestxray.data.tasks import is_multiclass
 from chestxray.deploy.security import SecurityMiddleware, WebPolicy, page_csp
-from chestxray.deploy.uploads import Limits, UploadError, decode_upload, keep_upload
+from chestxray.deploy.uploads import Limits, UploadError, decode_for_model, keep_upload
 from chestxray.inference.engines import bundle_scorer
 from chestxray.inference.ood import is_unusual
 from chestxray.inference.predict import as_bundle, normalize_for_model
@@ -64,6 +67,8 @@ _ERRORS = {code: {"description": text, "content": {"application/json": {"schema"
                        (422, "Damaged image, unknown finding or missing parameter"))}
 PRIVATE_CARD_FIELDS = ("prepared", "run", "precision_reason")  # host paths and the CPU's feature flags
 DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
+PREVIEW_HELP = ("Also return the decoded picture (image.preview) and the model's input (image.input_preview) as PNG "
+                "data URLs, together about 150 KB per image; the page asks for them, an API client rarely needs them")
 
 
 def public_card(card: dict[str, Any]) -> dict[str, Any]:
@@ -108,6 +113,19 @@ def _preview(gray: np.ndarray, side: int = 512) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def favicon_png() -> bytes:
+    """The page's icon: a 32 px PNG (a light cross on blue), drawn once, so browsers get no 404 for it."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (32, 32), (59, 111, 216))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((13, 5, 18, 26), fill=(255, 255, 255))
+    draw.rectangle((6, 12, 25, 17), fill=(255, 255, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 class ModelService:
     """The loaded bundle, its limits and a lock: scores and overlays for uploaded bytes."""
 
@@ -126,32 +144,53 @@ class ModelService:
         self.lock = threading.Lock()
         self.decodes = threading.BoundedSemaphore(limits.max_decodes)  # decoding memory is bounded, not per request
 
-    def _decode(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def _decode(self, data: bytes, name: str) -> Any:
         with self.decodes:
-            gray, square = decode_upload(data, name, int(self.card["image_size"]), self.card.get("resize", "pad"),
-                                         self.limits)
+            decoded = decode_for_model(data, name, int(self.card["image_size"]), self.card.get("resize", "pad"),
+                                       self.limits)
         if self.keep_uploads is not None:
             stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
             keep_upload(data, name, self.keep_uploads, stamp)
-        return gray, square
+        return decoded
 
-    def predict(self, data: bytes, name: str) -> dict[str, Any]:
-        """Probabilities per finding, the stored thresholds and decisions, and a preview of the decoded image."""
-        gray, square = self._decode(data, name)
+    def predict(self, data: bytes, name: str, preview: bool = False) -> dict[str, Any]:
+        """Probabilities per finding, the stored thresholds and decisions (none where a threshold is not validated),
+        each finding's measured quality, and with `preview` the picture and the model input as data URLs."""
+        decoded = self._decode(data, name)
         with self.lock:
-            scores, typical = self.scorer.score_with_ood(square[None])
+            scores, typical = self.scorer.score_with_ood(decoded.square[None])
         probs = scores[0].tolist()
-        thresholds = self.card.get("thresholds") or {}
         multiclass = is_multiclass(self.card.get("task"))
         predicted = self.labels[int(np.argmax(probs))] if multiclass else None  # multi-class: argmax, no thresholds
-        findings = [{"name": n, "probability": round(p, 6), "threshold": thresholds.get(n),
-                     "positive": (n == predicted) if multiclass else None if n not in thresholds else p >= thresholds[n]}
-                    for n, p in zip(self.labels, probs)]
+        findings = [self._finding(n, p, predicted) for n, p in zip(self.labels, probs)]
+        left, top, right, bottom = decoded.window
+        image: dict[str, Any] = {"width": decoded.shape[1], "height": decoded.shape[0],
+                                 "resize": self.card.get("resize", "pad"),
+                                 "input_window": {"left": round(left, 6), "top": round(top, 6),
+                                                  "right": round(right, 6), "bottom": round(bottom, 6)}}
+        if preview:
+            image.update(preview=_preview(decoded.gray), input_preview=_preview(decoded.square))
         return {"file": name, "model": self.card["architecture"], "task": self.card.get("task", "multilabel"),
-                "image": {"width": int(gray.shape[1]), "height": int(gray.shape[0]), "preview": _preview(gray)},
-                "findings": findings, "thresholds_stored": bool(thresholds), "note": self.note(),
-                "site": self.card.get("site"), "in_distribution": self._typicality(typical),
+                "image": image, "findings": findings, "thresholds_stored": bool(self.card.get("thresholds")),
+                "note": self.note(), "site": self.card.get("site"), "in_distribution": self._typicality(typical),
                 **({"predicted_class": predicted} if multiclass else {})}
+
+    def _finding(self, name: str, prob: float, predicted: str | None) -> dict[str, Any]:
+        """One finding's row: probability, threshold, decision (None without a validated threshold), why, quality."""
+        from chestxray.evaluation.validity import quality_text
+
+        threshold = (self.card.get("thresholds") or {}).get(name)
+        known = {} if self.card.get("site") else (self.card.get("findings") or {}).get(name, {})
+        validated = known.get("validated")  # None: a card from before the findings block
+        if predicted is not None:
+            positive: bool | None = name == predicted
+        elif threshold is None or validated is False:
+            positive = None
+        else:
+            positive = prob >= threshold
+        return {"name": name, "probability": round(prob, 6), "threshold": threshold, "positive": positive,
+                "validated": validated, "why": known.get("why"),
+                "quality": quality_text(known) if known else None}
 
     def note(self) -> str:
         """What the probabilities and thresholds mean here: the site profile in use, or that there is none."""
@@ -177,7 +216,7 @@ class ModelService:
 
         if finding not in self.labels:
             raise UploadError(422, f"unknown finding {finding!r}; this model knows {self.labels}")
-        _, square = self._decode(data, name)
+        square = self._decode(data, name).square
         inputs = normalize_for_model(torch.from_numpy(square)[None, None], self.card)
         target = self.labels.index(finding)
         with self.lock, torch.enable_grad():
@@ -269,6 +308,12 @@ def create_app(bundle: Any, limits: Limits | None = None, keep_uploads: str | Pa
     def page() -> HTMLResponse:
         return HTMLResponse(page_html)
 
+    icon = favicon_png()
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(icon, media_type="image/png", headers={"cache-control": "public, max-age=86400"})
+
     @app.get("/health", summary="Liveness: the server answers and the model is loaded")
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": service.card["architecture"], "labels": len(service.labels)}
@@ -278,10 +323,15 @@ def create_app(bundle: Any, limits: Limits | None = None, keep_uploads: str | Pa
         return public_card(service.card)
 
     @app.post("/predict", summary="Probability per finding for one uploaded image", openapi_extra=_FILE_BODY,
-              responses=_ERRORS)
-    async def predict(request: Request) -> dict[str, Any]:
+              responses=_ERRORS, description="Every finding's probability, its stored threshold and the decision; "
+              "a finding whose threshold is not validated (too few patients on the validation split) has "
+              "positive: null, validated: false and the reason in why. quality gives the finding's AUROC on the "
+              "evaluated split with its interval (or why there is none). image.input_window is the part of the "
+              "picture the model sees (fractions; the whole image for --resize stretch or pad, the centre square for "
+              "crop), image.resize which of them.")
+    async def predict(request: Request, preview: bool = Query(False, description=PREVIEW_HELP)) -> dict[str, Any]:
         data, name = await read_upload(request)
-        return await run_in_threadpool(service.predict, data, name)
+        return await run_in_threadpool(service.predict, data, name, preview)
 
     @app.post("/explain", summary="Grad-CAM overlay (PNG) of one finding for one uploaded image",
               openapi_extra=_FILE_BODY, responses={200: {"content": {"image/png": {}}}, **_ERRORS},

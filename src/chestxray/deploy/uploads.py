@@ -122,10 +122,27 @@ def in_memory_path(data: bytes, suffix: str = "") -> Iterator[Path]:
         yield Path(fh.name)
 
 
+@dataclass(frozen=True)
+class DecodedUpload:
+    """An upload decoded for the model: the gray picture (maybe reduced, see decode_upload), the uint8 (size, size)
+    model input, the full-resolution (H, W) and the part of the picture the input shows (fractions l, t, r, b)."""
+
+    gray: np.ndarray
+    square: np.ndarray
+    shape: tuple[int, int]
+    window: tuple[float, float, float, float]
+
+
 def decode_upload(data: bytes, name: str, size: int, resize: str, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 gray image, uint8 (size, size) model input) of a checked upload, decoded exactly as load_square decodes
     files for predict: a JPEG at the smallest DCT scale still 2 x `size` (draft), so the gray image may be reduced."""
-    from chestxray.data.imaging import fit_square, load_gray_reduced
+    decoded = decode_for_model(data, name, size, resize, limits)
+    return decoded.gray, decoded.square
+
+
+def decode_for_model(data: bytes, name: str, size: int, resize: str, limits: Limits) -> DecodedUpload:
+    """decode_upload plus the full-resolution shape and the window of the picture that the model input shows."""
+    from chestxray.data.imaging import fit_square, input_window, load_gray_reduced
 
     check_upload(data, name, limits)
     with in_memory_path(data) as path:
@@ -133,7 +150,9 @@ def decode_upload(data: bytes, name: str, size: int, resize: str, limits: Limits
             gray, shape = load_gray_reduced(path, size, max_pixels=limits.max_pixels)  # the decoders' guard too
         except DataError as exc:
             raise UploadError(422, str(exc).replace(str(path), name)) from None
-    return gray, fit_square(gray, size, resize, source_shape=shape)
+    shape = (int(shape[0]), int(shape[1]))
+    return DecodedUpload(gray, fit_square(gray, size, resize, source_shape=shape), shape,
+                         input_window(shape, size, resize))
 
 
 def keep_upload(data: bytes, name: str, folder: Path, stamp: str) -> Path:

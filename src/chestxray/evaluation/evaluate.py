@@ -251,12 +251,14 @@ def evaluate_run(
     from chestxray.data.sampling import split_sources
     from chestxray.data.shards import read_manifest
     from chestxray.evaluation.thresholds import store_thresholds
+    from chestxray.evaluation.validity import findings_block
     from chestxray.inference.engines import bundle_backend
     from chestxray.inference.predict import fingerprint_note, predict_split
     from chestxray.inference.runtime import check_engine
     from chestxray.inference.tta import check_tta
     from chestxray.locks import folder_lock
     from chestxray.models.bundle import CARD, load_bundle, read_card, update_card
+    from chestxray.models.model_card import model_card
 
     method = parse_method(threshold_method)  # fail fast on bad options, before loading anything
     check_tta(tta)
@@ -306,12 +308,16 @@ def evaluate_run(
         if result.multiclass is not None:
             evaluation.update(accuracy=result.multiclass.accuracy.value,
                               balanced_accuracy=result.multiclass.balanced_accuracy.value)
-        metrics = {**read_card(bundle.path).get("metrics", {}), "evaluation": evaluation}  # training's stays
+        card = read_card(bundle.path)
+        metrics = {**card.get("metrics", {}), "evaluation": evaluation}  # training's stays
+        findings = findings_block(val, result.summary, labels, split, result.multiclass is not None)
+        described = model_card({**card, "findings": findings})  # the limits now say what was measured
         if result.multiclass is not None:  # no thresholds: the card says the decision rule and the TTA scored with
             update_card(bundle.path, thresholds=None, threshold_method=DECISION_RULE, threshold_tta=tta,
-                        metrics=metrics)
-        else:  # one card write: thresholds, their TTA and the metrics they came with
-            store_thresholds(bundle.path, result.thresholds, method, tta, metrics=metrics)
+                        metrics=metrics, findings=findings, model_card=described)
+        else:  # one card write: thresholds, their TTA, which are validated and the metrics they came with
+            store_thresholds(bundle.path, result.thresholds, method, tta, metrics=metrics, findings=findings,
+                             model_card=described)
 
     with folder_lock(run, "evaluate"):
         remove_leftovers(bundle.path / CARD)  # a card update cut short by a kill left its temporary file

@@ -1,7 +1,7 @@
 """What the explanations cover: the share of empty heatmaps per outcome (TP / FP / FN / TN), and what that means.
 
 Grad-CAM keeps only the regions that push a finding's score UP (its ReLU). For an image the model scores negative
-there is often no such region, and the map is empty (every pixel equal): the explanation has nothing to show for the
+there can be no such region, and the map is empty (every pixel equal): the explanation has nothing to show for the
 finding, which is not a sign that the model "looked nowhere". For those images the evidence AGAINST the finding
 (Grad-CAM of the negated logit: what pushed the score down) is the map that carries information; explain draws it
 instead of a grey square (--negatives auto). `coverage_table` counts empty evidence-for maps per outcome so that a
@@ -75,7 +75,8 @@ def explain_coverage(bundle_dir: str | Path, frame: pd.DataFrame, labels: Sequen
     bundle = load_bundle(bundle_dir)
     device = resolve_device()
     net = bundle.net.to(device).eval()
-    base = black_baseline(bundle.card, int(bundle.card["image_size"])).to(device) if method == "ig" else None
+    base = (black_baseline(bundle.card, int(bundle.card["image_size"])).to(device) if method in ("ig", "occlusion")
+            else None)
     rows = frame[frame["path"].fillna("").astype(str) != ""]
     rows = rows.sample(n=min(max_images, len(rows)), random_state=seed).sort_index() if len(rows) else rows
     labels = list(labels)

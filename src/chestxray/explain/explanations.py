@@ -148,7 +148,7 @@ def explain_images(
     net = model.net.to(device).eval()
     size = int(model.card["image_size"])
     mode = model.card.get("resize", "pad")
-    base = black_baseline(model.card, size).to(device) if method == "ig" else None
+    base = black_baseline(model.card, size).to(device) if method in ("ig", "occlusion") else None
     out = Path(out_dir)
     _clear(out)
     results: list[ExplainResult] = []

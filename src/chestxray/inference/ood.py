@@ -32,12 +32,12 @@ import numpy as np
 
 from chestxray.errors import ModelError
 from chestxray.files import atomic_path, write_json
+from chestxray.inference.tta import TTA_VIEWS  # noqa: F401 - forwards per batch under each TTA mode (features averaged)
 
 OOD_WEIGHTS = "ood.safetensors"
 OOD_CARD = "ood.json"
 OOD_FORMAT = "chestxray-ood/2"
 FALSE_ALARM = 0.01
-TTA_VIEWS = {"none": 1, "hflip": 2, "crop": 6}  # forwards per batch under each TTA mode (features are averaged)
 PENULTIMATE = "penultimate"
 RULE = ("unusual when fewer than {rate:.0%} of validation images are at least as unusual: the largest, over the "
         "backbone stages and the penultimate features, of the log squared Mahalanobis distance to the training "

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from chestxray.errors import ConfigError, ModelError, clip
-from chestxray.inference.tta import TTA_MODES, check_tta
+from chestxray.inference.tta import INTERPOLATED, TTA_MODES, check_tta
 
-CROP_FRACTION = 0.875  # "crop" TTA: side of the four corner crops and the centre crop, relative to the image
+CROP_FRACTION = 0.875  # "crop"/"tencrop" TTA: side of the corner and centre crops, relative to the image
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,20 @@ def _stretch(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(crop, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def _five_crops(images: np.ndarray) -> list[np.ndarray]:
+    """The four corner crops and the centre crop (side CROP_FRACTION) of float32 (B, 1, S, S), stretched back to S."""
+    h, w = images.shape[-2:]
+    ch, cw = max(1, round(h * CROP_FRACTION)), max(1, round(w * CROP_FRACTION))
+    corners = [(0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw), ((h - ch) // 2, (w - cw) // 2)]
+    return [np.stack([_stretch(np.ascontiguousarray(image[0, t:t + ch, s:s + cw]), (h, w))[None]
+                      for image in images]) for t, s in corners]
+
+
 def tta_views(pixels: np.ndarray, tta: str) -> list[np.ndarray]:
     """uint8 (B, S, S) → the views whose probabilities are averaged, each float32 (B, 1, S, S) grey levels:
-    the image ('none'), with its mirror ('hflip'), or with its four corner and centre crops stretched back to S
-    ('crop', side CROP_FRACTION)."""
+    the image ('none'), with its mirror ('hflip'), with its four corner and centre crops stretched back to S
+    ('crop', side CROP_FRACTION), or those five crops and their mirrors ('tencrop': torchvision's TenCrop, as the
+    CheXNet reproductions score; written here because this module stays torch-free for the ONNX path)."""
     check_tta(tta)
     if pixels.ndim != 3 or pixels.dtype != np.uint8:
         raise ConfigError(f"scoring expects uint8 pixels (B, S, S), got {pixels.dtype} {pixels.shape}")
@@ -114,22 +124,20 @@ def tta_views(pixels: np.ndarray, tta: str) -> list[np.ndarray]:
     if tta == "hflip":
         return [images, np.ascontiguousarray(images[..., ::-1])]
     if tta == "crop":
-        h, w = images.shape[-2:]
-        ch, cw = max(1, round(h * CROP_FRACTION)), max(1, round(w * CROP_FRACTION))
-        corners = [(0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw), ((h - ch) // 2, (w - cw) // 2)]
-        crops = [np.stack([_stretch(np.ascontiguousarray(image[0, t:t + ch, s:s + cw]), (h, w))[None]
-                           for image in images]) for t, s in corners]
-        return [images, *crops]
+        return [images, *_five_crops(images)]
+    if tta == "tencrop":
+        crops = _five_crops(images)
+        return [*crops, *(np.ascontiguousarray(c[..., ::-1]) for c in crops)]
     return [images]
 
 
 def check_backend_tta(backend: Backend, tta: str, source: str = "") -> None:
-    """Refuse an unknown TTA mode, and 'crop' on a backend that takes whole grey levels only (ConfigError)."""
+    """Refuse an unknown TTA mode, and 'crop'/'tencrop' on a backend that takes whole grey levels only (ConfigError)."""
     check_tta(tta)
-    if backend.whole_levels and tta == "crop":
+    if backend.whole_levels and tta in INTERPOLATED:
         raise ConfigError(f"{source or 'the model'}: this {backend.name} model takes whole grey levels (uint8 "
-                          "input), and --tta crop feeds it interpolated views; use --tta none or hflip, or the bundle "
-                          "for crop")
+                          f"input), and --tta {tta} feeds it interpolated views; use --tta none or hflip, or the "
+                          f"bundle for {tta}")
 
 
 def score_pixels(pixels: np.ndarray, backend: Backend, tta: str = "none") -> np.ndarray:

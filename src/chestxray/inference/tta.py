@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from chestxray.errors import ConfigError
 
-TTA_MODES = ("none", "hflip", "crop")
+# forwards per image under each mode: the image; + its mirror; + four corner crops and the centre crop (side 0.875,
+# stretched back); ten-crop, as the CheXNet reproductions score: those five crops and their mirrors (torchvision's
+# TenCrop of a 0.875 window), without the whole image
+TTA_VIEWS = {"none": 1, "hflip": 2, "crop": 6, "tencrop": 10}
+TTA_MODES = tuple(TTA_VIEWS)
+INTERPOLATED = ("crop", "tencrop")  # modes whose views are resampled (not whole grey levels)
 
 
 def check_tta(mode: str) -> None:

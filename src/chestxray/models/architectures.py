@@ -50,14 +50,14 @@ _CNN_BLOCKS = (("features.0",), ("features.1",), ("features.2",))
 
 
 @register_model("cnn-small", image_size=64, stem="features.0.0", head="head.4", blocks=_CNN_BLOCKS,
-                gradcam="features.2.0", normalization="gray",
+                gradcam="features.2.2", normalization="gray",
                 description="3 conv blocks + MLP head (~0.1 M parameters), for 64 px")
 def _cnn_small(num_labels: int, in_chans: int) -> nn.Module:
     return SmallCNN(num_labels, in_chans)
 
 
 @register_model("cnn-tiny", image_size=32, stem="features.0.0", head="head.4", blocks=_CNN_BLOCKS,
-                gradcam="features.2.0", normalization="gray", description="a 8-channel cnn-small for tests and smoke runs")
+                gradcam="features.2.2", normalization="gray", description="a 8-channel cnn-small for tests and smoke runs")
 def _cnn_tiny(num_labels: int, in_chans: int) -> nn.Module:
     return SmallCNN(num_labels, in_chans, width=8, dropout=0.0)
 

@@ -20,7 +20,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 import chestxray
 from chestxray.data.shards import read_manifest
-from chestxray.errors import DataError, ModelError
+from chestxray.errors import ChestXrayError, DataError, ModelError
 from chestxray.evaluation.evaluate import EVAL_DIR, PLOTS
 from chestxray.explain.coverage import MEANING, coverage_text, table_from_scores
 from chestxray.files import read_csv, remove_leftovers, write_text
@@ -199,6 +199,36 @@ def _explanations(run: Path) -> tuple[list[dict[str, str]], str]:
     return items, "Explain " + "; ".join(facts) + f"; {shown}. Earlier explain runs are not mixed in." + words
 
 
+def _model_card(run: Path) -> dict[str, Any] | None:
+    """The bundle's model card for the report: intended use, population in a sentence, limits, and per finding
+    whether it is validated and its quality in words (None for a bundle written before model cards)."""
+    from chestxray.evaluation.validity import quality_text
+
+    try:
+        card = read_card(run / "bundle")
+    except ChestXrayError:
+        return None
+    block = card.get("model_card")
+    if not block:
+        return None
+    population = block.get("population") or {}
+    images = ", ".join(f"{k} {v}" for k, v in (population.get("images") or {}).items())
+    collection = population.get("collection") or {}
+    words = [f"{population.get('source', 'unknown source')}: {images} images" if images else "not recorded"]
+    if collection.get("patients"):
+        words.append(f"{collection['patients']} patients in the collection")
+    if collection.get("sex"):
+        words.append("sex " + ", ".join(f"{k} {v}" for k, v in collection["sex"].items()))
+    if collection.get("age"):
+        age = collection["age"]
+        words.append(f"age median {age['median']:g} (IQR {age['q1']:g}-{age['q3']:g}, range {age['min']:g}-"
+                     f"{age['max']:g})")
+    findings = [{"name": name, "validated": "yes" if f.get("validated") else f.get("why") or "no",
+                 "quality": quality_text(f)} for name, f in (card.get("findings") or {}).items()]
+    return {"intended_use": block.get("intended_use", ""), "not_intended": block.get("not_intended", ""),
+            "population": "; ".join(words), "limits": block.get("limits", []), "findings": findings}
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write RUN/report.html (or `out`) from RUN/eval, RUN/config.yaml, the prepared manifest and the latest explain run."""
     run = Path(run_dir)
@@ -248,6 +278,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
               {"key": "patients", "value": metrics.get("n_patients", "?")},
               {"key": "labels", "value": len(metrics.get("labels", []))}]
     boot = metrics.get("bootstrap", {})
+    model_card = _model_card(run)
     env = Environment(loader=PackageLoader("chestxray.report", "templates"), autoescape=select_autoescape(["html", "j2"]))
     html = env.get_template("report.html.j2").render(
         title=f"Run {run.resolve().name}",
@@ -279,6 +310,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         explanations=explanations,
         explain_info=explain_info,
         audit_html=audit_html,
+        model_card=model_card,
         sources=_sources_section(metrics, manifest),
         config_text=config_path.read_text(encoding="utf-8") if config_path.exists() else "",
     )

@@ -49,22 +49,29 @@ def _roc_points(run_dir: Path) -> tuple[np.ndarray, np.ndarray, str]:
     return fpr, tpr, labels[0] if len(labels) == 1 else "micro (all findings pooled)"
 
 
-def roc_figure(chosen: pd.DataFrame) -> str:
-    """Overlaid test ROC curves of the selected run of each group."""
+def roc_axes(chosen: pd.DataFrame, title: str = "test ROC") -> Any:
+    """The figure of overlaid ROC curves, one per selected run (or pool), with the legend BELOW the axes so that
+    it never covers a curve, however many groups there are."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.2, 5))
+    fig, ax = plt.subplots(figsize=(5.6, 5))
     what = ""
     for group, row in chosen.iterrows():
         fpr, tpr, what = _roc_points(Path(row["run_dir"]))
         ax.plot(fpr, tpr, lw=1.6, label=f"{group} ({row['run']}): AUROC {row['test_auroc']:.3f}")
     ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"test ROC, {what}")
-    ax.legend(fontsize=7, loc="lower right")
-    return _png(fig)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}, {what}", xlim=(0, 1),
+           ylim=(0, 1.01), aspect="equal")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, frameon=False)
+    return fig
+
+
+def roc_figure(chosen: pd.DataFrame, title: str = "test ROC") -> str:
+    """Overlaid test ROC curves of the selected run of each group (legend under the plot)."""
+    return _png(roc_axes(chosen, title))
 
 
 def curves_figure(chosen: pd.DataFrame) -> str:
@@ -76,7 +83,7 @@ def curves_figure(chosen: pd.DataFrame) -> str:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for k, (group, row) in enumerate(chosen.iterrows()):
-        h = pd.read_csv(Path(row["run_dir"]) / "history.csv")
+        h = pd.read_csv(Path(row.get("curves_dir", row["run_dir"])) / "history.csv")
         color = f"C{k % 10}"
         axes[0].plot(h["epoch"], h["train_loss"], c=color, label=f"{group} train")
         axes[0].plot(h["epoch"], h["val_loss"], c=color, ls="--", label=f"{group} val")
@@ -127,8 +134,9 @@ def _matrices(out: Path) -> list[dict[str, Any]]:
 
 
 def write_study_report(out: str | Path, runs: pd.DataFrame, groups: pd.DataFrame, chosen: pd.DataFrame,
-                       comparisons: pd.DataFrame, select: str) -> Path:
-    """Write DIR/study.html from the study's tables (and each run's report.html when missing)."""
+                       comparisons: pd.DataFrame, select: str, folds: int = 0) -> Path:
+    """Write DIR/study.html from the study's tables (and each run's report.html when missing); `folds` >= 2: a
+    k-fold study (chestxray.workflows.crossval), whose 'selected' rows are the pooled out-of-fold estimates."""
     from chestxray.report.run_report import write_report
 
     out = Path(out)
@@ -147,8 +155,10 @@ def write_study_report(out: str | Path, runs: pd.DataFrame, groups: pd.DataFrame
         "sens": _fmt(g["sensitivity"]), "spec": _fmt(g["specificity"]), "fn": _fmt(g["fn"], 0),
         "fp": _fmt(g["fp"], 0), "seconds": _fmt(g["train_seconds_mean"], 1), "params": _fmt(g["parameters"], 0),
         "ips": _fmt(g["images_per_s_mean"], 1),
+        "fold": (f"{_fmt(g['fold_auroc_mean'])} ± {_fmt(g['fold_auroc_sd'])}" if folds else ""),
     } for g in groups.to_dict("records")]
-    run_rows = [{"run": r["run"], "group": r["group"], "seed": r["seed"], "val_auroc": _fmt(r["val_auroc"]),
+    run_rows = [{"run": r["run"], "group": r["group"], "seed": r["seed"],
+                 "fold": _fmt(r["fold"], 0) if folds and "fold" in r else "", "val_auroc": _fmt(r["val_auroc"]),
                  "val_loss": _fmt(r["val_loss"]), "test_auroc": _fmt(r["test_auroc"]),
                  "selected": r["run"] in set(chosen["run"]),
                  "link": Path(r["run_dir"]).resolve().relative_to(out.resolve()).as_posix() + "/report.html"
@@ -159,11 +169,12 @@ def write_study_report(out: str | Path, runs: pd.DataFrame, groups: pd.DataFrame
     html = env.get_template("study.html.j2").render(
         title=f"Study {out.resolve().name}", version=chestxray.__version__,
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        select=select, groups=group_rows, runs=run_rows,
+        select=select, groups=group_rows, runs=run_rows, folds=folds,
         comparisons=comparisons.to_dict("records") if not comparisons.empty else [],
         method=comparisons["method"].iloc[0] if not comparisons.empty else "",
         family=comparisons["family"].iloc[0] if "family" in comparisons else "",
-        roc=roc_figure(chosen), curves=curves_figure(chosen), matrices=_matrices(out),
+        roc=roc_figure(chosen, "pooled out-of-fold ROC" if folds else "test ROC"), curves=curves_figure(chosen),
+        matrices=_matrices(out),
     )
     target = out / REPORT
     write_text(target, html)

@@ -32,6 +32,26 @@ PLOTS = {
 }
 
 
+IMPORTANCE_MIN_TRIALS = 20  # fewer complete trials: the importances are a hint, and the report says so
+IMPORTANCE_CAVEAT = ("Caution: only {n} complete trial{s}. An importance is estimated from how validation AUROC "
+                     "varies across the trials, so over so few it mostly reflects which values happened to be drawn "
+                     "(and the noise between runs), not what matters: read it as a hint, not a ranking, until there "
+                     "are {m} or more trials.")
+
+
+def spread_parallel(axes: Any) -> Any:
+    """Optuna's parallel-coordinate figure made readable: a width that grows with the parameters (each axis's tick
+    numbers get room before the next axis) and the parameter names under the axes, slanted, ending at their tick."""
+    figure = axes.get_figure()
+    n_axes = len(axes.get_xticks())
+    figure.set_size_inches(max(6.4, 2.0 * n_axes + 1.5), 5.0)
+    for label in axes.get_xticklabels():
+        label.set_rotation(30)
+        label.set_horizontalalignment("right")
+        label.set_rotation_mode("anchor")
+    return axes
+
+
 def _png(axes: Any) -> str:
     """The figure holding `axes` (one Axes or an array of them) as a base64 PNG data URI; the figure is closed."""
     import matplotlib.pyplot as plt
@@ -52,13 +72,20 @@ def _plots(study: Any) -> list[dict[str, Any]]:
     matplotlib.use("Agg")
     from optuna.visualization import matplotlib as optuna_plots
 
+    from optuna.trial import TrialState
+
+    complete = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     plots = []
     for key, (function, caption) in PLOTS.items():
-        entry: dict[str, Any] = {"key": key, "caption": caption, "src": None, "missing": ""}
+        entry: dict[str, Any] = {"key": key, "caption": caption, "src": None, "missing": "", "caveat": ""}
+        if key == "importances" and complete < IMPORTANCE_MIN_TRIALS:
+            entry["caveat"] = IMPORTANCE_CAVEAT.format(n=complete, s="" if complete == 1 else "s",
+                                                       m=IMPORTANCE_MIN_TRIALS)
         try:
             with warnings.catch_warnings():  # these functions are marked experimental; the report says nothing new
                 warnings.simplefilter("ignore")
-                entry["src"] = _png(getattr(optuna_plots, function)(study))
+                axes = getattr(optuna_plots, function)(study)
+                entry["src"] = _png(spread_parallel(axes) if key == "parallel" else axes)
         except (ValueError, RuntimeError, ZeroDivisionError, IndexError) as exc:
             entry["missing"] = str(exc) or type(exc).__name__
         plots.append(entry)

@@ -140,14 +140,19 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI layout (an empty Traces page); ours hold training runs
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def ensure_experiment(client: Any, name: str, uri: str) -> str:
     """The id of MLflow experiment `name` in the store at `uri`, created if missing with its artifacts beside a
-    SQLite store (never MLflow's default ./mlruns of the working folder); another process may create it meanwhile."""
+    SQLite store (never MLflow's default ./mlruns of the working folder) and tagged as holding training runs;
+    another process may create it meanwhile."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_location(uri))
+        return client.create_experiment(name, artifact_location=artifact_location(uri), tags=dict([EXPERIMENT_KIND]))
     except Exception:  # MLflow's "already exists" (RestException) when a concurrent process won the race
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -217,6 +222,7 @@ def _write_run_start(config: TrainConfig, run_dir: Path, fields: dict[str, Any],
         _log_params(mlflow_logger, config)
         run_info["mlflow_run_id"] = mlflow_logger.run_id
         run_info["mlflow_tracking_uri"] = _tracking_uri(config, run_dir)
+        mlflow_logger.experiment.set_experiment_tag(mlflow_logger.experiment_id, *EXPERIMENT_KIND)
         mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(run_dir / CONFIG_FILE))
     write_json(run_dir / RUN_FILE, run_info)
 
@@ -246,6 +252,7 @@ def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: d
             "thresholds": None, "threshold_method": None, "seed": config.seed,
             "metrics": {"training": {"split": "val", "val_auroc": best_val, "date": trained}},
             "run": str(run_dir.resolve()), "weights_from": origin}
+    card["model_card"] = _model_card(card, config.prepared)
     bundle_dir = save_bundle(run_dir / "bundle", net.cpu(), card)
     if mlflow_logger is not None:
         client, run_id = mlflow_logger.experiment, mlflow_logger.run_id
@@ -256,6 +263,20 @@ def _write_run_end(config: TrainConfig, run_dir: Path, net: nn.Module, fields: d
         client.log_artifacts(run_id, str(bundle_dir), "bundle")
         log_pyfunc(mlflow_logger._tracking_uri, run_id, run_dir, bundle_dir, config.register_model)
     return bundle_dir
+
+
+def _model_card(card: dict[str, Any], prepared: str) -> dict[str, Any]:
+    """The bundle's model card (intended use, training population, limits) from the PREPARED manifest."""
+    from chestxray.data.shards import read_manifest
+    from chestxray.errors import DataError
+    from chestxray.models.model_card import model_card
+
+    try:
+        manifest = read_manifest(prepared)
+    except DataError as exc:  # read at the start of training; gone now (a remote store): a card without counts
+        log.warning("model card without the training population: %s", exc)
+        manifest = None
+    return model_card(card, manifest)
 
 
 def log_pyfunc(uri: str, run_id: str, run_dir: Path, bundle_dir: Path, register_as: str = "") -> Any:

@@ -55,6 +55,7 @@ class StudyRun:
     seed: int
     settings: dict[str, Any]
     config: TrainConfig
+    fold: int | None = None  # k-fold: the fold this run is tested on (chestxray.workflows.crossval)
 
 
 @dataclass
@@ -67,6 +68,9 @@ class Study:
     select: str = "val_auroc"
     n_boot: int = 1000
     results: pd.DataFrame = field(default_factory=pd.DataFrame)
+    prepared: str = ""
+    folds: int = 0  # k-fold cross-validation by patient when >= 2 (chestxray.workflows.crossval)
+    fold_seed: int = 0
 
 
 def read_grid(path: str | Path) -> dict[str, Any]:
@@ -204,7 +208,7 @@ def expand(prepared: str | Path, grid: dict[str, list[Any]], out: str | Path, ba
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError("two grid combinations map to the same run name; give distinct values")
-    return Study(out, grid, runs, select, n_boot)
+    return Study(out, grid, runs, select, n_boot, prepared=str(prepared))
 
 
 def run_one(run: StudyRun, n_boot: int = 1000) -> dict[str, Any]:
@@ -241,7 +245,7 @@ def run_row(run: StudyRun, folder: Path, summary: Any) -> dict[str, Any]:
     parameters = sum(p.numel() for p in load_bundle(folder / "bundle").net.parameters())
     head = summary.rows[0] if len(summary.rows) == 1 else summary.row("macro")
     return {
-        "run": run.name, "group": run.group, "seed": run.seed,
+        "run": run.name, "group": run.group, "seed": run.seed, **({"fold": run.fold} if run.fold is not None else {}),
         **{f"setting_{k}": v for k, v in run.settings.items()},
         "val_auroc": _num(history["val_auroc"].max()), "val_loss": _num(history["val_loss"].min()),
         "test_auroc": head.auroc.value, "test_auroc_low": head.auroc.low, "test_auroc_high": head.auroc.high,
@@ -368,9 +372,15 @@ def run_study(study: Study, max_parallel: int = 1, only: int | None = None,
     threads (default: the CPU cores divided among the workers).
     """
     study.out.mkdir(parents=True, exist_ok=True)
+    if study.folds:
+        from chestxray.workflows.crossval import make_study_folds
+
+        make_study_folds(study)
     parent = _mlflow_parent(study)
     write_json(study.out / "study.json", {"grid": study.grid, "select": study.select, "runs": len(study.runs),
-                                          "run_names": [r.name for r in study.runs], "mlflow_parent_run_id": parent})
+                                          "run_names": [r.name for r in study.runs], "mlflow_parent_run_id": parent,
+                                          **({"folds": study.folds, "fold_seed": study.fold_seed} if study.folds
+                                             else {})})
     todo = study.runs if only is None else [study.runs[_index(only, len(study.runs))]]
     pending = [r for r in todo if not (Path(r.config.out) / DONE).is_file()]
     log.info("study %s: %d runs, %d to do", study.out, len(study.runs), len(pending))
@@ -396,18 +406,23 @@ def run_study(study: Study, max_parallel: int = 1, only: int | None = None,
     finished = [run_one(r, study.n_boot) for r in study.runs]  # finished: read back, no training
     study.results = pd.DataFrame([{k: v for k, v in row.items() if k != "by_source"} for row in finished])
     write_csv(study.out / "study_runs.csv", study.results)
-    groups = group_table(study.results, study.select)
+    if study.folds:
+        from chestxray.workflows.crossval import crossval_groups
+
+        groups, chosen = crossval_groups(study, study.results)
+    else:
+        groups, chosen = group_table(study.results, study.select), select_runs(study.results, study.select)
     write_csv(study.out / "study_groups.csv", groups)
-    chosen = select_runs(study.results, study.select)
     comparisons, per_finding = compare_groups(chosen, study.n_boot) if len(chosen) > 1 else (pd.DataFrame(),) * 2
     write_csv(study.out / "study_comparisons.csv", comparisons)
     write_csv(study.out / "study_comparisons_findings.csv", per_finding)
-    from chestxray.workflows.cross_source import write_cross_source
+    if not study.folds:  # k-fold pools every source's patients in one estimate: no train x test source matrix
+        from chestxray.workflows.cross_source import write_cross_source
 
-    write_cross_source(study.out, finished, list(chosen["run"]))
+        write_cross_source(study.out, finished, list(chosen["run"]))
     from chestxray.report.study_report import write_study_report
 
-    write_study_report(study.out, study.results, groups, chosen, comparisons, study.select)
+    write_study_report(study.out, study.results, groups, chosen, comparisons, study.select, folds=study.folds)
     return study
 
 

@@ -25,15 +25,18 @@ SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "
 NORMAL_CLASSES = frozenset({"normal", "no finding", "no_finding", "nofinding"})
 # Default patient rule, tried in order on the file name without extension; the first group is the patient:
 #   person123_bacteria_45  -> person123        (Kaggle pneumonia files)
+#   00000011_000, 00000011_001 -> 00000011     (NIH ChestX-ray14 files: patient number _ follow-up number)
 #   IM-0115-0001, NORMAL2-IM-0927-0001 -> IM-0115, NORMAL2-IM-0927  (name without the trailing -NNNN)
-# Any other name is its own patient (one patient per image).
-DEFAULT_PATIENT_RULES: tuple[str, ...] = (r"^(person\d+)_", r"^(.+)-\d+$")
-PATIENT_RULE_HELP = ("patient id from the file name: 'personNNN_...' -> personNNN; 'IM-NNNN-NNNN' or "
-                     "'NORMAL2-IM-NNNN-NNNN' -> the name without its trailing -NNNN; otherwise one patient per image")
+# A name no rule matches is its own patient (one patient per image); they are counted and warned about.
+DEFAULT_PATIENT_RULES: tuple[str, ...] = (r"^(person\d+)_", r"^(\d+)_\d+$", r"^(.+)-\d+$")
+PATIENT_RULE_HELP = ("patient id from the file name: 'personNNN_...' -> personNNN; NIH 'NNNNNNNN_NNN' -> NNNNNNNN; "
+                     "'IM-NNNN-NNNN' or 'NORMAL2-IM-NNNN-NNNN' -> the name without its trailing -NNNN; otherwise one "
+                     "patient per image (counted and warned about; --patient-regex gives another rule)")
 
 
-def patient_ids(stems: pd.Series, patient_regex: str | None = None) -> pd.Series:
-    """Patient id per file name stem: the first group of the first matching rule, else the stem itself."""
+def match_patients(stems: pd.Series, patient_regex: str | None = None) -> tuple[pd.Series, pd.Series]:
+    """Patient id per file name stem (the first group of the first matching rule, else the stem itself) and a
+    boolean mask of the stems no rule matched (each of those is its own patient)."""
     rules = (patient_regex,) if patient_regex else DEFAULT_PATIENT_RULES
     result = pd.Series([None] * len(stems), index=stems.index, dtype=object)
     for rule in rules:
@@ -44,12 +47,28 @@ def patient_ids(stems: pd.Series, patient_regex: str | None = None) -> pd.Series
         if pattern.groups < 1:
             raise ConfigError(f"--patient-regex {rule!r} needs a group, e.g. '^(person\\d+)_'")
         todo = result.isna()
-        result[todo] = stems[todo].str.extract(pattern, expand=True).iloc[:, 0]
-    unmatched = result.isna()
-    if patient_regex and unmatched.any():
-        log.warning("--patient-regex %r matched no patient in %d file name(s), e.g. %s; each is its own patient",
-                    patient_regex, int(unmatched.sum()), list(stems[unmatched][:3]))
-    return result.where(~unmatched, stems).astype(str)
+        if todo.any():
+            result[todo] = stems[todo].str.extract(pattern, expand=True).iloc[:, 0]
+    unmatched = result.isna() | (result.astype(str).str.strip() == "")
+    return result.where(~unmatched, stems).astype(str), unmatched
+
+
+def patient_ids(stems: pd.Series, patient_regex: str | None = None) -> pd.Series:
+    """Patient id per file name stem: the first group of the first matching rule, else the stem itself."""
+    return match_patients(stems, patient_regex)[0]
+
+
+def _warn_unmatched(root: Path, stems: pd.Series, unmatched: pd.Series, patient_regex: str | None) -> dict:
+    """Log and return {count, examples} of the file names no patient rule matched (each became its own patient)."""
+    count = int(unmatched.sum())
+    examples = [printable(s) for s in stems[unmatched][:3]]
+    if count:
+        rule = f" (--patient-regex {patient_regex!r})" if patient_regex else ""
+        log.warning("%s: %d of %d file name(s) match no patient rule%s, e.g. %s; each is counted as its own patient. "
+                    "If a patient can have several images, pass --patient-regex with group 1 = the patient id "
+                    "(e.g. '^(P\\d+)_' for P123_1.png and P123_2.png)", root, count, len(stems), rule,
+                    ", ".join(examples))
+    return {"count": count, "examples": examples}
 
 
 def _utf8(name: str) -> bool:
@@ -61,10 +80,11 @@ def _utf8(name: str) -> bool:
     return True
 
 
-def _scan(root: Path) -> tuple[pd.DataFrame, bool, dict[str, list[str]]]:
+def _scan(root: Path) -> tuple[pd.DataFrame, bool, dict]:
     """One os.walk that follows folder links (not loops): rows (rel, path, stem, split, cls) for every
-    image, whether split folders were used, and what was skipped with a word: folders that cannot be read and
-    names that are not UTF-8 (the catalog is UTF-8 text; such a name could not be written into it)."""
+    image, whether split folders were used, and what was skipped with a word: folders that cannot be read,
+    names that are not UTF-8 (the catalog is UTF-8 text; such a name could not be written into it) and files that
+    are not images (counted by extension; hidden files are not counted)."""
     try:
         top = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _utf8(p.name))
     except OSError as exc:
@@ -72,7 +92,8 @@ def _scan(root: Path) -> tuple[pd.DataFrame, bool, dict[str, list[str]]]:
     split_layout = bool(top) and all(name.lower() in SPLIT_FOLDERS for name in top)
     depth = 3 if split_layout else 2
     rows, outside = [], 0
-    skipped: dict[str, list[str]] = {"unreadable_folders": [], "names_not_utf8": []}
+    skipped: dict = {"unreadable_folders": [], "names_not_utf8": []}
+    other: Counter[str] = Counter()  # files that are not images, by extension
     chains: dict[str, frozenset[str]] = {}  # real folders on the way down to each walked folder (loop check)
 
     def unreadable(exc: OSError) -> None:
@@ -90,6 +111,8 @@ def _scan(root: Path) -> tuple[pd.DataFrame, bool, dict[str, list[str]]]:
                 skipped["names_not_utf8"].append(printable(os.path.join(folder, name)))
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and _utf8(d))
         for name in sorted(files):
+            if not name.startswith(".") and not name.lower().endswith(IMAGE_EXTENSIONS):
+                other[Path(name).suffix.lower() or "(no extension)"] += 1
             if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS) or not _utf8(name):
                 continue
             path = os.path.join(folder, name)
@@ -105,6 +128,10 @@ def _scan(root: Path) -> tuple[pd.DataFrame, bool, dict[str, list[str]]]:
                       ("names_not_utf8", "name(s) are not UTF-8 and are left out (rename them)")):
         if skipped[key]:
             log.warning("%s: %d %s, e.g. %s", root, len(skipped[key]), what, "; ".join(skipped[key][:3]))
+    skipped["not_images"] = {ext: n for ext, n in sorted(other.items(), key=lambda kv: (-kv[1], kv[0]))}
+    if other:
+        log.warning("%s: %d file(s) that are not images (%s) are ignored; images are %s", root, sum(other.values()),
+                    ", ".join(f"{ext} {n}" for ext, n in skipped["not_images"].items()), "/".join(IMAGE_EXTENSIONS))
     return pd.DataFrame(rows, columns=["rel", "path", "stem", "split", "cls"]), split_layout, skipped
 
 
@@ -117,7 +144,8 @@ def read_folder(root: str | Path, *, patient_regex: str | None = None, keep_sour
     always gives one column per class. class_regex (group 1 on the file name without extension) replaces the
     folder's class where it matches; kaggle_subtypes derives BACTERIA / VIRUS from Kaggle pneumonia file names
     (person1_bacteria_1, person1_virus_6). Patient ids: DEFAULT_PATIENT_RULES unless patient_regex (its first group)
-    is given. Split folders (train/val/test) set the split unless keep_source_split is False.
+    is given; names no rule matches are counted and warned about. Split folders (train/val/test) set the split unless
+    keep_source_split is False.
     """
     root = Path(root)
     if not root.is_dir():
@@ -147,14 +175,15 @@ def read_folder(root: str | Path, *, patient_regex: str | None = None, keep_sour
     else:
         labels, task = tuple(classes), MULTICLASS
     matrix = one_hot(files["cls"].to_numpy(), labels)
-    table = pd.DataFrame({"image_id": files["rel"], "path": files["path"],
-                          "patient_id": patient_ids(files["stem"], patient_regex),
+    patients, unmatched = match_patients(files["stem"], patient_regex)
+    table = pd.DataFrame({"image_id": files["rel"], "path": files["path"], "patient_id": patients,
                           "split": files["split"] if keep_source_split else ""})
     counts = files["cls"].value_counts().sort_index()
     info = {"root": str(root.resolve()), "classes": {str(k): int(v) for k, v in counts.items()},
             "normal_class": normal[0] if normal else None, "split_folders": split_layout,
             "folder_classes": folder_classes, "class_rule": _class_rule(class_regex, kaggle_subtypes),
             "patient_rule": patient_regex or list(DEFAULT_PATIENT_RULES), "skipped": skipped,
+            "patient_rule_unmatched": _warn_unmatched(root, files["stem"], unmatched, patient_regex),
             "label_case_merged": report_case_merges(mapping, spellings, str(root), "class")}
     return make_catalog(table, matrix, labels, task, "folder", info, {})
 
