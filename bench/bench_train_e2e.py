@@ -16,7 +16,7 @@ The notebook is always fp32; compare it with the product at `--precision 32-true
 without native bf16). Writes bench/results/train-e2e-<host>.csv.
 
 Run: nice -n 19 .venv/bin/python bench/bench_train_e2e.py [--train-images 0] [--epochs 10] [--size 128]
-     [--model resnet18] [--precision 32-true] [--variants product,notebook,product-eager]
+     [--model resnet18] [--precision 32-true] [--variants product,notebook,product-eager] [--parallel] [--out CSV]
 (the CSV is rewritten after each variant, so a run stopped early keeps what it finished)
 """
 
@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
-from machine import Clock, describe, machine_info, results_csv
+from machine import describe, machine_info, results_csv
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "kaggle-chest-xray-pneumonia"
 VARIANTS = ("product", "notebook", "product-eager")
@@ -128,6 +130,33 @@ def worker(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(row))
 
 
+STARTED: dict[str, float] = {}
+
+
+def start(args: argparse.Namespace, variant: str, logs: Path) -> subprocess.Popen:
+    """Start one variant's worker process (output to files in logs/); reaped by main's os.wait4, not by Popen."""
+    command = [sys.executable, __file__, "--worker", variant, "--data", args.data, "--train-images",
+               str(args.train_images), "--epochs", str(args.epochs), "--size", str(args.size), "--model",
+               args.model, "--precision", args.precision]
+    STARTED[variant] = time.perf_counter()
+    with open(logs / f"{variant}.out", "w") as out, open(logs / f"{variant}.err", "w") as err:
+        return subprocess.Popen(command, stdout=out, stderr=err)
+
+
+def finish(args: argparse.Namespace, variant: str, code: int, logs: Path, cpu_s: float, wall_s: float,
+           info: dict[str, object]) -> dict[str, object]:
+    """One CSV row from a finished worker: CPU seconds (user + sys of it and its workers), wall, AUROC, execution."""
+    lines = [line for line in (logs / f"{variant}.out").read_text().splitlines() if line.startswith("RESULT ")]
+    if code or not lines:
+        sys.exit(f"{variant} failed (exit {code}):\n{(logs / f'{variant}.err').read_text()[-3000:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    print(f"{variant:14s} {cpu_s:8.1f} CPU s ({wall_s:7.1f} wall)  test AUROC {result['test_auroc']:.4f}  "
+          f"{result['precision']}, compile {result['compile']}: {result['execution_reason']}", flush=True)
+    return {"variant": variant, "model": args.model, "size": args.size, "epochs": args.epochs,
+            "train_images": args.train_images or "all", "batch": BATCH, "cpu_s": round(cpu_s, 1),
+            "wall_s": round(wall_s, 1), "parallel": args.parallel, **result, **info}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DATA))
@@ -137,6 +166,10 @@ def main() -> None:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--precision", default="32-true", help="the product's --precision (the notebook is fp32)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the variants side by side (each one's CPU seconds are still its own: a loaded "
+                             "machine gives a low-priority job more CPU as several processes)")
+    parser.add_argument("--out", default="", help="CSV to write (default bench/results/train-e2e-<host>.csv)")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -144,31 +177,27 @@ def main() -> None:
         return
     info = machine_info()
     print(describe(info))
-    rows = []
-    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for variant in variants:
         if variant not in VARIANTS:
             parser.error(f"--variants: {variant!r} is not one of {', '.join(VARIANTS)}")
-        command = [sys.executable, __file__, "--worker", variant, "--data", args.data, "--train-images",
-                   str(args.train_images), "--epochs", str(args.epochs), "--size", str(args.size), "--model",
-                   args.model, "--precision", args.precision]
-        clock = Clock().start()
-        done = subprocess.run(command, capture_output=True, text=True)
-        cpu_s, wall_s = clock.read()  # the whole process with its workers (waited for), user + sys
-        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        if done.returncode or not lines:
-            sys.exit(f"{variant} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-        result = json.loads(lines[-1][len("RESULT "):])
-        row = {"variant": variant, "model": args.model, "size": args.size, "epochs": args.epochs,
-               "train_images": args.train_images or "all", "batch": BATCH, "cpu_s": round(cpu_s, 1),
-               "wall_s": round(wall_s, 1), **result, **info}
-        rows.append(row)
-        print(f"{variant:14s} {cpu_s:8.1f} CPU s ({wall_s:7.1f} wall)  test AUROC {result['test_auroc']:.4f}  "
-              f"{result['precision']}, compile {result['compile']}: {result['execution_reason']}", flush=True)
-        out = write_rows(rows, info)
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-logs-") as logs:
+        waves = [variants] if args.parallel else [[v] for v in variants]
+        for wave in waves:
+            procs = {variant: start(args, variant, Path(logs)) for variant in wave}  # kept: Popen leaves them be
+            running = {proc.pid: variant for variant, proc in procs.items()}
+            while running:
+                pid, status, usage = os.wait4(-1, 0)  # this child and the descendants it waited for
+                variant = running.pop(pid)
+                procs[variant].returncode = os.waitstatus_to_exitcode(status)
+                cpu_s, wall_s = usage.ru_utime + usage.ru_stime, time.perf_counter() - STARTED[variant]
+                rows.append(finish(args, variant, procs[variant].returncode, Path(logs), cpu_s, wall_s, info))
+                out = write_rows(rows, info, args.out)
     print(f"wrote {out}")
 
 
-def write_rows(rows: list[dict[str, object]], info: dict[str, object]) -> Path:
+def write_rows(rows: list[dict[str, object]], info: dict[str, object], out: str = "") -> Path:
     """bench/results/train-e2e-<host>.csv with each variant's CPU ratio against the notebook's (once it has run)."""
     from chestxray.files import write_csv
 
@@ -178,9 +207,9 @@ def write_rows(rows: list[dict[str, object]], info: dict[str, object]) -> Path:
         frame["cpu_ratio_vs_notebook"] = (base / frame["cpu_s"]).round(3)
         print("; ".join(f"{v} {r:.2f}x less CPU than the notebook" for v, r in
                         zip(frame["variant"], frame["cpu_ratio_vs_notebook"])), flush=True)
-    out = results_csv("train-e2e", info)
-    write_csv(out, frame)
-    return out
+    path = Path(out) if out else results_csv("train-e2e", info)
+    write_csv(path, frame)
+    return path
 
 
 if __name__ == "__main__":
