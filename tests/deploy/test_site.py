@@ -154,6 +154,7 @@ def test_serve_with_site_and_an_unusual_upload_in_chromium(calibrated, site_cata
             wait.until(lambda d: d.find_element(By.ID, "ood").is_displayed())
             assert "unlike the images the model was trained on" in driver.find_element(By.ID, "ood").text
             assert "Calibrated for site synth-b" in driver.find_element(By.ID, "calibration").text
+            driver.find_element(By.ID, "file").clear()  # the input takes several files: a new choice, not one more
             driver.find_element(By.ID, "file").send_keys(str(scan))
             wait.until(lambda d: not d.find_element(By.ID, "ood").is_displayed())
         finally:
