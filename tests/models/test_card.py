@@ -88,7 +88,7 @@ def test_predict_and_serve_refuse_the_card_instead_of_a_traceback(bundle: Path, 
 def test_unknown_threshold_tta_is_refused(bundle: Path, image: Path, tmp_path: Path) -> None:
     copy = _edited(bundle, tmp_path, threshold_tta="flip")
     probes.one_line_error(CliRunner().invoke(app, ["predict", str(copy), str(image)], terminal_width=300),
-                          r"the card's threshold_tta 'flip' is not one of \['none', 'hflip', 'crop'\]")
+                          r"the card's threshold_tta 'flip' is not one of \['none', 'hflip', 'crop', 'tencrop'\]")
 
 
 def test_nan_weights_are_refused(tmp_path: Path, image: Path) -> None:
