@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import glob
@@ -20,6 +21,12 @@ if TYPE_CHECKING:
 
 KILL_ENV = "CHESTXRAY_TEST_KILL_AT"  # test-only: see kill_point
 _kill_hits: dict[str, int] = {}
+
+
+def png_data_url(png: bytes | str | Path) -> str:
+    """PNG bytes (or a PNG file) as a base64 data: URL, the form pages embed and the served MLflow model accepts."""
+    data = png if isinstance(png, bytes) else Path(png).read_bytes()
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def kill_point(point: str) -> None:

@@ -14,7 +14,6 @@ and the security headers are chestxray.deploy.security's (see docs/security.md).
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import io
 import logging
@@ -35,6 +34,7 @@ from starlette.requests import ClientDisconnect
 from chestxray.data.tasks import is_multiclass, probability_of
 from chestxray.deploy.security import SecurityMiddleware, WebPolicy, page_csp
 from chestxray.deploy.uploads import Limits, UploadError, decode_for_model, keep_upload
+from chestxray.files import png_data_url
 from chestxray.inference.engines import bundle_scorer
 from chestxray.inference.ood import is_unusual
 from chestxray.inference.predict import as_bundle, normalize_for_model
@@ -110,7 +110,7 @@ def _preview(gray: np.ndarray, side: int = 512) -> str:
     image.thumbnail((side, side))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return png_data_url(buffer.getvalue())
 
 
 def favicon_png() -> bytes:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from chestxray.files import png_data_url
+
 log = logging.getLogger(__name__)
 
 ARTIFACT = "bundle"
@@ -41,14 +43,6 @@ def signature(labels: list[str]) -> Any:
                           outputs=Schema([ColSpec("double", f"p_{x}") for x in labels]))
 
 
-def _data_url(path: str | Path) -> str:
-    """An image file as a base64 data: URL: the input form the served model accepts (a path it refuses), so MLflow's
-    check of the input example against a served model passes instead of warning on every logged run."""
-    import base64
-
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
-
-
 def log_bundle_model(bundle_dir: str | Path, example: str | Path, register_as: str | None = None) -> Any:
     """Log the bundle as a pyfunc model into the active MLflow run (signature, input example, card metadata).
 
@@ -66,7 +60,7 @@ def log_bundle_model(bundle_dir: str | Path, example: str | Path, register_as: s
 
     return mlflow.pyfunc.log_model(
         name=MODEL_NAME, python_model=str(MODEL_CODE), artifacts={ARTIFACT: str(bundle_dir)},
-        signature=signature(list(card["labels"])), input_example=np.array([_data_url(example)], dtype=object),
+        signature=signature(list(card["labels"])), input_example=np.array([png_data_url(example)], dtype=object),
         metadata={**metadata, "input": INPUT_NOTE}, registered_model_name=register_as or None,
         model_config=dict(MODEL_CONFIG),
         pip_requirements=[f"chestxray=={chestxray.__version__}"],

@@ -8,7 +8,6 @@ Stable hooks: section#audit, table#audit-table, table#audit-findings-table, figu
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import json
 import math
@@ -22,7 +21,7 @@ import chestxray
 from chestxray.errors import DataError
 from chestxray.evaluation.audit import AUDIT_DIR, AUDIT_JSON, FIGURE, SUBGROUPS_CSV
 from chestxray.evaluation.audit_plots import headline_task
-from chestxray.files import read_csv, write_text
+from chestxray.files import png_data_url, read_csv, write_text
 
 PAGE = "audit.html"
 EXTRA_TABLES = {"shortcuts": "shortcuts.csv", "counterfactual": "counterfactual.csv", "probe": "probe.csv",
@@ -59,7 +58,7 @@ def _diff(row: pd.Series, key: str) -> str:
 
 
 def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    return png_data_url(path)
 
 
 def _rows(table: pd.DataFrame) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ Stable hooks for tests and styling: table#metrics-table.metrics, table#data-tabl
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import json
 import logging
@@ -23,7 +22,7 @@ from chestxray.data.shards import read_manifest
 from chestxray.errors import ChestXrayError, DataError, ModelError
 from chestxray.evaluation.evaluate import EVAL_DIR, PLOTS
 from chestxray.explain.coverage import MEANING, coverage_text, table_from_scores
-from chestxray.files import read_csv, remove_leftovers, write_text
+from chestxray.files import png_data_url, read_csv, remove_leftovers, write_text
 from chestxray.locks import folder_lock
 from chestxray.models.bundle import read_card
 from chestxray.report.audit_report import render_audit_section, run_audit_dir
@@ -52,7 +51,7 @@ HEADER_TITLES = {"pos.": "positives", "thr.": "threshold (chosen on validation)"
 
 def _data_uri(path: Path) -> str:
     """The PNG at `path` as a base64 data URI, so the report needs no other file."""
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    return png_data_url(path)
 
 
 def _num(value: Any, digits: int = 3) -> str:

@@ -4,7 +4,6 @@ comparisons in plain words, and links to every run's own report (written beside 
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import io
 import logging
@@ -18,7 +17,7 @@ from sklearn.metrics import roc_curve
 
 import chestxray
 from chestxray.errors import DataError
-from chestxray.files import read_csv, write_text
+from chestxray.files import png_data_url, read_csv, write_text
 from chestxray.inference.outputs import log_odds_matrix
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ def _png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return png_data_url(buf.getvalue())
 
 
 def _roc_points(run_dir: Path) -> tuple[np.ndarray, np.ndarray, str]:
@@ -129,7 +128,7 @@ def _matrices(out: Path) -> list[dict[str, Any]]:
         found.append({"finding": path.stem[len("study_cross_source_"):], "columns": columns,
                       "rows": [{"trained_on": r["trained_on"], "cells": [_note(r.get(c)) for c in columns]}
                                for r in frame.to_dict("records")],
-                      "png": "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+                      "png": png_data_url(png)
                       if png.is_file() else ""})
     return found
 

@@ -7,7 +7,6 @@ Stable hooks for tests: table#trials-table, figure.plot#plot-<key> (history, imp
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import io
 import logging
@@ -18,7 +17,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 import chestxray
-from chestxray.files import write_text
+from chestxray.files import png_data_url, write_text
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def _png(axes: Any) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return png_data_url(buffer.getvalue())
 
 
 def _plots(study: Any) -> list[dict[str, Any]]:

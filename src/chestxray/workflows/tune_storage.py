@@ -69,12 +69,9 @@ def open_storage(url: str, heartbeat: int = 60) -> Any:
     try:
         with warnings.catch_warnings():  # heartbeats are marked experimental; they are what failing stale trials needs
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            stale: dict[str, Any] = (  # a killed trial runs again, same params (Optuna 4.9 renamed the callback)
-                {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
-                if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
-                else {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)})
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)  # a killed trial runs again
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                                              grace_period=2 * heartbeat, **stale)
+                                              grace_period=2 * heartbeat, heartbeat_stale_trial_callback=retry)
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError, ValueError) as exc:
         cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
         reason = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else type(cause).__name__
