@@ -11,12 +11,17 @@ N of them, 0: all) and score the same held-out test split. Each variant runs in 
   out-of-distribution reference is a separate feature, not scoring);
 - `product-eager`: the same with `--compile off`, to isolate what compiling gives;
 - `notebook`: a pandas table of paths, PIL decode + resize + RGB + ImageNet normalisation per item per epoch
-  (torchvision), the 3-channel model in NCHW, a plain loop, the last epoch's weights scored with sklearn's AUROC.
+  (torchvision), the 3-channel model in NCHW, a plain loop, the last epoch's weights scored with sklearn's AUROC,
+  with libgomp's default spin (GOMP_SPINCOUNT=300000, what a notebook gets);
+- `notebook-spin`: the same notebook given chestxray's short OpenMP spin (chestxray.openmp), to show how much of
+  the difference is that one setting, which any notebook can copy.
+Every variant's process gets exactly its OpenMP setting in its environment (libgomp reads it once, when torch loads).
 The notebook is always fp32; compare it with the product at `--precision 32-true` for the issue's figure (CPUs
 without native bf16). Writes bench/results/train-e2e-<host>.csv.
 
 Run: nice -n 19 .venv/bin/python bench/bench_train_e2e.py [--train-images 0] [--epochs 10] [--size 128]
-     [--model resnet18] [--precision 32-true] [--variants product,notebook,product-eager] [--parallel] [--out CSV]
+     [--model resnet18] [--precision 32-true] [--variants product,notebook,product-eager,notebook-spin] [--parallel]
+     [--busy N] [--out CSV]
 (the CSV is rewritten after each variant, so a run stopped early keeps what it finished)
 """
 
@@ -32,10 +37,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from machine import describe, machine_info, results_csv
+from machine import busy_processes, describe, machine_info, results_csv
+
+from chestxray.openmp import SPINCOUNT
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "kaggle-chest-xray-pneumonia"
-VARIANTS = ("product", "notebook", "product-eager")
+VARIANTS = ("product", "notebook", "product-eager", "notebook-spin")
 BATCH, LR = 32, 1e-4
 
 
@@ -68,7 +75,7 @@ def product_worker(args: argparse.Namespace, work: Path, compile: str) -> dict[s
     evaluation = evaluate_run(result.run_dir, split="test", ood=False)
     run = json.loads((Path(result.run_dir) / "run.json").read_text(encoding="utf-8"))
     return {"test_auroc": evaluation.macro_auroc, "precision": run.get("precision"), "compile": run.get("compile"),
-            "execution_reason": run.get("execution_reason", "")}
+            "execution_reason": run.get("execution_reason", ""), "openmp_wait": run.get("openmp_wait", "")}
 
 
 def notebook_worker(args: argparse.Namespace) -> dict[str, object]:
@@ -117,13 +124,14 @@ def notebook_worker(args: argparse.Namespace) -> dict[str, object]:
             scores.append(torch.sigmoid(net(images)).squeeze(1).numpy())
             truth.append(labels.squeeze(1).numpy())
     return {"test_auroc": float(roc_auc_score(np.concatenate(truth), np.concatenate(scores))), "precision": "32-true",
-            "compile": False, "execution_reason": "eager PyTorch, NCHW, 3 channels (notebook)"}
+            "compile": False, "execution_reason": "eager PyTorch, NCHW, 3 channels (notebook)",
+            "openmp_wait": f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', '300000')}"}
 
 
 def worker(args: argparse.Namespace) -> None:
     """Run one variant in this process and print its result as one JSON line."""
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
-        if args.worker == "notebook":
+        if args.worker.startswith("notebook"):
             row = notebook_worker(args)
         else:
             row = product_worker(args, Path(tmp), "off" if args.worker == "product-eager" else "auto")
@@ -138,9 +146,14 @@ def start(args: argparse.Namespace, variant: str, logs: Path) -> subprocess.Pope
     command = [sys.executable, __file__, "--worker", variant, "--data", args.data, "--train-images",
                str(args.train_images), "--epochs", str(args.epochs), "--size", str(args.size), "--model",
                args.model, "--precision", args.precision]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if variant == "notebook":
+        env["GOMP_SPINCOUNT"] = "300000"  # libgomp's own default, written out: the notebook never imports chestxray first
+    elif variant == "notebook-spin":
+        env["GOMP_SPINCOUNT"] = SPINCOUNT
     STARTED[variant] = time.perf_counter()
     with open(logs / f"{variant}.out", "w") as out, open(logs / f"{variant}.err", "w") as err:
-        return subprocess.Popen(command, stdout=out, stderr=err)
+        return subprocess.Popen(command, stdout=out, stderr=err, env=env)
 
 
 def finish(args: argparse.Namespace, variant: str, code: int, logs: Path, cpu_s: float, wall_s: float,
@@ -154,7 +167,7 @@ def finish(args: argparse.Namespace, variant: str, code: int, logs: Path, cpu_s:
           f"{result['precision']}, compile {result['compile']}: {result['execution_reason']}", flush=True)
     return {"variant": variant, "model": args.model, "size": args.size, "epochs": args.epochs,
             "train_images": args.train_images or "all", "batch": BATCH, "cpu_s": round(cpu_s, 1),
-            "wall_s": round(wall_s, 1), "parallel": args.parallel, **result, **info}
+            "wall_s": round(wall_s, 1), "parallel": args.parallel, "busy_processes": args.busy, **result, **info}
 
 
 def main() -> None:
@@ -165,10 +178,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--precision", default="32-true", help="the product's --precision (the notebook is fp32)")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS[:3]))
     parser.add_argument("--parallel", action="store_true",
                         help="run the variants side by side (each one's CPU seconds are still its own: a loaded "
                              "machine gives a low-priority job more CPU as several processes)")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="busy processes (a pure Python loop each) running beside every variant: a shared machine")
     parser.add_argument("--out", default="", help="CSV to write (default bench/results/train-e2e-<host>.csv)")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -185,16 +200,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-e2e-logs-") as logs:
         waves = [variants] if args.parallel else [[v] for v in variants]
         for wave in waves:
-            procs = {variant: start(args, variant, Path(logs)) for variant in wave}  # kept: Popen leaves them be
-            running = {proc.pid: variant for variant, proc in procs.items()}
-            while running:
-                pid, status, usage = os.wait4(-1, 0)  # this child and the descendants it waited for
-                variant = running.pop(pid)
-                procs[variant].returncode = os.waitstatus_to_exitcode(status)
-                cpu_s, wall_s = usage.ru_utime + usage.ru_stime, time.perf_counter() - STARTED[variant]
-                rows.append(finish(args, variant, procs[variant].returncode, Path(logs), cpu_s, wall_s, info))
-                out = write_rows(rows, info, args.out)
-    print(f"wrote {out}")
+            with busy_processes(args.busy):
+                run_wave(args, wave, Path(logs), info, rows)
+    print(f"wrote {write_rows(rows, info, args.out)}")
+
+
+def run_wave(args: argparse.Namespace, wave: list[str], logs: Path, info: dict[str, object],
+             rows: list[dict[str, object]]) -> None:
+    """Start the wave's variants side by side and add each one's row as it finishes (the CSV rewritten each time)."""
+    procs = {variant: start(args, variant, logs) for variant in wave}  # kept: Popen leaves them be
+    running = {proc.pid: variant for variant, proc in procs.items()}
+    while running:
+        pid, status, usage = os.wait4(-1, 0)  # this child and the descendants it waited for
+        if pid not in running:
+            continue  # not a variant (a busy process would only end when killed)
+        variant = running.pop(pid)
+        procs[variant].returncode = os.waitstatus_to_exitcode(status)
+        cpu_s, wall_s = usage.ru_utime + usage.ru_stime, time.perf_counter() - STARTED[variant]
+        rows.append(finish(args, variant, procs[variant].returncode, logs, cpu_s, wall_s, info))
+        write_rows(rows, info, args.out)
 
 
 def write_rows(rows: list[dict[str, object]], info: dict[str, object], out: str = "") -> Path:

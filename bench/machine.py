@@ -9,7 +9,11 @@ import os
 import platform
 import resource
 import socket
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,3 +96,15 @@ def results_csv(name: str, info: dict[str, object]) -> Path:
     """bench/results/<name>-<host>.csv."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     return RESULTS / f"{name}-{info['host']}.csv"
+
+
+@contextmanager
+def busy_processes(n: int) -> Iterator[None]:
+    """n processes that keep a core busy each (a pure Python loop) while the block runs: a shared machine on demand."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()

@@ -13,7 +13,7 @@ PACKAGE = Path(chestxray.__file__).resolve().parent
 # Lower rank = lower in the pipeline; a module may import its own stage, the leaves and lower ranks only.
 # Stages sharing a rank are siblings and do not import each other.
 RANKS = {
-    "errors": 0, "files": 0, "locks": 0.5,  # locks: a leaf that raises errors.ConfigError
+    "errors": 0, "files": 0, "openmp": 0, "locks": 0.5,  # locks: a leaf that raises errors.ConfigError
     "data": 1,
     "models": 2,
     "training": 3,

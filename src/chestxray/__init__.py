@@ -13,6 +13,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from chestxray.openmp import set_default_wait
+
+set_default_wait()  # before anything loads torch: libgomp reads its environment once (chestxray.openmp)
+
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {

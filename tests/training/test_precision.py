@@ -53,6 +53,7 @@ def test_bf16_cpu_run_matches_fp32_auroc_and_run_json_records_execution(
     import torch
     from safetensors.torch import load_file
 
+    from chestxray.openmp import describe_wait
     from chestxray.training import execution, module
 
     monkeypatch.setattr(execution, "cxx_compiler", lambda: "/usr/bin/g++")
@@ -69,6 +70,7 @@ def test_bf16_cpu_run_matches_fp32_auroc_and_run_json_records_execution(
         assert run_info["precision"] == card["precision"] == prec
         assert card["precision_reason"] == "set explicitly (--precision)"
         assert run_info["memory_format"] == "channels_last" and run_info["compile"] is (prec == "32-true")
+        assert run_info["openmp_wait"] == describe_wait()
         assert run_info["execution_reason"].endswith("set explicitly (--compile on)") if prec == "32-true" \
             else "auto: torch.compile off (not measured for cnn-small at bf16-mixed" in run_info["execution_reason"]
     keys = {k.removeprefix("net.") for k in torch.load(tmp_path / "32-true" / "checkpoints" / "last.ckpt",

@@ -31,6 +31,7 @@ from torch import nn
 from chestxray.errors import ConfigError, DiskFullError, TrainingInterrupted
 from chestxray.files import atomic_path, disk_full, disk_full_message, kill_point, write_json, write_text
 from chestxray.locks import folder_lock, reading
+from chestxray.openmp import describe_wait
 from chestxray.training.callbacks import (
     AtomicCheckpointIO,
     EpochLines,
@@ -439,7 +440,8 @@ def _fit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     if trainer.is_global_zero:
         _write_run_start(config, run_dir, {**fields, "model_image_size": data_cfg["image_size"],
                                            "memory_format": execution.memory_format, "compile": execution.compile,
-                                           "execution_reason": execution.reason}, run_info, mlflow_logger)
+                                           "execution_reason": execution.reason,
+                                           "openmp_wait": describe_wait()}, run_info, mlflow_logger)
 
     start = time.perf_counter()
     try:
