@@ -38,36 +38,12 @@ SETTINGS = {  # name → the process's OpenMP variables (and torch threads)
 
 
 def step_worker(arch: str, size: int, batch: int, steps: int, precision: str) -> dict[str, float]:
-    """In this process: CPU and wall seconds per image of `steps` training steps after two warm-up steps."""
-    import contextlib
-
+    """In this process: CPU and wall ms per image of `steps` eager channels_last training steps (bench_train_step's)."""
     import torch
-    from machine import Clock
+    from bench_train_step import step_worker as train_step
 
-    from chestxray.models import build_model
-
-    torch.manual_seed(0)
-    net = build_model(arch, num_labels=1, in_chans=1).train().to(memory_format=torch.channels_last)
-    images = torch.randn(batch, 1, size, size).contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, 2, (batch, 1)).float()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed"
-                else contextlib.nullcontext())
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(net(images).float(), labels)
-        loss.backward()
-        optimizer.step()
-
-    step()
-    step()
-    clock = Clock().start()
-    for _ in range(steps):
-        step()
-    cpu, wall = clock.read()
-    return {"cpu_ms_per_img": cpu / steps / batch * 1e3, "wall_ms_per_img": wall / steps / batch * 1e3,
+    got = train_step(arch, precision, "channels_last", size, batch, steps)
+    return {"cpu_ms_per_img": got["step_cpu_s"] / batch * 1e3, "wall_ms_per_img": got["step_wall_s"] / batch * 1e3,
             "torch_threads": torch.get_num_threads()}
 
 
