@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+import chestxray  # noqa: F401, I001 - before torch, as in the CLI: PyTorch's threads get chestxray.openmp's short spin
 import torch
 from machine import Clock, describe, machine_info, results_csv
 

@@ -1,8 +1,8 @@
 """Which engine scores, and how ONNX Runtime is set up for it. Imports no torch unless a GPU driver is present.
 
 `--engine auto` (the default): a CUDA GPU that torch can use → PyTorch on the GPU; otherwise ONNX Runtime on the
-CPU, which needed 2.3-32x less CPU per image than PyTorch's eager CPU path for cnn-small, resnet18 and Lite0
-(docs/performance.md, bench/bench_inference.py). `torch` and `onnxruntime` force one.
+CPU, which needed 4.1-4.6x less CPU per image than PyTorch's eager CPU path for cnn-small and 1.2-4.1x for Lite0,
+while resnet18 at 64-224 px cost about the same on either (0.6-1.3x; docs/performance.md, bench/bench_inference.py). `torch` and `onnxruntime` force one.
 
 ONNX Runtime session options, chosen deliberately:
 - intra-op threads = the cores this process may use (CPU affinity, and a cgroup CPU quota where one is set), not
