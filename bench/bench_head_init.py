@@ -30,13 +30,13 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from machine import results_csv
 import pandas as pd
 import torch
 
 import chestxray.models.factory as factory
 from chestxray.files import write_csv
 
-RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("arch", "zero", "prior", "normal")  # also: default, normal-zero
 
 
@@ -125,8 +125,7 @@ def main() -> None:
                        "torch": torch.__version__, "host": socket.gethostname().split(".")[0]}.items():
         table[key] = value
     print(table[["head_init", "lr", "seed", "first_train_loss", "best_val_auroc"]].to_string(index=False))
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"head_init-{args.data}-{args.model}-{socket.gethostname().split('.')[0]}.csv"
+    out = results_csv(f"head_init-{args.data}-{args.model}", {"host": socket.gethostname().split(".")[0]})
     write_csv(out, table)
     print(f"written {out}")
 

@@ -25,13 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import lightning
+from machine import results_csv
+import lightning  # noqa: I001 - after machine, which loads chestxray (OpenMP's short spin) before torch
 import pandas as pd
 import torch
 
 from chestxray.files import write_csv
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class CpuClock(lightning.Callback):
@@ -155,8 +155,7 @@ def main() -> None:
                                                       cpu_seconds=("cpu_seconds", "max"))
     print(f"\nper recipe, mean over seeds {args.seeds} ({args.epochs} epochs, {args.size} px):")
     print(summary.round(4).to_string())
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"transfer-{socket.gethostname().split('.')[0]}.csv"
+    out = results_csv("transfer", {"host": socket.gethostname().split(".")[0]})
     write_csv(out, table)
     print(f"written {out}")
 
