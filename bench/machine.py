@@ -92,6 +92,22 @@ class Clock:
         return cpu_seconds() + child_cpu_seconds() - self.cpu0, time.perf_counter() - self.wall0
 
 
+def fp32_gflops_per_cpu_s(n: int = 2048, repeat: int = 5) -> float:
+    """The best fp32 matrix-multiply rate torch reaches here, in GFLOP per CPU second (all threads counted): about
+    the cores' fp32 peak, which no fp32 engine's convolutions exceed. Best of `repeat` n x n products."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up: thread pool and packing buffers
+    best = 0.0
+    for _ in range(repeat):
+        clock = Clock().start()
+        torch.mm(a, b)
+        cpu, _ = clock.read()
+        best = max(best, 2 * n**3 / 1e9 / cpu)
+    return best
+
+
 def results_csv(name: str, info: dict[str, object]) -> Path:
     """bench/results/<name>-<host>.csv."""
     RESULTS.mkdir(parents=True, exist_ok=True)

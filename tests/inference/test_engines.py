@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -19,18 +20,19 @@ from chestxray.errors import ConfigError, ModelError
 from chestxray.inference import onnx_cache, runtime
 from chestxray.inference.engines import bundle_backend, bundle_scorer
 from chestxray.inference.onnx_cache import CACHE_META, CACHE_ONNX, scoring_graph
+from chestxray.inference.onnx_graph import static_same_padding
 from chestxray.inference.predict import torch_scorer
 from chestxray.models import build_model
-from chestxray.models.bundle import read_card, save_bundle
+from chestxray.models.bundle import load_bundle, read_card, save_bundle
 
 SIZE = 32
 LABELS = ["a", "b", "c"]
 
 
-def _bundle(folder: Path, seed: int = 0, arch: str = "cnn-tiny") -> Path:
+def _bundle(folder: Path, seed: int = 0, arch: str = "cnn-tiny", size: int = SIZE) -> Path:
     torch.manual_seed(seed)
     return save_bundle(folder, build_model(arch, num_labels=len(LABELS), in_chans=1), {
-        "architecture": arch, "num_labels": len(LABELS), "in_chans": 1, "image_size": SIZE, "resize": "pad",
+        "architecture": arch, "num_labels": len(LABELS), "in_chans": 1, "image_size": size, "resize": "pad",
         "normalization": "gray", "labels": LABELS, "task": "multilabel"})
 
 
@@ -39,16 +41,21 @@ def bundle(tmp_path: Path) -> Path:
     return _bundle(tmp_path / "bundle")
 
 
-def _pixels(n: int = 5) -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 256, (n, SIZE, SIZE), dtype=np.uint8)
+def _pixels(n: int = 5, size: int = SIZE) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, size, size), dtype=np.uint8)
 
 
 @pytest.mark.parametrize("tta", ["none", "hflip", "crop"])
 def test_onnxruntime_matches_pytorch_probabilities_and_features(bundle: Path, tta: str) -> None:
+    assert_engines_agree(bundle, tta)
+
+
+def assert_engines_agree(bundle: Path, tta: str = "none") -> None:
+    """ONNX Runtime's probabilities within 1e-5 of PyTorch's, and the same OOD features per layer and forward."""
     ort_scorer = bundle_scorer(bundle, tta=tta, engine="onnxruntime")
     torch_scorer_ = torch_scorer(bundle, tta=tta, device="cpu")
     assert ort_scorer.backend.name == "onnxruntime" and torch_scorer_.backend.name == "torch"
-    pixels = _pixels()
+    pixels = _pixels(size=read_card(bundle)["image_size"])
     with ort_scorer.backend.tap() as got, torch_scorer_.backend.tap() as want:
         probs_ort, probs_torch = ort_scorer.score(pixels), torch_scorer_.score(pixels)
     assert probs_ort.shape == (5, len(LABELS))
@@ -57,6 +64,29 @@ def test_onnxruntime_matches_pytorch_probabilities_and_features(bundle: Path, tt
     for layer in want:
         assert len(got[layer]) == len(want[layer])  # one entry per forward (TTA view)
         assert np.allclose(np.concatenate(got[layer]), np.concatenate(want[layer]), atol=1e-5), layer
+
+
+@pytest.mark.parametrize("size", [32, 37])
+def test_same_padding_becomes_constant_and_folds_into_the_convolutions(tmp_path: Path, size: int) -> None:
+    """EfficientNet-Lite0 (timm's tf_ port) pads 'same' from the input's shape at each call; the scoring graph pads
+    by constants for the card's size, which ONNX Runtime folds into its convolutions: no Pad or Shape node is left
+    in the graph it runs, the results still match PyTorch, and the bundle's own network is left as it was."""
+    from timm.layers import Conv2dSame
+
+    bundle = _bundle(tmp_path / "lite0", arch="efficientnet-lite0", size=size)
+    assert_engines_agree(bundle)
+    options = runtime.session_options()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    runtime.onnxruntime().InferenceSession(str(bundle / CACHE_ONNX), options, providers=["CPUExecutionProvider"])
+    ops = {node.op_type for node in onnx.load(tmp_path / "optimized.onnx").graph.node}
+    assert "Conv" in ops and not ops & {"Pad", "Shape", "ReduceMean"}, ops
+    net = load_bundle(bundle).net.eval()
+    x = torch.rand(2, 1, size, size)
+    static = static_same_padding(net, x[:1])
+    same_convs = [sum(isinstance(m, Conv2dSame) for m in n.modules()) for n in (net, static)]
+    assert same_convs[0] > 0 and same_convs[1] == 0
+    with torch.no_grad():
+        assert torch.allclose(static(x), net(x), atol=1e-6)
 
 
 def test_exported_once_then_read_from_the_cache(bundle: Path) -> None:

@@ -40,12 +40,18 @@ def test_config_accepts_auto_on_off_only(tmp_path: Path, synthetic_prepared: Pat
     assert resolve_config(tmp_path / "off.yaml", prepared=str(synthetic_prepared)).compile == "off"
 
 
-def test_auto_compiles_nothing_measured_today_on_this_cpu(with_compiler: None) -> None:
-    """Today's measurements (docs/performance.md): compiling made no training step cheaper, so auto never compiles."""
+def test_auto_compiles_nothing_for_a_default_run_on_this_cpu(with_compiler: None) -> None:
+    """Today's measurements (docs/performance.md): compiling made no training step cheaper but Lite0's in fp32 (6 %,
+    after 86 CPU s of compiling), so auto compiles nothing for a default run, and nothing else for any run."""
     for (model, precision), rule in COMPILE_RULES.items():
+        settings = dict(model=model, precision=precision, accelerator="cpu", image_size=128)
+        choice = choose_execution(True, "auto", planned_images=KAGGLE_RUN, **settings)
+        assert not choice.compile, choice
+        if (model, precision) == ("efficientnet-lite0", "32-true"):
+            assert rule.compiled_ms < rule.eager_ms and f"under {MARGIN:g} × the cost" in choice.reason, choice
+            continue
         assert rule.compiled_ms >= rule.eager_ms, (model, rule)
-        choice = choose_execution(True, "auto", model=model, precision=precision, accelerator="cpu", image_size=128,
-                                  planned_images=100 * KAGGLE_RUN)
+        choice = choose_execution(True, "auto", planned_images=100 * KAGGLE_RUN, **settings)
         assert not choice.compile and "never pays back" in choice.reason, choice
 
 
@@ -76,9 +82,9 @@ def test_auto_stays_eager_where_unmeasured_or_not_faster(with_compiler: None, mo
     big = dict(accelerator="cpu", image_size=128, planned_images=100 * KAGGLE_RUN)
     never = choose_execution(True, "auto", model="cnn-small", precision="32-true", **big)
     assert not never.compile and "never pays back" in never.reason
-    unmeasured = choose_execution(False, "auto", model="densenet121", precision="32-true", **big)
+    unmeasured = choose_execution(False, "auto", model="cnn-tiny", precision="32-true", **big)
     assert not unmeasured.compile and unmeasured.memory_format == "contiguous"
-    assert "not measured for densenet121" in unmeasured.reason
+    assert "not measured for cnn-tiny" in unmeasured.reason
     assert not choose_execution(True, "auto", model="resnet18", precision="bf16-mixed", **big).compile
     gpu = choose_execution(True, "auto", model="resnet18", precision="32-true", **{**big, "accelerator": "gpu"})
     assert not gpu.compile and "GPU" in gpu.reason

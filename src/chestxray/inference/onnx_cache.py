@@ -28,7 +28,7 @@ from chestxray.files import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
-GRAPH_VERSION = 2  # bump when onnx_graph changes what the graph computes or outputs (2: the logits output)
+GRAPH_VERSION = 3  # bump when onnx_graph changes the graph (2: the logits output; 3: constant 'same' pads, pooling)
 CACHE_ONNX, CACHE_META = "scoring.onnx", "scoring.json"
 GRAPH_FIELDS = ("architecture", "num_labels", "in_chans", "image_size", "normalization", "input_mean", "input_std",
                 "task")

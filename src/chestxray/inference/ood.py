@@ -174,7 +174,11 @@ def _pooled(output: Any) -> Any:
     if isinstance(output, (tuple, list)):
         output = output[0]
     x = output.float()
-    return x.mean((2, 3)) if x.ndim == 4 else x.mean(1) if x.ndim == 3 else x.flatten(1)
+    if x.ndim == 4:  # a global average pool rather than mean((2, 3)): ONNX Runtime runs it in its blocked layout
+        from torch.nn.functional import adaptive_avg_pool2d
+
+        return adaptive_avg_pool2d(x, 1).flatten(1)
+    return x.mean(1) if x.ndim == 3 else x.flatten(1)
 
 
 def _to_numpy(features: Any) -> np.ndarray:

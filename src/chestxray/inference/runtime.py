@@ -1,8 +1,10 @@
 """Which engine scores, and how ONNX Runtime is set up for it. Imports no torch unless a GPU driver is present.
 
 `--engine auto` (the default): a CUDA GPU that torch can use → PyTorch on the GPU; otherwise ONNX Runtime on the
-CPU, which needed 4.1-4.6x less CPU per image than PyTorch's eager CPU path for cnn-small and 1.2-4.1x for Lite0,
-while resnet18 at 64-224 px cost about the same on either (0.6-1.3x; docs/performance.md, bench/bench_inference.py). `torch` and `onnxruntime` force one.
+CPU. Measured idle on 2 cores (docs/performance.md, bench/bench_inference.py) it needed 3.7-5.1x less CPU per image
+than PyTorch's eager CPU path for cnn-small and Lite0 at 64-224 px and 1.4-1.8x for resnet18 at 128-224 px; only
+resnet18 at 64 px cost the same on either (0.9-1.0x CPU, 1.1-1.2x faster in wall time), too small a difference for
+a per-architecture rule. `torch` and `onnxruntime` force one.
 
 ONNX Runtime session options, chosen deliberately:
 - intra-op threads = the cores this process may use (CPU affinity, and a cgroup CPU quota where one is set), not
