@@ -139,7 +139,8 @@ def measure(arch: str, size: int, files: list[Path], batch: int, repeat: int, th
             "export_cpu_s": round(export_cpu, 2), "export_wall_s": round(export_wall, 2),
             "open_cached_cpu_s": round(open_cpu, 3), "max_abs_dp": float(f"{diff.max():.2e}"),
             "flipped_at_0.5": flipped, "ort_threads": threads or "usable cores", "ort_spinning": spinning,
-            "torch_openmp": describe_wait(), "gflop_per_img": round(gflop, 3), "torch_gflops_per_cpu_s": round(gflop / torch_cpu, 1),
+            "torch_openmp": describe_wait(), "gflop_per_img": round(gflop, 3),
+            "torch_gflops_per_cpu_s": round(gflop / torch_cpu, 1),
             "ort_gflops_per_cpu_s": round(gflop / ort_cpu, 1)}
 
 

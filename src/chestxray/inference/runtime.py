@@ -3,8 +3,8 @@
 `--engine auto` (the default): a CUDA GPU that torch can use → PyTorch on the GPU; otherwise ONNX Runtime on the
 CPU. Measured idle on 2 cores (docs/performance.md, bench/bench_inference.py) it needed 3.7-5.1x less CPU per image
 than PyTorch's eager CPU path for cnn-small and Lite0 at 64-224 px and 1.4-1.8x for resnet18 at 128-224 px; only
-resnet18 at 64 px cost the same on either (0.9-1.0x CPU, 1.1-1.2x faster in wall time), too small a difference for
-a per-architecture rule. `torch` and `onnxruntime` force one.
+for resnet18 at 64 px did the two cost about the same (ONNX Runtime 0.99-1.16x PyTorch's CPU, 1.1-1.2x faster in
+wall time), too small a difference for a per-architecture rule. `torch` and `onnxruntime` force one.
 
 ONNX Runtime session options, chosen deliberately:
 - intra-op threads = the cores this process may use (CPU affinity, and a cgroup CPU quota where one is set), not
