@@ -73,23 +73,30 @@ def test_metadata_and_opset(tmp_path: Path) -> None:
 
 
 def test_cli_export_then_predict_without_torch(samples, tmp_path: Path) -> None:
+    """An exported .onnx file and a bundle whose scoring graph is cached are both scored with torch blocked, and
+    agree with PyTorch."""
     bundle = _bundle(tmp_path, "cnn-tiny", 32)
     model = tmp_path / "model.onnx"
     result = CliRunner().invoke(app, ["export", str(bundle), "--onnx", str(model)])
     assert result.exit_code == 0 and f"opset {OPSET}" in result.output, result.output
     ref = tmp_path / "ref.csv"
     assert CliRunner().invoke(app, ["predict", str(bundle), *map(str, samples), "-o", str(ref)]).exit_code == 0
-    out = tmp_path / "onnx.csv"
-    blocked = ("import sys; sys.modules['torch'] = None; from chestxray.cli import main; "
-               f"sys.argv = ['chestxray', 'predict', {str(model)!r}, *{[str(s) for s in samples]!r}, '-o', {str(out)!r}];"
-               " main()")
-    run = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert "5 image(s) scored, 0 quarantined" in run.stdout
-    cols = [f"p_{x}" for x in LABELS]
-    a, b = pd.read_csv(out), pd.read_csv(ref)
-    assert np.abs(a[cols].to_numpy() - b[cols].to_numpy()).max() < 1e-4
-    assert (a[[f"pred_{x}" for x in LABELS]].to_numpy() == b[[f"pred_{x}" for x in LABELS]].to_numpy()).all()
+    ref_torch = tmp_path / "ref-torch.csv"
+    assert CliRunner().invoke(app, ["predict", str(bundle), *map(str, samples), "-o", str(ref_torch),
+                                    "--engine", "torch"]).exit_code == 0
+    # the exported .onnx file, and the bundle itself (its graph cached by the first predict), with torch blocked
+    for name, source in (("onnx", model), ("bundle", bundle)):
+        out = tmp_path / f"{name}.csv"
+        blocked = ("import sys; sys.modules['torch'] = None; from chestxray.cli import main; "
+                   f"sys.argv = ['chestxray', 'predict', {str(source)!r}, *{[str(s) for s in samples]!r}, "
+                   f"'-o', {str(out)!r}]; main()")
+        run = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, (name, run.stderr)
+        assert "5 image(s) scored, 0 quarantined" in run.stdout
+        cols = [f"p_{x}" for x in LABELS]
+        a, b = pd.read_csv(out), pd.read_csv(ref_torch)
+        assert np.abs(a[cols].to_numpy() - b[cols].to_numpy()).max() < 1e-4, name
+        assert (a[[f"pred_{x}" for x in LABELS]].to_numpy() == b[[f"pred_{x}" for x in LABELS]].to_numpy()).all()
 
 
 def test_cli_export_dynamo_matches_pytorch(samples, tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 import chestxray.data.imaging  # noqa: F401 - sets OpenCV to single-threaded, fork-safe use (see chestxray.data.imaging)
 from chestxray.errors import ConfigError
@@ -132,6 +131,8 @@ def normalize(images: torch.Tensor, in_chans: int = 1, normalization: Normalizat
     value is replicated and each channel gets its own statistics, with in_chans=1 their average (see input_stats).
     `out` (float32, the result's shape, e.g. pinned memory) receives the result when given.
     """
+    import torch  # here, not at the top: reading a card's normalisation (input_stats) needs no torch
+
     mean, std = input_stats(normalization, in_chans)
     if images.ndim not in (3, 4) or images.shape[-3] != 1:
         raise ConfigError(f"normalize expects uint8 (B, 1, H, W) or (1, H, W), got {tuple(images.shape)}")

@@ -57,7 +57,7 @@ def _sha256(path: Path) -> str:
 
 def cache_key(folder: Path, card: dict[str, Any]) -> str:
     """sha256 of the weights file, the graph-relevant card fields and GRAPH_VERSION (hex)."""
-    from chestxray.models.bundle import WEIGHTS
+    from chestxray.models.card import WEIGHTS
 
     weights = folder / WEIGHTS
     try:

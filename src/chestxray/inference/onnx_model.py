@@ -102,7 +102,7 @@ def cached_backend(model: Any, threads: int | None = None, cache_dir: Path | Non
     """The onnxruntime Backend of a bundle (folder, run folder or loaded Bundle) through its cached scoring graph,
     exported first where there is none (chestxray.inference.onnx_cache). ModelError when it cannot be made."""
     from chestxray.inference.onnx_cache import scoring_graph
-    from chestxray.models.bundle import bundle_folder, read_card
+    from chestxray.models.card import bundle_folder, read_card
 
     loaded = model if hasattr(model, "net") else None
     folder = Path(loaded.path) if loaded is not None else bundle_folder(model)

@@ -66,7 +66,7 @@ def usable_cores() -> int:
 
 def gpu_present() -> bool:
     """Whether torch can use a CUDA (or ROCm) GPU here; torch is imported only where a GPU driver is present."""
-    if "torch" not in sys.modules:
+    if sys.modules.get("torch") is None:  # not loaded (or blocked): ask the driver before importing it
         has_driver = ROCM_DEVICE.exists() or (NVIDIA_GPUS.is_dir() and any(NVIDIA_GPUS.iterdir()))
         if not has_driver:
             return False

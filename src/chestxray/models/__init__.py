@@ -4,24 +4,25 @@
 each registered spec names its stem, head, backbone stages and Grad-CAM layer, so freezing, weight loading and
 explanations need no per-model code. `weights` loads ImageNet or local weights safely; `bundle` saves a trained
 model as safetensors + a JSON card (labels, preprocessing, thresholds) that later stages load without unpickling.
+
+The names below are loaded on first use (PEP 562), so `chestxray.models.card` can be read without importing torch:
+a bundle whose ONNX graph is cached is scored without it. The registry loads the built-in architectures itself.
 """
 
-from chestxray.models import architectures  # noqa: F401  (registers the built-in architectures)
-from chestxray.models import timm_zoo  # noqa: F401  (registers timm/<name> and efficientnet-lite0, lazily)
-from chestxray.models.factory import build_model
-from chestxray.models.registry import (
-    ModelSpec,
-    backbone_blocks,
-    backbone_parameter_names,
-    block_parameters,
-    count_parameters,
-    get_spec,
-    head_module,
-    list_models,
-    model_data_config,
-    register_model,
-)
+from __future__ import annotations
 
-__all__ = ["ModelSpec", "backbone_blocks", "backbone_parameter_names", "block_parameters",
-           "build_model", "count_parameters", "get_spec", "head_module",
-           "list_models", "model_data_config", "register_model"]
+import importlib
+from typing import Any
+
+_FROM = {"build_model": "chestxray.models.factory",
+         **{name: "chestxray.models.registry" for name in (
+             "ModelSpec", "backbone_blocks", "backbone_parameter_names", "block_parameters", "count_parameters",
+             "get_spec", "head_module", "list_models", "model_data_config", "register_model")}}
+
+__all__ = sorted(_FROM)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _FROM:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_FROM[name]), name)

@@ -12,7 +12,6 @@ Cards written before that layout (a flat metrics object) are read into it (card_
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,17 @@ from safetensors.torch import load_file, save_file
 
 from chestxray.errors import ChestXrayError, ModelError, clip
 from chestxray.files import atomic_path, write_json
-from chestxray.models.card import check_card
+from chestxray.models.card import (  # noqa: F401 - the card's reading and writing, public here too
+    CARD,
+    FORMAT,
+    REQUIRED_CARD_FIELDS,
+    WEIGHTS,
+    bundle_folder,
+    card_metrics,
+    read_card,
+    update_card,
+)
 
-WEIGHTS = "model.safetensors"
-CARD = "card.json"
-FORMAT = "chestxray-bundle/1"
-REQUIRED_CARD_FIELDS = ("architecture", "num_labels", "in_chans", "image_size", "normalization", "labels")
 
 
 @dataclass
@@ -72,64 +76,6 @@ def save_bundle(out_dir: str | Path, net: torch.nn.Module, card: dict[str, Any])
     full.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     write_json(out / CARD, full)
     return out
-
-
-def read_card(path: str | Path) -> dict[str, Any]:
-    """The card of a bundle folder, checked for the fields a loader needs."""
-    folder = Path(path)
-    card_path = folder / CARD
-    if not card_path.exists():
-        raise ModelError(f"{folder}: not a model bundle (no {CARD}); a training run writes one in RUN/bundle")
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{card_path}: not valid JSON ({exc}); the bundle is damaged, export it again") from exc
-    except OSError as exc:
-        raise ModelError(f"{card_path}: cannot read the card ({exc.strerror or exc}); check the permissions") from exc
-    if not isinstance(card, dict):
-        raise ModelError(f"{card_path}: expected a JSON object, found {type(card).__name__}; export the bundle again")
-    missing = [k for k in REQUIRED_CARD_FIELDS if k not in card]
-    if missing:
-        raise ModelError(f"{card_path}: missing field(s) {missing}; the bundle is incomplete, export it again")
-    if card.get("format", FORMAT) != FORMAT:
-        raise ModelError(f"{card_path}: format {clip(repr(card['format']), 40)}, expected {FORMAT!r}; this bundle was "
-                         "written by another program or version: export it again")
-    check_card(card, str(card_path))
-    if "metrics" in card:
-        card["metrics"] = card_metrics(card["metrics"])
-    return card
-
-
-def card_metrics(metrics: Any) -> dict[str, Any]:
-    """A card's metrics in the current layout {"training": {...}, "evaluation": {...}} (either may be absent).
-
-    Older cards held one flat object: train's {"val_auroc": …}, which becomes "training" (split val), or evaluate's
-    {"split": …, "macro_auroc": …}, which replaced it and becomes "evaluation"."""
-    if not isinstance(metrics, dict) or not metrics:
-        return {}
-    if "training" in metrics or "evaluation" in metrics:
-        return dict(metrics)
-    if "split" in metrics or "macro_auroc" in metrics:
-        return {"evaluation": dict(metrics)}
-    return {"training": {"split": "val", **metrics}}
-
-
-def bundle_folder(path: str | Path) -> Path:
-    """The bundle folder of a bundle or run folder (a run holds bundle/card.json)."""
-    folder = Path(path)
-    return folder / "bundle" if (folder / "bundle" / CARD).exists() else folder
-
-
-def update_card(path: str | Path, **fields: Any) -> dict[str, Any]:
-    """Merge fields (e.g. thresholds, metrics) into a bundle's card, atomically; returns the new card. New
-    `thresholds` without `threshold_logits` drop the old threshold_logits, so the new thresholds are the ones
-    applied (read through their log-odds)."""
-    card = read_card(path)
-    if "thresholds" in fields and "threshold_logits" not in fields:
-        card.pop("threshold_logits", None)
-    card.update(fields)
-    write_json(Path(path) / CARD, card)
-    return card
 
 
 def load_bundle(path: str | Path) -> Bundle:

@@ -58,7 +58,8 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 _LAZY: dict[str, Callable[[], ModelSpec]] = {}  # name -> spec factory (imports its library on first use)
 _PREFIXES: dict[str, Callable[[str], ModelSpec]] = {}  # "timm/" -> resolver(name after the prefix)
-_RESOLVED: dict[str, ModelSpec] = {}  # specs resolved through a prefix, cached (not listed by list_models)
+_RESOLVED: dict[str, ModelSpec] = {}
+_BUILTINS: list[str] = []  # non-empty once the built-in architectures are (being) registered  # specs resolved through a prefix, cached (not listed by list_models)
 
 
 def register_model(
@@ -85,7 +86,17 @@ def register_model(
     return decorate
 
 
+def _load_builtins() -> None:
+    """Import the modules that register the built-in architectures and timm's, once (chestxray.models does not
+    import them itself, so that reading a bundle's card needs no torch)."""
+    if not _BUILTINS:
+        _BUILTINS.append("loading")  # before the imports: their own register_model calls come back here
+        import chestxray.models.architectures  # noqa: F401 - registers itself
+        import chestxray.models.timm_zoo  # noqa: F401 - registers timm/<name> and efficientnet-lite0, lazily
+
+
 def _check_new(name: str) -> None:
+    _load_builtins()
     if name in _REGISTRY or name in _LAZY:
         raise ModelError(f"model {name!r} is already registered; pick another name")
 
@@ -103,11 +114,13 @@ def register_prefix(prefix: str, resolver: Callable[[str], ModelSpec]) -> None:
 
 def list_models() -> list[str]:
     """Names of all registered architectures, sorted (prefixed families such as timm/<name> are not listed)."""
+    _load_builtins()
     return sorted({*_REGISTRY, *_LAZY})
 
 
 def get_spec(name: str) -> ModelSpec:
     """The registry entry for `name`; unknown names list the valid ones and the closest match."""
+    _load_builtins()
     if name in _REGISTRY:
         return _REGISTRY[name]
     if name in _LAZY:
