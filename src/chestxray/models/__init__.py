@@ -12,7 +12,22 @@ a bundle whose ONNX graph is cached is scored without it. The registry loads the
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers, editors and the API docs see; at run time __getattr__ below loads them
+    from chestxray.models.factory import build_model
+    from chestxray.models.registry import (
+        ModelSpec,
+        backbone_blocks,
+        backbone_parameter_names,
+        block_parameters,
+        count_parameters,
+        get_spec,
+        head_module,
+        list_models,
+        model_data_config,
+        register_model,
+    )
 
 _FROM = {"build_model": "chestxray.models.factory",
          **{name: "chestxray.models.registry" for name in (
