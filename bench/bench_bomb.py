@@ -6,8 +6,8 @@ chestxray.data.synth.write_png_bomb. Three runs of `chestxray prepare -j 2 --siz
   baseline   the small PNGs only
   guarded    the same plus the bomb (default --max-pixels 100,000,000: refused from the header, quarantined)
   unguarded  the same with --max-pixels 1,000,000,000 (the bomb is decoded: what the guard saves)
-Peak RSS is the largest resident set of the prepare process or any of its decoder workers (os.wait4 on the
-command, which folds in its reaped children). Prints one line per run and the ratio to the baseline, and writes
+Peak RSS is the largest resident set of the prepare process or any of its decoder workers (its own rusage, which
+folds in its reaped children, through machine.run_own_rusage's launcher: not this process's). Prints one line per run and the ratio to the baseline, and writes
 bench/results/bomb-<host>.csv. Target: guarded ≤ 1.1 × baseline.
 
 Run: nice -n 19 .venv/bin/python bench/bench_bomb.py [--images 200] [--skip-unguarded]
@@ -16,16 +16,14 @@ Run: nice -n 19 .venv/bin/python bench/bench_bomb.py [--images 200] [--skip-ungu
 from __future__ import annotations
 
 import argparse
-import os
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from machine import run_own_rusage
 from PIL import Image
 
 from chestxray.data.catalog import Catalog, save_catalog
@@ -57,14 +55,11 @@ def run(catalog_dir: Path, out: Path, max_pixels: int) -> tuple[float, float, st
     """(seconds, peak RSS MB of the prepare process tree, summary line) of one prepare run."""
     args = [sys.executable, "-m", "chestxray", "prepare", str(catalog_dir), "--out", str(out), "--size", "64",
             "-j", "2", "--max-pixels", str(max_pixels)]
-    start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    summary = proc.stdout.read().strip() if proc.stdout else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"prepare failed ({status}): {' '.join(args)}")
-    return seconds, usage.ru_maxrss / 1024, summary
+    got = run_own_rusage(args, out.parent / f"{out.name}-log")
+    if got["code"] != 0:
+        raise SystemExit(f"prepare failed ({got['code']}): {' '.join(args)}")
+    summary = (out.parent / f"{out.name}-log.out").read_text().strip()
+    return got["seconds"], got["maxrss_mb"], summary
 
 
 def main() -> None:

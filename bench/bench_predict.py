@@ -2,8 +2,8 @@
 + 5 broken), through each engine, every figure per whole process (import, model load, decode, scoring).
 
 Checks the row count (2,000 + 5) and that exactly the 5 broken files are quarantined with a reason. Per process:
-CPU seconds (user + system, from the kernel's own account of that one process, os.wait4), wall seconds, images/s
-and peak RSS (its own: see LAUNCHER). The bundle's ONNX graph is exported (and cached beside it, as predict's first call does) before the
+CPU seconds (user + system, from the kernel's own account of that one process), wall seconds, images/s
+and peak RSS (its own: machine.run_own_rusage). The bundle's ONNX graph is exported (and cached beside it, as predict's first call does) before the
 runs, its CPU reported apart. Runs, in order: the baseline folder of 200 files with `--engine auto` (on a CPU: ONNX
 Runtime), the 2,000 files with `--engine auto`, and the same 2,000 with `--engine torch`: the CPU ratio torch /
 auto is what a user saves per folder, and the peak RSS ratio 2,000 / 200 files (auto) should stay near 1x because
@@ -16,24 +16,20 @@ Run: .venv/bin/python bench/bench_predict.py [--files 2000] [--baseline 200] [--
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import chestxray  # noqa: F401, I001 - before torch, as in the CLI
 import pandas as pd
 import torch
-from machine import Clock, describe, machine_info, results_csv
+from machine import Clock, describe, machine_info, results_csv, run_own_rusage
 
 from chestxray.data.labels import NIH14
 from chestxray.data.samples import NIH, find_sample_data
-from chestxray.models import build_model
 from chestxray.inference.onnx_cache import scoring_graph
+from chestxray.models import build_model
 from chestxray.models.bundle import read_card, save_bundle
 from chestxray.models.registry import model_data_config
 
@@ -54,30 +50,15 @@ def make_folder(root: Path, n: int, samples: list[Path]) -> Path:
     return root
 
 
-# Runs the command in argv[2:] and writes its own rusage to argv[1]. A small process in between because Linux
-# starts a child's peak RSS (ru_maxrss) at its parent's: measured straight from this benchmark, every predict would
-# report this process's gigabyte of torch and test folders.
-LAUNCHER = ("import json, os, subprocess, sys; child = subprocess.Popen(sys.argv[2:]); "
-            "_, status, usage = os.wait4(child.pid, 0); "
-            "json.dump({'code': os.waitstatus_to_exitcode(status), 'cpu_s': usage.ru_utime + usage.ru_stime, "
-            "'maxrss_kb': usage.ru_maxrss}, open(sys.argv[1], 'w'))")
-
-
 def run_predict(bundle: Path, folder: Path, out: Path, engine: str, logs: Path) -> dict[str, float]:
-    """CPU seconds, wall seconds and peak RSS (MB) of one `chestxray predict` process, from its own rusage."""
+    """CPU seconds, wall seconds and peak RSS (MB) of one `chestxray predict` process, its own (run_own_rusage)."""
     cmd = [sys.executable, "-m", "chestxray", "predict", str(bundle), str(folder), "--format", "csv", "--out", str(out),
            "--engine", engine]
-    usage_file = logs / f"{out.stem}.usage.json"
-    start = time.perf_counter()
-    with open(logs / f"{out.stem}.out", "w") as stdout, open(logs / f"{out.stem}.err", "w+") as stderr:
-        subprocess.run([sys.executable, "-c", LAUNCHER, str(usage_file), *cmd], stdout=stdout, stderr=stderr)
-        seconds = time.perf_counter() - start
-        usage = json.loads(usage_file.read_text()) if usage_file.exists() else {"code": -1}
-        if usage["code"] != 0:
-            stderr.seek(0)
-            raise SystemExit(f"predict failed ({usage['code']}): {stderr.read()[-2000:]}")
-    return {"cpu_s": round(usage["cpu_s"], 2), "seconds": round(seconds, 2),
-            "peak_rss_mb": round(usage["maxrss_kb"] / 1024, 1)}
+    got = run_own_rusage(cmd, logs / out.stem)
+    if got["code"] != 0:
+        raise SystemExit(f"predict failed ({got['code']}): {(logs / f'{out.stem}.err').read_text()[-2000:]}")
+    return {"cpu_s": round(got["cpu_s"], 2), "seconds": round(got["seconds"], 2),
+            "peak_rss_mb": round(got["maxrss_mb"], 1)}
 
 
 def make_bundle(folder: Path, arch: str, size: int) -> Path:

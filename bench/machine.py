@@ -5,6 +5,7 @@ which other load on a shared machine hardly changes, unlike wall time."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -90,6 +91,27 @@ class Clock:
     def read(self) -> tuple[float, float]:
         """(CPU seconds, wall seconds) since start()."""
         return cpu_seconds() + child_cpu_seconds() - self.cpu0, time.perf_counter() - self.wall0
+
+
+# Runs the command in argv[2:] and writes its exit code and own rusage to argv[1] as JSON (see run_own_rusage).
+LAUNCHER = ("import json, os, subprocess, sys; child = subprocess.Popen(sys.argv[2:]); "
+            "_, status, usage = os.wait4(child.pid, 0); "
+            "json.dump({'code': os.waitstatus_to_exitcode(status), 'cpu_s': usage.ru_utime + usage.ru_stime, "
+            "'maxrss_mb': usage.ru_maxrss / 1024}, open(sys.argv[1], 'w'))")
+
+
+def run_own_rusage(cmd: list[str], log_stem: Path) -> dict[str, float]:
+    """Run `cmd` (stdout and stderr to <log_stem>.out / .err) and return its exit code, CPU seconds (user + system,
+    with the children it waited for), peak RSS in MB and wall seconds: its own, through a small launcher process,
+    because Linux starts a child's peak RSS (ru_maxrss) at its parent's, and a benchmark holding torch and test data
+    would lend every command it measures its own gigabyte."""
+    usage_file = log_stem.with_suffix(".usage.json")
+    start = time.perf_counter()
+    with open(log_stem.with_suffix(".out"), "w") as stdout, open(log_stem.with_suffix(".err"), "w") as stderr:
+        subprocess.run([sys.executable, "-c", LAUNCHER, str(usage_file), *cmd], stdout=stdout, stderr=stderr)
+    seconds = time.perf_counter() - start
+    usage = json.loads(usage_file.read_text()) if usage_file.exists() else {"code": -1, "cpu_s": 0.0, "maxrss_mb": 0.0}
+    return {**usage, "seconds": seconds}
 
 
 def fp32_gflops_per_cpu_s(n: int = 2048, repeat: int = 5) -> float:
