@@ -24,6 +24,7 @@ import subprocess
 import sys
 
 import pandas as pd
+from bench_train_step import add_step_arguments, answer_worker
 from machine import busy_processes, describe, machine_info, results_csv
 
 from chestxray.openmp import SPINCOUNT
@@ -61,16 +62,12 @@ def run_one(setting: str, arch: str, args: argparse.Namespace) -> dict[str, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet18,cnn-small,efficientnet-lite0")
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=6)
+    add_step_arguments(parser, steps=6)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"))
     parser.add_argument("--busy", default="0,1", help="busy processes beside the measurement, one pass each")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(step_worker(*json.loads(args.worker))))
+    if answer_worker(args, step_worker):
         return
     info = machine_info()
     print(f"training step per image, eager channels_last, {args.precision}, {args.size} px, batch {args.batch}, "
@@ -86,15 +83,15 @@ def main() -> None:
         for name, runs in got.items():
             cpu = statistics.median(r["cpu_ms_per_img"] for r in runs)
             wall = statistics.median(r["wall_ms_per_img"] for r in runs)
-            rows.append({"model": arch, "busy_processes": busy, "setting": name, "variables": " ".join(f"{k}={v}" for k, v in
-                                                                              SETTINGS[name].items()),
+            variables = " ".join(f"{k}={v}" for k, v in SETTINGS[name].items())
+            rows.append({"model": arch, "busy_processes": busy, "setting": name, "variables": variables,
                          "precision": args.precision, "size": args.size, "batch": args.batch,
                          "cpu_ms_per_img": round(cpu, 2), "wall_ms_per_img": round(wall, 2),
                          "less_cpu_than_default": round(base / cpu, 3), "rounds": args.rounds,
                          **{k: v for k, v in info.items() if k != "torch_threads"},
                          "torch_threads": runs[0]["torch_threads"]})
-            print(f"  busy {busy} {arch:>18} {name:16s} {cpu:7.1f} CPU ms/img (wall {wall:7.1f})  {base / cpu:5.2f}x less CPU "
-                  "than libgomp's default", flush=True)
+            print(f"  busy {busy} {arch:>18} {name:16s} {cpu:7.1f} CPU ms/img (wall {wall:7.1f})  "
+                  f"{base / cpu:5.2f}x less CPU than libgomp's default", flush=True)
     out = results_csv("omp", info)
     pd.DataFrame(rows).to_csv(out, index=False)
     print(f"wrote {out}")

@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -81,6 +82,23 @@ def step_worker(arch: str, precision: str, variant: str, size: int, batch: int, 
             "step_wall_s": wall / steps}
 
 
+def add_step_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
+    """--size, --batch, --steps and the hidden --worker: what every training-step benchmark takes."""
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=steps, help="steady steps timed after two warm-up steps")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+
+
+def answer_worker(args: argparse.Namespace, worker: Callable[..., dict[str, float]]) -> bool:
+    """In a worker process (--worker holds its arguments as JSON): run `worker` and print its result as one JSON
+    line, then True; else False."""
+    if not args.worker:
+        return False
+    print(json.dumps(worker(*json.loads(args.worker))))
+    return True
+
+
 def run_one(arch: str, precision: str, variant: str, args: argparse.Namespace) -> dict[str, float]:
     """step_worker in a fresh process with its own inductor cache."""
     with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
@@ -101,14 +119,10 @@ def main() -> None:
     parser.add_argument("--models", default="cnn-small,resnet18,efficientnet-lite0,densenet121")
     parser.add_argument("--precisions", default="32-true,bf16-mixed")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=4, help="steady steps timed after two warm-up steps")
+    add_step_arguments(parser, steps=4)
     parser.add_argument("--csv", type=Path, default=None)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(step_worker(*json.loads(args.worker))))
+    if answer_worker(args, step_worker):
         return
     info = machine_info()
     print(f"training step CPU per image at {args.size} px, batch {args.batch}, on {describe(info)}")

@@ -35,7 +35,6 @@ from chestxray.models.card import (  # noqa: F401 - the card's reading and writi
 )
 
 
-
 @dataclass
 class Bundle:
     """A ready model (eval mode, CPU) with the card that says how to feed it and read its outputs."""

@@ -58,8 +58,8 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 _LAZY: dict[str, Callable[[], ModelSpec]] = {}  # name -> spec factory (imports its library on first use)
 _PREFIXES: dict[str, Callable[[str], ModelSpec]] = {}  # "timm/" -> resolver(name after the prefix)
-_RESOLVED: dict[str, ModelSpec] = {}
-_BUILTINS: list[str] = []  # non-empty once the built-in architectures are (being) registered  # specs resolved through a prefix, cached (not listed by list_models)
+_RESOLVED: dict[str, ModelSpec] = {}  # specs resolved through a prefix, cached (not listed by list_models)
+_BUILTINS: list[str] = []  # non-empty once the built-in architectures are (being) registered
 
 
 def register_model(
